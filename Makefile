@@ -1,0 +1,40 @@
+# `make demo` and `make test` set everything up on a fresh machine (a .venv in the checkout).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export HF_HUB_OFFLINE := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup demo test lint format bench clean-demo
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+	$(PY) -c "import torch, torchvision, webdataset, pyarrow, timm, open_clip, click, tqdm, sklearn, nvidia.dali"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) cli.py demo-data --out data/raw/digits
+	$(PY) cli.py shard --dataset coco --root data/raw/digits --out data/shards/digits
+	$(PY) cli.py info data/shards/digits
+	$(PY) cli.py verify data/shards/digits
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: $(STAMP)
+	$(PY) cli.py bench shard
+
+clean-demo:
+	rm -rf data/raw/digits data/shards/digits

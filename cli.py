@@ -1,0 +1,264 @@
+"""wsml command line: each command parses, calls one library function, prints a short summary.
+
+``--help`` imports neither torch nor DALI; expected failures print ``Error: ...`` and exit 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import sys
+import time
+
+import click
+
+SIZE_RE = re.compile(r"^\s*([0-9.]+)\s*([kmgt]?i?b?)?\s*$", re.I)
+SIZE_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+
+
+def expected_errors(fn):
+    """Turn the project's expected errors into ``Error: ...`` (exit 1) without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from shards.errors import WsmlError
+
+        try:
+            return fn(*args, **kwargs)
+        except WsmlError as e:
+            raise click.ClickException(str(e)) from None
+
+    return wrapper
+
+
+class RegistryChoice(click.ParamType):
+    """A name from one of the project's registries; an unknown one fails listing the choices."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.name = kind
+
+    def registry(self):
+        if self.kind == "dataset":
+            import shards.converters  # noqa: F401  (registers them)
+            from shards.source import CONVERTERS
+
+            return CONVERTERS
+        from shards.regimes import REGIMES
+
+        return REGIMES
+
+    def convert(self, value, param, ctx):
+        reg = self.registry()
+        if value in reg:
+            return value
+        self.fail(reg.unknown_message(value), param, ctx)
+
+
+class ByteSize(click.ParamType):
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        m = SIZE_RE.match(str(value))
+        if not m:
+            self.fail(f"{value!r} is not a size like 64MB or 1GB", param, ctx)
+        unit = (m.group(2) or "").lower().rstrip("b").rstrip("i")
+        return int(float(m.group(1)) * SIZE_UNITS[unit])
+
+
+def parse_kv(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise click.BadParameter(f"expected key=value, got {pair!r}", param_hint="-o")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def progress_factory(enabled: bool):
+    """A function (description, total) -> tick(n) showing a tqdm bar; silent when not a TTY."""
+    from tqdm import tqdm
+
+    bars = []
+
+    def make(desc: str, total: int):
+        bar = tqdm(total=total, desc=desc, unit="img", disable=not enabled, leave=False)
+        bars.append(bar)
+        return bar.update
+
+    return make
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """wsml: weakly supervised multi-label classification on one fast, reproducible pipeline."""
+
+
+@main.command()
+@click.option("--dataset", required=True, type=RegistryChoice("dataset"), help="Source format.")
+@click.option("--root", required=True, type=click.Path(), help="Raw dataset folder.")
+@click.option("--out", required=True, type=click.Path(), help="Shard set folder to write.")
+@click.option("--val-frac", default=0.2, show_default=True, help="Official train -> val fraction.")
+@click.option("--split-seed", default=1200, show_default=True)
+@click.option("--shuffle-seed", default=1200, show_default=True, help="Seed of the written order.")
+@click.option("--shard-size", default="64MB", type=ByteSize(), show_default=True)
+@click.option("--shard-samples", default=1000, show_default=True, help="Samples per shard at most.")
+@click.option("--max-side", type=int, help="Re-encode images whose longer side exceeds this.")
+@click.option("--jpeg-quality", default=90, show_default=True, help="Quality of re-encoded images.")
+@click.option("--check", type=click.Choice(["header", "decode"]), default="header", show_default=True,
+              help="Structural JPEG check, or a full decode of every image.")
+@click.option("--on-bad", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
+@click.option("--max-bad", default=0.01, show_default=True, help="With --on-bad skip: max fraction.")
+@click.option("--regime", "regimes", multiple=True, default=("single-positive",), show_default=True,
+              help="Observed views to make, e.g. single-positive or partial:fraction=0.1.")
+@click.option("--workers", default=os.cpu_count() or 1, show_default=True, help="Processes.")
+@click.option("--resume", is_flag=True, help="Require an interrupted conversion to resume.")
+@click.option("--overwrite", is_flag=True, help="Replace a shard set already in --out.")
+@click.option("-o", "opts", multiple=True, metavar="KEY=VALUE", help="Converter option.")
+@expected_errors
+def shard(dataset, root, out, val_frac, split_seed, shuffle_seed, shard_size, shard_samples,
+          max_side, jpeg_quality, check, on_bad, max_bad, regimes, workers, resume, overwrite, opts):
+    """Convert a raw dataset into a shard set (tars + DALI indexes + Parquet labels + manifest)."""
+    from pathlib import Path
+
+    from shards.convert import convert
+
+    t0 = time.perf_counter()
+    manifest = convert(
+        dataset, Path(root), Path(out), parse_kv(opts),
+        dict(val_frac=val_frac, split_seed=split_seed, shuffle_seed=shuffle_seed,
+             shard_bytes=shard_size, shard_samples=shard_samples, max_side=max_side,
+             jpeg_quality=jpeg_quality, check=check, on_bad=on_bad, max_bad=max_bad,
+             regimes=tuple(regimes)),
+        workers=workers, resume=resume or None, overwrite=overwrite,
+        progress=progress_factory(sys.stderr.isatty()), log=click.echo,
+    )
+    elapsed = time.perf_counter() - t0
+    for name, split in manifest["splits"].items():
+        nbytes = sum(s["bytes"] for s in split["shards"])
+        click.echo(f"{name:>6}: {split['num_samples']:>8} images  {len(split['shards']):>4} shards"
+                   f"  {nbytes / 1e6:9.1f} MB")
+    skipped = sum(len(v["skipped"]) for v in manifest["official_splits"].values())
+    if skipped:
+        click.echo(f"skipped {skipped} bad image(s); listed in manifest.json")
+    click.echo(f"{manifest['dataset']} -> {out} in {elapsed:.1f}s")
+
+
+@main.command()
+@click.argument("shards_dir", metavar="DIR", type=click.Path())
+@click.argument("regime", type=RegistryChoice("label regime"))
+@click.option("--seed", type=int, help="RNG seed (single-positive: 1200, partial: 0).")
+@click.option("--fraction", type=float, help="partial: probability that an entry is observed.")
+@click.option("--num-pos", type=int, help="single-positive: positives kept per image.")
+@click.option("--num-neg", type=int, help="single-positive: negatives kept per image.")
+@expected_errors
+def observe(shards_dir, regime, seed, fraction, num_pos, num_neg):
+    """Add an observed-label view (a label regime) to a shard set; tars are not touched."""
+    from shards.regimes import create_regime
+    from shards.shardset import open_shard_set
+    from shards.views import write_regime_view
+
+    ss = open_shard_set(shards_dir)
+    given = dict(seed=seed, fraction=fraction, num_pos=num_pos, num_neg=num_neg)
+    r = create_regime(regime, **{k: v for k, v in given.items() if v is not None})
+    meta = write_regime_view(ss.root, r, len(ss.classes))
+    rows = ", ".join(f"{k} {v['rows']}" for k, v in meta["splits"].items())
+    click.echo(f"wrote observed/{meta['view']} ({rows})")
+
+
+@main.command()
+@click.argument("shards_dir", metavar="DIR", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@expected_errors
+def info(shards_dir, as_json):
+    """Counts per split, classes, positives per image, class frequencies, regimes present."""
+    from shards.shardset import open_shard_set, summarize
+
+    s = summarize(open_shard_set(shards_dir))
+    if as_json:
+        click.echo(json.dumps(s, indent=1))
+        return
+    click.echo(f"{s['dataset']} at {s['root']}: {len(s['classes'])} classes")
+    for name, sp in s["splits"].items():
+        p = sp["positives_per_image"]
+        click.echo(f"  {name:>5}: {sp['images']:>8} images in {sp['shards']} shards "
+                   f"({sp['bytes'] / 1e6:.1f} MB); positives/image mean {p['mean']:.2f} "
+                   f"[{p['min']}, {p['max']}]" + (f"; {sp['unknown_entries']} unknown entries"
+                                                  if sp["unknown_entries"] else ""))
+    names = list(s["splits"])
+    width = max(len(c) for c in s["classes"])
+    click.echo(f"  {'class':<{width}}  " + "  ".join(f"{n:>7}" for n in names))
+    for k, c in enumerate(s["classes"]):
+        click.echo(f"  {c:<{width}}  " + "  ".join(
+            f"{s['splits'][n]['class_frequency'][k]:>7}" for n in names))
+    regimes = ", ".join(f"{k} {v}" for k, v in s["regimes"].items()) or "none"
+    click.echo(f"  regimes: full, {regimes}")
+    for what in ("skipped", "missing"):
+        if any(s[what].values()):
+            click.echo(f"  {what}: " + ", ".join(f"{k} {v}" for k, v in s[what].items()))
+
+
+@main.command()
+@click.argument("shards_dir", metavar="DIR", type=click.Path())
+@click.option("--workers", default=os.cpu_count() or 1, show_default=True)
+@click.option("--no-decode", is_flag=True, help="Skip decoding the images.")
+@expected_errors
+def verify(shards_dir, workers, no_decode):
+    """Re-hash every shard against the manifest, match tar members to label rows, decode images."""
+    from shards.shardset import open_shard_set
+    from shards.verify import verify_shard_set
+
+    ss = open_shard_set(shards_dir)
+    total = sum(ss.split(n)["num_samples"] for n in ss.splits)
+    tick = progress_factory(sys.stderr.isatty())("verifying", total)
+    problems = verify_shard_set(ss, workers=workers, decode=not no_decode, on_progress=tick)
+    if problems:
+        for p in problems[:50]:
+            click.echo(p, err=True)
+        more = f" (first 50 shown)" if len(problems) > 50 else ""
+        raise click.ClickException(f"{len(problems)} problem(s) in {shards_dir}{more}")
+    click.echo(f"{shards_dir}: OK ({total} samples, {sum(len(ss.split(n)['shards']) for n in ss.splits)} shards)")
+
+
+@main.command("demo-data")
+@click.option("--out", default="data/raw/digits", show_default=True, type=click.Path())
+@click.option("--train", "n_train", default=3000, show_default=True)
+@click.option("--val", "n_val", default=1000, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@expected_errors
+def demo_data(out, n_train, n_val, seed):
+    """Write the embedded demo dataset (digit mosaics, COCO layout) from scikit-learn's digits."""
+    from shards.demo import write_demo_data
+
+    s = write_demo_data(out, n_train=n_train, n_val=n_val, seed=seed,
+                        progress=sys.stderr.isatty())
+    click.echo(json.dumps(s))
+
+
+@main.group()
+def bench():
+    """Benchmarks (figures printed side by side; not tests)."""
+
+
+@bench.command("shard")
+@click.option("--images", default=3000, show_default=True, help="JPEGs in the generated dataset.")
+@click.option("--workdir", type=click.Path(), help="Where to generate (default: a temp folder).")
+@click.option("--workers", default=os.cpu_count() or 1, show_default=True)
+@click.option("--rss-sizes", default="2000,20000", show_default=True,
+              help="Two dataset sizes for the peak-memory comparison (0 to skip).")
+@expected_errors
+def bench_shard(images, workdir, workers, rss_sizes):
+    """Shard a generated dataset vs a plain `tar cf` of the same files; peak RSS at two sizes."""
+    from shards.bench import run_shard_bench
+
+    sizes = tuple(int(x) for x in rss_sizes.split(",") if int(x) > 0)
+    run_shard_bench(images, workdir, workers, sizes, echo=click.echo)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""One call from a dataset name and a raw folder to a shard set (what ``cli.py shard`` runs)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import shards.converters  # noqa: F401  (registers the converters)
+from shards.errors import WsmlError
+from shards.source import CONVERTERS, parse_options
+from shards.writer import ShardOptions, write_shard_set
+
+
+def convert(
+    dataset: str,
+    root: Path,
+    out: Path,
+    converter_options: dict[str, str],
+    options: dict,
+    **kwargs,
+) -> dict:
+    """Open ``root`` with the named converter (layout checked before anything is written),
+    then write the shard set; returns the manifest."""
+    info = CONVERTERS.get(dataset)
+    if not root.exists():
+        raise WsmlError(f"--root {root} does not exist")
+    opts = parse_options(info.options, converter_options, f"dataset {dataset}")
+    write_options = ShardOptions(**options)
+    write_options.validate()
+    source = info.open(root, opts)
+    return write_shard_set(
+        source, out, write_options, _jsonable(asdict(opts)),
+        allows_missing=info.allows_missing_images, **kwargs,
+    )
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

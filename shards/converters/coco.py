@@ -1,0 +1,171 @@
+"""COCO-format sources: ``coco2014`` (Cole et al.'s MS-COCO 2014 protocol) and ``coco`` (any
+dataset with COCO instances json files).
+
+Rules from Cole et al.'s ``format_coco.py``: class index = position in ``categories`` (the train
+and test files must agree), any annotation of a class makes it positive, rows are the image ids
+that have annotations, sorted as strings.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from shards.errors import WsmlError
+from shards.source import (
+    ConverterInfo,
+    OfficialSplit,
+    Record,
+    Source,
+    check_duplicates,
+    fingerprint_files,
+    register_converter,
+    require_dir,
+    require_file,
+)
+
+
+@dataclass(frozen=True)
+class CocoOptions:
+    train_json: str = ""  # relative to the root; default: annotations/instances_*train*.json
+    test_json: str = ""  # default: annotations/instances_*val*.json (else *test*)
+    train_images: str = ""  # default: folder named like the json suffix (train2014/, train/)
+    test_images: str = ""
+    keep_empty: bool = False  # keep images without annotations (all-negative rows)
+
+
+@dataclass(frozen=True)
+class Coco2014Options:
+    keep_empty: bool = False
+
+
+def open_coco(root: Path, opts: CocoOptions, dataset: str = "coco") -> Source:
+    require_dir(root, "the dataset root")
+    train_json = _find_json(root, opts.train_json, ("train",))
+    test_json = _find_json(root, opts.test_json, ("val", "test"))
+    train_dir = _images_dir(root, opts.train_images, train_json)
+    test_dir = _images_dir(root, opts.test_images, test_json)
+    train = _read_instances(train_json)
+    test = _read_instances(test_json)
+    if train["categories"] != test["categories"]:
+        raise WsmlError(f"{train_json.name} and {test_json.name} list different categories")
+    cats = train["categories"]
+    splits = (
+        _split(_stem(train_json), "train", train, train_dir, train_json, opts.keep_empty),
+        _split(_stem(test_json), "test", test, test_dir, test_json, opts.keep_empty),
+    )
+    groups = tuple(c.get("supercategory") or "" for c in cats)
+    return Source(
+        dataset=dataset,
+        root=str(root.resolve()),
+        classes=tuple(c["name"] for c in cats),
+        splits=splits,
+        fingerprint=fingerprint_files([train_json, test_json], [str(opts.keep_empty)]),
+        groups=groups if all(groups) else None,
+        notes={"annotations": [str(train_json.relative_to(root)), str(test_json.relative_to(root))]},
+    )
+
+
+def _stem(path: Path) -> str:
+    return path.stem.removeprefix("instances_")
+
+
+def _find_json(root: Path, given: str, words: tuple[str, ...]) -> Path:
+    if given:
+        return require_file(root / given, "a COCO instances json")
+    folder = require_dir(root / "annotations", "an annotations/ folder with instances_*.json")
+    found = sorted(folder.glob("instances_*.json"))
+    for word in words:
+        hits = [p for p in found if word in _stem(p)]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            names = ", ".join(p.name for p in hits)
+            raise WsmlError(f"several {word} files in {folder} ({names}); name one with -o")
+    raise WsmlError(
+        f"expected annotations/instances_<{'|'.join(words)}…>.json in {root}; found "
+        f"{', '.join(p.name for p in found) or 'none'}. Name the file with -o train_json=/test_json="
+    )
+
+
+def _images_dir(root: Path, given: str, json_path: Path) -> Path:
+    if given:
+        return require_dir(root / given, "an image folder")
+    stem = _stem(json_path)
+    for cand in (root / stem, root / "images" / stem, root / "images"):
+        if cand.is_dir():
+            return cand
+    raise WsmlError(
+        f"expected the images of {json_path.name} in {root / stem}/ (or images/{stem}/); "
+        "name the folder with -o train_images=/test_images="
+    )
+
+
+def _read_instances(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WsmlError(f"{path} is not valid JSON: {e}") from None
+    for field in ("images", "annotations", "categories"):
+        if not isinstance(data.get(field), list):
+            raise WsmlError(f"{path} has no '{field}' list; expected COCO instances format")
+    check_duplicates([str(c["id"]) for c in data["categories"]], f"the categories of {path}")
+    check_duplicates([str(im["id"]) for im in data["images"]], f"the images of {path}")
+    data["categories"] = [
+        {"id": c["id"], "name": c["name"], "supercategory": c.get("supercategory")}
+        for c in data["categories"]
+    ]
+    return data
+
+
+def _split(name, role, data, image_dir: Path, path: Path, keep_empty: bool) -> OfficialSplit:
+    index = {c["id"]: i for i, c in enumerate(data["categories"])}
+    images = {im["id"]: im for im in data["images"]}
+    labels: dict[int, set[int]] = {}
+    for ann in data["annotations"]:
+        cat, image_id = ann.get("category_id"), ann.get("image_id")
+        if cat not in index:
+            raise WsmlError(
+                f"annotation {ann.get('id')} of image {image_id} in {path} has unknown "
+                f"category id {cat}; known ids: {sorted(index)}"
+            )
+        if image_id not in images:
+            raise WsmlError(f"annotation {ann.get('id')} in {path} names unknown image id {image_id}")
+        labels.setdefault(image_id, set()).add(index[cat])
+    ids = images if keep_empty else labels
+    order = sorted((str(i) for i in ids))  # sorted as strings, as the field's formatter does
+    by_str = {str(i): i for i in ids}
+    records = []
+    for sid in order:
+        im = images[by_str[sid]]
+        file_name = im["file_name"]
+        records.append(
+            Record(
+                source_id=sid,
+                path=str(image_dir / file_name),
+                key_hint=str(Path(file_name).with_suffix("")).replace("/", "_"),
+                positives=tuple(sorted(labels.get(by_str[sid], ()))),
+            )
+        )
+    return OfficialSplit(name, role, tuple(records))
+
+
+def _open_coco2014(root: Path, opts: Coco2014Options) -> Source:
+    generic = CocoOptions(
+        train_json="annotations/instances_train2014.json",
+        test_json="annotations/instances_val2014.json",
+        train_images="train2014",
+        test_images="val2014",
+        keep_empty=opts.keep_empty,
+    )
+    return open_coco(root, generic, dataset="coco2014")
+
+
+register_converter(
+    ConverterInfo("coco2014", "MS-COCO 2014 (80 classes), Cole et al.'s protocol",
+                  Coco2014Options, _open_coco2014)
+)
+register_converter(
+    ConverterInfo("coco", "any dataset in COCO instances-json layout", CocoOptions, open_coco)
+)

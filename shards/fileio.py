@@ -1,0 +1,119 @@
+"""Atomic file publishing and the tar/index encoding used by the writer.
+
+Every file of a shard set appears under its final name only once it is complete: it is written
+to a temporary name in the same folder, flushed to disk and renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+TMP_SUFFIX = ".wsml-tmp"
+BLOCK = 512
+RECORD = 20 * BLOCK  # GNU tar's default record size; tarfile pads the archive to it too
+
+
+def tmp_path_for(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """fsync ``tmp`` and rename it to ``final`` (atomic on POSIX file systems)."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, final)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    tmp = tmp_path_for(path)
+    with open(tmp, "wb") as f:
+        f.write(data)
+    publish(tmp, path)
+
+
+def dumps_json(obj: Any) -> str:
+    """Deterministic JSON: sorted keys, fixed indentation, trailing newline."""
+    return json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_bytes_atomic(path, dumps_json(obj).encode())
+
+
+def remove_temporaries(folder: Path) -> int:
+    """Delete leftovers of killed writers (``.*.wsml-tmp``) below ``folder``."""
+    n = 0
+    for p in folder.rglob(f".*{TMP_SUFFIX}"):
+        p.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tar_header(name: str, size: int) -> bytes:
+    """A USTAR header with fixed owner, mode and time, so the bytes depend on content alone."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o444
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
+
+
+class TarShardWriter:
+    """Writes one WebDataset tar and collects its DALI index (wds2idx v1.2) and sha256."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._f = open(path, "wb", buffering=1 << 20)
+        self._sha = hashlib.sha256()
+        self._pos = 0
+        self._index: list[str] = []
+
+    def _write(self, data: bytes) -> None:
+        self._f.write(data)
+        self._sha.update(data)
+        self._pos += len(data)
+
+    def add(self, key: str, members: Iterable[tuple[str, bytes]]) -> None:
+        """Add one sample: its members ``(extension, bytes)`` in the given order."""
+        parts = []
+        for ext, data in members:
+            name = f"{key}.{ext}"
+            self._write(tar_header(name, len(data)))
+            parts.append(f"{ext} {self._pos} {len(data)} {name}")
+            self._write(data)
+            pad = -len(data) % BLOCK
+            if pad:
+                self._write(b"\0" * pad)
+        self._index.append(" ".join(parts))
+
+    def close(self) -> tuple[str, int, str]:
+        """Finish the archive; return (sha256, bytes, index text)."""
+        end = 2 * BLOCK
+        end += -(self._pos + end) % RECORD
+        self._write(b"\0" * end)
+        self._f.close()
+        index = f"v1.2 {len(self._index)}\n" + "".join(line + "\n" for line in self._index)
+        return self._sha.hexdigest(), self._pos, index
+
+    def abort(self) -> None:
+        self._f.close()
+        self.path.unlink(missing_ok=True)

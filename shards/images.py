@@ -1,0 +1,158 @@
+"""Cheap image checks for conversion: JPEG structure and size without decoding, and the
+optional re-encode (``--max-side``, non-JPEG sources).
+
+The structural check catches what real downloads get wrong (truncated files, HTML error
+pages saved as .jpg, empty files) at a fraction of a decode's cost; ``check="decode"``
+decodes fully. ``verify`` always decodes.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+from PIL import Image
+
+HEAD_BYTES = 1 << 16
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_STANDALONE = {0x01, *range(0xD0, 0xD8)}
+
+
+class BadImage(Exception):
+    """An image that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    width: int
+    height: int
+    size: int  # bytes on disk
+    is_jpeg: bool
+
+
+def parse_jpeg_header(head: bytes) -> tuple[int, int, int]:
+    """Walk the JPEG segments up to the start of scan; return (width, height, sos_offset)."""
+    if len(head) < 4 or head[0] != 0xFF or head[1] != 0xD8:
+        raise BadImage("not a JPEG (no SOI marker)")
+    pos, n = 2, len(head)
+    width = height = None
+    while pos < n:
+        if head[pos] != 0xFF:
+            raise BadImage(f"corrupt JPEG header (no marker at byte {pos})")
+        while pos < n and head[pos] == 0xFF:  # fill bytes
+            pos += 1
+        if pos >= n:
+            break
+        marker = head[pos]
+        pos += 1
+        if marker in _STANDALONE:
+            continue
+        if marker == 0xD9:
+            raise BadImage("JPEG ends before its image data (EOI before SOS)")
+        if pos + 2 > n:
+            break
+        length = (head[pos] << 8) | head[pos + 1]
+        if length < 2:
+            raise BadImage(f"corrupt JPEG segment length at byte {pos}")
+        if marker in _SOF:
+            if pos + 7 > n:
+                break
+            height = (head[pos + 3] << 8) | head[pos + 4]
+            width = (head[pos + 5] << 8) | head[pos + 6]
+        if marker == 0xDA:
+            if width is None or height is None:
+                raise BadImage("JPEG has no frame header (SOF) before its scan")
+            if width == 0 or height == 0:
+                raise BadImage(f"JPEG declares an empty image ({width}x{height})")
+            return width, height, pos + length
+        pos += length
+    raise _Incomplete()
+
+
+class _Incomplete(Exception):
+    """The header did not fit in the bytes read so far."""
+
+
+def probe_bytes(data: bytes) -> tuple[int, int]:
+    """(width, height) of complete JPEG bytes; raises BadImage when truncated or malformed."""
+    width, height, sos = _parse_all(data)
+    if data.rfind(b"\xff\xd9", sos) < 0:
+        raise BadImage("truncated JPEG (no EOI marker after the image data)")
+    return width, height
+
+
+def _parse_all(data: bytes) -> tuple[int, int, int]:
+    try:
+        return parse_jpeg_header(data)
+    except _Incomplete:
+        raise BadImage("truncated JPEG (file ends inside its header)") from None
+
+
+def probe_file(path: str, check: str = "header") -> Probe:
+    """Probe one image file. JPEGs are checked structurally (or decoded with ``check="decode"``);
+    other formats Pillow can read are decoded and flagged for re-encoding."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEAD_BYTES)
+            size = f.seek(0, 2)
+            if check == "decode" or size <= len(head):
+                f.seek(0)
+                return _probe_full(f.read(), size, check)
+            if head[:2] != b"\xff\xd8":
+                f.seek(0)
+                return _probe_full(f.read(), size, check)
+            try:
+                width, height, sos = parse_jpeg_header(head)
+            except _Incomplete:  # very large APP segments: read it all
+                f.seek(0)
+                return _probe_full(f.read(), size, check)
+            f.seek(size - 2)
+            if f.read(2) != b"\xff\xd9":  # trailing bytes after EOI happen; look for it
+                f.seek(0)
+                data = f.read()
+                if data.rfind(b"\xff\xd9", sos) < 0:
+                    raise BadImage("truncated JPEG (no EOI marker after the image data)")
+            return Probe(width, height, size, True)
+    except OSError as e:
+        raise BadImage(f"cannot read file: {e.strerror or e}") from None
+
+
+def _probe_full(data: bytes, size: int, check: str) -> Probe:
+    if size == 0:
+        raise BadImage("empty file")
+    if data[:2] == b"\xff\xd8":
+        width, height = probe_bytes(data)
+        if check == "decode":
+            decode_check(data)
+        return Probe(width, height, size, True)
+    width, height = decode_check(data)  # PNG, WebP, ...: usable, stored re-encoded as JPEG
+    return Probe(width, height, size, False)
+
+
+def decode_check(data: bytes) -> tuple[int, int]:
+    """Decode fully with Pillow; raise BadImage naming the decoder's complaint."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.size
+    except Exception as e:  # Pillow raises many types for corrupt data
+        raise BadImage(f"does not decode: {e}") from None
+
+
+def target_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """Stored size of an image under ``--max-side`` (aspect kept, longer side = max_side)."""
+    if not max_side or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def encode_jpeg(data: bytes, size: tuple[int, int], quality: int) -> bytes:
+    """Decode, convert to RGB, resize to ``size`` if needed and encode as baseline JPEG."""
+    with Image.open(io.BytesIO(data)) as im:
+        im = im.convert("RGB")
+        if im.size != size:
+            im = im.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=quality, optimize=False, progressive=False)
+        return buf.getvalue()

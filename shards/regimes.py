@@ -1,0 +1,155 @@
+"""Label regimes: observed-label views derived from the full labels without touching the tars.
+
+Each regime runs on an official split in the field's formatted row order, before the train/val
+split (Cole et al. 2021, ``preproc/generate_observed_labels.py``), so a shard set reproduces the
+observed matrices of the reference code bases exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from shards.errors import WsmlError
+from shards.registry import Registry
+
+
+@dataclass(frozen=True)
+class OfficialLabels:
+    """Full labels of one official split in formatted order; ``negatives[i] is None`` means
+    every class not positive is negative (a fully annotated source)."""
+
+    positives: Sequence[np.ndarray]
+    negatives: Sequence[np.ndarray | None]
+    num_classes: int
+
+    def negatives_of(self, i: int) -> np.ndarray:
+        neg = self.negatives[i]
+        if neg is not None:
+            return np.asarray(neg, dtype=np.int64)
+        mask = np.ones(self.num_classes, dtype=bool)
+        mask[np.asarray(self.positives[i], dtype=np.int64)] = False
+        return np.flatnonzero(mask)
+
+
+Observed = tuple[list[np.ndarray], list[np.ndarray]]  # kept positives, kept negatives per row
+
+
+@dataclass(frozen=True)
+class SinglePositive:
+    """The field's generator: keep ``num_pos`` random positives and ``num_neg`` random negatives."""
+
+    seed: int = 1200
+    num_pos: int = 1
+    num_neg: int = 0
+
+    def view_name(self) -> str:
+        name = "single-positive"
+        if (self.num_pos, self.num_neg) != (1, 0):
+            name += f"-pos{self.num_pos}-neg{self.num_neg}"
+        return name + ("" if self.seed == 1200 else f"-s{self.seed}")
+
+    def generate(self, labels: OfficialLabels) -> Observed:
+        # A fresh RandomState per official split; row by row: shuffle the positives and keep the
+        # first num_pos, then shuffle the negatives even when none are kept (the draw advances
+        # the RNG, and skipping it would change every later row).
+        rng = np.random.RandomState(self.seed)
+        pos_out, neg_out = [], []
+        for i in range(len(labels.positives)):
+            idx_pos = np.array(sorted(labels.positives[i]), dtype=np.int64)
+            rng.shuffle(idx_pos)
+            idx_neg = labels.negatives_of(i)
+            rng.shuffle(idx_neg)
+            pos_out.append(np.sort(idx_pos[: self.num_pos]))
+            neg_out.append(np.sort(idx_neg[: self.num_neg]))
+        return pos_out, neg_out
+
+
+@dataclass(frozen=True)
+class Partial:
+    """PU-MLC's partial labels (Yuan et al. 2024): each label entry is kept independently with
+    probability ``fraction`` (U(0,1) < fraction, drawn row-major over the formatted split with
+    ``RandomState(seed)``); the others become unknown."""
+
+    fraction: float = 0.1
+    seed: int = 0
+
+    def view_name(self) -> str:
+        return f"partial-p{self.fraction:g}" + ("" if self.seed == 0 else f"-s{self.seed}")
+
+    def generate(self, labels: OfficialLabels) -> Observed:
+        if not 0.0 < self.fraction <= 1.0:
+            raise WsmlError(f"partial: fraction must be in (0, 1], got {self.fraction}")
+        rng = np.random.RandomState(self.seed)
+        n, num_classes, chunk = len(labels.positives), labels.num_classes, 4096
+        pos_out, neg_out = [], []
+        for start in range(0, n, chunk):
+            rows = range(start, min(n, start + chunk))
+            keep = rng.rand(len(rows), num_classes) < self.fraction  # same stream as rand(n, L)
+            for j, i in enumerate(rows):
+                pos = np.asarray(labels.positives[i], dtype=np.int64)
+                neg = labels.negatives_of(i)
+                pos_out.append(np.sort(pos[keep[j, pos]]))
+                neg_out.append(np.sort(neg[keep[j, neg]]))
+        return pos_out, neg_out
+
+
+@dataclass(frozen=True)
+class RegimeInfo:
+    name: str
+    description: str
+    params: type
+    paper: str
+
+
+REGIMES: Registry[RegimeInfo] = Registry("label regime")
+REGIMES.register(
+    RegimeInfo(
+        "single-positive",
+        "one observed positive per image, the rest unknown",
+        SinglePositive,
+        "Cole et al., CVPR 2021",
+    )
+)
+REGIMES.register(
+    RegimeInfo(
+        "partial",
+        "each label entry observed with probability `fraction`",
+        Partial,
+        "Yuan et al., ICME 2024 (PU-MLC)",
+    )
+)
+
+
+def create_regime(name: str, **params) -> SinglePositive | Partial:
+    """Build a regime from its name and parameters; unknown names or parameters fail listing choices."""
+    info = REGIMES.get(name)
+    valid = set(info.params.__dataclass_fields__)
+    unknown = sorted(set(params) - valid)
+    if unknown:
+        raise WsmlError(
+            f"unknown parameter(s) {', '.join(unknown)} for regime {name}; valid: {', '.join(sorted(valid))}"
+        )
+    return info.params(**params)
+
+
+def parse_regime_spec(spec: str) -> SinglePositive | Partial:
+    """``single-positive`` or ``partial:fraction=0.1,seed=0`` -> a regime."""
+    name, _, rest = spec.partition(":")
+    params: dict[str, float | int] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise WsmlError(f"bad regime parameter {item!r} in {spec!r}; expected key=value")
+        params[key.strip()] = float(value) if key.strip() == "fraction" else int(value)
+    return create_regime(name.strip(), **params)
+
+
+def regime_params(regime: SinglePositive | Partial) -> dict:
+    return asdict(regime)
+
+
+REGIME_KIND: dict[type, str] = {SinglePositive: "single-positive", Partial: "partial"}
+GenerateFn = Callable[[OfficialLabels], Observed]

@@ -1,0 +1,100 @@
+"""The first pass of a conversion: check every image and read its size, in parallel.
+
+Reading headers (and the last bytes) is far cheaper than decoding, so bad images are found and
+the shard plan is fixed before any shard is written; rows then stay contiguous when
+``--on-bad skip`` drops images.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+
+import numpy as np
+
+from shards.images import BadImage, probe_file
+
+OK, MISSING, BAD = 0, 1, 2
+CHUNK = 256
+
+
+@dataclass
+class ScanResult:
+    """Per-record status (OK / MISSING / BAD), size, and whether it must be re-encoded."""
+
+    status: np.ndarray  # int8 (N,)
+    width: np.ndarray  # int32 (N,)
+    height: np.ndarray  # int32 (N,)
+    nbytes: np.ndarray  # int64 (N,)
+    is_jpeg: np.ndarray  # bool (N,)
+    reasons: dict[int, str]  # record index -> why it is bad
+
+    def to_npz(self) -> dict[str, np.ndarray]:
+        idx = np.array(sorted(self.reasons), dtype=np.int64)
+        return {
+            "status": self.status,
+            "width": self.width,
+            "height": self.height,
+            "nbytes": self.nbytes,
+            "is_jpeg": self.is_jpeg,
+            "bad_index": idx,
+            "bad_reason": np.array([self.reasons[i] for i in idx.tolist()], dtype=str),
+        }
+
+    @classmethod
+    def from_npz(cls, z) -> ScanResult:
+        reasons = dict(zip(z["bad_index"].tolist(), z["bad_reason"].tolist(), strict=True))
+        return cls(z["status"], z["width"], z["height"], z["nbytes"], z["is_jpeg"], reasons)
+
+
+def _probe_chunk(args: tuple[Sequence[str], str]) -> list[tuple[int, int, int, int, bool, str]]:
+    paths, check = args
+    out = []
+    for path in paths:
+        if not os.path.isfile(path):
+            out.append((MISSING, 0, 0, 0, False, "missing"))
+            continue
+        try:
+            p = probe_file(path, check)
+            out.append((OK, p.width, p.height, p.size, p.is_jpeg, ""))
+        except BadImage as e:
+            out.append((BAD, 0, 0, 0, False, str(e)))
+    return out
+
+
+def scan_images(
+    paths: Sequence[str],
+    check: str,
+    workers: int,
+    on_progress: Callable[[int], None] = lambda n: None,
+) -> ScanResult:
+    n = len(paths)
+    chunks = [(paths[i : i + CHUNK], check) for i in range(0, n, CHUNK)]
+    rows: list[tuple] = []
+    for part in map_in_pool(_probe_chunk, chunks, workers):
+        rows.extend(part)
+        on_progress(len(part))
+    status = np.array([r[0] for r in rows], dtype=np.int8).reshape(n)
+    return ScanResult(
+        status=status,
+        width=np.array([r[1] for r in rows], dtype=np.int32).reshape(n),
+        height=np.array([r[2] for r in rows], dtype=np.int32).reshape(n),
+        nbytes=np.array([r[3] for r in rows], dtype=np.int64).reshape(n),
+        is_jpeg=np.array([r[4] for r in rows], dtype=bool).reshape(n),
+        reasons={i: r[5] for i, r in enumerate(rows) if r[0] == BAD},
+    )
+
+
+def map_in_pool(fn: Callable, tasks: Sequence, workers: int) -> Iterable:
+    """``map(fn, tasks)`` in order, in this process or in ``workers`` spawned processes."""
+    if workers <= 1 or len(tasks) <= 1:
+        yield from map(fn, tasks)
+        return
+    ex = ProcessPoolExecutor(min(workers, len(tasks)), mp_context=get_context("spawn"))
+    try:
+        yield from ex.map(fn, tasks)
+    finally:  # on an error, do not go on converting the remaining tasks
+        ex.shutdown(wait=True, cancel_futures=True)

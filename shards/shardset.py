@@ -1,0 +1,126 @@
+"""Reading a shard set: the manifest (a folder without one is incomplete and refused), label
+tables, observed views, and the summary ``cli.py info`` prints."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from shards import FORMAT_VERSION
+from shards.errors import WsmlError
+from shards.tables import dense_labels, read_table
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    root: Path
+    manifest: dict
+
+    @property
+    def classes(self) -> list[str]:
+        return self.manifest["classes"]
+
+    @property
+    def splits(self) -> list[str]:
+        order = {"train": 0, "val": 1, "test": 2}
+        return sorted(self.manifest["splits"], key=lambda s: (order.get(s, 9), s))
+
+    def split(self, name: str) -> dict:
+        try:
+            return self.manifest["splits"][name]
+        except KeyError:
+            raise WsmlError(
+                f"{self.root} has no split {name!r}; splits: {', '.join(self.splits)}"
+            ) from None
+
+    def shard_paths(self, split: str) -> list[Path]:
+        return [self.root / s["tar"] for s in self.split(split)["shards"]]
+
+    def index_paths(self, split: str) -> list[Path]:
+        return [self.root / s["index"] for s in self.split(split)["shards"]]
+
+    def label_table(self, split: str) -> pa.Table:
+        return read_table(self.root / self.split(split)["labels"]["path"])
+
+    def full_labels(self, split: str) -> np.ndarray:
+        """int8 (N, L) clean labels in row order: 1 positive, -1 negative, 0 unknown."""
+        t = self.label_table(split)
+        return dense_labels(t["positives"], t["negatives"], len(self.classes), fill=0)
+
+    @cached_property
+    def regimes(self) -> dict[str, dict]:
+        """Complete observed views (those whose regime.json exists), by view name."""
+        out = {}
+        for meta in sorted((self.root / "observed").glob("*/regime.json")):
+            out[meta.parent.name] = json.loads(meta.read_text())
+        return out
+
+    def observed_labels(self, view: str, split: str) -> np.ndarray:
+        """int8 (N, L) observed labels of a view in row order (1 / 0 unknown / -1)."""
+        if view in ("full", "clean"):
+            return self.full_labels(split)
+        if view not in self.regimes:
+            have = ", ".join(["full", *self.regimes]) or "none"
+            raise WsmlError(
+                f"{self.root} has no observed view {view!r}; views: {have}. "
+                f"Make one with: cli.py observe {self.root} <regime>"
+            )
+        t = read_table(self.root / self.regimes[view]["splits"][split]["path"])
+        return dense_labels(t["positives"], t["negatives"], len(self.classes), fill=0)
+
+
+def open_shard_set(path: str | Path) -> ShardSet:
+    root = Path(path)
+    if not root.is_dir():
+        raise WsmlError(f"shard set folder {root} does not exist")
+    manifest = root / "manifest.json"
+    if not manifest.is_file():
+        hint = (
+            "its conversion did not finish; run the same cli.py shard command again to resume"
+            if (root / "_progress").exists()
+            else "expected a folder written by cli.py shard"
+        )
+        raise WsmlError(f"{root} has no manifest.json: {hint}")
+    m = json.loads(manifest.read_text())
+    if m.get("format") != "wsml-shards" or m.get("format_version") != FORMAT_VERSION:
+        raise WsmlError(
+            f"{manifest} is not a wsml shard set of format version {FORMAT_VERSION} "
+            f"(found {m.get('format')} {m.get('format_version')})"
+        )
+    return ShardSet(root, m)
+
+
+def summarize(ss: ShardSet) -> dict:
+    """Counts per split, positives per image, per-class frequencies and regimes present."""
+    splits = {}
+    for name in ss.splits:
+        y = ss.full_labels(name)
+        npos = (y == 1).sum(1)
+        splits[name] = {
+            "images": int(y.shape[0]),
+            "shards": len(ss.split(name)["shards"]),
+            "bytes": int(sum(s["bytes"] for s in ss.split(name)["shards"])),
+            "positives_per_image": {
+                "mean": round(float(npos.mean()), 3) if len(npos) else 0.0,
+                "min": int(npos.min()) if len(npos) else 0,
+                "max": int(npos.max()) if len(npos) else 0,
+            },
+            "class_frequency": (y == 1).sum(0).astype(int).tolist(),
+            "unknown_entries": int((y == 0).sum()),
+        }
+    official = ss.manifest["official_splits"]
+    return {
+        "dataset": ss.manifest["dataset"],
+        "root": str(ss.root),
+        "classes": ss.classes,
+        "groups": ss.manifest.get("groups"),
+        "splits": splits,
+        "regimes": {k: v["params"] for k, v in ss.regimes.items()},
+        "skipped": {k: len(v["skipped"]) for k, v in official.items()},
+        "missing": {k: len(v["missing"]) for k, v in official.items()},
+    }

@@ -1,0 +1,152 @@
+"""What a converter hands to the writer: a validated source with classes and records.
+
+Converters only read. ``open(root, options)`` checks the layout before anything is returned
+and raises :class:`WsmlError` naming the expected file; records are plain values, in the
+field's formatted order for each official split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shards.errors import WsmlError
+from shards.registry import Registry
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One image of an official split. ``negatives=None`` means every other class is negative."""
+
+    source_id: str  # id in the source (COCO image id, VOC image name, ...)
+    path: str  # absolute path of the image file
+    key_hint: str  # readable basis for the tar key (sanitised by the writer)
+    positives: tuple[int, ...]
+    negatives: tuple[int, ...] | None = None
+    difficult: tuple[int, ...] = ()  # VOC: classes with only 'difficult' objects (counted negative)
+
+
+@dataclass(frozen=True)
+class OfficialSplit:
+    """An official split of the source and its role: ``train`` is cut into train/val, ``test`` kept."""
+
+    name: str
+    role: str  # "train" | "test"
+    records: Sequence[Record]
+    missing: tuple[str, ...] = ()  # source ids whose image is absent (sources that allow it)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A validated raw dataset: classes, official splits and what identifies its content."""
+
+    dataset: str
+    root: str
+    classes: tuple[str, ...]
+    splits: tuple[OfficialSplit, ...]
+    fingerprint: str  # sha256 over the annotation files and the image list
+    complete_labels: bool = True  # every class not positive is a negative
+    groups: tuple[str, ...] | None = None  # class group of each class, where the source has one
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ConverterInfo:
+    """Registry entry of a converter: its name, options dataclass and the function that opens a root."""
+
+    name: str
+    description: str
+    options: type
+    open: Callable[[Path, Any], Source]
+    allows_missing_images: bool = False
+
+
+CONVERTERS: Registry[ConverterInfo] = Registry("dataset")
+
+
+def register_converter(info: ConverterInfo) -> ConverterInfo:
+    return CONVERTERS.register(info)
+
+
+def parse_options(options_cls: type, raw: dict[str, str], what: str) -> Any:
+    """Build an options dataclass from ``key=value`` strings; unknown keys fail listing the valid ones."""
+    fields = {f.name: f for f in dataclasses.fields(options_cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        valid = ", ".join(fields) or "none"
+        raise WsmlError(f"unknown option(s) {', '.join(unknown)} for {what}; valid: {valid}")
+    values = {}
+    for key, text in raw.items():
+        values[key] = _coerce(text, fields[key].type, key)
+    return options_cls(**values)
+
+
+def _coerce(text: str, typ: Any, key: str) -> Any:
+    typ = str(typ)
+    if "bool" in typ:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise WsmlError(f"option {key} expects true/false, got {text!r}")
+    if "int" in typ and "str" not in typ:
+        try:
+            return int(text)
+        except ValueError:
+            raise WsmlError(f"option {key} expects an integer, got {text!r}") from None
+    if "float" in typ:
+        try:
+            return float(text)
+        except ValueError:
+            raise WsmlError(f"option {key} expects a number, got {text!r}") from None
+    if "tuple" in typ:
+        return tuple(s.strip() for s in text.split(",") if s.strip())
+    return text
+
+
+def fingerprint_files(paths: Sequence[Path], extra: Sequence[str] = ()) -> str:
+    """sha256 over the named files' bytes (by relative order given) and extra strings."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode() + b"\0")
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    for s in extra:
+        h.update(s.encode() + b"\0")
+    return h.hexdigest()
+
+
+def require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise WsmlError(f"expected {what} at {path}, but it {_absent(path)}")
+    return path
+
+
+def require_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise WsmlError(f"expected {what} at {path}, but it {_absent(path)}")
+    return path
+
+
+def _absent(path: Path) -> str:
+    return "is not a folder" if path.exists() and not path.is_dir() else (
+        "is a folder" if path.is_dir() else "does not exist"
+    )
+
+
+def check_duplicates(ids: Sequence[str], where: str) -> None:
+    seen: set[str] = set()
+    for i in ids:
+        if i in seen:
+            raise WsmlError(f"duplicate id {i!r} in {where}")
+        seen.add(i)
+
+
+def image_exists(path: str) -> bool:
+    return os.path.isfile(path)

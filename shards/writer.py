@@ -1,0 +1,399 @@
+"""The one writer of shard sets: raw source -> tar shards + DALI indexes + Parquet label tables +
+observed views + manifest (written last).
+
+Resumable per shard: each shard is published atomically with a done-marker under ``_progress/``;
+a rerun with the same source and options skips finished shards and ends with the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import struct
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shards import FORMAT_VERSION, __version__
+from shards.errors import WsmlError
+from shards.fileio import (
+    TarShardWriter,
+    dumps_json,
+    publish,
+    remove_temporaries,
+    tmp_path_for,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+from shards.images import BadImage, encode_jpeg, probe_bytes, target_size
+from shards.plan import cut_shards, field_split, make_keys, shuffle_order
+from shards.regimes import parse_regime_spec
+from shards.scan import BAD, MISSING, OK, ScanResult, map_in_pool, scan_images
+from shards.source import Source
+from shards.views import write_official_and_label_tables, write_regime_view
+
+PROGRESS = "_progress"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    """How a source becomes a shard set; every field is recorded in the manifest."""
+
+    val_frac: float = 0.2
+    split_seed: int = 1200
+    shuffle_seed: int = 1200
+    shard_bytes: int = 64_000_000
+    shard_samples: int = 1000
+    max_side: int | None = None
+    jpeg_quality: int = 90
+    check: str = "header"  # header | decode
+    on_bad: str = "fail"  # fail | skip
+    max_bad: float = 0.01  # with on_bad=skip: largest fraction of an official split skipped
+    regimes: tuple[str, ...] = ("single-positive",)
+
+    def validate(self) -> None:
+        if not 0.0 <= self.val_frac < 1.0:
+            raise WsmlError(f"--val-frac must be in [0, 1), got {self.val_frac}")
+        if self.check not in ("header", "decode"):
+            raise WsmlError(f"--check must be header or decode, got {self.check!r}")
+        if self.on_bad not in ("fail", "skip"):
+            raise WsmlError(f"--on-bad must be fail or skip, got {self.on_bad!r}")
+        if self.shard_samples < 1 or self.shard_bytes < 1:
+            raise WsmlError("shard size limits must be positive")
+        for spec in self.regimes:
+            parse_regime_spec(spec)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    out: str
+    name: str
+    items: tuple  # (key, path, row, width, height, reencode) per sample, in tar order
+    quality: int
+    plan_id: str
+
+
+@dataclass(frozen=True)
+class SplitRows:
+    """Rows of one output split: record indices into its official split, in row order."""
+
+    name: str
+    official: int  # index into source.splits
+    records: np.ndarray  # int64 (N,) formatted index of each row
+    keys: list[str]
+
+
+def write_shard_set(
+    source: Source,
+    out: Path,
+    options: ShardOptions,
+    converter_options: dict,
+    *,
+    workers: int = 1,
+    resume: bool | None = None,
+    overwrite: bool = False,
+    allows_missing: bool = False,
+    progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> dict:
+    """Convert ``source`` into a shard set at ``out``; return the manifest."""
+    options.validate()
+    progress = progress or (lambda desc, total: lambda n: None)
+    identity = _identity(source, options, converter_options)
+    created = not out.exists()
+    state = _prepare_out(out, identity, resume, overwrite)
+    if state == "complete":
+        log(f"{out} already holds this shard set; nothing to do")
+        return _read_json(out / MANIFEST)
+    if state == "resume":
+        log(f"resuming the interrupted conversion in {out}")
+    (out / PROGRESS / "done").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / PROGRESS / "identity.json", {"identity": identity})
+    try:
+        scans, report = [], {}
+        for i, split in enumerate(source.splits):
+            scan = _scan_split(source, i, options, workers, out, progress)
+            report[split.name] = _check_scan(split, scan, options, allows_missing)
+            _cache_scan(out, split.name, scan)
+            scans.append(scan)
+    except WsmlError:
+        if state == "fresh":  # nothing but our bookkeeping was written: leave no trace
+            shutil.rmtree(out / PROGRESS, ignore_errors=True)
+            if created:
+                out.rmdir()
+        raise
+    splits = _assign_rows(source, scans, options)
+    tasks, plan_id = _plan_tasks(source, scans, splits, options, out)
+    shard_infos = _write_shards(tasks, out, workers, progress)
+
+    tables = write_official_and_label_tables(out, source, scans, splits, report, options.max_side)
+    regimes = {}
+    for spec in options.regimes:
+        regime = parse_regime_spec(spec)
+        regimes[regime.view_name()] = write_regime_view(out, regime, len(source.classes))
+    manifest = _manifest(source, options, converter_options, identity, plan_id, splits,
+                         shard_infos, tables, report, regimes)
+    write_json_atomic(out / MANIFEST, manifest)
+    shutil.rmtree(out / PROGRESS, ignore_errors=True)
+    return manifest
+
+
+def _identity(source: Source, options: ShardOptions, converter_options: dict) -> str:
+    blob = dumps_json(
+        {
+            "format_version": FORMAT_VERSION,
+            "dataset": source.dataset,
+            "fingerprint": source.fingerprint,
+            "converter_options": converter_options,
+            "options": asdict(options),
+        }
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def _prepare_out(out: Path, identity: str, resume: bool | None, overwrite: bool) -> str:
+    """Decide between a fresh conversion, a resumed one, or nothing to do; refuse foreign folders."""
+    manifest, ident = out / MANIFEST, out / PROGRESS / "identity.json"
+    ours = manifest.exists() or ident.exists()
+    if out.exists() and not out.is_dir():
+        raise WsmlError(f"--out {out} exists and is not a folder")
+    if overwrite and ours:
+        _clear(out)
+    elif manifest.exists():
+        m = _read_json(manifest)
+        if m.get("identity") == identity:
+            return "complete"
+        raise WsmlError(
+            f"{out} already holds a different shard set ({m.get('dataset')} from "
+            f"{m.get('source', {}).get('root')}, or other options); choose another --out "
+            "or pass --overwrite to replace it"
+        )
+    elif ident.exists():
+        if _read_json(ident).get("identity") == identity:
+            remove_temporaries(out)
+            return "resume"
+        raise WsmlError(
+            f"{out} holds an interrupted conversion of a different dataset or with other "
+            "options; rerun that command to finish it, choose another --out, or pass --overwrite"
+        )
+    elif out.exists() and any(out.iterdir()):
+        raise WsmlError(f"--out {out} is not empty and holds no shard set; choose an empty folder")
+    if resume:
+        raise WsmlError(f"--resume: {out} holds no interrupted conversion to resume")
+    out.mkdir(parents=True, exist_ok=True)
+    return "fresh"
+
+
+def _clear(out: Path) -> None:
+    """Remove what a previous conversion wrote (only our own names)."""
+    for p in out.iterdir():
+        if p.name in (MANIFEST, PROGRESS, "labels", "observed", "embeddings"):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        elif p.suffix in (".tar", ".idx") or p.name.endswith(".wsml-tmp"):
+            p.unlink()
+
+
+def _scan_split(source, i, options, workers, out, progress) -> ScanResult:
+    split = source.splits[i]
+    cache = out / PROGRESS / f"scan-{split.name}.npz"
+    if cache.exists():
+        with np.load(cache) as z:
+            return ScanResult.from_npz(z)
+    tick = progress(f"checking {split.name} images", len(split.records))
+    return scan_images([r.path for r in split.records], options.check, workers, tick)
+
+
+def _cache_scan(out: Path, name: str, scan: ScanResult) -> None:
+    """Keep a scan that passed the checks, so a resumed run does not read every image again."""
+    cache = out / PROGRESS / f"scan-{name}.npz"
+    tmp = tmp_path_for(cache)
+    with open(tmp, "wb") as f:
+        np.savez(f, **scan.to_npz())
+    publish(tmp, cache)
+
+
+def _check_scan(split, scan: ScanResult, options: ShardOptions, allows_missing: bool) -> dict:
+    """Apply the missing/bad-image policy to one official split; return what the manifest
+    records about it."""
+    recs = split.records
+    missing = np.flatnonzero(scan.status == MISSING)
+    if len(missing) and not allows_missing:
+        shown = ", ".join(recs[i].path for i in missing[:5])
+        raise WsmlError(f"{len(missing)} image file(s) of the {split.name} split are missing: {shown}")
+    bad = np.flatnonzero(scan.status == BAD)
+    if len(bad) and options.on_bad == "fail":
+        r = recs[bad[0]]
+        raise WsmlError(
+            f"bad image {r.key_hint!r} (id {r.source_id}) at {r.path}: {scan.reasons[bad[0]]}; "
+            f"{len(bad)} bad image(s) in the {split.name} split. Use --on-bad skip to leave them out"
+        )
+    if len(bad) > options.max_bad * len(recs):
+        raise WsmlError(
+            f"{len(bad)} of {len(recs)} images of the {split.name} split are bad, more than "
+            f"--max-bad {options.max_bad:g}; first: {recs[bad[0]].path}: {scan.reasons[bad[0]]}"
+        )
+    return {
+        "records": len(recs),
+        "missing": [recs[i].source_id for i in missing.tolist()],
+        "skipped": [
+            {"id": recs[i].source_id, "path": recs[i].path, "reason": scan.reasons[i]}
+            for i in bad.tolist()
+        ],
+        "reencoded": int(np.sum((scan.status == OK) & ~scan.is_jpeg)),
+    }
+
+
+def _assign_rows(source: Source, scans, options: ShardOptions) -> list[SplitRows]:
+    """Official train -> train/val by the field's rule (on every present record, so the split
+    of the remaining ones matches the reference), official test -> test; bad ones dropped."""
+    out = []
+    for i, (split, scan) in enumerate(zip(source.splits, scans, strict=True)):
+        present = np.flatnonzero(scan.status != MISSING)
+        if split.role == "train":
+            tr, va = field_split(len(present), options.val_frac, options.split_seed)
+            parts = [("train", present[tr]), ("val", present[va])]
+        else:
+            parts = [("test", present)]
+        recs = split.records
+        good = np.flatnonzero(scan.status == OK)
+        keys = make_keys([recs[j].key_hint for j in good], [recs[j].source_id for j in good])
+        key_of = dict(zip(good.tolist(), keys, strict=True))
+        for name, idx in parts:
+            idx = idx[scan.status[idx] == OK]
+            if len(idx):
+                out.append(SplitRows(name, i, idx, [key_of[j] for j in idx.tolist()]))
+    names = [s.name for s in out]
+    if len(set(names)) != len(names):
+        raise WsmlError(f"source {source.dataset} maps two official splits to one of {names}")
+    return out
+
+
+def _plan_tasks(source, scans, splits, options, out):
+    tasks, h = [], hashlib.sha256()
+    for rows in splits:
+        scan, recs = scans[rows.official], source.splits[rows.official].records
+        order = shuffle_order(len(rows.records), options.shuffle_seed, rows.name)
+        sizes = scan.nbytes[rows.records[order]]
+        for k, cut in enumerate(cut_shards(sizes, options.shard_bytes, options.shard_samples)):
+            items = []
+            for row in order[cut.start : cut.stop].tolist():
+                j = int(rows.records[row])
+                w, hgt = target_size(int(scan.width[j]), int(scan.height[j]), options.max_side)
+                reencode = bool(not scan.is_jpeg[j] or (w, hgt) != (scan.width[j], scan.height[j]))
+                items.append((rows.keys[row], recs[j].path, row, w, hgt, reencode))
+                h.update(f"{rows.keys[row]} {row} {scan.nbytes[j]}\n".encode())
+            tasks.append([f"{rows.name}-{k:06d}", tuple(items)])
+    plan_id = h.hexdigest()
+    stored = out / PROGRESS / "plan.json"
+    if stored.exists() and _read_json(stored)["plan_id"] != plan_id:
+        raise WsmlError(
+            f"the source images changed since the interrupted conversion in {out}; "
+            "pass --overwrite to start again"
+        )
+    write_json_atomic(stored, {"plan_id": plan_id})
+    return [ShardTask(str(out), n, it, options.jpeg_quality, plan_id) for n, it in tasks], plan_id
+
+
+def _write_shards(tasks, out, workers, progress) -> dict[str, dict]:
+    infos, todo = {}, []
+    for t in tasks:
+        done = out / PROGRESS / "done" / f"{t.name}.json"
+        if done.exists() and (out / f"{t.name}.tar").exists():
+            info = _read_json(done)
+            if info.get("plan_id") == t.plan_id:
+                infos[t.name] = info
+                continue
+        todo.append(t)
+    tick = progress("writing shards", sum(len(t.items) for t in todo))
+    for info in map_in_pool(write_one_shard, todo, workers):
+        infos[info["name"]] = info
+        tick(info["num_samples"])
+    return {t.name: infos[t.name] for t in tasks}
+
+
+def write_one_shard(task: ShardTask) -> dict:
+    """Write one tar (+ its DALI index) and publish it; runs in a worker process."""
+    out = Path(task.out)
+    tar_path = out / f"{task.name}.tar"
+    writer = TarShardWriter(tmp_path_for(tar_path))
+    try:
+        for key, path, row, w, h, reencode in task.items:
+            data = _read_image(path, key)
+            if reencode:
+                data = encode_jpeg(data, (w, h), task.quality)
+            writer.add(key, (("jpg", data), ("row", struct.pack("<q", row))))
+        sha, nbytes, index = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    write_bytes_atomic(out / f"{task.name}.idx", index.encode())
+    publish(writer.path, tar_path)
+    info = {"name": task.name, "num_samples": len(task.items), "bytes": nbytes, "sha256": sha,
+            "index_sha256": hashlib.sha256(index.encode()).hexdigest(), "plan_id": task.plan_id}
+    write_json_atomic(out / PROGRESS / "done" / f"{task.name}.json", info)
+    return info
+
+
+def _read_image(path: str, key: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise WsmlError(f"cannot read image {key!r} at {path}: {e.strerror or e}") from None
+    if data[:2] == b"\xff\xd8":
+        try:
+            probe_bytes(data)
+        except BadImage as e:  # the file changed after the check pass
+            raise WsmlError(f"bad image {key!r} at {path}: {e}") from None
+    return data
+
+
+def _manifest(source, options, converter_options, identity, plan_id, splits, shard_infos,
+              tables, report, regimes) -> dict:
+    split_entries = {}
+    for rows in splits:
+        shards = [
+            {"tar": f"{n}.tar", "index": f"{n}.idx", "num_samples": i["num_samples"],
+             "bytes": i["bytes"], "sha256": i["sha256"], "index_sha256": i["index_sha256"]}
+            for n, i in shard_infos.items() if n.rsplit("-", 1)[0] == rows.name
+        ]
+        split_entries[rows.name] = {
+            "num_samples": len(rows.records),
+            "official": source.splits[rows.official].name,
+            "labels": tables[rows.name],
+            "shards": shards,
+        }
+    return {
+        "format": "wsml-shards",
+        "format_version": FORMAT_VERSION,
+        "created_by": f"wsml {__version__}",
+        "dataset": source.dataset,
+        "classes": list(source.classes),
+        "groups": list(source.groups) if source.groups else None,
+        "complete_labels": source.complete_labels,
+        "splits": split_entries,
+        "official_splits": {
+            s.name: {"role": s.role, **report[s.name], "labels": tables[f"official/{s.name}"]}
+            for s in source.splits
+        },
+        "regimes_at_conversion": regimes,
+        "options": asdict(options),
+        "source": {
+            "dataset": source.dataset,
+            "root": source.root,
+            "fingerprint": source.fingerprint,
+            "converter_options": converter_options,
+            **source.notes,
+        },
+        "identity": identity,
+        "plan_id": plan_id,
+    }
