@@ -110,19 +110,50 @@ def main():
 @click.option("--shard-samples", default=1000, show_default=True, help="Samples per shard at most.")
 @click.option("--max-side", type=int, help="Re-encode images whose longer side exceeds this.")
 @click.option("--jpeg-quality", default=90, show_default=True, help="Quality of re-encoded images.")
-@click.option("--check", type=click.Choice(["header", "decode"]), default="header", show_default=True,
-              help="Structural JPEG check, or a full decode of every image.")
+@click.option(
+    "--check",
+    type=click.Choice(["header", "decode"]),
+    default="header",
+    show_default=True,
+    help="Structural JPEG check, or a full decode of every image.",
+)
 @click.option("--on-bad", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
-@click.option("--max-bad", default=0.01, show_default=True, help="With --on-bad skip: max fraction.")
-@click.option("--regime", "regimes", multiple=True, default=("single-positive",), show_default=True,
-              help="Observed views to make, e.g. single-positive or partial:fraction=0.1.")
+@click.option(
+    "--max-bad", default=0.01, show_default=True, help="With --on-bad skip: max fraction."
+)
+@click.option(
+    "--regime",
+    "regimes",
+    multiple=True,
+    default=("single-positive",),
+    show_default=True,
+    help="Observed views to make, e.g. single-positive or partial:fraction=0.1.",
+)
 @click.option("--workers", default=os.cpu_count() or 1, show_default=True, help="Processes.")
 @click.option("--resume", is_flag=True, help="Require an interrupted conversion to resume.")
 @click.option("--overwrite", is_flag=True, help="Replace a shard set already in --out.")
 @click.option("-o", "opts", multiple=True, metavar="KEY=VALUE", help="Converter option.")
 @expected_errors
-def shard(dataset, root, out, val_frac, split_seed, shuffle_seed, shard_size, shard_samples,
-          max_side, jpeg_quality, check, on_bad, max_bad, regimes, workers, resume, overwrite, opts):
+def shard(
+    dataset,
+    root,
+    out,
+    val_frac,
+    split_seed,
+    shuffle_seed,
+    shard_size,
+    shard_samples,
+    max_side,
+    jpeg_quality,
+    check,
+    on_bad,
+    max_bad,
+    regimes,
+    workers,
+    resume,
+    overwrite,
+    opts,
+):
     """Convert a raw dataset into a shard set (tars + DALI indexes + Parquet labels + manifest)."""
     from pathlib import Path
 
@@ -130,19 +161,36 @@ def shard(dataset, root, out, val_frac, split_seed, shuffle_seed, shard_size, sh
 
     t0 = time.perf_counter()
     manifest = convert(
-        dataset, Path(root), Path(out), parse_kv(opts),
-        dict(val_frac=val_frac, split_seed=split_seed, shuffle_seed=shuffle_seed,
-             shard_bytes=shard_size, shard_samples=shard_samples, max_side=max_side,
-             jpeg_quality=jpeg_quality, check=check, on_bad=on_bad, max_bad=max_bad,
-             regimes=tuple(regimes)),
-        workers=workers, resume=resume or None, overwrite=overwrite,
-        progress=progress_factory(sys.stderr.isatty()), log=click.echo,
+        dataset,
+        Path(root),
+        Path(out),
+        parse_kv(opts),
+        dict(
+            val_frac=val_frac,
+            split_seed=split_seed,
+            shuffle_seed=shuffle_seed,
+            shard_bytes=shard_size,
+            shard_samples=shard_samples,
+            max_side=max_side,
+            jpeg_quality=jpeg_quality,
+            check=check,
+            on_bad=on_bad,
+            max_bad=max_bad,
+            regimes=tuple(regimes),
+        ),
+        workers=workers,
+        resume=resume or None,
+        overwrite=overwrite,
+        progress=progress_factory(sys.stderr.isatty()),
+        log=click.echo,
     )
     elapsed = time.perf_counter() - t0
     for name, split in manifest["splits"].items():
         nbytes = sum(s["bytes"] for s in split["shards"])
-        click.echo(f"{name:>6}: {split['num_samples']:>8} images  {len(split['shards']):>4} shards"
-                   f"  {nbytes / 1e6:9.1f} MB")
+        click.echo(
+            f"{name:>6}: {split['num_samples']:>8} images  {len(split['shards']):>4} shards"
+            f"  {nbytes / 1e6:9.1f} MB"
+        )
     skipped = sum(len(v["skipped"]) for v in manifest["official_splits"].values())
     if skipped:
         click.echo(f"skipped {skipped} bad image(s); listed in manifest.json")
@@ -186,16 +234,20 @@ def info(shards_dir, as_json):
     click.echo(f"{s['dataset']} at {s['root']}: {len(s['classes'])} classes")
     for name, sp in s["splits"].items():
         p = sp["positives_per_image"]
-        click.echo(f"  {name:>5}: {sp['images']:>8} images in {sp['shards']} shards "
-                   f"({sp['bytes'] / 1e6:.1f} MB); positives/image mean {p['mean']:.2f} "
-                   f"[{p['min']}, {p['max']}]" + (f"; {sp['unknown_entries']} unknown entries"
-                                                  if sp["unknown_entries"] else ""))
+        click.echo(
+            f"  {name:>5}: {sp['images']:>8} images in {sp['shards']} shards "
+            f"({sp['bytes'] / 1e6:.1f} MB); positives/image mean {p['mean']:.2f} "
+            f"[{p['min']}, {p['max']}]"
+            + (f"; {sp['unknown_entries']} unknown entries" if sp["unknown_entries"] else "")
+        )
     names = list(s["splits"])
     width = max(len(c) for c in s["classes"])
     click.echo(f"  {'class':<{width}}  " + "  ".join(f"{n:>7}" for n in names))
     for k, c in enumerate(s["classes"]):
-        click.echo(f"  {c:<{width}}  " + "  ".join(
-            f"{s['splits'][n]['class_frequency'][k]:>7}" for n in names))
+        click.echo(
+            f"  {c:<{width}}  "
+            + "  ".join(f"{s['splits'][n]['class_frequency'][k]:>7}" for n in names)
+        )
     regimes = ", ".join(f"{k} {v}" for k, v in s["regimes"].items()) or "none"
     click.echo(f"  regimes: full, {regimes}")
     for what in ("skipped", "missing"):
@@ -220,9 +272,11 @@ def verify(shards_dir, workers, no_decode):
     if problems:
         for p in problems[:50]:
             click.echo(p, err=True)
-        more = f" (first 50 shown)" if len(problems) > 50 else ""
+        more = " (first 50 shown)" if len(problems) > 50 else ""
         raise click.ClickException(f"{len(problems)} problem(s) in {shards_dir}{more}")
-    click.echo(f"{shards_dir}: OK ({total} samples, {sum(len(ss.split(n)['shards']) for n in ss.splits)} shards)")
+    click.echo(
+        f"{shards_dir}: OK ({total} samples, {sum(len(ss.split(n)['shards']) for n in ss.splits)} shards)"
+    )
 
 
 @main.command("demo-data")
@@ -235,8 +289,7 @@ def demo_data(out, n_train, n_val, seed):
     """Write the embedded demo dataset (digit mosaics, COCO layout) from scikit-learn's digits."""
     from shards.demo import write_demo_data
 
-    s = write_demo_data(out, n_train=n_train, n_val=n_val, seed=seed,
-                        progress=sys.stderr.isatty())
+    s = write_demo_data(out, n_train=n_train, n_val=n_val, seed=seed, progress=sys.stderr.isatty())
     click.echo(json.dumps(s))
 
 
@@ -249,8 +302,12 @@ def bench():
 @click.option("--images", default=3000, show_default=True, help="JPEGs in the generated dataset.")
 @click.option("--workdir", type=click.Path(), help="Where to generate (default: a temp folder).")
 @click.option("--workers", default=os.cpu_count() or 1, show_default=True)
-@click.option("--rss-sizes", default="2000,20000", show_default=True,
-              help="Two dataset sizes for the peak-memory comparison (0 to skip).")
+@click.option(
+    "--rss-sizes",
+    default="2000,20000",
+    show_default=True,
+    help="Two dataset sizes for the peak-memory comparison (0 to skip).",
+)
 @expected_errors
 def bench_shard(images, workdir, workers, rss_sizes):
     """Shard a generated dataset vs a plain `tar cf` of the same files; peak RSS at two sizes."""

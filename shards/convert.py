@@ -29,8 +29,12 @@ def convert(
     write_options.validate()
     source = info.open(root, opts)
     return write_shard_set(
-        source, out, write_options, _jsonable(asdict(opts)),
-        allows_missing=info.allows_missing_images, **kwargs,
+        source,
+        out,
+        write_options,
+        _jsonable(asdict(opts)),
+        allows_missing=info.allows_missing_images,
+        **kwargs,
     )
 
 

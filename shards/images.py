@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 HEAD_BYTES = 1 << 16
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -135,6 +135,8 @@ def decode_check(data: bytes) -> tuple[int, int]:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             return im.size
+    except UnidentifiedImageError:  # its message is only a BytesIO repr
+        raise BadImage("not an image (no JPEG SOI marker, and no format Pillow reads)") from None
     except Exception as e:  # Pillow raises many types for corrupt data
         raise BadImage(f"does not decode: {e}") from None
 

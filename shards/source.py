@@ -135,8 +135,10 @@ def require_file(path: Path, what: str) -> Path:
 
 
 def _absent(path: Path) -> str:
-    return "is not a folder" if path.exists() and not path.is_dir() else (
-        "is a folder" if path.is_dir() else "does not exist"
+    return (
+        "is not a folder"
+        if path.exists() and not path.is_dir()
+        else ("is a folder" if path.is_dir() else "does not exist")
     )
 
 

@@ -31,9 +31,7 @@ def _list_array(values: Sequence[Sequence[int] | np.ndarray | None]) -> pa.Array
     )
 
 
-def label_columns(
-    positives: Sequence, negatives: Sequence | None
-) -> dict[str, pa.Array]:
+def label_columns(positives: Sequence, negatives: Sequence | None) -> dict[str, pa.Array]:
     cols = {"positives": _list_array(positives)}
     cols["negatives"] = (
         pa.nulls(len(positives), INDEX_LIST) if negatives is None else _list_array(negatives)

@@ -63,13 +63,21 @@ def _verify_split(ss: ShardSet, split: str, workers: int, decode: bool, on_progr
     keys = table["key"].to_pylist()
     sizes = list(zip(table["width"].to_pylist(), table["height"].to_pylist(), strict=True))
     checks = [
-        ShardCheck(str(ss.root / s["tar"]), str(ss.root / s["index"]), s["sha256"],
-                   s["index_sha256"], s["num_samples"], decode)
+        ShardCheck(
+            str(ss.root / s["tar"]),
+            str(ss.root / s["index"]),
+            s["sha256"],
+            s["index_sha256"],
+            s["num_samples"],
+            decode,
+        )
         for s in ss.split(split)["shards"]
     ]
     problems: list[str] = []
     seen = np.zeros(len(keys), dtype=np.int64)
-    for check, (errs, samples) in zip(checks, map_in_pool(_verify_shard, checks, workers), strict=True):
+    for check, (errs, samples) in zip(
+        checks, map_in_pool(_verify_shard, checks, workers), strict=True
+    ):
         problems += errs
         for key, row, size in samples:
             if not 0 <= row < len(keys):
@@ -77,13 +85,19 @@ def _verify_split(ss: ShardSet, split: str, workers: int, decode: bool, on_progr
                 continue
             seen[row] += 1
             if keys[row] != key:
-                problems.append(f"{check.tar}: sample {key} has row {row}, whose key is {keys[row]}")
+                problems.append(
+                    f"{check.tar}: sample {key} has row {row}, whose key is {keys[row]}"
+                )
             elif size is not None and tuple(size) != tuple(sizes[row]):
-                problems.append(f"{check.tar}: image {key} is {size[0]}x{size[1]}, table says "
-                                f"{sizes[row][0]}x{sizes[row][1]}")
+                problems.append(
+                    f"{check.tar}: image {key} is {size[0]}x{size[1]}, table says "
+                    f"{sizes[row][0]}x{sizes[row][1]}"
+                )
         on_progress(check.num_samples)
     for row in np.flatnonzero(seen != 1)[:20].tolist():
-        problems.append(f"split {split}: row {row} ({keys[row]}) appears {seen[row]} times in the shards")
+        problems.append(
+            f"split {split}: row {row} ({keys[row]}) appears {seen[row]} times in the shards"
+        )
     return problems
 
 
@@ -111,7 +125,9 @@ def _verify_shard(check: ShardCheck) -> tuple[list[str], list[tuple]]:
     out = []
     for key, members in samples.items():
         if set(members) != {"jpg", "row"} or len(members["row"]) != 8:
-            problems.append(f"{tar}: sample {key} has members {sorted(members)}, expected jpg and row")
+            problems.append(
+                f"{tar}: sample {key} has members {sorted(members)}, expected jpg and row"
+            )
             continue
         size = None
         if check.decode:

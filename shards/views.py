@@ -14,10 +14,12 @@ from shards.fileio import write_json_atomic
 from shards.images import target_size
 from shards.regimes import REGIME_KIND, OfficialLabels, Partial, SinglePositive
 from shards.scan import MISSING
-from shards.tables import label_columns, list_column, read_table, write_table, lists_from_column
+from shards.tables import label_columns, list_column, lists_from_column, read_table, write_table
 
 
-def write_official_and_label_tables(out: Path, source, scans, splits, report, max_side=None) -> dict:
+def write_official_and_label_tables(
+    out: Path, source, scans, splits, report, max_side=None
+) -> dict:
     """Write ``labels/<split>.parquet`` and ``labels/official/<name>.parquet``; return their
     entries for the manifest (path, rows, sha256)."""
     entries = {}
@@ -25,8 +27,10 @@ def write_official_and_label_tables(out: Path, source, scans, splits, report, ma
     for rows in splits:
         recs, scan = source.splits[rows.official].records, scans[rows.official]
         sel = [recs[j] for j in rows.records.tolist()]
-        dims = [target_size(int(scan.width[j]), int(scan.height[j]), max_side)
-                for j in rows.records.tolist()]
+        dims = [
+            target_size(int(scan.width[j]), int(scan.height[j]), max_side)
+            for j in rows.records.tolist()
+        ]
         cols = {
             "row": pa.array(np.arange(len(sel), dtype=np.int64)),
             "key": pa.array(rows.keys, pa.string()),
@@ -61,7 +65,9 @@ def write_official_and_label_tables(out: Path, source, scans, splits, report, ma
         }
         rel = f"labels/official/{split.name}.parquet"
         entries[f"official/{split.name}"] = {
-            "path": rel, "rows": len(present), "sha256": write_table(out / rel, cols)
+            "path": rel,
+            "rows": len(present),
+            "sha256": write_table(out / rel, cols),
         }
     return entries
 
@@ -88,7 +94,9 @@ def write_regime_view(out: Path, regime: SinglePositive | Partial, num_classes: 
         split_col = table["split"].to_pylist()
         row_col = table["row"].to_pylist()
         for name in sorted({s for s in split_col if s is not None}):
-            sel = [(r, k) for k, (s, r) in enumerate(zip(split_col, row_col, strict=True)) if s == name]
+            sel = [
+                (r, k) for k, (s, r) in enumerate(zip(split_col, row_col, strict=True)) if s == name
+            ]
             sel.sort()
             ks = [k for _, k in sel]
             cols = {
@@ -97,8 +105,12 @@ def write_regime_view(out: Path, regime: SinglePositive | Partial, num_classes: 
             }
             rel = f"observed/{view}/{name}.parquet"
             splits[name] = {"path": rel, "rows": len(sel), "sha256": write_table(out / rel, cols)}
-    meta = {"view": view, "regime": REGIME_KIND[type(regime)], "params": asdict(regime),
-            "splits": splits}
+    meta = {
+        "view": view,
+        "regime": REGIME_KIND[type(regime)],
+        "params": asdict(regime),
+        "splits": splits,
+    }
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / "regime.json", meta)
     return meta

@@ -134,8 +134,18 @@ def write_shard_set(
     for spec in options.regimes:
         regime = parse_regime_spec(spec)
         regimes[regime.view_name()] = write_regime_view(out, regime, len(source.classes))
-    manifest = _manifest(source, options, converter_options, identity, plan_id, splits,
-                         shard_infos, tables, report, regimes)
+    manifest = _manifest(
+        source,
+        options,
+        converter_options,
+        identity,
+        plan_id,
+        splits,
+        shard_infos,
+        tables,
+        report,
+        regimes,
+    )
     write_json_atomic(out / MANIFEST, manifest)
     shutil.rmtree(out / PROGRESS, ignore_errors=True)
     return manifest
@@ -228,7 +238,9 @@ def _check_scan(split, scan: ScanResult, options: ShardOptions, allows_missing: 
     missing = np.flatnonzero(scan.status == MISSING)
     if len(missing) and not allows_missing:
         shown = ", ".join(recs[i].path for i in missing[:5])
-        raise WsmlError(f"{len(missing)} image file(s) of the {split.name} split are missing: {shown}")
+        raise WsmlError(
+            f"{len(missing)} image file(s) of the {split.name} split are missing: {shown}"
+        )
     bad = np.flatnonzero(scan.status == BAD)
     if len(bad) and options.on_bad == "fail":
         r = recs[bad[0]]
@@ -337,8 +349,14 @@ def write_one_shard(task: ShardTask) -> dict:
         raise
     write_bytes_atomic(out / f"{task.name}.idx", index.encode())
     publish(writer.path, tar_path)
-    info = {"name": task.name, "num_samples": len(task.items), "bytes": nbytes, "sha256": sha,
-            "index_sha256": hashlib.sha256(index.encode()).hexdigest(), "plan_id": task.plan_id}
+    info = {
+        "name": task.name,
+        "num_samples": len(task.items),
+        "bytes": nbytes,
+        "sha256": sha,
+        "index_sha256": hashlib.sha256(index.encode()).hexdigest(),
+        "plan_id": task.plan_id,
+    }
     write_json_atomic(out / PROGRESS / "done" / f"{task.name}.json", info)
     return info
 
@@ -357,14 +375,31 @@ def _read_image(path: str, key: str) -> bytes:
     return data
 
 
-def _manifest(source, options, converter_options, identity, plan_id, splits, shard_infos,
-              tables, report, regimes) -> dict:
+def _manifest(
+    source,
+    options,
+    converter_options,
+    identity,
+    plan_id,
+    splits,
+    shard_infos,
+    tables,
+    report,
+    regimes,
+) -> dict:
     split_entries = {}
     for rows in splits:
         shards = [
-            {"tar": f"{n}.tar", "index": f"{n}.idx", "num_samples": i["num_samples"],
-             "bytes": i["bytes"], "sha256": i["sha256"], "index_sha256": i["index_sha256"]}
-            for n, i in shard_infos.items() if n.rsplit("-", 1)[0] == rows.name
+            {
+                "tar": f"{n}.tar",
+                "index": f"{n}.idx",
+                "num_samples": i["num_samples"],
+                "bytes": i["bytes"],
+                "sha256": i["sha256"],
+                "index_sha256": i["index_sha256"],
+            }
+            for n, i in shard_infos.items()
+            if n.rsplit("-", 1)[0] == rows.name
         ]
         split_entries[rows.name] = {
             "num_samples": len(rows.records),

@@ -63,7 +63,9 @@ def open_coco(root: Path, opts: CocoOptions, dataset: str = "coco") -> Source:
         splits=splits,
         fingerprint=fingerprint_files([train_json, test_json], [str(opts.keep_empty)]),
         groups=groups if all(groups) else None,
-        notes={"annotations": [str(train_json.relative_to(root)), str(test_json.relative_to(root))]},
+        notes={
+            "annotations": [str(train_json.relative_to(root)), str(test_json.relative_to(root))]
+        },
     )
 
 
@@ -131,10 +133,12 @@ def _split(name, role, data, image_dir: Path, path: Path, keep_empty: bool) -> O
                 f"category id {cat}; known ids: {sorted(index)}"
             )
         if image_id not in images:
-            raise WsmlError(f"annotation {ann.get('id')} in {path} names unknown image id {image_id}")
+            raise WsmlError(
+                f"annotation {ann.get('id')} in {path} names unknown image id {image_id}"
+            )
         labels.setdefault(image_id, set()).add(index[cat])
     ids = images if keep_empty else labels
-    order = sorted((str(i) for i in ids))  # sorted as strings, as the field's formatter does
+    order = sorted(str(i) for i in ids)  # sorted as strings, as the field's formatter does
     by_str = {str(i): i for i in ids}
     records = []
     for sid in order:
@@ -163,8 +167,12 @@ def _open_coco2014(root: Path, opts: Coco2014Options) -> Source:
 
 
 register_converter(
-    ConverterInfo("coco2014", "MS-COCO 2014 (80 classes), Cole et al.'s protocol",
-                  Coco2014Options, _open_coco2014)
+    ConverterInfo(
+        "coco2014",
+        "MS-COCO 2014 (80 classes), Cole et al.'s protocol",
+        Coco2014Options,
+        _open_coco2014,
+    )
 )
 register_converter(
     ConverterInfo("coco", "any dataset in COCO instances-json layout", CocoOptions, open_coco)

@@ -106,7 +106,9 @@ def _classes_from_xml(base: Path, main: Path, set_name: str) -> tuple[str, ...]:
     for i in _read_ids(require_file(main / f"{set_name}.txt", f"the {set_name} image list")):
         names.update(n for n, _ in _xml_objects(base / "Annotations" / f"{i}.xml"))
     if not names:
-        raise WsmlError(f"no classes found: no ImageSets/Main/*_{set_name}.txt and no objects in Annotations/")
+        raise WsmlError(
+            f"no classes found: no ImageSets/Main/*_{set_name}.txt and no objects in Annotations/"
+        )
     return tuple(sorted(names))
 
 
@@ -132,7 +134,9 @@ def _read_set(base, main, set_name, classes, used) -> dict[str, tuple[tuple, tup
         pos, diff = set(), set()
         for name, difficult in _xml_objects(xml):
             if name not in index:
-                raise WsmlError(f"{xml} has an object of unknown class {name!r}; classes: {', '.join(classes)}")
+                raise WsmlError(
+                    f"{xml} has an object of unknown class {name!r}; classes: {', '.join(classes)}"
+                )
             (diff if difficult else pos).add(index[name])
         out[i] = (tuple(sorted(pos)), tuple(sorted(diff - pos)))
     return out
@@ -191,11 +195,19 @@ def _preset(year: str, train_set: str, test_set: str):
 
 
 register_converter(
-    ConverterInfo("voc2007", "PASCAL VOC 2007: trainval -> train/val, test -> test",
-                  VocPresetOptions, _preset("2007", "trainval", "test"))
+    ConverterInfo(
+        "voc2007",
+        "PASCAL VOC 2007: trainval -> train/val, test -> test",
+        VocPresetOptions,
+        _preset("2007", "trainval", "test"),
+    )
 )
 register_converter(
-    ConverterInfo("voc2012", "PASCAL VOC 2012 (Cole et al.): train -> train/val, val -> test",
-                  VocPresetOptions, _preset("2012", "train", "val"))
+    ConverterInfo(
+        "voc2012",
+        "PASCAL VOC 2012 (Cole et al.): train -> train/val, val -> test",
+        VocPresetOptions,
+        _preset("2012", "train", "val"),
+    )
 )
 register_converter(ConverterInfo("voc", "any dataset in VOC layout", VocOptions, open_voc))
