@@ -1,0 +1,1 @@
+"""Backbones and heads through timm and open_clip, method-specific models, CLIP encoders for caching."""

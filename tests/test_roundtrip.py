@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import struct
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,3 +172,16 @@ def test_verify_passes(converted):
     from shards.verify import verify_shard_set
 
     assert verify_shard_set(open_shard_set(converted[2])) == []
+
+
+def test_index_files_equal_dalis_own_wds2idx(converted, tmp_path):
+    import shutil
+    import subprocess
+
+    wds2idx = shutil.which("wds2idx", path=str(Path(sys.executable).parent))
+    assert wds2idx, "wds2idx ships with the DALI wheel"
+    ss = open_shard_set(converted[2])
+    for tar, idx in zip(ss.shard_paths("train"), ss.index_paths("train"), strict=True):
+        ref = tmp_path / f"{tar.stem}.idx"
+        subprocess.run([wds2idx, str(tar), str(ref)], check=True, capture_output=True)
+        assert idx.read_bytes() == ref.read_bytes()

@@ -1,0 +1,1 @@
+"""The one DDP trainer, the method registry, metrics, checkpoints and reports."""
