@@ -136,7 +136,9 @@ def decode_check(data: bytes) -> tuple[int, int]:
             im.load()
             return im.size
     except UnidentifiedImageError:  # its message is only a BytesIO repr
-        raise BadImage("not an image (no JPEG SOI marker, and no format Pillow reads)") from None
+        raise BadImage(
+            "does not decode: not a JPEG (no SOI marker) nor a format Pillow reads"
+        ) from None
     except Exception as e:  # Pillow raises many types for corrupt data
         raise BadImage(f"does not decode: {e}") from None
 

@@ -86,7 +86,14 @@ def open_shard_set(path: str | Path) -> ShardSet:
             else "expected a folder written by cli.py shard"
         )
         raise WsmlError(f"{root} has no manifest.json: {hint}")
-    m = json.loads(manifest.read_text())
+    try:
+        m = json.loads(manifest.read_bytes())
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise WsmlError(
+            f"{manifest} is not valid JSON ({e}); expected one written by cli.py shard"
+        ) from None
+    if not isinstance(m, dict):
+        m = {}
     if m.get("format") != "wsml-shards" or m.get("format_version") != FORMAT_VERSION:
         raise WsmlError(
             f"{manifest} is not a wsml shard set of format version {FORMAT_VERSION} "

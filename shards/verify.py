@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 
 from shards.fileio import sha256_file
@@ -59,9 +60,16 @@ def _check_table(root: Path, entry: dict) -> list[str]:
 
 
 def _verify_split(ss: ShardSet, split: str, workers: int, decode: bool, on_progress) -> list[str]:
-    table = ss.label_table(split)
-    keys = table["key"].to_pylist()
-    sizes = list(zip(table["width"].to_pylist(), table["height"].to_pylist(), strict=True))
+    try:
+        table = ss.label_table(split)
+    except (OSError, pa.ArrowException):  # reported by _check_table; still check the tars
+        table = None
+    keys = table["key"].to_pylist() if table is not None else []
+    sizes = (
+        list(zip(table["width"].to_pylist(), table["height"].to_pylist(), strict=True))
+        if table is not None
+        else []
+    )
     checks = [
         ShardCheck(
             str(ss.root / s["tar"]),
@@ -79,7 +87,7 @@ def _verify_split(ss: ShardSet, split: str, workers: int, decode: bool, on_progr
         checks, map_in_pool(_verify_shard, checks, workers), strict=True
     ):
         problems += errs
-        for key, row, size in samples:
+        for key, row, size in samples if table is not None else ():
             if not 0 <= row < len(keys):
                 problems.append(f"{check.tar}: sample {key} has row {row}, outside the label table")
                 continue

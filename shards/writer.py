@@ -103,28 +103,28 @@ def write_shard_set(
     options.validate()
     progress = progress or (lambda desc, total: lambda n: None)
     identity = _identity(source, options, converter_options)
-    created = not out.exists()
-    state = _prepare_out(out, identity, resume, overwrite)
+    state = _inspect_out(out, identity, resume, overwrite)
     if state == "complete":
         log(f"{out} already holds this shard set; nothing to do")
         return _read_json(out / MANIFEST)
     if state == "resume":
         log(f"resuming the interrupted conversion in {out}")
+    # Every image is checked before anything is written or replaced: bad input loses nothing.
+    scans, report = [], {}
+    for i, split in enumerate(source.splits):
+        scan = _scan_split(
+            source, i, options, workers, out if state == "resume" else None, progress
+        )
+        report[split.name] = _check_scan(split, scan, options, allows_missing)
+        scans.append(scan)
+    if state == "overwrite":
+        _clear(out)
+    if state == "resume":
+        remove_temporaries(out)
     (out / PROGRESS / "done").mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / PROGRESS / "identity.json", {"identity": identity})
-    try:
-        scans, report = [], {}
-        for i, split in enumerate(source.splits):
-            scan = _scan_split(source, i, options, workers, out, progress)
-            report[split.name] = _check_scan(split, scan, options, allows_missing)
-            _cache_scan(out, split.name, scan)
-            scans.append(scan)
-    except WsmlError:
-        if state == "fresh":  # nothing but our bookkeeping was written: leave no trace
-            shutil.rmtree(out / PROGRESS, ignore_errors=True)
-            if created:
-                out.rmdir()
-        raise
+    for split, scan in zip(source.splits, scans, strict=True):
+        _cache_scan(out, split.name, scan)
     splits = _assign_rows(source, scans, options)
     tasks, plan_id = _plan_tasks(source, scans, splits, options, out)
     shard_infos = _write_shards(tasks, out, workers, progress)
@@ -170,16 +170,21 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _prepare_out(out: Path, identity: str, resume: bool | None, overwrite: bool) -> str:
-    """Decide between a fresh conversion, a resumed one, or nothing to do; refuse foreign folders."""
+def _inspect_out(out: Path, identity: str, resume: bool | None, overwrite: bool) -> str:
+    """fresh / resume / overwrite / complete, or an error for a folder we must not touch.
+    Changes nothing on disk."""
     manifest, ident = out / MANIFEST, out / PROGRESS / "identity.json"
-    ours = manifest.exists() or ident.exists()
     if out.exists() and not out.is_dir():
         raise WsmlError(f"--out {out} exists and is not a folder")
-    if overwrite and ours:
-        _clear(out)
-    elif manifest.exists():
-        m = _read_json(manifest)
+    if overwrite and (manifest.exists() or ident.exists()):
+        return "overwrite"
+    if manifest.exists():
+        try:
+            m = _read_json(manifest)
+        except (ValueError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
+            raise WsmlError(
+                f"{manifest} is not valid JSON; choose another --out or pass --overwrite"
+            ) from None
         if m.get("identity") == identity:
             return "complete"
         raise WsmlError(
@@ -187,19 +192,17 @@ def _prepare_out(out: Path, identity: str, resume: bool | None, overwrite: bool)
             f"{m.get('source', {}).get('root')}, or other options); choose another --out "
             "or pass --overwrite to replace it"
         )
-    elif ident.exists():
+    if ident.exists():
         if _read_json(ident).get("identity") == identity:
-            remove_temporaries(out)
             return "resume"
         raise WsmlError(
             f"{out} holds an interrupted conversion of a different dataset or with other "
             "options; rerun that command to finish it, choose another --out, or pass --overwrite"
         )
-    elif out.exists() and any(out.iterdir()):
+    if out.exists() and any(out.iterdir()):
         raise WsmlError(f"--out {out} is not empty and holds no shard set; choose an empty folder")
     if resume:
         raise WsmlError(f"--resume: {out} holds no interrupted conversion to resume")
-    out.mkdir(parents=True, exist_ok=True)
     return "fresh"
 
 
@@ -212,10 +215,11 @@ def _clear(out: Path) -> None:
             p.unlink()
 
 
-def _scan_split(source, i, options, workers, out, progress) -> ScanResult:
+def _scan_split(source, i, options, workers, out: Path | None, progress) -> ScanResult:
+    """Check one official split's images (or reuse the check of an interrupted run in ``out``)."""
     split = source.splits[i]
-    cache = out / PROGRESS / f"scan-{split.name}.npz"
-    if cache.exists():
+    cache = out / PROGRESS / f"scan-{split.name}.npz" if out else None
+    if cache and cache.exists():
         with np.load(cache) as z:
             return ScanResult.from_npz(z)
     tick = progress(f"checking {split.name} images", len(split.records))
