@@ -7,34 +7,34 @@ observed matrices of the reference code bases exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from shards.errors import WsmlError
+from shards.lists import Lists, ListsBuilder, concat, dense_rows, from_dense
 from shards.registry import Registry
 
 
 @dataclass(frozen=True)
 class OfficialLabels:
-    """Full labels of one official split in formatted order; ``negatives[i] is None`` means
+    """Full labels of one official split in formatted order; a null ``negatives`` row means
     every class not positive is negative (a fully annotated source)."""
 
-    positives: Sequence[np.ndarray]
-    negatives: Sequence[np.ndarray | None]
+    positives: Lists
+    negatives: Lists
     num_classes: int
 
     def negatives_of(self, i: int) -> np.ndarray:
-        neg = self.negatives[i]
-        if neg is not None:
-            return np.asarray(neg, dtype=np.int64)
+        """A fresh array (callers shuffle it in place)."""
+        if self.negatives.is_valid(i):
+            return self.negatives.row(i).copy()
         mask = np.ones(self.num_classes, dtype=bool)
-        mask[np.asarray(self.positives[i], dtype=np.int64)] = False
+        mask[self.positives.row(i)] = False
         return np.flatnonzero(mask)
 
 
-Observed = tuple[list[np.ndarray], list[np.ndarray]]  # kept positives, kept negatives per row
+Observed = tuple[Lists, Lists]  # kept positives, kept negatives per row
 
 
 @dataclass(frozen=True)
@@ -56,15 +56,15 @@ class SinglePositive:
         # first num_pos, then shuffle the negatives even when none are kept (the draw advances
         # the RNG, and skipping it would change every later row).
         rng = np.random.RandomState(self.seed)
-        pos_out, neg_out = [], []
+        pos_out, neg_out = ListsBuilder(), ListsBuilder()
         for i in range(len(labels.positives)):
-            idx_pos = np.array(sorted(labels.positives[i]), dtype=np.int64)
+            idx_pos = np.sort(labels.positives.row(i))  # a copy, ascending like np.where
             rng.shuffle(idx_pos)
             idx_neg = labels.negatives_of(i)
             rng.shuffle(idx_neg)
             pos_out.append(np.sort(idx_pos[: self.num_pos]))
             neg_out.append(np.sort(idx_neg[: self.num_neg]))
-        return pos_out, neg_out
+        return pos_out.build(), neg_out.build()
 
 
 @dataclass(frozen=True)
@@ -83,17 +83,16 @@ class Partial:
         if not 0.0 < self.fraction <= 1.0:
             raise WsmlError(f"partial: fraction must be in (0, 1], got {self.fraction}")
         rng = np.random.RandomState(self.seed)
-        n, num_classes, chunk = len(labels.positives), labels.num_classes, 4096
-        pos_out, neg_out = [], []
+        n, chunk = len(labels.positives), 4096
+        pos_parts, neg_parts = [], []
         for start in range(0, n, chunk):
-            rows = range(start, min(n, start + chunk))
-            keep = rng.rand(len(rows), num_classes) < self.fraction  # same stream as rand(n, L)
-            for j, i in enumerate(rows):
-                pos = np.asarray(labels.positives[i], dtype=np.int64)
-                neg = labels.negatives_of(i)
-                pos_out.append(np.sort(pos[keep[j, pos]]))
-                neg_out.append(np.sort(neg[keep[j, neg]]))
-        return pos_out, neg_out
+            stop = min(n, start + chunk)
+            full = dense_rows(labels.positives, labels.negatives, labels.num_classes, start, stop)
+            keep = rng.rand(stop - start, labels.num_classes) < self.fraction  # = rand(n, L)
+            observed = np.where(keep, full, 0)
+            pos_parts.append(from_dense(observed, 1))
+            neg_parts.append(from_dense(observed, -1))
+        return concat(pos_parts), concat(neg_parts)
 
 
 @dataclass(frozen=True)
@@ -152,4 +151,3 @@ def regime_params(regime: SinglePositive | Partial) -> dict:
 
 
 REGIME_KIND: dict[type, str] = {SinglePositive: "single-positive", Partial: "partial"}
-GenerateFn = Callable[[OfficialLabels], Observed]

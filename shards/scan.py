@@ -8,8 +8,8 @@ the shard plan is fixed before any shard is written; rows then stay contiguous w
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 
@@ -68,13 +68,13 @@ def _probe_chunk(args: tuple[Sequence[str], str]) -> list[tuple[int, int, int, i
 def scan_images(
     paths: Sequence[str],
     check: str,
-    workers: int,
+    workers: Workers,
     on_progress: Callable[[int], None] = lambda n: None,
 ) -> ScanResult:
     n = len(paths)
     chunks = [(paths[i : i + CHUNK], check) for i in range(0, n, CHUNK)]
     rows: list[tuple] = []
-    for part in map_in_pool(_probe_chunk, chunks, workers):
+    for part in workers.map(_probe_chunk, chunks):
         rows.extend(part)
         on_progress(len(part))
     status = np.array([r[0] for r in rows], dtype=np.int8).reshape(n)
@@ -88,13 +88,29 @@ def scan_images(
     )
 
 
-def map_in_pool(fn: Callable, tasks: Sequence, workers: int) -> Iterable:
-    """``map(fn, tasks)`` in order, in this process or in ``workers`` spawned processes."""
-    if workers <= 1 or len(tasks) <= 1:
-        yield from map(fn, tasks)
-        return
-    ex = ProcessPoolExecutor(min(workers, len(tasks)), mp_context=get_context("spawn"))
-    try:
-        yield from ex.map(fn, tasks)
-    finally:  # on an error, do not go on converting the remaining tasks
-        ex.shutdown(wait=True, cancel_futures=True)
+class Workers:
+    """One process pool for a whole job (``n <= 1``: everything runs in this process).
+
+    Forked on Linux so that workers start at once, unless a library that must not be forked
+    (pyarrow's thread pools) is already loaded; spawned otherwise."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self._pool = None
+
+    def __enter__(self) -> Workers:
+        if self.n > 1:
+            fork = sys.platform == "linux" and "pyarrow" not in sys.modules
+            self._pool = get_context("fork" if fork else "spawn").Pool(self.n)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:  # on an error, stop converting the remaining tasks
+            self._pool.terminate()
+            self._pool.join()
+
+    def map(self, fn: Callable, tasks: Sequence) -> Iterable:
+        """``map(fn, tasks)`` in order, results as they come."""
+        if self._pool is None or len(tasks) <= 1:
+            return map(fn, tasks)
+        return self._pool.imap(fn, tasks)

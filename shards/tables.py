@@ -14,33 +14,35 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shards.fileio import write_bytes_atomic
+from shards.lists import Lists, dense_rows
 
 INDEX_LIST = pa.list_(pa.int32())
 
 
-def _list_array(values: Sequence[Sequence[int] | np.ndarray | None]) -> pa.Array:
-    """Lists of class indices (``None`` stays null) as a pyarrow list<int32> array."""
-    mask = [v is None for v in values]
-    lengths = np.fromiter((0 if v is None else len(v) for v in values), np.int64, len(values))
-    offsets = np.zeros(len(values) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    flat = [np.asarray(v, dtype=np.int32) for v in values if v is not None and len(v)]
-    flat_arr = np.concatenate(flat) if flat else np.zeros(0, dtype=np.int32)
+def to_arrow(lists: Lists) -> pa.Array:
+    """Lists -> a pyarrow list<int32> array (null rows stay null)."""
+    mask = None if lists.valid is None else pa.array(~lists.valid)
     return pa.ListArray.from_arrays(
-        pa.array(offsets), pa.array(flat_arr, type=pa.int32()), mask=pa.array(mask)
+        pa.array(lists.offsets.astype(np.int32)),
+        pa.array(lists.values.astype(np.int32), type=pa.int32()),
+        mask=mask,
     )
 
 
-def label_columns(positives: Sequence, negatives: Sequence | None) -> dict[str, pa.Array]:
-    cols = {"positives": _list_array(positives)}
-    cols["negatives"] = (
-        pa.nulls(len(positives), INDEX_LIST) if negatives is None else _list_array(negatives)
-    )
-    return cols
+def from_arrow(col: pa.ChunkedArray | pa.Array) -> Lists:
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
+    offsets = np.zeros(len(col) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    values = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.int64)
+    valid = col.is_valid().to_numpy(zero_copy_only=False)
+    return Lists(offsets, values, None if valid.all() else valid)
 
 
-def list_column(values: Sequence) -> pa.Array:
-    return _list_array(values)
+def label_columns(positives: Lists, negatives: Lists | None) -> dict[str, pa.Array]:
+    """``positives`` and ``negatives`` columns; ``negatives=None``: all null (complete labels)."""
+    neg = Lists.nulls(len(positives)) if negatives is None else negatives
+    return {"positives": to_arrow(positives), "negatives": to_arrow(neg)}
 
 
 def write_table(path: Path, columns: dict[str, pa.Array | Sequence]) -> str:
@@ -60,36 +62,13 @@ def read_table(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
     return pq.read_table(path, columns=list(columns) if columns else None)
 
 
-def lists_from_column(col: pa.ChunkedArray | pa.Array) -> list[np.ndarray | None]:
-    """list<int32> column -> python list of int64 arrays (None where null)."""
-    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    flat = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.int64)
-    lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
-    valid = col.is_valid().to_numpy(zero_copy_only=False)
-    bounds = np.concatenate([[0], np.cumsum(lengths)])
-    return [flat[bounds[i] : bounds[i + 1]] if valid[i] else None for i in range(len(col))]
-
-
 def dense_labels(
     positives: pa.ChunkedArray | pa.Array,
     negatives: pa.ChunkedArray | pa.Array,
     num_classes: int,
     fill: int,
 ) -> np.ndarray:
-    """int8 (N, L) matrix: 1 at positives, -1 at negatives, ``fill`` elsewhere; a null negatives
-    entry makes every other class of that row -1 (a fully annotated source)."""
-    pos = positives.combine_chunks() if isinstance(positives, pa.ChunkedArray) else positives
-    neg = negatives.combine_chunks() if isinstance(negatives, pa.ChunkedArray) else negatives
-    n = len(pos)
-    out = np.full((n, num_classes), fill, dtype=np.int8)
-    complete = ~neg.is_valid().to_numpy(zero_copy_only=False)
-    out[complete] = -1
-    _scatter(out, neg, -1)
-    _scatter(out, pos, 1)
-    return out
-
-
-def _scatter(out: np.ndarray, col: pa.Array, value: int) -> None:
-    flat = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.int64)
-    rows = pc.list_parent_indices(col).to_numpy(zero_copy_only=False)
-    out[rows, flat] = value
+    """int8 (N, L) matrix: 1 at positives, -1 at negatives, ``fill`` elsewhere; a null
+    negatives entry makes every other class of that row -1 (a fully annotated source)."""
+    pos, neg = from_arrow(positives), from_arrow(negatives)
+    return dense_rows(pos, neg, num_classes, 0, len(pos), fill)

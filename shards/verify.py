@@ -16,7 +16,7 @@ import pyarrow as pa
 from PIL import Image
 
 from shards.fileio import sha256_file
-from shards.scan import map_in_pool
+from shards.scan import Workers
 from shards.shardset import ShardSet
 
 
@@ -45,8 +45,9 @@ def verify_shard_set(
     for view in ss.regimes.values():
         for entry in view["splits"].values():
             problems += _check_table(ss.root, entry)
-    for name in ss.splits:
-        problems += _verify_split(ss, name, workers, decode, on_progress)
+    with Workers(workers) as pool:
+        for name in ss.splits:
+            problems += _verify_split(ss, name, pool, decode, on_progress)
     return problems
 
 
@@ -59,7 +60,7 @@ def _check_table(root: Path, entry: dict) -> list[str]:
     return []
 
 
-def _verify_split(ss: ShardSet, split: str, workers: int, decode: bool, on_progress) -> list[str]:
+def _verify_split(ss: ShardSet, split: str, pool: Workers, decode: bool, on_progress) -> list[str]:
     try:
         table = ss.label_table(split)
     except (OSError, pa.ArrowException):  # reported by _check_table; still check the tars
@@ -83,9 +84,7 @@ def _verify_split(ss: ShardSet, split: str, workers: int, decode: bool, on_progr
     ]
     problems: list[str] = []
     seen = np.zeros(len(keys), dtype=np.int64)
-    for check, (errs, samples) in zip(
-        checks, map_in_pool(_verify_shard, checks, workers), strict=True
-    ):
+    for check, (errs, samples) in zip(checks, pool.map(_verify_shard, checks), strict=True):
         problems += errs
         for key, row, size in samples if table is not None else ():
             if not 0 <= row < len(keys):

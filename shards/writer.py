@@ -21,6 +21,7 @@ from shards.errors import WsmlError
 from shards.fileio import (
     TarShardWriter,
     dumps_json,
+    fsync_dir,
     publish,
     remove_temporaries,
     tmp_path_for,
@@ -30,9 +31,8 @@ from shards.fileio import (
 from shards.images import BadImage, encode_jpeg, probe_bytes, target_size
 from shards.plan import cut_shards, field_split, make_keys, shuffle_order
 from shards.regimes import parse_regime_spec
-from shards.scan import BAD, MISSING, OK, ScanResult, map_in_pool, scan_images
+from shards.scan import BAD, MISSING, OK, ScanResult, Workers, scan_images
 from shards.source import Source
-from shards.views import write_official_and_label_tables, write_regime_view
 
 PROGRESS = "_progress"
 MANIFEST = "manifest.json"
@@ -109,14 +109,36 @@ def write_shard_set(
         return _read_json(out / MANIFEST)
     if state == "resume":
         log(f"resuming the interrupted conversion in {out}")
-    # Every image is checked before anything is written or replaced: bad input loses nothing.
-    scans, report = [], {}
-    for i, split in enumerate(source.splits):
-        scan = _scan_split(
-            source, i, options, workers, out if state == "resume" else None, progress
-        )
-        report[split.name] = _check_scan(split, scan, options, allows_missing)
-        scans.append(scan)
+    with Workers(workers) as pool:
+        # Every image is checked before anything is written or replaced: bad input loses nothing.
+        cached = out if state == "resume" else None
+        scans = [
+            _scan_split(source, i, options, pool, cached, progress)
+            for i in range(len(source.splits))
+        ]
+        report = {
+            split.name: _check_scan(split, scan, options, allows_missing)
+            for split, scan in zip(source.splits, scans, strict=True)
+        }
+        _start_output(out, state, identity, source, scans)
+        splits = _assign_rows(source, scans, options)
+        tasks, plan_id = _plan_tasks(source, scans, splits, options, out)
+        shard_infos = _write_shards(tasks, out, pool, progress)
+    return _finish(
+        out,
+        source,
+        options,
+        converter_options,
+        identity,
+        plan_id,
+        splits,
+        shard_infos,
+        scans,
+        report,
+    )
+
+
+def _start_output(out: Path, state: str, identity: str, source: Source, scans) -> None:
     if state == "overwrite":
         _clear(out)
     if state == "resume":
@@ -125,9 +147,13 @@ def write_shard_set(
     write_json_atomic(out / PROGRESS / "identity.json", {"identity": identity})
     for split, scan in zip(source.splits, scans, strict=True):
         _cache_scan(out, split.name, scan)
-    splits = _assign_rows(source, scans, options)
-    tasks, plan_id = _plan_tasks(source, scans, splits, options, out)
-    shard_infos = _write_shards(tasks, out, workers, progress)
+
+
+def _finish(
+    out, source, options, converter_options, identity, plan_id, splits, shard_infos, scans, report
+) -> dict:
+    """Label tables, observed views, then the manifest: last, once everything else is durable."""
+    from shards.views import write_official_and_label_tables, write_regime_view
 
     tables = write_official_and_label_tables(out, source, scans, splits, report, options.max_side)
     regimes = {}
@@ -146,7 +172,9 @@ def write_shard_set(
         report,
         regimes,
     )
+    fsync_dir(out)
     write_json_atomic(out / MANIFEST, manifest)
+    fsync_dir(out)
     shutil.rmtree(out / PROGRESS, ignore_errors=True)
     return manifest
 
@@ -215,7 +243,7 @@ def _clear(out: Path) -> None:
             p.unlink()
 
 
-def _scan_split(source, i, options, workers, out: Path | None, progress) -> ScanResult:
+def _scan_split(source, i, options, pool: Workers, out: Path | None, progress) -> ScanResult:
     """Check one official split's images (or reuse the check of an interrupted run in ``out``)."""
     split = source.splits[i]
     cache = out / PROGRESS / f"scan-{split.name}.npz" if out else None
@@ -223,7 +251,7 @@ def _scan_split(source, i, options, workers, out: Path | None, progress) -> Scan
         with np.load(cache) as z:
             return ScanResult.from_npz(z)
     tick = progress(f"checking {split.name} images", len(split.records))
-    return scan_images([r.path for r in split.records], options.check, workers, tick)
+    return scan_images([r.path for r in split.records], options.check, pool, tick)
 
 
 def _cache_scan(out: Path, name: str, scan: ScanResult) -> None:
@@ -319,7 +347,7 @@ def _plan_tasks(source, scans, splits, options, out):
     return [ShardTask(str(out), n, it, options.jpeg_quality, plan_id) for n, it in tasks], plan_id
 
 
-def _write_shards(tasks, out, workers, progress) -> dict[str, dict]:
+def _write_shards(tasks, out, pool: Workers, progress) -> dict[str, dict]:
     infos, todo = {}, []
     for t in tasks:
         done = out / PROGRESS / "done" / f"{t.name}.json"
@@ -330,7 +358,7 @@ def _write_shards(tasks, out, workers, progress) -> dict[str, dict]:
                 continue
         todo.append(t)
     tick = progress("writing shards", sum(len(t.items) for t in todo))
-    for info in map_in_pool(write_one_shard, todo, workers):
+    for info in pool.map(write_one_shard, todo):
         infos[info["name"]] = info
         tick(info["num_samples"])
     return {t.name: infos[t.name] for t in tasks}

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from shards.errors import WsmlError
+from shards.lists import Lists
 from shards.regimes import (
     REGIMES,
     OfficialLabels,
@@ -26,17 +27,17 @@ Y = np.array(
 
 
 def as_labels(y01: np.ndarray, explicit_negatives: bool = False) -> OfficialLabels:
-    pos = [np.flatnonzero(r == 1) for r in y01]
-    neg = [np.flatnonzero(r == 0) if explicit_negatives else None for r in y01]
+    pos = Lists.from_rows(np.flatnonzero(r == 1) for r in y01)
+    neg = Lists.from_rows(np.flatnonzero(r == 0) if explicit_negatives else None for r in y01)
     return OfficialLabels(pos, neg, y01.shape[1])
 
 
 def dense(observed, num_classes: int) -> np.ndarray:
     pos, neg = observed
     out = np.zeros((len(pos), num_classes), dtype=int)
-    for i, (p, n) in enumerate(zip(pos, neg, strict=True)):
-        out[i, p] = 1
-        out[i, n] = -1
+    for i in range(len(pos)):
+        out[i, pos.row(i)] = 1
+        out[i, neg.row(i)] = -1
     return out
 
 
@@ -129,7 +130,7 @@ def test_partial_chunking_matches_one_draw():
 
 
 def test_partial_keeps_unknowns_unknown():
-    labels = OfficialLabels([np.array([0])], [np.array([1])], 4)  # classes 2, 3 unknown
+    labels = OfficialLabels(Lists.from_rows([[0]]), Lists.from_rows([[1]]), 4)  # 2, 3 unknown
     got = dense(Partial(fraction=1.0).generate(labels), 4)
     assert got.tolist() == [[1, -1, 0, 0]]
 

@@ -165,7 +165,7 @@ def test_observed_view_is_generated_before_the_split(converted):
             zip(table["split"].to_pylist(), table["row"].to_pylist(), strict=True)
         ):
             obs = ss.observed_labels("single-positive", split)[row]
-            assert np.flatnonzero(obs == 1).tolist() == pos[k].tolist()
+            assert np.flatnonzero(obs == 1).tolist() == pos.row(k).tolist()
 
 
 def test_verify_passes(converted):

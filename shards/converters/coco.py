@@ -46,21 +46,20 @@ def open_coco(root: Path, opts: CocoOptions, dataset: str = "coco") -> Source:
     test_json = _find_json(root, opts.test_json, ("val", "test"))
     train_dir = _images_dir(root, opts.train_images, train_json)
     test_dir = _images_dir(root, opts.test_images, test_json)
-    train = _read_instances(train_json)
-    test = _read_instances(test_json)
-    if train["categories"] != test["categories"]:
-        raise WsmlError(f"{train_json.name} and {test_json.name} list different categories")
-    cats = train["categories"]
-    splits = (
-        _split(_stem(train_json), "train", train, train_dir, train_json, opts.keep_empty),
-        _split(_stem(test_json), "test", test, test_dir, test_json, opts.keep_empty),
-    )
+    splits, cats = [], None
+    for role, path, folder in (("train", train_json, train_dir), ("test", test_json, test_dir)):
+        data = _read_instances(path)  # one parsed file in memory at a time
+        if cats is not None and data["categories"] != cats:
+            raise WsmlError(f"{train_json.name} and {test_json.name} list different categories")
+        cats = data["categories"]
+        splits.append(_split(_stem(path), role, data, folder, path, opts.keep_empty))
+        del data
     groups = tuple(c.get("supercategory") or "" for c in cats)
     return Source(
         dataset=dataset,
         root=str(root.resolve()),
         classes=tuple(c["name"] for c in cats),
-        splits=splits,
+        splits=tuple(splits),
         fingerprint=fingerprint_files([train_json, test_json], [str(opts.keep_empty)]),
         groups=groups if all(groups) else None,
         notes={
@@ -104,16 +103,30 @@ def _images_dir(root: Path, given: str, json_path: Path) -> Path:
     )
 
 
+def _slim(obj: dict) -> dict | tuple:
+    """Keep only what labels need, as the json is parsed: COCO's polygons and RLE masks are
+    most of its size. Annotations become (id, image_id, category_id), images (id, file_name)."""
+    if "image_id" in obj and "category_id" in obj:
+        return (obj.get("id"), obj["image_id"], obj["category_id"])
+    if "file_name" in obj and "id" in obj:
+        return (obj["id"], obj["file_name"])
+    return obj
+
+
 def _read_instances(path: Path) -> dict:
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(path.read_bytes(), object_hook=_slim)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise WsmlError(f"{path} is not valid JSON: {e}") from None
     for field in ("images", "annotations", "categories"):
         if not isinstance(data.get(field), list):
             raise WsmlError(f"{path} has no '{field}' list; expected COCO instances format")
     check_duplicates([str(c["id"]) for c in data["categories"]], f"the categories of {path}")
-    check_duplicates([str(im["id"]) for im in data["images"]], f"the images of {path}")
+    for field, size in (("images", 2), ("annotations", 3)):
+        bad = next((x for x in data[field] if not isinstance(x, tuple) or len(x) != size), None)
+        if bad is not None:
+            raise WsmlError(f"{path}: an entry of '{field}' lacks its ids: {str(bad)[:200]}")
+    check_duplicates([str(im[0]) for im in data["images"]], f"the images of {path}")
     data["categories"] = [
         {"id": c["id"], "name": c["name"], "supercategory": c.get("supercategory")}
         for c in data["categories"]
@@ -123,27 +136,23 @@ def _read_instances(path: Path) -> dict:
 
 def _split(name, role, data, image_dir: Path, path: Path, keep_empty: bool) -> OfficialSplit:
     index = {c["id"]: i for i, c in enumerate(data["categories"])}
-    images = {im["id"]: im for im in data["images"]}
+    images = dict(data["images"])  # id -> file name
     labels: dict[int, set[int]] = {}
-    for ann in data["annotations"]:
-        cat, image_id = ann.get("category_id"), ann.get("image_id")
+    for ann_id, image_id, cat in data["annotations"]:
         if cat not in index:
             raise WsmlError(
-                f"annotation {ann.get('id')} of image {image_id} in {path} has unknown "
+                f"annotation {ann_id} of image {image_id} in {path} has unknown "
                 f"category id {cat}; known ids: {sorted(index)}"
             )
         if image_id not in images:
-            raise WsmlError(
-                f"annotation {ann.get('id')} in {path} names unknown image id {image_id}"
-            )
+            raise WsmlError(f"annotation {ann_id} in {path} names unknown image id {image_id}")
         labels.setdefault(image_id, set()).add(index[cat])
     ids = images if keep_empty else labels
     order = sorted(str(i) for i in ids)  # sorted as strings, as the field's formatter does
     by_str = {str(i): i for i in ids}
     records = []
     for sid in order:
-        im = images[by_str[sid]]
-        file_name = im["file_name"]
+        file_name = images[by_str[sid]]
         records.append(
             Record(
                 source_id=sid,

@@ -1,0 +1,392 @@
+"""``cli.py bench shard``: shard a generated COCO-layout dataset vs a plain ``tar cf`` of the same
+files (throughput, same run, page cache warm), and the conversion's peak RSS at two sizes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from shards.errors import WsmlError
+
+CLI = Path(__file__).resolve().parents[1] / "cli.py"
+GOAL_RATIO = 0.7  # shard throughput / tar throughput, default options
+RSS_LIMIT_MB = 50.0  # allowed peak-RSS difference between the two sizes
+POOL = 64  # distinct JPEG byte strings; files repeat them under distinct names
+CLASSES = ("person", "dog", "cat", "car", "bicycle", "bird", "boat", "bottle", "chair", "sofa")
+VAL_FRACTION = 0.2
+SAMPLE_S = 0.02  # /proc sampling period of the process-tree RSS
+# Our own names inside the work folder (only these are ever removed from a given workdir).
+DATA = "bench-data"
+RSS_DATA = "bench-rss-{n}"
+TAR_OUT = "bench-plain.tar"
+SHARD_OUT = "bench-shards"
+
+
+def run_shard_bench(
+    images: int,
+    workdir: str | None,
+    workers: int,
+    rss_sizes: tuple[int, ...],
+    echo: Callable[[str], None] = print,
+    *,
+    repeats: int = 3,
+) -> dict:
+    """Run the benchmark, print its figures and return them as a dict.
+
+    Generated datasets stay in ``workdir`` when it is given (a temporary folder is removed);
+    the tar copy and every shard output are removed after each repetition either way.
+    """
+    if images < 2 or repeats < 1 or workers < 1:
+        raise WsmlError("bench shard needs --images >= 2, --workers >= 1 and repeats >= 1")
+    own = workdir is None
+    work = Path(tempfile.mkdtemp(prefix="wsml-bench-")) if own else Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    _remove_ours(work, rss_sizes)
+    try:
+        result = {"machine": machine_info(), "workdir": str(work), "kept": not own}
+        echo(_machine_line(result["machine"], workers))
+        result["throughput"] = _throughput(work, images, workers, repeats, echo)
+        result["rss"] = _rss(work, rss_sizes, workers, echo) if rss_sizes else None
+        return result
+    finally:
+        if own:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _remove_ours(work: Path, rss_sizes: Sequence[int]) -> None:
+    names = [DATA, TAR_OUT, SHARD_OUT, *(RSS_DATA.format(n=n) for n in rss_sizes)]
+    for p in (work / n for n in names):
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- dataset generation
+
+
+def photo_like_jpeg(rng: np.random.Generator, width: int, height: int, quality: int = 90) -> bytes:
+    """A JPEG with roughly a photo's entropy: smooth colour field + shapes + sensor-like noise."""
+    low = rng.uniform(0, 255, (max(2, height // 24), max(2, width // 24), 3)).astype(np.uint8)
+    img = Image.fromarray(low).resize((width, height), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(4, 12))):
+        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
+        x1 = x0 + int(rng.integers(4, max(5, width // 2)))
+        y1 = y0 + int(rng.integers(4, max(5, height // 2)))
+        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=fill)
+    arr = np.asarray(img.filter(ImageFilter.GaussianBlur(1.5)), dtype=np.int16)
+    sigma = rng.uniform(8, 24) * min(1.0, width / 500)  # ~55-120 KB at 500x375, quality 90
+    arr = arr + rng.normal(0, sigma, arr.shape).astype(np.int16)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def jpeg_pool(seed: int, n: int, width: tuple[int, int], height: tuple[int, int]) -> list[tuple]:
+    """``n`` distinct (bytes, width, height) with sizes drawn in the given [lo, hi] ranges."""
+    rng = np.random.default_rng(seed)
+    pool = []
+    for _ in range(n):
+        w, h = (
+            int(rng.integers(width[0], width[1] + 1)),
+            int(rng.integers(height[0], height[1] + 1)),
+        )
+        pool.append((photo_like_jpeg(rng, w, h), w, h))
+    return pool
+
+
+def write_coco_dataset(root: Path, n: int, pool: Sequence[tuple], seed: int = 0) -> int:
+    """COCO layout (annotations/instances_{train,val}.json + train/ + val/) of ``n`` images
+    cycling through ``pool``; 1-3 of 10 categories with a bbox each. Returns the image bytes."""
+    rng = np.random.default_rng(seed)
+    n_val = min(n - 1, max(1, round(VAL_FRACTION * n)))
+    cats = [{"id": k + 1, "name": c, "supercategory": "object"} for k, c in enumerate(CLASSES)]
+    (root / "annotations").mkdir(parents=True)
+    total, ann_id = 0, 1
+    for split, ids in (("train", range(1, n - n_val + 1)), ("val", range(n - n_val + 1, n + 1))):
+        (root / split).mkdir()
+        imgs, anns = [], []
+        for image_id in ids:
+            data, w, h = pool[int(rng.integers(len(pool)))]
+            name = f"{image_id:012d}.jpg"
+            (root / split / name).write_bytes(data)
+            total += len(data)
+            imgs.append({"id": image_id, "file_name": name, "width": w, "height": h})
+            for c in rng.choice(len(CLASSES), size=int(rng.integers(1, 4)), replace=False):
+                bw, bh = int(rng.integers(1, w + 1)), int(rng.integers(1, h + 1))
+                x, y = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
+                anns.append(
+                    {
+                        "id": ann_id,
+                        "image_id": image_id,
+                        "category_id": int(c) + 1,
+                        "bbox": [x, y, bw, bh],
+                        "area": bw * bh,
+                        "iscrowd": 0,
+                    }
+                )
+                ann_id += 1
+        data = {"images": imgs, "annotations": anns, "categories": cats}
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
+    return total
+
+
+def _warm(root: Path) -> None:
+    """Read every file once so both contenders read from the page cache."""
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            with open(os.path.join(dirpath, f), "rb") as fh:
+                while fh.read(1 << 20):
+                    pass
+
+
+# ---------------------------------------------------------------- throughput
+
+
+def shard_command(root: Path, out: Path, workers: int) -> list[str]:
+    """What a user runs: ``python cli.py shard`` with default options."""
+    args = ["shard", "--dataset", "coco", "--root", str(root), "--out", str(out)]
+    return [sys.executable, str(CLI), *args, "--workers", str(workers)]
+
+
+def _run_timed(cmd: list[str], what: str, fsync: Path | None = None) -> float:
+    """Seconds to run ``cmd`` (and to fsync its output ``fsync``, like ``tar cf && sync F``)."""
+    os.sync()  # start each repetition with no dirty pages of the previous one
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if fsync is not None and not proc.returncode:
+        fd = os.open(fsync, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode:
+        tail = (proc.stdout + proc.stderr).strip()[-2000:]
+        raise WsmlError(f"{what} failed (exit {proc.returncode}): {tail}")
+    return elapsed
+
+
+def _tree_size(path: Path) -> tuple[int, int]:
+    files = [p for p in path.rglob("*") if p.is_file()]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def _throughput(work: Path, images: int, workers: int, repeats: int, echo) -> dict:
+    root, tar_out, out = work / DATA, work / TAR_OUT, work / SHARD_OUT
+    t0 = time.perf_counter()
+    src_bytes = write_coco_dataset(root, images, jpeg_pool(0, POOL, (440, 520), (330, 400)))
+    _warm(root)
+    echo(
+        f"generated {images} JPEGs ({src_bytes / 1e6:.1f} MB, mean {src_bytes / images / 1e3:.0f}"
+        f" KB) in {root} in {time.perf_counter() - t0:.1f}s; page cache warmed"
+    )
+    tar_cmd = ["tar", "cf", str(tar_out), "-C", str(root), "train", "val"]
+    secs: dict[str, list[float]] = {"tar": [], "tar_fsync": [], "shard": []}
+    produced = (0, 0)
+    for _ in range(repeats):  # alternate, so drifts of the machine hit all alike
+        secs["tar"].append(_run_timed(tar_cmd, "tar cf"))
+        tar_out.unlink()
+        secs["tar_fsync"].append(_run_timed(tar_cmd, "tar cf", fsync=tar_out))
+        tar_out.unlink()
+        secs["shard"].append(_run_timed(shard_command(root, out, workers), "cli.py shard"))
+        produced = _tree_size(out)
+        shutil.rmtree(out)
+    res = {"images": images, "source_bytes": src_bytes, "workers": workers, "repeats": repeats}
+    res.update({k: _figures(v, images, src_bytes) for k, v in secs.items()})
+    res["ratio"] = res["shard"]["images_per_s"] / res["tar"]["images_per_s"]
+    res["ratio_vs_tar_fsync"] = res["shard"]["images_per_s"] / res["tar_fsync"]["images_per_s"]
+    res.update(goal_ratio=GOAL_RATIO, meets_goal=res["ratio"] >= GOAL_RATIO)
+    res["shard_output"] = {"files": produced[0], "bytes": produced[1], "removed": not out.exists()}
+    _print_throughput(res, echo)
+    return res
+
+
+def _figures(seconds: list[float], images: int, nbytes: int) -> dict:
+    med = statistics.median(seconds)
+    return {
+        "seconds": seconds,
+        "median_s": med,
+        "images_per_s": images / med,
+        "mb_per_s": nbytes / 1e6 / med,
+    }
+
+
+def _print_throughput(r: dict, echo) -> None:
+    echo(
+        f"median of {r['repeats']} alternating runs, {r['images']} images, "
+        f"{r['source_bytes'] / 1e6:.1f} MB (MB/s of the source JPEG bytes):"
+    )
+    echo(f"  {'':<26} {'seconds':>8} {'images/s':>9} {'MB/s':>7}   runs (s)")
+    rows = (
+        ("tar cf (plain copy)", "tar"),
+        ("tar cf + fsync (reference)", "tar_fsync"),
+        (f"cli.py shard --workers {r['workers']}", "shard"),
+    )
+    for name, key in rows:
+        f = r[key]
+        runs = " ".join(f"{s:.2f}" for s in f["seconds"])
+        echo(
+            f"  {name:<26} {f['median_s']:>8.2f} {f['images_per_s']:>9.0f} "
+            f"{f['mb_per_s']:>7.1f}   {runs}"
+        )
+    verdict = "meets" if r["meets_goal"] else "BELOW"
+    echo(
+        f"  ratio shard/tar: {r['ratio']:.2f} ({verdict} the goal >= {r['goal_ratio']}); "
+        f"shard/(tar + fsync): {r['ratio_vs_tar_fsync']:.2f}"
+    )
+
+
+# ---------------------------------------------------------------- peak memory
+
+
+def peak_rss(cmd: list[str]) -> dict:
+    """Run ``cmd``; return its peak RSS in MB: ``process`` (``wait4``'s ru_maxrss: the largest
+    single process among it and the descendants it waited for) and ``tree`` (the sum over the
+    live process tree, sampled from /proc; None without /proc)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    stop, tree = threading.Event(), [None]
+    sampler = threading.Thread(target=_sample_tree, args=(proc.pid, stop, tree), daemon=True)
+    sampler.start()
+    t0 = time.perf_counter()
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    stop.set()
+    sampler.join()
+    proc.stdout.close()
+    if proc.returncode:
+        tail = output.decode(errors="replace").strip()[-2000:]
+        raise WsmlError(f"cli.py shard failed (exit {proc.returncode}): {tail}")
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: KiB on Linux, bytes on macOS
+    mb = lambda b: None if b is None else b / 1e6  # noqa: E731
+    return {"process_mb": mb(usage.ru_maxrss * scale), "tree_mb": mb(tree[0]), "seconds": elapsed}
+
+
+def _sample_tree(pid: int, stop: threading.Event, peak: list) -> None:
+    if not os.path.isdir("/proc"):
+        return
+    page = os.sysconf("SC_PAGE_SIZE")
+    while not stop.wait(SAMPLE_S):
+        total = 0
+        for p in _descendants(pid):
+            try:
+                with open(f"/proc/{p}/statm") as f:
+                    total += int(f.read().split()[1]) * page
+            except (OSError, IndexError, ValueError):
+                pass  # exited meanwhile
+        peak[0] = max(peak[0] or 0, total)
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, ()))
+    return out
+
+
+def _rss(work: Path, sizes: Sequence[int], workers: int, echo) -> dict:
+    pool = jpeg_pool(1, POOL, (48, 80), (48, 80))
+    runs = []
+    for n in sizes:
+        root = work / RSS_DATA.format(n=n) / "raw"
+        write_coco_dataset(root, n, pool, seed=n)
+        for w in sorted({1, workers}):
+            out = root.parent / "shards"
+            runs.append({"images": n, "workers": w, **peak_rss(shard_command(root, out, w))})
+            shutil.rmtree(out)
+    lo, hi = min(sizes), max(sizes)
+    diffs = {}
+    for w in sorted({1, workers}):
+        a, b = (next(r for r in runs if r["images"] == n and r["workers"] == w) for n in (lo, hi))
+        tree = None if a["tree_mb"] is None else b["tree_mb"] - a["tree_mb"]
+        diffs[w] = {"process_mb": b["process_mb"] - a["process_mb"], "tree_mb": tree}
+    ok = all(
+        d["process_mb"] < RSS_LIMIT_MB and (d["tree_mb"] or 0) < RSS_LIMIT_MB
+        for d in diffs.values()
+    )
+    res = {
+        "sizes": [lo, hi],
+        "runs": runs,
+        "diff_mb": diffs,
+        "limit_mb": RSS_LIMIT_MB,
+        "meets_goal": ok,
+    }
+    _print_rss(res, echo)
+    return res
+
+
+def _print_rss(r: dict, echo) -> None:
+    echo("peak RSS of `cli.py shard` (48-80 px JPEGs), MB: largest process / whole tree")
+    for x in r["runs"]:
+        tree = "n/a" if x["tree_mb"] is None else f"{x['tree_mb']:.1f}"
+        echo(
+            f"  {x['images']:>8} images  --workers {x['workers']:<3} {x['process_mb']:>7.1f} /"
+            f" {tree:>7}   ({x['seconds']:.1f}s)"
+        )
+    lo, hi = r["sizes"]
+    for w, d in r["diff_mb"].items():
+        tree = "n/a" if d["tree_mb"] is None else f"{d['tree_mb']:+.1f}"
+        echo(f"  growth {lo} -> {hi}, --workers {w}: {d['process_mb']:+.1f} / {tree} MB")
+    verdict = "under" if r["meets_goal"] else "NOT under"
+    echo(f"  {verdict} the {r['limit_mb']:.0f} MB limit")
+
+
+# ---------------------------------------------------------------- machine
+
+
+def machine_info() -> dict:
+    """CPU model, cores (total and usable), RAM, Python and tar versions."""
+    model = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model
+            )
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    tar = subprocess.run(["tar", "--version"], capture_output=True, text=True).stdout
+    return {
+        "cpu": model or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "nproc": usable,
+        "ram_gb": ram / 1e9,
+        "python": platform.python_version(),
+        "tar": tar.splitlines()[0] if tar else "?",
+        "platform": platform.platform(),
+    }
+
+
+def _machine_line(m: dict, workers: int) -> str:
+    return (
+        f"machine: {m['cpu']}, nproc {m['nproc']} (cpu_count {m['cpu_count']}), "
+        f"{m['ram_gb']:.1f} GB RAM, Python {m['python']}, {m['tar']}; workers {workers}"
+    )
