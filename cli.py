@@ -130,55 +130,34 @@ def main():
     help="Observed views to make, e.g. single-positive or partial:fraction=0.1.",
 )
 @click.option("--workers", default=os.cpu_count() or 1, show_default=True, help="Processes.")
+@click.option(
+    "--fsync/--no-fsync",
+    default=True,
+    show_default=True,
+    help="Flush each shard to disk before publishing it (--no-fsync: faster, for "
+    "scratch disks; a power loss may then damage shards, which verify finds).",
+)
 @click.option("--resume", is_flag=True, help="Require an interrupted conversion to resume.")
 @click.option("--overwrite", is_flag=True, help="Replace a shard set already in --out.")
 @click.option("-o", "opts", multiple=True, metavar="KEY=VALUE", help="Converter option.")
 @expected_errors
-def shard(
-    dataset,
-    root,
-    out,
-    val_frac,
-    split_seed,
-    shuffle_seed,
-    shard_size,
-    shard_samples,
-    max_side,
-    jpeg_quality,
-    check,
-    on_bad,
-    max_bad,
-    regimes,
-    workers,
-    resume,
-    overwrite,
-    opts,
-):
+def shard(dataset, root, out, workers, fsync, resume, overwrite, opts, **options):
     """Convert a raw dataset into a shard set (tars + DALI indexes + Parquet labels + manifest)."""
     from pathlib import Path
 
     from shards.convert import convert
 
+    options["shard_bytes"] = options.pop("shard_size")
+    options["regimes"] = tuple(options["regimes"])
     t0 = time.perf_counter()
     manifest = convert(
         dataset,
         Path(root),
         Path(out),
         parse_kv(opts),
-        dict(
-            val_frac=val_frac,
-            split_seed=split_seed,
-            shuffle_seed=shuffle_seed,
-            shard_bytes=shard_size,
-            shard_samples=shard_samples,
-            max_side=max_side,
-            jpeg_quality=jpeg_quality,
-            check=check,
-            on_bad=on_bad,
-            max_bad=max_bad,
-            regimes=tuple(regimes),
-        ),
+        options,
         workers=workers,
+        fsync=fsync,
         resume=resume or None,
         overwrite=overwrite,
         progress=progress_factory(sys.stderr.isatty()),

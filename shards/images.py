@@ -9,6 +9,7 @@ decodes fully. ``verify`` always decodes.
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
@@ -92,29 +93,36 @@ def probe_file(path: str, check: str = "header") -> Probe:
     """Probe one image file. JPEGs are checked structurally (or decoded with ``check="decode"``);
     other formats Pillow can read are decoded and flagged for re-encoding."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(HEAD_BYTES)
-            size = f.seek(0, 2)
-            if check == "decode" or size <= len(head):
-                f.seek(0)
-                return _probe_full(f.read(), size, check)
-            if head[:2] != b"\xff\xd8":
-                f.seek(0)
-                return _probe_full(f.read(), size, check)
-            try:
-                width, height, sos = parse_jpeg_header(head)
-            except _Incomplete:  # very large APP segments: read it all
-                f.seek(0)
-                return _probe_full(f.read(), size, check)
-            f.seek(size - 2)
-            if f.read(2) != b"\xff\xd9":  # trailing bytes after EOI happen; look for it
-                f.seek(0)
-                data = f.read()
-                if data.rfind(b"\xff\xd9", sos) < 0:
-                    raise BadImage("truncated JPEG (no EOI marker after the image data)")
-            return Probe(width, height, size, True)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return _probe_fd(fd, check)
+        finally:
+            os.close(fd)
     except OSError as e:
         raise BadImage(f"cannot read file: {e.strerror or e}") from None
+
+
+def _probe_fd(fd: int, check: str) -> Probe:
+    size = os.fstat(fd).st_size
+    head = os.pread(fd, HEAD_BYTES, 0)
+    if check == "decode" or size <= len(head) or head[:2] != b"\xff\xd8":
+        return _probe_full(_pread_all(fd, size), size, check)
+    try:
+        width, height, sos = parse_jpeg_header(head)
+    except _Incomplete:  # very large APP segments: read it all
+        return _probe_full(_pread_all(fd, size), size, check)
+    if os.pread(fd, 2, size - 2) != b"\xff\xd9":  # bytes after EOI happen; look for it
+        if _pread_all(fd, size).rfind(b"\xff\xd9", sos) < 0:
+            raise BadImage("truncated JPEG (no EOI marker after the image data)")
+    return Probe(width, height, size, True)
+
+
+def _pread_all(fd: int, size: int) -> bytes:
+    parts, pos = [], 0
+    while pos < size and (chunk := os.pread(fd, size - pos, pos)):
+        parts.append(chunk)
+        pos += len(chunk)
+    return b"".join(parts)
 
 
 def _probe_full(data: bytes, size: int, check: str) -> Probe:

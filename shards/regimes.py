@@ -25,6 +25,11 @@ class OfficialLabels:
     negatives: Lists
     num_classes: int
 
+    def num_negatives(self, i: int) -> int:
+        if self.negatives.is_valid(i):
+            return int(self.negatives.offsets[i + 1] - self.negatives.offsets[i])
+        return self.num_classes - int(self.positives.offsets[i + 1] - self.positives.offsets[i])
+
     def negatives_of(self, i: int) -> np.ndarray:
         """A fresh array (callers shuffle it in place)."""
         if self.negatives.is_valid(i):
@@ -32,6 +37,16 @@ class OfficialLabels:
         mask = np.ones(self.num_classes, dtype=bool)
         mask[self.positives.row(i)] = False
         return np.flatnonzero(mask)
+
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+_STAND_INS: dict[int, np.ndarray] = {}
+
+
+def _stand_in(n: int) -> np.ndarray:
+    if n not in _STAND_INS:
+        _STAND_INS[n] = np.arange(n)
+    return _STAND_INS[n]
 
 
 Observed = tuple[Lists, Lists]  # kept positives, kept negatives per row
@@ -60,10 +75,14 @@ class SinglePositive:
         for i in range(len(labels.positives)):
             idx_pos = np.sort(labels.positives.row(i))  # a copy, ascending like np.where
             rng.shuffle(idx_pos)
-            idx_neg = labels.negatives_of(i)
-            rng.shuffle(idx_neg)
             pos_out.append(np.sort(idx_pos[: self.num_pos]))
-            neg_out.append(np.sort(idx_neg[: self.num_neg]))
+            if self.num_neg:
+                idx_neg = labels.negatives_of(i)
+                rng.shuffle(idx_neg)
+                neg_out.append(np.sort(idx_neg[: self.num_neg]))
+            else:  # the draws depend on the length alone: shuffle a stand-in of that length
+                rng.shuffle(_stand_in(labels.num_negatives(i)))
+                neg_out.append(_EMPTY)
         return pos_out.build(), neg_out.build()
 
 

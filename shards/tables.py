@@ -4,8 +4,9 @@ so a 9M x 5,000 source never becomes a dense matrix on disk."""
 
 from __future__ import annotations
 
+import hashlib
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from shards.fileio import write_bytes_atomic
+from shards.fileio import publish, tmp_path_for
 from shards.lists import Lists, dense_rows
 
 INDEX_LIST = pa.list_(pa.int32())
@@ -45,17 +46,53 @@ def label_columns(positives: Lists, negatives: Lists | None) -> dict[str, pa.Arr
     return {"positives": to_arrow(positives), "negatives": to_arrow(neg)}
 
 
-def write_table(path: Path, columns: dict[str, pa.Array | Sequence]) -> str:
-    """Write a Parquet table atomically (deterministic bytes for equal content); return sha256."""
-    import hashlib
+ROW_GROUP = 4096  # rows per Parquet row group; tables are written (and built) a group at a time
 
-    table = pa.table(columns)
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", write_statistics=False)
-    data = buf.getvalue()
+
+class _HashingFile(io.RawIOBase):
+    """A write-only file that hashes what passes through it."""
+
+    def __init__(self, f):
+        self._f, self.sha = f, hashlib.sha256()
+        self._pos = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self._f.write(b)
+        self.sha.update(b)
+        self._pos += len(b)
+        return len(b)
+
+    def tell(self) -> int:
+        return self._pos
+
+
+def write_table(
+    path: Path,
+    num_rows: int,
+    columns: Callable[[int, int], dict[str, pa.Array | Sequence]],
+    durable: bool = True,
+) -> str:
+    """Write a Parquet table atomically, one row group at a time (``columns(start, stop)`` builds
+    the rows of one group), so memory stays bounded; equal content gives equal bytes. Returns
+    the file's sha256."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(path, data)
-    return hashlib.sha256(data).hexdigest()
+    tmp = tmp_path_for(path)
+    with open(tmp, "wb") as raw:
+        f = _HashingFile(raw)
+        writer = None
+        for start in range(0, max(num_rows, 1), ROW_GROUP):
+            table = pa.table(columns(start, min(num_rows, start + ROW_GROUP)))
+            if writer is None:
+                writer = pq.ParquetWriter(
+                    f, table.schema, compression="zstd", write_statistics=False
+                )
+            writer.write_table(table, row_group_size=ROW_GROUP)
+        writer.close()
+    publish(tmp, path, durable)
+    return f.sha.hexdigest()
 
 
 def read_table(path: Path, columns: Sequence[str] | None = None) -> pa.Table:

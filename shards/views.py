@@ -24,27 +24,23 @@ def _labels(source, records: list) -> dict[str, pa.Array]:
     return label_columns(pos, neg)
 
 
-def write_official_and_label_tables(
-    out: Path, source, scans, splits, report, max_side=None
-) -> dict:
-    """Write ``labels/<split>.parquet`` and ``labels/official/<name>.parquet``; return their
-    entries for the manifest (path, rows, sha256)."""
-    entries = {}
-    split_of = [np.full(len(s.records), -1, np.int64) for s in source.splits]  # split index
-    row_of = [np.full(len(s.records), -1, np.int64) for s in source.splits]
-    for k, rows in enumerate(splits):
-        recs, scan = source.splits[rows.official].records, scans[rows.official]
-        idx = rows.records
+def _split_columns(source, rows, scan, max_side):
+    """Builds the label-table columns of rows[start:stop] of one split."""
+    recs = source.splits[rows.official].records
+    root = os.path.join(source.root, "")
+
+    def columns(start: int, stop: int) -> dict:
+        idx = rows.records[start:stop]
         sel = [recs[j] for j in idx.tolist()]
         dims = [
             target_size(int(w), int(h), max_side)
             for w, h in zip(scan.width[idx], scan.height[idx], strict=True)
         ]
         cols = {
-            "row": pa.array(np.arange(len(sel), dtype=np.int64)),
-            "key": pa.array(rows.keys, pa.string()),
+            "row": pa.array(np.arange(start, stop, dtype=np.int64)),
+            "key": pa.array(rows.keys[start:stop], pa.string()),
             "source_id": pa.array([r.source_id for r in sel], pa.string()),
-            "path": pa.array([os.path.relpath(r.path, source.root) for r in sel], pa.string()),
+            "path": pa.array([_relative(r.path, root) for r in sel], pa.string()),
             "width": pa.array([d[0] for d in dims], pa.int32()),
             "height": pa.array([d[1] for d in dims], pa.int32()),
             **_labels(source, sel),
@@ -52,29 +48,60 @@ def write_official_and_label_tables(
         }
         if source.notes.get("has_difficult"):
             cols["difficult"] = to_arrow(Lists.from_rows(r.difficult for r in sel))
-        rel = f"labels/{rows.name}.parquet"
-        entries[rows.name] = {"path": rel, "rows": len(sel), "sha256": write_table(out / rel, cols)}
-        split_of[rows.official][idx] = k
-        row_of[rows.official][idx] = np.arange(len(idx))
-    names = np.array([s.name for s in splits] + [None], dtype=object)
+        return cols
+
+    return columns
+
+
+def _relative(path: str, root: str) -> str:
+    """``path`` relative to ``root`` (which ends with a separator); relpath is 20x slower."""
+    return path[len(root) :] if path.startswith(root) else os.path.relpath(path, root)
+
+
+def _official_columns(source, i, present, split_names, split_of, row_of):
+    """Builds the columns of rows[start:stop] of one official split's formatted table."""
+    recs = source.splits[i].records
+
+    def columns(start: int, stop: int) -> dict:
+        idx = present[start:stop]
+        sel = [recs[j] for j in idx.tolist()]
+        rows = row_of[idx]
+        return {
+            "index": pa.array(idx.astype(np.int64)),
+            "source_id": pa.array([r.source_id for r in sel], pa.string()),
+            **_labels(source, sel),
+            "split": pa.array(split_names[split_of[idx]].tolist(), pa.string()),
+            "row": pa.array(rows, pa.int64(), mask=rows < 0),
+        }
+
+    return columns
+
+
+def write_official_and_label_tables(
+    out: Path, source, scans, splits, report, max_side=None, durable: bool = True
+) -> dict:
+    """Write ``labels/<split>.parquet`` and ``labels/official/<name>.parquet``; return their
+    entries for the manifest (path, rows, sha256)."""
+    entries = {}
+    split_of = [np.full(len(s.records), -1, np.int64) for s in source.splits]  # split index
+    row_of = [np.full(len(s.records), -1, np.int64) for s in source.splits]
+    for k, rows in enumerate(splits):
+        n, rel = len(rows.records), f"labels/{rows.name}.parquet"
+        columns = _split_columns(source, rows, scans[rows.official], max_side)
+        entries[rows.name] = {
+            "path": rel,
+            "rows": n,
+            "sha256": write_table(out / rel, n, columns, durable),
+        }
+        split_of[rows.official][rows.records] = k
+        row_of[rows.official][rows.records] = np.arange(n)
+    names = np.array([s.name for s in splits] + [None], dtype=object)  # index -1: not placed
     for i, split in enumerate(source.splits):
         present = np.flatnonzero(scans[i].status != MISSING)
-        placed = row_of[i][present] >= 0
-        cols = {
-            "index": pa.array(present.astype(np.int64)),
-            "source_id": pa.array(
-                [split.records[j].source_id for j in present.tolist()], pa.string()
-            ),
-            **_labels(source, [split.records[j] for j in present.tolist()]),
-            "split": pa.array(names[split_of[i][present]].tolist(), pa.string()),
-            "row": pa.array(row_of[i][present], pa.int64(), mask=~placed),
-        }
+        columns = _official_columns(source, i, present, names, split_of[i], row_of[i])
         rel = f"labels/official/{split.name}.parquet"
-        entries[f"official/{split.name}"] = {
-            "path": rel,
-            "rows": len(present),
-            "sha256": write_table(out / rel, cols),
-        }
+        sha = write_table(out / rel, len(present), columns, durable)
+        entries[f"official/{split.name}"] = {"path": rel, "rows": len(present), "sha256": sha}
     return entries
 
 
@@ -86,7 +113,9 @@ def read_official_labels(path: Path, num_classes: int) -> tuple[OfficialLabels, 
     return labels, table
 
 
-def write_regime_view(out: Path, regime: SinglePositive | Partial, num_classes: int) -> dict:
+def write_regime_view(
+    out: Path, regime: SinglePositive | Partial, num_classes: int, durable: bool = True
+) -> dict:
     """Generate a regime on every official split and write ``observed/<view>/<split>.parquet``;
     ``regime.json`` is written last and marks the view complete. Tars are never touched."""
     view = regime.view_name()
@@ -99,12 +128,9 @@ def write_regime_view(out: Path, regime: SinglePositive | Partial, num_classes: 
         for name in sorted({s for s in split_col.tolist() if s is not None}):
             at = np.flatnonzero(split_col == name)
             at = at[np.argsort(row_col[at], kind="stable")]
-            cols = {
-                "row": pa.array(row_col[at].astype(np.int64)),
-                **label_columns(pos.take(at), neg.take(at)),
-            }
             rel = f"observed/{view}/{name}.parquet"
-            splits[name] = {"path": rel, "rows": len(at), "sha256": write_table(out / rel, cols)}
+            sha = write_table(out / rel, len(at), _view_columns(at, row_col, pos, neg), durable)
+            splits[name] = {"path": rel, "rows": len(at), "sha256": sha}
     meta = {
         "view": view,
         "regime": REGIME_KIND[type(regime)],
@@ -112,5 +138,16 @@ def write_regime_view(out: Path, regime: SinglePositive | Partial, num_classes: 
         "splits": splits,
     }
     (out / "observed" / view).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "observed" / view / "regime.json", meta)
+    write_json_atomic(out / "observed" / view / "regime.json", meta, durable)
     return meta
+
+
+def _view_columns(at: np.ndarray, row_col: np.ndarray, pos: Lists, neg: Lists):
+    def columns(start: int, stop: int) -> dict:
+        sel = at[start:stop]
+        return {
+            "row": pa.array(row_col[sel].astype(np.int64)),
+            **label_columns(pos.take(sel), neg.take(sel)),
+        }
+
+    return columns

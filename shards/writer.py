@@ -7,12 +7,15 @@ a rerun with the same source and options skips finished shards and ends with the
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 import shutil
 import struct
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -74,6 +77,7 @@ class ShardTask:
     items: tuple  # (key, path, row, width, height, reencode) per sample, in tar order
     quality: int
     plan_id: str
+    durable: bool = True  # fsync the shard before publishing it
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,18 @@ class SplitRows:
     keys: list[str]
 
 
+@dataclass(frozen=True)
+class Job:
+    """What one conversion is: its source, output, options and identity."""
+
+    source: Source
+    out: Path
+    options: ShardOptions
+    converter_options: dict
+    identity: str
+    durable: bool  # fsync every file before publishing it
+
+
 def write_shard_set(
     source: Source,
     out: Path,
@@ -93,6 +109,7 @@ def write_shard_set(
     converter_options: dict,
     *,
     workers: int = 1,
+    fsync: bool = True,
     resume: bool | None = None,
     overwrite: bool = False,
     allows_missing: bool = False,
@@ -122,20 +139,11 @@ def write_shard_set(
         }
         _start_output(out, state, identity, source, scans)
         splits = _assign_rows(source, scans, options)
-        tasks, plan_id = _plan_tasks(source, scans, splits, options, out)
-        shard_infos = _write_shards(tasks, out, pool, progress)
-    return _finish(
-        out,
-        source,
-        options,
-        converter_options,
-        identity,
-        plan_id,
-        splits,
-        shard_infos,
-        scans,
-        report,
-    )
+        tasks, plan_id = _plan_tasks(source, scans, splits, options, out, fsync)
+        job = Job(source, out, options, converter_options, identity, fsync)
+        tables = functools.partial(_write_tables, job, splits, scans, report)
+        shard_infos, (tables, regimes) = _write_shards(tasks, out, pool, progress, tables)
+    return _finish(job, plan_id, splits, shard_infos, tables, regimes, report)
 
 
 def _start_output(out: Path, state: str, identity: str, source: Source, scans) -> None:
@@ -149,32 +157,30 @@ def _start_output(out: Path, state: str, identity: str, source: Source, scans) -
         _cache_scan(out, split.name, scan)
 
 
-def _finish(
-    out, source, options, converter_options, identity, plan_id, splits, shard_infos, scans, report
-) -> dict:
-    """Label tables, observed views, then the manifest: last, once everything else is durable."""
+def _write_tables(job: Job, splits, scans, report) -> tuple[dict, dict]:
+    """Label tables and observed views (they need no shard, so they are written meanwhile)."""
     from shards.views import write_official_and_label_tables, write_regime_view
 
-    tables = write_official_and_label_tables(out, source, scans, splits, report, options.max_side)
-    regimes = {}
-    for spec in options.regimes:
-        regime = parse_regime_spec(spec)
-        regimes[regime.view_name()] = write_regime_view(out, regime, len(source.classes))
-    manifest = _manifest(
-        source,
-        options,
-        converter_options,
-        identity,
-        plan_id,
-        splits,
-        shard_infos,
-        tables,
-        report,
-        regimes,
+    tables = write_official_and_label_tables(
+        job.out, job.source, scans, splits, report, job.options.max_side, job.durable
     )
-    fsync_dir(out)
-    write_json_atomic(out / MANIFEST, manifest)
-    fsync_dir(out)
+    regimes = {}
+    for spec in job.options.regimes:
+        regime = parse_regime_spec(spec)
+        view = write_regime_view(job.out, regime, len(job.source.classes), job.durable)
+        regimes[regime.view_name()] = view
+    return tables, regimes
+
+
+def _finish(job: Job, plan_id, splits, shard_infos, tables, regimes, report) -> dict:
+    """The manifest: written last, once everything else is written (and durable)."""
+    out, durable = job.out, job.durable
+    manifest = _manifest(job, plan_id, splits, shard_infos, tables, report, regimes)
+    if durable:
+        fsync_dir(out)
+    write_json_atomic(out / MANIFEST, manifest, durable)
+    if durable:
+        fsync_dir(out)
     shutil.rmtree(out / PROGRESS, ignore_errors=True)
     return manifest
 
@@ -321,7 +327,7 @@ def _assign_rows(source: Source, scans, options: ShardOptions) -> list[SplitRows
     return out
 
 
-def _plan_tasks(source, scans, splits, options, out):
+def _plan_tasks(source, scans, splits, options, out, fsync: bool):
     tasks, h = [], hashlib.sha256()
     for rows in splits:
         scan, recs = scans[rows.official], source.splits[rows.official].records
@@ -344,10 +350,15 @@ def _plan_tasks(source, scans, splits, options, out):
             "pass --overwrite to start again"
         )
     write_json_atomic(stored, {"plan_id": plan_id})
-    return [ShardTask(str(out), n, it, options.jpeg_quality, plan_id) for n, it in tasks], plan_id
+    shard_tasks = [
+        ShardTask(str(out), n, it, options.jpeg_quality, plan_id, fsync) for n, it in tasks
+    ]
+    return shard_tasks, plan_id
 
 
-def _write_shards(tasks, out, pool: Workers, progress) -> dict[str, dict]:
+def _write_shards(tasks, out, pool: Workers, progress, meanwhile: Callable[[], Any]):
+    """Write the shards not done yet in the pool, running ``meanwhile()`` in this process while
+    the workers write; returns (shard infos by name, what ``meanwhile`` returned)."""
     infos, todo = {}, []
     for t in tasks:
         done = out / PROGRESS / "done" / f"{t.name}.json"
@@ -357,11 +368,13 @@ def _write_shards(tasks, out, pool: Workers, progress) -> dict[str, dict]:
                 infos[t.name] = info
                 continue
         todo.append(t)
+    results = pool.map(write_one_shard, todo)  # a pool starts at once; in-process is lazy
+    other = meanwhile()
     tick = progress("writing shards", sum(len(t.items) for t in todo))
-    for info in pool.map(write_one_shard, todo):
+    for info in results:
         infos[info["name"]] = info
         tick(info["num_samples"])
-    return {t.name: infos[t.name] for t in tasks}
+    return {t.name: infos[t.name] for t in tasks}, other
 
 
 def write_one_shard(task: ShardTask) -> dict:
@@ -379,8 +392,8 @@ def write_one_shard(task: ShardTask) -> dict:
     except BaseException:
         writer.abort()
         raise
-    write_bytes_atomic(out / f"{task.name}.idx", index.encode())
-    publish(writer.path, tar_path)
+    write_bytes_atomic(out / f"{task.name}.idx", index.encode(), task.durable)
+    publish(writer.path, tar_path, task.durable)
     info = {
         "name": task.name,
         "num_samples": len(task.items),
@@ -389,14 +402,17 @@ def write_one_shard(task: ShardTask) -> dict:
         "index_sha256": hashlib.sha256(index.encode()).hexdigest(),
         "plan_id": task.plan_id,
     }
-    write_json_atomic(out / PROGRESS / "done" / f"{task.name}.json", info)
+    write_json_atomic(out / PROGRESS / "done" / f"{task.name}.json", info, task.durable)
     return info
 
 
 def _read_image(path: str, key: str) -> bytes:
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            data = _read_all(fd)
+        finally:
+            os.close(fd)
     except OSError as e:
         raise WsmlError(f"cannot read image {key!r} at {path}: {e.strerror or e}") from None
     if data[:2] == b"\xff\xd8":
@@ -407,18 +423,19 @@ def _read_image(path: str, key: str) -> bytes:
     return data
 
 
-def _manifest(
-    source,
-    options,
-    converter_options,
-    identity,
-    plan_id,
-    splits,
-    shard_infos,
-    tables,
-    report,
-    regimes,
-) -> dict:
+def _read_all(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    data = os.read(fd, size + 1)  # asking one byte more tells EOF in the same call
+    if len(data) == size:
+        return data
+    parts = [data]  # a short read, or a file that grew meanwhile
+    while chunk := os.read(fd, 1 << 20):
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _manifest(job: Job, plan_id, splits, shard_infos, tables, report, regimes) -> dict:
+    source = job.source
     split_entries = {}
     for rows in splits:
         shards = [
@@ -453,14 +470,14 @@ def _manifest(
             for s in source.splits
         },
         "regimes_at_conversion": regimes,
-        "options": asdict(options),
+        "options": asdict(job.options),
         "source": {
             "dataset": source.dataset,
             "root": source.root,
             "fingerprint": source.fingerprint,
-            "converter_options": converter_options,
+            "converter_options": job.converter_options,
             **source.notes,
         },
-        "identity": identity,
+        "identity": job.identity,
         "plan_id": plan_id,
     }

@@ -150,3 +150,20 @@ def test_val_frac_zero_keeps_all_of_train(tmp_path, coco_root):
     convert("coco", coco_root, out, {}, dict(val_frac=0.0), workers=1)
     ss = open_shard_set(out)
     assert ss.splits == ["train", "test"] and ss.split("train")["num_samples"] == 24
+
+
+def test_no_fsync_gives_the_same_bytes(tmp_path, coco_root):
+    convert("coco", coco_root, tmp_path / "a", {}, {}, workers=1)
+    convert("coco", coco_root, tmp_path / "b", {}, {}, workers=1, fsync=False)
+    assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b")
+
+
+def test_tar_headers_equal_tarfiles():
+    from shards.fileio import _tarfile_header, tar_header
+
+    names = ["a.jpg", "COCO_train2014_000000480023.row", "x" * 95 + ".jpg", "é.jpg", "k-_9.row"]
+    for name in names:
+        for size in (0, 1, 511, 512, 123456, 8**11 - 1):
+            assert tar_header(name, size) == _tarfile_header(name, size)
+    long = "d" * 60 + "/" + "x" * 60 + ".jpg"  # > 100 bytes: tarfile splits prefix/name
+    assert tar_header(long, 5) == _tarfile_header(long, 5)

@@ -9,6 +9,7 @@ that have annotations, sorted as strings.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,14 +151,14 @@ def _split(name, role, data, image_dir: Path, path: Path, keep_empty: bool) -> O
     ids = images if keep_empty else labels
     order = sorted(str(i) for i in ids)  # sorted as strings, as the field's formatter does
     by_str = {str(i): i for i in ids}
-    records = []
+    records, folder = [], str(image_dir)
     for sid in order:
         file_name = images[by_str[sid]]
         records.append(
             Record(
                 source_id=sid,
-                path=str(image_dir / file_name),
-                key_hint=str(Path(file_name).with_suffix("")).replace("/", "_"),
+                path=os.path.join(folder, file_name),
+                key_hint=os.path.splitext(file_name)[0].replace("/", "_"),
                 positives=tuple(sorted(labels.get(by_str[sid], ()))),
             )
         )
