@@ -257,43 +257,69 @@ def _print_throughput(r: dict, echo) -> None:
 # ---------------------------------------------------------------- peak memory
 
 
+# A child's ru_maxrss starts at its parent's RSS when it was forked (Linux keeps the high-water
+# mark across exec), so the command is started from this small launcher, not from the bench's
+# own (large) process: what it reports is the command's peak, give or take the launcher's ~10 MB.
+LAUNCHER = (
+    "import os, sys; pid = os.fork()\n"
+    "if pid == 0: os.execv(sys.argv[1], sys.argv[1:])\n"
+    "_, status, usage = os.wait4(pid, 0)\n"
+    "sys.stderr.write('\\nWSML_MAXRSS %d\\n' % usage.ru_maxrss)\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))"
+)
+
+
 def peak_rss(cmd: list[str]) -> dict:
-    """Run ``cmd``; return its peak RSS in MB: ``process`` (``wait4``'s ru_maxrss: the largest
-    single process among it and the descendants it waited for) and ``tree`` (the sum over the
+    """Run ``cmd``; return its peak memory in MB: ``process`` (ru_maxrss: the largest single
+    process among it and the descendants it waited for) and ``tree`` (the summed PSS of the
     live process tree, sampled from /proc; None without /proc)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    launcher = [sys.executable, "-S", "-c", LAUNCHER, *cmd]
+    proc = subprocess.Popen(launcher, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     stop, tree = threading.Event(), [None]
     sampler = threading.Thread(target=_sample_tree, args=(proc.pid, stop, tree), daemon=True)
     sampler.start()
     t0 = time.perf_counter()
     output = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc.wait()
     elapsed = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
     stop.set()
     sampler.join()
     proc.stdout.close()
     if proc.returncode:
         tail = output.decode(errors="replace").strip()[-2000:]
         raise WsmlError(f"cli.py shard failed (exit {proc.returncode}): {tail}")
+    maxrss = int(output.rsplit(b"WSML_MAXRSS ", 1)[1].split()[0])
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: KiB on Linux, bytes on macOS
     mb = lambda b: None if b is None else b / 1e6  # noqa: E731
-    return {"process_mb": mb(usage.ru_maxrss * scale), "tree_mb": mb(tree[0]), "seconds": elapsed}
+    return {"process_mb": mb(maxrss * scale), "tree_mb": mb(tree[0]), "seconds": elapsed}
 
 
 def _sample_tree(pid: int, stop: threading.Event, peak: list) -> None:
+    """Peak of the process tree's summed PSS (proportional set size: pages shared by forked
+    workers count once in total, where summed RSS would count them in every process)."""
     if not os.path.isdir("/proc"):
         return
-    page = os.sysconf("SC_PAGE_SIZE")
     while not stop.wait(SAMPLE_S):
         total = 0
         for p in _descendants(pid):
-            try:
-                with open(f"/proc/{p}/statm") as f:
-                    total += int(f.read().split()[1]) * page
-            except (OSError, IndexError, ValueError):
-                pass  # exited meanwhile
+            total += _pss(p)
         peak[0] = max(peak[0] or 0, total)
+
+
+def _pss(pid: int) -> int:
+    """Bytes of a process's PSS (its RSS where smaps_rollup is unavailable); 0 once it exited."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def _descendants(pid: int) -> list[int]:
@@ -346,7 +372,7 @@ def _rss(work: Path, sizes: Sequence[int], workers: int, echo) -> dict:
 
 
 def _print_rss(r: dict, echo) -> None:
-    echo("peak RSS of `cli.py shard` (48-80 px JPEGs), MB: largest process / whole tree")
+    echo("peak RSS of `cli.py shard` (48-80 px JPEGs), MB: largest process / tree (PSS)")
     for x in r["runs"]:
         tree = "n/a" if x["tree_mb"] is None else f"{x['tree_mb']:.1f}"
         echo(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import shards.converters  # noqa: F401  (registers the converters)
 from shards.errors import WsmlError
+from shards.scan import Workers
 from shards.source import CONVERTERS, parse_options
 from shards.writer import ShardOptions, write_shard_set
 
@@ -17,6 +18,7 @@ def convert(
     out: Path,
     converter_options: dict[str, str],
     options: dict,
+    workers: int = 1,
     **kwargs,
 ) -> dict:
     """Open ``root`` with the named converter (layout checked before anything is written),
@@ -27,15 +29,18 @@ def convert(
     opts = parse_options(info.options, converter_options, f"dataset {dataset}")
     write_options = ShardOptions(**options)
     write_options.validate()
-    source = info.open(root, opts)
-    return write_shard_set(
-        source,
-        out,
-        write_options,
-        _jsonable(asdict(opts)),
-        allows_missing=info.allows_missing_images,
-        **kwargs,
-    )
+    # The worker pool starts before the source is read, so forked workers stay small.
+    with Workers(workers) as pool:
+        source = info.open(root, opts)
+        return write_shard_set(
+            source,
+            out,
+            write_options,
+            _jsonable(asdict(opts)),
+            workers=pool,
+            allows_missing=info.allows_missing_images,
+            **kwargs,
+        )
 
 
 def _jsonable(d: dict) -> dict:

@@ -7,6 +7,7 @@ the shard plan is fixed before any shard is written; rows then stay contiguous w
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -101,7 +102,12 @@ class Workers:
     def __enter__(self) -> Workers:
         if self.n > 1:
             fork = sys.platform == "linux" and "pyarrow" not in sys.modules
-            self._pool = get_context("fork" if fork else "spawn").Pool(self.n)
+            if fork:  # keep the workers' garbage collector off the parent's objects, so that
+                gc.freeze()  # forked workers do not copy pages they never use
+            try:
+                self._pool = get_context("fork" if fork else "spawn").Pool(self.n)
+            finally:
+                gc.unfreeze()
         return self
 
     def __exit__(self, *exc) -> None:

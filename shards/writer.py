@@ -13,6 +13,7 @@ import os
 import shutil
 import struct
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,7 @@ def write_shard_set(
     options: ShardOptions,
     converter_options: dict,
     *,
-    workers: int = 1,
+    workers: int | Workers = 1,
     fsync: bool = True,
     resume: bool | None = None,
     overwrite: bool = False,
@@ -126,7 +127,8 @@ def write_shard_set(
         return _read_json(out / MANIFEST)
     if state == "resume":
         log(f"resuming the interrupted conversion in {out}")
-    with Workers(workers) as pool:
+    pool_context = Workers(workers) if isinstance(workers, int) else nullcontext(workers)
+    with pool_context as pool:
         # Every image is checked before anything is written or replaced: bad input loses nothing.
         cached = out if state == "resume" else None
         scans = [
