@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
+import json
 import shutil
-import struct
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -23,22 +22,20 @@ import numpy as np
 from shards import FORMAT_VERSION, __version__
 from shards.errors import WsmlError
 from shards.fileio import (
-    TarShardWriter,
     dumps_json,
     fsync_dir,
     publish,
     remove_temporaries,
     tmp_path_for,
-    write_bytes_atomic,
     write_json_atomic,
 )
-from shards.images import BadImage, encode_jpeg, probe_bytes, target_size
+from shards.images import target_size
 from shards.plan import cut_shards, field_split, make_keys, shuffle_order
 from shards.regimes import parse_regime_spec
 from shards.scan import BAD, MISSING, OK, ScanResult, Workers, scan_images
+from shards.shardwork import PROGRESS, ShardTask, write_one_shard
 from shards.source import Source
 
-PROGRESS = "_progress"
 MANIFEST = "manifest.json"
 
 
@@ -69,16 +66,6 @@ class ShardOptions:
             raise WsmlError("shard size limits must be positive")
         for spec in self.regimes:
             parse_regime_spec(spec)
-
-
-@dataclass(frozen=True)
-class ShardTask:
-    out: str
-    name: str
-    items: tuple  # (key, path, row, width, height, reencode) per sample, in tar order
-    quality: int
-    plan_id: str
-    durable: bool = True  # fsync the shard before publishing it
 
 
 @dataclass(frozen=True)
@@ -201,8 +188,6 @@ def _identity(source: Source, options: ShardOptions, converter_options: dict) ->
 
 
 def _read_json(path: Path) -> dict:
-    import json
-
     return json.loads(path.read_text())
 
 
@@ -377,63 +362,6 @@ def _write_shards(tasks, out, pool: Workers, progress, meanwhile: Callable[[], A
         infos[info["name"]] = info
         tick(info["num_samples"])
     return {t.name: infos[t.name] for t in tasks}, other
-
-
-def write_one_shard(task: ShardTask) -> dict:
-    """Write one tar (+ its DALI index) and publish it; runs in a worker process."""
-    out = Path(task.out)
-    tar_path = out / f"{task.name}.tar"
-    writer = TarShardWriter(tmp_path_for(tar_path))
-    try:
-        for key, path, row, w, h, reencode in task.items:
-            data = _read_image(path, key)
-            if reencode:
-                data = encode_jpeg(data, (w, h), task.quality)
-            writer.add(key, (("jpg", data), ("row", struct.pack("<q", row))))
-        sha, nbytes, index = writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    write_bytes_atomic(out / f"{task.name}.idx", index.encode(), task.durable)
-    publish(writer.path, tar_path, task.durable)
-    info = {
-        "name": task.name,
-        "num_samples": len(task.items),
-        "bytes": nbytes,
-        "sha256": sha,
-        "index_sha256": hashlib.sha256(index.encode()).hexdigest(),
-        "plan_id": task.plan_id,
-    }
-    write_json_atomic(out / PROGRESS / "done" / f"{task.name}.json", info, task.durable)
-    return info
-
-
-def _read_image(path: str, key: str) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            data = _read_all(fd)
-        finally:
-            os.close(fd)
-    except OSError as e:
-        raise WsmlError(f"cannot read image {key!r} at {path}: {e.strerror or e}") from None
-    if data[:2] == b"\xff\xd8":
-        try:
-            probe_bytes(data)
-        except BadImage as e:  # the file changed after the check pass
-            raise WsmlError(f"bad image {key!r} at {path}: {e}") from None
-    return data
-
-
-def _read_all(fd: int) -> bytes:
-    size = os.fstat(fd).st_size
-    data = os.read(fd, size + 1)  # asking one byte more tells EOF in the same call
-    if len(data) == size:
-        return data
-    parts = [data]  # a short read, or a file that grew meanwhile
-    while chunk := os.read(fd, 1 << 20):
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 def _manifest(job: Job, plan_id, splits, shard_infos, tables, report, regimes) -> dict:

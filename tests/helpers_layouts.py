@@ -11,8 +11,8 @@ from pathlib import Path
 
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
+from tests.conftest import REAL, REPO  # noqa: F401  (REPO is used by the CLI tests)
+
 REAL_VOC2007 = REAL / "voc" / "VOCdevkit" / "VOC2007"
 REAL_COCO = REAL / "coco"
 REAL_COCO_JSON = REAL_COCO / "annotations" / "instances_val2014_100.json"

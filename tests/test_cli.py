@@ -529,3 +529,20 @@ def test_demo_data_then_shard(tmp_path):
     assert s["splits"]["test"]["images"] == 6
     assert np.sum([sp["images"] for sp in s["splits"].values()]) == 18
     assert run("verify", out, "--workers", "1").exit_code == 0
+
+
+def test_help_imports_neither_torch_nor_dali():
+    code = (
+        "import sys; from click.testing import CliRunner; import cli\n"
+        "for args in (['--help'], ['shard', '--help'], ['observe', '--help']):\n"
+        "    assert CliRunner().invoke(cli.main, args).exit_code == 0\n"
+        "heavy = [m for m in ('torch', 'nvidia.dali', 'pyarrow') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
