@@ -55,14 +55,12 @@ def _probe_chunk(args: tuple[Sequence[str], str]) -> list[tuple[int, int, int, i
     paths, check = args
     out = []
     for path in paths:
-        if not os.path.isfile(path):
-            out.append((MISSING, 0, 0, 0, False, "missing"))
-            continue
         try:
             p = probe_file(path, check)
             out.append((OK, p.width, p.height, p.size, p.is_jpeg, ""))
-        except BadImage as e:
-            out.append((BAD, 0, 0, 0, False, str(e)))
+        except BadImage as e:  # a missing file is told apart only here, on the rare path
+            status = BAD if os.path.isfile(path) else MISSING
+            out.append((status, 0, 0, 0, False, str(e) if status == BAD else "missing"))
     return out
 
 

@@ -78,7 +78,7 @@ def _official_columns(source, i, present, split_names, split_of, row_of):
 
 
 def write_official_and_label_tables(
-    out: Path, source, scans, splits, report, max_side=None, durable: bool = True
+    out: Path, source, scans, splits, max_side=None, durable: bool = True
 ) -> dict:
     """Write ``labels/<split>.parquet`` and ``labels/official/<name>.parquet``; return their
     entries for the manifest (path, rows, sha256)."""

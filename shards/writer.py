@@ -130,7 +130,7 @@ def write_shard_set(
         splits = _assign_rows(source, scans, options)
         tasks, plan_id = _plan_tasks(source, scans, splits, options, out, fsync)
         job = Job(source, out, options, converter_options, identity, fsync)
-        tables = functools.partial(_write_tables, job, splits, scans, report)
+        tables = functools.partial(_write_tables, job, splits, scans)
         shard_infos, (tables, regimes) = _write_shards(tasks, out, pool, progress, tables)
     return _finish(job, plan_id, splits, shard_infos, tables, regimes, report)
 
@@ -146,12 +146,12 @@ def _start_output(out: Path, state: str, identity: str, source: Source, scans) -
         _cache_scan(out, split.name, scan)
 
 
-def _write_tables(job: Job, splits, scans, report) -> tuple[dict, dict]:
+def _write_tables(job: Job, splits, scans) -> tuple[dict, dict]:
     """Label tables and observed views (they need no shard, so they are written meanwhile)."""
     from shards.views import write_official_and_label_tables, write_regime_view
 
     tables = write_official_and_label_tables(
-        job.out, job.source, scans, splits, report, job.options.max_side, job.durable
+        job.out, job.source, scans, splits, job.options.max_side, job.durable
     )
     regimes = {}
     for spec in job.options.regimes:

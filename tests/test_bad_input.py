@@ -118,23 +118,17 @@ def test_wrong_voc_layout(voc, tmp_path, case):
     assert_refused(shard(voc, out, dataset="voc2007"), named, out=out)
 
 
+# the VOC2007 fixture read by the generic ``voc`` converter
+GENERIC_VOC2007 = ("-o", "year=2007", "-o", "train_set=trainval", "-o", "test_set=test")
+
+
 def test_voc_lists_without_classes_in_annotations(voc, tmp_path):
     """Generic ``voc`` reads its classes from the XMLs; an image list naming no objects fails."""
     main = _voc2007(voc) / "ImageSets" / "Main"
     for xml in (_voc2007(voc) / "Annotations").glob("*.xml"):
         xml.write_text("<annotation></annotation>")
     out = tmp_path / "out"
-    result = shard(
-        voc,
-        out,
-        "-o",
-        "year=2007",
-        "-o",
-        "train_set=trainval",
-        "-o",
-        "test_set=test",
-        dataset="voc",
-    )
+    result = shard(voc, out, *GENERIC_VOC2007, dataset="voc")
     assert_refused(result, "no classes found", out=out)
     assert main.is_dir()
 
@@ -380,17 +374,7 @@ def test_duplicate_voc_id_in_a_per_class_list(voc, tmp_path):
         lines = [f"{i} {1 if k % 2 else -1}" for k, i in enumerate(ids)] + [f"{ids[1]} 1"]
         main.joinpath(f"{c}_trainval.txt").write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
-    result = shard(
-        voc,
-        out,
-        "-o",
-        "year=2007",
-        "-o",
-        "train_set=trainval",
-        "-o",
-        "test_set=test",
-        dataset="voc",
-    )
+    result = shard(voc, out, *GENERIC_VOC2007, dataset="voc")
     assert_refused(result, f"duplicate id '{ids[1]}'", "_trainval.txt", out=out)
 
 
