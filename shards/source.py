@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,25 +86,22 @@ def parse_options(options_cls: type, raw: dict[str, str], what: str) -> Any:
 
 
 def _coerce(text: str, typ: Any, key: str) -> Any:
+    """A ``-o`` value as the option's annotated type (annotations are strings here)."""
     typ = str(typ)
-    if "bool" in typ:
+    if typ.startswith("tuple"):
+        return tuple(s.strip() for s in text.split(",") if s.strip())
+    if typ == "bool":
         if text.lower() in ("1", "true", "yes", "on"):
             return True
         if text.lower() in ("0", "false", "no", "off"):
             return False
         raise WsmlError(f"option {key} expects true/false, got {text!r}")
-    if "int" in typ and "str" not in typ:
-        try:
-            return int(text)
-        except ValueError:
-            raise WsmlError(f"option {key} expects an integer, got {text!r}") from None
-    if "float" in typ:
-        try:
-            return float(text)
-        except ValueError:
-            raise WsmlError(f"option {key} expects a number, got {text!r}") from None
-    if "tuple" in typ:
-        return tuple(s.strip() for s in text.split(",") if s.strip())
+    for name, cast, what in (("int", int, "an integer"), ("float", float, "a number")):
+        if typ.split(" | ")[0] == name:
+            try:
+                return cast(text)
+            except ValueError:
+                raise WsmlError(f"option {key} expects {what}, got {text!r}") from None
     return text
 
 
@@ -148,7 +144,3 @@ def check_duplicates(ids: Sequence[str], where: str) -> None:
         if i in seen:
             raise WsmlError(f"duplicate id {i!r} in {where}")
         seen.add(i)
-
-
-def image_exists(path: str) -> bool:
-    return os.path.isfile(path)
