@@ -27,7 +27,7 @@ class Record:
     key_hint: str  # readable basis for the tar key (sanitised by the writer)
     positives: tuple[int, ...]
     negatives: tuple[int, ...] | None = None
-    difficult: tuple[int, ...] = ()  # VOC: classes with only 'difficult' objects (counted negative)
+    extra: tuple = ()  # values of the source's extra columns (Source.extra_columns), in order
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,12 @@ class Source:
     complete_labels: bool = True  # every class not positive is a negative
     groups: tuple[str, ...] | None = None  # class group of each class, where the source has one
     notes: dict[str, Any] = field(default_factory=dict)
+    # what else the source says per image, as label-table columns: (name, type) with type one
+    # of EXTRA_TYPES, e.g. ("difficult", "list<int32>") for VOC, ("species", "int32") for CUB
+    extra_columns: tuple[tuple[str, str], ...] = ()
+
+
+EXTRA_TYPES = ("int32", "int64", "string", "list<int32>")
 
 
 @dataclass(frozen=True)

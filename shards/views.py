@@ -15,6 +15,7 @@ from shards.images import target_size
 from shards.lists import Lists
 from shards.regimes import REGIME_KIND, OfficialLabels, Partial, SinglePositive
 from shards.scan import MISSING
+from shards.source import EXTRA_TYPES
 from shards.tables import from_arrow, label_columns, read_table, to_arrow, write_table
 
 
@@ -46,11 +47,19 @@ def _split_columns(source, rows, scan, max_side):
             **_labels(source, sel),
             "source_index": pa.array(idx.astype(np.int64)),
         }
-        if source.notes.get("has_difficult"):
-            cols["difficult"] = to_arrow(Lists.from_rows(r.difficult for r in sel))
+        for k, (name, typ) in enumerate(source.extra_columns):
+            cols[name] = _extra_column([r.extra[k] for r in sel], typ)
         return cols
 
     return columns
+
+
+def _extra_column(values: list, typ: str) -> pa.Array:
+    if typ == "list<int32>":
+        return to_arrow(Lists.from_rows(values))
+    if typ not in EXTRA_TYPES:
+        raise ValueError(f"extra column type {typ!r} is not one of {EXTRA_TYPES}")
+    return pa.array(values, {"int32": pa.int32(), "int64": pa.int64(), "string": pa.string()}[typ])
 
 
 def _relative(path: str, root: str) -> str:

@@ -82,8 +82,8 @@ def test_voc2007_official_class_lists(tmp_path, real):
     kept = VocOptions(year="2007", train_set="trainval", test_set="test", keep_no_positive=True)
     assert len(open_voc(tmp_path, kept).splits[0].records) == 5011
     # difficult ('0') entries are negatives, recorded on the side
-    assert any(r.difficult for r in trainval.records)
-    assert not any(set(r.difficult) & set(r.positives) for r in trainval.records)
+    assert any(r.extra[0] for r in trainval.records)
+    assert not any(set(r.extra[0]) & set(r.positives) for r in trainval.records)
 
 
 def real_coco_root(tmp_path: Path, real: Path) -> tuple[Path, dict]:

@@ -57,6 +57,10 @@ def test_label_tables_match_the_source(converted):
         ):
             rec = by_split[official][sid]
             assert tuple(pos) == rec.positives
+            row = t["source_id"].index(sid)
+            for k, (name, _) in enumerate(source.extra_columns):  # e.g. VOC's difficult
+                want = rec.extra[k]
+                assert t[name][row] == (list(want) if isinstance(want, tuple) else want)
             with Image.open(root / path) as im:
                 assert im.size == (w, h)
         seen += len(t["row"])

@@ -66,7 +66,7 @@ def open_voc(root: Path, opts: VocOptions, dataset: str = "voc") -> Source:
             ids = [i for i in ids if labels[i][0]]
             dropped[set_name] = len(labels) - len(ids)
         records = tuple(
-            Record(i, str(base / "JPEGImages" / f"{i}.jpg"), i, labels[i][0], None, labels[i][1])
+            Record(i, str(base / "JPEGImages" / f"{i}.jpg"), i, labels[i][0], None, (labels[i][1],))
             for i in ids
         )
         splits.append(OfficialSplit(set_name, role, records))
@@ -77,7 +77,8 @@ def open_voc(root: Path, opts: VocOptions, dataset: str = "voc") -> Source:
         splits=tuple(splits),
         fingerprint=fingerprint_files(used, list(classes)),
         groups=VOC_GROUPS if tuple(classes) == VOC_CLASSES else None,
-        notes={"has_difficult": True, "dropped_no_positive": dropped, "folder": str(base)},
+        notes={"dropped_no_positive": dropped, "folder": str(base)},
+        extra_columns=(("difficult", "list<int32>"),),
     )
 
 
