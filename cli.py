@@ -229,6 +229,13 @@ def info(shards_dir, as_json):
         )
     regimes = ", ".join(f"{k} {v}" for k, v in s["regimes"].items()) or "none"
     click.echo(f"  regimes: full, {regimes}")
+    official = ", ".join(
+        f"{k} {v['present']} of {v['listed']} present"
+        if v["present"] < v["listed"]
+        else f"{k} {v['listed']}"
+        for k, v in s["official"].items()
+    )
+    click.echo(f"  official splits: {official}")
     for what in ("skipped", "missing"):
         if any(s[what].values()):
             click.echo(f"  {what}: " + ", ".join(f"{k} {v}" for k, v in s[what].items()))

@@ -128,6 +128,10 @@ def summarize(ss: ShardSet) -> dict:
         "groups": ss.manifest.get("groups"),
         "splits": splits,
         "regimes": {k: v["params"] for k, v in ss.regimes.items()},
+        "official": {
+            k: {"listed": v["records"], "present": v["records"] - len(v["missing"])}
+            for k, v in official.items()
+        },
         "skipped": {k: len(v["skipped"]) for k, v in official.items()},
         "missing": {k: len(v["missing"]) for k, v in official.items()},
     }

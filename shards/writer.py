@@ -261,11 +261,10 @@ def _check_scan(split, scan: ScanResult, options: ShardOptions, allows_missing: 
     records about it."""
     recs = split.records
     missing = np.flatnonzero(scan.status == MISSING)
-    if len(missing) and not allows_missing:
+    if len(missing) and (not allows_missing or len(missing) == len(recs)):
         shown = ", ".join(recs[i].path for i in missing[:5])
-        raise WsmlError(
-            f"{len(missing)} image file(s) of the {split.name} split are missing: {shown}"
-        )
+        what = "all" if len(missing) == len(recs) else str(len(missing))
+        raise WsmlError(f"{what} image file(s) of the {split.name} split are missing: {shown}")
     bad = np.flatnonzero(scan.status == BAD)
     if len(bad) and options.on_bad == "fail":
         r = recs[bad[0]]
