@@ -1,0 +1,1 @@
+"""NUS-WIDE (being written)."""
