@@ -57,6 +57,18 @@ class RegistryChoice(click.ParamType):
         self.fail(reg.unknown_message(value), param, ctx)
 
 
+class PartType(click.ParamType):
+    name = "K/N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        k, slash, n = str(value).partition("/")
+        if slash and k.isdigit() and n.isdigit() and 0 <= int(k) < int(n):
+            return int(k), int(n)
+        self.fail(f"{value!r} is not K/N with 0 <= K < N, e.g. 0/4", param, ctx)
+
+
 class ByteSize(click.ParamType):
     name = "size"
 
@@ -137,16 +149,25 @@ def main():
     help="Flush each shard to disk before publishing it (--no-fsync: faster, for "
     "scratch disks; a power loss may then damage shards, which verify finds).",
 )
+@click.option(
+    "--part",
+    type=PartType(),
+    help="K/N: write every N-th shard from the K-th (0-based) "
+    "of one machine out of N; then run the same command with --finalize.",
+)
+@click.option("--finalize", is_flag=True, help="Write tables and manifest once every part is done.")
 @click.option("--resume", is_flag=True, help="Require an interrupted conversion to resume.")
 @click.option("--overwrite", is_flag=True, help="Replace a shard set already in --out.")
 @click.option("-o", "opts", multiple=True, metavar="KEY=VALUE", help="Converter option.")
 @expected_errors
-def shard(dataset, root, out, workers, fsync, resume, overwrite, opts, **options):
+def shard(dataset, root, out, workers, fsync, part, finalize, resume, overwrite, opts, **options):
     """Convert a raw dataset into a shard set (tars + DALI indexes + Parquet labels + manifest)."""
     from pathlib import Path
 
     from shards.convert import convert
 
+    if part and finalize:
+        raise click.UsageError("--part and --finalize go in separate runs")
     options["shard_bytes"] = options.pop("shard_size")
     options["regimes"] = tuple(options["regimes"])
     t0 = time.perf_counter()
@@ -158,12 +179,21 @@ def shard(dataset, root, out, workers, fsync, resume, overwrite, opts, **options
         options,
         workers=workers,
         fsync=fsync,
+        part=part,
+        finalize=finalize,
         resume=resume or None,
         overwrite=overwrite,
         progress=progress_factory(sys.stderr.isatty()),
         log=click.echo,
     )
     elapsed = time.perf_counter() - t0
+    if part is not None:
+        click.echo(
+            f"part {part[0]}/{part[1]}: {manifest['written']} of its {manifest['shards']} shards "
+            f"written ({manifest['total_shards']} in all) in {elapsed:.1f}s; when every part "
+            "is done, run the same command with --finalize instead of --part"
+        )
+        return
     for name, split in manifest["splits"].items():
         nbytes = sum(s["bytes"] for s in split["shards"])
         click.echo(

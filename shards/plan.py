@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,20 +22,61 @@ def field_split(n: int, val_frac: float, seed: int) -> tuple[np.ndarray, np.ndar
     return np.sort(perm[: n - n_val]), np.sort(perm[n - n_val :])
 
 
+def _sanitize(hint: str) -> str:
+    return _UNSAFE.sub("_", hint)[:KEY_MAX] or "_"
+
+
+def _hash64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+class Keys:
+    """Tar keys of one official split's records, matching ``[A-Za-z0-9_-]+`` (no dots: webdataset
+    and DALI cut names at the first dot). A hint that needed changing, or that collides with
+    another, gets a hash of its source id appended. Keys are computed on demand for any rows;
+    only 8 bytes a record are kept while collisions are found."""
+
+    CHUNK = 65536
+
+    def __init__(self, records, idx: np.ndarray):
+        hashes = np.zeros(len(idx), np.uint64)
+        for start in range(0, len(idx), self.CHUNK):
+            hints = records.key_hints(idx[start : start + self.CHUNK].tolist())
+            hashes[start : start + len(hints)] = [_hash64(_sanitize(h)) for h in hints]
+        values, counts = np.unique(hashes, return_counts=True)
+        self._colliding = set(values[counts > 1].tolist())
+        self._records = records
+        final = np.zeros(len(idx), np.uint64)
+        for start in range(0, len(idx), self.CHUNK):
+            keys = self(idx[start : start + self.CHUNK].tolist())
+            final[start : start + len(keys)] = [_hash64(k) for k in keys]
+        if len(np.unique(final)) != len(final):  # only when two records share a source id
+            raise ValueError("two records of one split have the same key and source id")
+
+    def __call__(self, idx) -> list[str]:
+        out = []
+        for hint, sid in zip(
+            self._records.key_hints(idx), self._records.source_ids(idx), strict=True
+        ):
+            key = _sanitize(hint)
+            if key != hint or _hash64(key) in self._colliding:
+                key = f"{key[: KEY_MAX - 11]}-{hashlib.sha1(sid.encode()).hexdigest()[:10]}"
+            out.append(key)
+        return out
+
+
 def make_keys(hints: Sequence[str], ids: Sequence[str]) -> list[str]:
-    """Tar keys matching ``[A-Za-z0-9_-]+`` (no dots: webdataset and DALI cut names at the first
-    dot). A hint that needed changing, or that collides, gets a hash of its source id appended."""
-    safe = [_UNSAFE.sub("_", h)[:KEY_MAX] or "_" for h in hints]
-    counts = Counter(safe)
-    keys = []
-    for s, h, i in zip(safe, hints, ids, strict=True):
-        if s != h or counts[s] > 1:
-            s = f"{s[: KEY_MAX - 11]}-{hashlib.sha1(i.encode()).hexdigest()[:10]}"
-        keys.append(s)
-    dup = [k for k, c in Counter(keys).items() if c > 1]
-    if dup:  # only when two sources share an id, which converters reject earlier
-        raise ValueError(f"duplicate keys after sanitising: {dup[:5]}")
-    return keys
+    """Keys for plain lists of hints and source ids (see :class:`Keys`)."""
+
+    class _Plain:
+        def key_hints(self, idx):
+            return [hints[i] for i in idx]
+
+        def source_ids(self, idx):
+            return [ids[i] for i in idx]
+
+    idx = np.arange(len(hints))
+    return Keys(_Plain(), idx)(idx.tolist())
 
 
 def shuffle_order(n: int, seed: int, split: str) -> np.ndarray:
@@ -64,3 +104,73 @@ def cut_shards(sizes: np.ndarray, max_bytes: int, max_samples: int) -> list[Shar
     if len(sizes) > start:
         cuts.append(ShardCut(start, len(sizes)))
     return cuts
+
+
+@dataclass(frozen=True)
+class SplitRows:
+    """Rows of one output split: indices into its official split's records, in row order."""
+
+    name: str
+    official: int  # index into source.splits
+    records: np.ndarray  # int64 (N,) formatted index of each row
+    keys: Keys  # keys(record indices) -> tar keys
+
+    def keys_of(self, rows: np.ndarray) -> list[str]:
+        return self.keys(self.records[rows].tolist())
+
+
+SPLIT_NAMES = {"train": "train", "val": "val", "test": "test"}
+
+
+def assign_rows(splits, scans, val_frac: float, seed: int) -> list[SplitRows]:
+    """Official train -> train/val by the field's rule (on every present record, so that the
+    split of the remaining ones matches the reference), unless the source has a val split of
+    its own; official val -> val, test -> test; records whose image is bad are dropped."""
+    from shards.scan import MISSING, OK
+
+    has_val = any(s.role == "val" for s in splits)
+    out = []
+    for i, (split, scan) in enumerate(zip(splits, scans, strict=True)):
+        present = np.flatnonzero(scan.status != MISSING)
+        if split.role == "train" and not has_val:
+            tr, va = field_split(len(present), val_frac, seed)
+            parts = [("train", present[tr]), ("val", present[va])]
+        else:
+            parts = [(SPLIT_NAMES[split.role], present)]
+        keys = Keys(split.records, np.flatnonzero(scan.status == OK))
+        for name, idx in parts:
+            idx = idx[scan.status[idx] == OK]
+            if len(idx):
+                out.append(SplitRows(name, i, idx.astype(np.int64), keys))
+    names = [s.name for s in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two official splits map to one of {names}")
+    return out
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """One shard: rows ``order[start:stop]`` of output split ``splits[split]``."""
+
+    name: str
+    split: int
+    start: int
+    stop: int
+
+
+def plan_shards(splits: list[SplitRows], scans, seed: int, max_bytes: int, max_samples: int):
+    """The shards of every split and the written order of each split's rows; plus a digest of
+    the whole plan (keys, rows, sizes), which tells a resumed run that nothing changed."""
+    shards, orders, digest = [], [], hashlib.sha256()
+    for k, rows in enumerate(splits):
+        order = shuffle_order(len(rows.records), seed, rows.name)
+        sizes = scans[rows.official].nbytes[rows.records[order]]
+        orders.append(order)
+        for n, cut in enumerate(cut_shards(sizes, max_bytes, max_samples)):
+            shards.append(ShardPlan(f"{rows.name}-{n:06d}", k, cut.start, cut.stop))
+        for start in range(0, len(order), Keys.CHUNK):
+            part = order[start : start + Keys.CHUNK]
+            chunk_sizes = sizes[start : start + Keys.CHUNK].tolist()
+            for key, row, size in zip(rows.keys_of(part), part.tolist(), chunk_sizes, strict=True):
+                digest.update(f"{key} {row} {size}\n".encode())
+    return shards, orders, digest.hexdigest()

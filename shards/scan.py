@@ -8,9 +8,11 @@ the shard plan is fixed before any shard is written; rows then stay contiguous w
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing import get_context
 
@@ -65,26 +67,27 @@ def _probe_chunk(args: tuple[Sequence[str], str]) -> list[tuple[int, int, int, i
 
 
 def scan_images(
-    paths: Sequence[str],
+    records,
     check: str,
     workers: Workers,
     on_progress: Callable[[int], None] = lambda n: None,
 ) -> ScanResult:
-    n = len(paths)
-    chunks = [(paths[i : i + CHUNK], check) for i in range(0, n, CHUNK)]
-    rows: list[tuple] = []
+    """Probe every image of ``records`` (anything with ``paths(idx)``), in chunks."""
+    n = len(records)
+    status = np.zeros(n, np.int8)
+    width, height = np.zeros(n, np.int32), np.zeros(n, np.int32)
+    nbytes, is_jpeg = np.zeros(n, np.int64), np.zeros(n, bool)
+    reasons: dict[int, str] = {}
+    chunks = ((records.paths(range(i, min(n, i + CHUNK))), check) for i in range(0, n, CHUNK))
+    start = 0
     for part in workers.map(_probe_chunk, chunks):
-        rows.extend(part)
+        for k, (st, w, h, size, jpeg, why) in enumerate(part, start):
+            status[k], width[k], height[k], nbytes[k], is_jpeg[k] = st, w, h, size, jpeg
+            if st == BAD:
+                reasons[k] = why
+        start += len(part)
         on_progress(len(part))
-    status = np.array([r[0] for r in rows], dtype=np.int8).reshape(n)
-    return ScanResult(
-        status=status,
-        width=np.array([r[1] for r in rows], dtype=np.int32).reshape(n),
-        height=np.array([r[2] for r in rows], dtype=np.int32).reshape(n),
-        nbytes=np.array([r[3] for r in rows], dtype=np.int64).reshape(n),
-        is_jpeg=np.array([r[4] for r in rows], dtype=bool).reshape(n),
-        reasons={i: r[5] for i, r in enumerate(rows) if r[0] == BAD},
-    )
+    return ScanResult(status, width, height, nbytes, is_jpeg, reasons)
 
 
 class Workers:
@@ -113,8 +116,19 @@ class Workers:
             self._pool.terminate()
             self._pool.join()
 
-    def map(self, fn: Callable, tasks: Sequence) -> Iterable:
-        """``map(fn, tasks)`` in order, results as they come."""
-        if self._pool is None or len(tasks) <= 1:
+    def map(self, fn: Callable, tasks: Iterable) -> Iterator:
+        """``map(fn, tasks)`` in order. With a pool, the first tasks start at once and at most
+        ``4 * n`` are in flight, so a long task list is never materialised."""
+        if self._pool is None:
             return map(fn, tasks)
-        return self._pool.imap(fn, tasks)
+        it, pending = iter(tasks), deque()
+        for task in itertools.islice(it, 4 * self.n):
+            pending.append(self._pool.apply_async(fn, (task,)))
+        return self._drain(fn, it, pending)
+
+    def _drain(self, fn: Callable, it: Iterator, pending: deque) -> Iterator:
+        while pending:
+            result = pending.popleft().get()
+            for task in itertools.islice(it, 1):  # keep the window full
+                pending.append(self._pool.apply_async(fn, (task,)))
+            yield result

@@ -129,9 +129,9 @@ def summarize(ss: ShardSet) -> dict:
         "splits": splits,
         "regimes": {k: v["params"] for k, v in ss.regimes.items()},
         "official": {
-            k: {"listed": v["records"], "present": v["records"] - len(v["missing"])}
+            k: {"listed": v["records"], "present": v["records"] - v["missing_count"]}
             for k, v in official.items()
         },
         "skipped": {k: len(v["skipped"]) for k, v in official.items()},
-        "missing": {k: len(v["missing"]) for k, v in official.items()},
+        "missing": {k: v["missing_count"] for k, v in official.items()},
     }

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from shards.errors import WsmlError
+from shards.lists import Lists
 from shards.registry import Registry
 
 
@@ -30,14 +31,54 @@ class Record:
     extra: tuple = ()  # values of the source's extra columns (Source.extra_columns), in order
 
 
+class RecordList(Sequence):
+    """Records of an official split, read by columns for a set of indices (the writer's view).
+
+    This plain form holds :class:`Record` objects; large sources (OpenImages) provide the same
+    methods over arrays instead, so no per-image object needs to exist."""
+
+    def __init__(self, items: Sequence[Record]):
+        self._items = tuple(items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, i):
+        return self._items[i]
+
+    def paths(self, idx: Sequence[int]) -> list[str]:
+        return [self._items[i].path for i in idx]
+
+    def key_hints(self, idx: Sequence[int]) -> list[str]:
+        return [self._items[i].key_hint for i in idx]
+
+    def source_ids(self, idx: Sequence[int]) -> list[str]:
+        return [self._items[i].source_id for i in idx]
+
+    def labels(self, idx: Sequence[int]) -> tuple[Lists, Lists]:
+        """Positives and negatives of the rows ``idx`` (a null negatives row: all others)."""
+        rows = [self._items[i] for i in idx]
+        return Lists.from_rows(r.positives for r in rows), Lists.from_rows(
+            r.negatives for r in rows
+        )
+
+    def extras(self, k: int, idx: Sequence[int]) -> list:
+        return [self._items[i].extra[k] for i in idx]
+
+
 @dataclass(frozen=True)
 class OfficialSplit:
-    """An official split of the source and its role: ``train`` is cut into train/val, ``test`` kept."""
+    """An official split of the source and its role: ``train`` is cut into train/val (unless the
+    source has a ``val`` split of its own), ``val`` and ``test`` are kept as they are."""
 
     name: str
-    role: str  # "train" | "test"
-    records: Sequence[Record]
+    role: str  # "train" | "val" | "test"
+    records: Sequence[Record]  # a RecordList, or any object with its methods
     missing: tuple[str, ...] = ()  # source ids whose image is absent (sources that allow it)
+
+    def __post_init__(self):
+        if not hasattr(self.records, "paths"):
+            object.__setattr__(self, "records", RecordList(self.records))
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,8 @@ def verify_shard_set(
         problems += _check_table(ss.root, ss.split(name)["labels"])
     for meta in ss.manifest["official_splits"].values():
         problems += _check_table(ss.root, meta["labels"])
+        if meta.get("missing_table"):
+            problems += _check_table(ss.root, meta["missing_table"])
     for view in ss.regimes.values():
         for entry in view["splits"].values():
             problems += _check_table(ss.root, entry)

@@ -19,10 +19,9 @@ from shards.source import EXTRA_TYPES
 from shards.tables import from_arrow, label_columns, read_table, to_arrow, write_table
 
 
-def _labels(source, records: list) -> dict[str, pa.Array]:
-    pos = Lists.from_rows(r.positives for r in records)
-    neg = None if source.complete_labels else Lists.from_rows(r.negatives for r in records)
-    return label_columns(pos, neg)
+def _labels(source, records, idx: list[int]) -> dict[str, pa.Array]:
+    pos, neg = records.labels(idx)
+    return label_columns(pos, None if source.complete_labels else neg)
 
 
 def _split_columns(source, rows, scan, max_side):
@@ -32,23 +31,23 @@ def _split_columns(source, rows, scan, max_side):
 
     def columns(start: int, stop: int) -> dict:
         idx = rows.records[start:stop]
-        sel = [recs[j] for j in idx.tolist()]
+        ids = idx.tolist()
         dims = [
             target_size(int(w), int(h), max_side)
             for w, h in zip(scan.width[idx], scan.height[idx], strict=True)
         ]
         cols = {
             "row": pa.array(np.arange(start, stop, dtype=np.int64)),
-            "key": pa.array(rows.keys[start:stop], pa.string()),
-            "source_id": pa.array([r.source_id for r in sel], pa.string()),
-            "path": pa.array([_relative(r.path, root) for r in sel], pa.string()),
+            "key": pa.array(rows.keys(ids), pa.string()),
+            "source_id": pa.array(recs.source_ids(ids), pa.string()),
+            "path": pa.array([_relative(p, root) for p in recs.paths(ids)], pa.string()),
             "width": pa.array([d[0] for d in dims], pa.int32()),
             "height": pa.array([d[1] for d in dims], pa.int32()),
-            **_labels(source, sel),
+            **_labels(source, recs, ids),
             "source_index": pa.array(idx.astype(np.int64)),
         }
         for k, (name, typ) in enumerate(source.extra_columns):
-            cols[name] = _extra_column([r.extra[k] for r in sel], typ)
+            cols[name] = _extra_column(recs.extras(k, ids), typ)
         return cols
 
     return columns
@@ -73,14 +72,26 @@ def _official_columns(source, i, present, split_names, split_of, row_of):
 
     def columns(start: int, stop: int) -> dict:
         idx = present[start:stop]
-        sel = [recs[j] for j in idx.tolist()]
         rows = row_of[idx]
         return {
             "index": pa.array(idx.astype(np.int64)),
-            "source_id": pa.array([r.source_id for r in sel], pa.string()),
-            **_labels(source, sel),
+            "source_id": pa.array(recs.source_ids(idx.tolist()), pa.string()),
+            **_labels(source, recs, idx.tolist()),
             "split": pa.array(split_names[split_of[idx]].tolist(), pa.string()),
             "row": pa.array(rows, pa.int64(), mask=rows < 0),
+        }
+
+    return columns
+
+
+def _missing_columns(source, i, missing):
+    recs, root = source.splits[i].records, os.path.join(source.root, "")
+
+    def columns(start: int, stop: int) -> dict:
+        ids = missing[start:stop].tolist()
+        return {
+            "source_id": pa.array(recs.source_ids(ids), pa.string()),
+            "path": pa.array([_relative(p, root) for p in recs.paths(ids)], pa.string()),
         }
 
     return columns
@@ -89,8 +100,8 @@ def _official_columns(source, i, present, split_names, split_of, row_of):
 def write_official_and_label_tables(
     out: Path, source, scans, splits, max_side=None, durable: bool = True
 ) -> dict:
-    """Write ``labels/<split>.parquet`` and ``labels/official/<name>.parquet``; return their
-    entries for the manifest (path, rows, sha256)."""
+    """Write ``labels/<split>.parquet``, ``labels/official/<name>.parquet`` (and
+    ``<name>-missing.parquet`` where images are missing); return their manifest entries."""
     entries = {}
     split_of = [np.full(len(s.records), -1, np.int64) for s in source.splits]  # split index
     row_of = [np.full(len(s.records), -1, np.int64) for s in source.splits]
@@ -111,6 +122,17 @@ def write_official_and_label_tables(
         rel = f"labels/official/{split.name}.parquet"
         sha = write_table(out / rel, len(present), columns, durable)
         entries[f"official/{split.name}"] = {"path": rel, "rows": len(present), "sha256": sha}
+        missing = np.flatnonzero(scans[i].status == MISSING)
+        if len(missing):
+            rel = f"labels/official/{split.name}-missing.parquet"
+            sha = write_table(
+                out / rel, len(missing), _missing_columns(source, i, missing), durable
+            )
+            entries[f"official/{split.name}-missing"] = {
+                "path": rel,
+                "rows": len(missing),
+                "sha256": sha,
+            }
     return entries
 
 
@@ -129,7 +151,8 @@ def write_regime_view(
     ``regime.json`` is written last and marks the view complete. Tars are never touched."""
     view = regime.view_name()
     splits = {}
-    for path in sorted((out / "labels" / "official").glob("*.parquet")):
+    official = sorted((out / "labels" / "official").glob("*.parquet"))
+    for path in [p for p in official if not p.stem.endswith("-missing")]:
         labels, table = read_official_labels(path, num_classes)
         pos, neg = regime.generate(labels)
         split_col = np.array(table["split"].to_pylist(), dtype=object)

@@ -30,13 +30,14 @@ from shards.fileio import (
     write_json_atomic,
 )
 from shards.images import target_size
-from shards.plan import cut_shards, field_split, make_keys, shuffle_order
+from shards.plan import ShardPlan, assign_rows, plan_shards
 from shards.regimes import parse_regime_spec
 from shards.scan import BAD, MISSING, OK, ScanResult, Workers, scan_images
 from shards.shardwork import PROGRESS, ShardTask, write_one_shard
 from shards.source import Source
 
 MANIFEST = "manifest.json"
+MISSING_LISTED = 1000  # missing images named in the manifest; all in labels/official/*-missing
 
 
 @dataclass(frozen=True)
@@ -69,16 +70,6 @@ class ShardOptions:
 
 
 @dataclass(frozen=True)
-class SplitRows:
-    """Rows of one output split: record indices into its official split, in row order."""
-
-    name: str
-    official: int  # index into source.splits
-    records: np.ndarray  # int64 (N,) formatted index of each row
-    keys: list[str]
-
-
-@dataclass(frozen=True)
 class Job:
     """What one conversion is: its source, output, options and identity."""
 
@@ -100,19 +91,24 @@ def write_shard_set(
     fsync: bool = True,
     resume: bool | None = None,
     overwrite: bool = False,
+    part: tuple[int, int] | None = None,
+    finalize: bool = False,
     allows_missing: bool = False,
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> dict:
-    """Convert ``source`` into a shard set at ``out``; return the manifest."""
+    """Convert ``source`` into a shard set at ``out``; return the manifest.
+
+    ``part=(k, n)`` writes only shards k, k + n, ... (one of n machines) and no manifest;
+    ``finalize`` then checks that every shard is there and writes tables and manifest."""
     options.validate()
     progress = progress or (lambda desc, total: lambda n: None)
     identity = _identity(source, options, converter_options)
-    state = _inspect_out(out, identity, resume, overwrite)
+    state = _inspect_out(out, identity, resume or finalize, overwrite)
     if state == "complete":
         log(f"{out} already holds this shard set; nothing to do")
         return _read_json(out / MANIFEST)
-    if state == "resume":
+    if state == "resume" and not (part or finalize):
         log(f"resuming the interrupted conversion in {out}")
     pool_context = Workers(workers) if isinstance(workers, int) else nullcontext(workers)
     with pool_context as pool:
@@ -126,19 +122,23 @@ def write_shard_set(
             split.name: _check_scan(split, scan, options, allows_missing)
             for split, scan in zip(source.splits, scans, strict=True)
         }
-        _start_output(out, state, identity, source, scans)
-        splits = _assign_rows(source, scans, options)
-        tasks, plan_id = _plan_tasks(source, scans, splits, options, out, fsync)
+        _start_output(out, state, identity, source, scans, clean=part is None)
+        splits = assign_rows(source.splits, scans, options.val_frac, options.split_seed)
         job = Job(source, out, options, converter_options, identity, fsync)
+        plan = _plan(job, splits, scans)
+        if part is not None:
+            return _write_part(job, plan, part, pool, progress)
         tables = functools.partial(_write_tables, job, splits, scans)
-        shard_infos, (tables, regimes) = _write_shards(tasks, out, pool, progress, tables)
-    return _finish(job, plan_id, splits, shard_infos, tables, regimes, report)
+        shard_infos, (tables, regimes) = _write_shards(job, plan, pool, progress, tables, finalize)
+    return _finish(job, plan.plan_id, splits, shard_infos, tables, regimes, report)
 
 
-def _start_output(out: Path, state: str, identity: str, source: Source, scans) -> None:
+def _start_output(out: Path, state: str, identity: str, source: Source, scans, clean: bool) -> None:
+    """Mark ``out`` as ours (and whose); ``clean`` removes temporaries of killed writers, which
+    a part must not do: other parts may be writing theirs."""
     if state == "overwrite":
         _clear(out)
-    if state == "resume":
+    if state == "resume" and clean:
         remove_temporaries(out)
     (out / PROGRESS / "done").mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / PROGRESS / "identity.json", {"identity": identity})
@@ -220,10 +220,10 @@ def _inspect_out(out: Path, identity: str, resume: bool | None, overwrite: bool)
             f"{out} holds an interrupted conversion of a different dataset or with other "
             "options; rerun that command to finish it, choose another --out, or pass --overwrite"
         )
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != PROGRESS for p in out.iterdir()):  # (parts start at once)
         raise WsmlError(f"--out {out} is not empty and holds no shard set; choose an empty folder")
     if resume:
-        raise WsmlError(f"--resume: {out} holds no interrupted conversion to resume")
+        raise WsmlError(f"{out} holds no interrupted conversion or parts to resume or finalize")
     return "fresh"
 
 
@@ -244,7 +244,7 @@ def _scan_split(source, i, options, pool: Workers, out: Path | None, progress) -
         with np.load(cache) as z:
             return ScanResult.from_npz(z)
     tick = progress(f"checking {split.name} images", len(split.records))
-    return scan_images([r.path for r in split.records], options.check, pool, tick)
+    return scan_images(split.records, options.check, pool, tick)
 
 
 def _cache_scan(out: Path, name: str, scan: ScanResult) -> None:
@@ -262,73 +262,48 @@ def _check_scan(split, scan: ScanResult, options: ShardOptions, allows_missing: 
     recs = split.records
     missing = np.flatnonzero(scan.status == MISSING)
     if len(missing) and (not allows_missing or len(missing) == len(recs)):
-        shown = ", ".join(recs[i].path for i in missing[:5])
+        shown = ", ".join(recs.paths(missing[:5].tolist()))
         what = "all" if len(missing) == len(recs) else str(len(missing))
         raise WsmlError(f"{what} image file(s) of the {split.name} split are missing: {shown}")
-    bad = np.flatnonzero(scan.status == BAD)
-    if len(bad) and options.on_bad == "fail":
-        r = recs[bad[0]]
+    bad = np.flatnonzero(scan.status == BAD).tolist()
+    if bad and options.on_bad == "fail":
+        (path,), (sid,), (hint,) = (
+            f(bad[:1]) for f in (recs.paths, recs.source_ids, recs.key_hints)
+        )
         raise WsmlError(
-            f"bad image {r.key_hint!r} (id {r.source_id}) at {r.path}: {scan.reasons[bad[0]]}; "
+            f"bad image {hint!r} (id {sid}) at {path}: {scan.reasons[bad[0]]}; "
             f"{len(bad)} bad image(s) in the {split.name} split. Use --on-bad skip to leave them out"
         )
     if len(bad) > options.max_bad * len(recs):
         raise WsmlError(
             f"{len(bad)} of {len(recs)} images of the {split.name} split are bad, more than "
-            f"--max-bad {options.max_bad:g}; first: {recs[bad[0]].path}: {scan.reasons[bad[0]]}"
+            f"--max-bad {options.max_bad:g}; first: {recs.paths(bad[:1])[0]}: "
+            f"{scan.reasons[bad[0]]}"
         )
+    skipped = zip(recs.source_ids(bad), recs.paths(bad), bad, strict=True)
     return {
         "records": len(recs),
-        "missing": [recs[i].source_id for i in missing.tolist()],
-        "skipped": [
-            {"id": recs[i].source_id, "path": recs[i].path, "reason": scan.reasons[i]}
-            for i in bad.tolist()
-        ],
+        "missing_count": len(missing),
+        "missing": recs.source_ids(missing[:MISSING_LISTED].tolist()),
+        "skipped": [{"id": i, "path": p, "reason": scan.reasons[k]} for i, p, k in skipped],
         "reencoded": int(np.sum((scan.status == OK) & ~scan.is_jpeg)),
     }
 
 
-def _assign_rows(source: Source, scans, options: ShardOptions) -> list[SplitRows]:
-    """Official train -> train/val by the field's rule (on every present record, so the split
-    of the remaining ones matches the reference), official test -> test; bad ones dropped."""
-    out = []
-    for i, (split, scan) in enumerate(zip(source.splits, scans, strict=True)):
-        present = np.flatnonzero(scan.status != MISSING)
-        if split.role == "train":
-            tr, va = field_split(len(present), options.val_frac, options.split_seed)
-            parts = [("train", present[tr]), ("val", present[va])]
-        else:
-            parts = [("test", present)]
-        recs = split.records
-        good = np.flatnonzero(scan.status == OK)
-        keys = make_keys([recs[j].key_hint for j in good], [recs[j].source_id for j in good])
-        key_of = dict(zip(good.tolist(), keys, strict=True))
-        for name, idx in parts:
-            idx = idx[scan.status[idx] == OK]
-            if len(idx):
-                out.append(SplitRows(name, i, idx, [key_of[j] for j in idx.tolist()]))
-    names = [s.name for s in out]
-    if len(set(names)) != len(names):
-        raise WsmlError(f"source {source.dataset} maps two official splits to one of {names}")
-    return out
+@dataclass(frozen=True)
+class Plan:
+    shards: list[ShardPlan]
+    orders: list[np.ndarray]  # written order of each split's rows
+    splits: list  # SplitRows
+    scans: list[ScanResult]
+    plan_id: str
 
 
-def _plan_tasks(source, scans, splits, options, out, fsync: bool):
-    tasks, h = [], hashlib.sha256()
-    for rows in splits:
-        scan, recs = scans[rows.official], source.splits[rows.official].records
-        order = shuffle_order(len(rows.records), options.shuffle_seed, rows.name)
-        sizes = scan.nbytes[rows.records[order]]
-        for k, cut in enumerate(cut_shards(sizes, options.shard_bytes, options.shard_samples)):
-            items = []
-            for row in order[cut.start : cut.stop].tolist():
-                j = int(rows.records[row])
-                w, hgt = target_size(int(scan.width[j]), int(scan.height[j]), options.max_side)
-                reencode = bool(not scan.is_jpeg[j] or (w, hgt) != (scan.width[j], scan.height[j]))
-                items.append((rows.keys[row], recs[j].path, row, w, hgt, reencode))
-                h.update(f"{rows.keys[row]} {row} {scan.nbytes[j]}\n".encode())
-            tasks.append([f"{rows.name}-{k:06d}", tuple(items)])
-    plan_id = h.hexdigest()
+def _plan(job: Job, splits, scans) -> Plan:
+    opts, out = job.options, job.out
+    shards, orders, plan_id = plan_shards(
+        splits, scans, opts.shuffle_seed, opts.shard_bytes, opts.shard_samples
+    )
     stored = out / PROGRESS / "plan.json"
     if stored.exists() and _read_json(stored)["plan_id"] != plan_id:
         raise WsmlError(
@@ -336,31 +311,80 @@ def _plan_tasks(source, scans, splits, options, out, fsync: bool):
             "pass --overwrite to start again"
         )
     write_json_atomic(stored, {"plan_id": plan_id})
-    shard_tasks = [
-        ShardTask(str(out), n, it, options.jpeg_quality, plan_id, fsync) for n, it in tasks
-    ]
-    return shard_tasks, plan_id
+    return Plan(shards, orders, splits, scans, plan_id)
 
 
-def _write_shards(tasks, out, pool: Workers, progress, meanwhile: Callable[[], Any]):
+def _task(job: Job, plan: Plan, shard: ShardPlan) -> ShardTask:
+    """The worker's instructions for one shard: key, path, row and size of every sample."""
+    rows = plan.splits[shard.split]
+    records = job.source.splits[rows.official].records
+    scan = plan.scans[rows.official]
+    order = plan.orders[shard.split][shard.start : shard.stop]
+    idx = rows.records[order]
+    items = []
+    for key, path, row, j in zip(
+        rows.keys_of(order), records.paths(idx.tolist()), order.tolist(), idx.tolist(), strict=True
+    ):
+        w, h = target_size(int(scan.width[j]), int(scan.height[j]), job.options.max_side)
+        reencode = bool(not scan.is_jpeg[j] or (w, h) != (scan.width[j], scan.height[j]))
+        items.append((key, path, row, w, h, reencode))
+    return ShardTask(
+        str(job.out), shard.name, tuple(items), job.options.jpeg_quality, plan.plan_id, job.durable
+    )
+
+
+def _done(job: Job, plan: Plan, shard: ShardPlan) -> dict | None:
+    """The done-marker of a shard finished by this plan, if there is one."""
+    done = job.out / PROGRESS / "done" / f"{shard.name}.json"
+    if done.exists() and (job.out / f"{shard.name}.tar").exists():
+        info = _read_json(done)
+        if info.get("plan_id") == plan.plan_id:
+            return info
+    return None
+
+
+def _write_shards(
+    job: Job,
+    plan: Plan,
+    pool: Workers,
+    progress,
+    meanwhile: Callable[[], Any],
+    finalize: bool = False,
+):
     """Write the shards not done yet in the pool, running ``meanwhile()`` in this process while
     the workers write; returns (shard infos by name, what ``meanwhile`` returned)."""
-    infos, todo = {}, []
-    for t in tasks:
-        done = out / PROGRESS / "done" / f"{t.name}.json"
-        if done.exists() and (out / f"{t.name}.tar").exists():
-            info = _read_json(done)
-            if info.get("plan_id") == t.plan_id:
-                infos[t.name] = info
-                continue
-        todo.append(t)
-    results = pool.map(write_one_shard, todo)  # a pool starts at once; in-process is lazy
+    infos = {s.name: _done(job, plan, s) for s in plan.shards}
+    todo = [s for s in plan.shards if infos[s.name] is None]
+    if finalize and todo:
+        names = ", ".join(s.name for s in todo[:5])
+        raise WsmlError(
+            f"--finalize: {len(todo)} of {len(plan.shards)} shards are not written yet "
+            f"({names}{', ...' if len(todo) > 5 else ''}); run the parts that write them first"
+        )
+    tasks = (_task(job, plan, s) for s in todo)
+    results = pool.map(write_one_shard, tasks)  # a pool starts at once; in-process is lazy
     other = meanwhile()
-    tick = progress("writing shards", sum(len(t.items) for t in todo))
+    tick = progress("writing shards", sum(s.stop - s.start for s in todo))
     for info in results:
         infos[info["name"]] = info
         tick(info["num_samples"])
-    return {t.name: infos[t.name] for t in tasks}, other
+    return infos, other
+
+
+def _write_part(job: Job, plan: Plan, part: tuple[int, int], pool: Workers, progress) -> dict:
+    """One machine's share of the shards (every n-th from k); no tables, no manifest."""
+    k, n = part
+    mine = [s for i, s in enumerate(plan.shards) if i % n == k]
+    todo = [s for s in mine if _done(job, plan, s) is None]
+    tick = progress(f"writing shards (part {k}/{n})", sum(s.stop - s.start for s in todo))
+    for info in pool.map(write_one_shard, (_task(job, plan, s) for s in todo)):
+        tick(info["num_samples"])
+    return {
+        "part": [k, n],
+        "shards": len(mine),
+        "written": len(todo),
+        "total_shards": len(plan.shards),
+    }
 
 
 def _manifest(job: Job, plan_id, splits, shard_infos, tables, report, regimes) -> dict:
@@ -395,7 +419,12 @@ def _manifest(job: Job, plan_id, splits, shard_infos, tables, report, regimes) -
         "complete_labels": source.complete_labels,
         "splits": split_entries,
         "official_splits": {
-            s.name: {"role": s.role, **report[s.name], "labels": tables[f"official/{s.name}"]}
+            s.name: {
+                "role": s.role,
+                **report[s.name],
+                "labels": tables[f"official/{s.name}"],
+                "missing_table": tables.get(f"official/{s.name}-missing"),
+            }
             for s in source.splits
         },
         "regimes_at_conversion": regimes,

@@ -167,3 +167,27 @@ def test_tar_headers_equal_tarfiles():
             assert tar_header(name, size) == _tarfile_header(name, size)
     long = "d" * 60 + "/" + "x" * 60 + ".jpg"  # > 100 bytes: tarfile splits prefix/name
     assert tar_header(long, 5) == _tarfile_header(long, 5)
+
+
+def test_parts_then_finalize_equal_a_single_run(tmp_path, coco_root):
+    opts = dict(shard_samples=3)
+    convert("coco", coco_root, tmp_path / "ref", {}, opts, workers=1)
+    out = tmp_path / "parts"
+    results = [
+        convert("coco", coco_root, out, {}, opts, workers=1, part=(k, 3)) for k in (2, 0)
+    ]
+    assert {r["part"][0] for r in results} == {0, 2}
+    assert not (out / "manifest.json").exists()
+    with pytest.raises(WsmlError, match=r"--finalize: \d+ of \d+ shards are not written yet"):
+        convert("coco", coco_root, out, {}, opts, workers=1, finalize=True)
+    assert not (out / "manifest.json").exists()
+    again = convert("coco", coco_root, out, {}, opts, workers=1, part=(0, 3))
+    assert again["written"] == 0  # a part's finished shards are kept
+    convert("coco", coco_root, out, {}, opts, workers=2, part=(1, 3))
+    convert("coco", coco_root, out, {}, opts, workers=1, finalize=True)
+    assert tree_bytes(out) == tree_bytes(tmp_path / "ref")
+
+
+def test_finalize_needs_parts(tmp_path, coco_root):
+    with pytest.raises(WsmlError, match="no interrupted conversion or parts"):
+        convert("coco", coco_root, tmp_path / "new", {}, {}, workers=1, finalize=True)
