@@ -137,9 +137,8 @@ def main():
     "--regime",
     "regimes",
     multiple=True,
-    default=("single-positive",),
-    show_default=True,
-    help="Observed views to make, e.g. single-positive or partial:fraction=0.1.",
+    help="Observed views to make, e.g. single-positive or partial:fraction=0.1, or none "
+    "[default: single-positive; none for sources with real unknowns, like Open Images].",
 )
 @click.option("--workers", default=os.cpu_count() or 1, show_default=True, help="Processes.")
 @click.option(
@@ -169,7 +168,6 @@ def shard(dataset, root, out, workers, fsync, part, finalize, resume, overwrite,
     if part and finalize:
         raise click.UsageError("--part and --finalize go in separate runs")
     options["shard_bytes"] = options.pop("shard_size")
-    options["regimes"] = tuple(options["regimes"])
     t0 = time.perf_counter()
     manifest = convert(
         dataset,
@@ -331,6 +329,26 @@ def bench_shard(images, workdir, workers, rss_sizes):
 
     sizes = tuple(int(x) for x in rss_sizes.split(",") if int(x) > 0)
     run_shard_bench(images, workdir, workers, sizes, echo=click.echo)
+
+
+@bench.command("openimages-labels")
+@click.option(
+    "--sizes",
+    default="100000,1000000",
+    show_default=True,
+    help="Images in the generated train split, one run each.",
+)
+@click.option("--labels", default=8, show_default=True, help="Human labels per image.")
+@click.option("--classes", default=5000, show_default=True)
+@click.option("--workdir", type=click.Path(), help="Keep the generated files here.")
+@expected_errors
+def bench_openimages(sizes, labels, classes, workdir):
+    """Open Images annotations -> label tables on one core: time and peak RSS at two sizes."""
+    from shards.bench_openimages import run_openimages_bench
+
+    run_openimages_bench(
+        tuple(int(x) for x in sizes.split(",")), labels, classes, workdir, echo=click.echo
+    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import shards.converters  # noqa: F401  (registers the converters)
@@ -10,6 +10,8 @@ from shards.errors import WsmlError
 from shards.scan import Workers
 from shards.source import CONVERTERS, parse_options
 from shards.writer import ShardOptions, write_shard_set
+
+DEFAULT_REGIMES = ("single-positive",)
 
 
 def convert(
@@ -22,16 +24,25 @@ def convert(
     **kwargs,
 ) -> dict:
     """Open ``root`` with the named converter (layout checked before anything is written),
-    then write the shard set; returns the manifest."""
+    then write the shard set; returns the manifest. Without ``regimes`` in ``options`` the
+    source's own default views are made (single-positive for fully labelled sources); the
+    spec ``none`` makes none."""
     info = CONVERTERS.get(dataset)
     if not root.exists():
         raise WsmlError(f"--root {root} does not exist")
     opts = parse_options(info.options, converter_options, f"dataset {dataset}")
-    write_options = ShardOptions(**options)
+    options = dict(options)
+    given = options.pop("regimes", None)  # None or (): the source's defaults
+    write_options = ShardOptions(**options, regimes=tuple(r for r in given or () if r != "none"))
     write_options.validate()
     # The worker pool starts before the source is read, so forked workers stay small.
     with Workers(workers) as pool:
         source = info.open(root, opts)
+        if not given:
+            default = source.default_regimes
+            write_options = replace(
+                write_options, regimes=DEFAULT_REGIMES if default is None else default
+            )
         return write_shard_set(
             source,
             out,

@@ -96,6 +96,7 @@ class Source:
     # what else the source says per image, as label-table columns: (name, type) with type one
     # of EXTRA_TYPES, e.g. ("difficult", "list<int32>") for VOC, ("species", "int32") for CUB
     extra_columns: tuple[tuple[str, str], ...] = ()
+    default_regimes: tuple[str, ...] | None = None  # observed views made unless asked otherwise
 
 
 EXTRA_TYPES = ("int32", "int64", "string", "list<int32>")

@@ -104,7 +104,9 @@ def write_shard_set(
     options.validate()
     progress = progress or (lambda desc, total: lambda n: None)
     identity = _identity(source, options, converter_options)
-    state = _inspect_out(out, identity, resume or finalize, overwrite)
+    state = _inspect_out(
+        out, identity, "--finalize" if finalize else resume and "--resume", overwrite
+    )
     if state == "complete":
         log(f"{out} already holds this shard set; nothing to do")
         return _read_json(out / MANIFEST)
@@ -191,7 +193,7 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _inspect_out(out: Path, identity: str, resume: bool | None, overwrite: bool) -> str:
+def _inspect_out(out: Path, identity: str, required: str | None, overwrite: bool) -> str:
     """fresh / resume / overwrite / complete, or an error for a folder we must not touch.
     Changes nothing on disk."""
     manifest, ident = out / MANIFEST, out / PROGRESS / "identity.json"
@@ -222,8 +224,8 @@ def _inspect_out(out: Path, identity: str, resume: bool | None, overwrite: bool)
         )
     if out.exists() and any(p.name != PROGRESS for p in out.iterdir()):  # (parts start at once)
         raise WsmlError(f"--out {out} is not empty and holds no shard set; choose an empty folder")
-    if resume:
-        raise WsmlError(f"{out} holds no interrupted conversion or parts to resume or finalize")
+    if required:  # --resume or --finalize need earlier work to go on from
+        raise WsmlError(f"{required}: {out} holds no interrupted conversion or parts")
     return "fresh"
 
 

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from shards.converters.voc import VOC_CLASSES
 from tests.conftest import make_coco, make_voc
+from tests.layouts_cub import cub_layout
+from tests.layouts_nuswide import nuswide_official
+from tests.layouts_openimages import openimages_layout
 
 
 def _voc_labels(ids, classes, offset):
@@ -58,7 +61,10 @@ def coco2014(root: Path) -> Path:
 LAYOUTS = {
     "coco": lambda root: make_coco(root, n_train=30, n_val=10),
     "coco2014": coco2014,
+    "cub": cub_layout,
+    "nuswide": lambda root: nuswide_official(root, missing=0),
     "voc": voc_generic,
     "voc2007": voc_year("2007", "trainval", "test", class_lists=True),
     "voc2012": voc_year("2012", "train", "val", class_lists=False),
+    "openimages-v3": openimages_layout,
 }

@@ -173,9 +173,7 @@ def test_parts_then_finalize_equal_a_single_run(tmp_path, coco_root):
     opts = dict(shard_samples=3)
     convert("coco", coco_root, tmp_path / "ref", {}, opts, workers=1)
     out = tmp_path / "parts"
-    results = [
-        convert("coco", coco_root, out, {}, opts, workers=1, part=(k, 3)) for k in (2, 0)
-    ]
+    results = [convert("coco", coco_root, out, {}, opts, workers=1, part=(k, 3)) for k in (2, 0)]
     assert {r["part"][0] for r in results} == {0, 2}
     assert not (out / "manifest.json").exists()
     with pytest.raises(WsmlError, match=r"--finalize: \d+ of \d+ shards are not written yet"):
@@ -189,5 +187,5 @@ def test_parts_then_finalize_equal_a_single_run(tmp_path, coco_root):
 
 
 def test_finalize_needs_parts(tmp_path, coco_root):
-    with pytest.raises(WsmlError, match="no interrupted conversion or parts"):
+    with pytest.raises(WsmlError, match="--finalize: .* holds no interrupted conversion or parts"):
         convert("coco", coco_root, tmp_path / "new", {}, {}, workers=1, finalize=True)

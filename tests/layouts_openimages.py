@@ -1,0 +1,67 @@
+"""A tiny Open Images V3 (2017_11) layout in tmp_path: real class ids and descriptions from the
+fixture where present, generated images.csv / annotations-human.csv in the real format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tests.conftest import REAL, jpeg_bytes
+
+OI_REAL = REAL / "openimages" / "2017_11"
+IMAGES_HEADER = (
+    "ImageID,Subset,OriginalURL,OriginalLandingURL,License,AuthorProfileURL,Author,Title,"
+    "OriginalSize,OriginalMD5,Thumbnail300KURL\n"
+)
+FALLBACK = [f"/m/0{k:05d}" for k in range(8)]
+
+
+def class_files(meta: Path, num_classes: int = 6) -> list[str]:
+    """Write classes-trainable.txt (the first ``num_classes`` real trainable ids) and
+    class-descriptions.csv (the real file, CRLF and quoted fields included); return the ids."""
+    meta.mkdir(parents=True, exist_ok=True)
+    if (OI_REAL / "classes-trainable.txt").is_file():
+        mids = (OI_REAL / "classes-trainable.txt").read_text().split()[:num_classes]
+        (meta / "class-descriptions.csv").write_bytes(
+            (OI_REAL / "class-descriptions.csv").read_bytes()
+        )
+    else:
+        mids = FALLBACK[:num_classes]
+        (meta / "class-descriptions.csv").write_text(
+            "".join(f"{m},thing {k}\r\n" for k, m in enumerate(FALLBACK))
+        )
+    (meta / "classes-trainable.txt").write_text("".join(f"{m}\n" for m in mids))
+    return mids
+
+
+def openimages_layout(root: Path, missing: int = 0, seed: int = 0) -> Path:
+    """root/2017_11/{classes-trainable.txt, class-descriptions.csv, {train,validation,test}/
+    {images.csv, annotations-human.csv}} and root/images_{train,validation,test}/<id>.jpg.
+    Every image has a positive; ``missing`` images per split are listed but not on disk."""
+    rng = np.random.default_rng(seed)
+    meta = root / "2017_11"
+    mids = class_files(meta)
+    for k, (split, n) in enumerate((("train", 24), ("validation", 8), ("test", 8))):
+        ids = sorted({f"{int(v):016x}" for v in rng.integers(0, 2**63, size=n)})
+        (meta / split).mkdir(parents=True)
+        (meta / split / "images.csv").write_text(
+            IMAGES_HEADER
+            + "".join(
+                f"{i},{split},https://x/{i}.jpg,https://x/{i},lic,,me,t,1,md5,\n" for i in ids
+            )
+        )
+        rows = ["ImageID,Source,LabelName,Confidence\n"]
+        for i in ids:
+            labels = rng.choice(len(mids), size=3, replace=False)
+            rows.append(f"{i},verification,{mids[labels[0]]},1\n")
+            rows.append(f"{i},crowdsource-verification,{mids[labels[1]]},0\n")
+            if rng.random() < 0.5:
+                rows.append(f"{i},verification,{mids[labels[2]]},1\n")
+            rows.append(f"{i},verification,/m/0100nhbf,1\n")  # a known, not trainable class
+        (meta / split / "annotations-human.csv").write_text("".join(rows))
+        folder = root / f"images_{split}"
+        folder.mkdir()
+        for j, i in enumerate(ids[missing:]):
+            (folder / f"{i}.jpg").write_bytes(jpeg_bytes(32 + j % 7, 24, 100 * k + j))
+    return root
