@@ -238,7 +238,9 @@ def info(shards_dir, as_json):
     if as_json:
         click.echo(json.dumps(s, indent=1))
         return
-    click.echo(f"{s['dataset']} at {s['root']}: {len(s['classes'])} classes")
+    groups = s["groups"]
+    grouped = f" in {len(set(groups))} groups" if groups else ""
+    click.echo(f"{s['dataset']} at {s['root']}: {len(s['classes'])} classes{grouped}")
     for name, sp in s["splits"].items():
         p = sp["positives_per_image"]
         click.echo(

@@ -52,6 +52,20 @@ class ShardSet:
         t = self.label_table(split)
         return dense_labels(t["positives"], t["negatives"], len(self.classes), fill=0)
 
+    def class_groups(self) -> list[str]:
+        """The group of every class (VOC's 4, COCO's supercategories, NUS-WIDE's 6, CUB's
+        attribute parts), for methods that need a class hierarchy."""
+        groups = self.manifest.get("groups")
+        if not groups:
+            hint = (
+                " (Open Images V3's metadata has none: convert with -o hierarchy=FILE, a "
+                "V4-style hierarchy json)"
+                if self.manifest["dataset"].startswith("openimages")
+                else ""
+            )
+            raise WsmlError(f"{self.root} has no class groups{hint}")
+        return groups
+
     @cached_property
     def regimes(self) -> dict[str, dict]:
         """Complete observed views (those whose regime.json exists), by view name."""

@@ -546,3 +546,15 @@ def test_help_imports_neither_torch_nor_dali():
 
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_converters_do_not_load_pyarrow_before_the_pool_forks():
+    """A process that has loaded pyarrow spawns its workers instead of forking them (slow)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = "import sys, shards.convert; assert 'pyarrow' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

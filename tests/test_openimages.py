@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 import cli
 from shards.convert import convert
-from shards.converters.openimages import OpenImagesOptions, hex_ids, open_openimages
+from shards.converters.openimages import OpenImagesOptions, open_openimages
+from shards.oi_labels import hex_ids
 from shards.shardset import open_shard_set
 from tests.layouts_openimages import openimages_layout
 
@@ -211,3 +212,12 @@ def test_parts_and_finalize(tmp_path):
         open_shard_set(out).full_labels("test"),
         open_shard_set(tmp_path / "one").full_labels("test"),
     )
+
+
+def test_class_groups_need_a_hierarchy(tmp_path):
+    from shards.errors import WsmlError
+
+    root = openimages_layout(tmp_path / "raw")
+    convert("openimages-v3", root, tmp_path / "a", {}, {}, workers=1)
+    with pytest.raises(WsmlError, match="has no class groups.*-o hierarchy=FILE"):
+        open_shard_set(tmp_path / "a").class_groups()

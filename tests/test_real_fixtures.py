@@ -145,3 +145,11 @@ def test_coco_keep_empty(tmp_path, real):
         keep_empty=True,
     )
     assert len(open_coco(root, opts).splits[1].records) == 100
+
+
+def test_class_groups_in_the_manifest(tmp_path, real):
+    out = tmp_path / "voc2007"
+    convert("voc2007", real / "voc/VOCdevkit", out, {}, {}, workers=1)
+    groups = open_shard_set(out).class_groups()
+    assert sorted(set(groups)) == ["animals", "household", "person", "vehicles"]
+    assert groups[VOC_CLASSES.index("person")] == "person"
