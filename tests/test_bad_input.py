@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 import cli
+from tests.conftest import assert_refused, shard_cli
 from tests.helpers_layouts import (
     CORRUPTIONS,
     REAL_COCO_JSON,
@@ -36,24 +37,7 @@ needs_real_coco = pytest.mark.skipif(
 
 
 def shard(root: Path, out: Path, *extra: str, dataset: str = "coco") -> Result:
-    args = ["shard", "--dataset", dataset, "--root", str(root), "--out", str(out)]
-    return CliRunner().invoke(cli.main, [*args, "--workers", "1", *extra])
-
-
-def assert_refused(result: Result, *names: str, out: Path | None = None, fresh: bool = True):
-    """exit 1 with a one-line ``Error:`` naming ``names``, no traceback; ``out`` holds no
-    manifest, and a fresh ``out`` is not left behind at all."""
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)  # not a crash
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    for name in names:
-        assert name in errors[0], f"{name!r} not named in: {errors[0]}"
-    if out is not None:
-        assert not (out / "manifest.json").exists()
-        if fresh:
-            assert not out.exists(), f"left behind: {sorted(p.name for p in out.rglob('*'))}"
+    return shard_cli(root, out, *extra, dataset=dataset)
 
 
 @pytest.fixture

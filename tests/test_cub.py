@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-import cli
 from shards.convert import convert
 from shards.converters.cub import (
     CubOptions,
@@ -25,7 +24,8 @@ from shards.converters.cub import (
 )
 from shards.errors import WsmlError
 from shards.shardset import open_shard_set
-from tests.conftest import REAL
+from tests.conftest import REAL, shard_cli
+from tests.conftest import assert_refused as refused
 from tests.layouts_cub import (
     SPECIES,
     attribute_names,
@@ -268,21 +268,12 @@ def test_full_size_labels_parse(real_sized):
 
 
 def shard(root: Path, out: Path, *extra: str) -> Result:
-    args = ["shard", "--dataset", "cub", "--root", str(root), "--out", str(out)]
-    return CliRunner().invoke(cli.main, [*args, "--workers", "1", *extra])
+    return shard_cli(root, out, *extra, dataset="cub")
 
 
 def assert_refused(result: Result, *names: str, out: Path) -> None:
     """Exit 1, one ``Error:`` line naming ``names``, no traceback, nothing written."""
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    for name in names:
-        assert name in errors[0], f"{name!r} not named in: {errors[0]}"
-    assert not (out / "manifest.json").exists()
-    assert not out.exists(), f"left behind: {sorted(p.name for p in out.rglob('*'))}"
+    refused(result, *names, out=out)
 
 
 def _edit(path: Path, line: int, text: str | None) -> None:

@@ -23,6 +23,8 @@ from shards.converters.nuswide import (
 from shards.errors import WsmlError
 from shards.shardset import open_shard_set
 from shards.views import read_official_labels
+from tests.conftest import assert_refused as refused
+from tests.conftest import shard_cli
 from tests.layouts_nuswide import (
     REAL_CONCEPTS,
     REAL_NUS,
@@ -40,21 +42,12 @@ GT = Path("Groundtruth") / "TrainTestLabels"
 
 
 def shard(root: Path, out: Path, *extra: str) -> Result:
-    args = ["shard", "--dataset", "nuswide", "--root", str(root), "--out", str(out)]
-    return CliRunner().invoke(cli.main, [*args, "--workers", "1", *extra])
+    return shard_cli(root, out, *extra, dataset="nuswide")
 
 
 def assert_refused(result: Result, out: Path, *names: str) -> str:
     """exit 1, one ``Error:`` line naming ``names``, no traceback, nothing written."""
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    for name in names:
-        assert name in errors[0], f"{name!r} not named in: {errors[0]}"
-    assert not (out / "manifest.json").exists() and not out.exists()
-    return errors[0]
+    return refused(result, *names, out=out)
 
 
 def official_tables(out: Path) -> dict[str, dict[str, tuple[int, ...]]]:

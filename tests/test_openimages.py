@@ -16,6 +16,7 @@ from shards.convert import convert
 from shards.converters.openimages import OpenImagesOptions, open_openimages
 from shards.oi_labels import hex_ids
 from shards.shardset import open_shard_set
+from tests.conftest import assert_refused, shard_cli
 from tests.layouts_openimages import openimages_layout
 
 
@@ -107,15 +108,6 @@ def test_groups_from_a_hierarchy_file(tmp_path):
     assert set(source.groups[3:]) == {"other"}
 
 
-def refused(args, *names):
-    result = CliRunner().invoke(cli.main, args)
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    for name in names:
-        assert name in result.output, result.output
-    return result
-
-
 @pytest.mark.parametrize(
     "line,message",
     [
@@ -134,18 +126,8 @@ def test_bad_annotation_rows_name_their_line(tmp_path, line, message):
     rows.insert(3, line.format(image=image, mid=mid))
     path.write_text("\n".join(rows) + "\n")
     out = tmp_path / "out"
-    refused(
-        [
-            "shard",
-            "--dataset",
-            "openimages-v3",
-            "--root",
-            str(root),
-            "--out",
-            str(out),
-            "--workers",
-            "1",
-        ],
+    assert_refused(
+        shard_cli(root, out, dataset="openimages-v3"),
         f"{path}:4",
         message,
     )
@@ -165,8 +147,8 @@ def test_missing_metadata_is_named(tmp_path, remove):
     root = openimages_layout(tmp_path / "raw")
     (root / "2017_11" / remove).unlink()
     out = tmp_path / "out"
-    refused(
-        ["shard", "--dataset", "openimages-v3", "--root", str(root), "--out", str(out)],
+    assert_refused(
+        shard_cli(root, out, dataset="openimages-v3"),
         remove.split("/")[-1],
     )
     assert not out.exists()
@@ -177,18 +159,8 @@ def test_no_image_on_disk_fails(tmp_path):
     for jpg in (root / "images_validation").glob("*.jpg"):
         jpg.unlink()
     out = tmp_path / "out"
-    refused(
-        [
-            "shard",
-            "--dataset",
-            "openimages-v3",
-            "--root",
-            str(root),
-            "--out",
-            str(out),
-            "--workers",
-            "1",
-        ],
+    assert_refused(
+        shard_cli(root, out, dataset="openimages-v3"),
         "all image file(s) of the validation split are missing",
     )
     assert not out.exists()
