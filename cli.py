@@ -185,7 +185,7 @@ def shard(dataset, root, out, workers, fsync, part, finalize, resume, overwrite,
         log=click.echo,
     )
     elapsed = time.perf_counter() - t0
-    if part is not None:
+    if "part" in manifest:  # (a part of a set already complete gets the set's summary)
         click.echo(
             f"part {part[0]}/{part[1]}: {manifest['written']} of its {manifest['shards']} shards "
             f"written ({manifest['total_shards']} in all) in {elapsed:.1f}s; when every part "

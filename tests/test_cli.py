@@ -558,3 +558,24 @@ def test_converters_do_not_load_pyarrow_before_the_pool_forks():
     code = "import sys, shards.convert; assert 'pyarrow' not in sys.modules"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_parts_through_the_cli(tmp_path):
+    from tests.conftest import make_coco, shard_cli
+
+    root = make_coco(tmp_path / "raw")
+    out = tmp_path / "out"
+    for k in range(2):
+        done = shard_cli(root, out, "--part", f"{k}/2", "--shard-samples", "5")
+        assert done.exit_code == 0, done.output
+        assert f"part {k}/2:" in done.output and "--finalize" in done.output
+    assert not (out / "manifest.json").exists()
+    done = shard_cli(root, out, "--finalize", "--shard-samples", "5")
+    assert done.exit_code == 0, done.output
+    assert (out / "manifest.json").exists()
+    again = shard_cli(root, out, "--part", "0/2", "--shard-samples", "5")
+    assert again.exit_code == 0 and "nothing to do" in again.output
+    bad = shard_cli(root, tmp_path / "o2", "--part", "2/2")
+    assert bad.exit_code == 2 and "K/N with 0 <= K < N" in bad.output
+    both = shard_cli(root, tmp_path / "o3", "--part", "0/2", "--finalize")
+    assert both.exit_code == 2 and "separate runs" in both.output
