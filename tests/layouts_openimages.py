@@ -15,6 +15,7 @@ IMAGES_HEADER = (
     "OriginalSize,OriginalMD5,Thumbnail300KURL\n"
 )
 FALLBACK = [f"/m/0{k:05d}" for k in range(8)]
+NOT_TRAINABLE = "/m/0100nhbf"  # a real class outside the trainable 5,000 (Sprenger's tulip)
 
 
 def class_files(meta: Path, num_classes: int = 6) -> list[str]:
@@ -30,6 +31,7 @@ def class_files(meta: Path, num_classes: int = 6) -> list[str]:
         mids = FALLBACK[:num_classes]
         (meta / "class-descriptions.csv").write_text(
             "".join(f"{m},thing {k}\r\n" for k, m in enumerate(FALLBACK))
+            + f'{NOT_TRAINABLE},"Sprenger\'s tulip"\r\n'
         )
     (meta / "classes-trainable.txt").write_text("".join(f"{m}\n" for m in mids))
     return mids
@@ -58,7 +60,7 @@ def openimages_layout(root: Path, missing: int = 0, seed: int = 0) -> Path:
             rows.append(f"{i},crowdsource-verification,{mids[labels[1]]},0\n")
             if rng.random() < 0.5:
                 rows.append(f"{i},verification,{mids[labels[2]]},1\n")
-            rows.append(f"{i},verification,/m/0100nhbf,1\n")  # a known, not trainable class
+            rows.append(f"{i},verification,{NOT_TRAINABLE},1\n")  # known, not trainable
         (meta / split / "annotations-human.csv").write_text("".join(rows))
         folder = root / f"images_{split}"
         folder.mkdir()
