@@ -226,6 +226,18 @@ def observe(shards_dir, regime, seed, fraction, num_pos, num_neg):
     click.echo(f"wrote observed/{meta['view']} ({rows})")
 
 
+INFO_CLASSES = 40  # a class table longer than this shows the most and least frequent
+
+
+def _classes_to_show(summary: dict, splits: list[str]) -> list[int]:
+    n = len(summary["classes"])
+    if n <= INFO_CLASSES:
+        return list(range(n))
+    total = [sum(summary["splits"][s]["class_frequency"][k] for s in splits) for k in range(n)]
+    order = sorted(range(n), key=lambda k: (-total[k], k))
+    return order[: INFO_CLASSES // 2] + order[-(INFO_CLASSES // 2) :]
+
+
 @main.command()
 @click.argument("shards_dir", metavar="DIR", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -250,15 +262,19 @@ def info(shards_dir, as_json):
             + (f"; {sp['unknown_entries']} unknown entries" if sp["unknown_entries"] else "")
         )
     names = list(s["splits"])
-    width = max(len(c) for c in s["classes"])
+    shown = _classes_to_show(s, names)
+    width = max(len(s["classes"][k]) for k in shown)
     click.echo(f"  {'class':<{width}}  " + "  ".join(f"{n:>7}" for n in names))
-    for k, c in enumerate(s["classes"]):
+    for k in shown:
+        counts = "  ".join(f"{s['splits'][n]['class_frequency'][k]:>7}" for n in names)
+        click.echo(f"  {s['classes'][k]:<{width}}  {counts}")
+    if len(shown) < len(s["classes"]):
         click.echo(
-            f"  {c:<{width}}  "
-            + "  ".join(f"{s['splits'][n]['class_frequency'][k]:>7}" for n in names)
+            f"  ... the {INFO_CLASSES // 2} most and least frequent of "
+            f"{len(s['classes'])} classes (all with --json)"
         )
-    regimes = ", ".join(f"{k} {v}" for k, v in s["regimes"].items()) or "none"
-    click.echo(f"  regimes: full, {regimes}")
+    regimes = "".join(f", {k} {v}" for k, v in s["regimes"].items())
+    click.echo(f"  regimes: full{regimes}")
     official = ", ".join(
         f"{k} {v['present']} of {v['listed']} present"
         if v["present"] < v["listed"]

@@ -579,3 +579,17 @@ def test_parts_through_the_cli(tmp_path):
     assert bad.exit_code == 2 and "K/N with 0 <= K < N" in bad.output
     both = shard_cli(root, tmp_path / "o3", "--part", "0/2", "--finalize")
     assert both.exit_code == 2 and "separate runs" in both.output
+
+
+def test_info_shows_the_extremes_of_a_long_class_table():
+    import cli
+
+    freq = list(range(100))
+    summary = {
+        "classes": [f"c{k}" for k in range(100)],
+        "splits": {"train": {"class_frequency": freq}},
+    }
+    shown = cli._classes_to_show(summary, ["train"])
+    assert shown == list(range(99, 79, -1)) + list(range(19, -1, -1))
+    small = {"classes": ["a", "b"], "splits": {"train": {"class_frequency": [0, 5]}}}
+    assert cli._classes_to_show(small, ["train"]) == [0, 1]
