@@ -7,7 +7,7 @@ observed matrices of the reference code bases exactly.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -165,8 +165,4 @@ def parse_regime_spec(spec: str) -> SinglePositive | Partial:
     return create_regime(name.strip(), **params)
 
 
-def regime_params(regime: SinglePositive | Partial) -> dict:
-    return asdict(regime)
-
-
-REGIME_KIND: dict[type, str] = {SinglePositive: "single-positive", Partial: "partial"}
+REGIME_KIND: dict[type, str] = {info.params: info.name for info in REGIMES}

@@ -303,9 +303,16 @@ class Plan:
 
 def _plan(job: Job, splits, scans) -> Plan:
     opts, out = job.options, job.out
-    shards, orders, plan_id = plan_shards(
+    shards, orders = plan_shards(
         splits, scans, opts.shuffle_seed, opts.shard_bytes, opts.shard_samples
     )
+    # Rows, keys and order follow from the source and options (the identity) and the image
+    # check; this digest tells a resumed run, or another part, that it plans the same shards.
+    digest = hashlib.sha256(job.identity.encode())
+    for scan in scans:
+        for arr in (scan.status, scan.nbytes, scan.width, scan.height, scan.is_jpeg):
+            digest.update(np.ascontiguousarray(arr).tobytes())
+    plan_id = digest.hexdigest()
     stored = out / PROGRESS / "plan.json"
     if stored.exists() and _read_json(stored)["plan_id"] != plan_id:
         raise WsmlError(
