@@ -1,0 +1,107 @@
+"""The DALI graph: ``fn.readers.webdataset`` over the split's tars and their indexes, decode
+(``mixed`` on a GPU, libjpeg-turbo on the CPU with ``device_id=None``), the preset's operators,
+then one ``crop_mirror_normalize`` to a normalised float NCHW batch."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from pipelines.presets import Preset
+from shards.errors import WsmlError
+
+
+def dali_available() -> bool:
+    try:
+        return importlib.util.find_spec("nvidia.dali") is not None
+    except ModuleNotFoundError:  # no "nvidia" namespace at all
+        return False
+
+
+def create_dali_pipeline(
+    tars: list[Path],
+    indexes: list[Path],
+    *,
+    preset: Preset,
+    train: bool,
+    batch_size: int,
+    shard_id: int,
+    num_shards: int,
+    seed: int,
+    num_threads: int,
+    device_id: int | None,
+    shuffle_buffer: int,
+    hw_decoder_load: float = 0.65,
+    prefetch: int = 2,
+):
+    """One rank's pipeline for one epoch; ``device_id=None`` runs every operator on the CPU."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    gpu = device_id is not None
+    dev = "gpu" if gpu else "cpu"
+
+    @pipeline_def(
+        batch_size=batch_size,
+        num_threads=num_threads,
+        device_id=device_id,
+        seed=seed,
+        prefetch_queue_depth=prefetch,
+    )
+    def graph():
+        jpegs, rows = fn.readers.webdataset(
+            paths=[str(p) for p in tars],
+            index_paths=[str(p) for p in indexes],
+            ext=["jpg", "row"],
+            dtypes=[types.UINT8, types.INT64],
+            missing_component_behavior="error",
+            shard_id=shard_id,
+            num_shards=num_shards,
+            random_shuffle=train,
+            initial_fill=max(1, shuffle_buffer),
+            pad_last_batch=True,
+            name="reader",
+        )
+        if gpu:
+            images = fn.decoders.image(
+                jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=hw_decoder_load
+            )
+        else:
+            images = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
+        images, norm = preset.dali(images, train, dev)
+        images = fn.crop_mirror_normalize(
+            images,
+            device=dev,
+            dtype=types.FLOAT,
+            output_layout="CHW",
+            mean=[255.0 * m for m in preset.mean],
+            std=[255.0 * s for s in preset.std],
+            **norm,
+        )
+        return images, rows
+
+    return graph()
+
+
+def iterate_dali(pipe, steps: int, where: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``steps`` batches of (images, rows); the reader's own padding and epoch wrap are never
+    trusted: the caller masks samples beyond the rank's share."""
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+    if steps == 0:
+        return
+    try:
+        it = DALIGenericIterator(pipe, ["image", "row"], size=-1, auto_reset=False)
+        for _ in range(steps):
+            (out,) = next(it)
+            yield out["image"], out["row"].reshape(-1)
+    except RuntimeError as e:
+        raise WsmlError(f"DALI failed reading {where}: {_first_line(e)}") from e
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if "Error" in ln or "error" in ln or ".tar" in ln]
+    return (useful or lines or ["unknown error"])[0][:500]

@@ -1,0 +1,266 @@
+"""One call builds a loader over a shard set: ``create_loader(shards, split, regime=..., ...)``.
+
+It yields batch dicts: ``image`` (normalised float NCHW), ``row``, ``observed`` (int8 1/0/-1 of
+the regime's view), ``full`` (clean labels), ``valid`` (False on eval padding) and ``embedding``
+when a cache is named. ``set_epoch`` picks the epoch, as with PyTorch's DistributedSampler;
+every epoch is rebuilt from (seed, epoch, rank), so a run resumed at an epoch sees the same data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from pipelines import sharding
+from pipelines.labels import RowTable, read_row_table
+from pipelines.presets import Preset, get_preset
+from shards.errors import WsmlError
+from shards.registry import Registry
+from shards.shardset import ShardSet, open_shard_set
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    summary: str
+    gpu: bool  # decodes on the GPU when the device is one
+
+
+BACKENDS: Registry[Backend] = Registry("loader backend")
+BACKENDS.register(Backend("dali", "NVIDIA DALI (mixed GPU decode, or CPU operators)", gpu=True))
+BACKENDS.register(Backend("torch", "webdataset + PIL in DataLoader workers", gpu=False))
+
+
+@dataclass
+class Loader:
+    """One rank's batches of one split; ``len()`` is the epoch length from the manifest."""
+
+    shard_set: ShardSet
+    split: str
+    regime: str
+    preset: Preset
+    batch_size: int
+    rank: int
+    world_size: int
+    device: torch.device
+    seed: int
+    train: bool
+    backend: str
+    table: RowTable
+    num_threads: int
+    shuffle_buffer: int
+    hw_decoder_load: float
+    epoch: int = 0
+    counts: list[int] = field(default_factory=list)
+
+    @property
+    def num_samples(self) -> int:
+        """Rows of the split (all ranks together)."""
+        return sum(self.counts)
+
+    def __len__(self) -> int:
+        return sharding.num_batches(self.num_samples, self.batch_size, self.world_size, self.train)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def share(self) -> tuple[int, int]:
+        """This rank's [start, end) in the split's concatenated samples for the current epoch."""
+        shard = sharding.shard_of(self.rank, self.world_size, self.epoch, self.train)
+        return sharding.shard_range(self.num_samples, shard, self.world_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        start, end = self.share()
+        mean = torch.tensor(self.preset.mean, device=self.device).view(1, 3, 1, 1) * 255
+        std = torch.tensor(self.preset.std, device=self.device).view(1, 3, 1, 1) * 255
+        seen = 0
+        for images, rows in self._raw():
+            if images.dtype == torch.uint8:  # the fallback normalises whole batches here
+                images = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+                images = ((images.float() - mean) / std).contiguous()
+            images = images.to(self.device, non_blocking=True)
+            n = len(rows)
+            valid = torch.arange(seen, seen + n) < (end - start)
+            seen += n
+            if n < self.batch_size:  # only the fallback's last eval batch: pad like DALI does
+                images, rows, valid = _pad(images, rows, valid, self.batch_size)
+            batch = self.table.join(rows)
+            batch["image"] = images
+            batch["valid"] = valid.to(self.device)
+            yield batch
+
+    def _raw(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        ss, steps = self.shard_set, len(self)
+        tars, indexes = ss.shard_paths(self.split), ss.index_paths(self.split)
+        shard = sharding.shard_of(self.rank, self.world_size, self.epoch, self.train)
+        seed = sharding.epoch_seed(self.seed, self.epoch, self.rank)
+        start, end = self.share()
+        buffer = min(self.shuffle_buffer, max(1, end - start))
+        if self.backend == "dali":
+            from pipelines.dali_loader import create_dali_pipeline, iterate_dali
+
+            gpu = self.device.type == "cuda"
+            pipe = create_dali_pipeline(
+                tars,
+                indexes,
+                preset=self.preset,
+                train=self.train,
+                batch_size=self.batch_size,
+                shard_id=shard,
+                num_shards=self.world_size,
+                seed=seed,
+                num_threads=self.num_threads,
+                device_id=(self.device.index or 0) if gpu else None,
+                shuffle_buffer=buffer if self.train else 1,
+                hw_decoder_load=self.hw_decoder_load,
+            )
+            yield from iterate_dali(pipe, steps, f"split {self.split} of {ss.root}")
+            return
+        from pipelines.torch_loader import ShareReader, iterate_torch
+
+        reader = ShareReader(
+            tars,
+            self.counts,
+            start,
+            end,
+            preset=self.preset,
+            train=self.train,
+            batch_size=self.batch_size,
+            seed=seed,
+            shuffle_buffer=buffer,
+        )
+        yield from iterate_torch(reader, num_workers=self.num_threads, steps=steps)
+
+
+def _pad(images, rows, valid, size: int):
+    """Repeat the last sample up to ``size`` (all of it invalid), as DALI's pad_last_batch does."""
+    k = size - len(rows)
+    if len(rows) == 0:
+        raise WsmlError("cannot pad an empty batch")
+    return (
+        torch.cat([images, images[-1:].expand(k, *images.shape[1:])]),
+        torch.cat([rows, rows[-1:].expand(k)]),
+        torch.cat([valid, torch.zeros(k, dtype=torch.bool)]),
+    )
+
+
+def create_loader(
+    shards: str | Path | ShardSet,
+    split: str,
+    *,
+    regime: str,
+    batch_size: int,
+    preset: str,
+    rank: int,
+    world_size: int,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    epoch: int = 0,
+    train: bool | None = None,
+    backend: str = "auto",
+    embeddings: str | None = None,
+    num_threads: int | None = None,
+    shuffle_buffer: int = 4096,
+    hw_decoder_load: float = 0.65,
+    verify_on_load: bool = False,
+) -> Loader:
+    """A loader over ``split`` of a shard set for one rank of ``world_size``.
+
+    ``train`` (default: split == "train") shuffles, augments and drops the last partial batch;
+    otherwise every row is yielded once across ranks. ``backend`` is dali, torch or auto (DALI
+    when it imports, else the fallback with a notice).
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise WsmlError(f"rank {rank} is not in a world of size {world_size}")
+    if batch_size < 1:
+        raise WsmlError(f"batch size must be positive, got {batch_size}")
+    ss = shards if isinstance(shards, ShardSet) else open_shard_set(shards)
+    p = get_preset(preset)
+    backend = resolve_backend(backend)
+    info = ss.split(split)
+    counts = [int(s["num_samples"]) for s in info["shards"]]
+    check_files(ss, split, verify_on_load)
+    dev = torch.device(device)
+    table = read_row_table(ss, split, regime, dev, embeddings)
+    if table.num_rows != sum(counts):
+        raise WsmlError(
+            f"{ss.root}: split {split} has {sum(counts)} samples in its shards but "
+            f"{table.num_rows} label rows; run cli.py verify {ss.root}"
+        )
+    threads = num_threads or default_threads(world_size)
+    return Loader(
+        ss,
+        split,
+        regime,
+        p,
+        batch_size,
+        rank,
+        world_size,
+        dev,
+        seed,
+        split == "train" if train is None else train,
+        backend,
+        table,
+        threads,
+        shuffle_buffer,
+        hw_decoder_load,
+        epoch,
+        counts,
+    )
+
+
+def resolve_backend(name: str) -> str:
+    from pipelines.dali_loader import dali_available
+
+    if name == "auto":
+        if dali_available():
+            return "dali"
+        print("notice: NVIDIA DALI is not installed; using the PyTorch loader", file=sys.stderr)
+        return "torch"
+    backend = BACKENDS.get(name).name
+    if backend == "dali" and not dali_available():
+        raise WsmlError(
+            "the dali loader needs NVIDIA DALI (pip install nvidia-dali-cuda120, Linux x86_64 "
+            "or aarch64); use --loader torch on this machine"
+        )
+    return backend
+
+
+def default_threads(world_size: int) -> int:
+    """The CPU threads (or workers) one rank gets: this machine's cores shared by local ranks."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", min(world_size, cores or 1)))
+    return max(1, (cores or 1) // max(1, local))
+
+
+def check_files(ss: ShardSet, split: str, verify: bool) -> None:
+    """Every tar and index of the split exists; with ``verify``, the tars match their sha256."""
+    for entry in ss.split(split)["shards"]:
+        for key in ("tar", "index"):
+            path = ss.root / entry[key]
+            if not path.is_file():
+                raise WsmlError(
+                    f"{path} is missing from the shard set (listed in its manifest); "
+                    f"run cli.py verify {ss.root}"
+                )
+        for key, digest in (("tar", "sha256"), ("index", "index_sha256")):
+            path = ss.root / entry[key]
+            if verify and _sha256(path) != entry[digest]:
+                raise WsmlError(
+                    f"{path} does not match the sha256 in {ss.root / 'manifest.json'}: the file "
+                    f"changed after conversion; convert again or run cli.py verify {ss.root}"
+                )
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,145 @@
+"""The PyTorch fallback for machines without DALI: webdataset reads the tars that hold the
+rank's share, DataLoader workers decode with PIL and apply the preset, and the main process
+normalises whole batches. Each worker reads one contiguous piece of the share and yields whole
+batches, so the order is fixed by the seed and the number of workers."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipelines.presets import Preset
+from pipelines.sharding import split_range, tars_covering
+from shards.errors import WsmlError
+
+
+class ShareReader(torch.utils.data.IterableDataset):
+    """Samples [start, end) of a split (concatenated tars) as uint8 NHWC batches plus rows."""
+
+    def __init__(
+        self,
+        tars: list[Path],
+        counts: list[int],
+        start: int,
+        end: int,
+        *,
+        preset: Preset,
+        train: bool,
+        batch_size: int,
+        seed: int,
+        shuffle_buffer: int,
+    ):
+        self.tars, self.counts = [str(p) for p in tars], counts
+        self.start, self.end = start, end
+        self.preset, self.train = preset, train
+        self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        lo, hi = split_range(self.start, self.end, workers, worker)
+        rng = np.random.default_rng([self.seed, worker])
+        samples = self._samples(lo, hi)
+        if self.train:
+            samples = _buffer_shuffle(samples, max(1, self.shuffle_buffer // workers), rng)
+        yield from self._batches(samples, rng)
+
+    def _samples(self, lo: int, hi: int) -> Iterator[tuple[str, str, bytes, int]]:
+        import webdataset as wds
+
+        for tar_i, skip, take in tars_covering(self.counts, lo, hi):
+            url = self.tars[tar_i]
+            ds = wds.WebDataset(
+                url, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False
+            )
+            n = 0
+            for i, sample in enumerate(ds):
+                if i < skip:
+                    continue
+                if n == take:
+                    break
+                key = sample["__key__"]
+                if "jpg" not in sample or "row" not in sample:
+                    missing = "jpg" if "jpg" not in sample else "row"
+                    raise WsmlError(f"{url}: sample {key} has no .{missing} member")
+                yield url, key, sample["jpg"], int.from_bytes(sample["row"], "little", signed=True)
+                n += 1
+            if n != take:
+                raise WsmlError(f"{url} holds fewer samples than its manifest entry says")
+
+    def _batches(self, samples, rng: np.random.Generator):
+        size, b = self.preset.size, self.batch_size
+        images = np.empty((b, size, size, 3), np.uint8)
+        rows = np.empty(b, np.int64)
+        n = 0
+        for url, key, data, row in samples:
+            images[n] = self._decode(url, key, data, rng)
+            rows[n] = row
+            n += 1
+            if n == b:
+                yield torch.from_numpy(images.copy()), torch.from_numpy(rows.copy())
+                n = 0
+        if n:
+            yield torch.from_numpy(images[:n].copy()), torch.from_numpy(rows[:n].copy())
+
+    def _decode(self, url: str, key: str, data: bytes, rng: np.random.Generator) -> np.ndarray:
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                img = im.convert("RGB")
+        except Exception as e:
+            raise WsmlError(f"{url}: the image of sample {key} cannot be decoded ({e})") from e
+        img, mirror = self.preset.pil(img, self.train, rng)
+        arr = np.asarray(img)
+        return arr[:, ::-1] if mirror else arr
+
+
+def _buffer_shuffle(samples, bufsize: int, rng: np.random.Generator):
+    """webdataset's shuffle with a seeded generator: fill ``bufsize``, then swap out at random."""
+    buf = []
+    for s in samples:
+        if len(buf) < bufsize:
+            buf.append(s)
+            continue
+        i = int(rng.integers(len(buf)))
+        buf[i], s = s, buf[i]
+        yield s
+    rng.shuffle(buf)
+    yield from buf
+
+
+def iterate_torch(
+    reader: ShareReader, *, num_workers: int, steps: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``steps`` batches of (uint8 NHWC images, rows): the workers' whole batches in turn, their
+    last partial batches merged; the last batch may be short (eval pads it)."""
+    if steps == 0:
+        return
+    loader = torch.utils.data.DataLoader(
+        reader,
+        batch_size=None,
+        num_workers=num_workers,
+        prefetch_factor=2 if num_workers else None,
+        persistent_workers=False,
+    )
+    b, done = reader.batch_size, 0
+    pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for images, rows in loader:
+        if len(rows) == b:
+            yield images, rows
+            done += 1
+        else:
+            pending.append((images, rows))
+            if sum(len(r) for _, r in pending) >= b:
+                images, rows = (torch.cat(t) for t in zip(*pending))
+                yield images[:b], rows[:b]
+                done += 1
+                pending = [(images[b:], rows[b:])]
+        if done == steps:
+            return
+    if pending and sum(len(r) for _, r in pending):
+        yield tuple(torch.cat(t) for t in zip(*pending))

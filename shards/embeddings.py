@@ -1,0 +1,141 @@
+"""Cached embeddings beside a shard set: the on-disk contract shared by the cache commands (which
+write) and the pipelines and trainer (which read).
+
+```
+embeddings/<tag>/
+  meta.json        written last: what produced the arrays, their dimension and splits
+  <split>.npy      (N, D) float16, L2-normalised where meta says so, row i = label-table row i
+  text.npy         (L, D) float16 class-text embeddings (CLIP caches), with the prompts in meta
+```
+
+A folder without ``meta.json`` is an unfinished cache and is never read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from shards.errors import WsmlError
+from shards.fileio import dumps_json, publish, tmp_path_for, write_bytes_atomic
+
+FORMAT = "wsml-embeddings"
+VERSION = 1
+TAG_RE = re.compile(r"^[A-Za-z0-9_.@+-]+$")
+
+
+def make_tag(*parts: str) -> str:
+    """A folder-safe cache tag, e.g. ``ViT-B-32__laion2b_s34b_b79k``."""
+    tag = "__".join(re.sub(r"[^A-Za-z0-9_.@+-]+", "-", p).strip("-") for p in parts if p)
+    if not tag or not TAG_RE.match(tag):
+        raise WsmlError(f"cannot make a cache tag from {parts!r}")
+    return tag
+
+
+def list_caches(root: Path) -> dict[str, dict]:
+    """Complete caches (those with a ``meta.json``) by tag."""
+    out = {}
+    for meta in sorted((Path(root) / "embeddings").glob("*/meta.json")):
+        try:
+            m = json.loads(meta.read_text())
+        except ValueError:
+            continue
+        if isinstance(m, dict) and m.get("format") == FORMAT:
+            out[meta.parent.name] = m
+    return out
+
+
+def get_cache(root: Path, tag: str) -> dict:
+    caches = list_caches(root)
+    if tag not in caches:
+        have = ", ".join(caches) or "none"
+        raise WsmlError(
+            f"{root} has no cached embeddings {tag!r} (cached: {have}); make them with "
+            f"`cli.py cache-clip --shards {root}` or `cli.py cache-features --shards {root}`"
+        )
+    return caches[tag]
+
+
+def read_split(root: Path, tag: str, split: str, *, mmap: bool = True) -> np.ndarray:
+    """(N, D) image embeddings of ``split``, memory-mapped, checked against the cache's meta."""
+    meta = get_cache(root, tag)
+    entry = meta["splits"].get(split)
+    if entry is None:
+        raise WsmlError(
+            f"cached embeddings {tag!r} of {root} have no split {split!r} "
+            f"(splits: {', '.join(meta['splits'])})"
+        )
+    path = Path(root) / "embeddings" / tag / entry["path"]
+    arr = _load(path, mmap)
+    if arr.shape != (entry["rows"], meta["dim"]):
+        raise WsmlError(
+            f"{path} has shape {arr.shape}, its meta.json says ({entry['rows']}, {meta['dim']})"
+        )
+    return arr
+
+
+def read_text(root: Path, tag: str) -> np.ndarray:
+    """(L, D) class-text embeddings of a CLIP cache."""
+    meta = get_cache(root, tag)
+    if "text" not in meta:
+        raise WsmlError(f"cached embeddings {tag!r} of {root} have no class-text embeddings")
+    return _load(Path(root) / "embeddings" / tag / meta["text"]["path"], mmap=False)
+
+
+def _load(path: Path, mmap: bool) -> np.ndarray:
+    if not path.is_file():
+        raise WsmlError(f"{path} is missing; cache it again")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as e:
+        raise WsmlError(f"{path} is not a readable .npy array ({e})") from None
+
+
+def write_array(path: Path, arr: np.ndarray, durable: bool = True) -> None:
+    """Write one .npy atomically (temporary name, fsync, rename)."""
+    tmp = tmp_path_for(path)
+    with open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
+    publish(tmp, path, durable)
+
+
+def write_meta(root: Path, tag: str, meta: dict, durable: bool = True) -> Path:
+    """Publish ``meta.json`` last: from then on the cache counts as complete."""
+    folder = Path(root) / "embeddings" / tag
+    full = {"format": FORMAT, "format_version": VERSION, **meta}
+    for split, entry in full["splits"].items():
+        if not (folder / entry["path"]).is_file():
+            raise WsmlError(f"cannot publish {folder}: split {split} has no {entry['path']}")
+    path = folder / "meta.json"
+    write_bytes_atomic(path, dumps_json(full).encode(), durable)
+    return path
+
+
+def write_cache(
+    root: Path,
+    tag: str,
+    splits: dict[str, np.ndarray],
+    *,
+    text: np.ndarray | None = None,
+    normalized: bool = True,
+    **meta,
+) -> Path:
+    """Write a whole cache at once (float16 arrays, then meta.json); returns the folder."""
+    folder = Path(root) / "embeddings" / tag
+    folder.mkdir(parents=True, exist_ok=True)
+    dims = {a.shape[1] for a in splits.values()} | ({text.shape[1]} if text is not None else set())
+    if len(dims) != 1:
+        raise WsmlError(f"embeddings of {tag!r} disagree on their dimension: {sorted(dims)}")
+    entries = {}
+    for split, arr in splits.items():
+        write_array(folder / f"{split}.npy", arr.astype(np.float16))
+        entries[split] = {"path": f"{split}.npy", "rows": int(arr.shape[0])}
+    info = {"dim": dims.pop(), "dtype": "float16", "normalized": normalized, "splits": entries}
+    if text is not None:
+        write_array(folder / "text.npy", text.astype(np.float16))
+        info["text"] = {"path": "text.npy", "rows": int(text.shape[0]), **meta.pop("text", {})}
+    write_meta(root, tag, {**info, **meta})
+    return folder
