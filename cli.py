@@ -41,20 +41,47 @@ class RegistryChoice(click.ParamType):
         self.name = kind
 
     def registry(self):
-        if self.kind == "dataset":
-            import shards.converters  # noqa: F401  (registers them)
-            from shards.source import CONVERTERS
-
-            return CONVERTERS
-        from shards.regimes import REGIMES
-
-        return REGIMES
+        return REGISTRIES[self.kind]()
 
     def convert(self, value, param, ctx):
         reg = self.registry()
         if value in reg:
             return value
         self.fail(reg.unknown_message(value), param, ctx)
+
+
+def _converters():
+    import shards.converters  # noqa: F401  (registers them)
+    from shards.source import CONVERTERS
+
+    return CONVERTERS
+
+
+def _regimes():
+    from shards.regimes import REGIMES
+
+    return REGIMES
+
+
+def _presets():
+    from pipelines.presets import PRESETS
+
+    return PRESETS
+
+
+def _backends():
+    from pipelines.loader import BACKENDS
+
+    return BACKENDS
+
+
+# Imported only when a value is checked, so --help stays light.
+REGISTRIES = {
+    "dataset": _converters,
+    "label regime": _regimes,
+    "preset": _presets,
+    "loader": _backends,
+}
 
 
 class PartType(click.ParamType):
@@ -347,6 +374,33 @@ def bench_shard(images, workdir, workers, rss_sizes):
 
     sizes = tuple(int(x) for x in rss_sizes.split(",") if int(x) > 0)
     run_shard_bench(images, workdir, workers, sizes, echo=click.echo)
+
+
+@bench.command("loader")
+@click.option("--shards", "shards_dir", type=click.Path(), help="Shard set (default: generated).")
+@click.option("--preset", default="cole448", show_default=True, type=RegistryChoice("preset"))
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--threads", type=int, help="CPU threads (DataLoader workers) per loader.")
+@click.option("--images", default=2000, show_default=True, help="Generated VOC-sized photos.")
+@click.option("--workdir", type=click.Path(), help="Keep generated files here.")
+@click.option("--repeats", default=3, show_default=True, help="Epochs timed per loader.")
+@click.option("--no-profile", is_flag=True, help="Skip the DALI per-stage profile.")
+@expected_errors
+def bench_loader(shards_dir, preset, batch_size, threads, images, workdir, repeats, no_profile):
+    """DALI vs the torch fallback vs the papers' folder+PIL loader on the same images."""
+    from pipelines.bench import run_loader_bench
+
+    run_loader_bench(
+        shards_dir,
+        preset=preset,
+        batch_size=batch_size,
+        threads=threads,
+        images=images,
+        workdir=workdir,
+        repeats=repeats,
+        profile=not no_profile,
+        echo=click.echo,
+    )
 
 
 @bench.command("openimages-labels")

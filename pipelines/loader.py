@@ -79,7 +79,7 @@ class Loader:
         start, end = self.share()
         mean = torch.tensor(self.preset.mean, device=self.device).view(1, 3, 1, 1) * 255
         std = torch.tensor(self.preset.std, device=self.device).view(1, 3, 1, 1) * 255
-        seen = 0
+        seen = done = 0
         for images, rows in self._raw():
             if images.dtype == torch.uint8:  # the fallback normalises whole batches here
                 images = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
@@ -94,6 +94,16 @@ class Loader:
             batch["image"] = images
             batch["valid"] = valid.to(self.device)
             yield batch
+            done += 1
+        # a short eval share (the fallback stops when its samples do) still yields len(self)
+        # batches, all padding, so no rank waits in a collective on one that ran out
+        while seen and done < len(self):
+            k = self.batch_size
+            batch = self.table.join(rows[-1:].expand(k))
+            batch["image"] = images[-1:].expand(k, *images.shape[1:]).contiguous()
+            batch["valid"] = torch.zeros(k, dtype=torch.bool, device=self.device)
+            yield batch
+            done += 1
 
     def _raw(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         ss, steps = self.shard_set, len(self)
@@ -156,7 +166,7 @@ def create_loader(
     *,
     regime: str,
     batch_size: int,
-    preset: str,
+    preset: str | Preset,
     rank: int,
     world_size: int,
     device: str | torch.device = "cpu",
@@ -181,7 +191,7 @@ def create_loader(
     if batch_size < 1:
         raise WsmlError(f"batch size must be positive, got {batch_size}")
     ss = shards if isinstance(shards, ShardSet) else open_shard_set(shards)
-    p = get_preset(preset)
+    p = preset if isinstance(preset, Preset) else get_preset(preset)
     backend = resolve_backend(backend)
     info = ss.split(split)
     counts = [int(s["num_samples"]) for s in info["shards"]]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from shards.errors import WsmlError
 from shards.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -92,17 +93,49 @@ PRESETS.register(
 # ---- clip224: CLIP's own preprocessing (HSPNet, train = eval) ----
 
 
-def _clip_dali(images, train: bool, device: str):
-    from nvidia.dali import fn
+def _center_dali(size: int, interp: str):
+    def ops(images, train: bool, device: str):
+        from nvidia.dali import fn
 
-    images = fn.resize(
-        images,
-        device=device,
-        resize_shorter=224,
-        interp_type=_dali_interp("cubic"),
-        antialias=True,
+        images = fn.resize(
+            images,
+            device=device,
+            resize_shorter=size,
+            interp_type=_dali_interp(interp),
+            antialias=True,
+        )
+        return images, {"crop": (size, size)}
+
+    return ops
+
+
+def _center_pil(size: int, interp: str):
+    resample = {"linear": Image.BILINEAR, "cubic": Image.BICUBIC}[interp]
+
+    def ops(img: Image.Image, train: bool, rng: np.random.Generator):
+        img = img.resize(_short_side_size(*img.size, size), resample)
+        return _center_crop(img, size), False
+
+    return ops
+
+
+def center_crop_preset(
+    size: int, mean=CLIP_MEAN, std=CLIP_STD, interpolation: str = "bicubic", name: str = ""
+) -> Preset:
+    """An encoder's own eval preprocessing (resize the shorter side, centre crop), e.g. any
+    CLIP model's; not registered, built from the encoder's config."""
+    interp = {"bicubic": "cubic", "bilinear": "linear"}.get(interpolation)
+    if interp is None:
+        raise WsmlError(f"unsupported interpolation {interpolation!r} (bicubic or bilinear)")
+    return Preset(
+        name or f"center{size}-{interpolation}",
+        size,
+        tuple(mean),
+        tuple(std),
+        f"{interpolation} resize of the shorter side to {size}, centre crop {size}",
+        _center_dali(size, interp),
+        _center_pil(size, interp),
     )
-    return images, {"crop": (224, 224)}
 
 
 def _short_side_size(w: int, h: int, short: int) -> tuple[int, int]:
@@ -118,11 +151,6 @@ def _center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def _clip_pil(img: Image.Image, train: bool, rng: np.random.Generator):
-    img = img.resize(_short_side_size(*img.size, 224), Image.BICUBIC)
-    return _center_crop(img, 224), False
-
-
 PRESETS.register(
     Preset(
         "clip224",
@@ -130,8 +158,8 @@ PRESETS.register(
         CLIP_MEAN,
         CLIP_STD,
         "bicubic resize of the shorter side to 224, centre crop 224, CLIP mean/std (train = eval)",
-        _clip_dali,
-        _clip_pil,
+        _center_dali(224, "cubic"),
+        _center_pil(224, "cubic"),
     )
 )
 
@@ -146,7 +174,11 @@ def _asl_dali(images, train: bool, device: str):
 
     if not train:
         images = fn.resize(
-            images, device=device, size=(448, 448), interp_type=_dali_interp("linear"), antialias=True
+            images,
+            device=device,
+            size=(448, 448),
+            interp_type=_dali_interp("linear"),
+            antialias=True,
         )
         return images, {"mirror": 0}
     images = fn.resize(

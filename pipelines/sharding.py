@@ -25,7 +25,8 @@ def shard_of(rank: int, world_size: int, epoch: int, train: bool) -> int:
 def num_batches(num_samples: int, batch_size: int, world_size: int, train: bool) -> int:
     if train:
         return (num_samples // world_size) // batch_size
-    return -(-(-(-num_samples // world_size)) // batch_size)
+    per_rank = -(-num_samples // world_size)  # ceil
+    return -(-per_rank // batch_size)
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:

@@ -135,11 +135,11 @@ def iterate_torch(
         else:
             pending.append((images, rows))
             if sum(len(r) for _, r in pending) >= b:
-                images, rows = (torch.cat(t) for t in zip(*pending))
+                images, rows = (torch.cat(t) for t in zip(*pending, strict=True))
                 yield images[:b], rows[:b]
                 done += 1
                 pending = [(images[b:], rows[b:])]
         if done == steps:
             return
     if pending and sum(len(r) for _, r in pending):
-        yield tuple(torch.cat(t) for t in zip(*pending))
+        yield tuple(torch.cat(t) for t in zip(*pending, strict=True))

@@ -136,3 +136,15 @@ def assert_refused(result, *names: str, out: Path | None = None, fresh: bool = T
         if fresh:
             assert not out.exists(), f"left behind: {sorted(p.name for p in out.rglob('*'))}"
     return errors[0]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` are skipped where CUDA is absent (CI has no GPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
