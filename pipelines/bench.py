@@ -102,12 +102,12 @@ def reference_transform(preset: Preset) -> Callable:
     if preset.name == "clip224":
         bicubic = T.InterpolationMode.BICUBIC
         return T.Compose([T.Resize(224, interpolation=bicubic), T.CenterCrop(224), *norm])
-    rng = np.random.default_rng(0)  # the preset's own PIL operations: the same work
+    rng = np.random.default_rng(0)  # the preset's own tensor operations: the same work
 
     def apply(img):
-        img, mirror = preset.pil(img, True, rng)
-        x = T.functional.to_tensor(img)
-        return T.functional.normalize(x.flip(-1) if mirror else x, preset.mean, preset.std)
+        x, mirror = preset.tensor(T.functional.pil_to_tensor(img).unsqueeze(0), True, rng)
+        x = x[0].flip(-1) if mirror else x[0]
+        return T.functional.normalize(x.float() / 255, preset.mean, preset.std)
 
     return apply
 
@@ -131,72 +131,100 @@ def run_loader_bench(
     workdir: str | None = None,
     repeats: int = 3,
     profile: bool = True,
+    device: str | None = None,
+    hw_loads: tuple[float, ...] = (0.65,),
     echo: Callable[[str], None] = print,
 ) -> dict:
+    """Time the loaders on the same images (alternating epochs); print images/s and ratios."""
     from shards.bench import _warm, machine_info
 
     p = get_preset(preset)
     threads = threads or default_threads(1)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     own = workdir is None and shards is None
     work = Path(tempfile.mkdtemp(prefix="wsml-bench-loader-")) if own else Path(workdir or ".")
     torch.set_num_threads(threads)
     try:
         ss = open_shard_set(shards or make_bench_set(work, images))
-        split = "train"
-        files = extract_folder(ss, split, work / f"loader-folder-{split}")
+        files = extract_folder(ss, "train", work / "loader-folder-train")
         if len(files) < batch_size:
-            raise WsmlError(f"split {split} has {len(files)} images, fewer than a batch")
+            raise WsmlError(f"split train has {len(files)} images, fewer than a batch")
         _warm(ss.root)
         _warm(files[0].parent)
         m = machine_info()
+        gpu = torch.cuda.get_device_name() if device.startswith("cuda") else "no GPU"
         echo(
-            f"{m.get('cpu', '?')}, {threads} CPU threads per loader, batch {batch_size}, "
-            f"preset {preset} ({p.summary}); {len(files)} images"
+            f"{m.get('cpu', '?')} ({gpu}); {threads} CPU threads per loader, batch {batch_size}, "
+            f"{len(files)} images; preset {preset}: {p.summary}"
         )
-
-        def ours(backend: str) -> Callable[[], int]:
-            loader = create_loader(
-                ss, split, regime="full", batch_size=batch_size, preset=preset, rank=0,
-                world_size=1, backend=backend, num_threads=threads, train=True,
-            )  # fmt: skip
-
-            def run() -> int:
-                return sum(int(b["image"].shape[0]) for b in loader)
-
-            return run
-
-        def reference() -> int:
-            dl = torch.utils.data.DataLoader(
-                FolderDataset(files, reference_transform(p)),
-                batch_size=batch_size,
-                shuffle=True,
-                num_workers=threads,
-                drop_last=True,
-            )
-            return sum(int(x.shape[0]) for x, _ in dl)
-
-        result = {"machine": m, "preset": preset, "batch_size": batch_size, "threads": threads}
-        result["images"] = len(files)
-        loaders = {"dali": ours("dali"), "torch": ours("torch"), "reference": reference}
-        for name, run in loaders.items():
-            result[name] = time_epochs(run, repeats)
-        ref = result["reference"]["images_per_s"]
-        echo(f"{'loader':<34}{'images/s':>10}{'vs reference':>14}   runs")
-        labels = {
-            "dali": "1. DALI (CPU)" if not torch.cuda.is_available() else "1. DALI (mixed)",
-            "torch": "2. torch fallback",
-            "reference": "3. reference (folder + PIL)",
-        }
-        for name, label in labels.items():
-            r = result[name]
+        loaders = _contenders(ss, p, files, batch_size, threads, device, hw_loads)
+        result = {"machine": m, "gpu": gpu, "preset": preset, "batch_size": batch_size}
+        result.update(threads=threads, images=len(files), loaders={})
+        for _ in range(repeats):  # alternate, so drifts of a shared machine hit all alike
+            for label, run in loaders.items():
+                r = time_epochs(run, 1)["runs"][0]
+                result["loaders"].setdefault(label, {"runs": []})["runs"].append(r)
+        ref = statistics.median(result["loaders"][REFERENCE]["runs"])
+        echo(f"{'loader':<50}{'images/s':>10}{'vs reference':>14}   runs")
+        for label, r in result["loaders"].items():
+            r["images_per_s"] = statistics.median(r["runs"])
             r["ratio"] = r["images_per_s"] / ref
-            echo(f"{label:<34}{r['images_per_s']:>10.0f}{r['ratio']:>13.2f}x   {r['runs']}")
-        if profile:
-            result["dali_stages"] = profile_dali(ss, split, p, batch_size, threads, echo)
+            echo(f"{label:<50}{r['images_per_s']:>10.0f}{r['ratio']:>13.2f}x   {r['runs']}")
+        if profile and device == "cpu":
+            result["dali_stages"] = profile_dali(ss, "train", p, batch_size, threads, echo)
         return result
     finally:
         if own:
             shutil.rmtree(work, ignore_errors=True)
+
+
+REFERENCE = "3. reference (folder + PIL + torchvision)"
+
+
+def _contenders(ss, p: Preset, files, batch_size: int, threads: int, device: str, hw_loads):
+    """label -> a function that runs one epoch and returns the images that reached ``device``."""
+    dev = torch.device(device)
+
+    def ours(backend: str, **kw) -> Callable[[], int]:
+        loader = create_loader(
+            ss, "train", regime="full", batch_size=batch_size, preset=p, rank=0, world_size=1,
+            backend=backend, num_threads=threads, train=True, device=dev, **kw,
+        )  # fmt: skip
+
+        def run() -> int:
+            n = sum(int(b["image"].shape[0]) for b in loader)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            return n
+
+        return run
+
+    def reference() -> int:
+        dl = torch.utils.data.DataLoader(
+            FolderDataset(files, reference_transform(p)),
+            batch_size=batch_size,
+            shuffle=True,
+            num_workers=threads,
+            drop_last=True,
+            pin_memory=dev.type == "cuda",
+        )
+        n = sum(int(x.to(dev, non_blocking=True).shape[0]) for x, _ in dl)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return n
+
+    out = {}
+    if dev.type == "cuda":
+        for load in hw_loads:
+            out[f"1. DALI mixed decode, hw_decoder_load={load}"] = ours(
+                "dali", hw_decoder_load=load
+            )
+    else:
+        out["1. DALI (decode+normalise in DALI, tv resize)"] = ours("dali")
+        out["1b. DALI, whole graph in DALI operators"] = ours("dali", cpu_resize="dali")
+    out["2. torch fallback (webdataset + torchvision)"] = ours("torch")
+    out[REFERENCE] = reference
+    return out
 
 
 def profile_dali(ss, split: str, preset: Preset, batch_size: int, threads: int, echo) -> dict:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipelines import sharding
@@ -56,6 +57,7 @@ class Loader:
     num_threads: int
     shuffle_buffer: int
     hw_decoder_load: float
+    cpu_resize: str = "torch"
     epoch: int = 0
     counts: list[int] = field(default_factory=list)
 
@@ -77,14 +79,14 @@ class Loader:
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         start, end = self.share()
-        mean = torch.tensor(self.preset.mean, device=self.device).view(1, 3, 1, 1) * 255
-        std = torch.tensor(self.preset.std, device=self.device).view(1, 3, 1, 1) * 255
+        mean = torch.tensor(self.preset.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.preset.std, device=self.device).view(1, 3, 1, 1)
+        scale, shift = 1 / (255 * std), -mean / std  # (x / 255 - mean) / std in one pass
         seen = done = 0
         for images, rows in self._raw():
-            if images.dtype == torch.uint8:  # the fallback normalises whole batches here
-                images = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-                images = ((images.float() - mean) / std).contiguous()
             images = images.to(self.device, non_blocking=True)
+            if images.dtype == torch.uint8:  # the fallback normalises whole batches here
+                images = torch.addcmul(shift, images, scale)
             n = len(rows)
             valid = torch.arange(seen, seen + n) < (end - start)
             seen += n
@@ -113,13 +115,14 @@ class Loader:
         start, end = self.share()
         buffer = min(self.shuffle_buffer, max(1, end - start))
         if self.backend == "dali":
-            from pipelines.dali_loader import create_dali_pipeline, iterate_dali
+            from pipelines import dali_loader as dl
 
             gpu = self.device.type == "cuda"
-            pipe = create_dali_pipeline(
+            split_graph = not gpu and self.cpu_resize == "torch"
+            pipe = dl.create_dali_pipeline(
                 tars,
                 indexes,
-                preset=self.preset,
+                preset=None if split_graph else self.preset,
                 train=self.train,
                 batch_size=self.batch_size,
                 shard_id=shard,
@@ -130,7 +133,15 @@ class Loader:
                 shuffle_buffer=buffer if self.train else 1,
                 hw_decoder_load=self.hw_decoder_load,
             )
-            yield from iterate_dali(pipe, steps, f"split {self.split} of {ss.root}")
+            where = f"split {self.split} of {ss.root}"
+            if split_graph:
+                norm = dl.create_normalize_pipeline(self.preset, self.batch_size, self.num_threads)
+                rng = np.random.default_rng(seed)
+                yield from dl.iterate_dali_split(
+                    pipe, norm, self.preset, self.train, rng, steps, where
+                )
+            else:
+                yield from dl.iterate_dali(pipe, steps, where)
             return
         from pipelines.torch_loader import ShareReader, iterate_torch
 
@@ -178,14 +189,18 @@ def create_loader(
     num_threads: int | None = None,
     shuffle_buffer: int = 4096,
     hw_decoder_load: float = 0.65,
+    cpu_resize: str = "torch",
     verify_on_load: bool = False,
 ) -> Loader:
     """A loader over ``split`` of a shard set for one rank of ``world_size``.
 
     ``train`` (default: split == "train") shuffles, augments and drops the last partial batch;
     otherwise every row is yielded once across ranks. ``backend`` is dali, torch or auto (DALI
-    when it imports, else the fallback with a notice).
+    when it imports, else the fallback with a notice). On a CPU, DALI's geometry runs in
+    torchvision's kernels unless ``cpu_resize="dali"`` (see pipelines/dali_loader.py).
     """
+    if cpu_resize not in ("torch", "dali"):
+        raise WsmlError(f"cpu_resize must be torch or dali, got {cpu_resize!r}")
     if world_size < 1 or not 0 <= rank < world_size:
         raise WsmlError(f"rank {rank} is not in a world of size {world_size}")
     if batch_size < 1:
@@ -220,6 +235,7 @@ def create_loader(
         threads,
         shuffle_buffer,
         hw_decoder_load,
+        cpu_resize,
         epoch,
         counts,
     )

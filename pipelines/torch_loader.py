@@ -1,17 +1,15 @@
 """The PyTorch fallback for machines without DALI: webdataset reads the tars that hold the
-rank's share, DataLoader workers decode with PIL and apply the preset, and the main process
-normalises whole batches. Each worker reads one contiguous piece of the share and yields whole
+rank's share, DataLoader workers decode with torchvision.io and apply the preset's tensor
+operations to uint8 images, and the main process normalises whole batches (on the GPU if any). Each worker reads one contiguous piece of the share and yields whole
 batches, so the order is fixed by the seed and the number of workers."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from pipelines.presets import Preset
 from pipelines.sharding import split_range, tars_covering
@@ -19,7 +17,7 @@ from shards.errors import WsmlError
 
 
 class ShareReader(torch.utils.data.IterableDataset):
-    """Samples [start, end) of a split (concatenated tars) as uint8 NHWC batches plus rows."""
+    """Samples [start, end) of a split (concatenated tars) as uint8 NCHW batches plus rows."""
 
     def __init__(
         self,
@@ -74,28 +72,30 @@ class ShareReader(torch.utils.data.IterableDataset):
 
     def _batches(self, samples, rng: np.random.Generator):
         size, b = self.preset.size, self.batch_size
-        images = np.empty((b, size, size, 3), np.uint8)
-        rows = np.empty(b, np.int64)
+        images = torch.empty((b, 3, size, size), dtype=torch.uint8)
+        rows = torch.empty(b, dtype=torch.int64)
         n = 0
         for url, key, data, row in samples:
             images[n] = self._decode(url, key, data, rng)
             rows[n] = row
             n += 1
             if n == b:
-                yield torch.from_numpy(images.copy()), torch.from_numpy(rows.copy())
+                yield images.clone(), rows.clone()
                 n = 0
         if n:
-            yield torch.from_numpy(images[:n].copy()), torch.from_numpy(rows[:n].copy())
+            yield images[:n].clone(), rows[:n].clone()
 
-    def _decode(self, url: str, key: str, data: bytes, rng: np.random.Generator) -> np.ndarray:
+    def _decode(self, url: str, key: str, data: bytes, rng: np.random.Generator) -> torch.Tensor:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
         try:
-            with Image.open(io.BytesIO(data)) as im:
-                img = im.convert("RGB")
-        except Exception as e:
+            x = decode_jpeg(
+                torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB
+            )
+        except RuntimeError as e:
             raise WsmlError(f"{url}: the image of sample {key} cannot be decoded ({e})") from e
-        img, mirror = self.preset.pil(img, self.train, rng)
-        arr = np.asarray(img)
-        return arr[:, ::-1] if mirror else arr
+        x, mirror = self.preset.tensor(x.unsqueeze(0), self.train, rng)
+        return x[0].flip(-1) if mirror else x[0]
 
 
 def _buffer_shuffle(samples, bufsize: int, rng: np.random.Generator):
@@ -115,7 +115,7 @@ def _buffer_shuffle(samples, bufsize: int, rng: np.random.Generator):
 def iterate_torch(
     reader: ShareReader, *, num_workers: int, steps: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``steps`` batches of (uint8 NHWC images, rows): the workers' whole batches in turn, their
+    """``steps`` batches of (uint8 NCHW images, rows): the workers' whole batches in turn, their
     last partial batches merged; the last batch may be short (eval pads it)."""
     if steps == 0:
         return
