@@ -1,0 +1,333 @@
+"""Cole et al., CVPR 2021, "Multi-Label Learning from Single Positive Labels" (METHODS.md §1):
+BCE and BCE-LS on full labels, AN, AN-LS, WAN, EPR, ROLE, and the IUN, IU and PR baselines.
+
+Every loss is Cole's: p = sigmoid(z), logs are -log(x + 1e-5), the entry matrix is averaged over
+all N x L entries (zeros included) and the regulariser, if any, is added (§0.4). Observed
+negatives (the partial regime; Cole's single positives have none) get -log(1 - p + eps), a
+certain negative, in every loss that does not define them otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from shards.errors import WsmlError
+from train.methods import (
+    Method,
+    MethodConfig,
+    MethodInfo,
+    expected_positive_reg,
+    neg_log,
+    observed_masks,
+    register_method,
+)
+
+COLE = "Cole et al., CVPR 2021, Multi-Label Learning from Single Positive Labels"
+SOURCE = (
+    "Cole train.py (METHODS.md §1.1, §1.3): end-to-end 10 epochs, Adam, constant lr; Cole chose "
+    "(lr, batch) per run from {1e-2..1e-5} x {8, 16}, so lr 1e-5 / batch 8 is this library's "
+    "pick; expected_num_pos k from train.py:L235-240; ls_coef 0.1; ROLE estimator lr x10"
+)
+EXPECTED_POSITIVES = {"voc": 1.5, "coco": 2.9, "nus": 1.9, "cub": 31.4}  # Cole train.py:L235-240
+K_DEFAULTS = {fam: {"expected_positives": k} for fam, k in EXPECTED_POSITIVES.items()}
+SP = ("single-positive", "partial")
+
+
+@dataclass(frozen=True)
+class ColeConfig(MethodConfig):
+    pass
+
+
+@dataclass(frozen=True)
+class SmoothConfig(MethodConfig):
+    ls_coef: float = 0.1  # label smoothing c
+
+    def check(self) -> None:
+        super().check()
+        if not 0.0 <= self.ls_coef < 1.0:
+            raise WsmlError(f"ls_coef must be in [0, 1), got {self.ls_coef}")
+
+
+@dataclass(frozen=True)
+class EprConfig(MethodConfig):
+    expected_positives: float | None = None  # k; Cole's value for voc/coco/nus/cub
+
+
+@dataclass(frozen=True)
+class RoleConfig(EprConfig):
+    estimator_lr_mult: float = 10.0  # Cole train.py: estimator lr = lr x lr_mult
+
+
+@dataclass(frozen=True)
+class IunConfig(MethodConfig):
+    released: bool = False  # True: Cole's release, which never adds the negative term
+
+
+def smoothed(p: Tensor, target: Tensor, c: float) -> Tensor:
+    """Label-smoothed BCE entries for a boolean target."""
+    t = target.float()
+    pos = (1 - c) * neg_log(p) + c * neg_log(1 - p)
+    neg = (1 - c) * neg_log(1 - p) + c * neg_log(p)
+    return t * pos + (1 - t) * neg
+
+
+class ColeLoss(Method):
+    """mean over entries of ``entries(...)`` plus ``regulariser(p)``."""
+
+    def entries(self, p: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def regulariser(self, p: Tensor, batch: Mapping[str, Tensor]) -> Tensor | None:
+        return None
+
+    def compute(self, logits, batch, *, epoch, step):
+        p = torch.sigmoid(logits)
+        loss = self.entries(p, batch).mean()
+        reg = self.regulariser(p, batch)
+        if reg is None:
+            return {"loss": loss}
+        return {"loss": loss + reg, "reg": reg}
+
+
+def full_target(batch: Mapping[str, Tensor], like: Tensor) -> Tensor:
+    return batch["full"].to(like.device) == 1
+
+
+class Bce(ColeLoss):
+    """Full-label BCE, the upper bound: trains on batch["full"]."""
+
+    def entries(self, p, batch):
+        t = full_target(batch, p).float()
+        return t * neg_log(p) + (1 - t) * neg_log(1 - p)
+
+
+class BceLs(ColeLoss):
+    """Full-label BCE with label smoothing c."""
+
+    def entries(self, p, batch):
+        return smoothed(p, full_target(batch, p), self.config.ls_coef)
+
+
+class AssumeNegative(ColeLoss):
+    """AN: every entry not observed positive is a negative."""
+
+    def entries(self, p, batch):
+        pos = observed_masks(batch, p)[0].float()
+        return pos * neg_log(p) + (1 - pos) * neg_log(1 - p)
+
+
+class AssumeNegativeLs(ColeLoss):
+    """AN-LS (LSAN): AN with label smoothing c on every entry."""
+
+    def entries(self, p, batch):
+        return smoothed(p, observed_masks(batch, p)[0], self.config.ls_coef)
+
+
+class WeakAssumeNegative(ColeLoss):
+    """WAN: assumed negatives weighted 1 / (L - 1)."""
+
+    def entries(self, p, batch):
+        pos, unk, neg = (m.float() for m in observed_masks(batch, p))
+        weak = unk / (self.num_classes - 1)
+        return pos * neg_log(p) + (weak + neg) * neg_log(1 - p)
+
+
+def observed_terms(p: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
+    """-log p on observed positives, -log(1 - p) on observed negatives, 0 on unknowns."""
+    pos, _, neg = (m.float() for m in observed_masks(batch, p))
+    return pos * neg_log(p) + neg * neg_log(1 - p)
+
+
+def expected_positives(method: Method) -> float:
+    k = method.config.expected_positives
+    if k is None:
+        raise WsmlError(
+            f"method {method.name} needs the expected number of positives per image for this "
+            f"dataset; pass -o expected_positives=K (Cole: {EXPECTED_POSITIVES})"
+        )
+    return float(k)
+
+
+class ExpectedPositive(ColeLoss):
+    """EPR: observed labels plus (mean_n sum_l p - k)^2 / L^2."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.k = expected_positives(self)
+
+    def entries(self, p, batch):
+        return observed_terms(p, batch)
+
+    def regulariser(self, p, batch):
+        return expected_positive_reg(p, self.k)
+
+
+def logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+class Role(ColeLoss):
+    """ROLE: the classifier and a per-image label estimator q (trainable logits, one row per
+    training image) teach each other; both are pulled to observed labels and to k positives."""
+
+    uses_rows = True
+
+    def __init__(self, info, config, num_rows, num_classes, *, observed=None, generator=None, **kw):
+        super().__init__(info, config, num_rows, num_classes)
+        self.k = expected_positives(self)
+        # Cole models.py: unknowns U(-logit 0.6, logit 0.6), positives logit(0.995), negatives
+        # logit(0.005); a linear-init run loads the linear phase's estimator instead.
+        a = logit(0.6)
+        init = (torch.rand(num_rows, num_classes, generator=generator) * 2 - 1) * a
+        obs = observed.detach().to("cpu")
+        init[obs == 1] = logit(0.995)
+        init[obs == -1] = logit(0.005)
+        self.estimator = nn.Parameter(init)  # (num_rows, L) logits
+
+    def estimates(self, rows: Tensor) -> Tensor:
+        return torch.sigmoid(self.estimator[rows.to(self.estimator.device)])
+
+    def entries(self, p, batch):
+        q = self.estimates(batch["row"])
+        pd, qd = p.detach(), q.detach()
+        own = observed_terms(p, batch) + observed_terms(q, batch)
+        cross = qd * neg_log(p) + (1 - qd) * neg_log(1 - p)
+        cross = cross + pd * neg_log(q) + (1 - pd) * neg_log(1 - q)
+        return 0.5 * own + 0.5 * cross
+
+    def regulariser(self, p, batch):
+        q = self.estimates(batch["row"])
+        return 0.5 * (expected_positive_reg(p, self.k) + expected_positive_reg(q, self.k))
+
+    def extra_parameters(self):
+        mult = self.config.estimator_lr_mult
+        return [
+            {
+                "params": [self.estimator],
+                "lr_mult": mult,
+                "lr": self.config.lr * mult,
+                "weight_decay": 0.0,
+                "name": "role-estimator",
+            }
+        ]
+
+    def after_backward(self) -> None:
+        # Each rank's gradient touches only its batch rows: gather those rows and average, as
+        # DDP does for the model, so every rank's Adam sees the same estimator gradient.
+        grad = self.estimator.grad
+        if grad is None or not (dist.is_available() and dist.is_initialized()):
+            return
+        world = dist.get_world_size()
+        if world == 1:
+            return
+        rows = (grad != 0).any(1).nonzero().squeeze(1)
+        all_rows, all_values = self.gather(rows, grad[rows])
+        grad.zero_()
+        grad.index_add_(0, all_rows, all_values)
+        grad.div_(world)
+
+
+class Iun(ColeLoss):
+    """IUN: observed positives and every true negative (an oracle baseline that reads the full
+    labels). The paper's loss; Cole's release compares the 0/1 true labels with -1 and so never
+    adds a negative term (METHODS.md §12.1, fixed by Zhou); ``released=True`` reproduces that."""
+
+    def entries(self, p, batch):
+        pos = observed_masks(batch, p)[0].float()
+        out = pos * neg_log(p)
+        if self.config.released:
+            return out
+        negative = (~full_target(batch, p)).float() * (1 - pos)
+        return out + negative * neg_log(1 - p)
+
+
+class Iu(ColeLoss):
+    """IU: observed positives and observed negatives only; unknowns are ignored."""
+
+    def entries(self, p, batch):
+        return observed_terms(p, batch)
+
+
+class PairwiseRanking(ColeLoss):
+    """PR: for each observed positive i of image n, sum over entries j not observed positive of
+    max(0, 1 - p_ni + p_nj), stored at (n, i)."""
+
+    def entries(self, p, batch):
+        pos = observed_masks(batch, p)[0]
+        n, i = pos.nonzero(as_tuple=True)
+        others = (~pos[n]).float()  # (P, L)
+        hinge = (1 - p[n, i].unsqueeze(1) + p[n]).clamp(min=0) * others
+        return torch.zeros_like(p).index_put((n, i), hinge.sum(1))
+
+
+def _info(name, summary, regimes, config, factory, defaults=None, **flags) -> MethodInfo:
+    return MethodInfo(
+        name=name,
+        paper=COLE,
+        summary=summary,
+        regimes=regimes,
+        config=config,
+        factory=factory,
+        defaults=defaults or {},
+        defaults_source=SOURCE,
+        **flags,
+    )
+
+
+for _entry in (
+    _info(
+        "bce",
+        "BCE on the full clean labels (upper bound)",
+        ("full",),
+        ColeConfig,
+        Bce,
+        needs_full=True,
+    ),
+    _info(
+        "bce-ls",
+        "BCE with label smoothing on full labels",
+        ("full",),
+        SmoothConfig,
+        BceLs,
+        needs_full=True,
+    ),
+    _info("an", "assume negative: unknowns are negatives", SP, ColeConfig, AssumeNegative),
+    _info("an-ls", "assume negative + label smoothing", SP, SmoothConfig, AssumeNegativeLs),
+    _info("wan", "weak assume negative: 1/(L-1) weight", SP, ColeConfig, WeakAssumeNegative),
+    _info(
+        "epr",
+        "observed positives + expected-positive regulariser",
+        SP,
+        EprConfig,
+        ExpectedPositive,
+        K_DEFAULTS,
+    ),
+    _info(
+        "role",
+        "regularised online label estimation (trainable per-image label estimator)",
+        SP,
+        RoleConfig,
+        Role,
+        K_DEFAULTS,
+        needs_observed=True,
+        per_sample_state=True,
+        trainable_state=True,
+    ),
+    _info(
+        "iun",
+        "observed positives + all true negatives (oracle)",
+        SP,
+        IunConfig,
+        Iun,
+        needs_full=True,
+    ),
+    _info("iu", "observed positives and negatives only", ("partial",), ColeConfig, Iu),
+    _info("pr", "pairwise ranking hinge", SP, ColeConfig, PairwiseRanking),
+):
+    register_method(_entry)

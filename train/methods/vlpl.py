@@ -1,0 +1,130 @@
+"""Xing et al., CVPR 2024 LIMIT workshop (arXiv 2310.15985), "Vision-Language Pseudo-Labels for
+Single-Positive Multi-Label Learning" (VLPL; loss EM-PL; METHODS.md §3).
+
+Pseudo-labels come from cached CLIP embeddings, recomputed every batch (no state):
+s = softmax over classes of cos(image, class text) / T (T = 0.01); an unknown entry is a pseudo-
+positive when s > 0.3. Optionally the ``int(negative_fraction * L)`` classes with the smallest s
+are pseudo-negatives (VLPL's ``--partial``, default 0).
+
+Loss after ``warmup_epoch`` epochs (VLPL: 0, i.e. from the first epoch), averaged over N x L:
+observed positive -log(p + eps); pseudo-positive beta_pos * [0.9(-log p) + 0.1(-log(1 - p))];
+other unknowns -alpha * H(p) (Zhou's EM term); pseudo-negative beta_neg * [0.1(-log p) +
+0.9(-log(1 - p))]. The release gives pseudo-negatives zero loss (its negative branch is commented
+out): that is ``beta_neg = 0``, the default. During warm-up the loss is EM. Observed negatives
+(partial regime) get -log(1 - p + eps); the release would give them zero loss.
+
+The release feeds CLIP the ImageNet-normalised 448 px training tensor resized to 336 px (§12.8);
+here the embeddings are whatever the cache holds (CLIP's own preprocessing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from shards.errors import WsmlError
+from train.methods import (
+    Method,
+    MethodConfig,
+    MethodInfo,
+    neg_log,
+    observed_masks,
+    register_method,
+)
+from train.methods.zhou import entropy
+
+VLPL = (
+    "Xing et al., CVPR 2024 LIMIT workshop (arXiv 2310.15985), Vision-Language Pseudo-Labels "
+    "for Single-Positive Multi-Label Learning"
+)
+SOURCE = (
+    "VLPL main_clip.py:L299-392 (METHODS.md §3.3): batch 8, lr 1e-5 (CUB 1e-4), alpha per "
+    "dataset, beta_pos 0.7, warm-up 0, T 0.01, threshold 0.3, partial 0; 10 epochs, no early stop"
+)
+DEFAULTS = {
+    "voc": {"lr": 1e-5, "alpha": 0.2},
+    "coco": {"lr": 1e-5, "alpha": 0.1},
+    "nus": {"lr": 1e-5, "alpha": 0.1},
+    "cub": {"lr": 1e-4, "alpha": 0.01},
+}
+
+
+@dataclass(frozen=True)
+class VlplConfig(MethodConfig):
+    alpha: float = 0.1  # EM weight on unknowns without a pseudo-label
+    beta_pos: float = 0.7
+    temperature: float = 0.01
+    threshold: float = 0.3
+    negative_fraction: float = 0.0  # share of classes (lowest s) made pseudo-negatives
+    beta_neg: float = 0.0  # 0: the release's zero loss on pseudo-negatives
+    warmup_epoch: int = 0  # pseudo-labels are used when epoch > warmup_epoch
+
+    def check(self) -> None:
+        super().check()
+        if not self.temperature > 0 or not 0.0 <= self.negative_fraction <= 1.0:
+            raise WsmlError("temperature must be > 0 and negative_fraction in [0, 1]")
+
+
+def pseudo_labels(
+    image: Tensor, text: Tensor, temperature: float, threshold: float, negative_fraction: float
+) -> Tensor:
+    """int8 (N, L): 1 pseudo-positive, -1 pseudo-negative, 0 none, from image (N, D) and class
+    text (L, D) embeddings."""
+    sim = F.normalize(image.float(), dim=1) @ F.normalize(text.float(), dim=1).T
+    s = torch.softmax(sim / temperature, dim=1)
+    out = (s > threshold).to(torch.int8)
+    m = int(negative_fraction * text.shape[0])
+    if m:
+        lowest = s.topk(m, dim=1, largest=False).indices
+        neg = torch.zeros_like(out, dtype=torch.bool).scatter_(1, lowest, True) & (out == 0)
+        out[neg] = -1
+    return out
+
+
+class EmPseudoLabel(Method):
+    def __init__(self, info, config, num_rows, num_classes, *, text_embeddings=None, **kw):
+        super().__init__(info, config, num_rows, num_classes)
+        text = F.normalize(text_embeddings.detach().float(), dim=1)
+        self.register_buffer("text", text, persistent=False)  # (L, D), an input, not state
+
+    def compute(self, logits, batch, *, epoch, step):
+        cfg = self.config
+        p = torch.sigmoid(logits)
+        pos, unk, neg = (m.float() for m in observed_masks(batch, p))
+        known = pos * neg_log(p) + neg * neg_log(1 - p)
+        em = -cfg.alpha * entropy(p)
+        if epoch <= cfg.warmup_epoch:
+            return {"loss": (known + unk * em).mean()}
+        if "embedding" not in batch:
+            raise WsmlError(f"method {self.name}: batches need the CLIP image 'embedding'")
+        pl = pseudo_labels(
+            batch["embedding"].to(p.device),
+            self.text,
+            cfg.temperature,
+            cfg.threshold,
+            cfg.negative_fraction,
+        )
+        ppos, pneg = unk * (pl == 1).float(), unk * (pl == -1).float()
+        rest = unk - ppos - pneg
+        pseudo_pos = cfg.beta_pos * (0.9 * neg_log(p) + 0.1 * neg_log(1 - p))
+        pseudo_neg = cfg.beta_neg * (0.1 * neg_log(p) + 0.9 * neg_log(1 - p))
+        loss = (known + rest * em + ppos * pseudo_pos + pneg * pseudo_neg).mean()
+        return {"loss": loss, "pseudo_positives": ppos.sum(1).mean()}
+
+
+register_method(
+    MethodInfo(
+        name="vlpl",
+        paper=VLPL,
+        summary="EM + CLIP pseudo-positives (EM-PL) from cached image and class-text embeddings",
+        regimes=("single-positive", "partial"),
+        config=VlplConfig,
+        factory=EmPseudoLabel,
+        defaults=DEFAULTS,
+        defaults_source=SOURCE,
+        needs_clip=True,
+    )
+)

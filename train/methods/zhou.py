@@ -1,0 +1,182 @@
+"""Zhou et al., ECCV 2022, "Acknowledging the Unknown for Multi-label Learning with Single
+Positive Labels" (METHODS.md §2): the entropy-maximisation loss EM and EM + asymmetric
+pseudo-labelling (APL).
+
+EM: observed positives -log(p + eps), unknowns -alpha * H(p) (the loss maximises their entropy),
+averaged over all N x L entries. APL, after each epoch e >= warmup_epoch: for every class, among
+the training images whose label is still unknown, the ``int(theta * U_c / (epochs - warmup))``
+with the lowest predicted probability become soft pseudo-negatives whose target is that
+probability s (U_c = unknowns of class c in the observed labels, fixed for the run); they then
+get beta * [s(-log p) + (1 - s)(-log(1 - p))] instead of the EM term. Pseudo-labels are never
+revised and no positive pseudo-labels are made. Observed negatives (partial regime) get
+-log(1 - p + eps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from shards.errors import WsmlError
+from train.methods import (
+    Method,
+    MethodConfig,
+    MethodInfo,
+    neg_log,
+    observed_masks,
+    register_method,
+)
+
+ZHOU = (
+    "Zhou et al., ECCV 2022, Acknowledging the Unknown for Multi-label Learning with "
+    "Single Positive Labels"
+)
+SOURCE = (
+    "Zhou main.py:L322-377 (METHODS.md §2.3): per-dataset batch, lr, alpha, beta, theta, "
+    "warm-up; 10 epochs, Adam, stop at the first epoch without a better val mAP (main.py:L127-134)"
+)
+EM_DEFAULTS = {
+    "default": {"stop_patience": 1},
+    "voc": {"batch_size": 8, "lr": 1e-5, "alpha": 0.2},
+    "coco": {"batch_size": 16, "lr": 1e-5, "alpha": 0.1},
+    "nus": {"batch_size": 16, "lr": 1e-5, "alpha": 0.1},
+    "cub": {"batch_size": 8, "lr": 1e-4, "alpha": 0.01},
+}
+_APL = {
+    "voc": {"beta": 0.02, "warmup_epoch": 5},
+    "coco": {"beta": 0.9, "warmup_epoch": 5},
+    "nus": {"beta": 0.2, "warmup_epoch": 4},
+    "cub": {"beta": 0.4, "warmup_epoch": 3},
+}
+APL_DEFAULTS = {k: {**v, **_APL.get(k, {})} for k, v in EM_DEFAULTS.items()}
+SP = ("single-positive", "partial")
+NO_PSEUDO = -1.0  # pseudo buffer value of an entry without a pseudo-label
+
+
+@dataclass(frozen=True)
+class EmConfig(MethodConfig):
+    """Dataclass defaults are Zhou's COCO values."""
+
+    batch_size: int = 16
+    alpha: float = 0.1  # weight of the entropy term on unknowns
+
+
+@dataclass(frozen=True)
+class EmAplConfig(EmConfig):
+    beta: float = 0.9  # weight of the pseudo-negative term
+    neg_proportion: float = 0.9  # theta: share of each class's unknowns pseudo-labelled in all
+    warmup_epoch: int = 5  # first epoch after which pseudo-labels are made
+
+    def check(self) -> None:
+        super().check()
+        if not 0.0 <= self.neg_proportion <= 1.0:
+            raise WsmlError(f"neg_proportion must be in [0, 1], got {self.neg_proportion}")
+
+
+def entropy(p: Tensor) -> Tensor:
+    return p * neg_log(p) + (1 - p) * neg_log(1 - p)
+
+
+class EntropyMax(Method):
+    def em_entries(self, p: Tensor, batch) -> Tensor:
+        pos, unk, neg = (m.float() for m in observed_masks(batch, p))
+        return pos * neg_log(p) + neg * neg_log(1 - p) - self.config.alpha * unk * entropy(p)
+
+    def compute(self, logits, batch, *, epoch, step):
+        p = torch.sigmoid(logits)
+        return {"loss": self.em_entries(p, batch).mean()}
+
+
+class EntropyMaxApl(EntropyMax):
+    uses_rows = True
+
+    def __init__(self, info, config, num_rows, num_classes, *, observed=None, **kw):
+        super().__init__(info, config, num_rows, num_classes)
+        # The observed labels are an input (the loop passes them at every creation), not state.
+        self.register_buffer("observed", observed.detach().to(torch.int8).clone(), False)
+        self.unlabel_num = (self.observed == 0).sum(0).tolist()  # U_c, fixed for the run
+        self.register_buffer("pseudo", torch.full((num_rows, num_classes), NO_PSEUDO))
+
+    def compute(self, logits, batch, *, epoch, step):
+        p = torch.sigmoid(logits)
+        s = self.pseudo[batch["row"].to(self.pseudo.device)].to(p.device)  # (N, L)
+        labelled = (s >= 0) & observed_masks(batch, p)[1]
+        s = s.clamp(min=0)
+        soft = self.config.beta * (s * neg_log(p) + (1 - s) * neg_log(1 - p))
+        loss = torch.where(labelled, soft, self.em_entries(p, batch)).mean()
+        return {"loss": loss, "pseudo_negatives": labelled.float().sum(1).mean()}
+
+    def round_size(self, c: int) -> int:
+        cfg = self.config
+        rounds = max(1, cfg.epochs - cfg.warmup_epoch)
+        return int(cfg.neg_proportion * self.unlabel_num[c] / rounds)  # Zhou's expression order
+
+    def wants_epoch_pass(self, epoch: int) -> bool:
+        # Zhou also labels after the last epoch, which changes nothing; skip that pass.
+        return self.config.warmup_epoch <= epoch < self.config.epochs
+
+    def end_epoch(self, epoch, predictions=None):
+        if not self.wants_epoch_pass(epoch):
+            return {}
+        if predictions is None:
+            raise WsmlError(f"method {self.name} needs predictions over the training split")
+        with torch.no_grad():
+            rows, probs = self.gather(*predictions)
+            added = self.select(rows, probs)
+        return {"pseudo_negatives_added": float(added)}
+
+    def select(self, rows: Tensor, probs: Tensor) -> int:
+        """Make this round's pseudo-negatives from probabilities of training rows."""
+        dev = self.pseudo.device
+        rows, probs = rows.to(dev), probs.to(dev, torch.float32)
+        rows, first = _first_occurrence(rows)  # sorted unique rows (DDP samplers pad with repeats)
+        probs = probs[first]
+        candidate = (self.observed[rows] == 0) & (self.pseudo[rows] < 0)
+        key = torch.where(candidate, probs, torch.full_like(probs, float("inf")))
+        order = torch.sort(key, dim=0, stable=True).indices  # ascending; ties by row
+        quota = torch.tensor([self.round_size(c) for c in range(self.num_classes)], device=dev)
+        rank = torch.empty_like(order)
+        rank.scatter_(0, order, torch.arange(len(rows), device=dev).unsqueeze(1).expand_as(order))
+        chosen = candidate & (rank < quota)
+        r, c = chosen.nonzero(as_tuple=True)
+        self.pseudo[rows[r], c] = probs[r, c]
+        return int(chosen.sum())
+
+
+def _first_occurrence(rows: Tensor) -> tuple[Tensor, Tensor]:
+    """Sorted unique rows and the index of each one's first occurrence in ``rows``."""
+    unique, inverse = torch.unique(rows, return_inverse=True)
+    pos = torch.arange(len(rows), device=rows.device)
+    first = torch.full((len(unique),), len(rows), device=rows.device, dtype=torch.long)
+    first.scatter_reduce_(0, inverse, pos, reduce="amin")
+    return unique, first
+
+
+for _entry in (
+    MethodInfo(
+        name="em",
+        paper=ZHOU,
+        summary="observed positives + entropy maximisation on unknowns",
+        regimes=SP,
+        config=EmConfig,
+        factory=EntropyMax,
+        defaults=EM_DEFAULTS,
+        defaults_source=SOURCE,
+    ),
+    MethodInfo(
+        name="em-apl",
+        paper=ZHOU,
+        summary="EM + asymmetric soft pseudo-negatives after each epoch from warm-up on",
+        regimes=SP,
+        config=EmAplConfig,
+        factory=EntropyMaxApl,
+        defaults=APL_DEFAULTS,
+        defaults_source=SOURCE,
+        needs_observed=True,
+        per_sample_state=True,
+        epoch_pass=True,
+    ),
+):
+    register_method(_entry)
