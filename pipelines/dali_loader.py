@@ -174,6 +174,9 @@ def _to_torch(batch, pipe) -> torch.Tensor:
 
 
 def _first_line(e: Exception) -> str:
+    """DALI's own words on what failed: the line naming a file (a tar or its index) first."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    useful = [ln for ln in lines if "Error" in ln or "error" in ln or ".tar" in ln]
-    return (useful or lines or ["unknown error"])[0][:500]
+    named = [ln for ln in lines if ".tar" in ln or ".idx" in ln]
+    errors = [ln for ln in lines if "rror" in ln and ln not in named]
+    picked = (named[:1] + errors[:1]) or lines[:1] or ["unknown error"]
+    return "; ".join(picked)[:800]

@@ -50,5 +50,5 @@ def read_row_table(
                 f"cached embeddings {embeddings!r} have {arr.shape[0]} rows for split {split}, "
                 f"its label table has {full.shape[0]}: cache them again"
             )
-        table.embedding = torch.from_numpy(np.ascontiguousarray(arr)).to(device)
+        table.embedding = torch.from_numpy(np.array(arr)).to(device)  # read the memmap once
     return table

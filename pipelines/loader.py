@@ -210,6 +210,11 @@ def create_loader(
     backend = resolve_backend(backend)
     info = ss.split(split)
     counts = [int(s["num_samples"]) for s in info["shards"]]
+    if world_size > sum(counts):
+        raise WsmlError(
+            f"split {split} of {ss.root} has {sum(counts)} samples, fewer than the "
+            f"{world_size} ranks reading it"
+        )
     check_files(ss, split, verify_on_load)
     dev = torch.device(device)
     table = read_row_table(ss, split, regime, dev, embeddings)

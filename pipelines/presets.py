@@ -120,12 +120,20 @@ PRESETS.register(
 
 def _center_dali(size: int, interp: str):
     def ops(images, train: bool, device: str):
-        from nvidia.dali import fn
+        import nvidia.dali.math as dmath
+        from nvidia.dali import fn, types
 
+        # torchvision's Resize(int) truncates the longer side (500x380 -> 294x224) where DALI's
+        # resize_shorter rounds it; compute the size as torchvision does and resize exactly
+        shape = fn.cast(images.shape(device="cpu"), dtype=types.FLOAT)
+        h, w = shape[0], shape[1]
+        short = dmath.min(h, w)
         images = fn.resize(
             images,
             device=device,
-            resize_shorter=size,
+            resize_x=dmath.floor(size * w / short),
+            resize_y=dmath.floor(size * h / short),
+            subpixel_scale=False,
             interp_type=_dali_interp(interp),
             antialias=True,
         )

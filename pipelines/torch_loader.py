@@ -45,7 +45,10 @@ class ShareReader(torch.utils.data.IterableDataset):
         samples = self._samples(lo, hi)
         if self.train:
             samples = _buffer_shuffle(samples, max(1, self.shuffle_buffer // workers), rng)
-        yield from self._batches(samples, rng)
+        try:
+            yield from self._batches(samples, rng)
+        except WsmlError as e:  # raised again in the main process, as the user's error
+            yield _Failure(str(e))
 
     def _samples(self, lo: int, hi: int) -> Iterator[tuple[str, str, bytes, int]]:
         import webdataset as wds
@@ -98,6 +101,10 @@ class ShareReader(torch.utils.data.IterableDataset):
         return x[0].flip(-1) if mirror else x[0]
 
 
+class _Failure(str):
+    """An expected error inside a DataLoader worker, carried to the main process."""
+
+
 def _buffer_shuffle(samples, bufsize: int, rng: np.random.Generator):
     """webdataset's shuffle with a seeded generator: fill ``bufsize``, then swap out at random."""
     buf = []
@@ -119,6 +126,9 @@ def iterate_torch(
     last partial batches merged; the last batch may be short (eval pads it)."""
     if steps == 0:
         return
+    import torchvision.io  # noqa: F401  imported once here, not in every fresh worker
+    import torchvision.transforms.v2.functional  # noqa: F401
+
     loader = torch.utils.data.DataLoader(
         reader,
         batch_size=None,
@@ -128,7 +138,10 @@ def iterate_torch(
     )
     b, done = reader.batch_size, 0
     pending: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for images, rows in loader:
+    for item in loader:
+        if isinstance(item, _Failure):
+            raise WsmlError(str(item))
+        images, rows = item
         if len(rows) == b:
             yield images, rows
             done += 1
