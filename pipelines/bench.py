@@ -157,6 +157,9 @@ def run_loader_bench(
             f"{m.get('cpu', '?')} ({gpu}); {threads} CPU threads per loader, batch {batch_size}, "
             f"{len(files)} images; preset {preset}: {p.summary}"
         )
+        import torchvision.io  # noqa: F401  imports every loader pays once, not in a timed epoch
+        import torchvision.transforms.v2.functional  # noqa: F401
+
         loaders = _contenders(ss, p, files, batch_size, threads, device, hw_loads)
         result = {"machine": m, "gpu": gpu, "preset": preset, "batch_size": batch_size}
         result.update(threads=threads, images=len(files), loaders={})
@@ -279,7 +282,9 @@ def profile_dali(ss, split: str, preset: Preset, batch_size: int, threads: int, 
         return sum(len(r) for _, r in iterate_dali(pipe, steps, "bench"))
 
     out = {}
-    echo("DALI graph cut after each stage (images/s; the time a stage adds per image):")
+    echo(
+        "DALI, whole graph in DALI operators, cut after each stage (images/s; wall time a stage adds per image):"
+    )
     prev = None
     names = ["read", "decode", "augment", "normalize", "torch"]
     for name in names:
