@@ -25,7 +25,7 @@ from shards.errors import WsmlError
 def dali_available() -> bool:
     try:
         return importlib.util.find_spec("nvidia.dali") is not None
-    except ModuleNotFoundError:  # no "nvidia" namespace at all
+    except (ImportError, ValueError):  # no "nvidia" namespace at all, or a blocked import
         return False
 
 

@@ -136,3 +136,53 @@ def test_embeddings_of_another_length(copy):
 @pytest.mark.parametrize("rank,world", [(2, 2), (-1, 2), (0, 0)])
 def test_rank_outside_the_world(root, rank, world):
     refused(f"rank {rank}", f"size {world}", root=root, rank=rank, world_size=world)
+
+
+WITHOUT_DALI = """
+import importlib.abc, sys
+
+class NoDali(importlib.abc.MetaPathFinder):  # a machine where DALI does not install
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[:2] == ["nvidia", "dali"]:
+            raise ModuleNotFoundError(f"No module named {name!r}")
+
+sys.meta_path.insert(0, NoDali())
+from pipelines.loader import create_loader
+from pipelines.presets import center_crop_preset
+from shards.errors import WsmlError
+
+preset = center_crop_preset(int(sys.argv[3]), interpolation="bilinear")
+args = dict(regime=sys.argv[2], batch_size=4, preset=preset, rank=0, world_size=1, num_threads=1)
+loader = create_loader(sys.argv[1], "val", **args)
+print("backend", loader.backend, "batches", sum(1 for _ in loader))
+try:
+    create_loader(sys.argv[1], "val", backend="dali", **args)
+except WsmlError as e:
+    print("refused:", e)
+"""
+
+
+def test_auto_falls_back_to_torch_without_dali(root):
+    """Without DALI, backend="auto" says so in one line and uses the fallback; asking for
+    DALI by name is refused with what to do instead."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = subprocess.run(
+        [sys.executable, "-c", WITHOUT_DALI, str(root), REGIME, str(TINY_PRESET.size)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    notices = [ln for ln in out.stderr.splitlines() if "DALI is not installed" in ln]
+    assert len(notices) == 1
+    assert "backend torch batches" in out.stdout
+    assert "refused:" in out.stdout and "--loader torch" in out.stdout
+
+
+def test_unknown_cpu_resize(root):
+    refused("cpu_resize", "torch or dali", root=root, cpu_resize="pil")
