@@ -129,7 +129,7 @@ class Loader:
                 num_shards=self.world_size,
                 seed=seed,
                 num_threads=self.num_threads,
-                device_id=(self.device.index or 0) if gpu else None,
+                device_id=_cuda_index(self.device) if gpu else None,
                 shuffle_buffer=buffer if self.train else 1,
                 hw_decoder_load=self.hw_decoder_load,
             )
@@ -157,6 +157,11 @@ class Loader:
             shuffle_buffer=buffer,
         )
         yield from iterate_torch(reader, num_workers=self.num_threads, steps=steps)
+
+
+def _cuda_index(device: torch.device) -> int:
+    """``cuda`` without an index means the current device (torchrun sets it per rank)."""
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def _pad(images, rows, valid, size: int):
