@@ -352,6 +352,69 @@ def demo_data(out, n_train, n_val, seed):
     click.echo(json.dumps(s))
 
 
+# ---- training (logic in train/cli_support.py) ----
+
+
+def _methods():
+    from train.methods import METHODS
+
+    return METHODS
+
+
+REGISTRIES["method"] = _methods
+
+
+@main.command("train")
+@click.option("--shards", type=click.Path(), help="Shard set folder.")
+@click.option("--method", type=RegistryChoice("method"), help="See `cli.py methods`.")
+@click.option("--setting", type=click.Choice(["linear", "e2e"]), help="[default: linear]")
+@click.option("--regime", help="Observed view [default: single-positive; full for bce].")
+@click.option("--features", help="linear: cached features or embeddings tag.")
+@click.option("--clip", help="CLIP cache (image + class-text embeddings) for vlpl.")
+@click.option("--backbone", help="e2e: timm name or efficientnet-lite0 [default: resnet50].")
+@click.option("--weights", help="e2e: a local weights file, or none [default: pretrained].")
+@click.option("--epochs", type=int)
+@click.option("--lr", type=float)
+@click.option("--batch-size", type=int, help="Global batch (split over DDP ranks).")
+@click.option("--seed", type=int)
+@click.option("--out", type=click.Path(), help="Run folder [default: runs/METHOD-SETTING-SEED].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Start the run in --out again.")
+@click.option("--compile", is_flag=True, help="torch.compile the model.")
+@click.option("--sweep", is_flag=True, help="linear: Cole's lr x batch grid as one job.")
+@click.option("--stop-after-epochs", type=int, hidden=True)  # debug: an interruption
+@click.option("-o", "opts", multiple=True, metavar="KEY=VALUE", help="Method or run option.")
+@expected_errors
+def train_command(opts, **options):
+    """Train a method on a shard set (torchrun for DDP); prints the selected epoch's scores."""
+    from train.cli_support import build_run_config, run_train
+
+    run_train(build_run_config(options, parse_kv(opts), progress=True), echo=click.echo)
+
+
+@main.command("eval")
+@click.option("--run", "run_dir", required=True, type=click.Path())
+@click.option("--split", default="test", show_default=True, type=click.Choice(["val", "test"]))
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best")
+@expected_errors
+def eval_command(run_dir, split, checkpoint):
+    """Score a run's checkpoint on a split (clean labels)."""
+    from train.cli_support import eval_lines, evaluate_run
+
+    result = evaluate_run(run_dir, split, checkpoint)
+    for line in eval_lines(result, split, run_dir):
+        click.echo(line)
+
+
+@main.command("methods")
+def methods_command():
+    """The registered methods: regimes they train on, summary, paper."""
+    from train.cli_support import methods_lines
+
+    for line in methods_lines():
+        click.echo(line)
+
+
 @main.group()
 def bench():
     """Benchmarks (figures printed side by side; not tests)."""

@@ -1,0 +1,57 @@
+"""The tiny shard set the training tests share: the embedded digits demo (train 160, val 40,
+test 60 images, 10 classes) converted by the real converter, with cached "features" that carry
+the labels (no encoder runs), a CLIP-like cache with class-text embeddings, and a cache of
+another dimension."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from shards.convert import convert
+from shards.demo import write_demo_data
+from shards.embeddings import write_cache
+from shards.shardset import open_shard_set
+
+FEAT, CLIP, WIDE = "feat", "clip", "wide"  # cache tags
+DIMS = {FEAT: 24, CLIP: 16, WIDE: 40}
+_built: dict[str, Path] = {}
+
+
+def get_shards(tmp_path_factory) -> Path:
+    """Built once per session (read-only: tests write their runs elsewhere)."""
+    if "root" not in _built:
+        base = tmp_path_factory.mktemp("train-shards")
+        write_demo_data(base / "raw", n_train=200, n_val=60, size=32)
+        convert("coco", base / "raw", base / "shards", {}, {}, workers=1, fsync=False)
+        add_caches(base / "shards")
+        _built["root"] = base / "shards"
+    return _built["root"]
+
+
+def add_caches(root: Path) -> None:
+    ss = open_shard_set(root)
+    rng = np.random.default_rng(0)
+    for tag, dim in DIMS.items():
+        proj = rng.normal(size=(len(ss.classes), dim))
+        arrays = {}
+        for split in ss.splits:
+            y = (ss.full_labels(split) == 1).astype(np.float64)
+            x = y @ proj + 1.5 * rng.normal(size=(len(y), dim))
+            arrays[split] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        text = proj + 0.3 * rng.normal(size=proj.shape) if tag == CLIP else None
+        write_cache(root, tag, arrays, text=text, model=f"toy-{tag}")
+
+
+def read_metrics(run: Path, drop_time: bool = True) -> list[dict]:
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        if drop_time:
+            line.pop("time")
+    return lines
+
+
+def read_summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())

@@ -1,0 +1,127 @@
+"""What a training run is: :class:`RunConfig` (the run's own settings) plus the method's config
+dataclass, resolved together before any work and saved with the run and in every checkpoint.
+
+``-o key=value`` options go to the method when the method's config has that field (its protocol
+fields lr, batch_size, epochs, … included), else to the run (:data:`RUN_OPTIONS`); anything else
+fails listing both sets of valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shards.errors import WsmlError
+
+SETTINGS = ("linear", "e2e")
+DEFAULT_BACKBONE = "resnet50"
+# run options that may also come as -o key=value (method fields take precedence)
+RUN_OPTIONS = (
+    "clip",
+    "preset",
+    "image_size",
+    "loader",
+    "threshold",
+    "eval_batch_size",
+    "device",
+)
+# fields that say how this invocation runs, not what the run is (free to change on --resume)
+INVOCATION_FIELDS = ("resume", "overwrite", "stop_after_epochs", "progress", "device", "out")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run. ``batch_size`` (a method field) is the global batch: each of W ranks
+    takes batch_size / W samples of every step's batch."""
+
+    shards: str
+    method: str
+    setting: str = "linear"
+    regime: str | None = None  # observed view; None: single-positive, or the method's only one
+    features: str | None = None  # linear: embeddings cache tag (the head's inputs)
+    clip: str | None = None  # CLIP cache for methods that need one (default: --features)
+    backbone: str = DEFAULT_BACKBONE  # e2e: bundled name or timm model name
+    weights: str | None = None  # e2e: None = pretrained (bundled or hub), "none", or a file
+    preset: str = "cole448"  # e2e: augmentation preset (the backbone's mean/std)
+    image_size: int = 0  # e2e: >0 replaces the preset by a centre crop of this size
+    loader: str = "auto"  # e2e: dali, torch or auto
+    compile: bool = False  # e2e: torch.compile the model
+    seed: int = 0
+    out: str | None = None  # run folder (default runs/<method>-<setting>-<seed>)
+    method_options: Mapping[str, str] = field(default_factory=dict)  # key=value strings
+    threshold: float = 0.5  # score threshold of CP/CR/CF1/OP/OR/OF1
+    eval_batch_size: int = 0  # 0: 4096 rows (linear) or the training batch (e2e)
+    device: str = "auto"  # auto: cuda:LOCAL_RANK when there is a GPU, else cpu
+    resume: bool = False
+    overwrite: bool = False
+    stop_after_epochs: int = 0  # debug: return after this epoch as if interrupted
+    progress: bool = False
+    sweep: bool = False  # linear: train the hyper-parameter grid at once (train/sweep.py)
+
+    def __post_init__(self) -> None:
+        if self.setting not in SETTINGS:
+            raise WsmlError(f"setting must be one of {', '.join(SETTINGS)}, got {self.setting!r}")
+        if self.setting == "linear" and not self.features:
+            raise WsmlError(
+                "the linear setting trains on cached features: pass --features TAG "
+                "(make them with cli.py cache-features or cache-clip)"
+            )
+        if self.setting == "e2e" and self.features:
+            raise WsmlError("--features goes with --setting linear (e2e reads the images)")
+        if self.sweep and self.setting != "linear":
+            raise WsmlError("--sweep is for the linear setting")
+        if self.image_size < 0 or self.eval_batch_size < 0 or self.stop_after_epochs < 0:
+            raise WsmlError("image_size, eval_batch_size and stop_after_epochs must be >= 0")
+
+    @property
+    def run_dir(self) -> str:
+        return self.out or f"runs/{self.method}-{self.setting}-{self.seed}"
+
+
+def split_options(
+    method_fields: list[str], options: Mapping[str, str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(method options, run options) of ``-o`` pairs; an unknown key fails listing both."""
+    method, run, unknown = {}, {}, []
+    for key, value in options.items():
+        if key in method_fields:
+            method[key] = value
+        elif key in RUN_OPTIONS:
+            run[key] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise WsmlError(
+            f"unknown option(s) {', '.join(sorted(unknown))}; method options: "
+            f"{', '.join(sorted(method_fields))}; run options: {', '.join(RUN_OPTIONS)}"
+        )
+    return method, run
+
+
+def with_run_options(config: RunConfig, options: Mapping[str, str]) -> RunConfig:
+    """``config`` with run options given as strings (from ``-o``) converted to field types."""
+    types = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}
+    values: dict[str, Any] = {}
+    for key, text in options.items():
+        kind = types[key]
+        if "None" in kind and text.lower() == "none" and key != "weights":
+            values[key] = None
+        elif kind.startswith("int") or kind.startswith("float"):
+            try:
+                values[key] = (int if kind.startswith("int") else float)(text)
+            except ValueError:
+                raise WsmlError(f"option {key} expects a number, got {text!r}") from None
+        else:
+            values[key] = text
+    return dataclasses.replace(config, **values)
+
+
+def run_dict(config: RunConfig) -> dict[str, Any]:
+    """The run's settings as saved (without the invocation-only fields)."""
+    out = dataclasses.asdict(config)
+    out["method_options"] = dict(config.method_options)
+    for key in INVOCATION_FIELDS:
+        out.pop(key)
+    return out

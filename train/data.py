@@ -1,0 +1,231 @@
+"""Batches for the loop, one interface for both settings: ``train_batches(epoch)`` yields this
+rank's part of every step's global batch, ``eval_batches(split)`` this rank's share of a split
+(``valid`` False marks padding), each a dict with ``input``, ``row``, ``observed``, ``full`` and,
+for methods that need CLIP, ``embedding``.
+
+Linear (:class:`FeatureData`): the cached features of every split in memory. Epoch ``e``
+shuffles the training rows with a permutation drawn from a generator seeded by (seed, e); step
+``s`` takes the global batch ``perm[s B : (s + 1) B]`` (the last partial batch is dropped) and
+rank ``r`` of ``W`` its contiguous ``[r B / W, (r + 1) B / W)``. So the samples of every step,
+and their order, are the same for any number of ranks. Eval: rank ``r`` scores rows
+``[r N / W, (r + 1) N / W)``.
+
+End-to-end (:class:`ImageData`): images streamed by ``pipelines.create_loader`` with ``B / W``
+samples per rank and step (its sharding: a rank reads a rotating shard of each epoch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pipelines import sharding
+from shards import embeddings as emb
+from shards.errors import WsmlError
+from shards.shardset import ShardSet
+from train.context import Context
+
+SPLITS = ("train", "val", "test")
+LINEAR_EVAL_ROWS = 4096
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of epoch ``epoch``'s permutation: a function of (seed, epoch) alone, so a
+    resumed run draws exactly what an uninterrupted one does."""
+    state = np.random.SeedSequence([seed, epoch]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def read_features(ss: ShardSet, tag: str, split: str, what: str = "features") -> np.ndarray:
+    arr = emb.read_split(ss.root, tag, split)
+    rows = int(ss.split(split)["num_samples"])
+    if arr.shape[0] != rows:
+        raise WsmlError(
+            f"{what} {tag!r} have {arr.shape[0]} rows for split {split}, its label table has "
+            f"{rows}: cache them again"
+        )
+    return arr
+
+
+def read_clip_text(ss: ShardSet, tag: str, method: str) -> np.ndarray:
+    """(L, D) class-text embeddings of a CLIP cache, for a method that needs them."""
+    meta = emb.get_cache(ss.root, tag)
+    if "text" not in meta:
+        raise WsmlError(
+            f"method {method} needs a CLIP cache (image and class-text embeddings); cache "
+            f"{tag!r} has no class-text embeddings: make one with `cli.py cache-clip --shards "
+            f"{ss.root}` and pass it with --clip TAG (or --features TAG)"
+        )
+    text = emb.read_text(ss.root, tag)
+    if text.shape != (len(ss.classes), meta["dim"]):
+        raise WsmlError(
+            f"class-text embeddings of {tag!r} have shape {text.shape}, expected "
+            f"({len(ss.classes)}, {meta['dim']}): cache them again"
+        )
+    return text
+
+
+class FeatureData:
+    """Every split's cached features (float16, converted per batch) and labels in memory:
+    ``splits[split]`` holds ``input`` (N, D), ``observed`` and ``full`` (N, L) int8 and, for
+    CLIP methods, ``embedding`` (N, E)."""
+
+    def __init__(
+        self,
+        splits: dict[str, dict[str, Tensor]],
+        ctx: Context,
+        *,
+        seed: int,
+        batch_size: int,
+        eval_rows: int = 0,
+    ):
+        self.ctx, self.seed, self.batch_size = ctx, seed, batch_size
+        self.local = ctx.local_batch(batch_size)
+        self.eval_rows = eval_rows or LINEAR_EVAL_ROWS
+        self.splits = {s: {k: v.to(ctx.device) for k, v in d.items()} for s, d in splits.items()}
+        dims = {tuple(s["input"].shape[1:]) for s in self.splits.values()}
+        if len(dims) != 1:
+            raise WsmlError(f"features differ in dimension between splits: {sorted(dims)}")
+        self.feature_dim = int(self.splits["train"]["input"].shape[1])
+
+    @classmethod
+    def read(
+        cls, ss: ShardSet, features: str, view: str, ctx: Context, *, clip: str | None = None, **kw
+    ) -> FeatureData:
+        """The cache ``features`` (and ``clip``'s image embeddings) of every split, with the
+        observed labels of ``view`` and the clean labels."""
+        splits = {}
+        for split in SPLITS:
+            data = {
+                "input": torch.from_numpy(np.array(read_features(ss, features, split))),
+                "observed": torch.from_numpy(ss.observed_labels(view, split)),
+                "full": torch.from_numpy(ss.full_labels(split)),
+            }
+            if clip is not None:
+                image = read_features(ss, clip, split, "CLIP embeddings")
+                data["embedding"] = torch.from_numpy(np.array(image))
+            splits[split] = data
+        return cls(splits, ctx, **kw)
+
+    def num_rows(self, split: str) -> int:
+        return int(self.splits[split]["full"].shape[0])
+
+    def labels(self, split: str) -> np.ndarray:
+        return self.splits[split]["full"].cpu().numpy()
+
+    def observed(self, split: str) -> Tensor:
+        return self.splits[split]["observed"]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.num_rows("train") // self.batch_size
+
+    def batch(self, split: str, rows: Tensor) -> dict[str, Tensor]:
+        data = self.splits[split]
+        out = {k: v[rows] for k, v in data.items()}
+        out["input"] = out["input"].float()
+        if "embedding" in out:
+            out["embedding"] = out["embedding"].float()
+        out["row"] = rows
+        return out
+
+    def train_batches(self, epoch: int) -> Iterator[dict[str, Tensor]]:
+        n, b, r = self.num_rows("train"), self.batch_size, self.ctx.rank
+        perm = torch.randperm(n, generator=epoch_generator(self.seed, epoch)).to(self.ctx.device)
+        for s in range(self.steps_per_epoch):
+            lo = s * b + r * self.local
+            yield self.batch("train", perm[lo : lo + self.local])
+
+    def eval_batches(self, split: str) -> Iterator[dict[str, Tensor]]:
+        start, end = sharding.shard_range(self.num_rows(split), self.ctx.rank, self.ctx.world_size)
+        for lo in range(start, end, self.eval_rows):
+            rows = torch.arange(lo, min(end, lo + self.eval_rows), device=self.ctx.device)
+            out = self.batch(split, rows)
+            out["valid"] = torch.ones(len(rows), dtype=torch.bool, device=rows.device)
+            yield out
+
+
+class ImageData:
+    """Images through ``create_loader``: one loader per split, rebuilt per epoch by the loader
+    itself from (seed, epoch, rank)."""
+
+    def __init__(
+        self,
+        ss: ShardSet,
+        view: str,
+        ctx: Context,
+        *,
+        preset,
+        seed: int,
+        batch_size: int,
+        clip: str | None = None,
+        backend: str = "auto",
+        eval_batch: int = 0,
+    ):
+        from pipelines.loader import create_loader
+
+        self.ss, self.view, self.ctx, self.batch_size = ss, view, ctx, batch_size
+        self.local = ctx.local_batch(batch_size)
+        common = dict(
+            regime=view,
+            preset=preset,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            device=ctx.device,
+            seed=seed,
+            backend=backend,
+            embeddings=clip,
+        )
+        self.loaders = {
+            "train": create_loader(ss, "train", batch_size=self.local, train=True, **common)
+        }
+        for split in SPLITS:  # the training split once more, in eval mode (epoch passes)
+            self.loaders[f"eval-{split}"] = create_loader(
+                ss, split, batch_size=eval_batch or self.local, train=False, **common
+            )
+        self.channels_last = ctx.device.type == "cuda"
+
+    def num_rows(self, split: str) -> int:
+        return int(self.ss.split(split)["num_samples"])
+
+    def labels(self, split: str) -> np.ndarray:
+        return self.ss.full_labels(split)
+
+    def observed(self, split: str) -> Tensor:
+        return torch.from_numpy(self.ss.observed_labels(self.view, split))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """From the manifest's sample counts (the loader's own formula), not len() of it."""
+        n = self.num_rows("train")
+        return sharding.num_batches(n, self.local, self.ctx.world_size, train=True)
+
+    def _batches(self, key: str, epoch: int) -> Iterator[dict[str, Tensor]]:
+        loader = self.loaders[key]
+        loader.set_epoch(epoch)
+        for batch in loader:
+            x = batch.pop("image")
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            batch["input"] = x
+            yield batch
+
+    def train_batches(self, epoch: int) -> Iterator[dict[str, Tensor]]:
+        return self._batches("train", epoch)
+
+    def eval_batches(self, split: str) -> Iterator[dict[str, Tensor]]:
+        return self._batches(f"eval-{split}", 0)
+
+
+def e2e_preset(name: str, image_size: int, mean, std):
+    """A registered preset's geometry with the backbone's mean/std, or (``image_size`` > 0) a
+    centre crop of that size (quick runs and smoke tests)."""
+    from pipelines.presets import center_crop_preset, get_preset
+
+    if image_size:
+        return center_crop_preset(image_size, mean, std, "bilinear", name=f"center{image_size}")
+    return dataclasses.replace(get_preset(name), mean=tuple(mean), std=tuple(std))

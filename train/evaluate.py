@@ -1,0 +1,74 @@
+"""Scoring: each rank predicts its share of a split, the shares are gathered (every rank then
+holds the whole split and computes the same metrics, so all ranks take the same decisions), and
+``train.metrics`` scores them against the clean labels."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from shards.errors import WsmlError
+from train import metrics
+from train.context import Context, evaluating
+from train.methods import gather_cat
+
+
+def predict(
+    model: nn.Module,
+    batches: Iterable[dict[str, Tensor]],
+    ctx: Context,
+    num_rows: int,
+    gather: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """(rows, probabilities) of a whole split in row order: sigmoid of the logits, float32, on
+    the CPU; with ``gather=False`` only this rank's share (for a method that gathers itself)."""
+    rows, probs = [], []
+    with evaluating(model), ctx.autocast():
+        for batch in batches:
+            keep = batch["valid"]
+            logits = model(batch["input"])
+            rows.append(batch["row"][keep].cpu())
+            probs.append(torch.sigmoid(logits[keep].float()).cpu())
+    r, p = torch.cat(rows), torch.cat(probs)
+    if not gather:
+        return r, p
+    r, p = gather_cat(r, p)
+    order = torch.argsort(r)
+    r, p = r[order], p[order]
+    if len(r) != num_rows or not torch.equal(r, torch.arange(num_rows)):
+        raise WsmlError(f"evaluation scored {len(r)} rows of {num_rows} (or some twice)")
+    return r, p
+
+
+def score(probs: Any, labels: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
+    """mAP, CP/CR/CF1/OP/OR/OF1 and per-class AP (x 100). Labels with unknown entries (0, e.g.
+    Open Images) are scored with the OpenImages variant: annotated entries only."""
+    annotated_only = bool((labels == 0).any())
+    out = metrics.evaluate(probs, labels, threshold=threshold, annotated_only=annotated_only)
+    out["variant"] = "annotated" if annotated_only else "all"
+    return out
+
+
+def evaluate_splits(
+    models: dict[str, nn.Module], data, ctx: Context, splits: Iterable[str], threshold: float
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """{weights name: {split: scores + "probs"}} for each model (the trained weights, the EMA)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, model in models.items():
+        out[name] = {}
+        for split in splits:
+            n = data.num_rows(split)
+            _, probs = predict(model, data.eval_batches(split), ctx, n)
+            result = score(probs.numpy(), data.labels(split), threshold)
+            result["probs"] = probs
+            out[name][split] = result
+    return out
+
+
+def headline(result: dict[str, Any]) -> dict[str, float]:
+    """The scalars of one split's scores (no per-class APs, no predictions)."""
+    return {k: v for k, v in result.items() if k not in ("AP", "probs", "variant")}

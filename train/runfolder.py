@@ -1,0 +1,192 @@
+"""The run folder: every file written atomically (temporary name, then rename), by rank 0.
+
+```
+runs/NAME/
+  config.json           the resolved config (run settings, method config, dataset, classes, …)
+  metrics.jsonl         one line per epoch: train losses, val/test (and EMA) metrics, times
+  summary.json          the selected epoch (best validation mAP), its val and test metrics,
+                        per-class test APs
+  predictions/{val,test}.npy   probabilities (N, L) float32 of the selected epoch, row order
+  checkpoint-last.pt    model, method state, optimizer, EMA, epoch, step, RNG, loop state,
+                        config: what --resume continues from
+  checkpoint-best.pt    the same at the selected epoch
+```
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from shards.embeddings import write_array
+from shards.errors import WsmlError
+from shards.fileio import dumps_json, tmp_path_for, write_bytes_atomic, write_json_atomic
+
+FORMAT = "wsml-run"
+VERSION = 1
+CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
+LAST, BEST = "checkpoint-last.pt", "checkpoint-best.pt"
+PREDICTIONS = "predictions"
+
+
+class RunFolder:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def read_config(self) -> dict | None:
+        path = self.path / CONFIG
+        if not path.is_file():
+            return None
+        try:
+            config = json.loads(path.read_text())
+        except ValueError as e:
+            raise WsmlError(f"{path} is not valid JSON ({e})") from None
+        if not isinstance(config, dict) or config.get("format") != FORMAT:
+            raise WsmlError(f"{path} is not the config of a wsml run")
+        return config
+
+    def check_reuse(self, config: dict, *, resume: bool, overwrite: bool) -> dict | None:
+        """Refuse a folder of another dataset, or one holding a run when neither ``resume`` nor
+        ``overwrite`` is given; returns the saved config to resume from (else None)."""
+        saved = self.read_config()
+        if saved is None:
+            if resume:
+                raise WsmlError(f"--resume: {self.path} holds no run (no {CONFIG})")
+            if self.path.exists() and any(self.path.iterdir()) and not overwrite:
+                raise WsmlError(f"{self.path} exists and is not a run folder; choose another --out")
+            return None
+        theirs = (saved.get("dataset"), saved.get("classes"))
+        if theirs != (config["dataset"], config["classes"]):
+            raise WsmlError(
+                f"{self.path} holds a run on dataset {saved.get('dataset')!r} "
+                f"({len(saved.get('classes') or [])} classes), not {config['dataset']!r} "
+                f"({len(config['classes'])} classes) of {config['run']['shards']}; "
+                "choose another --out"
+            )
+        if overwrite:
+            return None
+        if not resume:
+            raise WsmlError(
+                f"{self.path} already holds a run; pass --resume to continue it or --overwrite "
+                "to start it again"
+            )
+        differ = [k for k in ("run", "method", "feature_dim") if saved.get(k) != config.get(k)]
+        if differ:
+            detail = _differences(saved, config, differ)
+            raise WsmlError(f"--resume: {self.path} was trained with other settings: {detail}")
+        if not (self.path / LAST).is_file():
+            raise WsmlError(f"--resume: {self.path} has no {LAST} yet; start it again")
+        return saved
+
+    def start(self, config: dict) -> None:
+        """A fresh run: clear what a previous one left (--overwrite) and write config.json."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        for name in (METRICS, SUMMARY, LAST, BEST):
+            (self.path / name).unlink(missing_ok=True)
+        shutil.rmtree(self.path / PREDICTIONS, ignore_errors=True)
+        write_json_atomic(self.path / CONFIG, config)
+
+    def read_metrics(self) -> list[dict]:
+        path = self.path / METRICS
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def write_metrics(self, records: list[dict]) -> None:
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+        write_bytes_atomic(self.path / METRICS, text.encode())
+
+    def append_metrics(self, record: dict) -> None:
+        self.write_metrics([*self.read_metrics(), record])
+
+    def keep_metrics(self, last_epoch: int) -> None:
+        """Drop lines of epochs after ``last_epoch`` (written before an interruption)."""
+        self.write_metrics([r for r in self.read_metrics() if r["epoch"] <= last_epoch])
+
+    def write_summary(self, summary: dict) -> None:
+        write_json_atomic(self.path / SUMMARY, summary)
+
+    def read_summary(self) -> dict:
+        path = self.path / SUMMARY
+        if not path.is_file():
+            raise WsmlError(f"{self.path} has no {SUMMARY}: the run has not finished an epoch")
+        return json.loads(path.read_text())
+
+    def write_predictions(self, split: str, probs: np.ndarray) -> None:
+        (self.path / PREDICTIONS).mkdir(exist_ok=True)
+        write_array(self.path / PREDICTIONS / f"{split}.npy", probs.astype(np.float32))
+
+    def save_checkpoint(self, state: dict[str, Any], best: bool) -> None:
+        last = self.path / LAST
+        tmp = tmp_path_for(last)
+        torch.save(state, tmp)
+        if best:
+            tmp_best = tmp_path_for(self.path / BEST)
+            shutil.copyfile(tmp, tmp_best)
+            os.replace(tmp_best, self.path / BEST)
+        os.replace(tmp, last)
+
+    def load_checkpoint(self, which: str = LAST, device: str | torch.device = "cpu") -> dict:
+        path = self.path / which
+        if not path.is_file():
+            raise WsmlError(f"{path} is missing")
+        return torch.load(path, map_location=device, weights_only=False)
+
+
+def _differences(saved: dict, config: dict, keys: list[str]) -> str:
+    out = []
+    for key in keys:
+        a, b = saved.get(key), config.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [
+                f"{key}.{k}: {a.get(k)!r} -> {b.get(k)!r}"
+                for k in sorted(a | b)
+                if a.get(k) != b.get(k)
+            ]
+        else:
+            out.append(f"{key}: {a!r} -> {b!r}")
+    return "; ".join(out)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN (a class the OpenImages variant skips) as null; numpy values as plain ones."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, (float, np.floating)):
+        return None if np.isnan(obj) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+__all__ = ["RunFolder", "dumps_json", "json_safe", "rng_state", "set_rng_state"]

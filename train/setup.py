@@ -1,0 +1,305 @@
+"""Everything the loop needs, built and checked before any work: the resolved config, the data,
+model, method, optimiser, schedule and EMA, and the state of a resumed run."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from shards import embeddings as emb
+from shards.errors import WsmlError
+from shards.shardset import ShardSet, open_shard_set
+from train.config import RunConfig, run_dict, split_options, with_run_options
+from train.context import (
+    Context,
+    Schedule,
+    create_optimizer,
+    create_schedule,
+    param_groups,
+)
+from train.data import FeatureData, ImageData, e2e_preset, read_clip_text
+from train.methods import Method, MethodConfig, MethodInfo, config_dict, get_method
+from train.model import Classifier, Ema, create_classifier
+from train.runfolder import RunFolder, set_rng_state
+
+CHECKPOINT_FORMAT = "wsml-checkpoint"
+
+
+@dataclass
+class LoopState:
+    """Where the run stands after its last completed epoch; travels in every checkpoint."""
+
+    epoch: int = 0
+    step: int = 0
+    best_epoch: int = 0
+    best_val: float = -math.inf
+    best_weights: str = "model"
+    since_best: int = 0
+    stopped: str | None = None
+
+    def update(self, epoch: int, val_maps: dict[str, float], cfg: MethodConfig) -> bool:
+        """Record epoch ``epoch``'s val mAP of each set of weights; returns whether it is the
+        new best. Stops as Zhou (``stop_patience`` epochs without a better val mAP) or Kim
+        (val mAP more than ``stop_drop`` points below the best)."""
+        name, val = max(val_maps.items(), key=lambda kv: kv[1])  # ties: the trained weights
+        improved = val > self.best_val
+        if improved:
+            self.best_epoch, self.best_val, self.best_weights = epoch, val, name
+            self.since_best = 0
+        else:
+            self.since_best += 1
+        if cfg.stop_patience and self.since_best >= cfg.stop_patience:
+            self.stopped = f"no better val mAP for {self.since_best} epoch(s) (stop_patience)"
+        elif cfg.stop_drop and val < self.best_val - cfg.stop_drop:
+            self.stopped = f"val mAP {val:.2f} fell more than {cfg.stop_drop} below the best"
+        self.epoch = epoch
+        return improved
+
+
+@dataclass
+class Run:
+    config: RunConfig
+    resolved: dict[str, Any]
+    folder: RunFolder
+    data: FeatureData | ImageData
+    model: Classifier  # the plain module (checkpoints, EMA)
+    net: nn.Module  # what trains: compiled and/or DDP-wrapped
+    method: Method
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    ema: Ema | None = None
+    state: LoopState = field(default_factory=LoopState)
+    step_threads: int = 0  # intra-op threads while training (0: unchanged)
+
+    def eval_models(self) -> dict[str, nn.Module]:
+        models: dict[str, nn.Module] = {"model": self.model}
+        if self.ema is not None:
+            models["ema"] = self.ema.module
+        return models
+
+    def checkpoint(self) -> dict[str, Any]:
+        from train.runfolder import rng_state
+
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.resolved,
+            "epoch": self.state.epoch,
+            "step": self.state.step,
+            "model": self.model.state_dict(),
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "loop": dataclasses.asdict(self.state),
+            "rng": rng_state(),
+        }
+
+
+def resolve_regime(ss: ShardSet, info: MethodInfo, view: str | None) -> tuple[str, str]:
+    """(view, kind): the observed view to train on and its regime kind. ``full`` labels with
+    unknown entries (Open Images) count as partial."""
+    if view is None:
+        if "single-positive" in info.regimes and "single-positive" in ss.regimes:
+            view = "single-positive"
+        elif "full" in info.regimes:
+            view = "full"
+        else:
+            fits = [v for v, m in ss.regimes.items() if m["regime"] in info.regimes]
+            if not fits:
+                have = ", ".join(["full", *ss.regimes])
+                raise WsmlError(
+                    f"method {info.name} trains on {', '.join(info.regimes)} labels; "
+                    f"{ss.root} has views: {have} (make one with cli.py observe)"
+                )
+            view = fits[0]
+    if view in ("full", "clean"):
+        kind = "partial" if bool((ss.full_labels("train") == 0).any()) else "full"
+    elif view in ss.regimes:
+        kind = ss.regimes[view]["regime"]
+    else:
+        ss.observed_labels(view, "train")  # raises, listing the views
+        raise AssertionError("unreachable")
+    info.check_regime(kind)
+    return view, kind
+
+
+def _cache_dim(ss: ShardSet, tag: str, what: str) -> int:
+    meta = emb.get_cache(ss.root, tag)
+    missing = [s for s in ("train", "val", "test") if s not in meta["splits"]]
+    if missing:
+        raise WsmlError(f"{what} {tag!r} of {ss.root} lack split(s) {', '.join(missing)}")
+    return int(meta["dim"])
+
+
+def _clip_tag(ss: ShardSet, info: MethodInfo, config: RunConfig) -> str | None:
+    if not info.needs_clip:
+        return None
+    tag = config.clip or config.features
+    if tag is None:
+        raise WsmlError(
+            f"method {info.name} needs a CLIP cache (image and class-text embeddings): make "
+            f"one with `cli.py cache-clip --shards {ss.root}` and pass --clip TAG "
+            f"(caches here: {', '.join(emb.list_caches(ss.root)) or 'none'})"
+        )
+    _cache_dim(ss, tag, "CLIP embeddings")
+    return tag
+
+
+def _check_e2e(config: RunConfig) -> None:
+    from pipelines.loader import BACKENDS
+    from pipelines.presets import get_preset
+
+    if not config.image_size:
+        get_preset(config.preset)
+    if config.loader != "auto":
+        BACKENDS.get(config.loader)
+
+
+def resolve(config: RunConfig, ctx: Context) -> tuple[RunConfig, dict[str, Any], ShardSet]:
+    """Check everything that needs no data: options, regime, caches, dimensions; returns the
+    config with the run options of ``-o`` applied and the resolved config to save."""
+    ss = open_shard_set(config.shards)
+    config = dataclasses.replace(config, shards=str(ss.root.resolve()))
+    info = get_method(config.method)
+    names = [f.name for f in dataclasses.fields(info.config)]
+    method_opts, run_opts = split_options(names, config.method_options)
+    config = with_run_options(dataclasses.replace(config, method_options=method_opts), run_opts)
+    view, kind = resolve_regime(ss, info, config.regime)
+    mcfg = info.resolve(ss.manifest["dataset"], method_opts)
+    ctx.local_batch(mcfg.batch_size)
+    clip = _clip_tag(ss, info, config)
+    if clip is not None:
+        read_clip_text(ss, clip, info.name)
+    resolved: dict[str, Any] = {
+        "format": "wsml-run",
+        "version": 1,
+        "run": run_dict(dataclasses.replace(config, regime=view, clip=clip)),
+        "method": config_dict(mcfg),
+        "method_paper": info.paper,
+        "dataset": ss.manifest["dataset"],
+        "classes": list(ss.classes),
+        "regime": {"view": view, "kind": kind},
+        "rows": {s: int(ss.split(s)["num_samples"]) for s in ("train", "val", "test")},
+        "world_size": ctx.world_size,
+        "versions": {"torch": torch.__version__},
+    }
+    if config.setting == "linear":
+        resolved["feature_dim"] = _cache_dim(ss, config.features, "features")
+    else:
+        _check_e2e(config)
+    config = dataclasses.replace(config, regime=view, clip=clip)
+    return config, resolved, ss
+
+
+def prepare(config: RunConfig, ctx: Context) -> Run:
+    config, resolved, ss = resolve(config, ctx)
+    info = get_method(config.method)
+    mcfg = info.resolve(resolved["dataset"], config.method_options)
+    torch.manual_seed(config.seed)
+    backbone = None
+    if config.setting == "e2e":
+        from models.backbones import create_backbone
+
+        backbone, binfo = create_backbone(config.backbone, weights=config.weights)
+        resolved["feature_dim"] = binfo.feature_dim
+        resolved["backbone"] = {"weights": binfo.weights, "sha256": binfo.weights_sha256}
+    folder = RunFolder(config.run_dir)
+    saved = folder.check_reuse(resolved, resume=config.resume, overwrite=config.overwrite)
+    data = create_data(config, ss, mcfg, ctx, backbone)
+    text = None
+    if info.needs_clip:
+        text = torch.from_numpy(read_clip_text(ss, config.clip, info.name)).float()
+    run = assemble(config, resolved, folder, data, info, mcfg, ctx, backbone=backbone, text=text)
+    if saved is not None:
+        restore(run, folder.load_checkpoint(device=ctx.device))
+        if ctx.is_main:
+            folder.keep_metrics(run.state.epoch)
+    elif ctx.is_main:
+        folder.start(resolved)
+    ctx.barrier()
+    run.net = ctx.wrap(torch.compile(run.model) if config.compile else run.model)
+    return run
+
+
+def assemble(
+    config: RunConfig,
+    resolved: dict[str, Any],
+    folder: RunFolder | None,
+    data: FeatureData | ImageData,
+    info: MethodInfo,
+    mcfg: MethodConfig,
+    ctx: Context,
+    *,
+    backbone: nn.Module | None = None,
+    text: torch.Tensor | None = None,
+) -> Run:
+    """Model, method (on the device before the optimiser is built), optimiser with the
+    method's own groups, schedule and EMA around ``data``."""
+    num_classes = len(resolved["classes"])
+    model = create_classifier(resolved["feature_dim"], num_classes, config.seed, backbone)
+    model.to(ctx.device)
+    method = info.create(
+        data.num_rows("train"),
+        num_classes,
+        mcfg,
+        observed=data.observed("train").cpu() if info.needs_observed else None,
+        text_embeddings=text,
+        generator=torch.Generator().manual_seed(config.seed),
+    ).to(ctx.device)
+    groups = param_groups(model, model.head, mcfg) + method.extra_parameters()
+    return Run(
+        config=config,
+        resolved=resolved,
+        folder=folder,
+        data=data,
+        model=model,
+        net=model,
+        method=method,
+        optimizer=create_optimizer(groups),
+        schedule=create_schedule(mcfg, data.steps_per_epoch),
+        ema=Ema(model, mcfg.ema) if mcfg.ema else None,
+        step_threads=1 if isinstance(data, FeatureData) and ctx.device.type == "cpu" else 0,
+    )
+
+
+def create_data(config, ss, mcfg, ctx, backbone) -> FeatureData | ImageData:
+    if config.setting == "linear":
+        return FeatureData.read(
+            ss,
+            config.features,
+            config.regime,
+            ctx,
+            seed=config.seed,
+            batch_size=mcfg.batch_size,
+            clip=config.clip,
+            eval_rows=config.eval_batch_size,
+        )
+    cfg = backbone.pretrained_cfg  # timm's: the mean/std the backbone was trained with
+    preset = e2e_preset(config.preset, config.image_size, cfg["mean"], cfg["std"])
+    return ImageData(
+        ss,
+        config.regime,
+        ctx,
+        preset=preset,
+        seed=config.seed,
+        batch_size=mcfg.batch_size,
+        clip=config.clip,
+        backend=config.loader,
+        eval_batch=config.eval_batch_size,
+    )
+
+
+def restore(run: Run, ckpt: dict[str, Any]) -> None:
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise WsmlError(f"{run.folder.path} holds a checkpoint of another format")
+    run.model.load_state_dict(ckpt["model"])
+    run.method.load_state_dict(ckpt["method"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    if run.ema is not None:
+        run.ema.load_state_dict(ckpt["ema"])
+    run.state = LoopState(**ckpt["loop"])
+    set_rng_state(ckpt["rng"])
