@@ -33,8 +33,9 @@ def build_run_config(
     base: dict[str, Any] = {}
     if opts.get("resume") and opts.get("out"):
         saved = RunFolder(opts["out"]).read_config()
-        if saved is not None:
-            base = {k: v for k, v in saved["run"].items() if k in RUN_FIELDS}
+        if saved is None:
+            raise WsmlError(f"--resume: {opts['out']} holds no run (no config.json)")
+        base = {k: v for k, v in saved["run"].items() if k in RUN_FIELDS}
     method_opts = {**base.pop("method_options", {}), **given_method}
     values = {**base, **{k: v for k, v in opts.items() if v is not None and v is not False}}
     values.update(
