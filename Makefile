@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(PY) cli.py shard --dataset coco --root data/raw/digits --out data/shards/digits
 	$(PY) cli.py info data/shards/digits
 	$(PY) cli.py verify data/shards/digits
+	$(PY) cli.py cache-features --shards data/shards/digits --backbone efficientnet-lite0 --preset backbone --image-size 128
 
 test: $(STAMP)
 	$(PY) -m pytest -q

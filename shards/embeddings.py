@@ -8,23 +8,42 @@ embeddings/<tag>/
   text.npy         (L, D) float16 class-text embeddings (CLIP caches), with the prompts in meta
 ```
 
-A folder without ``meta.json`` is an unfinished cache and is never read.
+A folder without ``meta.json`` is an unfinished cache and is never read. While a cache is being
+written (resumably, by one or several processes) it also holds ``<split>.npy.partial`` (the
+preallocated array, rows filled in chunk by chunk), ``progress.json`` (the settings and the chunks
+done) and lock files; finishing renames the arrays, writes ``meta.json`` and removes the rest.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from shards.errors import WsmlError
-from shards.fileio import dumps_json, publish, tmp_path_for, write_bytes_atomic
+from shards.fileio import (
+    dumps_json,
+    fsync_dir,
+    publish,
+    remove_temporaries,
+    tmp_path_for,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 
 FORMAT = "wsml-embeddings"
 VERSION = 1
 TAG_RE = re.compile(r"^[A-Za-z0-9_.@+-]+$")
+PROGRESS = "progress.json"
+PROGRESS_FORMAT = "wsml-embeddings-progress"
+PARTIAL_SUFFIX = ".npy.partial"
 
 
 def make_tag(*parts: str) -> str:
@@ -139,3 +158,124 @@ def write_cache(
         info["text"] = {"path": "text.npy", "rows": int(text.shape[0]), **meta.pop("text", {})}
     write_meta(root, tag, {**info, **meta})
     return folder
+
+
+# ---- resumable writing: preallocated partial arrays, a progress file, locks ----
+
+
+def cache_folder(root: Path, tag: str) -> Path:
+    return Path(root) / "embeddings" / tag
+
+
+def partial_path(folder: Path, split: str) -> Path:
+    return Path(folder) / f"{split}{PARTIAL_SUFFIX}"
+
+
+def create_partial(folder: Path, split: str, rows: int, dim: int) -> bool:
+    """Preallocate a (rows, dim) float16 .npy under the split's partial name (sparse on disk);
+    one that already has that shape is kept (a resumed run). Returns whether it was created."""
+    path = partial_path(folder, split)
+    if path.is_file():
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            if arr.shape == (rows, dim) and arr.dtype == np.float16:
+                return False
+        except ValueError:  # a torn header: make it again
+            pass
+    tmp = tmp_path_for(path)
+    if rows == 0:  # numpy cannot map an empty array
+        with open(tmp, "wb") as f:
+            np.save(f, np.zeros((0, dim), np.float16), allow_pickle=False)
+    else:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(rows, dim))
+        del arr
+    publish(tmp, path)
+    return True
+
+
+def open_partial(folder: Path, split: str) -> np.memmap:
+    """The split's partial array for writing rows in place (several processes may each write
+    their own rows of it)."""
+    return np.lib.format.open_memmap(partial_path(folder, split), mode="r+")
+
+
+def publish_partial(folder: Path, split: str) -> None:
+    """Rename a finished partial array to ``<split>.npy``."""
+    os.replace(partial_path(folder, split), Path(folder) / f"{split}.npy")
+
+
+def read_progress(folder: Path) -> dict | None:
+    path = Path(folder) / PROGRESS
+    try:
+        p = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return p if isinstance(p, dict) and p.get("format") == PROGRESS_FORMAT else None
+
+
+def write_progress(folder: Path, settings: dict, done: dict[str, list[int]]) -> None:
+    """The settings of an unfinished cache and the chunks of each split done so far."""
+    progress = {"format": PROGRESS_FORMAT, "settings": settings, "done": done}
+    write_json_atomic(Path(folder) / PROGRESS, progress)
+
+
+def mark_chunk_done(folder: Path, split: str, chunk: int) -> None:
+    """Record one chunk as done (after its rows are flushed); safe with several writers."""
+    with _flock(Path(folder) / ".progress.lock"):
+        p = read_progress(folder)
+        if p is None:
+            raise WsmlError(f"{folder / PROGRESS} disappeared while the cache was being written")
+        done = p["done"]
+        done[split] = sorted(set(done.get(split, [])) | {chunk})
+        write_progress(folder, p["settings"], done)
+
+
+@contextmanager
+def writer_lock(folder: Path) -> Iterator[None]:
+    """Held by the process that prepares and finishes a cache: a second command writing the
+    same cache at the same time fails at once instead of corrupting it."""
+    path = Path(folder) / ".writer.lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WsmlError(f"another process is writing {folder}; wait for it to finish") from None
+        try:
+            yield
+        finally:
+            if (Path(folder) / "meta.json").is_file():  # finished: tidy up
+                path.unlink(missing_ok=True)
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def finish_cache(folder: Path) -> None:
+    """Remove what only an unfinished cache needs (after ``meta.json`` is published)."""
+    folder = Path(folder)
+    for name in (PROGRESS, ".progress.lock"):
+        (folder / name).unlink(missing_ok=True)
+    for p in folder.glob("*" + PARTIAL_SUFFIX):
+        p.unlink()
+    remove_temporaries(folder)  # of writers killed earlier
+    fsync_dir(folder)
+
+
+def remove_cache(folder: Path) -> None:
+    """Delete a cache, its ``meta.json`` first, so no reader ever sees it half-removed."""
+    folder = Path(folder)
+    (folder / "meta.json").unlink(missing_ok=True)
+    fsync_dir(folder)
+    for p in folder.iterdir():
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.name != ".writer.lock":  # held by the caller
+            p.unlink()

@@ -1,0 +1,144 @@
+"""``cli.py bench cache-clip``: images/s of CLIP image embedding, split into its parts: the
+loader alone over the split (decode + the model's preprocessing), the model alone on one fixed
+batch repeated, and the whole cache run (both overlapped, plus writing the rows)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from models.cache import create_clip_encoder
+from models.cache_run import CacheOptions, DistContext, Encoder, run_cache
+from pipelines.loader import create_loader, default_threads, resolve_backend
+from shards import embeddings as emb
+from shards.embeddings import make_tag
+from shards.errors import WsmlError
+from shards.shardset import ShardSet, open_shard_set
+
+MIN_SECONDS = 0.5  # the model alone repeats its batch at least this long
+
+
+def run_cache_clip_bench(
+    shards: str | None,
+    *,
+    models: Sequence[str] = ("wsml-tiny-clip", "ViT-B-32"),
+    pretrained: str = "none",
+    images: int = 128,
+    split: str = "train",
+    batch_size: int = 64,
+    backend: str = "auto",
+    device: str = "auto",
+    workdir: str | None = None,
+    repeats: int = 2,
+    echo: Callable[[str], None] = print,
+) -> dict:
+    from pipelines.bench import make_bench_set
+    from shards.bench import machine_info
+
+    own = workdir is None and shards is None
+    work = Path(tempfile.mkdtemp(prefix="wsml-bench-clip-")) if own else Path(workdir or ".")
+    ctx = DistContext.from_env(device)
+    backend = resolve_backend(backend)
+    try:
+        ss = open_shard_set(shards or make_bench_set(work, images))
+        n = int(ss.split(split)["num_samples"])
+        if n < batch_size:
+            raise WsmlError(f"split {split} has {n} images, fewer than a batch of {batch_size}")
+        m = machine_info()
+        where = "GPU" if ctx.device.type == "cuda" else "CPU"
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        echo(
+            f"{m.get('cpu', '?')}, {m.get('nproc', '?')} cores (load {load:.1f}), torch "
+            f"{torch.get_num_threads()} "
+            f"threads; split {split}: {n} images; batch {batch_size}; loader {backend} "
+            f"({where}), device {ctx.device}; weights {pretrained}"
+        )
+        echo(
+            f"{'model':<16}{'dim':>5}{'input':>7}{'loader':>10}{'model':>10}{'total':>10}"
+            f"{'serial':>10}   (images/s; serial = 1/(1/loader + 1/model))"
+        )
+        result = {"machine": m, "split": split, "images": n, "batch_size": batch_size}
+        result["backend"], result["device"], result["models"] = backend, str(ctx.device), {}
+        for name in models:
+            enc = create_clip_encoder(name, pretrained, classes=ss.classes, device=ctx.device)
+            enc = dataclasses.replace(enc, tag=make_tag("bench", enc.tag))
+            r = _bench_one(ss, enc, ctx, split, batch_size, backend, repeats)
+            serial = 1 / (1 / r["loader"] + 1 / r["model"])
+            r["serial"] = serial
+            echo(
+                f"{name:<16}{enc.dim:>5}{enc.preset.size:>6}px{r['loader']:>10.1f}"
+                f"{r['model']:>10.1f}{r['total']:>10.1f}{serial:>10.1f}"
+            )
+            result["models"][name] = r
+        return result
+    finally:
+        ctx.close()
+        if own:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _bench_one(
+    ss: ShardSet,
+    enc: Encoder,
+    ctx: DistContext,
+    split: str,
+    batch_size: int,
+    backend: str,
+    repeats: int,
+) -> dict:
+    threads = default_threads(1)
+    loader = create_loader(
+        ss, split, regime="full", batch_size=batch_size, preset=enc.preset, rank=0,
+        world_size=1, device=ctx.device, train=False, backend=backend, num_threads=threads,
+    )  # fmt: skip
+    batch = None
+
+    def read() -> int:
+        nonlocal batch
+        count = 0
+        for b in loader:
+            batch = batch if batch is not None else b["image"][: len(b["image"])].clone()
+            count += int(b["valid"].sum())
+        return count
+
+    def encode() -> int:
+        count, t0 = 0, time.perf_counter()
+        while count < loader.num_samples or time.perf_counter() - t0 < MIN_SECONDS:
+            enc.encode(batch)
+            count += len(batch)
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize()
+        return count
+
+    out = {"loader": _rate(read, repeats)}
+    enc.encode(batch)  # warm-up
+    out["model"] = _rate(encode, repeats)
+    # the image phase of a real run (its own timing: no model load, no class texts)
+    opts = CacheOptions(splits=(split,), batch_size=batch_size, backend=backend, overwrite=True)
+    no_text = dataclasses.replace(enc, text=None)
+    out["total"] = statistics.median(
+        run_cache(ss, no_text, opts, ctx)["images_per_s"] for _ in range(repeats)
+    )
+    folder = emb.cache_folder(ss.root, enc.tag)
+    emb.remove_cache(folder)
+    folder.rmdir()
+    if not any(folder.parent.iterdir()):
+        folder.parent.rmdir()
+    return out
+
+
+def _rate(run: Callable[[], int], repeats: int) -> float:
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        n = run()
+        rates.append(n / (time.perf_counter() - t))
+    return statistics.median(rates)
