@@ -98,6 +98,7 @@ def _bench_one(
     loader = create_loader(
         ss, split, regime="full", batch_size=batch_size, preset=enc.preset, rank=0,
         world_size=1, device=ctx.device, train=False, backend=backend, num_threads=threads,
+        labels=False,
     )  # fmt: skip
     batch = None
 

@@ -337,7 +337,7 @@ class _Work:
         loader = create_loader(
             self.ss, split, regime="full", batch_size=self.opts.batch_size,
             preset=self.encoder.preset, rank=chunk, world_size=chunks, device=self.ctx.device,
-            train=False, backend=self.backend,
+            train=False, backend=self.backend, labels=False,
             num_threads=self.opts.num_threads or default_threads(self.ctx.world_size),
         )  # fmt: skip
         start, end = loader.share()

@@ -15,40 +15,46 @@ from shards.shardset import ShardSet
 
 @dataclass
 class RowTable:
-    """Per-row tensors of one split: ``observed`` (regime view), ``full`` (clean), ``embedding``."""
+    """Per-row tensors of one split: ``observed`` (regime view), ``full`` (clean), ``embedding``;
+    without labels (``labels=False``: encoders that only need images) just the row count."""
 
-    observed: torch.Tensor  # (N, L) int8
-    full: torch.Tensor  # (N, L) int8
+    num_rows: int
+    device: torch.device
+    observed: torch.Tensor | None = None  # (N, L) int8
+    full: torch.Tensor | None = None  # (N, L) int8
     embedding: torch.Tensor | None = None  # (N, D) float16
 
-    @property
-    def num_rows(self) -> int:
-        return self.full.shape[0]
-
     def join(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        rows = rows.to(self.full.device, non_blocking=True)
-        out = {"row": rows, "observed": self.observed[rows], "full": self.full[rows]}
+        rows = rows.to(self.device, non_blocking=True)
+        out = {"row": rows}
+        if self.full is not None:
+            out["observed"], out["full"] = self.observed[rows], self.full[rows]
         if self.embedding is not None:
             out["embedding"] = self.embedding[rows].float()
         return out
 
 
 def read_row_table(
-    ss: ShardSet, split: str, regime: str, device: torch.device, embeddings: str | None = None
+    ss: ShardSet,
+    split: str,
+    regime: str,
+    device: torch.device,
+    embeddings: str | None = None,
+    labels: bool = True,
 ) -> RowTable:
     """Reads the split's label tables (and embeddings) and puts them on ``device``."""
-    observed = ss.observed_labels(regime, split)
-    full = ss.full_labels(split)
-    table = RowTable(
-        torch.from_numpy(observed).to(device),
-        torch.from_numpy(full).to(device),
-    )
+    rows = int(ss.split(split)["labels"]["rows"])
+    table = RowTable(rows, device)
+    if labels:
+        table.observed = torch.from_numpy(ss.observed_labels(regime, split)).to(device)
+        table.full = torch.from_numpy(ss.full_labels(split)).to(device)
+        rows = table.full.shape[0]
     if embeddings is not None:
         arr = emb.read_split(ss.root, embeddings, split)
-        if arr.shape[0] != full.shape[0]:
+        if arr.shape[0] != rows:
             raise WsmlError(
                 f"cached embeddings {embeddings!r} have {arr.shape[0]} rows for split {split}, "
-                f"its label table has {full.shape[0]}: cache them again"
+                f"its label table has {rows}: cache them again"
             )
         table.embedding = torch.from_numpy(np.array(arr)).to(device)  # read the memmap once
     return table

@@ -196,6 +196,7 @@ def create_loader(
     hw_decoder_load: float = 0.65,
     cpu_resize: str = "torch",
     verify_on_load: bool = False,
+    labels: bool = True,
 ) -> Loader:
     """A loader over ``split`` of a shard set for one rank of ``world_size``.
 
@@ -203,6 +204,8 @@ def create_loader(
     otherwise every row is yielded once across ranks. ``backend`` is dali, torch or auto (DALI
     when it imports, else the fallback with a notice). On a CPU, DALI's geometry runs in
     torchvision's kernels unless ``cpu_resize="dali"`` (see pipelines/dali_loader.py).
+    ``labels=False`` leaves ``observed``/``full`` out (encoders caching images need none, and
+    Open Images' dense label matrix is gigabytes).
     """
     if cpu_resize not in ("torch", "dali"):
         raise WsmlError(f"cpu_resize must be torch or dali, got {cpu_resize!r}")
@@ -222,7 +225,7 @@ def create_loader(
         )
     check_files(ss, split, verify_on_load)
     dev = torch.device(device)
-    table = read_row_table(ss, split, regime, dev, embeddings)
+    table = read_row_table(ss, split, regime, dev, embeddings, labels=labels)
     if table.num_rows != sum(counts):
         raise WsmlError(
             f"{ss.root}: split {split} has {sum(counts)} samples in its shards but "

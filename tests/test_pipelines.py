@@ -386,3 +386,15 @@ def test_train_augmentation_is_reproducible(root, path, preset):
         assert any(same) and any(flipped)
     else:  # random crops
         assert not any(same) and not any(flipped)
+
+
+def test_without_labels_only_rows_images_and_embeddings(root):
+    """labels=False (encoders caching images) joins no label table, even for an unknown regime."""
+    loader = create_loader(
+        root, "val", regime="ignored", batch_size=4, preset=TINY_PRESET, rank=0, world_size=1,
+        num_threads=1, embeddings=TAG, labels=False,
+    )  # fmt: skip
+    batches = list(loader)
+    assert set(batches[0]) == {"row", "image", "valid", "embedding"}
+    rows = torch.cat([b["row"][b["valid"]] for b in batches])
+    assert sorted(rows.tolist()) == list(range(len(open_shard_set(root).full_labels("val"))))
