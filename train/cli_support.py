@@ -64,8 +64,9 @@ def run_train(config: RunConfig, echo: Callable[[str], None]) -> dict[str, Any]:
         )
         return summary
     if config.sweep:
-        for line in summary.get("lines", []):
+        for line in sweep_lines(summary):
             echo(line)
+        echo(f"run folder: {config.run_dir}")
         return summary
     why = f", stopped early: {summary['stopped']}" if summary.get("stopped") else ""
     echo(
@@ -81,6 +82,16 @@ def run_train(config: RunConfig, echo: Callable[[str], None]) -> dict[str, Any]:
         )
     echo(f"run folder: {config.run_dir}")
     return summary
+
+
+def sweep_lines(summary: dict[str, Any]) -> list[str]:
+    lines = [f"{'member':<22} {'best epoch':>10} {'val mAP':>8} {'test mAP':>8}"]
+    for name, m in summary["members"].items():
+        mark = "  <- chosen on val" if name == summary["chosen"] else ""
+        lines.append(
+            f"{name:<22} {m['best_epoch']:>10} {m['val_mAP']:8.2f} {m['test_mAP']:8.2f}{mark}"
+        )
+    return lines
 
 
 def evaluate_run(run_dir: str, split: str, which: str = "best") -> dict[str, Any]:

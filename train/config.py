@@ -26,6 +26,8 @@ RUN_OPTIONS = (
     "threshold",
     "eval_batch_size",
     "device",
+    "sweep_lrs",
+    "sweep_batches",
 )
 # fields that say how this invocation runs, not what the run is (free to change on --resume)
 INVOCATION_FIELDS = ("resume", "overwrite", "stop_after_epochs", "progress", "device", "out")
@@ -59,6 +61,8 @@ class RunConfig:
     stop_after_epochs: int = 0  # debug: return after this epoch as if interrupted
     progress: bool = False
     sweep: bool = False  # linear: train the hyper-parameter grid at once (train/sweep.py)
+    sweep_lrs: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-5)  # Cole's grid (METHODS.md §1.3)
+    sweep_batches: tuple[int, ...] = (8, 16)
 
     def __post_init__(self) -> None:
         if self.setting not in SETTINGS:
@@ -108,6 +112,14 @@ def with_run_options(config: RunConfig, options: Mapping[str, str]) -> RunConfig
         kind = types[key]
         if "None" in kind and text.lower() == "none" and key != "weights":
             values[key] = None
+        elif kind.startswith("tuple"):
+            cast = int if "int" in kind else float
+            try:
+                values[key] = tuple(cast(x) for x in text.split(",") if x.strip())
+            except ValueError:
+                raise WsmlError(
+                    f"option {key} expects comma-separated numbers, got {text!r}"
+                ) from None
         elif kind.startswith("int") or kind.startswith("float"):
             try:
                 values[key] = (int if kind.startswith("int") else float)(text)
@@ -122,6 +134,7 @@ def run_dict(config: RunConfig) -> dict[str, Any]:
     """The run's settings as saved (without the invocation-only fields)."""
     out = dataclasses.asdict(config)
     out["method_options"] = dict(config.method_options)
+    out.update({k: list(v) for k, v in out.items() if isinstance(v, tuple)})  # as JSON has them
     for key in INVOCATION_FIELDS:
         out.pop(key)
     return out

@@ -104,10 +104,11 @@ class Schedule:
     lr: tuple[float, ...]
     beta1: tuple[float, ...] | None = None  # None: keep the optimiser's
 
-    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
-        """Set the groups' lr (and beta1) for global step ``step`` (0-based); returns the factor."""
+    def apply(self, groups: list[dict], step: int) -> float:
+        """Set the optimiser groups' lr (and beta1) for global step ``step`` (0-based); returns
+        the factor."""
         i = min(step, len(self.lr) - 1)
-        for group in optimizer.param_groups:
+        for group in groups:
             group["lr"] = group["initial_lr"] * self.lr[i]
             if self.beta1 is not None:
                 group["betas"] = (self.beta1[i], group["betas"][1])

@@ -72,3 +72,33 @@ def evaluate_splits(
 def headline(result: dict[str, Any]) -> dict[str, float]:
     """The scalars of one split's scores (no per-class APs, no predictions)."""
     return {k: v for k, v in result.items() if k not in ("AP", "probs", "variant")}
+
+
+def epoch_record(epoch, state, lrs, logged, results, times) -> dict[str, Any]:
+    """One line of metrics.jsonl: train scalars, val/test scores (and the EMA's), times."""
+    record = {
+        "epoch": epoch,
+        "step": state.step,
+        "lr": lrs,
+        "train": logged,
+        **{k: headline(v) for k, v in results["model"].items()},
+        "best_epoch": state.best_epoch,
+        "time": {"train": round(times[0], 3), "eval": round(times[1], 3)},
+    }
+    if "ema" in results:
+        record["ema"] = {k: headline(v) for k, v in results["ema"].items()}
+    return record
+
+
+def selected_summary(meta: dict, state, results, classes: list[str]) -> dict[str, Any]:
+    """The summary of the selected epoch: its val and test scores and per-class APs."""
+    return {
+        **meta,
+        "best_epoch": state.best_epoch,
+        "weights": state.best_weights,
+        "val": headline(results["val"]),
+        "test": headline(results["test"]),
+        "metric_variant": results["test"]["variant"],
+        "test_ap": dict(zip(classes, results["test"]["AP"].tolist(), strict=True)),
+        "val_ap": dict(zip(classes, results["val"]["AP"].tolist(), strict=True)),
+    }

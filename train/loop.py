@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from train.config import RunConfig
 from train.context import Context, cpu_threads
-from train.evaluate import evaluate_splits, headline, predict
+from train.evaluate import epoch_record, evaluate_splits, predict, selected_summary
 from train.runfolder import json_safe
 from train.setup import Run, prepare
 
@@ -48,19 +48,9 @@ def fit(run: Run, ctx: Context) -> dict[str, Any]:
         )
         vals = {name: r["val"]["mAP"] for name, r in results.items()}
         improved = state.update(epoch, vals, cfg)
-        record = {
-            "epoch": epoch,
-            "step": state.step,
-            "lr": {
-                g.get("name", str(i)): g["lr"] for i, g in enumerate(run.optimizer.param_groups)
-            },
-            "train": logged,
-            **{k: headline(v) for k, v in results["model"].items()},
-            "best_epoch": state.best_epoch,
-            "time": {"train": round(t1 - t0, 3), "eval": round(time.perf_counter() - t1, 3)},
-        }
-        if "ema" in results:
-            record["ema"] = {k: headline(v) for k, v in results["ema"].items()}
+        lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(run.optimizer.param_groups)}
+        times = (t1 - t0, time.perf_counter() - t1)
+        record = epoch_record(epoch, state, lrs, logged, results, times)
         if ctx.is_main:
             run.folder.append_metrics(json_safe(record))
             if improved:
@@ -102,7 +92,7 @@ def train_epoch(run: Run, ctx: Context, epoch: int) -> dict[str, float]:
 
 def train_step(run: Run, ctx: Context, batch, epoch: int, totals: dict) -> None:
     step, opt = run.state.step, run.optimizer
-    run.schedule.apply(opt, step)
+    run.schedule.apply(opt.param_groups, step)
     with ctx.autocast():
         logits = run.net(batch["input"])
     out = run.method(logits, batch, epoch=epoch, step=step)
@@ -128,23 +118,16 @@ def end_epoch(run: Run, ctx: Context, epoch: int) -> dict[str, float]:
 
 def write_best(run: Run, results: dict[str, dict[str, Any]]) -> None:
     """The selected epoch's summary and predictions (rank 0)."""
-    state, classes = run.state, run.resolved["classes"]
     for split in ("val", "test"):
         run.folder.write_predictions(split, results[split]["probs"].numpy())
-    summary = {
+    meta = {
         "method": run.config.method,
         "setting": run.config.setting,
         "dataset": run.resolved["dataset"],
         "regime": run.resolved["regime"]["view"],
         "seed": run.config.seed,
-        "best_epoch": state.best_epoch,
-        "weights": state.best_weights,
-        "val": headline(results["val"]),
-        "test": headline(results["test"]),
-        "metric_variant": results["test"]["variant"],
-        "test_ap": dict(zip(classes, results["test"]["AP"].tolist(), strict=True)),
-        "val_ap": dict(zip(classes, results["val"]["AP"].tolist(), strict=True)),
     }
+    summary = selected_summary(meta, run.state, results, run.resolved["classes"])
     run.folder.write_summary(json_safe({**summary, **final_fields(run)}))
 
 

@@ -34,6 +34,7 @@ VERSION = 1
 CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
 LAST, BEST = "checkpoint-last.pt", "checkpoint-best.pt"
 PREDICTIONS = "predictions"
+MEMBERS = "members"  # a sweep's configurations (train/sweep.py)
 
 
 class RunFolder:
@@ -90,7 +91,8 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         for name in (METRICS, SUMMARY, LAST, BEST):
             (self.path / name).unlink(missing_ok=True)
-        shutil.rmtree(self.path / PREDICTIONS, ignore_errors=True)
+        for sub in (PREDICTIONS, MEMBERS):
+            shutil.rmtree(self.path / sub, ignore_errors=True)
         write_json_atomic(self.path / CONFIG, config)
 
     def read_metrics(self) -> list[dict]:
