@@ -75,7 +75,7 @@ def run_linear_bench(
     steps = data.steps_per_epoch
     echo(
         f"{method}: {steps} steps of batch {batch_size} in {out['train']:.2f}s "
-        f"({1e3 * out['train'] / steps:.2f} ms/step, {torch.get_num_threads()} threads), "
+        f"({1e3 * out['train'] / steps:.2f} ms/step), "
         f"loss {losses['loss']:.4f}; end of epoch {out['epoch_pass']:.2f}s; "
         f"val+test scoring {out['eval']:.2f}s (val mAP {results['model']['val']['mAP']:.2f})"
     )

@@ -193,8 +193,14 @@ class Role(ColeLoss):
     def estimates(self, rows: Tensor) -> Tensor:
         return torch.sigmoid(self.estimator[rows.to(self.estimator.device)])
 
+    def compute(self, logits, batch, *, epoch, step):
+        # One gather of the estimator per step: each gather's backward fills a dense
+        # (rows x L) gradient, ROLE's largest cost per step after Adam's dense update.
+        batch = {**batch, "estimates": self.estimates(batch["row"])}
+        return super().compute(logits, batch, epoch=epoch, step=step)
+
     def entries(self, p, batch):
-        q = self.estimates(batch["row"])
+        q = batch["estimates"]
         pd, qd = p.detach(), q.detach()
         own = observed_terms(p, batch) + observed_terms(q, batch)
         cross = qd * neg_log(p) + (1 - qd) * neg_log(1 - p)
@@ -202,7 +208,7 @@ class Role(ColeLoss):
         return 0.5 * own + 0.5 * cross
 
     def regulariser(self, p, batch):
-        q = self.estimates(batch["row"])
+        q = batch["estimates"]
         return 0.5 * (expected_positive_reg(p, self.k) + expected_positive_reg(q, self.k))
 
     def extra_parameters(self):
