@@ -516,7 +516,12 @@ REGISTRIES["method"] = _methods
 @click.option("-o", "opts", multiple=True, metavar="KEY=VALUE", help="Method or run option.")
 @expected_errors
 def train_command(opts, **options):
-    """Train a method on a shard set (torchrun for DDP); prints the selected epoch's scores."""
+    """Train a method on a shard set (torchrun for DDP); prints the selected epoch's scores.
+
+    -o takes the method's options (`cli.py methods`; lr, batch_size, epochs, schedule, ema,
+    stop_patience, … and its own) and run options: clip, preset, image_size, loader,
+    threshold, eval_batch_size, device, sweep_lrs, sweep_batches.
+    """
     from train.cli_support import build_run_config, run_train
 
     run_train(build_run_config(options, parse_kv(opts), progress=True), echo=click.echo)
@@ -644,6 +649,23 @@ def bench_openimages(sizes, labels, classes, workdir):
 
     run_openimages_bench(
         tuple(int(x) for x in sizes.split(",")), labels, classes, workdir, echo=click.echo
+    )
+
+
+@bench.command("train-linear")
+@click.option("--method", default="an", show_default=True, type=RegistryChoice("method"))
+@click.option("--rows", default="65665,16416,40137", show_default=True, help="train,val,test")
+@click.option("--dim", default=2048, show_default=True, help="Feature dimension.")
+@click.option("--classes", default=80, show_default=True)
+@click.option("--batch-size", default=16, show_default=True)
+@expected_errors
+def bench_train_linear(method, rows, dim, classes, batch_size):
+    """One linear-setting epoch at COCO's size on synthetic features: train, end, scoring."""
+    from train.bench import run_linear_bench
+
+    n = dict(zip(("train", "val", "test"), (int(x) for x in rows.split(",")), strict=True))
+    run_linear_bench(
+        method, rows=n, dim=dim, classes=classes, batch_size=batch_size, echo=click.echo
     )
 
 
