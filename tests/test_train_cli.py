@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import cli
 from shards.errors import WsmlError
 from tests.conftest import assert_refused
-from tests.train_fixtures import CLIP, FEAT, WIDE, get_shards
+from tests.train_fixtures import CLIP, FEAT, NAN, WIDE, get_shards
 from train.context import Context
 
 
@@ -131,3 +131,8 @@ def test_the_global_batch_must_divide_over_the_ranks():
     with pytest.raises(WsmlError, match="divide evenly over 3 ranks"):
         Context(rank=0, world_size=3).local_batch(8)
     assert Context(rank=1, world_size=2).local_batch(8) == 4
+
+
+def test_a_non_finite_loss_names_the_method_and_step(shards, tmp_path):
+    result = invoke(*train_args(shards, tmp_path / "r", "an", "--features", NAN))
+    assert_refused(result, "method an", "non-finite", "epoch 1, step 0")

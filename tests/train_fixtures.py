@@ -1,7 +1,7 @@
 """The tiny shard set the training tests share: the embedded digits demo (train 160, val 40,
 test 60 images, 10 classes) converted by the real converter, with cached "features" that carry
-the labels (no encoder runs), a CLIP-like cache with class-text embeddings, and a cache of
-another dimension."""
+the labels (no encoder runs), a CLIP-like cache with class-text embeddings, a cache of another
+dimension and one of NaNs."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from shards.shardset import open_shard_set
 
 FEAT, CLIP, WIDE = "feat", "clip", "wide"  # cache tags
 DIMS = {FEAT: 24, CLIP: 16, WIDE: 40}
+NAN = "nan"  # features that make every loss non-finite
 _built: dict[str, Path] = {}
 
 
@@ -43,6 +44,8 @@ def add_caches(root: Path) -> None:
             arrays[split] = x / np.linalg.norm(x, axis=1, keepdims=True)
         text = proj + 0.3 * rng.normal(size=proj.shape) if tag == CLIP else None
         write_cache(root, tag, arrays, text=text, model=f"toy-{tag}")
+    broken = {s: np.full((len(ss.full_labels(s)), 4), np.nan) for s in ss.splits}
+    write_cache(root, NAN, broken, model="toy-nan")
 
 
 def read_metrics(run: Path, drop_time: bool = True) -> list[dict]:
