@@ -209,6 +209,7 @@ def prepare(config: RunConfig, ctx: Context) -> Run:
         resolved["backbone"] = {"weights": binfo.weights, "sha256": binfo.weights_sha256}
     folder = RunFolder(config.run_dir)
     saved = folder.check_reuse(resolved, resume=config.resume, overwrite=config.overwrite)
+    ctx.barrier()  # every rank has looked at the folder before rank 0 writes to it
     data = create_data(config, ss, mcfg, ctx, backbone)
     text = None
     if info.needs_clip:
@@ -242,6 +243,8 @@ def assemble(
     num_classes = len(resolved["classes"])
     model = create_classifier(resolved["feature_dim"], num_classes, config.seed, backbone)
     model.to(ctx.device)
+    if backbone is not None and ctx.device.type == "cuda":  # with channels_last batches
+        model.to(memory_format=torch.channels_last)
     method = info.create(
         data.num_rows("train"),
         num_classes,
