@@ -136,3 +136,12 @@ def test_the_global_batch_must_divide_over_the_ranks():
 def test_a_non_finite_loss_names_the_method_and_step(shards, tmp_path):
     result = invoke(*train_args(shards, tmp_path / "r", "an", "--features", NAN))
     assert_refused(result, "method an", "non-finite", "epoch 1, step 0")
+
+
+def test_vlpl_reads_its_clip_cache_from_o_clip(shards, tmp_path):
+    out = tmp_path / "r"
+    args = train_args(shards, out, "vlpl", "--features", FEAT, "-o", f"clip={CLIP}", "--epochs", 1)
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["run"]["clip"] == CLIP and "clip" not in config["run"]["method_options"]
