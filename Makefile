@@ -6,6 +6,10 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
+# The demo's linear setting: EfficientNet-Lite0 features, Cole et al.'s lr x batch grid per method.
+DEMO_FEATURES := efficientnet-lite0__in1k__backbone128
+DEMO_METHODS := an an-ls wan epr role em em-apl ll-r ll-ct ll-cp asl hill splc
+
 .PHONY: setup demo test lint format bench clean-demo
 
 $(STAMP): pyproject.toml
@@ -22,6 +26,11 @@ demo: $(STAMP)
 	$(PY) cli.py info data/shards/digits
 	$(PY) cli.py verify data/shards/digits
 	$(PY) cli.py cache-features --shards data/shards/digits --backbone efficientnet-lite0 --preset backbone --image-size 128
+	$(PY) cli.py train --shards data/shards/digits --method bce --features $(DEMO_FEATURES) --sweep --out runs/demo/bce --overwrite
+	for m in $(DEMO_METHODS); do \
+		$(PY) cli.py train --shards data/shards/digits --method $$m --features $(DEMO_FEATURES) --sweep --out runs/demo/$$m --overwrite || exit 1; \
+	done
+	$(PY) cli.py leaderboard runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -38,4 +47,4 @@ bench: $(STAMP)
 	$(PY) cli.py bench shard
 
 clean-demo:
-	rm -rf data/raw/digits data/shards/digits
+	rm -rf data/raw/digits data/shards/digits runs/demo

@@ -541,6 +541,17 @@ def eval_command(run_dir, split, checkpoint):
         click.echo(line)
 
 
+@main.command("leaderboard")
+@click.argument("runs_dir", metavar="DIR", type=click.Path())
+@expected_errors
+def leaderboard_command(runs_dir):
+    """Rank the finished runs under DIR by test mAP; writes leaderboard.md and .json there."""
+    from train.leaderboard import write_leaderboard
+
+    _, table = write_leaderboard(runs_dir)
+    click.echo(table, nl=False)
+
+
 @main.command("methods")
 def methods_command():
     """The registered methods: regimes they train on, summary, paper."""
