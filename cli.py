@@ -503,6 +503,11 @@ REGISTRIES["method"] = _methods
 @click.option("--clip", help="CLIP cache (image + class-text embeddings) for vlpl.")
 @click.option("--backbone", help="e2e: timm name or efficientnet-lite0 [default: resnet50].")
 @click.option("--weights", help="e2e: a local weights file, or none [default: pretrained].")
+@click.option(
+    "--head",
+    type=click.Choice(["linear", "cam"]),
+    help="e2e: cam = CAM head (BoostLU with -o boostlu_alpha=5) [default: linear].",
+)
 @click.option("--epochs", type=int)
 @click.option("--lr", type=float)
 @click.option("--batch-size", type=int, help="Global batch (split over DDP ranks).")
@@ -519,8 +524,8 @@ def train_command(opts, **options):
     """Train a method on a shard set (torchrun for DDP); prints the selected epoch's scores.
 
     -o takes the method's options (`cli.py methods`; lr, batch_size, epochs, schedule, ema,
-    stop_patience, … and its own) and run options: clip, preset, image_size, loader,
-    threshold, eval_batch_size, device, sweep_lrs, sweep_batches.
+    stop_patience, … and its own) and run options: head, boostlu_alpha, clip, preset,
+    image_size, loader, threshold, eval_batch_size, device, sweep_lrs, sweep_batches.
     """
     from train.cli_support import build_run_config, run_train
 

@@ -138,7 +138,10 @@ def load_model(config: RunConfig, saved: dict, ckpt: dict, ss, ctx):
             f"features {config.features!r} have dimension {data.feature_dim}, the run was "
             f"trained on {saved['feature_dim']}"
         )
-    model = create_classifier(saved["feature_dim"], len(saved["classes"]), config.seed, backbone)
+    model = create_classifier(
+        saved["feature_dim"], len(saved["classes"]), config.seed, backbone, config.head,
+        config.boostlu_alpha,
+    )  # fmt: skip
     weights = ckpt["loop"]["best_weights"]
     model.load_state_dict(ckpt["ema"] if weights == "ema" else ckpt["model"])
     return model.to(ctx.device), data

@@ -16,9 +16,12 @@ from typing import Any
 from shards.errors import WsmlError
 
 SETTINGS = ("linear", "e2e")
+HEADS = ("linear", "cam")
 DEFAULT_BACKBONE = "resnet50"
 # run options that may also come as -o key=value (method fields take precedence)
 RUN_OPTIONS = (
+    "head",
+    "boostlu_alpha",
     "clip",
     "preset",
     "image_size",
@@ -50,6 +53,8 @@ class RunConfig:
     image_size: int = 0  # e2e: >0 replaces the preset by a centre crop of this size
     loader: str = "auto"  # e2e: dali, torch or auto
     compile: bool = False  # e2e: torch.compile the model
+    head: str = "linear"  # e2e: linear on pooled features, or cam (Kim et al. 2023's CAM head)
+    boostlu_alpha: float = 1.0  # cam: positive CAM values x alpha before pooling (BoostLU: 5)
     seed: int = 0
     out: str | None = None  # run folder (default runs/<method>-<setting>-<seed>)
     method_options: Mapping[str, str] = field(default_factory=dict)  # key=value strings
@@ -76,6 +81,17 @@ class RunConfig:
             raise WsmlError("--features goes with --setting linear (e2e reads the images)")
         if self.sweep and self.setting != "linear":
             raise WsmlError("--sweep is for the linear setting")
+        if self.head not in HEADS:
+            raise WsmlError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        if self.head == "cam" and self.setting != "e2e":
+            raise WsmlError(
+                "--head cam needs the backbone's feature map: use it with --setting e2e "
+                "(cached features are already pooled)"
+            )
+        if self.boostlu_alpha != 1.0 and self.head != "cam":
+            raise WsmlError("boostlu_alpha scales a CAM: use it with --head cam")
+        if self.boostlu_alpha <= 0:
+            raise WsmlError(f"boostlu_alpha must be positive, got {self.boostlu_alpha}")
         if self.image_size < 0 or self.eval_batch_size < 0 or self.stop_after_epochs < 0:
             raise WsmlError("image_size, eval_batch_size and stop_after_epochs must be >= 0")
 

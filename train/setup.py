@@ -24,7 +24,7 @@ from train.context import (
 )
 from train.data import FeatureData, ImageData, e2e_preset, read_clip_text
 from train.methods import Method, MethodConfig, MethodInfo, config_dict, get_method
-from train.model import Classifier, Ema, create_classifier
+from train.model import CamClassifier, Classifier, Ema, create_classifier
 from train.runfolder import RunFolder, set_rng_state
 
 CHECKPOINT_FORMAT = "wsml-checkpoint"
@@ -67,7 +67,7 @@ class Run:
     resolved: dict[str, Any]
     folder: RunFolder
     data: FeatureData | ImageData
-    model: Classifier  # the plain module (checkpoints, EMA)
+    model: Classifier | CamClassifier  # the plain module (checkpoints, EMA)
     net: nn.Module  # what trains: compiled and/or DDP-wrapped
     method: Method
     optimizer: torch.optim.Optimizer
@@ -241,7 +241,10 @@ def assemble(
     """Model, method (on the device before the optimiser is built), optimiser with the
     method's own groups, schedule and EMA around ``data``."""
     num_classes = len(resolved["classes"])
-    model = create_classifier(resolved["feature_dim"], num_classes, config.seed, backbone)
+    model = create_classifier(
+        resolved["feature_dim"], num_classes, config.seed, backbone, config.head,
+        config.boostlu_alpha,
+    )  # fmt: skip
     model.to(ctx.device)
     if backbone is not None and ctx.device.type == "cuda":  # with channels_last batches
         model.to(memory_format=torch.channels_last)
