@@ -582,14 +582,14 @@ def test_parts_through_the_cli(tmp_path):
 
 
 def test_info_shows_the_extremes_of_a_long_class_table():
-    import cli
+    from shards import commands
 
     freq = list(range(100))
     summary = {
         "classes": [f"c{k}" for k in range(100)],
         "splits": {"train": {"class_frequency": freq}},
     }
-    shown = cli._classes_to_show(summary, ["train"])
+    shown = commands._classes_to_show(summary, ["train"])
     assert shown == list(range(99, 79, -1)) + list(range(19, -1, -1))
     small = {"classes": ["a", "b"], "splits": {"train": {"class_frequency": [0, 5]}}}
-    assert cli._classes_to_show(small, ["train"]) == [0, 1]
+    assert commands._classes_to_show(small, ["train"]) == [0, 1]

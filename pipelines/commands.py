@@ -1,0 +1,60 @@
+"""The loader benchmark, ``bench loader``; the registries of presets and loader backends."""
+
+from __future__ import annotations
+
+import click
+
+from shards.clitools import RegistryChoice, choices, expected_errors
+
+
+@choices("preset")
+def _presets():
+    from pipelines.presets import PRESETS
+
+    return PRESETS
+
+
+@choices("loader")
+def _backends():
+    from pipelines.loader import BACKENDS
+
+    return BACKENDS
+
+
+@click.command("loader")
+@click.option("--shards", "shards_dir", type=click.Path(), help="Shard set (default: generated).")
+@click.option("--preset", default="cole448", show_default=True, type=RegistryChoice("preset"))
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--threads", type=int, help="CPU threads (DataLoader workers) per loader.")
+@click.option("--images", default=2000, show_default=True, help="Generated VOC-sized photos.")
+@click.option("--workdir", type=click.Path(), help="Keep generated files here.")
+@click.option("--repeats", default=3, show_default=True, help="Epochs timed per loader.")
+@click.option("--no-profile", is_flag=True, help="Skip the DALI per-stage profile.")
+@click.option("--device", help="cpu or cuda[:N] (default: cuda when there is one).")
+@click.option(
+    "--hw-decoder-load",
+    default="0.65",
+    show_default=True,
+    help="GPU only: comma-separated shares of the hardware JPEG decoder to compare.",
+)
+@expected_errors
+def bench_loader(
+    shards_dir, preset, batch_size, threads, images, workdir, repeats, no_profile, device,
+    hw_decoder_load,
+):  # fmt: skip
+    """DALI vs the torch fallback vs the papers' folder+PIL loader on the same images."""
+    from pipelines.bench import run_loader_bench
+
+    run_loader_bench(
+        shards_dir,
+        preset=preset,
+        batch_size=batch_size,
+        threads=threads,
+        images=images,
+        workdir=workdir,
+        repeats=repeats,
+        profile=not no_profile,
+        device=device,
+        hw_loads=tuple(float(x) for x in hw_decoder_load.split(",")),
+        echo=click.echo,
+    )

@@ -1,0 +1,108 @@
+"""Click pieces shared by every package's commands: the project's error handling, registry-
+backed choices, option types. Imports nothing heavy, so ``cli.py --help`` stays light."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+
+import click
+
+SIZE_RE = re.compile(r"^\s*([0-9.]+)\s*([kmgt]?i?b?)?\s*$", re.I)
+SIZE_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+
+# kind -> a function returning its Registry; each package's commands module registers its own
+# kinds, imported only when a value is checked
+REGISTRIES: dict[str, Callable] = {}
+
+
+def choices(kind: str):
+    """Register the function that returns the registry of ``kind`` (used as a decorator)."""
+
+    def register(fn: Callable) -> Callable:
+        REGISTRIES[kind] = fn
+        return fn
+
+    return register
+
+
+def expected_errors(fn):
+    """Turn the project's expected errors into ``Error: ...`` (exit 1) without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from shards.errors import WsmlError
+
+        try:
+            return fn(*args, **kwargs)
+        except WsmlError as e:
+            raise click.ClickException(str(e)) from None
+
+    return wrapper
+
+
+class RegistryChoice(click.ParamType):
+    """A name from one of the project's registries; an unknown one fails listing the choices."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.name = kind
+
+    def registry(self):
+        return REGISTRIES[self.kind]()
+
+    def convert(self, value, param, ctx):
+        reg = self.registry()
+        if value in reg:
+            return value
+        self.fail(reg.unknown_message(value), param, ctx)
+
+
+class PartType(click.ParamType):
+    name = "K/N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        k, slash, n = str(value).partition("/")
+        if slash and k.isdigit() and n.isdigit() and 0 <= int(k) < int(n):
+            return int(k), int(n)
+        self.fail(f"{value!r} is not K/N with 0 <= K < N, e.g. 0/4", param, ctx)
+
+
+class ByteSize(click.ParamType):
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        m = SIZE_RE.match(str(value))
+        if not m:
+            self.fail(f"{value!r} is not a size like 64MB or 1GB", param, ctx)
+        unit = (m.group(2) or "").lower().rstrip("b").rstrip("i")
+        return int(float(m.group(1)) * SIZE_UNITS[unit])
+
+
+def parse_kv(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise click.BadParameter(f"expected key=value, got {pair!r}", param_hint="-o")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def progress_factory(enabled: bool):
+    """A function (description, total) -> tick(n) showing a tqdm bar; silent when not a TTY."""
+    from tqdm import tqdm
+
+    bars = []
+
+    def make(desc: str, total: int):
+        bar = tqdm(total=total, desc=desc, unit="img", disable=not enabled, leave=False)
+        bars.append(bar)
+        return bar.update
+
+    return make

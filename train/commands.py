@@ -1,0 +1,104 @@
+"""The training commands: ``train``, ``eval``, ``leaderboard``, ``methods`` and
+``bench train-linear`` (their logic lives in train/cli_support.py)."""
+
+from __future__ import annotations
+
+import click
+
+from shards.clitools import RegistryChoice, choices, expected_errors, parse_kv
+
+
+@choices("method")
+def _methods():
+    from train.methods import METHODS
+
+    return METHODS
+
+
+@click.command("train")
+@click.option("--shards", type=click.Path(), help="Shard set folder.")
+@click.option("--method", type=RegistryChoice("method"), help="See `cli.py methods`.")
+@click.option("--setting", type=click.Choice(["linear", "e2e"]), help="[default: linear]")
+@click.option("--regime", help="Observed view [default: single-positive; full for bce].")
+@click.option("--features", help="linear: cached features or embeddings tag.")
+@click.option("--clip", help="CLIP cache (image + class-text embeddings) for vlpl.")
+@click.option("--backbone", help="e2e: timm name or efficientnet-lite0 [default: resnet50].")
+@click.option("--weights", help="e2e: a local weights file, or none [default: pretrained].")
+@click.option(
+    "--head",
+    type=click.Choice(["linear", "cam"]),
+    help="e2e: cam = CAM head (BoostLU with -o boostlu_alpha=5) [default: linear].",
+)
+@click.option("--epochs", type=int)
+@click.option("--lr", type=float)
+@click.option("--batch-size", type=int, help="Global batch (split over DDP ranks).")
+@click.option("--seed", type=int)
+@click.option("--out", type=click.Path(), help="Run folder [default: runs/METHOD-SETTING-SEED].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Start the run in --out again.")
+@click.option("--compile", is_flag=True, help="torch.compile the model.")
+@click.option("--sweep", is_flag=True, help="linear: Cole's lr x batch grid as one job.")
+@click.option("--stop-after-epochs", type=int, hidden=True)  # debug: an interruption
+@click.option("-o", "opts", multiple=True, metavar="KEY=VALUE", help="Method or run option.")
+@expected_errors
+def train_command(opts, **options):
+    """Train a method on a shard set (torchrun for DDP); prints the selected epoch's scores.
+
+    -o takes the method's options (`cli.py methods`; lr, batch_size, epochs, schedule, ema,
+    stop_patience, … and its own) and run options: head, boostlu_alpha, clip, preset,
+    image_size, loader, threshold, eval_batch_size, device, sweep_lrs, sweep_batches.
+    """
+    from train.cli_support import build_run_config, run_train
+
+    run_train(build_run_config(options, parse_kv(opts), progress=True), echo=click.echo)
+
+
+@click.command("eval")
+@click.option("--run", "run_dir", required=True, type=click.Path())
+@click.option("--split", default="test", show_default=True, type=click.Choice(["val", "test"]))
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best")
+@expected_errors
+def eval_command(run_dir, split, checkpoint):
+    """Score a run's checkpoint on a split (clean labels)."""
+    from train.cli_support import eval_lines, evaluate_run
+
+    result = evaluate_run(run_dir, split, checkpoint)
+    for line in eval_lines(result, split, run_dir):
+        click.echo(line)
+
+
+@click.command("leaderboard")
+@click.argument("runs_dir", metavar="DIR", type=click.Path())
+@expected_errors
+def leaderboard_command(runs_dir):
+    """Rank the finished runs under DIR by test mAP; writes leaderboard.md and .json there."""
+    from train.leaderboard import write_leaderboard
+
+    _, table = write_leaderboard(runs_dir)
+    click.echo(table, nl=False)
+
+
+@click.command("methods")
+def methods_command():
+    """The registered methods: regimes they train on, summary, paper."""
+    from train.cli_support import methods_lines
+
+    for line in methods_lines():
+        click.echo(line)
+
+
+@click.command("train-linear")
+@click.option("--method", default="an", show_default=True, type=RegistryChoice("method"))
+@click.option("--rows", default="65665,16416,40137", show_default=True, help="train,val,test")
+@click.option("--dim", default=2048, show_default=True, help="Feature dimension.")
+@click.option("--classes", default=80, show_default=True)
+@click.option("--batch-size", default=16, show_default=True)
+@expected_errors
+def bench_train_linear(method, rows, dim, classes, batch_size):
+    """One linear-setting epoch at COCO's size on synthetic features: train, end, scoring."""
+    from train.bench import run_linear_bench
+
+    n = dict(zip(("train", "val", "test"), (int(x) for x in rows.split(",")), strict=True))
+    run_linear_bench(
+        method, rows=n, dim=dim, classes=classes, batch_size=batch_size, echo=click.echo
+    )
