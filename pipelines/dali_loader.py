@@ -82,16 +82,7 @@ def create_dali_pipeline(
         if preset is None:  # the split CPU graph: geometry in torchvision, then normalize_pipeline
             return images, rows
         images, norm = preset.dali(images, train, dev)
-        images = fn.crop_mirror_normalize(
-            images,
-            device=dev,
-            dtype=types.FLOAT,
-            output_layout="CHW",
-            mean=[255.0 * m for m in preset.mean],
-            std=[255.0 * s for s in preset.std],
-            **norm,
-        )
-        return images, rows
+        return normalize(images, preset, device=dev, **norm), rows
 
     return graph()
 
@@ -114,7 +105,7 @@ def iterate_dali(pipe, steps: int, where: str) -> Iterator[tuple[torch.Tensor, t
 
 def create_normalize_pipeline(preset: Preset, batch_size: int, num_threads: int):
     """crop_mirror_normalize of fed uint8 HWC images (the second half of the split CPU graph)."""
-    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali import fn, pipeline_def
 
     @pipeline_def(
         batch_size=batch_size,
@@ -126,17 +117,23 @@ def create_normalize_pipeline(preset: Preset, batch_size: int, num_threads: int)
     )
     def graph():
         images = fn.external_source(name="images", layout="HWC")
-        mirror = fn.external_source(name="mirror")
-        return fn.crop_mirror_normalize(
-            images,
-            mirror=mirror,
-            dtype=types.FLOAT,
-            output_layout="CHW",
-            mean=[255.0 * m for m in preset.mean],
-            std=[255.0 * s for s in preset.std],
-        )
+        return normalize(images, preset, mirror=fn.external_source(name="mirror"))
 
     return graph()
+
+
+def normalize(images, preset: Preset, **kwargs):
+    """The graph's last operator: (crop,) mirror, (x - mean) / std, float CHW."""
+    from nvidia.dali import fn, types
+
+    return fn.crop_mirror_normalize(
+        images,
+        dtype=types.FLOAT,
+        output_layout="CHW",
+        mean=[255.0 * m for m in preset.mean],
+        std=[255.0 * s for s in preset.std],
+        **kwargs,
+    )
 
 
 def iterate_dali_split(
