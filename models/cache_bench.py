@@ -17,6 +17,7 @@ import torch
 
 from models.cache import create_clip_encoder
 from models.cache_run import CacheOptions, DistContext, Encoder, run_cache
+from pipelines.bench import time_epochs
 from pipelines.loader import create_loader, default_threads, resolve_backend
 from shards import embeddings as emb
 from shards.embeddings import make_tag
@@ -119,9 +120,9 @@ def _bench_one(
             torch.cuda.synchronize()
         return count
 
-    out = {"loader": _rate(read, repeats)}
+    out = {"loader": time_epochs(read, repeats)["images_per_s"]}
     enc.encode(batch)  # warm-up
-    out["model"] = _rate(encode, repeats)
+    out["model"] = time_epochs(encode, repeats)["images_per_s"]
     # the image phase of a real run (its own timing: no model load, no class texts)
     opts = CacheOptions(splits=(split,), batch_size=batch_size, backend=backend, overwrite=True)
     no_text = dataclasses.replace(enc, text=None)
@@ -134,12 +135,3 @@ def _bench_one(
     if not any(folder.parent.iterdir()):
         folder.parent.rmdir()
     return out
-
-
-def _rate(run: Callable[[], int], repeats: int) -> float:
-    rates = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        n = run()
-        rates.append(n / (time.perf_counter() - t))
-    return statistics.median(rates)

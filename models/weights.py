@@ -3,7 +3,6 @@ when weights cannot be had (never a silent fallback to random weights)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import torch
 
 from shards.errors import WsmlError
+from shards.fileio import sha256_file
 
 NO_WEIGHTS = "none"  # the only spelling that asks for random initialisation
 WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".safetensors", ".npz")
@@ -64,13 +64,9 @@ def check_weights_file(path: str | os.PathLike) -> Path:
     return p
 
 
-def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, for recording where weights came from."""
-    digest = hashlib.sha256()
-    with open(check_weights_file(path), "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a weights file (a missing one is named), for recording its provenance."""
+    return sha256_file(check_weights_file(path))
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -8,7 +8,6 @@ every epoch is rebuilt from (seed, epoch, rank), so a run resumed at an epoch se
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from pipelines import sharding
 from pipelines.labels import RowTable, read_row_table
 from pipelines.presets import Preset, get_preset
 from shards.errors import WsmlError
+from shards.fileio import sha256_file
 from shards.registry import Registry
 from shards.shardset import ShardSet, open_shard_set
 
@@ -100,10 +100,11 @@ class Loader:
         # a short eval share (the fallback stops when its samples do) still yields len(self)
         # batches, all padding, so no rank waits in a collective on one that ran out
         while seen and done < len(self):
-            k = self.batch_size
-            batch = self.table.join(rows[-1:].expand(k))
-            batch["image"] = images[-1:].expand(k, *images.shape[1:]).contiguous()
-            batch["valid"] = torch.zeros(k, dtype=torch.bool, device=self.device)
+            none = torch.zeros(1, dtype=torch.bool)
+            pad_images, pad_rows, valid = _pad(images[-1:], rows[-1:], none, self.batch_size)
+            batch = self.table.join(pad_rows)
+            batch["image"] = pad_images
+            batch["valid"] = valid.to(self.device)
             yield batch
             done += 1
 
@@ -290,16 +291,8 @@ def check_files(ss: ShardSet, split: str, verify: bool) -> None:
                 )
         for key, digest in (("tar", "sha256"), ("index", "index_sha256")):
             path = ss.root / entry[key]
-            if verify and _sha256(path) != entry[digest]:
+            if verify and sha256_file(path) != entry[digest]:
                 raise WsmlError(
                     f"{path} does not match the sha256 in {ss.root / 'manifest.json'}: the file "
                     f"changed after conversion; convert again or run cli.py verify {ss.root}"
                 )
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
