@@ -226,6 +226,19 @@ def prepare(config: RunConfig, ctx: Context) -> Run:
     return run
 
 
+def create_run_method(info, cfg, data, num_classes: int, text, seed: int, device):
+    """A run's method (or a sweep member's): state sized to the training split, seeded, on the
+    device before the optimiser that holds its parameters is built."""
+    return info.create(
+        data.num_rows("train"),
+        num_classes,
+        cfg,
+        observed=data.observed("train").cpu() if info.needs_observed else None,
+        text_embeddings=text,
+        generator=torch.Generator().manual_seed(seed),
+    ).to(device)
+
+
 def assemble(
     config: RunConfig,
     resolved: dict[str, Any],
@@ -248,14 +261,7 @@ def assemble(
     model.to(ctx.device)
     if backbone is not None and ctx.device.type == "cuda":  # with channels_last batches
         model.to(memory_format=torch.channels_last)
-    method = info.create(
-        data.num_rows("train"),
-        num_classes,
-        mcfg,
-        observed=data.observed("train").cpu() if info.needs_observed else None,
-        text_embeddings=text,
-        generator=torch.Generator().manual_seed(config.seed),
-    ).to(ctx.device)
+    method = create_run_method(info, mcfg, data, num_classes, text, config.seed, ctx.device)
     groups = param_groups(model, model.head, mcfg) + method.extra_parameters()
     return Run(
         config=config,

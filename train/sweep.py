@@ -35,7 +35,7 @@ from train.evaluate import epoch_record, score, selected_summary
 from train.methods import Method, MethodConfig, get_method
 from train.model import Ema, create_classifier
 from train.runfolder import RunFolder, json_safe
-from train.setup import LoopState, resolve
+from train.setup import LoopState, create_run_method, resolve
 
 EVAL_ROWS = 4096
 
@@ -107,14 +107,7 @@ def create_member(config, resolved, data, batch, lr, folder, text, ctx) -> Membe
     cfg = info.resolve(resolved["dataset"], options)
     num_classes = len(resolved["classes"])
     head = create_classifier(resolved["feature_dim"], num_classes, config.seed).head.to(ctx.device)
-    method = info.create(
-        data.num_rows("train"),
-        num_classes,
-        cfg,
-        observed=data.observed("train").cpu() if info.needs_observed else None,
-        text_embeddings=text,
-        generator=torch.Generator().manual_seed(config.seed),
-    ).to(ctx.device)
+    method = create_run_method(info, cfg, data, num_classes, text, config.seed, ctx.device)
     name = f"b{batch}-lr{lr:g}-s{config.seed}"
     return Member(
         name=name,

@@ -27,14 +27,20 @@ SOURCE = (
 
 
 @dataclass(frozen=True)
-class AslConfig(MethodConfig):
+class AslProtocol(MethodConfig):
+    """The training protocol of ASL's code base, which Zhang et al.'s Hill/SPLC code keeps."""
+
     lr: float = 1e-4
     batch_size: int = 128
-    epochs: int = 40
     weight_decay: float = 1e-4
     schedule: str = "onecycle"
     schedule_epochs: int = 80
     ema: float = 0.9997
+
+
+@dataclass(frozen=True)
+class AslConfig(AslProtocol):
+    epochs: int = 40
     gamma_neg: float = 4.0
     gamma_pos: float = 0.0
     clip: float = 0.05

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from train.methods import Method, MethodConfig, MethodInfo, observed_masks, register_method
+from train.methods import Method, MethodInfo, observed_masks, register_method
+from train.methods.asl import AslProtocol
 
 ZHANG = (
     "Zhang et al., arXiv 2112.07368, Simple and Robust Loss Design for Multi-Label Learning "
@@ -34,14 +35,8 @@ SOURCE = (
 
 
 @dataclass(frozen=True)
-class AslSkeletonConfig(MethodConfig):
-    lr: float = 1e-4
-    batch_size: int = 128
+class AslSkeletonConfig(AslProtocol):
     epochs: int = 30
-    weight_decay: float = 1e-4
-    schedule: str = "onecycle"
-    schedule_epochs: int = 80
-    ema: float = 0.9997
     margin: float = 1.0
     gamma: float = 2.0
 
