@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import webdataset as wds
 
 from pipelines.presets import Preset
 from pipelines.sharding import split_range, tars_covering
@@ -43,16 +44,16 @@ class ShareReader(torch.utils.data.IterableDataset):
         lo, hi = split_range(self.start, self.end, workers, worker)
         rng = np.random.default_rng([self.seed, worker])
         samples = self._samples(lo, hi)
-        if self.train:
-            samples = _buffer_shuffle(samples, max(1, self.shuffle_buffer // workers), rng)
+        if self.train:  # webdataset's buffer shuffle, seeded by the rank's epoch and worker
+            buffer = max(1, self.shuffle_buffer // workers)
+            shuffle = wds.filters.shuffle(buffer, initial=buffer, seed=int(rng.integers(2**31)))
+            samples = shuffle(samples)
         try:
             yield from self._batches(samples, rng)
         except WsmlError as e:  # raised again in the main process, as the user's error
             yield _Failure(str(e))
 
     def _samples(self, lo: int, hi: int) -> Iterator[tuple[str, str, bytes, int]]:
-        import webdataset as wds
-
         for tar_i, skip, take in tars_covering(self.counts, lo, hi):
             url = self.tars[tar_i]
             ds = wds.WebDataset(
@@ -103,20 +104,6 @@ class ShareReader(torch.utils.data.IterableDataset):
 
 class _Failure(str):
     """An expected error inside a DataLoader worker, carried to the main process."""
-
-
-def _buffer_shuffle(samples, bufsize: int, rng: np.random.Generator):
-    """webdataset's shuffle with a seeded generator: fill ``bufsize``, then swap out at random."""
-    buf = []
-    for s in samples:
-        if len(buf) < bufsize:
-            buf.append(s)
-            continue
-        i = int(rng.integers(len(buf)))
-        buf[i], s = s, buf[i]
-        yield s
-    rng.shuffle(buf)
-    yield from buf
 
 
 def iterate_torch(
