@@ -121,27 +121,23 @@ def evaluate_run(run_dir: str, split: str, which: str = "best") -> dict[str, Any
 
 
 def load_model(config: RunConfig, saved: dict, ckpt: dict, ss, ctx):
-    """The checkpoint's classifier (its EMA weights when those were selected) and the data."""
+    """The checkpoint's model (its EMA weights when those were selected) and the data."""
     from train.methods import get_method
     from train.model import create_classifier
-    from train.setup import create_data
+    from train.setup import build_model, create_data
 
-    backbone = None
+    info = get_method(config.method)
+    mcfg = info.resolve(saved["dataset"], config.method_options)
     if config.setting == "e2e":
-        from models.backbones import create_backbone
-
-        backbone, _ = create_backbone(config.backbone, weights="none")  # the checkpoint's
-    mcfg = get_method(config.method).resolve(saved["dataset"], config.method_options)
-    data = create_data(config, ss, mcfg, ctx, backbone)
+        model, _ = build_model(config, dict(saved), ss, info, mcfg, weights="none")
+    else:
+        model = create_classifier(saved["feature_dim"], len(saved["classes"]), config.seed)
+    data = create_data(config, ss, mcfg, ctx, model)
     if config.setting == "linear" and data.feature_dim != saved["feature_dim"]:
         raise WsmlError(
             f"features {config.features!r} have dimension {data.feature_dim}, the run was "
             f"trained on {saved['feature_dim']}"
         )
-    model = create_classifier(
-        saved["feature_dim"], len(saved["classes"]), config.seed, backbone, config.head,
-        config.boostlu_alpha,
-    )  # fmt: skip
     weights = ckpt["loop"]["best_weights"]
     model.load_state_dict(ckpt["ema"] if weights == "ema" else ckpt["model"])
     return model.to(ctx.device), data

@@ -17,7 +17,8 @@ from shards.errors import WsmlError
 
 SETTINGS = ("linear", "e2e")
 HEADS = ("linear", "cam")
-DEFAULT_BACKBONE = "resnet50"
+DEFAULT_BACKBONE = "resnet50"  # e2e, unless the method's protocol names another
+DEFAULT_PRESET = "cole448"
 # run options that may also come as -o key=value (method fields take precedence)
 RUN_OPTIONS = (
     "head",
@@ -47,9 +48,9 @@ class RunConfig:
     regime: str | None = None  # observed view; None: single-positive, or the method's only one
     features: str | None = None  # linear: embeddings cache tag (the head's inputs)
     clip: str | None = None  # CLIP cache for methods that need one (default: --features)
-    backbone: str = DEFAULT_BACKBONE  # e2e: bundled name or timm model name
+    backbone: str | None = None  # e2e: bundled or timm name (None: the method's, or resnet50)
     weights: str | None = None  # e2e: None = pretrained (bundled or hub), "none", or a file
-    preset: str = "cole448"  # e2e: augmentation preset (the backbone's mean/std)
+    preset: str | None = None  # e2e: augmentation preset (None: the method's, or cole448)
     image_size: int = 0  # e2e: >0 replaces the preset by a centre crop of this size
     loader: str = "auto"  # e2e: dali, torch or auto
     compile: bool = False  # e2e: torch.compile the model

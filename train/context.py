@@ -115,16 +115,22 @@ class Schedule:
         return self.lr[i]
 
 
+POLY_POWER = 0.9  # Puzzle-CAM's PolyOptimizer
+
+
 def create_schedule(config: MethodConfig, steps_per_epoch: int) -> Schedule:
-    """``constant``, or ``onecycle`` over ``schedule_epochs`` (default: the run's epochs) with
-    the formula and defaults of torch's OneCycleLR (cosine, pct_start 0.2, beta1 cycled)."""
+    """``constant``; ``onecycle`` over ``schedule_epochs`` (default: the run's epochs) with the
+    formula and defaults of torch's OneCycleLR (cosine, pct_start 0.2, beta1 cycled, which
+    applies to Adam only); or ``poly``, (1 - step / total) ** 0.9 over the same steps."""
     epochs = config.schedule_epochs or config.epochs
     total = max(1, epochs * steps_per_epoch)
     run = max(1, config.epochs * steps_per_epoch)
     if config.schedule == "constant":
         return Schedule((1.0,) * run)
+    if config.schedule == "poly":
+        return Schedule(tuple((1 - s / total) ** POLY_POWER for s in range(min(run, total))))
     lr, beta1 = zip(*(onecycle(s, total) for s in range(min(run, total))), strict=True)
-    return Schedule(tuple(lr), tuple(beta1))
+    return Schedule(tuple(lr), tuple(beta1) if config.optimizer == "adam" else None)
 
 
 def _cos(start: float, end: float, pct: float) -> float:
@@ -166,10 +172,15 @@ def param_groups(model: nn.Module, head: nn.Module, config: MethodConfig) -> lis
     return out
 
 
-def create_optimizer(groups: list[dict]) -> torch.optim.Optimizer:
-    """Adam (fused: one pass per step; ROLE's dense estimator update is 12x cheaper on a CPU)."""
+def create_optimizer(
+    groups: list[dict], config: MethodConfig | None = None
+) -> torch.optim.Optimizer:
+    """Adam (fused: one pass per step; ROLE's dense estimator update is 12x cheaper on a CPU),
+    or SGD with the config's momentum when ``config.optimizer`` is ``sgd``."""
     for g in groups:
         g.setdefault("initial_lr", g["lr"])
+    if config is not None and config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=config.momentum)
     return torch.optim.Adam(groups, lr=groups[0]["lr"], fused=True)
 
 

@@ -93,15 +93,14 @@ def train_epoch(run: Run, ctx: Context, epoch: int) -> dict[str, float]:
 def train_step(run: Run, ctx: Context, batch, epoch: int, totals: dict) -> None:
     step, opt = run.state.step, run.optimizer
     run.schedule.apply(opt.param_groups, step)
-    with ctx.autocast():
-        logits = run.net(batch["input"])
-    out = run.method(logits, batch, epoch=epoch, step=step)
+    out = run.method.training_step(run.net, batch, epoch=epoch, step=step, autocast=ctx.autocast)
     opt.zero_grad(set_to_none=True)
     out["loss"].backward()
     run.method.after_backward()
     opt.step()
     if run.ema is not None:
         run.ema.update()
+    run.method.after_step()
     run.state.step += 1
     for k, v in out.items():
         totals[k] = totals.get(k, 0) + v.detach().float()

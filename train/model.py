@@ -16,6 +16,11 @@ class Classifier(nn.Module):
         self.backbone = backbone
         self.head = nn.Linear(feature_dim, num_classes)
 
+    @property
+    def pretrained_cfg(self) -> dict:
+        """The backbone's (timm's): the mean/std its inputs are normalised with."""
+        return self.backbone.pretrained_cfg
+
     def forward(self, x: Tensor) -> Tensor:  # (N, ...) -> (N, L) logits
         return self.head(self.backbone(x))
 
@@ -31,6 +36,10 @@ class CamClassifier(nn.Module):
         self.backbone = backbone
         self.head = nn.Conv2d(feature_dim, num_classes, kernel_size=1)
         self.alpha = alpha
+
+    @property
+    def pretrained_cfg(self) -> dict:
+        return self.backbone.pretrained_cfg
 
     def cam(self, x: Tensor) -> Tensor:  # (N, 3, H, W) -> (N, L, h, w)
         return self.head(self.backbone.forward_features(x))

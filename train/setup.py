@@ -14,7 +14,14 @@ from torch import nn
 from shards import embeddings as emb
 from shards.errors import WsmlError
 from shards.shardset import ShardSet, open_shard_set
-from train.config import RunConfig, run_dict, split_options, with_run_options
+from train.config import (
+    DEFAULT_BACKBONE,
+    DEFAULT_PRESET,
+    RunConfig,
+    run_dict,
+    split_options,
+    with_run_options,
+)
 from train.context import (
     Context,
     Schedule,
@@ -23,8 +30,8 @@ from train.context import (
     param_groups,
 )
 from train.data import FeatureData, ImageData, e2e_preset, read_clip_text
-from train.methods import Method, MethodConfig, MethodInfo, config_dict, get_method
-from train.model import CamClassifier, Classifier, Ema, create_classifier
+from train.methods import Method, MethodConfig, MethodInfo, ModelSpec, config_dict, get_method
+from train.model import Ema, create_classifier
 from train.runfolder import RunFolder, set_rng_state
 
 CHECKPOINT_FORMAT = "wsml-checkpoint"
@@ -67,7 +74,7 @@ class Run:
     resolved: dict[str, Any]
     folder: RunFolder
     data: FeatureData | ImageData
-    model: Classifier | CamClassifier  # the plain module (checkpoints, EMA)
+    model: nn.Module  # the plain module (checkpoints, EMA): Classifier, CamClassifier or own
     net: nn.Module  # what trains: compiled and/or DDP-wrapped
     method: Method
     optimizer: torch.optim.Optimizer
@@ -165,9 +172,16 @@ def resolve(config: RunConfig, ctx: Context) -> tuple[RunConfig, dict[str, Any],
     ss = open_shard_set(config.shards)
     config = dataclasses.replace(config, shards=str(ss.root.resolve()))
     info = get_method(config.method)
+    info.check_setting(config.setting)
     names = [f.name for f in dataclasses.fields(info.config)]
     method_opts, run_opts = split_options(names, config.method_options)
     config = with_run_options(dataclasses.replace(config, method_options=method_opts), run_opts)
+    if config.setting == "e2e":  # the method's protocol picks backbone and preset if not given
+        config = dataclasses.replace(
+            config,
+            backbone=config.backbone or info.run_defaults.get("backbone", DEFAULT_BACKBONE),
+            preset=config.preset or info.run_defaults.get("preset", DEFAULT_PRESET),
+        )
     view, kind = resolve_regime(ss, info, config.regime)
     mcfg = info.resolve(ss.manifest["dataset"], method_opts)
     ctx.local_batch(mcfg.batch_size)
@@ -200,21 +214,18 @@ def prepare(config: RunConfig, ctx: Context) -> Run:
     info = get_method(config.method)
     mcfg = info.resolve(resolved["dataset"], config.method_options)
     torch.manual_seed(config.seed)
-    backbone = None
+    model = None
     if config.setting == "e2e":
-        from models.backbones import create_backbone
-
-        backbone, binfo = create_backbone(config.backbone, weights=config.weights)
-        resolved["feature_dim"] = binfo.feature_dim
-        resolved["backbone"] = {"weights": binfo.weights, "sha256": binfo.weights_sha256}
+        model, provenance = build_model(config, resolved, ss, info, mcfg)
+        resolved["backbone"] = provenance
     folder = RunFolder(config.run_dir)
     saved = folder.check_reuse(resolved, resume=config.resume, overwrite=config.overwrite)
     ctx.barrier()  # every rank has looked at the folder before rank 0 writes to it
-    data = create_data(config, ss, mcfg, ctx, backbone)
+    data = create_data(config, ss, mcfg, ctx, model)
     text = None
     if info.needs_clip:
         text = torch.from_numpy(read_clip_text(ss, config.clip, info.name)).float()
-    run = assemble(config, resolved, folder, data, info, mcfg, ctx, backbone=backbone, text=text)
+    run = assemble(config, resolved, folder, data, info, mcfg, ctx, model=model, text=text)
     if saved is not None:
         restore(run, folder.load_checkpoint(device=ctx.device))
         if ctx.is_main:
@@ -224,6 +235,39 @@ def prepare(config: RunConfig, ctx: Context) -> Run:
     ctx.barrier()
     run.net = ctx.wrap(torch.compile(run.model) if config.compile else run.model)
     return run
+
+
+def build_model(
+    config: RunConfig,
+    resolved: dict[str, Any],
+    ss: ShardSet,
+    info: MethodInfo,
+    mcfg: MethodConfig,
+    weights: str | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The e2e model and its weights' provenance: the method's own (``info.build_model``) or a
+    backbone with the run's head. ``weights`` overrides the run's (``"none"`` to load a
+    checkpoint into). Sets ``resolved["feature_dim"]`` for backbone + head."""
+    weights = config.weights if weights is None else weights
+    num_classes = len(resolved["classes"])
+    if info.build_model is not None:
+        if config.head != "linear":
+            raise WsmlError(f"method {info.name} brings its own model; --head does not apply")
+        spec = ModelSpec(
+            ss, tuple(resolved["classes"]), mcfg, config.backbone, weights, config.seed
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            model = info.build_model(spec)
+        return model, dict(getattr(model, "weights_info", None) or {"backbone": config.backbone})
+    from models.backbones import create_backbone
+
+    backbone, binfo = create_backbone(config.backbone, weights=weights)
+    resolved["feature_dim"] = binfo.feature_dim
+    model = create_classifier(
+        binfo.feature_dim, num_classes, config.seed, backbone, config.head, config.boostlu_alpha
+    )
+    return model, {"weights": binfo.weights, "sha256": binfo.weights_sha256}
 
 
 def create_run_method(info, cfg, data, num_classes: int, text, seed: int, device):
@@ -248,21 +292,26 @@ def assemble(
     mcfg: MethodConfig,
     ctx: Context,
     *,
-    backbone: nn.Module | None = None,
+    model: nn.Module | None = None,
     text: torch.Tensor | None = None,
 ) -> Run:
-    """Model, method (on the device before the optimiser is built), optimiser with the
-    method's own groups, schedule and EMA around ``data``."""
+    """Model (default: a linear head on ``data``'s features), method (on the device before the
+    optimiser is built), optimiser with the model's and the method's groups, schedule and EMA
+    around ``data``."""
     num_classes = len(resolved["classes"])
-    model = create_classifier(
-        resolved["feature_dim"], num_classes, config.seed, backbone, config.head,
-        config.boostlu_alpha,
-    )  # fmt: skip
+    e2e = model is not None
+    if model is None:
+        model = create_classifier(resolved["feature_dim"], num_classes, config.seed)
     model.to(ctx.device)
-    if backbone is not None and ctx.device.type == "cuda":  # with channels_last batches
+    if e2e and ctx.device.type == "cuda":  # with channels_last batches
         model.to(memory_format=torch.channels_last)
     method = create_run_method(info, mcfg, data, num_classes, text, config.seed, ctx.device)
-    groups = param_groups(model, model.head, mcfg) + method.extra_parameters()
+    method.bind_model(model)
+    if hasattr(model, "param_groups"):
+        groups = model.param_groups(mcfg)
+    else:
+        groups = param_groups(model, model.head, mcfg)
+    groups += method.extra_parameters()
     return Run(
         config=config,
         resolved=resolved,
@@ -271,14 +320,14 @@ def assemble(
         model=model,
         net=model,
         method=method,
-        optimizer=create_optimizer(groups),
+        optimizer=create_optimizer(groups, mcfg),
         schedule=create_schedule(mcfg, data.steps_per_epoch),
         ema=Ema(model, mcfg.ema) if mcfg.ema else None,
         step_threads=1 if isinstance(data, FeatureData) and ctx.device.type == "cpu" else 0,
     )
 
 
-def create_data(config, ss, mcfg, ctx, backbone) -> FeatureData | ImageData:
+def create_data(config, ss, mcfg, ctx, model=None) -> FeatureData | ImageData:
     if config.setting == "linear":
         return FeatureData.read(
             ss,
@@ -290,7 +339,7 @@ def create_data(config, ss, mcfg, ctx, backbone) -> FeatureData | ImageData:
             clip=config.clip,
             eval_rows=config.eval_batch_size,
         )
-    cfg = backbone.pretrained_cfg  # timm's: the mean/std the backbone was trained with
+    cfg = model.pretrained_cfg  # timm's: the mean/std the backbone was trained with
     preset = e2e_preset(config.preset, config.image_size, cfg["mean"], cfg["std"])
     return ImageData(
         ss,

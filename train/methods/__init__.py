@@ -26,6 +26,15 @@ the valid ones). Every config carries the protocol fields of :class:`MethodConfi
   ``predictions = (rows, probabilities)`` from an eval-mode pass over the training split, given
   when ``wants_epoch_pass(epoch)`` is true (EM+APL). Returns scalars to log.
 - ``state_dict()`` / ``load_state_dict()``: label state lives in buffers and parameters.
+- Methods with their own model or more than one forward (HSPNet, PU-MLC, OASS) use three more
+  hooks, whose defaults are what every other method does: ``info.build_model(spec)`` builds the
+  method's model (:class:`ModelSpec`; end to end only, ``info.settings``) in place of backbone +
+  head; ``training_step(net, batch, epoch=, step=, autocast=)`` is one step's forward and loss
+  (default: ``self(net(batch["input"]), batch, …)``); ``bind_model(model)`` is called once with
+  the plain model before a checkpoint is restored (e.g. to build an EMA teacher, which, as a
+  submodule of the method, travels in its state) and ``after_step()`` after every optimiser step.
+  Under DDP ``net`` is the wrapped model: a second forward must be the same call (concatenate
+  the inputs, or give the model's forward a second argument), never a second DDP call per step.
 - ``method.gather``: ``gather_cat`` (all-gather along dim 0 across ranks, identity without a
   process group); every state update goes through it, so ranks hold the same state.
 
@@ -35,7 +44,7 @@ Forward is for training-split batches only (``row`` indexes the training split).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -53,6 +62,7 @@ __all__ = [
     "Method",
     "MethodConfig",
     "MethodInfo",
+    "ModelSpec",
     "REGIMES",
     "config_dict",
     "create_method",
@@ -75,7 +85,9 @@ _DATASET_FAMILY = {
     "cub": "cub",
     "openimages-v3": "openimages",
 }
-SCHEDULES = ("constant", "onecycle")
+SCHEDULES = ("constant", "onecycle", "poly")
+OPTIMIZERS = ("adam", "sgd")
+SETTINGS = ("linear", "e2e")
 
 
 def dataset_family(dataset: str | None) -> str:
@@ -92,9 +104,11 @@ def neg_log(x: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """Protocol fields every method's config carries, for the loop: Adam at ``lr`` (the head at
-    ``lr * head_lr_mult``), ``weight_decay``, a ``constant`` or ``onecycle`` schedule (OneCycle
-    over ``schedule_epochs``, pct_start 0.2, as in the ASL skeleton), model EMA decay ``ema``
+    """Protocol fields every method's config carries, for the loop: Adam (or ``optimizer=sgd``
+    with ``momentum``) at ``lr`` (the head at ``lr * head_lr_mult``), ``weight_decay`` (coupled
+    L2, as torch's Adam and SGD apply it), a ``constant``, ``onecycle`` (over
+    ``schedule_epochs``, pct_start 0.2, as in the ASL skeleton) or ``poly`` ((1 - t/T)^0.9 over
+    ``schedule_epochs``, Puzzle-CAM's) schedule, model EMA decay ``ema``
     (0 = off), early stopping after ``stop_patience`` epochs without a better val mAP (0 = off)
     or when val mAP falls more than ``stop_drop`` points below the best (0 = off)."""
 
@@ -103,6 +117,8 @@ class MethodConfig:
     epochs: int = 10
     head_lr_mult: float = 1.0
     weight_decay: float = 0.0
+    optimizer: str = "adam"
+    momentum: float = 0.9
     schedule: str = "constant"
     schedule_epochs: int = 0
     ema: float = 0.0
@@ -119,6 +135,10 @@ class MethodConfig:
         if self.schedule not in SCHEDULES:
             raise WsmlError(
                 f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise WsmlError(
+                f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
             )
         if not 0.0 <= self.ema < 1.0:
             raise WsmlError(f"ema must be in [0, 1), got {self.ema}")
@@ -145,6 +165,25 @@ def _parse_value(text: str, annotation: str, key: str) -> Any:
 
 
 @dataclass(frozen=True)
+class ModelSpec:
+    """What a method's own model is built from (``MethodInfo.build_model``): the shard set (its
+    classes, class groups and training labels), the method's resolved config, the run's
+    ``--backbone`` (or the method's default) and ``--weights`` (None: pretrained; "none": random;
+    or a local file), and the seed (the global RNG is seeded with it around the call). The model
+    maps an image batch to (N, L) logits and has timm's ``pretrained_cfg`` (at least ``mean``
+    and ``std``, which the run's preset normalises with); it may define ``param_groups(config)``
+    (optimiser groups, each with ``lr`` and ``name``) and ``weights_info`` (provenance, saved in
+    the run's config)."""
+
+    shards: Any  # shards.shardset.ShardSet
+    classes: tuple[str, ...]
+    config: MethodConfig
+    backbone: str
+    weights: str | None
+    seed: int
+
+
+@dataclass(frozen=True)
 class MethodInfo:
     """Registry entry of a method. ``defaults`` maps a dataset family (or ``default``, applied
     first) to values that replace the config dataclass's own; ``defaults_source`` cites them."""
@@ -163,6 +202,9 @@ class MethodInfo:
     per_sample_state: bool = False  # label state indexed by batch["row"]
     epoch_pass: bool = False  # end_epoch wants predictions over the training split
     trainable_state: bool = False  # extra_parameters() is not empty
+    settings: tuple[str, ...] = SETTINGS  # linear (cached features) and/or e2e (images)
+    build_model: Callable[[ModelSpec], nn.Module] | None = None  # the method's own model
+    run_defaults: Mapping[str, Any] = field(default_factory=dict)  # e.g. backbone, preset
 
     def resolve(self, dataset: str | None = None, overrides: Mapping[str, str] | None = None):
         """The config for ``dataset`` (a name or family) with string overrides applied."""
@@ -178,6 +220,13 @@ class MethodInfo:
         for key, text in (overrides or {}).items():
             values[key] = _parse_value(text, str(fields[key].type), key)
         return self.config(**values)
+
+    def check_setting(self, setting: str) -> None:
+        if setting not in self.settings:
+            raise WsmlError(
+                f"method {self.name} trains in the {' and '.join(self.settings)} setting only "
+                f"(its own model on images): use --setting {self.settings[0]}"
+            )
 
     def check_regime(self, regime: str) -> None:
         if regime not in self.regimes:
@@ -277,18 +326,47 @@ class Method(nn.Module):
         self._check_batch(logits, batch)
         out = self.compute(logits.float(), batch, epoch=epoch, step=step)
         pending = {k: out.pop(k) for k in [k for k in out if k.startswith("_")]}
-        loss = out["loss"]
         # Logits too: LL-R would reject a NaN entry (topk ranks NaN first) and hide it.
-        if not bool(torch.isfinite(loss) & torch.isfinite(logits).all()):
+        self.check_finite(out["loss"], logits, epoch=epoch, step=step)
+        if self.training and torch.is_grad_enabled() and pending:
+            with torch.no_grad():
+                self.commit(pending, batch, epoch=epoch)
+        return {k: (v if k == "loss" else v.detach()) for k, v in out.items()}
+
+    def check_finite(self, loss: Tensor, *logits: Tensor, epoch: int, step: int) -> None:
+        """Raise, naming method, epoch and step, when the loss or any of ``logits`` is not
+        finite."""
+        finite = torch.isfinite(loss)
+        for z in logits:
+            finite = finite & torch.isfinite(z).all()
+        if not bool(finite):
             what = "loss" if not torch.isfinite(loss) else "loss (non-finite logits)"
             raise WsmlError(
                 f"method {self.name}: non-finite {what} ({float(loss.detach())}) at epoch {epoch}, "
                 f"step {step}"
             )
-        if self.training and torch.is_grad_enabled() and pending:
-            with torch.no_grad():
-                self.commit(pending, batch, epoch=epoch)
-        return {k: (v if k == "loss" else v.detach()) for k, v in out.items()}
+
+    def training_step(
+        self,
+        net: nn.Module,
+        batch: Mapping[str, Tensor],
+        *,
+        epoch: int,
+        step: int,
+        autocast: Callable[[], Any],
+    ) -> dict[str, Tensor]:
+        """One training step's forward and loss: ``{"loss": …, scalars…}`` as ``forward``.
+        ``net`` is the (maybe DDP-wrapped, compiled) model, ``autocast()`` the run's precision
+        context for model forwards. Methods with a second forward override this."""
+        with autocast():
+            logits = net(batch["input"])
+        return self(logits, batch, epoch=epoch, step=step)
+
+    def bind_model(self, model: nn.Module) -> None:
+        """Called once with the run's plain model, before a checkpoint is restored."""
+
+    def after_step(self) -> None:
+        """Called after every optimiser step (and the model EMA's update)."""
 
     def _check_batch(self, logits: Tensor, batch: Mapping[str, Tensor]) -> None:
         shape = (len(logits), self.num_classes)
@@ -402,11 +480,18 @@ def config_dict(config: MethodConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def _register_all(modules: Sequence[str]) -> None:
-    import importlib
+_FIRST = ("cole", "zhou", "vlpl", "kim", "asl", "zhang")  # `cli.py methods` lists in this order
 
-    for module in modules:
+
+def _register_all() -> None:
+    """Import every module of this package (each registers its methods): the papers of the
+    SPML line first, then the others by name."""
+    import importlib
+    import pkgutil
+
+    found = {m.name for m in pkgutil.iter_modules(__path__)}
+    for module in [*_FIRST, *sorted(found - set(_FIRST))]:
         importlib.import_module(f"{__name__}.{module}")
 
 
-_register_all(("cole", "zhou", "vlpl", "kim", "asl", "zhang"))
+_register_all()
