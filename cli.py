@@ -50,7 +50,7 @@ for command in (
     shards_commands.bench_openimages,
     pipelines_commands.bench_loader,
     models_commands.bench_cache_clip,
-    train_commands.bench_train_linear,
+    train_commands.bench_train,
 ):
     bench.add_command(command)
 

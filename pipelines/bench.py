@@ -45,17 +45,19 @@ def bench_photos(n: int, seed: int = 0) -> list[tuple[bytes, int, int]]:
     return out
 
 
-def make_bench_set(work: Path, images: int) -> Path:
-    """A COCO-layout folder of ``images`` photos, sharded with val-frac 0 (all in train)."""
+def make_bench_set(work: Path, images: int, val_frac: float = 0.0) -> Path:
+    """A COCO-layout folder of ``images`` photos, sharded with ``val_frac`` of them in val (0:
+    all in train; the trainer needs a val split)."""
     from shards.bench import write_coco_dataset
     from shards.convert import convert
 
-    raw, out = work / "loader-raw", work / "loader-shards"
+    tag = "" if not val_frac else f"-val{val_frac:g}"
+    raw, out = work / "loader-raw", work / f"loader-shards{tag}"
     if (out / "manifest.json").is_file():
         return out
     shutil.rmtree(raw, ignore_errors=True)
     write_coco_dataset(raw, images + 1, bench_photos(min(images, 256)))
-    convert("coco", raw, out, {}, {"val_frac": 0.0}, workers=default_threads(1))
+    convert("coco", raw, out, {}, {"val_frac": val_frac}, workers=default_threads(1))
     return out
 
 

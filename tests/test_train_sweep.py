@@ -1,7 +1,9 @@
 """``--sweep``: a 2 x 2 grid (batch {8, 16} x lr) trained as one vectorised job gives every
-configuration the metrics of a separate run with that batch size and lr (to 1e-5), for methods
-with trainable per-image state (ROLE), an epoch pass and pseudo-labels (EM+APL), and EMA with a
-OneCycle schedule (ASL); the pick is the best validation mAP."""
+configuration the metrics of a separate run with that batch size and lr (to 1e-5): for stacked
+members (AN; EPR, whose regulariser is per batch; LL-Cp, whose top-k is per batch and whose
+corrections are per image), for methods with trainable per-image state (ROLE), an epoch pass and
+pseudo-labels (EM+APL), which train unstacked, and EMA with a OneCycle schedule (ASL); the pick
+is the best validation mAP."""
 
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ from train.loop import train
 
 GRID = {"sweep_lrs": (1e-2, 1e-3), "sweep_batches": (8, 16)}
 CASES = {
+    "an": {},
+    "epr": {},
+    "ll-cp": {},
     "role": {},
     "em-apl": {"warmup_epoch": "1"},
     "asl": {"ema": "0.8", "schedule_epochs": "3"},

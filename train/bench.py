@@ -1,23 +1,40 @@
-"""Benchmark of the linear setting at a real dataset's size on synthetic features: one training
-epoch, the evaluation of val and test, and (for methods with one) the epoch pass. A benchmark,
-not a test: it prints figures."""
+"""``cli.py bench train``: the trainer's figures, printed side by side in one run. Benchmarks,
+not tests: they print numbers and assert nothing about them.
+
+- **linear** (synthetic features at a real dataset's size, default COCO's 65,665 x 2,048, 80
+  classes): per epoch, the hyper-parameter grid (Cole et al.: batch {8, 16} x lr {1e-2 .. 1e-5})
+  trained three ways: the configurations one after another in the papers' way (a per-sample
+  ``Dataset`` + ``DataLoader`` + ``nn.Linear`` + Adam, with the method's loss), one after another
+  through this trainer's own linear runs, and as one ``--sweep`` job.
+- **e2e** (images through ``create_loader``): a method's training steps on a generated shard
+  set of photos: images/s, milliseconds per step, and the share of each step spent waiting for
+  data. Every method, its own model included (HSPNet, PU-MLC, OASS), runs through the same
+  ``training_step`` as ``cli.py train``.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from shards.errors import WsmlError
 from train.config import RunConfig
-from train.context import Context
+from train.context import Context, cpu_threads
 from train.data import FeatureData
-from train.evaluate import evaluate_splits
-from train.loop import end_epoch, train_epoch
+from train.loop import train_epoch
 from train.methods import dataset_family, get_method
 from train.setup import assemble
 
 COCO = {"train": 65_665, "val": 16_416, "test": 40_137}  # Cole's COCO splits (METHODS.md §0.3)
+GRID_LRS = (1e-2, 1e-3, 1e-4, 1e-5)
+GRID_BATCHES = (8, 16)
 
 
 def synthetic_split(rows: int, dim: int, classes: int, g: torch.Generator) -> dict:
@@ -37,46 +54,288 @@ def synthetic_split(rows: int, dim: int, classes: int, g: torch.Generator) -> di
     }
 
 
+def _header(echo: Callable[[str], None]) -> None:
+    from shards.bench import machine_info
+
+    m = machine_info()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    echo(
+        f"{m.get('cpu', '?')}, {m.get('nproc', '?')} cores (load {load:.1f}), {gpu}, "
+        f"torch {torch.__version__}"
+    )
+
+
+# ---------------------------------------------------------------------------------- linear
+
+
+class PaperDataset(torch.utils.data.Dataset):
+    """Cole et al.'s feature dataset: one sample's features and labels per ``__getitem__``."""
+
+    def __init__(self, split: dict[str, torch.Tensor]):
+        self.x = split["input"].float().numpy()
+        self.obs = split["observed"].numpy()
+        self.full = split["full"].numpy()
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {
+            "input": torch.from_numpy(self.x[i]),
+            "observed": torch.from_numpy(self.obs[i]),
+            "full": torch.from_numpy(self.full[i]),
+            "row": i,
+        }
+
+
+def paper_epoch(method: str, split: dict, batch: int, lr: float, max_steps: int = 0) -> float:
+    """Seconds of one epoch the papers' way (shuffled per-sample DataLoader, drop_last)."""
+    info = get_method(method)
+    cfg = info.resolve(dataset_family("coco"), {"batch_size": str(batch), "lr": repr(lr)})
+    n, classes = len(split["full"]), split["full"].shape[1]
+    obs = split["observed"] if info.needs_observed else None
+    loss_fn = info.create(n, classes, cfg, observed=obs, generator=torch.Generator().manual_seed(0))
+    model = torch.nn.Linear(split["input"].shape[1], classes)
+    opt = torch.optim.Adam(
+        [*model.parameters(), *(p for g in loss_fn.extra_parameters() for p in g["params"])], lr=lr
+    )
+    loader = torch.utils.data.DataLoader(
+        PaperDataset(split), batch_size=batch, shuffle=True, drop_last=True
+    )
+    steps = len(loader) if not max_steps else min(max_steps, len(loader))
+    t = time.perf_counter()
+    for s, b in enumerate(loader):
+        if s == steps:
+            break
+        out = loss_fn(model(b["input"]), b, epoch=1, step=s)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    return (time.perf_counter() - t) * len(loader) / steps
+
+
+def own_epoch(method: str, data: FeatureData, classes: int, batch: int, lr: float) -> float:
+    """Seconds of one epoch of this trainer's linear run (in-memory features)."""
+    ctx = Context()
+    info = get_method(method)
+    options = {"batch_size": str(batch), "lr": repr(lr), "epochs": "1"}
+    mcfg = info.resolve(dataset_family("coco"), options)
+    data.batch_size, data.local = batch, batch
+    config = RunConfig(shards="", method=method, features="synthetic")
+    resolved = {"classes": [str(c) for c in range(classes)], "feature_dim": data.feature_dim}
+    run = assemble(config, resolved, None, data, info, mcfg, ctx)
+    t = time.perf_counter()
+    train_epoch(run, ctx, 1)
+    return time.perf_counter() - t
+
+
+def sweep_epoch(method: str, data: FeatureData, classes: int, lrs, batches) -> float:
+    """Seconds of one epoch of every member of the ``--sweep`` grid, trained as one job."""
+    from train.runfolder import RunFolder
+    from train.sweep import create_group, train_group
+
+    ctx = Context()
+    info = get_method(method)
+    config = RunConfig(shards="", method=method, features="synthetic", method_options={})
+    resolved = {
+        "classes": [str(c) for c in range(classes)],
+        "feature_dim": data.feature_dim,
+        "dataset": "coco",
+    }
+    folder = RunFolder(tempfile.mkdtemp(prefix="wsml-bench-sweep-"))
+    groups = []
+    for b in batches:
+        specs = [(b, lr) for lr in lrs]
+        parts = [specs] if getattr(info.factory, "stackable", True) else [[s] for s in specs]
+        groups += [create_group(config, resolved, data, p, folder, None, ctx) for p in parts]
+    t = time.perf_counter()
+    with cpu_threads(1):
+        for group in groups:
+            train_group(group, data, 1)
+    return time.perf_counter() - t
+
+
 def run_linear_bench(
-    method: str = "an",
+    methods: tuple[str, ...] = ("an",),
     *,
     rows: dict[str, int] | None = None,
     dim: int = 2048,
     classes: int = 80,
-    batch_size: int = 16,
-    threads: int = 0,
+    lrs: tuple[float, ...] = GRID_LRS,
+    batches: tuple[int, ...] = GRID_BATCHES,
+    paper_steps: int = 0,
     echo: Callable[[str], None] = print,
-) -> dict[str, float]:
-    """Seconds for one epoch of ``method`` at ``rows`` (default: COCO) x ``dim`` features."""
-    if threads:
-        torch.set_num_threads(threads)
+) -> dict[str, dict[str, float]]:
+    """One epoch of the grid per method, three ways; returns seconds per way and method."""
+    _header(echo)
     rows = rows or COCO
     g = torch.Generator().manual_seed(0)
-    t = time.perf_counter()
-    splits = {s: synthetic_split(n, dim, classes, g) for s, n in rows.items()}
-    echo(f"synthetic features {rows} x {dim}, {classes} classes: {time.perf_counter() - t:.1f}s")
-    ctx = Context()
-    info = get_method(method)
-    mcfg = info.resolve(dataset_family("coco"), {"batch_size": str(batch_size), "epochs": "1"})
-    data = FeatureData(splits, ctx, seed=0, batch_size=batch_size)
-    config = RunConfig(shards="", method=method, features="synthetic")
-    resolved = {"classes": [str(c) for c in range(classes)], "feature_dim": dim}
-    run = assemble(config, resolved, None, data, info, mcfg, ctx)
-    out = {}
-    t = time.perf_counter()
-    losses = train_epoch(run, ctx, 1)
-    out["train"] = time.perf_counter() - t
-    t = time.perf_counter()
-    end_epoch(run, ctx, 1)
-    out["epoch_pass"] = time.perf_counter() - t
-    t = time.perf_counter()
-    results = evaluate_splits(run.eval_models(), data, ctx, ("val", "test"), 0.5)
-    out["eval"] = time.perf_counter() - t
-    steps = data.steps_per_epoch
+    split = synthetic_split(rows["train"], dim, classes, g)
+    data = FeatureData({"train": split}, Context(), seed=0, batch_size=batches[0])
+    grid = len(lrs) * len(batches)
     echo(
-        f"{method}: {steps} steps of batch {batch_size} in {out['train']:.2f}s "
-        f"({1e3 * out['train'] / steps:.2f} ms/step), "
-        f"loss {losses['loss']:.4f}; end of epoch {out['epoch_pass']:.2f}s; "
-        f"val+test scoring {out['eval']:.2f}s (val mAP {results['model']['val']['mAP']:.2f})"
+        f"linear setting, one epoch of {rows['train']:,} x {dim} features, {classes} classes; "
+        f"grid batch {{{', '.join(map(str, batches))}}} x lr {{{', '.join(f'{x:g}' for x in lrs)}}}"
+        f" = {grid} configurations (1 thread for the steps, as the trainer runs them)"
     )
+    echo(f"{'method':<8} {'papers, one by one':>19} {'wsml runs, one by one':>22} {'--sweep':>9} "
+         f"{'vs papers':>10} {'vs runs':>8}")  # fmt: skip
+    out = {}
+    for method in methods:
+        with cpu_threads(1):
+            paper = sum(
+                paper_epoch(method, split, b, lr, paper_steps) for b in batches for lr in lrs
+            )
+            own = sum(own_epoch(method, data, classes, b, lr) for b in batches for lr in lrs)
+        sweep = sweep_epoch(method, data, classes, lrs, batches)
+        out[method] = {"papers": paper, "runs": own, "sweep": sweep}
+        echo(
+            f"{method:<8} {paper:>18.1f}s {own:>21.1f}s {sweep:>8.1f}s {paper / sweep:>9.2f}x "
+            f"{own / sweep:>7.2f}x"
+        )
     return out
+
+
+# ---------------------------------------------------------------------------------- e2e
+
+
+class TrainSplit:
+    """The training split of a shard set through ``create_loader`` (what ``ImageData`` gives the
+    loop for training, without the evaluation loaders)."""
+
+    def __init__(self, ss, view, ctx, *, preset, batch_size, backend, seed=0):
+        from pipelines.loader import create_loader
+
+        self.ss, self.view, self.batch_size = ss, view, batch_size
+        self.local = ctx.local_batch(batch_size)
+        self.loader = create_loader(
+            ss, "train", regime=view, batch_size=self.local, preset=preset, rank=ctx.rank,
+            world_size=ctx.world_size, device=ctx.device, seed=seed, backend=backend, train=True,
+        )  # fmt: skip
+        self.channels_last = ctx.device.type == "cuda"
+
+    def num_rows(self, split: str) -> int:
+        return int(self.ss.split(split)["num_samples"])
+
+    def observed(self, split: str) -> torch.Tensor:
+        return torch.from_numpy(self.ss.observed_labels(self.view, split))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.loader)
+
+    def train_batches(self, epoch: int):
+        self.loader.set_epoch(epoch)
+        for batch in self.loader:
+            x = batch.pop("image")
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            batch["input"] = x
+            yield batch
+
+
+def run_e2e_bench(
+    shards: str | None,
+    *,
+    methods: tuple[str, ...] = ("an",),
+    backbone: str | None = None,
+    preset: str | None = None,
+    image_size: int = 0,
+    batch_size: int = 32,
+    steps: int = 20,
+    warmup: int = 3,
+    images: int = 256,
+    loader: str = "auto",
+    device: str = "auto",
+    compile: bool = False,
+    regime: str | None = None,
+    method_options: dict[str, str] | None = None,
+    workdir: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, dict[str, float]]:
+    """Training steps of each method (random weights: throughput only) on ``shards`` or on
+    ``images`` generated photos; per method images/s, ms per step and the data-wait share."""
+    from pipelines.bench import make_bench_set
+    from shards.shardset import open_shard_set
+    from train.data import e2e_preset
+    from train.loop import train_step
+    from train.setup import build_model, resolve
+
+    _header(echo)
+    own = workdir is None and shards is None  # generated photos in a folder of our own
+    work = Path(workdir or tempfile.mkdtemp(prefix="wsml-bench-train-"))
+    root = shards or str(make_bench_set(work, images, val_frac=0.1))
+    ctx = Context.create(device)
+    echo(f"end to end on {root} ({open_shard_set(root).split('train')['num_samples']} train "
+         f"images), batch {batch_size}, {steps} timed steps after {warmup}, device {ctx.device}"
+         f"{', compiled' if compile else ''}")  # fmt: skip
+    echo(f"{'method':<8} {'backbone':<18} {'preset':<10} {'images/s':>9} {'ms/step':>8} "
+         f"{'data wait':>10}")  # fmt: skip
+    out = {}
+    cuda = ctx.device.type == "cuda"
+    try:
+        for method in methods:
+            opts = {**(method_options or {}), "batch_size": str(batch_size)}
+            config = RunConfig(
+                root, method, setting="e2e", backbone=backbone, weights="none", preset=preset,
+                image_size=image_size, loader=loader, regime=regime, method_options=opts,
+                compile=compile,
+            )  # fmt: skip
+            config, resolved, ss = resolve(config, ctx)
+            info = get_method(method)
+            mcfg = info.resolve(resolved["dataset"], config.method_options)
+            model, _ = build_model(config, resolved, ss, info, mcfg)
+            cfg = model.pretrained_cfg
+            p = e2e_preset(config.preset, config.image_size, cfg["mean"], cfg["std"])
+            data = TrainSplit(ss, config.regime, ctx, preset=p, batch_size=batch_size,
+                              backend=config.loader)  # fmt: skip
+            if data.steps_per_epoch < 1:
+                raise WsmlError(f"{root} has fewer training images than a batch of {batch_size}")
+            run = assemble(config, resolved, None, data, info, mcfg, ctx, model=model)
+            run.net = ctx.wrap(torch.compile(run.model) if compile else run.model)
+            run.model.train()
+            run.method.train()
+            wait = busy = 0.0
+            done, epoch, totals = 0, 0, {}
+            while done < warmup + steps:
+                epoch += 1
+                run.method.start_epoch(epoch)
+                batches = iter(data.train_batches(epoch))
+                while done < warmup + steps:
+                    t0 = time.perf_counter()
+                    batch = next(batches, None)
+                    if batch is None:
+                        break
+                    if cuda:
+                        torch.cuda.synchronize()
+                    t1 = time.perf_counter()
+                    train_step(run, ctx, batch, epoch, totals)
+                    if cuda:
+                        torch.cuda.synchronize()
+                    t2 = time.perf_counter()
+                    if done >= warmup:
+                        wait += t1 - t0
+                        busy += t2 - t1
+                    done += 1
+            total = wait + busy
+            r = {
+                "images_per_s": steps * batch_size / total,
+                "ms_per_step": 1e3 * total / steps,
+                "data_wait": wait / total,
+            }
+            out[method] = r
+            echo(
+                f"{method:<8} {config.backbone:<18} {(config.preset if not image_size else f'center{image_size}'):<10} "
+                f"{r['images_per_s']:>9.1f} {r['ms_per_step']:>8.1f} {100 * r['data_wait']:>9.1f}%"
+            )
+    finally:
+        ctx.close()
+        if own:
+            shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def parse_rows(text: str) -> dict[str, int]:
+    values = [int(x) for x in text.split(",")]
+    return dict(zip(("train", "val", "test"), values, strict=False))

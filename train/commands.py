@@ -1,5 +1,5 @@
 """The training commands: ``train``, ``eval``, ``leaderboard``, ``methods`` and
-``bench train-linear`` (their logic lives in train/cli_support.py)."""
+``bench train`` (their logic lives in train/cli_support.py and train/bench.py)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ def _methods():
 @click.option("--overwrite", is_flag=True, help="Start the run in --out again.")
 @click.option("--compile", is_flag=True, help="torch.compile the model.")
 @click.option("--sweep", is_flag=True, help="linear: Cole's lr x batch grid as one job.")
+@click.option("--tensorboard", is_flag=True, help="Also write TensorBoard logs in the run folder.")
 @click.option("--stop-after-epochs", type=int, hidden=True)  # debug: an interruption
 @click.option("-o", "opts", multiple=True, metavar="KEY=VALUE", help="Method or run option.")
 @expected_errors
@@ -87,18 +88,47 @@ def methods_command():
         click.echo(line)
 
 
-@click.command("train-linear")
-@click.option("--method", default="an", show_default=True, type=RegistryChoice("method"))
-@click.option("--rows", default="65665,16416,40137", show_default=True, help="train,val,test")
-@click.option("--dim", default=2048, show_default=True, help="Feature dimension.")
-@click.option("--classes", default=80, show_default=True)
-@click.option("--batch-size", default=16, show_default=True)
+@click.command("train")
+@click.option(
+    "--setting", type=click.Choice(["linear", "e2e"]), default="linear", show_default=True
+)
+@click.option("--method", "methods", default="an", show_default=True, help="Comma-separated.")
+@click.option("--rows", default="65665", show_default=True, help="linear: training rows.")
+@click.option("--dim", default=2048, show_default=True, help="linear: feature dimension.")
+@click.option("--classes", default=80, show_default=True, help="linear: number of classes.")
+@click.option("--paper-steps", default=0, help="linear: time this many steps of each papers'-way "
+              "epoch and extrapolate (0: whole epochs).")  # fmt: skip
+@click.option("--shards", type=click.Path(), help="e2e: a shard set [default: generated photos].")
+@click.option("--images", default=256, show_default=True, help="e2e: photos to generate.")
+@click.option("--backbone", help="e2e: [default: the method's, else resnet50].")
+@click.option("--preset", help="e2e: [default: the method's, else cole448].")
+@click.option("--image-size", default=0, help="e2e: centre crop of this size instead of a preset.")
+@click.option("--batch-size", default=32, show_default=True, help="e2e.")
+@click.option("--steps", default=20, show_default=True, help="e2e: timed steps per method.")
+@click.option("--regime", help="e2e: observed view [default: the method's].")
+@click.option("--loader", default="auto", show_default=True, help="e2e: dali, torch or auto.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--compile", is_flag=True, help="e2e: torch.compile the model.")
+@click.option("-o", "opts", multiple=True, metavar="KEY=VALUE", help="e2e: method options.")
 @expected_errors
-def bench_train_linear(method, rows, dim, classes, batch_size):
-    """One linear-setting epoch at COCO's size on synthetic features: train, end, scoring."""
-    from train.bench import run_linear_bench
+def bench_train(setting, methods, rows, dim, classes, paper_steps, opts, **e2e):
+    """Trainer figures side by side. linear: one epoch of Cole's lr x batch grid three ways
+    (papers' per-sample loop one by one, wsml runs one by one, --sweep). e2e: images/s, ms per
+    step and data-wait share of each method's training steps (random weights)."""
+    from train.methods import get_method
 
-    n = dict(zip(("train", "val", "test"), (int(x) for x in rows.split(",")), strict=True))
-    run_linear_bench(
-        method, rows=n, dim=dim, classes=classes, batch_size=batch_size, echo=click.echo
-    )
+    names = tuple(m.strip() for m in methods.split(",") if m.strip())
+    for name in names:
+        get_method(name)  # unknown names fail here, listing the methods
+    if setting == "linear":
+        from train.bench import run_linear_bench
+
+        run_linear_bench(
+            names, rows={"train": int(rows)}, dim=dim, classes=classes,
+            paper_steps=paper_steps, echo=click.echo,
+        )  # fmt: skip
+        return
+    from train.bench import run_e2e_bench
+
+    shards = e2e.pop("shards")
+    run_e2e_bench(shards, methods=names, method_options=parse_kv(opts), echo=click.echo, **e2e)

@@ -34,7 +34,15 @@ RUN_OPTIONS = (
     "sweep_batches",
 )
 # fields that say how this invocation runs, not what the run is (free to change on --resume)
-INVOCATION_FIELDS = ("resume", "overwrite", "stop_after_epochs", "progress", "device", "out")
+INVOCATION_FIELDS = (
+    "resume",
+    "overwrite",
+    "stop_after_epochs",
+    "progress",
+    "device",
+    "out",
+    "tensorboard",
+)
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,7 @@ class RunConfig:
     overwrite: bool = False
     stop_after_epochs: int = 0  # debug: return after this epoch as if interrupted
     progress: bool = False
+    tensorboard: bool = False  # also write TensorBoard event files in the run folder
     sweep: bool = False  # linear: train the hyper-parameter grid at once (train/sweep.py)
     sweep_lrs: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-5)  # Cole's grid (METHODS.md §1.3)
     sweep_batches: tuple[int, ...] = (8, 16)

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from train.config import RunConfig
 from train.context import Context, cpu_threads
 from train.evaluate import epoch_record, evaluate_splits, predict, selected_summary
-from train.runfolder import json_safe
+from train.runfolder import Scalars, json_safe
 from train.setup import Run, prepare
 
 
@@ -36,6 +36,17 @@ def train(config: RunConfig) -> dict[str, Any]:
 
 
 def fit(run: Run, ctx: Context) -> dict[str, Any]:
+    scalars = None
+    if run.config.tensorboard and ctx.is_main:
+        scalars = Scalars(run.folder.path, resume_epoch=run.state.epoch)
+    try:
+        return fit_epochs(run, ctx, scalars)
+    finally:
+        if scalars is not None:
+            scalars.close()
+
+
+def fit_epochs(run: Run, ctx: Context, scalars: Scalars | None) -> dict[str, Any]:
     cfg, state = run.method.config, run.state
     while state.epoch < cfg.epochs and state.stopped is None:
         epoch = state.epoch + 1
@@ -53,6 +64,8 @@ def fit(run: Run, ctx: Context) -> dict[str, Any]:
         record = epoch_record(epoch, state, lrs, logged, results, times)
         if ctx.is_main:
             run.folder.append_metrics(json_safe(record))
+            if scalars is not None:
+                scalars.add(json_safe(record))
             if improved:
                 write_best(run, results[state.best_weights])
             run.folder.save_checkpoint(run.checkpoint(), best=improved)

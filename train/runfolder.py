@@ -192,3 +192,50 @@ def json_safe(obj: Any) -> Any:
 
 
 __all__ = ["RunFolder", "dumps_json", "json_safe", "rng_state", "set_rng_state"]
+
+
+TENSORBOARD_DIR = "tensorboard"
+
+
+def require_tensorboard() -> None:
+    """Fail before any work when ``--tensorboard`` is asked for without the package."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise WsmlError(
+            "--tensorboard needs the tensorboard package: pip install tensorboard "
+            '(or pip install -e ".[tensorboard]")'
+        ) from None
+
+
+class Scalars:
+    """Optional TensorBoard event files of a run (``--tensorboard``), in ``<run>/tensorboard``:
+    every number of each metrics.jsonl line under its path (``train/loss``, ``val/mAP``,
+    ``ema/test/mAP``, ``lr/head``, ``time/train``), at its epoch. A resumed run drops the events
+    after the epoch it resumes from (``purge_step``), as it does with metrics.jsonl."""
+
+    def __init__(self, path: Path, resume_epoch: int = 0):
+        require_tensorboard()
+        from torch.utils.tensorboard import SummaryWriter
+
+        purge = resume_epoch + 1 if resume_epoch else None
+        self.writer = SummaryWriter(str(Path(path) / TENSORBOARD_DIR), purge_step=purge)
+
+    def add(self, record: dict[str, Any], prefix: str = "") -> None:
+        epoch = int(record["epoch"])
+        for key, value in _numbers(record, prefix):
+            if key not in (f"{prefix}epoch", f"{prefix}step", f"{prefix}best_epoch"):
+                self.writer.add_scalar(key, value, epoch)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _numbers(obj: Any, prefix: str):
+    """(path, value) of every int/float leaf of nested dicts."""
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            yield from _numbers(value, f"{prefix}{key}/")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield f"{prefix}{key}", float(value)

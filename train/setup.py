@@ -32,7 +32,7 @@ from train.context import (
 from train.data import FeatureData, ImageData, e2e_preset, read_clip_text
 from train.methods import Method, MethodConfig, MethodInfo, ModelSpec, config_dict, get_method
 from train.model import Ema, create_classifier
-from train.runfolder import RunFolder, set_rng_state
+from train.runfolder import RunFolder, require_tensorboard, set_rng_state
 
 CHECKPOINT_FORMAT = "wsml-checkpoint"
 
@@ -173,6 +173,8 @@ def resolve(config: RunConfig, ctx: Context) -> tuple[RunConfig, dict[str, Any],
     config = dataclasses.replace(config, shards=str(ss.root.resolve()))
     info = get_method(config.method)
     info.check_setting(config.setting)
+    if config.tensorboard:
+        require_tensorboard()
     names = [f.name for f in dataclasses.fields(info.config)]
     method_opts, run_opts = split_options(names, config.method_options)
     config = with_run_options(dataclasses.replace(config, method_options=method_opts), run_opts)

@@ -1,14 +1,18 @@
 """Cole et al.'s hyper-parameter search (batch {8, 16} x lr {1e-2 .. 1e-5}, METHODS.md §1.3) in
 the linear setting as one job: every configuration ("member") trains at once, each exactly as a
 separate ``cli.py train`` run with its batch size, lr and seed would: its own head (initialised
-from its seed), its own per-epoch permutation, its own method object (label state), its own Adam
-groups (one fused Adam over all of them) and schedule, its own selection and early stopping.
+from its seed), its own method state and Adam state, its schedule, selection and early stopping.
 
-Members with the same batch size step together: their batches are gathered as one (M, B, D)
-tensor and the M heads applied with one batched matmul; each member's loss is its own method's,
-and the backward pass of their sum gives each head exactly its own gradient. Evaluation scores
-every member's head with one matmul per chunk of rows. The configuration with the best
-validation mAP (at its best epoch) is the sweep's pick; its test mAP is reported.
+Members with the same batch size form a group that steps together. A group keeps its members'
+heads as one (M L, D) matrix: the batch's features (one gather: members share the seed, hence
+each epoch's permutation) meet every head in one matrix product, the method's loss runs once for
+all members (``Method.members``, laid out member-major; each member's loss is its own run's),
+one backward pass gives each head exactly its own gradient, and one Adam update
+(:class:`MemberAdam`, torch's Adam with a learning rate per member) steps them all. A method that
+cannot stack (ROLE's per-image estimator, APL's per-class quotas) gives one group per member,
+its own parameters stepped by torch's Adam. Evaluation scores every head with one matmul per
+chunk of rows. The configuration with the best validation mAP (at its best epoch) is the
+sweep's pick; its test mAP is reported.
 
 Run folder: ``config.json``, ``metrics.jsonl`` (per epoch, every member's losses and mAPs),
 ``summary.json`` (the pick and a table of all members) and ``members/<name>/`` with each
@@ -18,9 +22,9 @@ checkpoints (a sweep is restarted, not resumed).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
-from itertools import groupby
 from typing import Any
 
 import torch
@@ -29,15 +33,15 @@ from torch import Tensor, nn
 from shards.errors import WsmlError
 from train.config import RunConfig
 from train.context import Context, Schedule, cpu_threads, create_optimizer, create_schedule
-from train.context import param_groups as head_groups
 from train.data import FeatureData, epoch_generator, read_clip_text
 from train.evaluate import epoch_record, score, selected_summary
-from train.methods import Method, MethodConfig, get_method
-from train.model import Ema, create_classifier
-from train.runfolder import RunFolder, json_safe
+from train.methods import Method, MethodConfig, get_method, stack_members
+from train.model import create_classifier
+from train.runfolder import RunFolder, Scalars, json_safe
 from train.setup import LoopState, create_run_method, resolve
 
 EVAL_ROWS = 4096
+ADAM_BETA2, ADAM_EPS = 0.999, 1e-8  # torch.optim.Adam's defaults, as create_optimizer uses
 
 
 @dataclass
@@ -45,11 +49,6 @@ class Member:
     name: str
     seed: int
     cfg: MethodConfig
-    head: nn.Linear
-    method: Method
-    groups: list[dict]
-    schedule: Schedule
-    ema: Ema | None
     folder: RunFolder
     state: LoopState = field(default_factory=LoopState)
     totals: dict[str, Tensor] = field(default_factory=dict)  # this epoch's sums of scalars
@@ -58,6 +57,55 @@ class Member:
     @property
     def active(self) -> bool:
         return self.state.stopped is None and self.state.epoch < self.cfg.epochs
+
+
+class MemberAdam:
+    """torch.optim.Adam's update (coupled weight decay, bias correction with the step's beta1)
+    on parameters whose rows are blocks of M members, with one learning rate per member."""
+
+    def __init__(self, params: list[tuple[Tensor, float]], members: int):
+        self.params, self.members = params, members
+        self.exp_avg = [torch.zeros_like(p) for p, _ in params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p, _ in params]
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self, lrs: Tensor, beta1: float) -> None:
+        self.steps += 1
+        bias1 = 1 - beta1**self.steps
+        bias2_sqrt = math.sqrt(1 - ADAM_BETA2**self.steps)
+        step_size = (lrs / bias1).view(self.members, 1)
+        for (p, wd), m, v in zip(self.params, self.exp_avg, self.exp_avg_sq, strict=True):
+            g = p.grad if not wd else p.grad.add(p, alpha=wd)
+            m.lerp_(g, 1 - beta1)
+            v.mul_(ADAM_BETA2).addcmul_(g, g, value=1 - ADAM_BETA2)
+            denom = (v.sqrt() / bias2_sqrt).add_(ADAM_EPS)
+            update = (m / denom).view(self.members, -1).mul_(step_size)
+            p.view(self.members, -1).sub_(update)
+
+
+@dataclass
+class Group:
+    """Members that step together: stacked heads, one (stacked) method, one Adam."""
+
+    members: list[Member]
+    batch_size: int
+    weight: nn.Parameter  # (M L, D): member i's head is rows [i L, (i + 1) L)
+    bias: nn.Parameter  # (M L,)
+    method: Method
+    adam: MemberAdam
+    schedule: Schedule
+    base_lrs: Tensor  # (M,) each member's head lr
+    extra: torch.optim.Optimizer | None = None  # the method's own parameters (M = 1)
+    ema: tuple[Tensor, Tensor] | None = None
+    step: int = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    def heads(self, ema: bool = False) -> tuple[Tensor, Tensor]:
+        return self.ema if ema else (self.weight, self.bias)
 
 
 def train_sweep(config: RunConfig, ctx: Context) -> dict[str, Any]:
@@ -79,139 +127,194 @@ def train_sweep(config: RunConfig, ctx: Context) -> dict[str, Any]:
     if info.needs_clip:
         text = torch.from_numpy(read_clip_text(ss, config.clip, info.name)).float()
     folder.start(resolved)
-    members = [
-        create_member(config, resolved, data, b, lr, folder, text, ctx)
-        for b in config.sweep_batches
-        for lr in config.sweep_lrs
-    ]
-    optimizer = create_optimizer([g for m in members for g in m.groups])
+    groups = []
+    for batch in config.sweep_batches:
+        specs = [(batch, lr) for lr in config.sweep_lrs]
+        stack = [specs] if getattr(info.factory, "stackable", True) else [[s] for s in specs]
+        for part in stack:
+            groups.append(create_group(config, resolved, data, part, folder, text, ctx))
+    scalars = Scalars(folder.path) if config.tensorboard else None
+    try:
+        return train_epochs(config, resolved, folder, groups, data, scalars, ctx)
+    finally:
+        if scalars is not None:
+            scalars.close()
+
+
+def train_epochs(config, resolved, folder, groups, data, scalars, ctx) -> dict[str, Any]:
+    members = [m for g in groups for m in g.members]
     epoch = 0
     while any(m.active for m in members):
         epoch += 1
         t0 = time.perf_counter()
-        active = [m for m in members if m.active]
         with cpu_threads(1 if ctx.device.type == "cpu" else 0):
-            for _, same in groupby(active, key=lambda m: m.cfg.batch_size):
-                train_members(list(same), data, epoch, optimizer)
-        for m in active:
-            end_member_epoch(m, data, epoch)
+            for group in groups:
+                if any(m.active for m in group.members):
+                    train_group(group, data, epoch)
+        active = [(g, i) for g in groups for i, m in enumerate(g.members) if m.active]
+        for g, i in active:
+            end_member_epoch(g, i, data, epoch)
         seconds = time.perf_counter() - t0
         line = evaluate_members(active, data, epoch, config, resolved["classes"], seconds)
         folder.append_metrics(json_safe(line))
+        if scalars is not None:  # per member: members/<name>/val_mAP, …
+            scalars.add(json_safe(line))
     return finish(config, resolved, folder, members)
 
 
-def create_member(config, resolved, data, batch, lr, folder, text, ctx) -> Member:
+def create_group(config, resolved, data, specs, folder, text, ctx) -> Group:
+    """Members for ``specs`` ((batch, lr) pairs of one batch size), created exactly as separate
+    runs create theirs, then stacked."""
     info = get_method(config.method)
-    options = {**config.method_options, "lr": repr(lr), "batch_size": str(batch)}
-    cfg = info.resolve(resolved["dataset"], options)
     num_classes = len(resolved["classes"])
-    head = create_classifier(resolved["feature_dim"], num_classes, config.seed).head.to(ctx.device)
-    method = create_run_method(info, cfg, data, num_classes, text, config.seed, ctx.device)
-    name = f"b{batch}-lr{lr:g}-s{config.seed}"
-    return Member(
-        name=name,
-        seed=config.seed,
-        cfg=cfg,
-        head=head,
+    members, methods, heads = [], [], []
+    for batch, lr in specs:
+        options = {**config.method_options, "lr": repr(lr), "batch_size": str(batch)}
+        cfg = info.resolve(resolved["dataset"], options)
+        head = create_classifier(resolved["feature_dim"], num_classes, config.seed).head
+        heads.append(head.to(ctx.device))
+        methods.append(
+            create_run_method(info, cfg, data, num_classes, text, config.seed, ctx.device)
+        )
+        name = f"b{batch}-lr{lr:g}-s{config.seed}"
+        members.append(Member(name, config.seed, cfg, RunFolder(folder.path / "members" / name)))
+    cfg = members[0].cfg
+    weight = nn.Parameter(torch.cat([h.weight.detach() for h in heads]))
+    bias = nn.Parameter(torch.cat([h.bias.detach() for h in heads]))
+    method = stack_members(methods)
+    extra = None
+    if method.extra_parameters():  # one member: its own groups, as a separate run has them
+        extra = create_optimizer(method.extra_parameters(), cfg)
+    lrs = torch.tensor([m.cfg.lr * m.cfg.head_lr_mult for m in members], device=ctx.device)
+    ema = None
+    if cfg.ema:
+        ema = (weight.detach().clone(), bias.detach().clone())
+    return Group(
+        members=members,
+        batch_size=cfg.batch_size,
+        weight=weight,
+        bias=bias,
         method=method,
-        groups=head_groups(head, head, cfg) + method.extra_parameters(),
-        schedule=create_schedule(cfg, data.num_rows("train") // batch),
-        ema=Ema(head, cfg.ema) if cfg.ema else None,
-        folder=RunFolder(folder.path / "members" / name),
+        adam=MemberAdam([(weight, cfg.weight_decay), (bias, 0.0)], len(members)),
+        schedule=create_schedule(cfg, data.num_rows("train") // cfg.batch_size),
+        base_lrs=lrs,
+        extra=extra,
+        ema=ema,
     )
 
 
-def train_members(members: list[Member], data: FeatureData, epoch: int, optimizer) -> None:
-    """One epoch of members that share a batch size, stepping together."""
-    b = members[0].cfg.batch_size
+def train_group(group: Group, data: FeatureData, epoch: int) -> None:
+    """One epoch of a group's members, stepping together."""
+    b, m_count = group.batch_size, group.size
     train = data.splits["train"]
     n = data.num_rows("train")
-    perms = torch.stack(
-        [torch.randperm(n, generator=epoch_generator(m.seed, epoch)) for m in members]
-    )
-    perms = perms.to(train["input"].device)
-    for m in members:
-        m.head.train()
-        m.method.train()
-        m.method.start_epoch(epoch)
-        m.totals = {}
+    dev = train["input"].device
+    perm = torch.randperm(n, generator=epoch_generator(group.members[0].seed, epoch)).to(dev)
+    offsets = torch.arange(m_count, device=dev).unsqueeze(1) * n  # member i's rows: i n + row
+    live = torch.tensor([float(m.active) for m in group.members], device=dev)
+    method = group.method
+    method.train()
+    method.start_epoch(epoch)
+    totals: dict[str, Tensor] = {}  # each scalar's sum over the epoch, one per member
+    labels = [k for k in train if k != "input"]
     for s in range(n // b):
-        rows = perms[:, s * b : (s + 1) * b]  # (M, B)
-        x = train["input"][rows].float()  # (M, B, D)
-        weight = torch.stack([m.head.weight for m in members])  # (M, L, D)
-        bias = torch.stack([m.head.bias for m in members])  # (M, L)
-        logits = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))  # (M, B, L)
-        total = 0
-        for i, m in enumerate(members):
-            batch = {k: v[rows[i]] for k, v in train.items() if k != "input"}
-            if "embedding" in batch:
-                batch["embedding"] = batch["embedding"].float()
-            batch["row"] = rows[i]
-            m.schedule.apply(m.groups, m.state.step)
-            out = m.method(logits[i], batch, epoch=epoch, step=m.state.step)
-            total = total + out["loss"]
-            for k, v in out.items():
-                m.totals[k] = m.totals.get(k, 0) + v.detach().float()
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        for m in members:
-            m.method.after_backward()
-        optimizer.step()  # members of other batch sizes have no gradients: Adam skips them
-        for m in members:
-            if m.ema is not None:
-                m.ema.update()
-            m.state.step += 1
+        rows = perm[s * b : (s + 1) * b]
+        x = train["input"][rows].float()  # (B, D): every member's batch
+        logits = torch.addmm(group.bias, x, group.weight.T)  # (B, M L)
+        batch = {k: train[k][rows] for k in labels}
+        if "embedding" in batch:
+            batch["embedding"] = batch["embedding"].float()
+        if m_count > 1:  # member-major: (M B, L)
+            logits = logits.view(b, m_count, -1).transpose(0, 1).reshape(m_count * b, -1)
+            batch = {k: v.repeat(m_count, *([1] * (v.dim() - 1))) for k, v in batch.items()}
+        batch["row"] = (offsets + rows).reshape(-1)
+        factor = group.schedule.apply([], group.step)
+        i = min(group.step, len(group.schedule.lr) - 1)
+        beta1 = group.schedule.beta1[i] if group.schedule.beta1 is not None else 0.9
+        out = method(logits, batch, epoch=epoch, step=group.step)
+        group.weight.grad = group.bias.grad = None
+        if group.extra is not None:
+            group.schedule.apply(group.extra.param_groups, group.step)
+            group.extra.zero_grad(set_to_none=True)
+        out["loss"].sum().backward()
+        method.after_backward()
+        group.adam.step(group.base_lrs * factor * live, beta1)
+        if group.extra is not None:
+            group.extra.step()
+        if group.ema is not None:
+            decay = group.members[0].cfg.ema
+            for e, p in zip(group.ema, (group.weight, group.bias), strict=True):
+                e.lerp_(p.detach(), 1.0 - decay)
+        group.step += 1
+        for k, v in out.items():
+            totals[k] = totals.get(k, 0) + v.detach().float().reshape(-1).expand(m_count)
+    for j, m in enumerate(group.members):
+        m.totals = {k: v[j] for k, v in totals.items()}
+        if m.active:
+            m.state.step = group.step
 
 
-def end_member_epoch(m: Member, data: FeatureData, epoch: int) -> None:
+def end_member_epoch(group: Group, i: int, data: FeatureData, epoch: int) -> None:
+    m = group.members[i]
     steps = max(1, data.num_rows("train") // m.cfg.batch_size)
     m.logged = {k: float(v) / steps for k, v in m.totals.items()}
-    if m.method.wants_epoch_pass(epoch):
-        probs = member_probs([m.head], data, "train")[0]
+    method = group.method
+    if i == 0 and method.wants_epoch_pass(epoch):  # an unstacked method: one member
+        probs = member_probs([group.heads()], data, "train")[0]
         rows = torch.arange(len(probs))
-        m.logged.update(m.method.end_epoch(epoch, (rows, probs)))
-    else:
-        m.logged.update(m.method.end_epoch(epoch))
+        m.logged.update(method.end_epoch(epoch, (rows, probs)))
+    elif i == 0:
+        ended = method.end_epoch(epoch)
+        for other in group.members:
+            other.logged.update(ended)
 
 
 @torch.no_grad()
-def member_probs(heads: list[nn.Linear], data: FeatureData, split: str) -> list[Tensor]:
-    """Sigmoid scores of every head on a split, one matmul per chunk of rows."""
+def member_probs(heads: list[tuple[Tensor, Tensor]], data: FeatureData, split: str) -> list[Tensor]:
+    """Sigmoid scores of every member head ((M L, D) weights, (M L,) biases, stacked) on a split,
+    one matmul per chunk of rows; one (N, L) tensor per member."""
     x = data.splits[split]["input"]
-    weight = torch.cat([h.weight for h in heads])  # (H L, D)
-    bias = torch.cat([h.bias for h in heads])
+    weight = torch.cat([w for w, _ in heads])  # (H L, D)
+    bias = torch.cat([b for _, b in heads])
     chunks = []
     for lo in range(0, len(x), EVAL_ROWS):
         chunks.append(torch.sigmoid(torch.addmm(bias, x[lo : lo + EVAL_ROWS].float(), weight.T)))
     probs = torch.cat(chunks).cpu()  # (N, H L)
-    return list(probs.view(len(x), len(heads), -1).unbind(1))
+    classes = data.splits[split]["full"].shape[1]
+    return list(probs.view(len(x), -1, classes).unbind(1))
 
 
 def evaluate_members(
-    members: list[Member], data, epoch: int, config: RunConfig, classes: list[str], seconds: float
+    active: list[tuple[Group, int]],
+    data,
+    epoch: int,
+    config: RunConfig,
+    classes: list[str],
+    seconds: float,
 ) -> dict[str, Any]:
-    """Score every member's head (and EMA) on val and test, update its selection and write its
-    metrics line (and summary when it improved); returns the sweep's line for the epoch."""
+    """Score every active member's head (and EMA) on val and test, update its selection and
+    write its metrics line (and summary when it improved); returns the sweep's line."""
+    num_classes = len(classes)
     heads, owners = [], []
-    for m in members:
-        heads.append(m.head)
-        owners.append((m, "model"))
-        if m.ema is not None:
-            heads.append(m.ema.module)
-            owners.append((m, "ema"))
+    for g, i in active:
+        rows = slice(i * num_classes, (i + 1) * num_classes)
+        for weights in ("model", "ema") if g.ema is not None else ("model",):
+            w, b = g.heads(ema=weights == "ema")
+            heads.append((w[rows], b[rows]))
+            owners.append((g.members[i], weights))
     scored = {split: member_probs(heads, data, split) for split in ("val", "test")}
     results: dict[str, dict[str, dict[str, Any]]] = {}
-    for i, (m, weights) in enumerate(owners):
+    for j, (m, weights) in enumerate(owners):
         per = results.setdefault(m.name, {}).setdefault(weights, {})
         for split in ("val", "test"):
-            per[split] = score(scored[split][i].numpy(), data.labels(split), config.threshold)
-            per[split]["probs"] = scored[split][i]
+            per[split] = score(scored[split][j].numpy(), data.labels(split), config.threshold)
+            per[split]["probs"] = scored[split][j]
     line: dict[str, Any] = {"epoch": epoch, "members": {}, "time": round(seconds, 3)}
-    for m in members:
+    for g, i in active:
+        m = g.members[i]
         res = results[m.name]
         improved = m.state.update(epoch, {k: r["val"]["mAP"] for k, r in res.items()}, m.cfg)
-        lrs = {g["name"]: g["lr"] for g in m.groups}
+        lrs = member_lrs(g, i)
         record = epoch_record(epoch, m.state, lrs, m.logged, res, (seconds, 0.0))
         m.folder.path.mkdir(parents=True, exist_ok=True)
         m.folder.append_metrics(json_safe(record))
@@ -231,6 +334,18 @@ def evaluate_members(
             "test_mAP": res["model"]["test"]["mAP"],
         }
     return line
+
+
+def member_lrs(group: Group, i: int) -> dict[str, float]:
+    """The lr of each optimiser group member ``i``'s separate run would log, at the group's
+    step (the schedule's value for the last step taken)."""
+    cfg = group.members[i].cfg
+    factor = group.schedule.lr[min(max(group.step - 1, 0), len(group.schedule.lr) - 1)]
+    lr = cfg.lr * cfg.head_lr_mult * factor
+    out = {"head-no-decay": lr, "head": lr}
+    if group.extra is not None:
+        out.update({g["name"]: g["lr"] for g in group.extra.param_groups})
+    return out
 
 
 def finish(config, resolved, folder: RunFolder, members: list[Member]) -> dict[str, Any]:

@@ -43,8 +43,9 @@ Forward is for training-split batches only (``row`` indexes the training split).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -72,6 +73,7 @@ __all__ = [
     "list_methods",
     "register_method",
     "resolve_config",
+    "stack_members",
 ]
 
 LOG_EPSILON = 1e-5  # Cole's neg_log(x) = -log(x + 1e-5), shared by Cole, Zhou and VLPL
@@ -296,9 +298,20 @@ def gather_cat(*tensors: Tensor) -> tuple[Tensor, ...]:
 
 
 class Method(nn.Module):
-    """Base of every method: subclasses implement ``compute`` and, for label state, ``commit``."""
+    """Base of every method: subclasses implement ``compute`` and, for label state, ``commit``.
+
+    **Members** (``--sweep``): a method whose class sets ``stackable`` may stand for ``members``
+    = M independent copies of itself trained at once (:func:`stack_members`), each with its own
+    model. Their batches are laid out member-major: logits (M x B, L), batch tensors likewise,
+    ``row`` offset by ``member x num_rows`` (so per-entry state indexed by row stays apart). Every
+    reduction over a batch goes through :meth:`reduce` (or :meth:`by_member`), which gives the
+    scalar of a plain run and an (M,) vector of the members' values: each member's loss is
+    exactly its own run's.
+    """
 
     uses_rows: ClassVar[bool] = False  # validate batch["row"] against num_rows
+    stackable: ClassVar[bool] = True  # may run as stacked members (see above)
+    members: int = 1
 
     def __init__(
         self,
@@ -334,17 +347,30 @@ class Method(nn.Module):
         return {k: (v if k == "loss" else v.detach()) for k, v in out.items()}
 
     def check_finite(self, loss: Tensor, *logits: Tensor, epoch: int, step: int) -> None:
-        """Raise, naming method, epoch and step, when the loss or any of ``logits`` is not
-        finite."""
-        finite = torch.isfinite(loss)
+        """Raise, naming method, epoch and step, when the loss (one value, or one per member) or
+        any of ``logits`` is not finite."""
+        finite = torch.isfinite(loss).all()
         for z in logits:
             finite = finite & torch.isfinite(z).all()
         if not bool(finite):
-            what = "loss" if not torch.isfinite(loss) else "loss (non-finite logits)"
+            bad = not bool(torch.isfinite(loss).all())
+            what = "loss" if bad else "loss (non-finite logits)"
+            value = loss.detach().flatten().tolist()
             raise WsmlError(
-                f"method {self.name}: non-finite {what} ({float(loss.detach())}) at epoch {epoch}, "
-                f"step {step}"
+                f"method {self.name}: non-finite {what} "
+                f"({value[0] if len(value) == 1 else value}) at epoch {epoch}, step {step}"
             )
+
+    def by_member(self, x: Tensor) -> Tensor:
+        """``x`` (M x B, ...) as (M, B, ...) when stacked; unchanged for a plain run."""
+        return x if self.members == 1 else x.view(self.members, -1, *x.shape[1:])
+
+    def reduce(self, x: Tensor, how: str = "mean") -> Tensor:
+        """Mean (or sum) over a batch's entries: a scalar, or one value per member (M,)."""
+        if self.members == 1:
+            return x.mean() if how == "mean" else x.sum()
+        flat = x.reshape(self.members, -1)
+        return flat.mean(1) if how == "mean" else flat.sum(1)
 
     def training_step(
         self,
@@ -419,8 +445,27 @@ def observed_masks(batch: Mapping[str, Tensor], like: Tensor) -> tuple[Tensor, T
 
 
 def expected_positive_reg(p: Tensor, k: float) -> Tensor:
-    """Cole's EPR: (mean over images of the summed probabilities - k)^2 / L^2."""
-    return (p.sum(1).mean(0) - k) ** 2 / p.shape[1] ** 2
+    """Cole's EPR: (mean over images of the summed probabilities - k)^2 / L^2; ``p`` (N, L),
+    or (M, N, L) for stacked members (one value each)."""
+    return (p.sum(-1).mean(-1) - k) ** 2 / p.shape[-1] ** 2
+
+
+def stack_members(methods: Sequence[Method]) -> Method:
+    """One method standing for ``methods`` (same class and config but for lr, freshly created
+    for the same training split) as stacked members; a single method is returned as it is."""
+    first = methods[0]
+    if len(methods) == 1:
+        return first
+    if not first.stackable or any(type(m) is not type(first) for m in methods):
+        raise WsmlError(f"method {first.name} cannot train stacked members")
+    states = [m.state_dict(keep_vars=True) for m in methods]
+    for key, value in states[0].items():
+        if any(not torch.equal(value, s[key]) for s in states[1:]):
+            raise WsmlError(f"method {first.name}: members differ in state {key!r}")
+    out = copy.deepcopy(first)
+    out.members = len(methods)
+    out.num_rows = first.num_rows * len(methods)
+    return out
 
 
 METHODS: Registry[MethodInfo] = Registry("method")

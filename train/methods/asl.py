@@ -65,7 +65,7 @@ class AsymmetricLoss(Method):
                 pt = p * y + p_m * (1 - y)
                 weight = (1 - pt) ** (cfg.gamma_pos * y + cfg.gamma_neg * (1 - y))
             terms = terms * weight
-        return {"loss": -terms.sum()}
+        return {"loss": -self.reduce(terms, "sum")}
 
 
 register_method(

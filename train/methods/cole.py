@@ -88,7 +88,7 @@ class ColeLoss(Method):
 
     def compute(self, logits, batch, *, epoch, step):
         p = torch.sigmoid(logits)
-        loss = self.entries(p, batch).mean()
+        loss = self.reduce(self.entries(p, batch))
         reg = self.regulariser(p, batch)
         if reg is None:
             return {"loss": loss}
@@ -165,7 +165,7 @@ class ExpectedPositive(ColeLoss):
         return observed_terms(p, batch)
 
     def regulariser(self, p, batch):
-        return expected_positive_reg(p, self.k)
+        return expected_positive_reg(self.by_member(p), self.k)
 
 
 def logit(p: float) -> float:
@@ -177,6 +177,7 @@ class Role(ColeLoss):
     training image) teach each other; both are pulled to observed labels and to k positives."""
 
     uses_rows = True
+    stackable = False  # a trainable estimator per member, with its own lr
 
     def __init__(self, info, config, num_rows, num_classes, *, observed=None, generator=None, **kw):
         super().__init__(info, config, num_rows, num_classes)

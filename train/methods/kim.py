@@ -93,30 +93,36 @@ class LargeLoss(Method):
             y = torch.where(self.corrected_mask(batch["row"]), torch.ones_like(y), y)
         pos, unk = y == 1, y == 0
         base = F.binary_cross_entropy_with_logits(logits, pos.float(), reduction="none")
-        k = modified_count(self.scheme, epoch, base.numel(), cfg.delta_rel, cfg.released)
+        entries = base.numel() // self.members  # one member's batch
+        k = modified_count(self.scheme, epoch, entries, cfg.delta_rel, cfg.released)
         if k == 0:
-            return {"loss": base.mean(), "modified": base.new_zeros(())}
+            return {"loss": self.reduce(base), "modified": self.reduce(base.new_zeros(base.shape))}
         chosen = self.select(base.detach() * unk, unk, k)
         if self.scheme == "reject":
             other = torch.zeros_like(base)
         else:
             other = F.binary_cross_entropy_with_logits(logits, (~pos).float(), reduction="none")
-        out = {"loss": torch.where(chosen, other, base).mean(), "modified": chosen.sum().float()}
+        loss = self.reduce(torch.where(chosen, other, base))
+        out = {"loss": loss, "modified": self.reduce(chosen.float(), "sum")}
         if self.scheme == "permanent":
             n, c = (chosen & ~pos).nonzero(as_tuple=True)
             out["_corrected"] = batch["row"].to(n.device)[n] * self.num_classes + c
         return out
 
     def select(self, unknown_loss: Tensor, unk: Tensor, k: int) -> Tensor:
-        """Boolean (N, L) of the entries to reject or correct."""
+        """Boolean (N, L) of the entries to reject or correct: each member's k largest."""
+        flat = unknown_loss.reshape(self.members, -1)
         if self.config.released:
-            lam = unknown_loss.flatten().topk(k).values[-1]
-            return unknown_loss >= lam
-        k = min(k, int(unk.sum()))
-        masked = torch.where(unk, unknown_loss, torch.full_like(unknown_loss, -math.inf))
-        chosen = torch.zeros(masked.numel(), dtype=torch.bool, device=masked.device)
-        chosen[masked.flatten().topk(k).indices] = True
-        return chosen.view_as(masked)
+            lam = flat.topk(k, dim=1).values[:, -1:]
+            return (flat >= lam).view_as(unknown_loss)
+        unk = unk.reshape(self.members, -1)
+        masked = torch.where(unk, flat, torch.full_like(flat, -math.inf))
+        top = masked.topk(min(k, flat.shape[1]), dim=1).indices
+        keep = unk.sum(1, keepdim=True).clamp(max=k)  # k, or every unknown entry if fewer
+        rank = torch.arange(top.shape[1], device=top.device).expand_as(top)
+        chosen = torch.zeros_like(unk)
+        chosen.scatter_(1, top, rank < keep)
+        return chosen.view_as(unknown_loss)
 
     # LL-Cp's permanent corrections
     def corrected_mask(self, rows: Tensor) -> Tensor:

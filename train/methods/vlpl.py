@@ -97,7 +97,7 @@ class EmPseudoLabel(Method):
         known = pos * neg_log(p) + neg * neg_log(1 - p)
         em = -cfg.alpha * entropy(p)
         if epoch <= cfg.warmup_epoch:
-            return {"loss": (known + unk * em).mean()}
+            return {"loss": self.reduce(known + unk * em)}
         if "embedding" not in batch:
             raise WsmlError(f"method {self.name}: batches need the CLIP image 'embedding'")
         pl = pseudo_labels(
@@ -111,8 +111,8 @@ class EmPseudoLabel(Method):
         rest = unk - ppos - pneg
         pseudo_pos = cfg.beta_pos * (0.9 * neg_log(p) + 0.1 * neg_log(1 - p))
         pseudo_neg = cfg.beta_neg * (0.1 * neg_log(p) + 0.9 * neg_log(1 - p))
-        loss = (known + rest * em + ppos * pseudo_pos + pneg * pseudo_neg).mean()
-        return {"loss": loss, "pseudo_positives": ppos.sum(1).mean()}
+        loss = self.reduce(known + rest * em + ppos * pseudo_pos + pneg * pseudo_neg)
+        return {"loss": loss, "pseudo_positives": self.reduce(ppos.sum(1))}
 
 
 register_method(

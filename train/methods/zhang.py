@@ -60,7 +60,7 @@ class Hill(Method):
         positive = -((1 - torch.sigmoid(shifted)) ** cfg.gamma) * F.logsigmoid(shifted)
         p = torch.sigmoid(logits)
         negative = (cfg.lamb - p) * p**2
-        return {"loss": (pos * positive + (1 - pos) * negative).sum()}
+        return {"loss": self.reduce(pos * positive + (1 - pos) * negative, "sum")}
 
 
 class Splc(Method):
@@ -75,8 +75,8 @@ class Splc(Method):
         y = target.float()
         pt = (1 - p) * y + p * (1 - y)
         terms = y * F.logsigmoid(z) + (1 - y) * F.logsigmoid(-z)
-        loss = -(pt**cfg.gamma * terms).sum()
-        return {"loss": loss, "corrected": (target & ~pos).sum().float()}
+        loss = -self.reduce(pt**cfg.gamma * terms, "sum")
+        return {"loss": loss, "corrected": self.reduce((target & ~pos).float(), "sum")}
 
 
 for _entry in (

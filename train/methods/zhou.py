@@ -86,11 +86,12 @@ class EntropyMax(Method):
 
     def compute(self, logits, batch, *, epoch, step):
         p = torch.sigmoid(logits)
-        return {"loss": self.em_entries(p, batch).mean()}
+        return {"loss": self.reduce(self.em_entries(p, batch))}
 
 
 class EntropyMaxApl(EntropyMax):
     uses_rows = True
+    stackable = False  # the per-class quotas count the whole training split
 
     def __init__(self, info, config, num_rows, num_classes, *, observed=None, **kw):
         super().__init__(info, config, num_rows, num_classes)

@@ -1,0 +1,38 @@
+"""``bench train`` smoke runs on tiny inputs: every way of the linear grid runs and reports,
+and the e2e figures are consistent (no timing asserts: benchmarks are not tests)."""
+
+from __future__ import annotations
+
+import pytest
+import torchvision  # noqa: F401  (imported once here, not in every loader worker)
+
+from tests.train_fixtures import get_shards
+from train.bench import run_e2e_bench, run_linear_bench
+from train.context import cpu_threads
+
+
+def test_linear_bench_runs_the_three_ways():
+    lines = []
+    out = run_linear_bench(
+        ("an", "role"), rows={"train": 320}, dim=16, classes=5, echo=lines.append
+    )
+    assert set(out) == {"an", "role"}
+    for figures in out.values():
+        assert set(figures) == {"papers", "runs", "sweep"}
+        assert all(v > 0 for v in figures.values())
+    assert lines[-1].startswith("role") and "x" in lines[-1]
+
+
+@pytest.mark.slow
+def test_e2e_bench_on_the_tiny_shard_set(tmp_path_factory):
+    shards = get_shards(tmp_path_factory)
+    lines = []
+    with cpu_threads(1):
+        out = run_e2e_bench(
+            str(shards), methods=("an",), backbone="test_resnet", image_size=32, batch_size=16,
+            steps=3, warmup=1, loader="torch", echo=lines.append,
+        )  # fmt: skip
+    r = out["an"]
+    assert 0 <= r["data_wait"] < 1
+    assert r["images_per_s"] == pytest.approx(16 * 1e3 / r["ms_per_step"])
+    assert lines[-1].split()[:3] == ["an", "test_resnet", "center32"]
