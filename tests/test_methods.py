@@ -220,7 +220,7 @@ def test_gather_cat_is_identity_without_process_group():
 def test_registry_names_and_flags():
     assert set(METHODS.names()) == {
         "bce", "bce-ls", "an", "an-ls", "wan", "epr", "role", "iun", "iu", "pr",
-        "em", "em-apl", "vlpl", "ll-r", "ll-ct", "ll-cp", "asl", "hill", "splc",
+        "em", "em-apl", "vlpl", "ll-r", "ll-ct", "ll-cp", "asl", "hill", "splc", "hspnet",
     }  # fmt: skip
     assert get_method("bce").regimes == ("full",) and get_method("iu").regimes == ("partial",)
     assert get_method("vlpl").needs_clip and get_method("iun").needs_full
