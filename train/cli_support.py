@@ -160,6 +160,10 @@ def methods_lines() -> list[str]:
     width = max(len(m.name) for m in METHODS)
     for m in METHODS:
         flags = [f for f in ("needs_clip", "needs_full") if getattr(m, f)]
+        if m.build_model is not None:
+            flags.append("own model")
+        if tuple(m.settings) != ("linear", "e2e"):
+            flags.append(f"{'/'.join(m.settings)} only")
         extra = f" [{', '.join(flags)}]" if flags else ""
         lines.append(f"{m.name:<{width}}  {', '.join(m.regimes):<25} {m.summary}{extra}")
         lines.append(f"{'':<{width}}  {m.paper}")

@@ -32,6 +32,7 @@ RUN_OPTIONS = (
     "device",
     "sweep_lrs",
     "sweep_batches",
+    "fraction",
 )
 # fields that say how this invocation runs, not what the run is (free to change on --resume)
 INVOCATION_FIELDS = (
@@ -78,6 +79,7 @@ class RunConfig:
     sweep: bool = False  # linear: train the hyper-parameter grid at once (train/sweep.py)
     sweep_lrs: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-5)  # Cole's grid (METHODS.md §1.3)
     sweep_batches: tuple[int, ...] = (8, 16)
+    fraction: float = 0.1  # --regime partial: the partial view with this fraction observed
 
     def __post_init__(self) -> None:
         if self.setting not in SETTINGS:

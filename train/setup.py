@@ -106,9 +106,22 @@ class Run:
         }
 
 
-def resolve_regime(ss: ShardSet, info: MethodInfo, view: str | None) -> tuple[str, str]:
+def resolve_regime(
+    ss: ShardSet, info: MethodInfo, view: str | None, fraction: float = 0.1
+) -> tuple[str, str]:
     """(view, kind): the observed view to train on and its regime kind. ``full`` labels with
-    unknown entries (Open Images) count as partial."""
+    unknown entries (Open Images) count as partial. ``partial`` names the view of PU-MLC's
+    partial labels with ``fraction`` (``cli.py observe DIR partial --fraction F``)."""
+    if view == "partial":
+        from shards.regimes import Partial
+
+        view = Partial(fraction=fraction).view_name()
+        if view not in ss.regimes:
+            raise WsmlError(
+                f"{ss.root} has no partial view with fraction {fraction:g} ({view}): make it "
+                f"with `cli.py observe {ss.root} partial --fraction {fraction:g}` "
+                f"(views: {', '.join(['full', *ss.regimes])})"
+            )
     if view is None:
         if "single-positive" in info.regimes and "single-positive" in ss.regimes:
             view = "single-positive"
@@ -184,7 +197,7 @@ def resolve(config: RunConfig, ctx: Context) -> tuple[RunConfig, dict[str, Any],
             backbone=config.backbone or info.run_defaults.get("backbone", DEFAULT_BACKBONE),
             preset=config.preset or info.run_defaults.get("preset", DEFAULT_PRESET),
         )
-    view, kind = resolve_regime(ss, info, config.regime)
+    view, kind = resolve_regime(ss, info, config.regime, config.fraction)
     mcfg = info.resolve(ss.manifest["dataset"], method_opts)
     ctx.local_batch(mcfg.batch_size)
     clip = _clip_tag(ss, info, config)
