@@ -22,13 +22,14 @@ checkpoints (a sweep is restarted, not resumed).
 
 from __future__ import annotations
 
-import math
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.optim.adam import adam
 
 from shards.errors import WsmlError
 from train.config import RunConfig
@@ -60,28 +61,46 @@ class Member:
 
 
 class MemberAdam:
-    """torch.optim.Adam's update (coupled weight decay, bias correction with the step's beta1)
-    on parameters whose rows are blocks of M members, with one learning rate per member."""
+    """torch's fused Adam (the kernel ``torch.optim.Adam(fused=True)`` runs for a separate run)
+    on parameters whose rows are blocks of M members: one call per member with its own
+    learning rate, on views of its block, with its own step counts and moments."""
 
     def __init__(self, params: list[tuple[Tensor, float]], members: int):
         self.params, self.members = params, members
         self.exp_avg = [torch.zeros_like(p) for p, _ in params]
         self.exp_avg_sq = [torch.zeros_like(p) for p, _ in params]
-        self.steps = 0
+        self.steps = [
+            [torch.zeros((), dtype=torch.float32, device=p.device) for p, _ in params]
+            for _ in range(members)
+        ]
+
+    def _block(self, t: Tensor, i: int) -> Tensor:
+        return t.view(self.members, -1)[i]
 
     @torch.no_grad()
-    def step(self, lrs: Tensor, beta1: float) -> None:
-        self.steps += 1
-        bias1 = 1 - beta1**self.steps
-        bias2_sqrt = math.sqrt(1 - ADAM_BETA2**self.steps)
-        step_size = (lrs / bias1).view(self.members, 1)
-        for (p, wd), m, v in zip(self.params, self.exp_avg, self.exp_avg_sq, strict=True):
-            g = p.grad if not wd else p.grad.add(p, alpha=wd)
-            m.lerp_(g, 1 - beta1)
-            v.mul_(ADAM_BETA2).addcmul_(g, g, value=1 - ADAM_BETA2)
-            denom = (v.sqrt() / bias2_sqrt).add_(ADAM_EPS)
-            update = (m / denom).view(self.members, -1).mul_(step_size)
-            p.view(self.members, -1).sub_(update)
+    def step(self, lrs: list[float], beta1: float) -> None:
+        """Step member i with lr ``lrs[i]`` (0: a stopped member, left alone)."""
+        for i, lr in enumerate(lrs):
+            if not lr:
+                continue
+            for j, (p, wd) in enumerate(self.params):
+                block = functools.partial(self._block, i=i)
+                adam(
+                    [block(p)],
+                    [block(p.grad)],
+                    [block(self.exp_avg[j])],
+                    [block(self.exp_avg_sq[j])],
+                    [],
+                    [self.steps[i][j]],
+                    fused=True,
+                    amsgrad=False,
+                    beta1=beta1,
+                    beta2=ADAM_BETA2,
+                    lr=lr,
+                    weight_decay=wd,
+                    eps=ADAM_EPS,
+                    maximize=False,
+                )
 
 
 @dataclass
@@ -95,7 +114,7 @@ class Group:
     method: Method
     adam: MemberAdam
     schedule: Schedule
-    base_lrs: Tensor  # (M,) each member's head lr
+    base_lrs: list[float]  # each member's head lr
     extra: torch.optim.Optimizer | None = None  # the method's own parameters (M = 1)
     ema: tuple[Tensor, Tensor] | None = None
     step: int = 0
@@ -185,7 +204,7 @@ def create_group(config, resolved, data, specs, folder, text, ctx) -> Group:
     extra = None
     if method.extra_parameters():  # one member: its own groups, as a separate run has them
         extra = create_optimizer(method.extra_parameters(), cfg)
-    lrs = torch.tensor([m.cfg.lr * m.cfg.head_lr_mult for m in members], device=ctx.device)
+    lrs = [m.cfg.lr * m.cfg.head_lr_mult for m in members]
     ema = None
     if cfg.ema:
         ema = (weight.detach().clone(), bias.detach().clone())
@@ -211,7 +230,7 @@ def train_group(group: Group, data: FeatureData, epoch: int) -> None:
     dev = train["input"].device
     perm = torch.randperm(n, generator=epoch_generator(group.members[0].seed, epoch)).to(dev)
     offsets = torch.arange(m_count, device=dev).unsqueeze(1) * n  # member i's rows: i n + row
-    live = torch.tensor([float(m.active) for m in group.members], device=dev)
+    live = [m.active for m in group.members]
     method = group.method
     method.train()
     method.start_epoch(epoch)
@@ -238,7 +257,8 @@ def train_group(group: Group, data: FeatureData, epoch: int) -> None:
             group.extra.zero_grad(set_to_none=True)
         out["loss"].sum().backward()
         method.after_backward()
-        group.adam.step(group.base_lrs * factor * live, beta1)
+        lrs = [lr * factor if on else 0.0 for lr, on in zip(group.base_lrs, live, strict=True)]
+        group.adam.step(lrs, beta1)
         if group.extra is not None:
             group.extra.step()
         if group.ema is not None:
