@@ -76,14 +76,21 @@ class PuMlcConfig(AslProtocol):
             raise WsmlError("pu-mlc: alpha must be > 0, gamma and mix_alpha >= 0")
 
 
+def pu_weights(logits: Tensor, alpha: float, gamma: float) -> tuple[Tensor, Tensor]:
+    """(tau, w), each (L,) and without gradient: the adaptive temperature
+    min(alpha * std_n(z), 1) (population std, floored at TAU_MIN) and the re-balance factor
+    (mean_n sigmoid(z / tau))^gamma."""
+    with torch.no_grad():
+        tau = (alpha * logits.std(0, correction=0)).clamp(min=TAU_MIN, max=1.0)
+        return tau, torch.sigmoid(logits / tau).mean(0) ** gamma
+
+
 def vpu_loss(logits: Tensor, observed: Tensor, alpha: float, gamma: float) -> Tensor:
     """The variational PU loss (module docstring) of logits (N, L) and observed labels (N, L)
     (1 positive; 0 and -1 alike unlabeled)."""
-    with torch.no_grad():
-        tau = (alpha * logits.std(0, correction=0)).clamp(min=TAU_MIN, max=1.0)  # (L,)
-    s = torch.sigmoid(logits / tau)
-    mean_s = s.mean(0)  # (L,)
-    unlabeled = (mean_s.detach() ** gamma * torch.log(mean_s + LOG_EPS)).sum()
+    tau, w = pu_weights(logits, alpha, gamma)
+    s = torch.sigmoid(logits / tau)  # (N, L)
+    unlabeled = (w * torch.log(s.mean(0) + LOG_EPS)).sum()
     pos = (observed == 1).to(s.dtype)
     positive = (pos * torch.log(s + 2 * LOG_EPS)).sum(0) / pos.sum(0).clamp(min=1)
     return unlabeled - positive.sum()
