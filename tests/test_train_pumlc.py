@@ -18,6 +18,7 @@ from shards.regimes import create_regime
 from shards.shardset import open_shard_set
 from shards.views import write_regime_view
 from tests.train_fixtures import get_shards, read_metrics, read_summary
+from train.cli_support import evaluate_run
 from train.config import RunConfig
 from train.context import cpu_threads
 from train.loop import train
@@ -85,6 +86,8 @@ def test_pumlc_e2e_smoke_and_resume(tmp_path_factory, tmp_path):
     assert summary["finished"] and 0 < summary["test"]["mAP"] <= 100
     assert read_metrics(tmp_path / "resumed") == lines
     assert resumed["test"] == summary["test"]
+    result = evaluate_run(str(tmp_path / "run"), "test")  # the model rebuilt from its checkpoint
+    assert result["mAP"] == pytest.approx(summary["test"]["mAP"], abs=1e-6)
 
     ckpt = torch.load(tmp_path / "run" / "checkpoint-last.pt", weights_only=False)
     assert ckpt["config"]["run"]["preset"] == "asl448"  # the method's (image_size replaces it)
