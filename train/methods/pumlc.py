@@ -23,15 +23,18 @@ nothing) and adds reg.
 
 Choices and deviations from the release (TAKELAMAG/PU-MLC, ``vpu_loss.py``):
 - its positive term also adds log(1 + 1e-10)/|P_c| for every non-positive entry of a class with
-  positives, and its unlabeled term reads log(mean_n (s_nc + 1e-10) + 1e-10): constants of
-  order 1e-10 without gradient, left out here (the formula above);
+  positives, its unlabeled term reads log(mean_n (s_nc + 1e-10) + 1e-10) and its soft mixup
+  targets sigmoid(z) + 1e-10: terms of order 1e-10, left out here (the formulas above);
 - tau_c is floored at 1e-6 (a batch whose logits of a class are all equal, or N = 1, would
   divide by zero in the release); with N = 1 there is no mixup (the release fails there);
 - lambda and the permutation come from a generator seeded by (the run's seed, global step), the
   same on every rank: resume stays exact and a DDP step is the mean of per-rank steps with one
   draw. Under DDP each rank computes the loss over its own samples, as the release does (35 per
   GPU), so its batch statistics (tau, w) are per rank;
-- the release trains epochs 0..Stop_epoch (Stop_epoch + 1 epochs); ``epochs`` here is Stop_epoch.
+- the release trains epochs 0..Stop_epoch (Stop_epoch + 1 epochs); ``epochs`` here is Stop_epoch;
+- weight decay (L2, 1e-4) applies to weights only; the release decays every trainable
+  parameter (biases and BatchNorm affine parameters too). The epoch is selected on validation,
+  the release's on test.
 """
 
 from __future__ import annotations
