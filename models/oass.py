@@ -149,8 +149,10 @@ class OassNet(nn.Module):
 
 
 def create_oass_model(spec) -> OassNet:
-    """``MethodInfo.build_model``: the spec's backbone at output stride 16 (timm's dilated last
-    stage: 32 x 32 CAMs at 512 px, as Puzzle-CAM's strides 2, 2, 2, 1) with the OASS heads."""
+    """``MethodInfo.build_model``: the spec's backbone at output stride 16 with the OASS heads:
+    32 x 32 CAMs at 512 px, as Puzzle-CAM's ResNet with strides 2, 2, 2, 1. timm reaches the
+    stride by dilating the last stage (dilation 2); Puzzle-CAM's last stage has stride 1 and no
+    dilation (same weights, a larger receptive field here)."""
     from models.backbones import create_backbone
 
     backbone, info = create_backbone(

@@ -5,7 +5,12 @@ EMA sequence and its place in the method's state, and an e2e run that evaluate_r
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,11 +30,14 @@ from train.methods.oass import (
     alpha_re_at,
     cut_crops,
     find_keypoints,
+    local_peaks,
     plan_cuts,
     run_steps,
     stitch,
     teacher_decay,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------------------------------------
 # Key points. Peaks on a zero background (64 x 64), min_distance 2, radius 30:
@@ -83,6 +91,21 @@ def test_keypoint_fallbacks_to_the_centre():
     assert keypoint("ctopk-w", zero_col[None]) == [[20, 2]]
     with pytest.raises(WsmlError, match="keypoint must be one of"):
         find_keypoints(flat[None], "centre")
+
+
+def test_local_peaks_equal_a_brute_force_window_max():
+    g = torch.Generator().manual_seed(2)
+    maps = (torch.rand(2, 20, 23, generator=g) * 4).round() / 4  # plateaus and ties
+    d = 2
+    got = local_peaks(maps, d)
+    for k in range(2):
+        low = maps[k].min()
+        for r in range(20):
+            for c in range(23):
+                window = maps[k, max(0, r - d) : r + d + 1, max(0, c - d) : c + d + 1]
+                inner = d <= r < 20 - d and d <= c < 23 - d
+                want = inner and maps[k, r, c] == window.max() and maps[k, r, c] > low
+                assert bool(got[k, r, c]) == want, (k, r, c)
 
 
 def test_plan_cuts_max_and_per_class():
@@ -161,6 +184,46 @@ def test_identity_teacher_round_trip():
         back = stitch(downsample(16)(pieces), points, (128, 128), (8, 8))[0]
         assert torch.equal(back[:, exact[0], exact[1]], cam[0][:, exact[0], exact[1]])
     assert not torch.equal(back, cam[0])  # the 6- and 7-cell quadrants are not recovered
+
+
+def test_training_step_by_the_release_procedure():
+    # Features = input and an identity CAM head: CAM = x on a 16 x 16 grid (stride 1), so the
+    # cuts, crops (8 x 8) and stitching can be followed with the release's procedure.
+    torch.manual_seed(0)
+    model = OassNet(Maps(), 3, 3)
+    with torch.no_grad():
+        model.cam_head.weight.copy_(torch.eye(3)[..., None, None])
+    info = get_method("oass")
+    observed = torch.tensor([[1, -1, 1], [-1, 1, -1]], dtype=torch.int8)
+    method = info.create(2, 3, info.resolve(None, {"keypoint": "cmax"}), observed=observed)
+    method.bind_model(model)  # the teacher is a copy: its CAM of a crop is the crop
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    batch = {"input": x, "observed": observed, "row": torch.tensor([0, 1])}
+    out = method.training_step(model, batch, epoch=1, step=0, autocast=contextlib.nullcontext)
+    cuts = [(0, 0), (0, 2), (1, 1)]  # (image, class) of the positives
+    points = []
+    for i, v in cuts:
+        r, c = divmod(int(x[i, v].argmax()), 16)
+        points.append((8, 8) if r == 0 or c == 0 else (r, c))
+    image = torch.tensor([i for i, _ in cuts])
+    stitched = release_cut_and_stitch(
+        x, image, torch.tensor(points), (8, 8), (16, 16), 1, lambda t: t
+    ).double()
+    sig = torch.sigmoid
+    p_class = re = 0.0
+    for k, (i, v) in enumerate(cuts):
+        t = F.one_hot(torch.tensor(v), 3).double()
+        z = stitched[k].mean((1, 2))
+        p_class += -(t * sig(z).log() + (1 - t) * (1 - sig(z)).log()).mean() / 3
+        re += (x[i].double() - stitched[k])[v].abs().sum() / (3 * 16 * 16) / 3
+    assert float(out["p_class_loss"]) == pytest.approx(float(p_class), rel=1e-5)
+    assert float(out["re_loss"]) == pytest.approx(float(re), rel=1e-5)
+    assert float(out["alpha_re"]) == 3.0 and float(out["cuts"]) == 3  # no steps: no ramp
+    total = out["class_loss"] + 0.5 * out["p_class_loss"] + 3.0 * out["re_loss"]
+    assert float(out["loss"].detach()) == pytest.approx(float(total), rel=1e-6)
+    out["loss"].backward()  # the teacher's R carries no gradient, the student's CAM does
+    assert model.cam_head.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in method.teacher.parameters())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,3 +426,22 @@ def test_e2e_oass(tmp_path_factory, tmp_path, keypoint):
     assert ckpt["config"]["run"]["preset"] == "puzzle512"  # the method's run default
     result = evaluate_run(str(tmp_path / "run"), "test")
     assert result["mAP"] == pytest.approx(summary["test"]["mAP"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_student_second_forward(tmp_path_factory, tmp_path):
+    """keypoint=max: the quadrants go through the student in the same DDP call as the images."""
+    shards = get_shards(tmp_path_factory)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["cli.py", "train", "--shards", str(shards), "--method", "oass", "--setting", "e2e"]
+    cmd += ["--regime", "full", "--backbone", "test_resnet", "--weights", "none"]
+    cmd += ["--out", str(tmp_path / "ddp")]
+    opts = {"epochs": 1, "batch_size": 8, "lr": 0.01, "keypoint": "max", "image_size": 64}
+    cmd += [x for k, v in {**opts, "loader": "torch"}.items() for x in ("-o", f"{k}={v}")]
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    (line,) = read_metrics(tmp_path / "ddp")
+    assert line["step"] == 20 and line["train"]["cuts"] == 4  # 4 images per rank and step
+    assert line["train"]["re_loss"] > 0 and read_summary(tmp_path / "ddp")["finished"]

@@ -110,7 +110,9 @@ def local_peaks(maps: Tensor, min_distance: int) -> Tensor:
     """(K, H, W) -> bool (K, H, W): skimage's peak_local_max rule (defaults) by max-pooling: equal
     to the max of its (2d+1) x (2d+1) window, above the map's minimum, d or more from the border."""
     d = int(min_distance)
-    pooled = F.max_pool2d(maps[:, None], 2 * d + 1, stride=1, padding=d)[:, 0]
+    k = 2 * d + 1  # separable: a row max, then a column max (41 + 41 comparisons, not 41^2)
+    pooled = F.max_pool2d(maps[:, None], (1, k), stride=1, padding=(0, d))
+    pooled = F.max_pool2d(pooled, (k, 1), stride=1, padding=(d, 0))[:, 0]
     low = maps.flatten(1).amin(1)[:, None, None]
     peak = (maps == pooled) & (maps > low)
     inner = torch.zeros_like(peak)
@@ -225,7 +227,7 @@ def stitch(crop_cam: Tensor, points: Tensor, size: tuple[int, int], grid: tuple[
     """(4K, L, p, q) quadrant CAMs -> (K, L, h, w): each resized (nearest) to its quadrant on the
     (h, w) grid, split at key point * h / H (the release's key point // 16), at least 1."""
     k = len(points)
-    cams = crop_cam.view(k, 4, *crop_cam.shape[1:])
+    cams = crop_cam.unflatten(0, (k, 4))
     p, q = cams.shape[-2:]
     (big_h, big_w), (h, w) = size, grid
     a = (points[:, 0] * h // big_h).clamp_min(1)[:, None]  # (K, 1) grid rows above the cut
