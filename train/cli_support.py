@@ -44,6 +44,10 @@ def build_run_config(
     for name in ("shards", "method"):
         if not values.get(name):
             raise WsmlError(f"--{name} is required (unless --resume finds the run in --out)")
+    if "setting" not in values:  # a method with its own model trains end to end
+        from train.methods import get_method
+
+        values["setting"] = get_method(values["method"]).settings[0]
     return RunConfig(**values, method_options=method_opts)
 
 

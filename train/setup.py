@@ -123,19 +123,7 @@ def resolve_regime(
                 f"(views: {', '.join(['full', *ss.regimes])})"
             )
     if view is None:
-        if "single-positive" in info.regimes and "single-positive" in ss.regimes:
-            view = "single-positive"
-        elif "full" in info.regimes:
-            view = "full"
-        else:
-            fits = [v for v, m in ss.regimes.items() if m["regime"] in info.regimes]
-            if not fits:
-                have = ", ".join(["full", *ss.regimes])
-                raise WsmlError(
-                    f"method {info.name} trains on {', '.join(info.regimes)} labels; "
-                    f"{ss.root} has views: {have} (make one with cli.py observe)"
-                )
-            view = fits[0]
+        view = default_view(ss, info, fraction)
     if view in ("full", "clean"):
         kind = "partial" if bool((ss.full_labels("train") == 0).any()) else "full"
     elif view in ss.regimes:
@@ -145,6 +133,31 @@ def resolve_regime(
         raise AssertionError("unreachable")
     info.check_regime(kind)
     return view, kind
+
+
+def default_view(ss: ShardSet, info: MethodInfo, fraction: float = 0.1) -> str:
+    """The view a method trains on when no --regime is given: the first of its regimes (in the
+    order it declares them, its paper's first) that the shard set has; for partial labels the
+    view with ``fraction``, else any partial view."""
+    views = {v: m["regime"] for v, m in ss.regimes.items()}
+    for kind in info.regimes:
+        if kind == "full":
+            return "full"
+        preferred = kind
+        if kind == "partial":
+            from shards.regimes import Partial
+
+            preferred = Partial(fraction=fraction).view_name()
+        if preferred in views:
+            return preferred
+        fits = [v for v, k in views.items() if k == kind]
+        if fits:
+            return fits[0]
+    have = ", ".join(["full", *views])
+    raise WsmlError(
+        f"method {info.name} trains on {', '.join(info.regimes)} labels; {ss.root} has views: "
+        f"{have} (make one with cli.py observe)"
+    )
 
 
 def _cache_dim(ss: ShardSet, tag: str, what: str) -> int:
