@@ -30,6 +30,11 @@ demo: $(STAMP)
 	for m in $(DEMO_METHODS); do \
 		$(PY) cli.py train --shards data/shards/digits --method $$m --features $(DEMO_FEATURES) --sweep --out runs/demo/$$m --overwrite || exit 1; \
 	done
+	# End to end: PU-MLC on 10% partial labels (EfficientNet-Lite0 ImageNet weights, 64 px, 2 epochs)
+	$(PY) cli.py observe data/shards/digits partial --fraction 0.1
+	$(PY) cli.py train --shards data/shards/digits --method pu-mlc --backbone efficientnet-lite0 --regime partial -o fraction=0.1 -o image_size=64 --epochs 2 --batch-size 32 --lr 1e-4 -o schedule_epochs=0 --out runs/demo/pu-mlc --overwrite
+	# HSPNet smoke run: a tiny random-weight CLIP (no CLIP weights offline), 2 epochs at 32 px
+	$(PY) cli.py train --shards data/shards/digits --method hspnet --backbone wsml-tiny-clip --weights none -o image_size=32 --epochs 2 --batch-size 32 --out runs/demo/hspnet --overwrite
 	$(PY) cli.py leaderboard runs/demo
 
 test: $(STAMP)

@@ -1,6 +1,9 @@
 """PU-MLC's network (Yuan, Zhang, Huang, ICME 2024, "Positive Label Is All You Need for
 Multi-Label Classification", METHODS.md §7.2): a timm ResNet whose 3x3 convolutions become
-local-global convolutions, conv(x) + G(x), with a linear classifier on the pooled features.
+local-global convolutions, conv(x) + G(x), with a linear classifier on the pooled features. The
+paper's backbone is a ResNet; the same wrapping applies to timm's EfficientNet family (its
+stages are ``blocks``; the last one, with ``conv_head``, is what trains), which is how the demo
+runs PU-MLC on the offline ImageNet weights of EfficientNet-Lite0.
 
 G (the global branch), for an input x (N, C, H, W), r = 4 and h = 8 heads:
 
@@ -37,8 +40,7 @@ from torch import Tensor, nn
 
 from shards.errors import WsmlError
 
-STAGES = ("layer1", "layer2", "layer3", "layer4")
-TRAINED_STAGE = "layer4"
+STAGES = ("layer1", "layer2", "layer3", "layer4")  # a timm ResNet's; layer4 trains
 BN_INIT_STD = 1e-4
 
 
@@ -111,9 +113,25 @@ def wrap_3x3_convs(module: nn.Module, prefix: str = "", **kwargs) -> list[str]:
     return wrapped
 
 
-class LgcResNet(nn.Module):
-    """A timm ResNet (pooled features) with local-global convolutions in its stages and a
-    linear classifier: images (N, 3, H, W) -> logits (N, L)."""
+def backbone_stages(backbone: nn.Module) -> tuple[list[str], list[str]]:
+    """(the stages whose 3x3 convolutions are wrapped, name prefixes of the parameters that
+    train besides the global branches: the last stage) of a timm ResNet or EfficientNet."""
+    if all(hasattr(backbone, s) for s in STAGES):
+        return list(STAGES), [f"{STAGES[-1]}."]
+    if isinstance(getattr(backbone, "blocks", None), nn.Sequential) and hasattr(
+        backbone, "conv_head"
+    ):
+        stages = [f"blocks.{i}" for i in range(len(backbone.blocks))]
+        return stages, [f"{stages[-1]}.", "conv_head.", "bn2."]
+    raise WsmlError(
+        f"local-global convolutions need a timm ResNet (stages {', '.join(STAGES)}) or "
+        f"EfficientNet (blocks + conv_head); this backbone ({type(backbone).__name__}) is neither"
+    )
+
+
+class LgcNet(nn.Module):
+    """A timm ResNet or EfficientNet (pooled features) with local-global convolutions in its
+    stages and a linear classifier: images (N, 3, H, W) -> logits (N, L)."""
 
     def __init__(
         self,
@@ -123,22 +141,17 @@ class LgcResNet(nn.Module):
         weights_info: dict[str, Any] | None = None,
     ):
         super().__init__()
-        missing = [s for s in STAGES if not hasattr(backbone, s)]
-        if missing:
-            raise WsmlError(
-                f"local-global convolutions need a timm ResNet (stages {', '.join(STAGES)}); "
-                f"this backbone lacks {', '.join(missing)}"
-            )
+        stages, trained = backbone_stages(backbone)
         self.backbone = backbone
         self.wrapped = [
             name
-            for stage in STAGES
-            for name in wrap_3x3_convs(getattr(backbone, stage), f"backbone.{stage}.")
+            for stage in stages
+            for name in wrap_3x3_convs(backbone.get_submodule(stage), f"backbone.{stage}.")
         ]
         self.head = nn.Linear(feature_dim, num_classes)
         self.weights_info = dict(weights_info or {})
         for name, p in backbone.named_parameters():
-            p.requires_grad = "global_branch." in name or name.startswith(f"{TRAINED_STAGE}.")
+            p.requires_grad = "global_branch." in name or name.startswith(tuple(trained))
         self.train()
 
     @property
@@ -146,7 +159,7 @@ class LgcResNet(nn.Module):
         """The backbone's (timm's): the mean/std its inputs are normalised with."""
         return self.backbone.pretrained_cfg
 
-    def train(self, mode: bool = True) -> LgcResNet:
+    def train(self, mode: bool = True) -> LgcNet:
         """Train mode everywhere except BatchNorm, which always uses its running statistics."""
         super().train(mode)
         for m in self.modules():
@@ -166,13 +179,11 @@ class LgcResNet(nn.Module):
         return param_groups(self, self.head, config)
 
 
-def create_lgc_resnet(
-    name: str, num_classes: int, weights: str | os.PathLike | None = None
-) -> LgcResNet:
-    """PU-MLC's network on the timm ResNet ``name`` with ``weights`` (None: pretrained from the
+def create_lgc_net(name: str, num_classes: int, weights: str | os.PathLike | None = None) -> LgcNet:
+    """PU-MLC's network on the timm ResNet (or EfficientNet) ``name`` with ``weights`` (None: pretrained from the
     hub cache, ``"none"``: random, or a local file), wrapped after its weights are loaded."""
     from models.backbones import create_backbone
 
     backbone, info = create_backbone(name, weights=weights)
     provenance = {"backbone": name, "weights": info.weights, "sha256": info.weights_sha256}
-    return LgcResNet(backbone, info.feature_dim, num_classes, provenance)
+    return LgcNet(backbone, info.feature_dim, num_classes, provenance)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from models.backbones import create_backbone
-from models.lgc import GlobalBranch, LgcResNet, LocalGlobalConv, create_lgc_resnet
+from models.lgc import GlobalBranch, LgcNet, LocalGlobalConv, create_lgc_net
 from shards.errors import WsmlError
 from train.methods import ModelSpec, get_method, resolve_config
 from train.methods.pumlc import mixup_inputs, mixup_regularizer, pu_weights, vpu_loss
@@ -276,7 +276,7 @@ def pair():
     for m in plain.modules():
         if isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
-    model = LgcResNet(copy.deepcopy(plain), info.feature_dim, 5, {"weights": info.weights})
+    model = LgcNet(copy.deepcopy(plain), info.feature_dim, 5, {"weights": info.weights})
     return plain.eval(), model
 
 
@@ -350,11 +350,11 @@ def test_batchnorm_stays_in_eval_mode(pair):
 def test_build_model_from_spec_and_errors():
     spec = ModelSpec(None, ("a", "b"), INFO.resolve("coco"), "test_resnet", "none", 0)
     model = INFO.build_model(spec)
-    assert isinstance(model, LgcResNet) and model.head.out_features == 2
+    assert isinstance(model, LgcNet) and model.head.out_features == 2
     assert model.weights_info == {"backbone": "test_resnet", "weights": "none", "sha256": None}
     assert model.pretrained_cfg["mean"] == (0.5, 0.5, 0.5)
     with pytest.raises(WsmlError, match="timm ResNet"):
-        create_lgc_resnet("test_vit", 2, weights="none")
+        create_lgc_net("test_vit", 2, weights="none")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,3 +378,30 @@ def test_defaults_per_dataset_and_overrides():
     assert INFO.run_defaults == {"backbone": "resnet101", "preset": "asl448"}
     with pytest.raises(WsmlError, match="e2e setting only"):
         INFO.check_setting("linear")
+
+
+def test_efficientnet_stages_are_wrapped_and_only_the_last_trains():
+    """The same wrapping on timm's EfficientNet family (the demo's EfficientNet-Lite0): every 3x3
+    conv of the blocks (depthwise ones included; the 3-channel stem stays plain), the last block
+    and conv_head train, and the wrapped net equals the plain one with G's BN weight at 0."""
+    plain, info = create_backbone("efficientnet-lite0", weights="none")
+    model = LgcNet(copy.deepcopy(plain), info.feature_dim, 3)
+    convs = [
+        n for n, m in plain.named_modules()
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and n.startswith("blocks.")
+    ]  # fmt: skip
+    assert len(convs) > 5 and [w.removeprefix("backbone.") for w in model.wrapped] == [
+        f"{n}" for n in convs
+    ]
+    assert isinstance(model.backbone.conv_stem, nn.Conv2d)
+    last = f"blocks.{len(plain.blocks) - 1}."
+    for name, p in model.backbone.named_parameters():
+        trains = "global_branch." in name or name.startswith((last, "conv_head.", "bn2."))
+        assert p.requires_grad == trains, name
+    for m in model.modules():
+        if isinstance(m, GlobalBranch):
+            nn.init.zeros_(m.norm.weight)
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model.backbone(x), plain.eval()(x), atol=1e-6)

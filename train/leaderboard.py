@@ -27,6 +27,8 @@ def collect_runs(folder: str | Path) -> list[dict]:
         run, hyper = config.get("run", {}), config.get("method", {})
         linear = str(s.get("setting", "")).startswith("linear")
         inputs = run.get("features") if linear else run.get("backbone")
+        if not linear and run.get("weights") == "none":
+            inputs = f"{inputs} (random init)"
         rows.append(
             {
                 "run": summary.parent.name,

@@ -157,9 +157,9 @@ class PuMlc(Method):
 
 
 def build_model(spec: ModelSpec):
-    from models.lgc import create_lgc_resnet
+    from models.lgc import create_lgc_net
 
-    return create_lgc_resnet(spec.backbone, len(spec.classes), spec.weights)
+    return create_lgc_net(spec.backbone, len(spec.classes), spec.weights)
 
 
 register_method(
