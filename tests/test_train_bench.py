@@ -13,12 +13,12 @@ from train.context import cpu_threads
 
 def test_linear_bench_runs_the_three_ways():
     lines = []
-    out = run_linear_bench(
-        ("an", "role"), rows={"train": 320}, dim=16, classes=5, echo=lines.append
-    )
+    rows = {"train": 320, "val": 40, "test": 60}
+    out = run_linear_bench(("an", "role"), rows=rows, dim=16, classes=5, echo=lines.append)
+    ways = {f"{w}_{p}" for w in ("papers", "runs", "sweep") for p in ("train", "eval")}
     assert set(out) == {"an", "role"}
     for figures in out.values():
-        assert set(figures) == {"papers", "runs", "sweep"}
+        assert set(figures) == ways
         assert all(v > 0 for v in figures.values())
     assert lines[-1].startswith("role") and "x" in lines[-1]
 

@@ -1,11 +1,13 @@
 """``cli.py bench train``: the trainer's figures, printed side by side in one run. Benchmarks,
 not tests: they print numbers and assert nothing about them.
 
-- **linear** (synthetic features at a real dataset's size, default COCO's 65,665 x 2,048, 80
-  classes): per epoch, the hyper-parameter grid (Cole et al.: batch {8, 16} x lr {1e-2 .. 1e-5})
-  trained three ways: the configurations one after another in the papers' way (a per-sample
-  ``Dataset`` + ``DataLoader`` + ``nn.Linear`` + Adam, with the method's loss), one after another
-  through this trainer's own linear runs, and as one ``--sweep`` job.
+- **linear** (synthetic features at a real dataset's size, default COCO's 65,665 / 16,416 /
+  40,137 x 2,048, 80 classes): one epoch of the hyper-parameter grid (Cole et al.: batch {8, 16}
+  x lr {1e-2 .. 1e-5}), training and the epoch's val + test scoring, three ways: the
+  configurations one after another in the papers' way (a per-sample ``Dataset`` + ``DataLoader``
+  + ``nn.Linear`` + Adam with the method's loss, then val and test through the same loader),
+  one after another through this trainer's own linear runs, and as one ``--sweep`` job. All
+  three score with the same mAP code (``train.metrics``) and run the steps on one thread.
 - **e2e** (images through ``create_loader``): a method's training steps on a generated shard
   set of photos: images/s, milliseconds per step, and the share of each step spent waiting for
   data. Every method, its own model included (HSPNet, PU-MLC, OASS), runs through the same
@@ -25,9 +27,11 @@ from typing import Any
 import torch
 
 from shards.errors import WsmlError
+from train import metrics
 from train.config import RunConfig
 from train.context import Context, cpu_threads
 from train.data import FeatureData
+from train.evaluate import evaluate_splits
 from train.loop import train_epoch
 from train.methods import dataset_family, get_method
 from train.setup import assemble
@@ -89,17 +93,20 @@ class PaperDataset(torch.utils.data.Dataset):
         }
 
 
-def paper_epoch(method: str, split: dict, batch: int, lr: float, max_steps: int = 0) -> float:
-    """Seconds of one epoch the papers' way (shuffled per-sample DataLoader, drop_last)."""
+def paper_epoch(
+    method: str, splits: dict, batch: int, lr: float, max_steps: int = 0
+) -> tuple[float, float]:
+    """Seconds of one epoch the papers' way (shuffled per-sample DataLoader, drop_last) and of
+    its scoring (val and test through the same kind of loader, then mAP and the F1s)."""
+    split = splits["train"]
     info = get_method(method)
     cfg = info.resolve(dataset_family("coco"), {"batch_size": str(batch), "lr": repr(lr)})
     n, classes = len(split["full"]), split["full"].shape[1]
     obs = split["observed"] if info.needs_observed else None
     loss_fn = info.create(n, classes, cfg, observed=obs, generator=torch.Generator().manual_seed(0))
     model = torch.nn.Linear(split["input"].shape[1], classes)
-    opt = torch.optim.Adam(
-        [*model.parameters(), *(p for g in loss_fn.extra_parameters() for p in g["params"])], lr=lr
-    )
+    groups = [{"params": list(model.parameters())}, *loss_fn.extra_parameters()]
+    opt = torch.optim.Adam(groups, lr=lr)
     loader = torch.utils.data.DataLoader(
         PaperDataset(split), batch_size=batch, shuffle=True, drop_last=True
     )
@@ -112,11 +119,21 @@ def paper_epoch(method: str, split: dict, batch: int, lr: float, max_steps: int 
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
-    return (time.perf_counter() - t) * len(loader) / steps
+    seconds = (time.perf_counter() - t) * len(loader) / steps
+    t = time.perf_counter()
+    with torch.no_grad():
+        for name in ("val", "test"):
+            ordered = torch.utils.data.DataLoader(PaperDataset(splits[name]), batch_size=batch)
+            probs = torch.cat([torch.sigmoid(model(b["input"])) for b in ordered])
+            metrics.evaluate(probs.numpy(), splits[name]["full"].numpy())
+    return seconds, time.perf_counter() - t
 
 
-def own_epoch(method: str, data: FeatureData, classes: int, batch: int, lr: float) -> float:
-    """Seconds of one epoch of this trainer's linear run (in-memory features)."""
+def own_epoch(
+    method: str, data: FeatureData, classes: int, batch: int, lr: float
+) -> tuple[float, float]:
+    """Seconds of one epoch of this trainer's linear run (in-memory features) and of its
+    scoring of val and test."""
     ctx = Context()
     info = get_method(method)
     options = {"batch_size": str(batch), "lr": repr(lr), "epochs": "1"}
@@ -127,13 +144,17 @@ def own_epoch(method: str, data: FeatureData, classes: int, batch: int, lr: floa
     run = assemble(config, resolved, None, data, info, mcfg, ctx)
     t = time.perf_counter()
     train_epoch(run, ctx, 1)
-    return time.perf_counter() - t
+    seconds = time.perf_counter() - t
+    t = time.perf_counter()
+    evaluate_splits(run.eval_models(), data, ctx, ("val", "test"), 0.5)
+    return seconds, time.perf_counter() - t
 
 
-def sweep_epoch(method: str, data: FeatureData, classes: int, lrs, batches) -> float:
-    """Seconds of one epoch of every member of the ``--sweep`` grid, trained as one job."""
+def sweep_epoch(method: str, data: FeatureData, classes: int, lrs, batches) -> tuple[float, float]:
+    """Seconds of one epoch of every member of the ``--sweep`` grid, trained as one job, and of
+    the scoring of every member on val and test (metrics lines written as a sweep does)."""
     from train.runfolder import RunFolder
-    from train.sweep import create_group, train_group
+    from train.sweep import create_group, evaluate_members, train_group
 
     ctx = Context()
     info = get_method(method)
@@ -153,7 +174,12 @@ def sweep_epoch(method: str, data: FeatureData, classes: int, lrs, batches) -> f
     with cpu_threads(1):
         for group in groups:
             train_group(group, data, 1)
-    return time.perf_counter() - t
+    seconds = time.perf_counter() - t
+    t = time.perf_counter()
+    active = [(g, i) for g in groups for i in range(g.size)]
+    evaluate_members(active, data, 1, config, resolved["classes"], seconds)
+    shutil.rmtree(folder.path, ignore_errors=True)
+    return seconds, time.perf_counter() - t
 
 
 def run_linear_bench(
@@ -169,30 +195,39 @@ def run_linear_bench(
 ) -> dict[str, dict[str, float]]:
     """One epoch of the grid per method, three ways; returns seconds per way and method."""
     _header(echo)
-    rows = rows or COCO
+    rows = {**COCO, **(rows or {})}
     g = torch.Generator().manual_seed(0)
-    split = synthetic_split(rows["train"], dim, classes, g)
-    data = FeatureData({"train": split}, Context(), seed=0, batch_size=batches[0])
+    splits = {name: synthetic_split(n, dim, classes, g) for name, n in rows.items()}
+    data = FeatureData(splits, Context(), seed=0, batch_size=batches[0])
     grid = len(lrs) * len(batches)
     echo(
-        f"linear setting, one epoch of {rows['train']:,} x {dim} features, {classes} classes; "
-        f"grid batch {{{', '.join(map(str, batches))}}} x lr {{{', '.join(f'{x:g}' for x in lrs)}}}"
-        f" = {grid} configurations (1 thread for the steps, as the trainer runs them)"
+        f"linear setting, one epoch of {rows['train']:,} x {dim} features ({classes} classes; "
+        f"val {rows['val']:,}, test {rows['test']:,} scored after it); grid batch "
+        f"{{{', '.join(map(str, batches))}}} x lr {{{', '.join(f'{x:g}' for x in lrs)}}} = "
+        f"{grid} configurations; seconds for the whole grid, train + scoring"
     )
-    echo(f"{'method':<8} {'papers, one by one':>19} {'wsml runs, one by one':>22} {'--sweep':>9} "
-         f"{'vs papers':>10} {'vs runs':>8}")  # fmt: skip
+    echo(f"{'method':<8} {'papers, one by one':>22} {'wsml runs, one by one':>22} "
+         f"{'--sweep':>16} {'vs papers':>10} {'vs runs':>8}")  # fmt: skip
     out = {}
     for method in methods:
         with cpu_threads(1):
-            paper = sum(
-                paper_epoch(method, split, b, lr, paper_steps) for b in batches for lr in lrs
-            )
-            own = sum(own_epoch(method, data, classes, b, lr) for b in batches for lr in lrs)
-        sweep = sweep_epoch(method, data, classes, lrs, batches)
-        out[method] = {"papers": paper, "runs": own, "sweep": sweep}
+            paper = [paper_epoch(method, splits, b, lr, paper_steps) for b in batches for lr in lrs]
+            own = [own_epoch(method, data, classes, b, lr) for b in batches for lr in lrs]
+        ways = {
+            "papers": tuple(map(sum, zip(*paper, strict=True))),
+            "runs": tuple(map(sum, zip(*own, strict=True))),
+            "sweep": sweep_epoch(method, data, classes, lrs, batches),
+        }
+        out[method] = {
+            f"{way}_{part}": v
+            for way, t in ways.items()
+            for part, v in zip(("train", "eval"), t, strict=True)
+        }
+        total = {way: sum(t) for way, t in ways.items()}
+        cells = [f"{total[w]:6.1f} ({t[0]:.1f}+{t[1]:.1f})" for w, t in ways.items()]
         echo(
-            f"{method:<8} {paper:>18.1f}s {own:>21.1f}s {sweep:>8.1f}s {paper / sweep:>9.2f}x "
-            f"{own / sweep:>7.2f}x"
+            f"{method:<8} {cells[0]:>22} {cells[1]:>22} {cells[2]:>16} "
+            f"{total['papers'] / total['sweep']:>9.2f}x {total['runs'] / total['sweep']:>7.2f}x"
         )
     return out
 

@@ -93,7 +93,9 @@ def methods_command():
     "--setting", type=click.Choice(["linear", "e2e"]), default="linear", show_default=True
 )
 @click.option("--method", "methods", default="an", show_default=True, help="Comma-separated.")
-@click.option("--rows", default="65665", show_default=True, help="linear: training rows.")
+@click.option(
+    "--rows", default="65665,16416,40137", show_default=True, help="linear: train,val,test rows."
+)
 @click.option("--dim", default=2048, show_default=True, help="linear: feature dimension.")
 @click.option("--classes", default=80, show_default=True, help="linear: number of classes.")
 @click.option("--paper-steps", default=0, help="linear: time this many steps of each papers'-way "
@@ -121,10 +123,10 @@ def bench_train(setting, methods, rows, dim, classes, paper_steps, opts, **e2e):
     for name in names:
         get_method(name)  # unknown names fail here, listing the methods
     if setting == "linear":
-        from train.bench import run_linear_bench
+        from train.bench import parse_rows, run_linear_bench
 
         run_linear_bench(
-            names, rows={"train": int(rows)}, dim=dim, classes=classes,
+            names, rows=parse_rows(rows), dim=dim, classes=classes,
             paper_steps=paper_steps, echo=click.echo,
         )  # fmt: skip
         return

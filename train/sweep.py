@@ -22,14 +22,12 @@ checkpoints (a sweep is restarted, not resumed).
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.optim.adam import adam
 
 from shards.errors import WsmlError
 from train.config import RunConfig
@@ -61,42 +59,51 @@ class Member:
 
 
 class MemberAdam:
-    """torch's fused Adam (the kernel ``torch.optim.Adam(fused=True)`` runs for a separate run)
-    on parameters whose rows are blocks of M members: one call per member with its own
-    learning rate, on views of its block, with its own step counts and moments."""
+    """torch's fused Adam (the kernel ``torch.optim.Adam(fused=True)`` runs for a separate run,
+    called as torch.optim.adam does) on parameters whose rows are blocks of M members: one call
+    per member with its own learning rate, on views of its blocks, with its own step counts and
+    moments; parameters of another weight decay (a member's bias) in a call of their own."""
 
     def __init__(self, params: list[tuple[Tensor, float]], members: int):
-        self.params, self.members = params, members
-        self.exp_avg = [torch.zeros_like(p) for p, _ in params]
-        self.exp_avg_sq = [torch.zeros_like(p) for p, _ in params]
+        self.members = members
+        self.params = [p for p, _ in params]
+        self.decays = [wd for _, wd in params]
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        # per member: its block of every parameter and moment (views, updated in place)
+        self.blocks = [self._blocks(t) for t in (self.params, self.exp_avg, self.exp_avg_sq)]
         self.steps = [
-            [torch.zeros((), dtype=torch.float32, device=p.device) for p, _ in params]
+            [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
             for _ in range(members)
         ]
+        self.calls = sorted({wd for wd in self.decays})  # one call per weight decay
 
-    def _block(self, t: Tensor, i: int) -> Tensor:
-        return t.view(self.members, -1)[i]
+    def _blocks(self, tensors: list[Tensor]) -> list[list[Tensor]]:
+        """[member][param] views."""
+        per_param = [t.view(self.members, -1).unbind(0) for t in tensors]
+        return [list(blocks) for blocks in zip(*per_param, strict=True)]
 
     @torch.no_grad()
     def step(self, lrs: list[float], beta1: float) -> None:
         """Step member i with lr ``lrs[i]`` (0: a stopped member, left alone)."""
-        for i, lr in enumerate(lrs):
-            if not lr:
-                continue
-            for j, (p, wd) in enumerate(self.params):
-                block = functools.partial(self._block, i=i)
-                adam(
-                    [block(p)],
-                    [block(p.grad)],
-                    [block(self.exp_avg[j])],
-                    [block(self.exp_avg_sq[j])],
+        params, avgs, sqs = self.blocks
+        grads = self._blocks([p.grad for p in self.params])
+        live = [i for i, lr in enumerate(lrs) if lr]
+        torch._foreach_add_([s for i in live for s in self.steps[i]], 1)
+        for i in live:
+            for wd in self.calls:
+                js = [j for j, d in enumerate(self.decays) if d == wd]
+                torch._fused_adam_(
+                    [params[i][j] for j in js],
+                    [grads[i][j] for j in js],
+                    [avgs[i][j] for j in js],
+                    [sqs[i][j] for j in js],
                     [],
-                    [self.steps[i][j]],
-                    fused=True,
+                    [self.steps[i][j] for j in js],
                     amsgrad=False,
+                    lr=lrs[i],
                     beta1=beta1,
                     beta2=ADAM_BETA2,
-                    lr=lr,
                     weight_decay=wd,
                     eps=ADAM_EPS,
                     maximize=False,
