@@ -46,7 +46,9 @@ def _inputs(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
 def _chunk_ap(s: np.ndarray, pos: np.ndarray, scored: np.ndarray, style: str) -> np.ndarray:
     """AP of each column; ``scored`` marks the entries that count (all, or annotated)."""
     n = s.shape[0]
-    order = np.argsort(-s, axis=0, kind="stable")
+    # sklearn's AP takes each tie group at its end, whatever the order inside it: the faster
+    # unstable sort gives the same APs; ASL's breaks ties by row order.
+    order = np.argsort(-s, axis=0, kind="stable" if style == "asl" else "quicksort")
     s = np.take_along_axis(s, order, 0)
     hit = np.take_along_axis(pos & scored, order, 0)
     counted = np.cumsum(np.take_along_axis(scored, order, 0), axis=0)

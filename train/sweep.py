@@ -116,8 +116,8 @@ class Group:
 
     members: list[Member]
     batch_size: int
-    weight: nn.Parameter  # (M L, D): member i's head is rows [i L, (i + 1) L)
-    bias: nn.Parameter  # (M L,)
+    weight: nn.Parameter  # (M, D, L): member i's head, transposed (one bmm for all)
+    bias: nn.Parameter  # (M, 1, L)
     method: Method
     adam: MemberAdam
     schedule: Schedule
@@ -130,8 +130,10 @@ class Group:
     def size(self) -> int:
         return len(self.members)
 
-    def heads(self, ema: bool = False) -> tuple[Tensor, Tensor]:
-        return self.ema if ema else (self.weight, self.bias)
+    def head(self, i: int, ema: bool = False) -> tuple[Tensor, Tensor]:
+        """Member ``i``'s head (or its EMA) as nn.Linear holds it: (L, D) weight, (L,) bias."""
+        weight, bias = self.ema if ema else (self.weight, self.bias)
+        return weight[i].T, bias[i, 0]
 
 
 def train_sweep(config: RunConfig, ctx: Context) -> dict[str, Any]:
@@ -205,8 +207,8 @@ def create_group(config, resolved, data, specs, folder, text, ctx) -> Group:
         name = f"b{batch}-lr{lr:g}-s{config.seed}"
         members.append(Member(name, config.seed, cfg, RunFolder(folder.path / "members" / name)))
     cfg = members[0].cfg
-    weight = nn.Parameter(torch.cat([h.weight.detach() for h in heads]))
-    bias = nn.Parameter(torch.cat([h.bias.detach() for h in heads]))
+    weight = nn.Parameter(torch.stack([h.weight.detach().T for h in heads]).contiguous())
+    bias = nn.Parameter(torch.stack([h.bias.detach() for h in heads]).unsqueeze(1))
     method = stack_members(methods)
     extra = None
     if method.extra_parameters():  # one member: its own groups, as a separate run has them
@@ -246,12 +248,12 @@ def train_group(group: Group, data: FeatureData, epoch: int) -> None:
     for s in range(n // b):
         rows = perm[s * b : (s + 1) * b]
         x = train["input"][rows].float()  # (B, D): every member's batch
-        logits = torch.addmm(group.bias, x, group.weight.T)  # (B, M L)
+        x = x.expand(m_count, *x.shape)
+        logits = torch.baddbmm(group.bias, x, group.weight).view(m_count * b, -1)  # member-major
         batch = {k: train[k][rows] for k in labels}
         if "embedding" in batch:
             batch["embedding"] = batch["embedding"].float()
-        if m_count > 1:  # member-major: (M B, L)
-            logits = logits.view(b, m_count, -1).transpose(0, 1).reshape(m_count * b, -1)
+        if m_count > 1:
             batch = {k: v.repeat(m_count, *([1] * (v.dim() - 1))) for k, v in batch.items()}
         batch["row"] = (offsets + rows).reshape(-1)
         factor = group.schedule.apply([], group.step)
@@ -287,7 +289,7 @@ def end_member_epoch(group: Group, i: int, data: FeatureData, epoch: int) -> Non
     m.logged = {k: float(v) / steps for k, v in m.totals.items()}
     method = group.method
     if i == 0 and method.wants_epoch_pass(epoch):  # an unstacked method: one member
-        probs = member_probs([group.heads()], data, "train")[0]
+        probs = member_probs([group.head(0)], data, "train")[0]
         rows = torch.arange(len(probs))
         m.logged.update(method.end_epoch(epoch, (rows, probs)))
     elif i == 0:
@@ -298,8 +300,8 @@ def end_member_epoch(group: Group, i: int, data: FeatureData, epoch: int) -> Non
 
 @torch.no_grad()
 def member_probs(heads: list[tuple[Tensor, Tensor]], data: FeatureData, split: str) -> list[Tensor]:
-    """Sigmoid scores of every member head ((M L, D) weights, (M L,) biases, stacked) on a split,
-    one matmul per chunk of rows; one (N, L) tensor per member."""
+    """Sigmoid scores of every head ((L, D) weight, (L,) bias) on a split, one matmul per chunk
+    of rows; one (N, L) tensor per head."""
     x = data.splits[split]["input"]
     weight = torch.cat([w for w, _ in heads])  # (H L, D)
     bias = torch.cat([b for _, b in heads])
@@ -321,13 +323,10 @@ def evaluate_members(
 ) -> dict[str, Any]:
     """Score every active member's head (and EMA) on val and test, update its selection and
     write its metrics line (and summary when it improved); returns the sweep's line."""
-    num_classes = len(classes)
     heads, owners = [], []
     for g, i in active:
-        rows = slice(i * num_classes, (i + 1) * num_classes)
         for weights in ("model", "ema") if g.ema is not None else ("model",):
-            w, b = g.heads(ema=weights == "ema")
-            heads.append((w[rows], b[rows]))
+            heads.append(g.head(i, ema=weights == "ema"))
             owners.append((g.members[i], weights))
     scored = {split: member_probs(heads, data, split) for split in ("val", "test")}
     results: dict[str, dict[str, dict[str, Any]]] = {}
