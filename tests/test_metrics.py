@@ -62,6 +62,29 @@ def test_ap_matches_sklearn_on_random_ties_and_chunks(monkeypatch):
     )
 
 
+def test_ap_float32_scores_and_annotated_entries_match_sklearn():
+    """float32 scores are ranked as they are (exactly as float64 would rank them); with unknown
+    labels only the annotated entries count, as sklearn on those entries alone."""
+    rng = np.random.default_rng(1)
+    s = (rng.integers(0, 50, size=(500, 7)) / 49).astype(np.float32)  # ties in every class
+    y = rng.choice([1, 0, -1], size=(500, 7), p=[0.2, 0.3, 0.5])
+    y[:, 3] = np.where(y[:, 3] == 1, -1, y[:, 3])  # annotated, no positive: AP 0
+    y[:, 5] = 0  # nothing annotated: skipped
+    got = average_precision(s, y, annotated_only=True)
+    for j in range(7):
+        keep = y[:, j] != 0
+        if j == 5:
+            assert np.isnan(got[j])
+        elif j == 3:
+            assert got[j] == 0.0
+        else:
+            want = average_precision_score(y[keep, j] == 1, s[keep, j].astype(np.float64))
+            assert got[j] == pytest.approx(want, abs=1e-12)
+    np.testing.assert_allclose(
+        average_precision(s, y), average_precision(s.astype(np.float64), y), atol=1e-12
+    )
+
+
 def test_openimages_variant():
     labels = np.array(
         [[1, 0, -1], [0, 0, -1], [-1, 0, 0], [1, 0, 0], [0, 0, 0], [-1, 0, 0]]

@@ -33,8 +33,12 @@ def _as_numpy(x: Any, name: str) -> np.ndarray:
     return arr
 
 
-def _inputs(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    s = _as_numpy(scores, "scores").astype(np.float64)
+def _inputs(scores: Any, labels: Any, *, keep_float32: bool = False):
+    """(scores, labels) as arrays of one shape; scores as float64, or kept as float32 where
+    they are (ranking them is exact in either, and float32 sorts faster)."""
+    s = _as_numpy(scores, "scores")
+    if not (keep_float32 and s.dtype == np.float32):
+        s = s.astype(np.float64)
     y = _as_numpy(labels, "labels")
     if s.shape != y.shape:
         raise WsmlError(f"scores {s.shape} and labels {y.shape} differ in shape")
@@ -45,27 +49,36 @@ def _inputs(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def _chunk_ap(s: np.ndarray, pos: np.ndarray, scored: np.ndarray, style: str) -> np.ndarray:
     """AP of each column; ``scored`` marks the entries that count (all, or annotated)."""
+    if style == "sklearn":
+        return _sklearn_ap(s, pos, scored)
     n = s.shape[0]
-    # sklearn's AP takes each tie group at its end, whatever the order inside it: the faster
-    # unstable sort gives the same APs; ASL's breaks ties by row order.
-    order = np.argsort(-s, axis=0, kind="stable" if style == "asl" else "quicksort")
-    s = np.take_along_axis(s, order, 0)
+    # ASL's AP breaks ties by row order: precision at each positive's own rank.
+    order = np.argsort(-s, axis=0, kind="stable")
     hit = np.take_along_axis(pos & scored, order, 0)
     counted = np.cumsum(np.take_along_axis(scored, order, 0), axis=0)
     tp = np.cumsum(hit, axis=0)
-    if style == "sklearn":  # precision at the end of each tie group counts for all its members
-        end = np.ones_like(s, dtype=bool)
-        end[:-1] = s[:-1] != s[1:]
-        idx = np.where(end, np.arange(n)[:, None], n)
-        last = np.minimum.accumulate(idx[::-1], axis=0)[::-1]
-        tp = np.take_along_axis(tp, last, 0)
-        counted = np.take_along_axis(counted, last, 0)
-    precision = np.divide(tp, counted, out=np.zeros(s.shape), where=counted > 0)
-    total = hit.sum(0)
-    summed = (precision * hit).sum(0)
-    if style == "asl":
-        return summed / (total + 1e-8)
-    return np.divide(summed, total, out=np.zeros(s.shape[1]), where=total > 0)
+    precision = np.divide(tp, counted, out=np.zeros((n, s.shape[1])), where=counted > 0)
+    return (precision * hit).sum(0) / (hit.sum(0) + 1e-8)
+
+
+def _sklearn_ap(s: np.ndarray, pos: np.ndarray, scored: np.ndarray) -> np.ndarray:
+    """scikit-learn's AP of each column without ranking every entry: a tie group is one
+    threshold, so each positive counts the precision at its own score,
+    #positives >= s / #scored >= s, and AP is the mean of those over the positives. Needs the
+    scored entries sorted (values only) and the positives' scores sorted."""
+    s_t, pos_t, scored_t = (np.ascontiguousarray(a.T) for a in (s, pos & scored, scored))
+    full = bool(scored_t.all())
+    ranked = np.sort(s_t, axis=1) if full else None  # (C, N) ascending, every entry scored
+    out = np.zeros(s_t.shape[0])
+    for j in range(len(out)):
+        p = np.sort(s_t[j][pos_t[j]])
+        if p.size == 0:
+            continue  # no positive: AP 0
+        col = ranked[j] if full else np.sort(s_t[j][scored_t[j]])
+        counted = len(col) - np.searchsorted(col, p, side="left")  # scored entries >= each p
+        tp = len(p) - np.searchsorted(p, p, side="left")  # positives >= each p
+        out[j] = np.mean(tp / counted)
+    return out
 
 
 def average_precision(
@@ -74,7 +87,7 @@ def average_precision(
     """AP per class in [0, 1] (L,); NaN marks a class the OpenImages variant skips."""
     if style not in STYLES:
         raise WsmlError(f"unknown AP style {style!r}; choices: {', '.join(STYLES)}")
-    s, y = _inputs(scores, labels)
+    s, y = _inputs(scores, labels, keep_float32=True)
     pos = y == 1
     scored = y != 0 if annotated_only else np.ones_like(pos)
     out = np.empty(s.shape[1])
