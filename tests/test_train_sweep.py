@@ -62,3 +62,29 @@ def test_sweep_members_equal_separate_runs(tmp_path_factory, tmp_path, method):
         s_theirs = json.loads((alone / "summary.json").read_text())
         assert s_mine["best_epoch"] == s_theirs["best_epoch"]
         close(s_mine["test_ap"], s_theirs["test_ap"], "test_ap")
+
+
+def test_groups_side_by_side_give_the_same_numbers(tmp_path_factory, tmp_path):
+    """On a CPU the batch-size groups train on one thread per core; with one thread (one group
+    after the other) every member's metrics are the same, exactly."""
+    import torch
+
+    shards = str(get_shards(tmp_path_factory))
+    lines = {}
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = tmp_path / f"t{threads}"
+            config = RunConfig(
+                shards, "ll-ct", features=FEAT, out=str(out), sweep=True,
+                method_options={"epochs": "2"}, **GRID,
+            )  # fmt: skip
+            train(config)
+            lines[threads] = {m.name: read_metrics(m) for m in sorted((out / "members").iterdir())}
+    finally:
+        torch.set_num_threads(before)
+    strip = lambda ms: [{k: v for k, v in m.items() if k != "time"} for m in ms]  # noqa: E731
+    assert lines[1].keys() == lines[2].keys() and len(lines[1]) == 4
+    for name in lines[1]:
+        assert strip(lines[1][name]) == strip(lines[2][name]), name

@@ -7,7 +7,10 @@ not tests: they print numbers and assert nothing about them.
   configurations one after another in the papers' way (a per-sample ``Dataset`` + ``DataLoader``
   + ``nn.Linear`` + Adam with the method's loss, then val and test through the same loader),
   one after another through this trainer's own linear runs, and as one ``--sweep`` job. All
-  three score with the same mAP code (``train.metrics``) and run the steps on one thread.
+  three score with the same mAP code (``train.metrics``) and torch's default threads; the
+  one-by-one ways train on one thread (the papers' loop is as fast with two on this 2-core
+  machine, and a busy core stalls OpenMP), the sweep trains its groups side by side, one
+  thread per core, as ``cli.py train --sweep`` does.
 - **e2e** (images through ``create_loader``): a method's training steps on a generated shard
   set of photos: images/s, milliseconds per step, and the share of each step spent waiting for
   data. Every method, its own model included (HSPNet, PU-MLC, OASS), runs through the same
@@ -112,13 +115,14 @@ def paper_epoch(
     )
     steps = len(loader) if not max_steps else min(max_steps, len(loader))
     t = time.perf_counter()
-    for s, b in enumerate(loader):
-        if s == steps:
-            break
-        out = loss_fn(model(b["input"]), b, epoch=1, step=s)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
+    with cpu_threads(1):  # as fast as torch's default here, and immune to a busy core
+        for s, b in enumerate(loader):
+            if s == steps:
+                break
+            out = loss_fn(model(b["input"]), b, epoch=1, step=s)
+            opt.zero_grad()
+            out["loss"].backward()
+            opt.step()
     seconds = (time.perf_counter() - t) * len(loader) / steps
     t = time.perf_counter()
     with torch.no_grad():
@@ -154,7 +158,7 @@ def sweep_epoch(method: str, data: FeatureData, classes: int, lrs, batches) -> t
     """Seconds of one epoch of every member of the ``--sweep`` grid, trained as one job, and of
     the scoring of every member on val and test (metrics lines written as a sweep does)."""
     from train.runfolder import RunFolder
-    from train.sweep import create_group, evaluate_members, train_group
+    from train.sweep import create_group, evaluate_members, train_groups
 
     ctx = Context()
     info = get_method(method)
@@ -171,9 +175,7 @@ def sweep_epoch(method: str, data: FeatureData, classes: int, lrs, batches) -> t
         parts = [specs] if getattr(info.factory, "stackable", True) else [[s] for s in specs]
         groups += [create_group(config, resolved, data, p, folder, None, ctx) for p in parts]
     t = time.perf_counter()
-    with cpu_threads(1):
-        for group in groups:
-            train_group(group, data, 1)
+    train_groups(groups, data, 1, ctx)  # as a sweep trains: the groups side by side on a CPU
     seconds = time.perf_counter() - t
     t = time.perf_counter()
     active = [(g, i) for g in groups for i in range(g.size)]
@@ -210,9 +212,8 @@ def run_linear_bench(
          f"{'--sweep':>16} {'vs papers':>10} {'vs runs':>8}")  # fmt: skip
     out = {}
     for method in methods:
-        with cpu_threads(1):
-            paper = [paper_epoch(method, splits, b, lr, paper_steps) for b in batches for lr in lrs]
-            own = [own_epoch(method, data, classes, b, lr) for b in batches for lr in lrs]
+        paper = [paper_epoch(method, splits, b, lr, paper_steps) for b in batches for lr in lrs]
+        own = [own_epoch(method, data, classes, b, lr) for b in batches for lr in lrs]
         ways = {
             "papers": tuple(map(sum, zip(*paper, strict=True))),
             "runs": tuple(map(sum, zip(*own, strict=True))),
@@ -322,7 +323,7 @@ def run_e2e_bench(
             mcfg = info.resolve(resolved["dataset"], config.method_options)
             model, _ = build_model(config, resolved, ss, info, mcfg)
             cfg = model.pretrained_cfg
-            p = e2e_preset(config.preset, config.image_size, cfg["mean"], cfg["std"])
+            p = e2e_preset(config.preset, config.image_size, cfg)
             data = TrainSplit(ss, config.regime, ctx, preset=p, batch_size=batch_size,
                               backend=config.loader)  # fmt: skip
             if data.steps_per_epoch < 1:

@@ -23,6 +23,7 @@ checkpoints (a sweep is restarted, not resumed).
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,10 +176,7 @@ def train_epochs(config, resolved, folder, groups, data, scalars, ctx) -> dict[s
     while any(m.active for m in members):
         epoch += 1
         t0 = time.perf_counter()
-        with cpu_threads(1 if ctx.device.type == "cpu" else 0):
-            for group in groups:
-                if any(m.active for m in group.members):
-                    train_group(group, data, epoch)
+        train_groups([g for g in groups if any(m.active for m in g.members)], data, epoch, ctx)
         active = [(g, i) for g in groups for i, m in enumerate(g.members) if m.active]
         for g, i in active:
             end_member_epoch(g, i, data, epoch)
@@ -281,6 +279,26 @@ def train_group(group: Group, data: FeatureData, epoch: int) -> None:
         m.totals = {k: v[j] for k, v in totals.items()}
         if m.active:
             m.state.step = group.step
+
+
+def train_groups(groups: list[Group], data: FeatureData, epoch: int, ctx: Context) -> None:
+    """One epoch of every group. On a CPU the groups train side by side, one thread per core
+    (as many as torch's intra-op threads), each running its ops single-threaded: a step is a
+    few small ops, where OpenMP's barriers cost more than they gain (and stall when another
+    process takes a core), while the groups are independent. Longest first; on a GPU one after
+    another (its kernels run asynchronously anyway). Each member's arithmetic is the same
+    either way."""
+    workers = min(torch.get_num_threads(), len(groups)) if ctx.device.type == "cpu" else 1
+    if workers <= 1:
+        with cpu_threads(1 if ctx.device.type == "cpu" else 0):
+            for group in groups:
+                train_group(group, data, epoch)
+        return
+    n = data.num_rows("train")
+    order = sorted(groups, key=lambda g: -g.size * (n // g.batch_size))  # member-steps
+    with cpu_threads(1), ThreadPoolExecutor(workers, thread_name_prefix="wsml-sweep") as pool:
+        for done in [pool.submit(train_group, g, data, epoch) for g in order]:
+            done.result()  # re-raises a group's error (e.g. a non-finite loss) here
 
 
 def end_member_epoch(group: Group, i: int, data: FeatureData, epoch: int) -> None:
