@@ -153,6 +153,7 @@ class HspNet(nn.Module):
         reweight_p: float = 0.2,
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.5, 0.5, 0.5),
+        image_size: tuple[int, int] | None = None,
     ):
         super().__init__()
         if len(classes) != len(groups):
@@ -162,6 +163,8 @@ class HspNet(nn.Module):
         self.text = PromptTextEncoder(clip).requires_grad_(False)
         self.n_ctx, self.parents = n_ctx, parents
         self.pretrained_cfg = {"mean": tuple(mean), "std": tuple(std)}
+        if image_size is not None:  # CLIP's towers take one size only (timm's convention)
+            self.pretrained_cfg.update(input_size=(3, *image_size), fixed_input_size=True)
         dim, width = _text_dim(self.text), self.text.width
         self.meta_net = nn.Sequential(
             nn.Linear(dim, width * n_ctx),
@@ -268,6 +271,7 @@ def create_hspnet(
         reweight_p=reweight_p,
         mean=clip.preprocess.mean,
         std=clip.preprocess.std,
+        image_size=clip.preprocess.image_size,
     )
     prov = clip.provenance
     model.weights_info = {

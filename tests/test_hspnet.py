@@ -231,3 +231,22 @@ def test_e2e_smoke_and_rescore(tmp_path_factory, tmp_path):
     assert ckpt["config"]["backbone"]["weights"] == "none"
     assert ckpt["config"]["run"]["preset"] == "clip224"
     assert torch.allclose(ckpt["model"]["parent_adj"], torch.tensor([[0.8, 0.0], [0.0, 0.8]]))
+
+
+def test_wrong_input_size_is_refused_before_training(tmp_path_factory, tmp_path):
+    """CLIP's towers take one size: another is refused naming it, and no run folder is left."""
+    shards = get_shards(tmp_path_factory)
+    config = RunConfig(
+        str(shards),
+        "hspnet",
+        setting="e2e",
+        backbone=register_tiny_clip(),
+        weights="none",
+        image_size=48,
+        loader="torch",
+        out=str(tmp_path / "run"),
+        method_options={"epochs": "1", "batch_size": "16"},
+    )
+    with pytest.raises(WsmlError, match=r"takes 32x32 images only; preset center48 makes 48x48"):
+        train(config)
+    assert not (tmp_path / "run" / "config.json").exists()

@@ -52,7 +52,7 @@ def replay(shards: Path, out: Path) -> tuple[list[dict], dict]:
     ctx = Context()
     run = prepare(run_config(shards, out), ctx)
     cfg = run.model.pretrained_cfg
-    preset = e2e_preset(run.config.preset, run.config.image_size, cfg["mean"], cfg["std"])
+    preset = e2e_preset(run.config.preset, run.config.image_size, cfg)
     ranks = [
         ImageData(
             run.data.ss,

@@ -221,11 +221,22 @@ class ImageData:
         return self._batches(f"eval-{split}", 0)
 
 
-def e2e_preset(name: str, image_size: int, mean, std):
-    """A registered preset's geometry with the backbone's mean/std, or (``image_size`` > 0) a
-    centre crop of that size (quick runs and smoke tests)."""
+def e2e_preset(name: str, image_size: int, cfg: dict):
+    """A registered preset's geometry with the backbone's mean/std (``cfg``, timm's
+    ``pretrained_cfg``), or (``image_size`` > 0) a centre crop of that size (quick runs and
+    smoke tests). A model of one input size only (``fixed_input_size``: CLIP towers, ViTs)
+    refuses any other, before any work."""
     from pipelines.presets import center_crop_preset, get_preset
 
+    mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
     if image_size:
-        return center_crop_preset(image_size, mean, std, "bilinear", name=f"center{image_size}")
-    return dataclasses.replace(get_preset(name), mean=tuple(mean), std=tuple(std))
+        preset = center_crop_preset(image_size, mean, std, "bilinear", name=f"center{image_size}")
+    else:
+        preset = dataclasses.replace(get_preset(name), mean=mean, std=std)
+    want = tuple(cfg.get("input_size", ()))[1:]
+    if cfg.get("fixed_input_size") and want and want != (preset.size, preset.size):
+        raise WsmlError(
+            f"the model takes {want[0]}x{want[1]} images only; preset {preset.name} makes "
+            f"{preset.size}x{preset.size} (use -o image_size={want[0]} or a preset of that size)"
+        )
+    return preset

@@ -368,7 +368,7 @@ def create_data(config, ss, mcfg, ctx, model=None) -> FeatureData | ImageData:
             eval_rows=config.eval_batch_size,
         )
     cfg = model.pretrained_cfg  # timm's: the mean/std the backbone was trained with
-    preset = e2e_preset(config.preset, config.image_size, cfg["mean"], cfg["std"])
+    preset = e2e_preset(config.preset, config.image_size, cfg)
     return ImageData(
         ss,
         config.regime,
