@@ -193,6 +193,58 @@ def test_contract_non_finite_loss_names_method_and_step(name, regime):
         method(logits, batch_of(data, [0, 1, 2, 3]), epoch=3, step=17)
 
 
+STACKABLE = [  # what --sweep stacks: the linear setting's methods
+    (n, r)
+    for n, r in CASES
+    if get_method(n).factory.stackable and "linear" in get_method(n).settings
+]
+
+
+@pytest.mark.parametrize(("name", "regime"), STACKABLE)
+def test_contract_stacked_members_equal_their_own_runs(name, regime):
+    """``--sweep``'s stacking: two members (different logits) in one call give each member the
+    loss of its own run, and each member's per-row state (APL's pseudo-labels, LL-Cp's
+    corrections) follows its own run's."""
+    from train.methods import stack_members
+
+    solo = [build(name, regime)[0] for _ in range(2)]
+    stacked = stack_members([build(name, regime)[0] for _ in range(2)])
+    data = make_data(regime)
+    g = torch.Generator().manual_seed(3)
+    for epoch in (1, 2, 6):
+        for m in (*solo, stacked):
+            m.start_epoch(epoch)
+        for step, rows in enumerate(([0, 3, 5, 7], [1, 2, 4, 11])):
+            z = [torch.randn(4, L, generator=g) * 3 for _ in range(2)]
+            alone = [
+                m(zi, batch_of(data, rows), epoch=epoch, step=step)
+                for m, zi in zip(solo, z, strict=True)
+            ]
+            batch = {
+                k: v.repeat(2, *([1] * (v.dim() - 1))) for k, v in batch_of(data, rows).items()
+            }
+            batch["row"] = torch.cat([batch["row"][:4], batch["row"][4:] + ROWS])
+            both = stacked(torch.cat(z), batch, epoch=epoch, step=step)
+            for k in alone[0]:
+                want = torch.stack([alone[0][k], alone[1][k]]).float()
+                got = both[k].float().expand(2) if both[k].dim() == 0 else both[k]
+                torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7, msg=f"{k} {epoch}")
+        if stacked.wants_epoch_pass(epoch):
+            probs = [torch.rand(ROWS, L, generator=g) for _ in range(2)]
+            ends = [
+                m.end_epoch(epoch, (torch.arange(ROWS), p))
+                for m, p in zip(solo, probs, strict=True)
+            ]
+            got = stacked.end_epoch(epoch, (torch.arange(2 * ROWS), torch.cat(probs)))
+            for k, v in got.items():
+                assert v == [ends[0][k], ends[1][k]], k
+    for key, value in stacked.state_dict().items():
+        if value.dim() and len(value) == 2 * ROWS:  # dense per-row state, member-major
+            mine = value.view(2, ROWS, *value.shape[1:])
+            for i in (0, 1):
+                assert torch.equal(mine[i], solo[i].state_dict()[key]), key
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", METHODS.names())
 def test_runs_on_cuda(name):

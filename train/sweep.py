@@ -9,7 +9,7 @@ each epoch's permutation) meet every head in one matrix product, the method's lo
 all members (``Method.members``, laid out member-major; each member's loss is its own run's),
 one backward pass gives each head exactly its own gradient, and one Adam update
 (:class:`MemberAdam`, torch's Adam with a learning rate per member) steps them all. A method that
-cannot stack (ROLE's per-image estimator, APL's per-class quotas) gives one group per member,
+cannot stack (ROLE's trainable per-image estimator, with its own lr) gives one group per member,
 its own parameters stepped by torch's Adam. Evaluation scores every head with one matmul per
 chunk of rows. The configuration with the best validation mAP (at its best epoch) is the
 sweep's pick; its test mAP is reported.
@@ -178,8 +178,8 @@ def train_epochs(config, resolved, folder, groups, data, scalars, ctx) -> dict[s
         t0 = time.perf_counter()
         train_groups([g for g in groups if any(m.active for m in g.members)], data, epoch, ctx)
         active = [(g, i) for g in groups for i, m in enumerate(g.members) if m.active]
-        for g, i in active:
-            end_member_epoch(g, i, data, epoch)
+        for g in {id(g): g for g, _ in active}.values():
+            end_group_epoch(g, data, epoch)
         seconds = time.perf_counter() - t0
         line = evaluate_members(active, data, epoch, config, resolved["classes"], seconds)
         folder.append_metrics(json_safe(line))
@@ -301,19 +301,23 @@ def train_groups(groups: list[Group], data: FeatureData, epoch: int, ctx: Contex
             done.result()  # re-raises a group's error (e.g. a non-finite loss) here
 
 
-def end_member_epoch(group: Group, i: int, data: FeatureData, epoch: int) -> None:
-    m = group.members[i]
-    steps = max(1, data.num_rows("train") // m.cfg.batch_size)
-    m.logged = {k: float(v) / steps for k, v in m.totals.items()}
+def end_group_epoch(group: Group, data: FeatureData, epoch: int) -> None:
+    """Each active member's epoch means, and the method's end of epoch, once for the group: an
+    epoch pass (EM+APL) scores the training split with every member's head, member-major rows
+    as in training; a value per member (a list) goes to each, one value to all."""
+    for m in group.members:
+        steps = max(1, data.num_rows("train") // m.cfg.batch_size)
+        m.logged = {k: float(v) / steps for k, v in m.totals.items()}
     method = group.method
-    if i == 0 and method.wants_epoch_pass(epoch):  # an unstacked method: one member
-        probs = member_probs([group.head(0)], data, "train")[0]
-        rows = torch.arange(len(probs))
-        m.logged.update(method.end_epoch(epoch, (rows, probs)))
-    elif i == 0:
-        ended = method.end_epoch(epoch)
-        for other in group.members:
-            other.logged.update(ended)
+    predictions = None
+    if method.wants_epoch_pass(epoch):
+        probs = member_probs([group.head(i) for i in range(group.size)], data, "train")
+        n = len(probs[0])
+        rows = torch.arange(group.size * n)
+        predictions = (rows, torch.cat(probs))
+    ended = method.end_epoch(epoch, predictions)
+    for i, m in enumerate(group.members):
+        m.logged.update({k: v[i] if isinstance(v, list) else v for k, v in ended.items()})
 
 
 @torch.no_grad()

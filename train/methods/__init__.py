@@ -24,7 +24,8 @@ the valid ones). Every config carries the protocol fields of :class:`MethodConfi
   gradients; ROLE averages its estimator's here).
 - ``start_epoch(epoch)``; ``wants_epoch_pass(epoch)``; ``end_epoch(epoch, predictions)`` where
   ``predictions = (rows, probabilities)`` from an eval-mode pass over the training split, given
-  when ``wants_epoch_pass(epoch)`` is true (EM+APL). Returns scalars to log.
+  when ``wants_epoch_pass(epoch)`` is true (EM+APL). Returns scalars to log (stacked members:
+  a list, one value per member, where they differ).
 - ``state_dict()`` / ``load_state_dict()``: label state lives in buffers and parameters.
 - Methods with their own model or more than one forward (HSPNet, PU-MLC, OASS) use three more
   hooks, whose defaults are what every other method does: ``info.build_model(spec)`` builds the
@@ -420,6 +421,11 @@ class Method(nn.Module):
     def extra_parameters(self) -> list[dict[str, Any]]:
         return []
 
+    def stack_state(self, members: int) -> None:
+        """Called once on a stacked copy (:func:`stack_members`): give every member its own copy
+        of dense per-row state (rows are offset by ``member x rows``). Sparse state keyed by row
+        needs nothing."""
+
     def after_backward(self) -> None:
         """Average the gradients of ``extra_parameters`` over ranks (no-op by default)."""
 
@@ -465,6 +471,7 @@ def stack_members(methods: Sequence[Method]) -> Method:
     out = copy.deepcopy(first)
     out.members = len(methods)
     out.num_rows = first.num_rows * len(methods)
+    out.stack_state(len(methods))
     return out
 
 

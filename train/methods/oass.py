@@ -274,6 +274,8 @@ class Oass(Method):
     ``training_step`` adds the puzzle terms. The teacher (``bind_model``; not for ``max``) is a
     submodule, so it travels in the method's state_dict and checkpoints."""
 
+    stackable = False  # batch-wide losses and cuts; end to end only
+
     def __init__(self, info, config, num_rows, num_classes, *, observed=None, **kw):
         super().__init__(info, config, num_rows, num_classes, observed=observed, **kw)
         self.total_steps = run_steps(num_rows, config)

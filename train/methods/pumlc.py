@@ -118,6 +118,8 @@ def mixup_inputs(x: Tensor, lam: float, perm: Tensor) -> Tensor:
 
 
 class PuMlc(Method):
+    stackable = False  # batch statistics over the whole batch; end to end only
+
     def __init__(self, info, config, num_rows, num_classes, *, generator=None, **kwargs):
         super().__init__(info, config, num_rows, num_classes, generator=generator, **kwargs)
         # the mixup draws of step s come from (mix_seed, s) alone; mix_seed from the run's seed

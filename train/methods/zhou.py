@@ -91,7 +91,6 @@ class EntropyMax(Method):
 
 class EntropyMaxApl(EntropyMax):
     uses_rows = True
-    stackable = False  # the per-class quotas count the whole training split
 
     def __init__(self, info, config, num_rows, num_classes, *, observed=None, **kw):
         super().__init__(info, config, num_rows, num_classes)
@@ -100,14 +99,17 @@ class EntropyMaxApl(EntropyMax):
         self.unlabel_num = (self.observed == 0).sum(0).tolist()  # U_c, fixed for the run
         self.register_buffer("pseudo", torch.full((num_rows, num_classes), NO_PSEUDO))
 
+    def stack_state(self, members: int) -> None:
+        self.pseudo = self.pseudo.repeat(members, 1)  # (M x rows, L): each member's own labels
+
     def compute(self, logits, batch, *, epoch, step):
         p = torch.sigmoid(logits)
         s = self.pseudo[batch["row"].to(self.pseudo.device)].to(p.device)  # (N, L)
         labelled = (s >= 0) & observed_masks(batch, p)[1]
         s = s.clamp(min=0)
         soft = self.config.beta * (s * neg_log(p) + (1 - s) * neg_log(1 - p))
-        loss = torch.where(labelled, soft, self.em_entries(p, batch)).mean()
-        return {"loss": loss, "pseudo_negatives": labelled.float().sum(1).mean()}
+        loss = self.reduce(torch.where(labelled, soft, self.em_entries(p, batch)))
+        return {"loss": loss, "pseudo_negatives": self.reduce(labelled.float().sum(1))}
 
     def round_size(self, c: int) -> int:
         cfg = self.config
@@ -125,16 +127,20 @@ class EntropyMaxApl(EntropyMax):
             raise WsmlError(f"method {self.name} needs predictions over the training split")
         with torch.no_grad():
             rows, probs = self.gather(*predictions)
-            added = self.select(rows, probs)
-        return {"pseudo_negatives_added": float(added)}
+            rows = rows.to(self.pseudo.device)
+            n = len(self.observed)  # one member's rows; stacked members' rows are offset by n
+            added = [self.select(rows[rows // n == m], probs[rows // n == m], m * n)
+                     for m in range(self.members)]  # fmt: skip
+        return {"pseudo_negatives_added": added if self.members > 1 else float(added[0])}
 
-    def select(self, rows: Tensor, probs: Tensor) -> int:
-        """Make this round's pseudo-negatives from probabilities of training rows."""
+    def select(self, rows: Tensor, probs: Tensor, offset: int = 0) -> int:
+        """Make this round's pseudo-negatives from probabilities of training rows (of the member
+        whose rows start at ``offset``); the quotas count that member's rows alone."""
         dev = self.pseudo.device
         rows, probs = rows.to(dev), probs.to(dev, torch.float32)
         rows, first = _first_occurrence(rows)  # sorted unique rows (DDP samplers pad with repeats)
         probs = probs[first]
-        candidate = (self.observed[rows] == 0) & (self.pseudo[rows] < 0)
+        candidate = (self.observed[rows - offset] == 0) & (self.pseudo[rows] < 0)
         key = torch.where(candidate, probs, torch.full_like(probs, float("inf")))
         order = torch.sort(key, dim=0, stable=True).indices  # ascending; ties by row
         quota = torch.tensor([self.round_size(c) for c in range(self.num_classes)], device=dev)
