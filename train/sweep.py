@@ -248,11 +248,10 @@ def train_group(group: Group, data: FeatureData, epoch: int) -> None:
         x = train["input"][rows].float()  # (B, D): every member's batch
         x = x.expand(m_count, *x.shape)
         logits = torch.baddbmm(group.bias, x, group.weight).view(m_count * b, -1)  # member-major
-        batch = {k: train[k][rows] for k in labels}
+        every = rows.repeat(m_count) if m_count > 1 else rows  # each member's copy of the batch
+        batch = {k: train[k][every] for k in labels}
         if "embedding" in batch:
             batch["embedding"] = batch["embedding"].float()
-        if m_count > 1:
-            batch = {k: v.repeat(m_count, *([1] * (v.dim() - 1))) for k, v in batch.items()}
         batch["row"] = (offsets + rows).reshape(-1)
         factor = group.schedule.apply([], group.step)
         i = min(group.step, len(group.schedule.lr) - 1)

@@ -24,6 +24,7 @@ method here.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -58,6 +59,7 @@ class LargeLossConfig(MethodConfig):
             raise WsmlError(f"delta_rel is a percentage in [0, 100], got {self.delta_rel}")
 
 
+@functools.lru_cache(maxsize=256)  # called every step with the same few arguments
 def modified_count(
     scheme: str, epoch: int, entries: int, delta_rel: float, released: bool = False
 ) -> int:
