@@ -61,6 +61,11 @@ def synthetic_split(rows: int, dim: int, classes: int, g: torch.Generator) -> di
     }
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _header(echo: Callable[[str], None]) -> None:
     from shards.bench import machine_info
 
@@ -97,17 +102,20 @@ class PaperDataset(torch.utils.data.Dataset):
 
 
 def paper_epoch(
-    method: str, splits: dict, batch: int, lr: float, max_steps: int = 0
+    method: str, splits: dict, batch: int, lr: float, max_steps: int = 0, device: str = "cpu"
 ) -> tuple[float, float]:
-    """Seconds of one epoch the papers' way (shuffled per-sample DataLoader, drop_last) and of
-    its scoring (val and test through the same kind of loader, then mAP and the F1s)."""
+    """Seconds of one epoch the papers' way (shuffled per-sample DataLoader, drop_last, each
+    batch moved to ``device``) and of its scoring (val and test through the same kind of
+    loader, then mAP and the F1s)."""
+    dev = torch.device(device)
     split = splits["train"]
     info = get_method(method)
     cfg = info.resolve(dataset_family("coco"), {"batch_size": str(batch), "lr": repr(lr)})
     n, classes = len(split["full"]), split["full"].shape[1]
     obs = split["observed"] if info.needs_observed else None
     loss_fn = info.create(n, classes, cfg, observed=obs, generator=torch.Generator().manual_seed(0))
-    model = torch.nn.Linear(split["input"].shape[1], classes)
+    loss_fn = loss_fn.to(dev)
+    model = torch.nn.Linear(split["input"].shape[1], classes).to(dev)
     groups = [{"params": list(model.parameters())}, *loss_fn.extra_parameters()]
     opt = torch.optim.Adam(groups, lr=lr)
     loader = torch.utils.data.DataLoader(
@@ -119,26 +127,28 @@ def paper_epoch(
         for s, b in enumerate(loader):
             if s == steps:
                 break
+            b = {k: v.to(dev, non_blocking=True) for k, v in b.items()}
             out = loss_fn(model(b["input"]), b, epoch=1, step=s)
             opt.zero_grad()
             out["loss"].backward()
             opt.step()
+        _sync(dev)
     seconds = (time.perf_counter() - t) * len(loader) / steps
     t = time.perf_counter()
     with torch.no_grad():
         for name in ("val", "test"):
             ordered = torch.utils.data.DataLoader(PaperDataset(splits[name]), batch_size=batch)
-            probs = torch.cat([torch.sigmoid(model(b["input"])) for b in ordered])
-            metrics.evaluate(probs.numpy(), splits[name]["full"].numpy())
+            probs = torch.cat([torch.sigmoid(model(b["input"].to(dev))) for b in ordered])
+            metrics.evaluate(probs.cpu().numpy(), splits[name]["full"].numpy())
     return seconds, time.perf_counter() - t
 
 
 def own_epoch(
     method: str, data: FeatureData, classes: int, batch: int, lr: float
 ) -> tuple[float, float]:
-    """Seconds of one epoch of this trainer's linear run (in-memory features) and of its
-    scoring of val and test."""
-    ctx = Context()
+    """Seconds of one epoch of this trainer's linear run (in-memory features, on the data's
+    device) and of its scoring of val and test."""
+    ctx = data.ctx
     info = get_method(method)
     options = {"batch_size": str(batch), "lr": repr(lr), "epochs": "1"}
     mcfg = info.resolve(dataset_family("coco"), options)
@@ -148,6 +158,7 @@ def own_epoch(
     run = assemble(config, resolved, None, data, info, mcfg, ctx)
     t = time.perf_counter()
     train_epoch(run, ctx, 1)
+    _sync(ctx.device)
     seconds = time.perf_counter() - t
     t = time.perf_counter()
     evaluate_splits(run.eval_models(), data, ctx, ("val", "test"), 0.5)
@@ -160,7 +171,7 @@ def sweep_epoch(method: str, data: FeatureData, classes: int, lrs, batches) -> t
     from train.runfolder import RunFolder
     from train.sweep import create_group, evaluate_members, train_groups
 
-    ctx = Context()
+    ctx = data.ctx
     info = get_method(method)
     config = RunConfig(shards="", method=method, features="synthetic", method_options={})
     resolved = {
@@ -176,6 +187,7 @@ def sweep_epoch(method: str, data: FeatureData, classes: int, lrs, batches) -> t
         groups += [create_group(config, resolved, data, p, folder, None, ctx) for p in parts]
     t = time.perf_counter()
     train_groups(groups, data, 1, ctx)  # as a sweep trains: the groups side by side on a CPU
+    _sync(ctx.device)
     seconds = time.perf_counter() - t
     t = time.perf_counter()
     active = [(g, i) for g in groups for i in range(g.size)]
@@ -193,26 +205,33 @@ def run_linear_bench(
     lrs: tuple[float, ...] = GRID_LRS,
     batches: tuple[int, ...] = GRID_BATCHES,
     paper_steps: int = 0,
+    device: str = "cpu",
     echo: Callable[[str], None] = print,
 ) -> dict[str, dict[str, float]]:
-    """One epoch of the grid per method, three ways; returns seconds per way and method."""
+    """One epoch of the grid per method, three ways, on ``device`` (``auto``: a GPU where there
+    is one); returns seconds per way and method."""
     _header(echo)
     rows = {**COCO, **(rows or {})}
     g = torch.Generator().manual_seed(0)
     splits = {name: synthetic_split(n, dim, classes, g) for name, n in rows.items()}
-    data = FeatureData(splits, Context(), seed=0, batch_size=batches[0])
+    ctx = Context.create(device)
+    data = FeatureData(splits, ctx, seed=0, batch_size=batches[0])
     grid = len(lrs) * len(batches)
     echo(
         f"linear setting, one epoch of {rows['train']:,} x {dim} features ({classes} classes; "
         f"val {rows['val']:,}, test {rows['test']:,} scored after it); grid batch "
         f"{{{', '.join(map(str, batches))}}} x lr {{{', '.join(f'{x:g}' for x in lrs)}}} = "
-        f"{grid} configurations; seconds for the whole grid, train + scoring"
+        f"{grid} configurations on {ctx.device}; seconds for the whole grid, train + scoring"
     )
     echo(f"{'method':<8} {'papers, one by one':>22} {'wsml runs, one by one':>22} "
          f"{'--sweep':>16} {'vs papers':>10} {'vs runs':>8}")  # fmt: skip
     out = {}
     for method in methods:
-        paper = [paper_epoch(method, splits, b, lr, paper_steps) for b in batches for lr in lrs]
+        paper = [
+            paper_epoch(method, splits, b, lr, paper_steps, str(ctx.device))
+            for b in batches
+            for lr in lrs
+        ]
         own = [own_epoch(method, data, classes, b, lr) for b in batches for lr in lrs]
         ways = {
             "papers": tuple(map(sum, zip(*paper, strict=True))),

@@ -127,7 +127,7 @@ def bench_train(setting, methods, rows, dim, classes, paper_steps, opts, **e2e):
 
         run_linear_bench(
             names, rows=parse_rows(rows), dim=dim, classes=classes,
-            paper_steps=paper_steps, echo=click.echo,
+            paper_steps=paper_steps, device=e2e["device"], echo=click.echo,
         )  # fmt: skip
         return
     from train.bench import run_e2e_bench
