@@ -205,20 +205,18 @@ def test_protocol_defaults_and_options():
         resolve_config("hspnet", "voc", {"n_ctx": "0"})
 
 
+def tiny_run(shards, out, image_size: int, **options) -> RunConfig:
+    """One epoch of HSPNet on the random-weight tiny CLIP (32 px), batch 16."""
+    return RunConfig(
+        str(shards), "hspnet", setting="e2e", backbone=register_tiny_clip(), weights="none",
+        image_size=image_size, loader="torch", out=str(out),
+        method_options={"epochs": "1", "batch_size": "16", **options},
+    )  # fmt: skip
+
+
 @pytest.mark.slow
 def test_e2e_smoke_and_rescore(tmp_path_factory, tmp_path):
-    shards = get_shards(tmp_path_factory)
-    config = RunConfig(
-        str(shards),
-        "hspnet",
-        setting="e2e",
-        backbone=register_tiny_clip(),
-        weights="none",
-        image_size=32,
-        loader="torch",
-        out=str(tmp_path / "run"),
-        method_options={"epochs": "1", "batch_size": "16", "lr": "1e-3"},
-    )
+    config = tiny_run(get_shards(tmp_path_factory), tmp_path / "run", 32, lr="1e-3")
     with cpu_threads(1):
         summary = train(config)
     (line,) = read_metrics(tmp_path / "run")
@@ -235,18 +233,7 @@ def test_e2e_smoke_and_rescore(tmp_path_factory, tmp_path):
 
 def test_wrong_input_size_is_refused_before_training(tmp_path_factory, tmp_path):
     """CLIP's towers take one size: another is refused naming it, and no run folder is left."""
-    shards = get_shards(tmp_path_factory)
-    config = RunConfig(
-        str(shards),
-        "hspnet",
-        setting="e2e",
-        backbone=register_tiny_clip(),
-        weights="none",
-        image_size=48,
-        loader="torch",
-        out=str(tmp_path / "run"),
-        method_options={"epochs": "1", "batch_size": "16"},
-    )
+    config = tiny_run(get_shards(tmp_path_factory), tmp_path / "run", 48)
     with pytest.raises(WsmlError, match=r"takes 32x32 images only; preset center48 makes 48x48"):
         train(config)
     assert not (tmp_path / "run" / "config.json").exists()
