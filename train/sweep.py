@@ -301,7 +301,7 @@ def train_groups(groups: list[Group], data: FeatureData, epoch: int, ctx: Contex
 
 
 def end_group_epoch(group: Group, data: FeatureData, epoch: int) -> None:
-    """Each active member's epoch means, and the method's end of epoch, once for the group: an
+    """Each member's epoch means, and the method's end of epoch, once for the group: an
     epoch pass (EM+APL) scores the training split with every member's head, member-major rows
     as in training; a value per member (a list) goes to each, one value to all."""
     for m in group.members:

@@ -127,7 +127,7 @@ class EntropyMaxApl(EntropyMax):
             raise WsmlError(f"method {self.name} needs predictions over the training split")
         with torch.no_grad():
             rows, probs = self.gather(*predictions)
-            rows = rows.to(self.pseudo.device)
+            rows, probs = rows.to(self.pseudo.device), probs.to(self.pseudo.device)
             n = len(self.observed)  # one member's rows; stacked members' rows are offset by n
             added = [self.select(rows[rows // n == m], probs[rows // n == m], m * n)
                      for m in range(self.members)]  # fmt: skip
