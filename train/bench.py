@@ -169,22 +169,20 @@ def sweep_epoch(method: str, data: FeatureData, classes: int, lrs, batches) -> t
     """Seconds of one epoch of every member of the ``--sweep`` grid, trained as one job, and of
     the scoring of every member on val and test (metrics lines written as a sweep does)."""
     from train.runfolder import RunFolder
-    from train.sweep import create_group, evaluate_members, train_groups
+    from train.sweep import create_groups, evaluate_members, train_groups
 
     ctx = data.ctx
-    info = get_method(method)
-    config = RunConfig(shards="", method=method, features="synthetic", method_options={})
+    config = RunConfig(
+        shards="", method=method, features="synthetic", method_options={},
+        sweep_lrs=tuple(lrs), sweep_batches=tuple(batches),
+    )  # fmt: skip
     resolved = {
         "classes": [str(c) for c in range(classes)],
         "feature_dim": data.feature_dim,
         "dataset": "coco",
     }
     folder = RunFolder(tempfile.mkdtemp(prefix="wsml-bench-sweep-"))
-    groups = []
-    for b in batches:
-        specs = [(b, lr) for lr in lrs]
-        parts = [specs] if getattr(info.factory, "stackable", True) else [[s] for s in specs]
-        groups += [create_group(config, resolved, data, p, folder, None, ctx) for p in parts]
+    groups = create_groups(config, resolved, data, folder, None, ctx)  # as --sweep builds them
     t = time.perf_counter()
     train_groups(groups, data, 1, ctx)  # as a sweep trains: the groups side by side on a CPU
     _sync(ctx.device)

@@ -156,12 +156,7 @@ def train_sweep(config: RunConfig, ctx: Context) -> dict[str, Any]:
     if info.needs_clip:
         text = torch.from_numpy(read_clip_text(ss, config.clip, info.name)).float()
     folder.start(resolved)
-    groups = []
-    for batch in config.sweep_batches:
-        specs = [(batch, lr) for lr in config.sweep_lrs]
-        stack = [specs] if getattr(info.factory, "stackable", True) else [[s] for s in specs]
-        for part in stack:
-            groups.append(create_group(config, resolved, data, part, folder, text, ctx))
+    groups = create_groups(config, resolved, data, folder, text, ctx)
     scalars = Scalars(folder.path) if config.tensorboard else None
     try:
         return train_epochs(config, resolved, folder, groups, data, scalars, ctx)
@@ -186,6 +181,18 @@ def train_epochs(config, resolved, folder, groups, data, scalars, ctx) -> dict[s
         if scalars is not None:  # per member: members/<name>/val_mAP, …
             scalars.add(json_safe(line))
     return finish(config, resolved, folder, members)
+
+
+def create_groups(config, resolved, data, folder, text, ctx) -> list[Group]:
+    """The grid's groups: per batch size of ``config.sweep_batches``, its members (one per lr
+    of ``config.sweep_lrs``) stacked, or one group each for a method that cannot stack."""
+    stackable = get_method(config.method).factory.stackable
+    groups = []
+    for batch in config.sweep_batches:
+        specs = [(batch, lr) for lr in config.sweep_lrs]
+        for part in [specs] if stackable else [[s] for s in specs]:
+            groups.append(create_group(config, resolved, data, part, folder, text, ctx))
+    return groups
 
 
 def create_group(config, resolved, data, specs, folder, text, ctx) -> Group:

@@ -129,7 +129,8 @@ class EntropyMaxApl(EntropyMax):
             rows, probs = self.gather(*predictions)
             rows, probs = rows.to(self.pseudo.device), probs.to(self.pseudo.device)
             n = len(self.observed)  # one member's rows; stacked members' rows are offset by n
-            added = [self.select(rows[rows // n == m], probs[rows // n == m], m * n)
+            member = rows // n
+            added = [self.select(rows[member == m], probs[member == m], m * n)
                      for m in range(self.members)]  # fmt: skip
         return {"pseudo_negatives_added": added if self.members > 1 else float(added[0])}
 
