@@ -170,14 +170,6 @@ class LgcNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # (N, 3, H, W) -> (N, L) logits
         return self.head(self.backbone(x))
 
-    def param_groups(self, config) -> list[dict]:
-        """Adam groups of the trainable parameters (the run's usual ones): backbone (layer4
-        and the global branches) at ``config.lr``, the head at ``lr * head_lr_mult``; coupled L2
-        weight decay on weights only, not on biases or BatchNorm parameters."""
-        from train.context import param_groups
-
-        return param_groups(self, self.head, config)
-
 
 def create_lgc_net(name: str, num_classes: int, weights: str | os.PathLike | None = None) -> LgcNet:
     """PU-MLC's network on the timm ResNet (or EfficientNet) ``name`` with ``weights`` (None: pretrained from the

@@ -7,7 +7,6 @@ field's formatted order for each official split.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Any
 
 from shards.errors import WsmlError
 from shards.lists import Lists
+from shards.options import parse_fields
 from shards.registry import Registry
 
 
@@ -99,6 +99,7 @@ class Source:
     default_regimes: tuple[str, ...] | None = None  # observed views made unless asked otherwise
 
 
+FAMILIES = ("voc", "coco", "nus", "cub", "openimages")
 EXTRA_TYPES = ("int32", "int64", "string", "list<int32>")
 
 
@@ -111,6 +112,9 @@ class ConverterInfo:
     options: type
     open: Callable[[Path, Any], Source]
     allows_missing_images: bool = False
+    family: str = (
+        "default"  # whose papers' protocol defaults apply (voc, coco, nus, cub, openimages)
+    )
 
 
 CONVERTERS: Registry[ConverterInfo] = Registry("dataset")
@@ -120,37 +124,20 @@ def register_converter(info: ConverterInfo) -> ConverterInfo:
     return CONVERTERS.register(info)
 
 
+def dataset_family(dataset: str | None) -> str:
+    """The protocol family of a dataset (a converter's name, as manifests record it:
+    ``voc2012`` -> ``voc``); a family name maps to itself, anything else (own data) to
+    ``default``."""
+    import shards.converters  # noqa: F401  (registers them)
+
+    if dataset in CONVERTERS:
+        return CONVERTERS.get(dataset).family
+    return dataset if dataset in FAMILIES else "default"
+
+
 def parse_options(options_cls: type, raw: dict[str, str], what: str) -> Any:
     """Build an options dataclass from ``key=value`` strings; unknown keys fail listing the valid ones."""
-    fields = {f.name: f for f in dataclasses.fields(options_cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        valid = ", ".join(fields) or "none"
-        raise WsmlError(f"unknown option(s) {', '.join(unknown)} for {what}; valid: {valid}")
-    values = {}
-    for key, text in raw.items():
-        values[key] = _coerce(text, fields[key].type, key)
-    return options_cls(**values)
-
-
-def _coerce(text: str, typ: Any, key: str) -> Any:
-    """A ``-o`` value as the option's annotated type (annotations are strings here)."""
-    typ = str(typ)
-    if typ.startswith("tuple"):
-        return tuple(s.strip() for s in text.split(",") if s.strip())
-    if typ == "bool":
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise WsmlError(f"option {key} expects true/false, got {text!r}")
-    for name, cast, what in (("int", int, "an integer"), ("float", float, "a number")):
-        if typ.split(" | ")[0] == name:
-            try:
-                return cast(text)
-            except ValueError:
-                raise WsmlError(f"option {key} expects {what}, got {text!r}") from None
-    return text
+    return options_cls(**parse_fields(options_cls, raw, what))
 
 
 def fingerprint_files(paths: Sequence[Path], extra: Sequence[str] = ()) -> str:

@@ -22,11 +22,12 @@ from models.hspnet import (
 )
 from shards.errors import WsmlError
 from tests.train_fixtures import get_shards, read_metrics, read_summary
-from train.cli_support import evaluate_run
 from train.config import RunConfig
-from train.context import cpu_threads, create_optimizer
+from train.context import cpu_threads
 from train.loop import train
 from train.methods import get_method, resolve_config
+from train.optim import create_optimizer
+from train.run import evaluate_run
 
 CLASSES = ["dog", "cat", "car", "bus", "person"]
 GROUPS = ["animal", "animal", "vehicle", "vehicle", "person"]

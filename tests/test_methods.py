@@ -21,7 +21,7 @@ from train.methods import (
     get_method,
     resolve_config,
 )
-from train.methods.kim import modified_count
+from train.methods.large_loss import modified_count
 from train.methods.vlpl import pseudo_labels
 
 ROWS, L, D = 12, 5, 8
@@ -196,7 +196,7 @@ def test_contract_non_finite_loss_names_method_and_step(name, regime):
 STACKABLE = [  # what --sweep stacks: the linear setting's methods
     (n, r)
     for n, r in CASES
-    if get_method(n).factory.stackable and "linear" in get_method(n).settings
+    if get_method(n).method_class.stackable and "linear" in get_method(n).settings
 ]
 
 

@@ -21,7 +21,6 @@ from torch import nn
 from models.oass import OassNet
 from shards.errors import WsmlError
 from tests.train_fixtures import get_shards, read_metrics, read_summary
-from train.cli_support import evaluate_run
 from train.config import RunConfig
 from train.context import cpu_threads
 from train.loop import train
@@ -36,6 +35,7 @@ from train.methods.oass import (
     stitch,
     teacher_decay,
 )
+from train.run import evaluate_run
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,6 +18,7 @@ from models.lgc import GlobalBranch, LgcNet, LocalGlobalConv, create_lgc_net
 from shards.errors import WsmlError
 from train.methods import ModelSpec, get_method, resolve_config
 from train.methods.pumlc import mixup_inputs, mixup_regularizer, pu_weights, vpu_loss
+from train.optim import param_groups
 
 INFO = get_method("pu-mlc")
 
@@ -323,7 +324,7 @@ def test_trainable_split_and_gradients(pair):
         assert (p.grad is not None) == p.requires_grad, name
     g = model.backbone.layer1[0].conv1.global_branch.value.weight.grad
     assert g.abs().sum() > 0  # an early global branch learns through the frozen layers
-    groups = model.param_groups(INFO.resolve("coco"))
+    groups = param_groups(model, model.head, INFO.resolve("coco"))
     assert sorted(g["name"] for g in groups) == [
         "backbone", "backbone-no-decay", "head", "head-no-decay"
     ]  # fmt: skip

@@ -14,12 +14,12 @@ import torch
 from shards.shardset import open_shard_set
 from tests.train_fixtures import CLIP, FEAT, get_shards, read_metrics, read_summary
 from train import metrics
-from train.cli_support import evaluate_run
+from train.build import LoopState
 from train.config import RunConfig
-from train.context import create_schedule
 from train.loop import train
 from train.methods import resolve_config
-from train.setup import LoopState
+from train.optim import create_schedule
+from train.run import evaluate_run
 
 FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoint-last.pt", "checkpoint-best.pt")
 

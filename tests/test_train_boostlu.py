@@ -10,11 +10,11 @@ from torch import nn
 
 from shards.errors import WsmlError
 from tests.train_fixtures import get_shards, read_summary
-from train.cli_support import evaluate_run
 from train.config import RunConfig
 from train.context import cpu_threads
 from train.loop import train
 from train.model import CamClassifier, Classifier
+from train.run import evaluate_run
 
 
 class Maps(nn.Module):

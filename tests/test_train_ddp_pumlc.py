@@ -22,10 +22,10 @@ import torch
 
 from tests.test_train_pumlc import VIEW, partial_shards, run_config, weights_file
 from tests.train_fixtures import read_metrics
+from train.build import prepare
 from train.context import Context, cpu_threads
 from train.data import ImageData, e2e_preset
 from train.evaluate import evaluate_splits
-from train.setup import prepare
 
 REPO = Path(__file__).resolve().parents[1]
 OPTS = {"epochs": "2", "batch_size": "16", "lr": "1e-3", "schedule_epochs": "2", "ema": "0.9"}

@@ -9,10 +9,10 @@ import torch
 import torchvision  # noqa: F401  (imported once here, not again in every epoch's loader workers)
 
 from tests.train_fixtures import get_shards, read_metrics, read_summary
-from train.cli_support import evaluate_run
 from train.config import RunConfig
 from train.context import cpu_threads
 from train.loop import train
+from train.run import evaluate_run
 
 pytestmark = pytest.mark.slow
 

@@ -18,11 +18,11 @@ from shards.regimes import create_regime
 from shards.shardset import open_shard_set
 from shards.views import write_regime_view
 from tests.train_fixtures import get_shards, read_metrics, read_summary
-from train.cli_support import evaluate_run
 from train.config import RunConfig
 from train.context import cpu_threads
 from train.loop import train
 from train.methods import ModelSpec, get_method
+from train.run import evaluate_run
 
 pytestmark = pytest.mark.slow
 

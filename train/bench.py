@@ -31,13 +31,13 @@ import torch
 
 from shards.errors import WsmlError
 from train import metrics
+from train.build import assemble
 from train.config import RunConfig
 from train.context import Context, cpu_threads
 from train.data import FeatureData
 from train.evaluate import evaluate_splits
 from train.loop import train_epoch
 from train.methods import dataset_family, get_method
-from train.setup import assemble
 
 COCO = {"train": 65_665, "val": 16_416, "test": 40_137}  # Cole's COCO splits (METHODS.md §0.3)
 GRID_LRS = (1e-2, 1e-3, 1e-4, 1e-5)
@@ -311,9 +311,10 @@ def run_e2e_bench(
     ``images`` generated photos; per method images/s, ms per step and the data-wait share."""
     from pipelines.bench import make_bench_set
     from shards.shardset import open_shard_set
+    from train.build import build_model
     from train.data import e2e_preset
     from train.loop import train_step
-    from train.setup import build_model, resolve
+    from train.plan import resolve
 
     _header(echo)
     own = workdir is None and shards is None  # generated photos in a folder of our own

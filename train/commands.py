@@ -1,5 +1,5 @@
 """The training commands: ``train``, ``eval``, ``leaderboard``, ``methods`` and
-``bench train`` (their logic lives in train/cli_support.py and train/bench.py)."""
+``bench train`` (their logic lives in train/run.py and train/bench.py)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def train_command(opts, **options):
     stop_patience, … and its own) and run options: head, boostlu_alpha, clip, preset,
     image_size, loader, threshold, eval_batch_size, device, sweep_lrs, sweep_batches.
     """
-    from train.cli_support import build_run_config, run_train
+    from train.run import build_run_config, run_train
 
     run_train(build_run_config(options, parse_kv(opts), progress=True), echo=click.echo)
 
@@ -61,7 +61,7 @@ def train_command(opts, **options):
 @expected_errors
 def eval_command(run_dir, split, checkpoint):
     """Score a run's checkpoint on a split (clean labels)."""
-    from train.cli_support import eval_lines, evaluate_run
+    from train.run import eval_lines, evaluate_run
 
     result = evaluate_run(run_dir, split, checkpoint)
     for line in eval_lines(result, split, run_dir):
@@ -82,7 +82,7 @@ def leaderboard_command(runs_dir):
 @click.command("methods")
 def methods_command():
     """The registered methods: regimes they train on, summary, paper."""
-    from train.cli_support import methods_lines
+    from train.run import methods_lines
 
     for line in methods_lines():
         click.echo(line)

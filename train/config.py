@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shards.errors import WsmlError
+from shards.options import parse_value
 
 SETTINGS = ("linear", "e2e")
 HEADS = ("linear", "cam")
@@ -134,27 +135,8 @@ def split_options(
 
 def with_run_options(config: RunConfig, options: Mapping[str, str]) -> RunConfig:
     """``config`` with run options given as strings (from ``-o``) converted to field types."""
-    types = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}
-    values: dict[str, Any] = {}
-    for key, text in options.items():
-        kind = types[key]
-        if "None" in kind and text.lower() == "none" and key != "weights":
-            values[key] = None
-        elif kind.startswith("tuple"):
-            cast = int if "int" in kind else float
-            try:
-                values[key] = tuple(cast(x) for x in text.split(",") if x.strip())
-            except ValueError:
-                raise WsmlError(
-                    f"option {key} expects comma-separated numbers, got {text!r}"
-                ) from None
-        elif kind.startswith("int") or kind.startswith("float"):
-            try:
-                values[key] = (int if kind.startswith("int") else float)(text)
-            except ValueError:
-                raise WsmlError(f"option {key} expects a number, got {text!r}") from None
-        else:
-            values[key] = text
+    types = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+    values = {key: parse_value(text, types[key], key) for key, text in options.items()}
     return dataclasses.replace(config, **values)
 
 

@@ -15,11 +15,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from train.build import Run, prepare
 from train.config import RunConfig
 from train.context import Context, cpu_threads
 from train.evaluate import epoch_record, evaluate_splits, predict, selected_summary
 from train.runfolder import Scalars, json_safe
-from train.setup import Run, prepare
 
 
 def train(config: RunConfig) -> dict[str, Any]:

@@ -31,14 +31,16 @@ import torch
 from torch import Tensor, nn
 
 from shards.errors import WsmlError
+from train.build import LoopState, create_run_method
 from train.config import RunConfig
-from train.context import Context, Schedule, cpu_threads, create_optimizer, create_schedule
+from train.context import Context, cpu_threads
 from train.data import FeatureData, epoch_generator, read_clip_text
 from train.evaluate import epoch_record, score, selected_summary
 from train.methods import Method, MethodConfig, get_method, stack_members
 from train.model import create_classifier
+from train.optim import Schedule, create_optimizer, create_schedule
+from train.plan import resolve
 from train.runfolder import RunFolder, Scalars, json_safe
-from train.setup import LoopState, create_run_method, resolve
 
 EVAL_ROWS = 4096
 ADAM_BETA2, ADAM_EPS = 0.999, 1e-8  # torch.optim.Adam's defaults, as create_optimizer uses
@@ -186,7 +188,7 @@ def train_epochs(config, resolved, folder, groups, data, scalars, ctx) -> dict[s
 def create_groups(config, resolved, data, folder, text, ctx) -> list[Group]:
     """The grid's groups: per batch size of ``config.sweep_batches``, its members (one per lr
     of ``config.sweep_lrs``) stacked, or one group each for a method that cannot stack."""
-    stackable = get_method(config.method).factory.stackable
+    stackable = get_method(config.method).method_class.stackable
     groups = []
     for batch in config.sweep_batches:
         specs = [(batch, lr) for lr in config.sweep_lrs]

@@ -182,8 +182,11 @@ register_converter(
         "MS-COCO 2014 (80 classes), Cole et al.'s protocol",
         Coco2014Options,
         _open_coco2014,
+        family="coco",
     )
 )
 register_converter(
-    ConverterInfo("coco", "any dataset in COCO instances-json layout", CocoOptions, open_coco)
+    ConverterInfo(
+        "coco", "any dataset in COCO instances-json layout", CocoOptions, open_coco, family="coco"
+    )
 )

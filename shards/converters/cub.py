@@ -345,5 +345,11 @@ def _digits(buf: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
 
 
 register_converter(
-    ConverterInfo("cub", "CUB-200-2011: 312 attribute labels (Cole et al.)", CubOptions, open_cub)
+    ConverterInfo(
+        "cub",
+        "CUB-200-2011: 312 attribute labels (Cole et al.)",
+        CubOptions,
+        open_cub,
+        family="cub",
+    )
 )

@@ -395,5 +395,6 @@ register_converter(
         NusOptions,
         open_nuswide,
         allows_missing_images=True,
+        family="nus",
     )
 )

@@ -179,5 +179,6 @@ register_converter(
         OpenImagesOptions,
         open_openimages,
         allows_missing_images=True,
+        family="openimages",
     )
 )

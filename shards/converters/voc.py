@@ -201,6 +201,7 @@ register_converter(
         "PASCAL VOC 2007: trainval -> train/val, test -> test",
         VocPresetOptions,
         _preset("2007", "trainval", "test"),
+        family="voc",
     )
 )
 register_converter(
@@ -209,6 +210,9 @@ register_converter(
         "PASCAL VOC 2012 (Cole et al.): train -> train/val, val -> test",
         VocPresetOptions,
         _preset("2012", "train", "val"),
+        family="voc",
     )
 )
-register_converter(ConverterInfo("voc", "any dataset in VOC layout", VocOptions, open_voc))
+register_converter(
+    ConverterInfo("voc", "any dataset in VOC layout", VocOptions, open_voc, family="voc")
+)

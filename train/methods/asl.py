@@ -75,7 +75,7 @@ register_method(
         summary="asymmetric focusing and probability shifting; unknowns as negatives",
         regimes=("single-positive", "partial"),
         config=AslConfig,
-        factory=AsymmetricLoss,
+        method_class=AsymmetricLoss,
         defaults_source=SOURCE,
     )
 )

@@ -1,7 +1,7 @@
 """HSPNet, Wang et al., ACM MM 2023, "Hierarchical Prompt Learning Using CLIP for Multi-label
 Classification with Single Positive Labels" (METHODS.md §6): its own model (models/hspnet.py: a
 CLIP whose class texts come from prompts conditioned on class-group prompts, refined by a GCN;
-end to end only) trained with SPLC (Zhang et al., §10; train/methods/zhang.py), summed over batch
+end to end only) trained with SPLC (Zhang et al., §10; train/methods/robust_loss.py), summed over batch
 and classes: margin 1, gamma 2, tau 0.6.
 
 ``change_epoch`` counts as in the release, whose epochs start at 0 and which corrects from epoch
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from shards.errors import WsmlError
 from train.methods import MethodInfo, ModelSpec, register_method
-from train.methods.zhang import Splc, SplcConfig
+from train.methods.robust_loss import Splc, SplcConfig
 
 HSPNET = (
     "Wang et al., ACM MM 2023, Hierarchical Prompt Learning Using CLIP for Multi-label "
@@ -74,7 +74,7 @@ register_method(
         summary="CLIP with group-conditioned class prompts and a label-hierarchy GCN; SPLC loss",
         regimes=("single-positive", "partial"),
         config=HspnetConfig,
-        factory=Splc,
+        method_class=Splc,
         defaults={
             "voc": {"gcn_lr": 7e-4, "change_epoch": 2, "ema": 0.9956},
             "coco": {"gcn_lr": 5e-4, "change_epoch": 1, "ema": 0.99969},

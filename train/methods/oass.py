@@ -362,7 +362,7 @@ register_method(
         "class-specific instance logits",
         regimes=("full", "single-positive", "partial"),
         config=OassConfig,
-        factory=Oass,
+        method_class=Oass,
         defaults_source=SOURCE,
         needs_observed=True,  # to say at creation when unknown labels are treated as negatives
         settings=("e2e",),

@@ -171,7 +171,7 @@ register_method(
         summary="variational PU loss on positives only (negatives ignored) + mixup; LGC ResNet",
         regimes=("partial", "single-positive"),
         config=PuMlcConfig,
-        factory=PuMlc,
+        method_class=PuMlc,
         defaults={
             "voc": {
                 "lr": 4e-5,

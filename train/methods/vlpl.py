@@ -34,7 +34,7 @@ from train.methods import (
     observed_masks,
     register_method,
 )
-from train.methods.zhou import entropy
+from train.methods.entropy_max import entropy
 
 VLPL = (
     "Xing et al., CVPR 2024 LIMIT workshop (arXiv 2310.15985), Vision-Language Pseudo-Labels "
@@ -122,7 +122,7 @@ register_method(
         summary="EM + CLIP pseudo-positives (EM-PL) from cached image and class-text embeddings",
         regimes=("single-positive", "partial"),
         config=VlplConfig,
-        factory=EmPseudoLabel,
+        method_class=EmPseudoLabel,
         defaults=DEFAULTS,
         defaults_source=SOURCE,
         needs_clip=True,

@@ -102,7 +102,7 @@ def evaluate_run(run_dir: str, split: str, which: str = "best") -> dict[str, Any
     """Score a run's checkpoint (the selected epoch's, or the last) on ``split``."""
     from train.context import Context
     from train.evaluate import predict, score
-    from train.setup import resolve
+    from train.plan import resolve
 
     folder = RunFolder(run_dir)
     saved = folder.read_config()
@@ -126,9 +126,9 @@ def evaluate_run(run_dir: str, split: str, which: str = "best") -> dict[str, Any
 
 def load_model(config: RunConfig, saved: dict, ckpt: dict, ss, ctx):
     """The checkpoint's model (its EMA weights when those were selected) and the data."""
+    from train.build import build_model, create_data
     from train.methods import get_method
     from train.model import create_classifier
-    from train.setup import build_model, create_data
 
     info = get_method(config.method)
     mcfg = info.resolve(saved["dataset"], config.method_options)

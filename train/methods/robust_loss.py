@@ -86,7 +86,7 @@ for _entry in (
         summary="Hill loss: focal-margin positives, hill-shaped weight on negatives",
         regimes=("single-positive", "partial"),
         config=HillConfig,
-        factory=Hill,
+        method_class=Hill,
         defaults_source=SOURCE,
     ),
     MethodInfo(
@@ -95,7 +95,7 @@ for _entry in (
         summary="self-paced loss correction: confident unknowns become positives per batch",
         regimes=("single-positive", "partial"),
         config=SplcConfig,
-        factory=Splc,
+        method_class=Splc,
         defaults_source=SOURCE,
     ),
 ):

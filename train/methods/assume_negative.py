@@ -1,5 +1,6 @@
 """Cole et al., CVPR 2021, "Multi-Label Learning from Single Positive Labels" (METHODS.md §1):
-BCE and BCE-LS on full labels, AN, AN-LS, WAN, EPR, ROLE, and the IUN, IU and PR baselines.
+BCE and BCE-LS on full labels, AN, AN-LS, WAN, and the IUN, IU and PR baselines (EPR and ROLE,
+from the same paper, are in train/methods/role.py).
 
 Every loss is Cole's: p = sigmoid(z), logs are -log(x + 1e-5), the entry matrix is averaged over
 all N x L entries (zeros included) and the regulariser, if any, is added (§0.4). Observed
@@ -9,20 +10,17 @@ certain negative, in every loss that does not define them otherwise.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 
 from shards.errors import WsmlError
 from train.methods import (
     Method,
     MethodConfig,
     MethodInfo,
-    expected_positive_reg,
     neg_log,
     observed_masks,
     register_method,
@@ -52,16 +50,6 @@ class SmoothConfig(MethodConfig):
         super().check()
         if not 0.0 <= self.ls_coef < 1.0:
             raise WsmlError(f"ls_coef must be in [0, 1), got {self.ls_coef}")
-
-
-@dataclass(frozen=True)
-class EprConfig(MethodConfig):
-    expected_positives: float | None = None  # k; Cole's value for voc/coco/nus/cub
-
-
-@dataclass(frozen=True)
-class RoleConfig(EprConfig):
-    estimator_lr_mult: float = 10.0  # Cole train.py: estimator lr = lr x lr_mult
 
 
 @dataclass(frozen=True)
@@ -144,102 +132,6 @@ def observed_terms(p: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
     return pos * neg_log(p) + neg * neg_log(1 - p)
 
 
-def expected_positives(method: Method) -> float:
-    k = method.config.expected_positives
-    if k is None:
-        raise WsmlError(
-            f"method {method.name} needs the expected number of positives per image for this "
-            f"dataset; pass -o expected_positives=K (Cole: {EXPECTED_POSITIVES})"
-        )
-    return float(k)
-
-
-class ExpectedPositive(ColeLoss):
-    """EPR: observed labels plus (mean_n sum_l p - k)^2 / L^2."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.k = expected_positives(self)
-
-    def entries(self, p, batch):
-        return observed_terms(p, batch)
-
-    def regulariser(self, p, batch):
-        return expected_positive_reg(self.by_member(p), self.k)
-
-
-def logit(p: float) -> float:
-    return math.log(p / (1.0 - p))
-
-
-class Role(ColeLoss):
-    """ROLE: the classifier and a per-image label estimator q (trainable logits, one row per
-    training image) teach each other; both are pulled to observed labels and to k positives."""
-
-    uses_rows = True
-    stackable = False  # a trainable estimator per member, with its own lr
-
-    def __init__(self, info, config, num_rows, num_classes, *, observed=None, generator=None, **kw):
-        super().__init__(info, config, num_rows, num_classes)
-        self.k = expected_positives(self)
-        # Cole models.py: unknowns U(-logit 0.6, logit 0.6), positives logit(0.995), negatives
-        # logit(0.005); a linear-init run loads the linear phase's estimator instead.
-        a = logit(0.6)
-        init = (torch.rand(num_rows, num_classes, generator=generator) * 2 - 1) * a
-        obs = observed.detach().to("cpu")
-        init[obs == 1] = logit(0.995)
-        init[obs == -1] = logit(0.005)
-        self.estimator = nn.Parameter(init)  # (num_rows, L) logits
-
-    def estimates(self, rows: Tensor) -> Tensor:
-        return torch.sigmoid(self.estimator[rows.to(self.estimator.device)])
-
-    def compute(self, logits, batch, *, epoch, step):
-        # One gather of the estimator per step: each gather's backward fills a dense
-        # (rows x L) gradient, ROLE's largest cost per step after Adam's dense update.
-        batch = {**batch, "estimates": self.estimates(batch["row"])}
-        return super().compute(logits, batch, epoch=epoch, step=step)
-
-    def entries(self, p, batch):
-        q = batch["estimates"]
-        pd, qd = p.detach(), q.detach()
-        own = observed_terms(p, batch) + observed_terms(q, batch)
-        cross = qd * neg_log(p) + (1 - qd) * neg_log(1 - p)
-        cross = cross + pd * neg_log(q) + (1 - pd) * neg_log(1 - q)
-        return 0.5 * own + 0.5 * cross
-
-    def regulariser(self, p, batch):
-        q = batch["estimates"]
-        return 0.5 * (expected_positive_reg(p, self.k) + expected_positive_reg(q, self.k))
-
-    def extra_parameters(self):
-        mult = self.config.estimator_lr_mult
-        return [
-            {
-                "params": [self.estimator],
-                "lr_mult": mult,
-                "lr": self.config.lr * mult,
-                "weight_decay": 0.0,
-                "name": "role-estimator",
-            }
-        ]
-
-    def after_backward(self) -> None:
-        # Each rank's gradient touches only its batch rows: gather those rows and average, as
-        # DDP does for the model, so every rank's Adam sees the same estimator gradient.
-        grad = self.estimator.grad
-        if grad is None or not (dist.is_available() and dist.is_initialized()):
-            return
-        world = dist.get_world_size()
-        if world == 1:
-            return
-        rows = (grad != 0).any(1).nonzero().squeeze(1)
-        all_rows, all_values = self.gather(rows, grad[rows])
-        grad.zero_()
-        grad.index_add_(0, all_rows, all_values)
-        grad.div_(world)
-
-
 class Iun(ColeLoss):
     """IUN: observed positives and every true negative (an oracle baseline that reads the full
     labels). The paper's loss; Cole's release compares the 0/1 true labels with -1 and so never
@@ -273,14 +165,14 @@ class PairwiseRanking(ColeLoss):
         return torch.zeros_like(p).index_put((n, i), hinge.sum(1))
 
 
-def _info(name, summary, regimes, config, factory, defaults=None, **flags) -> MethodInfo:
+def _info(name, summary, regimes, config, method_class, defaults=None, **flags) -> MethodInfo:
     return MethodInfo(
         name=name,
         paper=COLE,
         summary=summary,
         regimes=regimes,
         config=config,
-        factory=factory,
+        method_class=method_class,
         defaults=defaults or {},
         defaults_source=SOURCE,
         **flags,
@@ -307,25 +199,6 @@ for _entry in (
     _info("an", "assume negative: unknowns are negatives", SP, ColeConfig, AssumeNegative),
     _info("an-ls", "assume negative + label smoothing", SP, SmoothConfig, AssumeNegativeLs),
     _info("wan", "weak assume negative: 1/(L-1) weight", SP, ColeConfig, WeakAssumeNegative),
-    _info(
-        "epr",
-        "observed positives + expected-positive regulariser",
-        SP,
-        EprConfig,
-        ExpectedPositive,
-        K_DEFAULTS,
-    ),
-    _info(
-        "role",
-        "regularised online label estimation (trainable per-image label estimator)",
-        SP,
-        RoleConfig,
-        Role,
-        K_DEFAULTS,
-        needs_observed=True,
-        per_sample_state=True,
-        trainable_state=True,
-    ),
     _info(
         "iun",
         "observed positives + all true negatives (oracle)",

@@ -181,7 +181,7 @@ for _name, _factory, _delta, _summary, _flags in (
             summary=f"{_summary} (schedule Delta_rel per epoch)",
             regimes=("single-positive", "partial"),
             config=LargeLossConfig,
-            factory=_factory,
+            method_class=_factory,
             defaults={"default": {"delta_rel": _delta}},
             defaults_source=SOURCE,
             **_flags,
