@@ -41,7 +41,7 @@ def run_cache_clip_bench(
     repeats: int = 2,
     echo: Callable[[str], None] = print,
 ) -> dict:
-    from pipelines.bench import make_bench_set
+    from pipelines.bench import create_bench_set
     from shards.bench import machine_info
 
     own = workdir is None and shards is None
@@ -49,7 +49,7 @@ def run_cache_clip_bench(
     ctx = DistContext.from_env(device)
     backend = choose_backend(backend)
     try:
-        ss = open_shard_set(shards or make_bench_set(work, images))
+        ss = open_shard_set(shards or create_bench_set(work, images))
         n = int(ss.split(split)["num_samples"])
         if n < batch_size:
             raise WsmlError(f"split {split} has {n} images, fewer than a batch of {batch_size}")

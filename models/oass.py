@@ -149,7 +149,7 @@ class OassNet(nn.Module):
 
 
 def create_oass_model(spec) -> OassNet:
-    """``MethodInfo.build_model``: the spec's backbone at output stride 16 with the OASS heads:
+    """``MethodInfo.create_model``: the spec's backbone at output stride 16 with the OASS heads:
     32 x 32 CAMs at 512 px, as Puzzle-CAM's ResNet with strides 2, 2, 2, 1. timm reaches the
     stride by dilating the last stage (dilation 2); Puzzle-CAM's last stage has stride 1 and no
     dilation (same weights, a larger receptive field here)."""

@@ -45,7 +45,7 @@ def bench_photos(n: int, seed: int = 0) -> list[tuple[bytes, int, int]]:
     return out
 
 
-def make_bench_set(work: Path, images: int, val_frac: float = 0.0) -> Path:
+def create_bench_set(work: Path, images: int, val_frac: float = 0.0) -> Path:
     """A COCO-layout folder of ``images`` photos, sharded with ``val_frac`` of them in val (0:
     all in train; the trainer needs a val split)."""
     from shards.bench import write_coco_dataset
@@ -147,7 +147,7 @@ def run_loader_bench(
     work = Path(tempfile.mkdtemp(prefix="wsml-bench-loader-")) if own else Path(workdir or ".")
     torch.set_num_threads(threads)
     try:
-        ss = open_shard_set(shards or make_bench_set(work, images))
+        ss = open_shard_set(shards or create_bench_set(work, images))
         files = extract_folder(ss, "train", work / "loader-folder-train")
         if len(files) < batch_size:
             raise WsmlError(f"split train has {len(files)} images, fewer than a batch")

@@ -34,7 +34,7 @@ def convert(
     options = dict(options)
     given = options.pop("regimes", None)  # None or (): the source's defaults
     write_options = ShardOptions(**options, regimes=tuple(r for r in given or () if r != "none"))
-    write_options.validate()
+    write_options.check_values()
     # The worker pool starts before the source is read, so forked workers stay small.
     with Workers(workers) as pool:
         source = info.open(root, opts)

@@ -65,7 +65,7 @@ class Keys:
         return out
 
 
-def make_keys(hints: Sequence[str], ids: Sequence[str]) -> list[str]:
+def create_keys(hints: Sequence[str], ids: Sequence[str]) -> list[str]:
     """Keys for plain lists of hints and source ids (see :class:`Keys`)."""
 
     class _Plain:

@@ -56,7 +56,7 @@ class ShardOptions:
     max_bad: float = 0.01  # with on_bad=skip: largest fraction of an official split skipped
     regimes: tuple[str, ...] = ("single-positive",)
 
-    def validate(self) -> None:
+    def check_values(self) -> None:
         if not 0.0 <= self.val_frac < 1.0:
             raise WsmlError(f"--val-frac must be in [0, 1), got {self.val_frac}")
         if self.check not in ("header", "decode"):
@@ -101,7 +101,7 @@ def write_shard_set(
 
     ``part=(k, n)`` writes only shards k, k + n, ... (one of n machines) and no manifest;
     ``finalize`` then checks that every shard is there and writes tables and manifest."""
-    options.validate()
+    options.check_values()
     progress = progress or (lambda desc, total: lambda n: None)
     identity = _identity(source, options, converter_options)
     state = _inspect_out(

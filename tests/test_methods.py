@@ -272,7 +272,7 @@ def test_registry_names_and_flags():
         "em", "em-apl", "vlpl", "ll-r", "ll-ct", "ll-cp", "asl", "hill", "splc", "hspnet",
         "pu-mlc", "oass",
     }  # fmt: skip
-    own = {i.name for i in METHODS if i.build_model is not None}
+    own = {i.name for i in METHODS if i.create_model is not None}
     assert own == {"hspnet", "pu-mlc", "oass"}
     assert all(get_method(n).settings == ("e2e",) for n in own)
     assert get_method("bce").regimes == ("full",) and get_method("iu").regimes == ("partial",)

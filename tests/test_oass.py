@@ -276,7 +276,7 @@ def test_defaults_and_options():
     with pytest.raises(WsmlError, match="keypoint must be one of max, cmax, ctopk, ctopk-w"):
         create_config("oass", None, {"keypoint": "topk"})
     info = get_method("oass")
-    assert info.settings == ("e2e",) and info.build_model is not None
+    assert info.settings == ("e2e",) and info.create_model is not None
     assert info.run_defaults == {"backbone": "resnet50", "preset": "puzzle512"}
 
 

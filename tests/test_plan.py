@@ -4,7 +4,7 @@ import re
 
 import numpy as np
 
-from shards.plan import cut_shards, field_split, make_keys, shuffle_order
+from shards.plan import create_keys, cut_shards, field_split, shuffle_order
 
 
 def test_field_split_follows_cole():
@@ -21,13 +21,13 @@ def test_field_split_follows_cole():
 def test_keys_are_safe_and_unique():
     hints = ["COCO_train2014_000000000009", "a.b", "a_b", "dir/x y", "dup", "dup"]
     ids = ["9", "1", "2", "3", "4", "5"]
-    keys = make_keys(hints, ids)
+    keys = create_keys(hints, ids)
     assert keys[0] == "COCO_train2014_000000000009"  # safe hints are kept as they are
     assert all(re.fullmatch(r"[A-Za-z0-9_-]+", k) for k in keys)
     assert len(set(keys)) == len(keys)
     assert keys[1].startswith("a_b-") and keys[2].startswith("a_b-")  # collision after sanitising
-    assert make_keys(hints, ids) == keys  # deterministic
-    assert all(len(k) <= 80 for k in make_keys(["x" * 300], ["1"]))
+    assert create_keys(hints, ids) == keys  # deterministic
+    assert all(len(k) <= 80 for k in create_keys(["x" * 300], ["1"]))
 
 
 def test_shuffle_order_is_seeded_and_differs_per_split():

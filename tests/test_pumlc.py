@@ -350,7 +350,7 @@ def test_batchnorm_stays_in_eval_mode(pair):
 
 def test_build_model_from_spec_and_errors():
     spec = ModelSpec(None, ("a", "b"), INFO.create_config("coco"), "test_resnet", "none", 0)
-    model = INFO.build_model(spec)
+    model = INFO.create_model(spec)
     assert isinstance(model, LgcNet) and model.head.out_features == 2
     assert model.weights_info == {"backbone": "test_resnet", "weights": "none", "sha256": None}
     assert model.pretrained_cfg["mean"] == (0.5, 0.5, 0.5)

@@ -98,7 +98,7 @@ def test_pumlc_e2e_smoke_and_resume(tmp_path_factory, tmp_path):
     spec = ModelSpec(None, classes, info.create_config(), "test_resnet", weights_file(shards), 0)
     with torch.random.fork_rng(devices=[]):  # as the run built it
         torch.manual_seed(0)
-        start = info.build_model(spec).state_dict()
+        start = info.create_model(spec).state_dict()
     trained = [k for k in start if not torch.equal(start[k], ckpt["model"][k])]
     # a bias without weight decay moves by its gradient alone: the global branches learn ...
     assert "backbone.layer1.0.conv1.global_branch.norm.bias" in trained

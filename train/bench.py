@@ -302,14 +302,14 @@ def run_e2e_bench(
 ) -> dict[str, dict[str, float]]:
     """Training steps of each method on ``shards`` (or generated photos, in ``workdir`` or a
     folder of our own): per method images/s, ms per step and the data-wait share."""
-    from pipelines.bench import make_bench_set
+    from pipelines.bench import create_bench_set
     from shards.shardset import open_shard_set
     from train.plan import plan_run
 
     _header(echo)
     own = workdir is None and shards is None  # generated photos in a folder of our own
     work = Path(workdir or tempfile.mkdtemp(prefix="wsml-bench-train-"))
-    root = shards or str(make_bench_set(work, opts.images, val_frac=0.1))
+    root = shards or str(create_bench_set(work, opts.images, val_frac=0.1))
     ctx = Context.create(opts.device)
     echo(f"end to end on {root} ({open_shard_set(root).split('train')['num_samples']} train "
          f"images), batch {opts.batch_size}, {opts.steps} timed steps after {opts.warmup}, "

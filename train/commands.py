@@ -49,9 +49,9 @@ def train_command(opts, **options):
     stop_patience, … and its own) and run options: head, boostlu_alpha, clip, preset,
     image_size, loader, threshold, eval_batch_size, device, sweep_lrs, sweep_batches.
     """
-    from train.run import build_run_config, run_train
+    from train.run import create_run_config, run_train
 
-    run_train(build_run_config(options, parse_kv(opts), progress=True), echo=click.echo)
+    run_train(create_run_config(options, parse_kv(opts), progress=True), echo=click.echo)
 
 
 @click.command("eval")

@@ -20,7 +20,7 @@ METHOD_FLAGS = {"epochs": "epochs", "lr": "lr", "batch_size": "batch_size"}
 RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
 
 
-def build_run_config(
+def create_run_config(
     options: dict[str, Any], method_options: dict[str, str], progress: bool = False
 ) -> RunConfig:
     """A RunConfig from the command's options (None: not given)."""
@@ -165,7 +165,7 @@ def methods_lines() -> list[str]:
     width = max(len(m.name) for m in METHODS)
     for m in METHODS:
         flags = [f for f in ("needs_clip", "needs_full") if getattr(m, f)]
-        if m.build_model is not None:
+        if m.create_model is not None:
             flags.append("own model")
         if tuple(m.settings) != ("linear", "e2e"):
             flags.append(f"{'/'.join(m.settings)} only")

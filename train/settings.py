@@ -107,12 +107,12 @@ class E2ESetting(Setting):
         return None
 
     def create_model(self, plan: RunPlan, weights: str | None = None) -> tuple[nn.Module, dict]:
-        """The method's own model (``info.build_model``) or a backbone with the run's head, and
+        """The method's own model (``info.create_model``) or a backbone with the run's head, and
         the weights' provenance (with the feature dimension for backbone + head). ``weights``
         overrides the run's (``"none"`` to load a checkpoint into)."""
         config, info = plan.config, plan.info
         weights = config.weights if weights is None else weights
-        if info.build_model is not None:
+        if info.create_model is not None:
             return _own_model(plan, weights)
         from models.backbones import create_backbone
         from models.heads import create_classifier
@@ -165,7 +165,7 @@ def _own_model(plan: RunPlan, weights: str | None) -> tuple[nn.Module, dict]:
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = info.build_model(spec)
+        model = info.create_model(spec)
     provenance = getattr(model, "weights_info", None) or {"backbone": config.backbone}
     return model, {"backbone": dict(provenance)}
 

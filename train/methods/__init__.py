@@ -28,7 +28,7 @@ the valid ones). Every config carries the protocol fields of :class:`MethodConfi
   a list, one value per member, where they differ).
 - ``state_dict()`` / ``load_state_dict()``: label state lives in buffers and parameters.
 - Methods with their own model or more than one forward (HSPNet, PU-MLC, OASS) use three more
-  hooks, whose defaults are what every other method does: ``info.build_model(spec)`` builds the
+  hooks, whose defaults are what every other method does: ``info.create_model(spec)`` builds the
   method's model (:class:`ModelSpec`; end to end only, ``info.settings``) in place of backbone +
   head; ``training_step(net, batch, epoch=, step=, autocast=)`` is one step's forward and loss
   (default: ``self(net(batch["input"]), batch, …)``); ``bind_model(model)`` is called once with

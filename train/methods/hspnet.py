@@ -52,7 +52,7 @@ class HspnetConfig(SplcConfig):
             raise WsmlError("gcn_lr must be positive, n_ctx >= 1 and reweight_p in [0, 1]")
 
 
-def build_hspnet(spec: ModelSpec):
+def create_hspnet_model(spec: ModelSpec):
     from models.hspnet import create_hspnet
 
     cfg = spec.config
@@ -83,7 +83,7 @@ register_method(
         },
         defaults_source=SOURCE,
         settings=("e2e",),
-        build_model=build_hspnet,
+        create_model=create_hspnet_model,
         run_defaults={"backbone": "RN50", "preset": "clip224"},
     )
 )

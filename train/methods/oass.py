@@ -358,7 +358,7 @@ register_method(
         defaults_source=SOURCE,
         needs_observed=True,  # to say at creation when unknown labels are treated as negatives
         settings=("e2e",),
-        build_model=create_oass_model,
+        create_model=create_oass_model,
         run_defaults={"backbone": "resnet50", "preset": "puzzle512"},
     )
 )

@@ -158,7 +158,7 @@ class PuMlc(Method):
         return {"loss": loss, "vpu": out["loss"].detach(), "mixup": reg.detach()}
 
 
-def build_model(spec: ModelSpec):
+def create_pumlc_model(spec: ModelSpec):
     from models.lgc import create_lgc_net
 
     return create_lgc_net(spec.backbone, len(spec.classes), spec.weights)
@@ -184,7 +184,7 @@ register_method(
         },
         defaults_source=SOURCE,
         settings=("e2e",),
-        build_model=build_model,
+        create_model=create_pumlc_model,
         run_defaults={"backbone": "resnet101", "preset": "asl448"},
     )
 )

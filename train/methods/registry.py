@@ -27,7 +27,7 @@ SETTINGS = ("linear", "e2e")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a method's own model is built from (``MethodInfo.build_model``): the shard set (its
+    """What a method's own model is built from (``MethodInfo.create_model``): the shard set (its
     classes, class groups and training labels), the method's resolved config, the run's
     ``--backbone`` (or the method's default) and ``--weights`` (None: pretrained; "none": random;
     or a local file), and the seed (the global RNG is seeded with it around the call). The model
@@ -64,7 +64,7 @@ class MethodInfo:
     epoch_pass: bool = False  # end_epoch wants predictions over the training split
     trainable_state: bool = False  # extra_parameters() is not empty
     settings: tuple[str, ...] = SETTINGS  # linear (cached features) and/or e2e (images)
-    build_model: Callable[[ModelSpec], nn.Module] | None = None  # the method's own model
+    create_model: Callable[[ModelSpec], nn.Module] | None = None  # the method's own model
     run_defaults: Mapping[str, Any] = field(default_factory=dict)  # e.g. backbone, preset
 
     def create_config(self, dataset: str | None = None, overrides: Mapping[str, str] | None = None):
