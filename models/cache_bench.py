@@ -17,9 +17,9 @@ import torch
 
 from models.cache import create_clip_encoder
 from models.cache_run import CacheOptions, DistContext, Encoder, run_cache
-from pipelines.bench import time_epochs
 from pipelines.loader import choose_backend, create_loader, default_threads
 from shards import embeddings as emb
+from shards.benchkit import time_epochs
 from shards.embeddings import make_tag
 from shards.errors import WsmlError
 from shards.shardset import ShardSet, open_shard_set
@@ -42,7 +42,7 @@ def run_cache_clip_bench(
     echo: Callable[[str], None] = print,
 ) -> dict:
     from pipelines.bench import create_bench_set
-    from shards.bench import machine_info
+    from shards.benchkit import machine_info
 
     own = workdir is None and shards is None
     work = Path(tempfile.mkdtemp(prefix="wsml-bench-clip-")) if own else Path(workdir or ".")

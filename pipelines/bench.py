@@ -8,7 +8,6 @@ import io
 import shutil
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 
 from pipelines.loader import create_loader, default_threads
 from pipelines.presets import Preset, get_preset
+from shards.benchkit import time_epochs
 from shards.errors import WsmlError
 from shards.shardset import open_shard_set
 
@@ -48,7 +48,7 @@ def bench_photos(n: int, seed: int = 0) -> list[tuple[bytes, int, int]]:
 def create_bench_set(work: Path, images: int, val_frac: float = 0.0) -> Path:
     """A COCO-layout folder of ``images`` photos, sharded with ``val_frac`` of them in val (0:
     all in train; the trainer needs a val split)."""
-    from shards.bench import write_coco_dataset
+    from shards.benchkit import write_coco_dataset
     from shards.convert import convert
 
     tag = "" if not val_frac else f"-val{val_frac:g}"
@@ -114,15 +114,6 @@ def reference_transform(preset: Preset) -> Callable:
     return apply
 
 
-def time_epochs(run: Callable[[], int], repeats: int) -> dict:
-    rates = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        n = run()
-        rates.append(n / (time.perf_counter() - t))
-    return {"images_per_s": statistics.median(rates), "runs": [round(r, 1) for r in rates]}
-
-
 def run_loader_bench(
     shards: str | None,
     *,
@@ -138,7 +129,7 @@ def run_loader_bench(
     echo: Callable[[str], None] = print,
 ) -> dict:
     """Time the loaders on the same images (alternating epochs); print images/s and ratios."""
-    from shards.bench import _warm, machine_info
+    from shards.benchkit import machine_info, warm_page_cache
 
     p = get_preset(preset)
     threads = threads or default_threads(1)
@@ -151,8 +142,8 @@ def run_loader_bench(
         files = extract_folder(ss, "train", work / "loader-folder-train")
         if len(files) < batch_size:
             raise WsmlError(f"split train has {len(files)} images, fewer than a batch")
-        _warm(ss.root)
-        _warm(files[0].parent)
+        warm_page_cache(ss.root)
+        warm_page_cache(files[0].parent)
         m = machine_info()
         gpu = torch.cuda.get_device_name() if device.startswith("cuda") else "no GPU"
         echo(

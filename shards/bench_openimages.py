@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.bench import machine_info, peak_rss
+from shards.benchkit import machine_info, peak_rss
 
 HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
 CHILD = (

@@ -69,7 +69,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _header(echo: Callable[[str], None]) -> None:
-    from shards.bench import machine_info
+    from shards.benchkit import machine_info
 
     m = machine_info()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

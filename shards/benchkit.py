@@ -1,0 +1,220 @@
+"""The benchmarks' small public harness, shared by every ``cli.py bench`` command: generated
+photos and a COCO-layout dataset of them, a warm page cache, timing, a command's peak memory and
+the machine's description."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from shards.errors import WsmlError
+
+CLASSES = ("person", "dog", "cat", "car", "bicycle", "bird", "boat", "bottle", "chair", "sofa")
+VAL_FRACTION = 0.2
+SAMPLE_S = 0.02  # /proc sampling period of the process-tree RSS
+
+
+def photo_like_jpeg(rng: np.random.Generator, width: int, height: int, quality: int = 90) -> bytes:
+    """A JPEG with roughly a photo's entropy: smooth colour field + shapes + sensor-like noise."""
+    low = rng.uniform(0, 255, (max(2, height // 24), max(2, width // 24), 3)).astype(np.uint8)
+    img = Image.fromarray(low).resize((width, height), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(4, 12))):
+        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
+        x1 = x0 + int(rng.integers(4, max(5, width // 2)))
+        y1 = y0 + int(rng.integers(4, max(5, height // 2)))
+        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=fill)
+    arr = np.asarray(img.filter(ImageFilter.GaussianBlur(1.5)), dtype=np.int16)
+    sigma = rng.uniform(8, 24) * min(1.0, width / 500)  # ~55-120 KB at 500x375, quality 90
+    arr = arr + rng.normal(0, sigma, arr.shape).astype(np.int16)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def jpeg_pool(seed: int, n: int, width: tuple[int, int], height: tuple[int, int]) -> list[tuple]:
+    """``n`` distinct (bytes, width, height) with sizes drawn in the given [lo, hi] ranges."""
+    rng = np.random.default_rng(seed)
+    pool = []
+    for _ in range(n):
+        w, h = (
+            int(rng.integers(width[0], width[1] + 1)),
+            int(rng.integers(height[0], height[1] + 1)),
+        )
+        pool.append((photo_like_jpeg(rng, w, h), w, h))
+    return pool
+
+
+def write_coco_dataset(root: Path, n: int, pool: Sequence[tuple], seed: int = 0) -> int:
+    """COCO layout (annotations/instances_{train,val}.json + train/ + val/) of ``n`` images
+    cycling through ``pool``; 1-3 of 10 categories with a bbox each. Returns the image bytes."""
+    rng = np.random.default_rng(seed)
+    n_val = min(n - 1, max(1, round(VAL_FRACTION * n)))
+    cats = [{"id": k + 1, "name": c, "supercategory": "object"} for k, c in enumerate(CLASSES)]
+    (root / "annotations").mkdir(parents=True)
+    total, ann_id = 0, 1
+    for split, ids in (("train", range(1, n - n_val + 1)), ("val", range(n - n_val + 1, n + 1))):
+        (root / split).mkdir()
+        imgs, anns = [], []
+        for image_id in ids:
+            data, w, h = pool[int(rng.integers(len(pool)))]
+            name = f"{image_id:012d}.jpg"
+            (root / split / name).write_bytes(data)
+            total += len(data)
+            imgs.append({"id": image_id, "file_name": name, "width": w, "height": h})
+            for c in rng.choice(len(CLASSES), size=int(rng.integers(1, 4)), replace=False):
+                bw, bh = int(rng.integers(1, w + 1)), int(rng.integers(1, h + 1))
+                x, y = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
+                anns.append(
+                    {
+                        "id": ann_id,
+                        "image_id": image_id,
+                        "category_id": int(c) + 1,
+                        "bbox": [x, y, bw, bh],
+                        "area": bw * bh,
+                        "iscrowd": 0,
+                    }
+                )
+                ann_id += 1
+        data = {"images": imgs, "annotations": anns, "categories": cats}
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
+    return total
+
+
+def warm_page_cache(root: Path) -> None:
+    """Read every file once so both contenders read from the page cache."""
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            with open(os.path.join(dirpath, f), "rb") as fh:
+                while fh.read(1 << 20):
+                    pass
+
+
+LAUNCHER = (
+    "import os, sys; pid = os.fork()\n"
+    "if pid == 0: os.execv(sys.argv[1], sys.argv[1:])\n"
+    "_, status, usage = os.wait4(pid, 0)\n"
+    "sys.stderr.write('\\nWSML_MAXRSS %d\\n' % usage.ru_maxrss)\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))"
+)
+
+
+def peak_rss(cmd: list[str]) -> dict:
+    """Run ``cmd``; return its peak memory in MB: ``process`` (ru_maxrss: the largest single
+    process among it and the descendants it waited for) and ``tree`` (the summed PSS of the
+    live process tree, sampled from /proc; None without /proc)."""
+    launcher = [sys.executable, "-S", "-c", LAUNCHER, *cmd]
+    proc = subprocess.Popen(launcher, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    stop, tree = threading.Event(), [None]
+    sampler = threading.Thread(target=_sample_tree, args=(proc.pid, stop, tree), daemon=True)
+    sampler.start()
+    t0 = time.perf_counter()
+    output = proc.stdout.read()
+    proc.wait()
+    elapsed = time.perf_counter() - t0
+    stop.set()
+    sampler.join()
+    proc.stdout.close()
+    if proc.returncode:
+        tail = output.decode(errors="replace").strip()[-2000:]
+        raise WsmlError(f"{cmd[0]} failed (exit {proc.returncode}): {tail}")
+    maxrss = int(output.rsplit(b"WSML_MAXRSS ", 1)[1].split()[0])
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: KiB on Linux, bytes on macOS
+    mb = lambda b: None if b is None else b / 1e6  # noqa: E731
+    return {"process_mb": mb(maxrss * scale), "tree_mb": mb(tree[0]), "seconds": elapsed}
+
+
+def _sample_tree(pid: int, stop: threading.Event, peak: list) -> None:
+    """Peak of the process tree's summed PSS (proportional set size: pages shared by forked
+    workers count once in total, where summed RSS would count them in every process)."""
+    if not os.path.isdir("/proc"):
+        return
+    while not stop.wait(SAMPLE_S):
+        total = 0
+        for p in _descendants(pid):
+            total += _pss(p)
+        peak[0] = max(peak[0] or 0, total)
+
+
+def _pss(pid: int) -> int:
+    """Bytes of a process's PSS (its RSS where smaps_rollup is unavailable); 0 once it exited."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, ()))
+    return out
+
+
+def machine_info() -> dict:
+    """CPU model, cores (total and usable), RAM, Python and tar versions."""
+    model = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model
+            )
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    tar = subprocess.run(["tar", "--version"], capture_output=True, text=True).stdout
+    return {
+        "cpu": model or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "nproc": usable,
+        "ram_gb": ram / 1e9,
+        "python": platform.python_version(),
+        "tar": tar.splitlines()[0] if tar else "?",
+        "platform": platform.platform(),
+    }
+
+
+def time_epochs(run: Callable[[], int], repeats: int) -> dict:
+    """The median images/s of ``repeats`` calls of ``run`` (each returns its image count)."""
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        n = run()
+        rates.append(n / (time.perf_counter() - t))
+    return {"images_per_s": statistics.median(rates), "runs": [round(r, 1) for r in rates]}
