@@ -5,7 +5,6 @@ the machine's description."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import platform
 import statistics
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from shards.coco_layout import write_coco_split
 from shards.errors import WsmlError
 
 CLASSES = ("person", "dog", "cat", "car", "bicycle", "bird", "boat", "bottle", "chair", "sofa")
@@ -64,15 +64,13 @@ def write_coco_dataset(root: Path, n: int, pool: Sequence[tuple], seed: int = 0)
     rng = np.random.default_rng(seed)
     n_val = min(n - 1, max(1, round(VAL_FRACTION * n)))
     cats = [{"id": k + 1, "name": c, "supercategory": "object"} for k, c in enumerate(CLASSES)]
-    (root / "annotations").mkdir(parents=True)
     total, ann_id = 0, 1
     for split, ids in (("train", range(1, n - n_val + 1)), ("val", range(n - n_val + 1, n + 1))):
-        (root / split).mkdir()
-        imgs, anns = [], []
+        files, imgs, anns = {}, [], []
         for image_id in ids:
             data, w, h = pool[int(rng.integers(len(pool)))]
             name = f"{image_id:012d}.jpg"
-            (root / split / name).write_bytes(data)
+            files[name] = data
             total += len(data)
             imgs.append({"id": image_id, "file_name": name, "width": w, "height": h})
             for c in rng.choice(len(CLASSES), size=int(rng.integers(1, 4)), replace=False):
@@ -89,8 +87,8 @@ def write_coco_dataset(root: Path, n: int, pool: Sequence[tuple], seed: int = 0)
                     }
                 )
                 ann_id += 1
-        data = {"images": imgs, "annotations": anns, "categories": cats}
-        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
+        doc = {"images": imgs, "annotations": anns, "categories": cats}
+        write_coco_split(root, split, files, doc)
     return total
 
 

@@ -5,9 +5,7 @@
 from __future__ import annotations
 
 import io
-import json
 import numbers
-import os
 import re
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,7 +15,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from shards.coco_layout import write_coco_json
 from shards.errors import WsmlError
+from shards.fileio import read_json
 
 GENERATOR_VERSION = 1
 NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -71,7 +71,7 @@ def write_demo_data(
             docs[split] = _write_split(out, split, n, base, pools[split], size, rng, params, saver)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
-        _write_json_atomic(out / "annotations" / f"instances_{split}.json", docs[split])
+        write_coco_json(out / "annotations" / f"instances_{split}.json", docs[split])
     return _summary(out, params, docs, written=True)
 
 
@@ -114,9 +114,9 @@ def _existing_summary(out: Path, params: dict[str, int]) -> dict | None:
 
 
 def _read_json(path: Path) -> dict | None:
+    """A demo annotation file, or None where there is none we could have written."""
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
+        doc = read_json(path)
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
@@ -137,7 +137,9 @@ def _only_demo_files(out: Path) -> bool:
             return False
         names = [p.name for p in entry.iterdir()]
         if entry.name == "annotations":
-            ok = all(re.fullmatch(r"instances_(train|val)\.json(\.tmp)?", n) for n in names)
+            ok = all(
+                re.fullmatch(r"\.?instances_(train|val)\.json(\.\d+\.wsml-tmp)?", n) for n in names
+            )
         else:
             ok = all(_FILE_RE.fullmatch(n) for n in names)
         if not ok:
@@ -432,12 +434,3 @@ def _coco_document(split: str, params: dict[str, int], images: list, annotations
         "annotations": annotations,
         "categories": categories,
     }
-
-
-def _write_json_atomic(path: Path, doc: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n")  # C encoder
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -61,6 +61,11 @@ def dumps_json(obj: Any) -> str:
     return json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file's value (OSError or ValueError when it is missing or not JSON)."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
 def write_json_atomic(path: Path, obj: Any, durable: bool = True) -> None:
     write_bytes_atomic(path, dumps_json(obj).encode(), durable)
 

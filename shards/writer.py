@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import shutil
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -25,6 +24,7 @@ from shards.fileio import (
     dumps_json,
     fsync_dir,
     publish,
+    read_json,
     remove_temporaries,
     tmp_path_for,
     write_json_atomic,
@@ -109,7 +109,7 @@ def write_shard_set(
     )
     if state == "complete":
         log(f"{out} already holds this shard set; nothing to do")
-        return _read_json(out / MANIFEST)
+        return read_json(out / MANIFEST)
     if state == "resume" and not (part or finalize):
         log(f"resuming the interrupted conversion in {out}")
     pool_context = Workers(workers) if isinstance(workers, int) else nullcontext(workers)
@@ -189,10 +189,6 @@ def _identity(source: Source, options: ShardOptions, converter_options: dict) ->
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-
 def _inspect_out(out: Path, identity: str, required: str | None, overwrite: bool) -> str:
     """fresh / resume / overwrite / complete, or an error for a folder we must not touch.
     Changes nothing on disk."""
@@ -203,7 +199,7 @@ def _inspect_out(out: Path, identity: str, required: str | None, overwrite: bool
         return "overwrite"
     if manifest.exists():
         try:
-            m = _read_json(manifest)
+            m = read_json(manifest)
         except (ValueError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
             raise WsmlError(
                 f"{manifest} is not valid JSON; choose another --out or pass --overwrite"
@@ -216,7 +212,7 @@ def _inspect_out(out: Path, identity: str, required: str | None, overwrite: bool
             "or pass --overwrite to replace it"
         )
     if ident.exists():
-        if _read_json(ident).get("identity") == identity:
+        if read_json(ident).get("identity") == identity:
             return "resume"
         raise WsmlError(
             f"{out} holds an interrupted conversion of a different dataset or with other "
@@ -314,7 +310,7 @@ def _plan(job: Job, splits, scans) -> Plan:
             digest.update(np.ascontiguousarray(arr).tobytes())
     plan_id = digest.hexdigest()
     stored = out / PROGRESS / "plan.json"
-    if stored.exists() and _read_json(stored)["plan_id"] != plan_id:
+    if stored.exists() and read_json(stored)["plan_id"] != plan_id:
         raise WsmlError(
             f"the source images changed since the interrupted conversion in {out}; "
             "pass --overwrite to start again"
@@ -346,7 +342,7 @@ def _done(job: Job, plan: Plan, shard: ShardPlan) -> dict | None:
     """The done-marker of a shard finished by this plan, if there is one."""
     done = job.out / PROGRESS / "done" / f"{shard.name}.json"
     if done.exists() and (job.out / f"{shard.name}.tar").exists():
-        info = _read_json(done)
+        info = read_json(done)
         if info.get("plan_id") == plan.plan_id:
             return info
     return None

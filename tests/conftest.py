@@ -4,13 +4,14 @@ in ../shared/fixtures/real."""
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from shards.coco_layout import write_coco_json
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -63,7 +64,7 @@ def make_coco(
                 )
                 next_ann += 1
         data = {"images": images, "annotations": anns, "categories": cats}
-        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
+        write_coco_json(root / "annotations" / f"instances_{split}.json", data)
     return root
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from shards import coco_layout
 from tests.conftest import REAL, REPO  # noqa: F401  (REPO is used by the CLI tests)
 
 REAL_VOC2007 = REAL / "voc" / "VOCdevkit" / "VOC2007"
@@ -96,11 +97,8 @@ def make_coco(
 
 
 def write_coco_json(path: Path, images: list, annotations: list, categories: list) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps({"images": images, "annotations": annotations, "categories": categories})
-    )
-    return path
+    doc = {"images": images, "annotations": annotations, "categories": categories}
+    return coco_layout.write_coco_json(path, doc)
 
 
 def coco_json(root: Path, split: str = "train") -> dict:
