@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from models.cache import create_clip_encoder
-from models.cache_run import CacheOptions, DistContext, Encoder, run_cache
+from models.cache_run import CacheOptions, Encoder, run_cache
 from pipelines.bench import time_epochs
+from pipelines.distributed import DistContext
 from pipelines.loader import create_loader, default_threads, resolve_backend
 from shards import embeddings as emb
 from shards.embeddings import make_tag
@@ -45,8 +46,8 @@ def run_cache_clip_bench(
     from shards.bench import machine_info
 
     own = workdir is None and shards is None
+    ctx = DistContext.create(device)  # first: a bad device leaves no temp folder behind
     work = Path(tempfile.mkdtemp(prefix="wsml-bench-clip-")) if own else Path(workdir or ".")
-    ctx = DistContext.from_env(device)
     backend = resolve_backend(backend)
     try:
         ss = open_shard_set(shards or make_bench_set(work, images))

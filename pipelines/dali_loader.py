@@ -73,9 +73,13 @@ def create_dali_pipeline(
             pad_last_batch=True,
             name="reader",
         )
-        if gpu:
+        if gpu:  # fancy upsampling: the CPU decoder's chroma, so both give the same pixels
             images = fn.decoders.image(
-                jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=hw_decoder_load
+                jpegs,
+                device="mixed",
+                output_type=types.RGB,
+                hw_decoder_load=hw_decoder_load,
+                jpeg_fancy_upsampling=True,
             )
         else:
             images = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
@@ -94,6 +98,7 @@ def iterate_dali(pipe, steps: int, where: str) -> Iterator[tuple[torch.Tensor, t
 
     if steps == 0:
         return
+    build_dali(pipe, where)
     try:
         it = DALIGenericIterator(pipe, ["image", "row"], size=-1, auto_reset=False)
         for _ in range(steps):
@@ -141,9 +146,9 @@ def iterate_dali_split(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``steps`` batches from the split CPU graph: DALI decodes, torchvision resizes on the
     decoded pixels in place (a channels-last view, no copy), DALI normalises."""
+    build_dali(decode, where)
+    build_dali(normalize, where)
     try:
-        decode.build()
-        normalize.build()
         for _ in range(steps):
             images, rows = decode.run()
             out, mirror = [], []
@@ -161,6 +166,18 @@ def iterate_dali_split(
             )
     except RuntimeError as e:
         raise WsmlError(f"DALI failed reading {where}: {_first_line(e)}") from e
+
+
+def build_dali(pipe, where: str) -> None:
+    """Build a pipeline, naming the build (DALI's environment, codec or device) when it fails,
+    so a broken installation is not reported as a broken shard set."""
+    try:
+        pipe.build()
+    except RuntimeError as e:
+        raise WsmlError(
+            f"DALI could not build its pipeline for {where} (DALI's installation, CUDA device or "
+            f"codec, not the shards): {_first_line(e)}; --loader torch avoids DALI"
+        ) from e
 
 
 def _to_torch(batch, pipe) -> torch.Tensor:

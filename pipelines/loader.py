@@ -157,7 +157,10 @@ class Loader:
             seed=seed,
             shuffle_buffer=buffer,
         )
-        yield from iterate_torch(reader, num_workers=self.num_threads, steps=steps)
+        pinned = self.device.type == "cuda"
+        yield from iterate_torch(
+            reader, num_workers=self.num_threads, steps=steps, pin_memory=pinned
+        )
 
 
 def _cuda_index(device: torch.device) -> int:

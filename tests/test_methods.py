@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from pipelines.distributed import gather_cat
 from shards.errors import WsmlError
 from shards.registry import UnknownNameError
 from train.methods import (
@@ -17,7 +18,6 @@ from train.methods import (
     Method,
     create_method,
     dataset_family,
-    gather_cat,
     get_method,
     resolve_config,
 )

@@ -34,7 +34,7 @@ from train import metrics
 from train.build import assemble
 from train.config import RunConfig
 from train.context import Context, cpu_threads
-from train.data import FeatureData
+from train.data import FeatureData, use_fixed_size_cuda
 from train.evaluate import evaluate_splits
 from train.loop import train_epoch
 from train.methods import dataset_family, get_method
@@ -266,7 +266,7 @@ class TrainSplit:
             ss, "train", regime=view, batch_size=self.local, preset=preset, rank=ctx.rank,
             world_size=ctx.world_size, device=ctx.device, seed=seed, backend=backend, train=True,
         )  # fmt: skip
-        self.channels_last = ctx.device.type == "cuda"
+        self.channels_last = use_fixed_size_cuda(ctx.device)
 
     def num_rows(self, split: str) -> int:
         return int(self.ss.split(split)["num_samples"])
@@ -318,9 +318,15 @@ def run_e2e_bench(
 
     _header(echo)
     own = workdir is None and shards is None  # generated photos in a folder of our own
+    ctx = Context.create(device)  # first: a bad device leaves no folder behind
     work = Path(workdir or tempfile.mkdtemp(prefix="wsml-bench-train-"))
-    root = shards or str(make_bench_set(work, images, val_frac=0.1))
-    ctx = Context.create(device)
+    try:
+        root = shards or str(make_bench_set(work, images, val_frac=0.1))
+    except BaseException:
+        ctx.close()
+        if own:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     echo(f"end to end on {root} ({open_shard_set(root).split('train')['num_samples']} train "
          f"images), batch {batch_size}, {steps} timed steps after {warmup}, device {ctx.device}"
          f"{', compiled' if compile else ''}")  # fmt: skip
@@ -347,7 +353,7 @@ def run_e2e_bench(
             if data.steps_per_epoch < 1:
                 raise WsmlError(f"{root} has fewer training images than a batch of {batch_size}")
             run = assemble(config, resolved, None, data, info, mcfg, ctx, model=model)
-            run.net = ctx.wrap(torch.compile(run.model) if compile else run.model)
+            run.net = ctx.wrap(run.model, compile=compile)
             run.model.train()
             run.method.train()
             wait = busy = 0.0

@@ -114,13 +114,13 @@ def prepare(config: RunConfig, ctx: Context) -> Run:
         text = torch.from_numpy(read_clip_text(ss, config.clip, info.name)).float()
     run = assemble(config, resolved, folder, data, info, mcfg, ctx, model=model, text=text)
     if saved is not None:
-        restore(run, folder.load_checkpoint(device=ctx.device))
+        restore(run, folder.load_checkpoint())
         if ctx.is_main:
             folder.keep_metrics(run.state.epoch)
     elif ctx.is_main:
         folder.start(resolved)
     ctx.barrier()
-    run.net = ctx.wrap(torch.compile(run.model) if config.compile else run.model)
+    run.net = ctx.wrap(run.model, compile=config.compile)
     return run
 
 

@@ -133,6 +133,12 @@ def split_options(
     return method, run
 
 
+def get_device(config: RunConfig) -> str:
+    """The device the run asks for, ``-o device=`` over ``--device``: the process context is
+    created before the options are resolved and must already honour it."""
+    return config.method_options.get("device", config.device)
+
+
 def with_run_options(config: RunConfig, options: Mapping[str, str]) -> RunConfig:
     """``config`` with run options given as strings (from ``-o``) converted to field types."""
     types = {f.name: f.type for f in dataclasses.fields(RunConfig)}

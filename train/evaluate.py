@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pipelines.distributed import gather_cat
 from shards.errors import WsmlError
 from train import metrics
 from train.context import Context, evaluating
-from train.methods import gather_cat
 
 
 def predict(
@@ -25,9 +25,10 @@ def predict(
     gather: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """(rows, probabilities) of a whole split in row order: sigmoid of the logits, float32, on
-    the CPU; with ``gather=False`` only this rank's share (for a method that gathers itself)."""
+    the CPU; with ``gather=False`` only this rank's share (for a method that gathers itself).
+    Full precision, never autocast: bf16 logits would tie thousands of scores and move mAP."""
     rows, probs = [], []
-    with evaluating(model), ctx.autocast():
+    with evaluating(model):
         for batch in batches:
             keep = batch["valid"]
             logits = model(batch["input"])

@@ -13,10 +13,10 @@ import time
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
+from pipelines.distributed import all_reduce_mean
 from train.build import Run, prepare
-from train.config import RunConfig
+from train.config import RunConfig, get_device
 from train.context import Context, cpu_threads
 from train.evaluate import epoch_record, evaluate_splits, predict, selected_summary
 from train.runfolder import Scalars, json_safe
@@ -24,7 +24,7 @@ from train.runfolder import Scalars, json_safe
 
 def train(config: RunConfig) -> dict[str, Any]:
     """Train (or resume) the run ``config`` describes; returns its summary."""
-    ctx = Context.create(config.device, config.progress)
+    ctx = Context.create(get_device(config), config.progress)
     try:
         if config.sweep:
             from train.sweep import train_sweep
@@ -94,19 +94,20 @@ def train_epoch(run: Run, ctx: Context, epoch: int) -> dict[str, float]:
             train_step(run, ctx, next(batches), epoch, totals)
             bar.update()
     bar.close()
+    method.flush_checks()  # finiteness checks a GPU run defers
     names = sorted(totals)
     means = torch.stack([totals[k] for k in names]).cpu() / max(1, steps) if names else None
-    if means is not None and ctx.world_size > 1:
-        means = means.to(ctx.device)
-        dist.all_reduce(means)
-        means = means.cpu() / ctx.world_size
+    if means is not None:
+        means = all_reduce_mean(means, ctx.device)
     return {k: float(v) for k, v in zip(names, means.tolist() if names else [], strict=True)}
 
 
 def train_step(run: Run, ctx: Context, batch, epoch: int, totals: dict) -> None:
     step, opt = run.state.step, run.optimizer
     run.schedule.apply(opt.param_groups, step)
-    out = run.method.training_step(run.net, batch, epoch=epoch, step=step, autocast=ctx.autocast)
+    out = run.method.training_step(
+        run.net, batch, epoch=epoch, step=step, autocast=ctx.step_autocast(run.config.setting)
+    )
     opt.zero_grad(set_to_none=True)
     out["loss"].backward()
     run.method.after_backward()

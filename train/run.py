@@ -7,7 +7,6 @@ runs/x`` continues a run without repeating its options (options given must match
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -51,11 +50,8 @@ def build_run_config(
     return RunConfig(**values, method_options=method_opts)
 
 
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def run_train(config: RunConfig, echo: Callable[[str], None]) -> dict[str, Any]:
+    from pipelines.distributed import is_main_process
     from train.loop import train
 
     summary = train(config)

@@ -317,6 +317,7 @@ def end_group_epoch(group: Group, data: FeatureData, epoch: int) -> None:
         steps = max(1, data.num_rows("train") // m.cfg.batch_size)
         m.logged = {k: float(v) / steps for k, v in m.totals.items()}
     method = group.method
+    method.flush_checks()
     predictions = None
     if method.wants_epoch_pass(epoch):
         probs = member_probs([group.head(i) for i in range(group.size)], data, "train")

@@ -49,11 +49,11 @@ import sys
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
 from models.oass import create_oass_model, normalise_cam
+from pipelines.distributed import get_rank, get_world_size
 from pipelines.sharding import num_batches
 from shards.errors import WsmlError
 from train.methods import Method, MethodConfig, MethodInfo, register_method
@@ -264,7 +264,7 @@ def teacher_decay(step: int, cap: float) -> float:
 
 def run_steps(num_rows: int, cfg: MethodConfig) -> int:
     """The run's optimiser steps, by the loader's formula (train/data.py ImageData)."""
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    world = get_world_size()
     per_epoch = num_batches(num_rows, max(1, cfg.batch_size // world), world, train=True)
     return cfg.epochs * per_epoch
 
@@ -282,7 +282,7 @@ class Oass(Method):
         self.teacher = None
         self._pairs: list[tuple[Tensor, Tensor]] = []  # (teacher, student) parameters
         self.register_buffer("teacher_steps", torch.zeros((), dtype=torch.int64))
-        main = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+        main = get_rank() == 0
         if observed is not None and bool((observed == 0).any()) and main:
             print(
                 "notice: oass trains on full labels in its paper; here unknown labels count as "
@@ -304,9 +304,11 @@ class Oass(Method):
     def after_step(self) -> None:
         if not self._pairs:
             return
-        decay = teacher_decay(int(self.teacher_steps), self.config.teacher_decay)
+        # teacher_decay in float64 on the device (the same bits, no host sync per step)
+        steps = self.teacher_steps.double()
+        decay = torch.clamp(1.0 - 1.0 / (steps + 1), max=self.config.teacher_decay)
         teacher, student = zip(*self._pairs, strict=True)
-        torch._foreach_lerp_(list(teacher), list(student), 1.0 - decay)
+        torch._foreach_lerp_(list(teacher), list(student), (1.0 - decay).float())
         self.teacher_steps += 1
 
     def training_step(self, net, batch, *, epoch, step, autocast):
@@ -329,7 +331,7 @@ class Oass(Method):
             out = net(x, crops=crops, with_cam=True)
         cuts = planned["cuts"]
         logits, cam = out["logits"].float(), out["cam"].float()
-        self._check_batch(logits, batch)
+        self._check_batch(logits, batch, epoch, step)
         class_loss = mlsml(logits, positive.float())
         p_class = re = torch.zeros((), device=x.device)
         if len(cuts.image):
