@@ -44,9 +44,11 @@ def create_dali_pipeline(
     shuffle_buffer: int,
     hw_decoder_load: float = 0.65,
     prefetch: int = 2,
+    stick_to_shard: bool = False,
 ):
-    """One rank's pipeline for one epoch; ``device_id=None`` runs every operator on the CPU.
-    Without a ``preset`` it ends after decoding (the split CPU graph)."""
+    """One rank's pipeline; ``device_id=None`` runs every operator on the CPU. Without a
+    ``preset`` it ends after decoding (the split CPU graph). ``stick_to_shard`` keeps the reader
+    on ``shard_id`` epoch after epoch (a pipeline reused across epochs)."""
     from nvidia.dali import fn, pipeline_def, types
 
     gpu = device_id is not None
@@ -71,6 +73,7 @@ def create_dali_pipeline(
             random_shuffle=train,
             initial_fill=max(1, shuffle_buffer),
             pad_last_batch=True,
+            stick_to_shard=stick_to_shard,
             name="reader",
         )
         if gpu:  # fancy upsampling: the CPU decoder's chroma, so both give the same pixels
@@ -91,16 +94,24 @@ def create_dali_pipeline(
     return graph()
 
 
-def iterate_dali(pipe, steps: int, where: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def iterate_dali(
+    pipe, steps: int, where: str, kept: dict | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``steps`` batches of (images, rows); the reader's own padding and epoch wrap are never
-    trusted: the caller masks samples beyond the rank's share."""
+    trusted: the caller masks samples beyond the rank's share. ``kept`` holds the iterator of
+    a pipeline read again next epoch (its reader's epoch must be exactly ``steps`` batches)."""
     from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
+    kept = {} if kept is None else kept
     if steps == 0:
         return
-    build_dali(pipe, where)
     try:
-        it = DALIGenericIterator(pipe, ["image", "row"], size=-1, auto_reset=False)
+        if kept.get("it") is None:
+            build_dali(pipe, where)
+            # size=-1: the iterator never ends an epoch itself; the reader (pad_last_batch)
+            # starts its next epoch right after the last batch of this one
+            kept["it"] = DALIGenericIterator(pipe, ["image", "row"], size=-1, auto_reset=False)
+        it = kept["it"]
         for _ in range(steps):
             (out,) = next(it)
             yield out["image"], out["row"].reshape(-1)
@@ -142,12 +153,16 @@ def normalize(images, preset: Preset, **kwargs):
 
 
 def iterate_dali_split(
-    decode, normalize, preset: Preset, train: bool, rng: np.random.Generator, steps: int, where: str
+    decode, normalize, preset: Preset, train: bool, rng, steps: int, where: str, kept=None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``steps`` batches from the split CPU graph: DALI decodes, torchvision resizes on the
-    decoded pixels in place (a channels-last view, no copy), DALI normalises."""
-    build_dali(decode, where)
-    build_dali(normalize, where)
+    decoded pixels in place (a channels-last view, no copy), DALI normalises. ``kept`` marks
+    pipelines already built (read again epoch after epoch)."""
+    kept = {} if kept is None else kept
+    if not kept.get("built"):
+        build_dali(decode, where)
+        build_dali(normalize, where)
+        kept["built"] = True
     try:
         for _ in range(steps):
             images, rows = decode.run()

@@ -178,3 +178,30 @@ def test_image_data_keeps_one_copy_of_the_training_labels(shards):
     )
     assert data.loaders["eval-train"].table is data.loaders["train"].table
     assert not use_fixed_size_cuda(ctx.device) and not torch.backends.cudnn.benchmark
+
+
+@pytest.mark.parametrize("cpu_resize", ["torch", "dali"])  # split CPU graph; DALI's iterator
+@pytest.mark.parametrize(("world", "batch"), [(1, 4), (2, 3)])
+def test_an_eval_loader_builds_its_dali_graph_once(tmp_path_factory, cpu_resize, world, batch):
+    """Epoch after epoch the same rows and pixels; the graph is reused where the rank's reader
+    epoch is the loader's (world 2, batch 3: rank 0 reads 9 rows in 4 batches, so it rebuilds)."""
+    pytest.importorskip("nvidia.dali")
+    from pipelines.loader import create_loader
+    from tests.pipelines_data import TINY_PRESET
+
+    root = get_shard_set(tmp_path_factory)
+    for rank in range(world):
+        ldr = create_loader(
+            root, "test", regime="full", batch_size=batch, preset=TINY_PRESET, rank=rank,
+            world_size=world, backend="dali", num_threads=1, cpu_resize=cpu_resize,
+        )  # fmt: skip
+        epochs, pipes = [], []
+        for epoch in range(3):
+            ldr.set_epoch(epoch)
+            epochs.append([(b["row"].tolist(), b["valid"].tolist(), b["image"]) for b in ldr])
+            pipes.append(ldr.kept.get("pipe"))
+        for later in epochs[1:]:
+            assert [b[:2] for b in later] == [b[:2] for b in epochs[0]]
+            assert all(torch.equal(a[2], b[2]) for a, b in zip(later, epochs[0], strict=True))
+        reused = not (world == 2 and rank == 0)
+        assert (pipes[0] is not None and pipes[0] is pipes[1] is pipes[2]) == reused
