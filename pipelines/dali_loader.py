@@ -12,6 +12,7 @@ keeps the whole graph in DALI, exactly as it runs on a GPU.
 from __future__ import annotations
 
 import importlib.util
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,10 +108,12 @@ def iterate_dali(
         return
     try:
         if kept.get("it") is None:
+            t0 = time.perf_counter()
             build_dali(pipe, where)
             # size=-1: the iterator never ends an epoch itself; the reader (pad_last_batch)
             # starts its next epoch right after the last batch of this one
             kept["it"] = DALIGenericIterator(pipe, ["image", "row"], size=-1, auto_reset=False)
+            kept["build_s"] = time.perf_counter() - t0  # with the first batches it prefetches
         it = kept["it"]
         for _ in range(steps):
             (out,) = next(it)
@@ -160,8 +163,7 @@ def iterate_dali_split(
     pipelines already built (read again epoch after epoch)."""
     kept = {} if kept is None else kept
     if not kept.get("built"):
-        build_dali(decode, where)
-        build_dali(normalize, where)
+        kept["build_s"] = build_dali(decode, where) + build_dali(normalize, where)
         kept["built"] = True
     try:
         for _ in range(steps):
@@ -183,11 +185,13 @@ def iterate_dali_split(
         raise WsmlError(f"DALI failed reading {where}: {_first_line(e)}") from e
 
 
-def build_dali(pipe, where: str) -> None:
+def build_dali(pipe, where: str) -> float:
     """Build a pipeline, naming the build (DALI's environment, codec or device) when it fails,
-    so a broken installation is not reported as a broken shard set."""
+    so a broken installation is not reported as a broken shard set. Returns its seconds."""
+    t0 = time.perf_counter()
     try:
         pipe.build()
+        return time.perf_counter() - t0
     except RuntimeError as e:
         raise WsmlError(
             f"DALI could not build its pipeline for {where} (DALI's installation, CUDA device or "

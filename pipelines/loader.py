@@ -61,6 +61,7 @@ class Loader:
     epoch: int = 0
     counts: list[int] = field(default_factory=list)
     kept: dict = field(default_factory=dict, repr=False, compare=False)  # a reused DALI graph
+    build_seconds: list[float] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def num_samples(self) -> int:
@@ -160,6 +161,7 @@ class Loader:
             )
         else:
             yield from dl.iterate_dali(kept["pipe"], steps, where, kept)
+        self.build_seconds.append(kept.pop("build_s", 0.0))  # 0: the graph was reused
         kept["clean"] = reuse
 
     def _dali_graph(self, shard: int, seed: int, buffer: int, stick: bool) -> dict:
