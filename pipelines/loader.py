@@ -156,12 +156,15 @@ class Loader:
         kept["clean"] = False
         if kept["norm"] is not None:
             rng = np.random.default_rng(seed)
-            yield from dl.iterate_dali_split(
+            batches = dl.iterate_dali_split(
                 kept["pipe"], kept["norm"], self.preset, self.train, rng, steps, where, kept
             )
         else:
-            yield from dl.iterate_dali(kept["pipe"], steps, where, kept)
-        self.build_seconds.append(kept.pop("build_s", 0.0))  # 0: the graph was reused
+            batches = dl.iterate_dali(kept["pipe"], steps, where, kept)
+        for i, batch in enumerate(batches):
+            if i == 0:  # built (or not: 0 s) by now
+                self.build_seconds.append(kept.pop("build_s", 0.0))
+            yield batch
         kept["clean"] = reuse
 
     def _dali_graph(self, shard: int, seed: int, buffer: int, stick: bool) -> dict:

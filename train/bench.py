@@ -320,21 +320,15 @@ def run_e2e_bench(
     own = workdir is None and shards is None  # generated photos in a folder of our own
     ctx = Context.create(device)  # first: a bad device leaves no folder behind
     work = Path(workdir or tempfile.mkdtemp(prefix="wsml-bench-train-"))
-    try:
-        root = shards or str(make_bench_set(work, images, val_frac=0.1))
-    except BaseException:
-        ctx.close()
-        if own:
-            shutil.rmtree(work, ignore_errors=True)
-        raise
-    echo(f"end to end on {root} ({open_shard_set(root).split('train')['num_samples']} train "
-         f"images), batch {batch_size}, {steps} timed steps after {warmup}, device {ctx.device}"
-         f"{', compiled' if compile else ''}")  # fmt: skip
-    echo(f"{'method':<8} {'backbone':<18} {'preset':<10} {'images/s':>9} {'ms/step':>8} "
-         f"{'data wait':>10}")  # fmt: skip
     out = {}
     cuda = ctx.device.type == "cuda"
     try:
+        root = shards or str(make_bench_set(work, images, val_frac=0.1))
+        echo(f"end to end on {root} ({open_shard_set(root).split('train')['num_samples']} "
+             f"train images), batch {batch_size}, {steps} timed steps after {warmup}, device "
+             f"{ctx.device}{', compiled' if compile else ''}")  # fmt: skip
+        echo(f"{'method':<8} {'backbone':<18} {'preset':<10} {'images/s':>9} {'ms/step':>8} "
+             f"{'data wait':>10}")  # fmt: skip
         for method in methods:
             opts = {**(method_options or {}), "batch_size": str(batch_size)}
             config = RunConfig(
@@ -383,11 +377,14 @@ def run_e2e_bench(
                 "images_per_s": steps * batch_size / total,
                 "ms_per_step": 1e3 * total / steps,
                 "data_wait": wait / total,
+                # DALI rebuilds a training graph per epoch; the first build is in the warm-up
+                "build_s": sum(getattr(data.loader, "build_seconds", [])[1:]),
             }
             out[method] = r
             echo(
                 f"{method:<8} {config.backbone:<18} {(config.preset if not image_size else f'center{image_size}'):<10} "
                 f"{r['images_per_s']:>9.1f} {r['ms_per_step']:>8.1f} {100 * r['data_wait']:>9.1f}%"
+                + (f" (of it {r['build_s']:.2f} s DALI builds)" if r["build_s"] else "")
             )
     finally:
         ctx.close()
