@@ -21,16 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.cache_run import (
-    DEFAULT_CHUNK,
-    CacheOptions,
-    DistContext,
-    Encoder,
-    Progress,
-    autocast,
-    run_cache,
-    seeded,
-)
+from models.cache_run import DEFAULT_CHUNK, CacheOptions, Encoder, Progress, run_cache
 from models.clip import (
     DEFAULT_TEMPLATES,
     ClipPreprocess,
@@ -39,6 +30,7 @@ from models.clip import (
     readable_class_name,
 )
 from models.weights import NO_WEIGHTS
+from pipelines.distributed import DistContext, autocast, seeded
 from pipelines.presets import PRESETS, Preset, center_crop_preset, get_preset
 from shards.embeddings import make_tag
 from shards.errors import WsmlError
@@ -82,7 +74,7 @@ def cache_clip(
     opts.check(ss)
     templates = tuple(templates or DEFAULT_TEMPLATES)
     check_templates(templates)
-    ctx = DistContext.from_env(device)
+    ctx = DistContext.create(device)
     try:
         encoder = create_clip_encoder(
             model,
@@ -115,7 +107,7 @@ def cache_features(
     opts = CacheOptions(**options)
     opts.check(ss)
     _check_preset(preset, image_size)
-    ctx = DistContext.from_env(device)
+    ctx = DistContext.create(device)
     try:
         encoder = create_feature_encoder(
             backbone,
@@ -169,20 +161,24 @@ def create_clip_encoder(
             "ensemble": "mean of the L2-normalised template embeddings, L2-normalised",
         },
     }
+    dev = torch.device(device)
+    dtype = torch.float16 if dev.type == "cuda" else None  # one precision for images and texts
     record = {
         "weights_source": prov.source,
         "open_clip_version": prov.open_clip_version,
         "torch_version": torch.__version__,
+        "precision": precision_name(dtype, "images and class texts"),
     }
     model = clip.model
 
     def encode(images: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), autocast(images.device):
+        with torch.inference_mode(), autocast(dev, dtype):
             x = model.encode_image(images)
         return F.normalize(x.float(), dim=-1).cpu()
 
     def text() -> np.ndarray:
-        return encode_class_texts(model, clip.tokenizer, classnames, templates).numpy()
+        with torch.inference_mode(), autocast(dev, dtype):
+            return encode_class_texts(model, clip.tokenizer, classnames, templates).numpy()
 
     tag = make_tag(model_name, weights.get(prov.pretrained, prov.pretrained))
     return Encoder("clip", tag, preset, dim, identity, record, encode, text)
@@ -229,14 +225,17 @@ def create_feature_encoder(
         "normalized": normalize,
         "dim": info.feature_dim,
     }
+    dev = torch.device(device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else None
     record = {
         "weights_source": info.weights,
         "timm_version": timm.__version__,
         "torch_version": torch.__version__,
+        "precision": precision_name(dtype, "features"),
     }
 
     def encode(images: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), autocast(images.device):
+        with torch.inference_mode(), autocast(dev, dtype):
             x = model(images.contiguous(memory_format=torch.channels_last))
         x = x.float()
         return (F.normalize(x, dim=-1) if normalize else x).cpu()
@@ -244,6 +243,14 @@ def create_feature_encoder(
     wpart = f"file-{info.weights_sha256[:12]}" if pretrained == "file" else pretrained
     tag = make_tag(backbone, wpart, p.name, "l2" if normalize else "")
     return Encoder("features", tag, p, info.feature_dim, identity, record, encode)
+
+
+def precision_name(dtype: torch.dtype | None, what: str) -> str:
+    """How an encoder computed, for meta.json: CLIP in fp16 autocast on GPUs as CLIP's releases
+    do (bf16's coarser mantissa moves VLPL's 100x cosines), the same for its class texts."""
+    if dtype is None:
+        return f"float32 ({what})"
+    return f"{str(dtype).removeprefix('torch.')} autocast ({what}), float32 outputs"
 
 
 def clip_preset(pre: ClipPreprocess) -> Preset:

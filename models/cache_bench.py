@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from models.cache import create_clip_encoder
-from models.cache_run import CacheOptions, DistContext, Encoder, run_cache
+from models.cache_run import CacheOptions, Encoder, run_cache
+from pipelines.distributed import DistContext
 from pipelines.loader import choose_backend, create_loader, default_threads
 from shards import embeddings as emb
 from shards.benchkit import time_epochs
@@ -45,8 +46,8 @@ def run_cache_clip_bench(
     from shards.benchkit import machine_info
 
     own = workdir is None and shards is None
+    ctx = DistContext.create(device)  # first: a bad device leaves no temp folder behind
     work = Path(tempfile.mkdtemp(prefix="wsml-bench-clip-")) if own else Path(workdir or ".")
-    ctx = DistContext.from_env(device)
     backend = choose_backend(backend)
     try:
         ss = open_shard_set(shards or create_bench_set(work, images))

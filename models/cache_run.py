@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipelines.distributed import DistContext
 from pipelines.loader import choose_backend, create_loader, default_threads
 from pipelines.presets import Preset
 from pipelines.sharding import shard_range
@@ -66,111 +67,6 @@ class CacheOptions:
         for split in self.splits or ():
             ss.split(split)
         choose_backend(self.backend)
-
-
-# ---- processes ----
-
-
-@dataclass(frozen=True)
-class DistContext:
-    """This process among those writing one cache: torchrun's ranks, or one process alone."""
-
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = torch.device("cpu")
-    owned: bool = False  # this module started the process group, and ends it
-
-    @classmethod
-    def from_env(cls, device: str | torch.device = "auto") -> DistContext:
-        """Joins the process group torchrun's environment describes (gloo on CPU, nccl on GPU),
-        starting it if nobody has; ``device`` auto is the rank's GPU if there is one."""
-        import torch.distributed as dist
-
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        dev = pick_device(device, local)
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        owned = False
-        wanted = int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available()
-        if wanted and not dist.is_initialized():
-            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-            owned = True
-        if dist.is_available() and dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size(), dev, owned)
-        return cls(0, 1, dev)
-
-    def close(self) -> None:
-        if self.owned:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-    def on_zero(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` on rank 0 and hand its result, or its failure, to every rank."""
-        box: list = [None, None]
-        err = None
-        if self.rank == 0:
-            try:
-                box[0] = fn()
-            except Exception as e:  # every rank must learn of it, or the others wait forever
-                err, box[1] = e, _describe(e)
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.broadcast_object_list(box, src=0)
-        if err is not None:
-            raise err
-        if box[1] is not None:
-            raise WsmlError(f"rank 0 failed: {box[1]}")
-        return box[0]
-
-    def on_all(self, fn: Callable[[], Any]) -> list:
-        """Run ``fn`` on every rank; every rank raises if one failed. Returns every result."""
-        mine, err = None, None
-        try:
-            mine = fn()
-        except Exception as e:
-            err = e
-        out = [(mine, None if err is None else _describe(err))]
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            out = [None] * self.world_size
-            dist.all_gather_object(out, (mine, None if err is None else _describe(err)))
-        if err is not None:
-            raise err
-        for rank, (_, message) in enumerate(out):
-            if message is not None:
-                raise WsmlError(f"rank {rank} failed: {message}")
-        return [r for r, _ in out]
-
-
-def pick_device(device: str | torch.device, local_rank: int = 0) -> torch.device:
-    if str(device) == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise WsmlError(f"--device {device}: CUDA is not available here; use --device cpu")
-    return torch.device("cuda", local_rank) if dev.type == "cuda" and dev.index is None else dev
-
-
-def _describe(e: BaseException) -> str:
-    return str(e) if isinstance(e, WsmlError) else f"{type(e).__name__}: {e}"
-
-
-@contextlib.contextmanager
-def seeded(seed: int):
-    """Random initialisation that is the same in every process (ranks, resumed runs)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; full precision on the CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 # ---- the plan, the settings and the run ----
@@ -229,7 +125,6 @@ def run_cache(
             "chunk_size": opts.chunk_size,
             "world_size": ctx.world_size,
             "device": ctx.device.type,
-            "compute": "bfloat16 autocast" if ctx.device.type == "cuda" else "float32",
         }
         ctx.on_zero(lambda: _finish(ss, encoder, folder, settings, produced))
     images = sum(counts)

@@ -126,9 +126,17 @@ class PromptTextEncoder(nn.Module):
             return (tokens == self.eos_id).int().argmax(dim=-1)
         return tokens.argmax(dim=-1)
 
-    def forward(self, embeds: Tensor, tokens: Tensor) -> Tensor:  # (N, T, W), (N, T) -> (N, D)
+    def used_length(self, tokens: Tensor) -> int:
+        """Positions up to the last pooled token: the rest cannot change a causal tower's output."""
+        return int(self.pooled_index(tokens).max()) + 1
+
+    def forward(
+        self, embeds: Tensor, tokens: Tensor, length: int | None = None
+    ) -> Tensor:  # (N, T, W), (N, T) -> (N, D)
+        """``length``: ``used_length(tokens)`` computed once for fixed prompts (no host sync, no
+        graph break per step); measured here when not given."""
         idx = self.pooled_index(tokens)
-        n = int(idx.max()) + 1
+        n = self.used_length(tokens) if length is None else length
         dtype = self.transformer.get_cast_dtype()
         x = embeds[:, :n].to(dtype) + self.positional_embedding[:n].to(dtype)
         x = self.ln_final(self.transformer(x, attn_mask=self.attn_mask[:n, :n]))
@@ -176,6 +184,10 @@ class HspNet(nn.Module):
         self.register_buffer("parent_index", index)  # (L,)
         self.register_buffer("parent_tokens", tokenizer([PARENT_PROMPT.format(g) for g in parents]))
         self.register_buffer("child_tokens", _child_tokens(tokenizer, classes, n_ctx))
+        self.lengths = (
+            self.text.used_length(self.parent_tokens),
+            self.text.used_length(self.child_tokens),
+        )  # the fixed prompts' used positions, measured once on the host
         plain = tokenizer([PARENT_PROMPT.format(c) for c in [*classes, *parents]])
         with torch.no_grad():
             t = F.normalize(self.text(self.text.token_embedding(plain), plain).float(), dim=-1)
@@ -187,13 +199,13 @@ class HspNet(nn.Module):
     def class_features(self) -> Tensor:  # (L, D), unit norm
         with torch.no_grad():  # fixed prompts through the frozen tower: a constant
             tokens = self.parent_tokens
-            parent = self.text(self.text.token_embedding(tokens), tokens)
+            parent = self.text(self.text.token_embedding(tokens), tokens, self.lengths[0])
         parent = self.gcn(parent, self.parent_adj)  # (G, D)
         ctx = self.meta_net(parent).view(len(parent), self.n_ctx, -1)[self.parent_index]
         tokens = self.child_tokens
         emb = self.text.token_embedding(tokens)  # (L, T, W)
         emb = torch.cat([emb[:, :1], ctx.to(emb.dtype), emb[:, 1 + self.n_ctx :]], dim=1)
-        child = self.gcn(self.text(emb, tokens), self.child_adj)
+        child = self.gcn(self.text(emb, tokens, self.lengths[1]), self.child_adj)
         return F.normalize(child, dim=-1)
 
     def forward(self, images: Tensor) -> Tensor:  # (N, 3, H, W) -> (N, L)

@@ -12,6 +12,7 @@ keeps the whole graph in DALI, exactly as it runs on a GPU.
 from __future__ import annotations
 
 import importlib.util
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,9 +45,11 @@ def create_dali_pipeline(
     shuffle_buffer: int,
     hw_decoder_load: float = 0.65,
     prefetch: int = 2,
+    stick_to_shard: bool = False,
 ):
-    """One rank's pipeline for one epoch; ``device_id=None`` runs every operator on the CPU.
-    Without a ``preset`` it ends after decoding (the split CPU graph)."""
+    """One rank's pipeline; ``device_id=None`` runs every operator on the CPU. Without a
+    ``preset`` it ends after decoding (the split CPU graph). ``stick_to_shard`` keeps the reader
+    on ``shard_id`` epoch after epoch (a pipeline reused across epochs)."""
     from nvidia.dali import fn, pipeline_def, types
 
     gpu = device_id is not None
@@ -71,11 +74,16 @@ def create_dali_pipeline(
             random_shuffle=train,
             initial_fill=max(1, shuffle_buffer),
             pad_last_batch=True,
+            stick_to_shard=stick_to_shard,
             name="reader",
         )
-        if gpu:
+        if gpu:  # fancy upsampling: the CPU decoder's chroma, so both give the same pixels
             images = fn.decoders.image(
-                jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=hw_decoder_load
+                jpegs,
+                device="mixed",
+                output_type=types.RGB,
+                hw_decoder_load=hw_decoder_load,
+                jpeg_fancy_upsampling=True,
             )
         else:
             images = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
@@ -87,15 +95,26 @@ def create_dali_pipeline(
     return graph()
 
 
-def iterate_dali(pipe, steps: int, where: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def iterate_dali(
+    pipe, steps: int, where: str, kept: dict | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``steps`` batches of (images, rows); the reader's own padding and epoch wrap are never
-    trusted: the caller masks samples beyond the rank's share."""
+    trusted: the caller masks samples beyond the rank's share. ``kept`` holds the iterator of
+    a pipeline read again next epoch (its reader's epoch must be exactly ``steps`` batches)."""
     from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
+    kept = {} if kept is None else kept
     if steps == 0:
         return
     try:
-        it = DALIGenericIterator(pipe, ["image", "row"], size=-1, auto_reset=False)
+        if kept.get("it") is None:
+            t0 = time.perf_counter()
+            build_dali(pipe, where)
+            # size=-1: the iterator never ends an epoch itself; the reader (pad_last_batch)
+            # starts its next epoch right after the last batch of this one
+            kept["it"] = DALIGenericIterator(pipe, ["image", "row"], size=-1, auto_reset=False)
+            kept["build_s"] = time.perf_counter() - t0  # with the first batches it prefetches
+        it = kept["it"]
         for _ in range(steps):
             (out,) = next(it)
             yield out["image"], out["row"].reshape(-1)
@@ -137,13 +156,16 @@ def normalize(images, preset: Preset, **kwargs):
 
 
 def iterate_dali_split(
-    decode, normalize, preset: Preset, train: bool, rng: np.random.Generator, steps: int, where: str
+    decode, normalize, preset: Preset, train: bool, rng, steps: int, where: str, kept=None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``steps`` batches from the split CPU graph: DALI decodes, torchvision resizes on the
-    decoded pixels in place (a channels-last view, no copy), DALI normalises."""
+    decoded pixels in place (a channels-last view, no copy), DALI normalises. ``kept`` marks
+    pipelines already built (read again epoch after epoch)."""
+    kept = {} if kept is None else kept
+    if not kept.get("built"):
+        kept["build_s"] = build_dali(decode, where) + build_dali(normalize, where)
+        kept["built"] = True
     try:
-        decode.build()
-        normalize.build()
         for _ in range(steps):
             images, rows = decode.run()
             out, mirror = [], []
@@ -161,6 +183,20 @@ def iterate_dali_split(
             )
     except RuntimeError as e:
         raise WsmlError(f"DALI failed reading {where}: {_first_line(e)}") from e
+
+
+def build_dali(pipe, where: str) -> float:
+    """Build a pipeline, naming the build (DALI's environment, codec or device) when it fails,
+    so a broken installation is not reported as a broken shard set. Returns its seconds."""
+    t0 = time.perf_counter()
+    try:
+        pipe.build()
+        return time.perf_counter() - t0
+    except RuntimeError as e:
+        raise WsmlError(
+            f"DALI could not build its pipeline for {where} (DALI's installation, CUDA device or "
+            f"codec, not the shards): {_first_line(e)}; --loader torch avoids DALI"
+        ) from e
 
 
 def _to_torch(batch, pipe) -> torch.Tensor:

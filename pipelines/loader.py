@@ -60,6 +60,8 @@ class Loader:
     cpu_resize: str = "torch"
     epoch: int = 0
     counts: list[int] = field(default_factory=list)
+    kept: dict = field(default_factory=dict, repr=False, compare=False)  # a reused DALI graph
+    build_seconds: list[float] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def num_samples(self) -> int:
@@ -110,39 +112,13 @@ class Loader:
 
     def _raw(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         ss, steps = self.shard_set, len(self)
-        tars, indexes = ss.shard_paths(self.split), ss.index_paths(self.split)
+        tars = ss.shard_paths(self.split)
         shard = sharding.shard_of(self.rank, self.world_size, self.epoch, self.train)
         seed = sharding.epoch_seed(self.seed, self.epoch, self.rank)
         start, end = self.share()
         buffer = min(self.shuffle_buffer, max(1, end - start))
         if self.backend == "dali":
-            from pipelines import dali_loader as dl
-
-            gpu = self.device.type == "cuda"
-            split_graph = not gpu and self.cpu_resize == "torch"
-            pipe = dl.create_dali_pipeline(
-                tars,
-                indexes,
-                preset=None if split_graph else self.preset,
-                train=self.train,
-                batch_size=self.batch_size,
-                shard_id=shard,
-                num_shards=self.world_size,
-                seed=seed,
-                num_threads=self.num_threads,
-                device_id=_cuda_index(self.device) if gpu else None,
-                shuffle_buffer=buffer if self.train else 1,
-                hw_decoder_load=self.hw_decoder_load,
-            )
-            where = f"split {self.split} of {ss.root}"
-            if split_graph:
-                norm = dl.create_normalize_pipeline(self.preset, self.batch_size, self.num_threads)
-                rng = np.random.default_rng(seed)
-                yield from dl.iterate_dali_split(
-                    pipe, norm, self.preset, self.train, rng, steps, where
-                )
-            else:
-                yield from dl.iterate_dali(pipe, steps, where)
+            yield from self._dali(shard, seed, buffer, steps)
             return
         from pipelines.torch_loader import ShareReader, iterate_torch
 
@@ -157,7 +133,66 @@ class Loader:
             seed=seed,
             shuffle_buffer=buffer,
         )
-        yield from iterate_torch(reader, num_workers=self.num_threads, steps=steps)
+        pinned = self.device.type == "cuda"
+        yield from iterate_torch(
+            reader, num_workers=self.num_threads, steps=steps, pin_memory=pinned
+        )
+
+    def _dali(self, shard: int, seed: int, buffer: int, steps: int):
+        """DALI's batches. An eval loader whose epoch is exactly its reader's builds its graph
+        once and reads it epoch after epoch (same shard, nothing random; the reader sticks to
+        it); training rebuilds per epoch, from (seed, epoch, rank), so a resumed run sees the
+        same data (DALI's reader cannot take a new seed or shard)."""
+        from pipelines import dali_loader as dl
+
+        ss = self.shard_set
+        start, end = self.share()
+        reuse = not self.train and steps == -(-(end - start) // self.batch_size)
+        where = f"split {self.split} of {ss.root}"
+        kept = self.kept if reuse and self.kept.get("shard") == shard else {}
+        if not kept.get("clean"):  # none yet, or the last epoch was left unfinished
+            kept = {"shard": shard, **self._dali_graph(shard, seed, buffer, reuse)}
+        self.kept = kept if reuse else {}
+        kept["clean"] = False
+        if kept["norm"] is not None:
+            rng = np.random.default_rng(seed)
+            batches = dl.iterate_dali_split(
+                kept["pipe"], kept["norm"], self.preset, self.train, rng, steps, where, kept
+            )
+        else:
+            batches = dl.iterate_dali(kept["pipe"], steps, where, kept)
+        for i, batch in enumerate(batches):
+            if i == 0:  # built (or not: 0 s) by now
+                self.build_seconds.append(kept.pop("build_s", 0.0))
+            yield batch
+        kept["clean"] = reuse
+
+    def _dali_graph(self, shard: int, seed: int, buffer: int, stick: bool) -> dict:
+        """DALI's pipeline (and, for the split CPU graph, its normalize pipeline), unbuilt."""
+        from pipelines import dali_loader as dl
+
+        ss = self.shard_set
+        gpu = self.device.type == "cuda"
+        split_graph = not gpu and self.cpu_resize == "torch"
+        pipe = dl.create_dali_pipeline(
+            ss.shard_paths(self.split),
+            ss.index_paths(self.split),
+            preset=None if split_graph else self.preset,
+            train=self.train,
+            batch_size=self.batch_size,
+            shard_id=shard,
+            num_shards=self.world_size,
+            seed=seed,
+            num_threads=self.num_threads,
+            device_id=_cuda_index(self.device) if gpu else None,
+            shuffle_buffer=buffer if self.train else 1,
+            hw_decoder_load=self.hw_decoder_load,
+            stick_to_shard=stick,
+        )
+        norm = None
+        if split_graph:
+            norm = dl.create_normalize_pipeline(self.preset, self.batch_size, self.num_threads)
+        return {"pipe": pipe, "norm": norm}
 
 
 def _cuda_index(device: torch.device) -> int:

@@ -107,10 +107,11 @@ class _Failure(str):
 
 
 def iterate_torch(
-    reader: ShareReader, *, num_workers: int, steps: int
+    reader: ShareReader, *, num_workers: int, steps: int, pin_memory: bool = False
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``steps`` batches of (uint8 NCHW images, rows): the workers' whole batches in turn, their
-    last partial batches merged; the last batch may be short (eval pads it)."""
+    last partial batches merged; the last batch may be short (eval pads it). ``pin_memory``
+    (for a GPU) lets the copy to the device overlap the next batch."""
     if steps == 0:
         return
     import torchvision.io  # noqa: F401  imported once here, not in every fresh worker
@@ -122,6 +123,7 @@ def iterate_torch(
         num_workers=num_workers,
         prefetch_factor=2 if num_workers else None,
         persistent_workers=False,
+        pin_memory=pin_memory,
     )
     b, done = reader.batch_size, 0
     pending: list[tuple[torch.Tensor, torch.Tensor]] = []

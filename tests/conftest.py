@@ -139,13 +139,29 @@ def assert_refused(result, *names: str, out: Path | None = None, fresh: bool = T
     return errors[0]
 
 
+def gpu_selected(config) -> bool:
+    """Whether this session runs the ``gpu`` tests: ``-m gpu`` (or an expression naming gpu
+    without negating it)."""
+    expr = config.getoption("markexpr", "") or ""
+    return "gpu" in expr and "not gpu" not in expr
+
+
+def pytest_configure(config):
+    """Pin the CPU suite to the CPU: on a GPU machine a plain ``pytest`` must run exactly as on
+    CI (fp32, gloo, no cuda:1 for a second torchrun rank). Set before anything initialises CUDA;
+    child processes (torchrun tests) inherit it. Only ``-m gpu`` sees the GPUs."""
+    if not gpu_selected(config):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` are skipped where CUDA is absent (CI has no GPU)."""
+    """Tests marked ``gpu`` run with ``-m gpu`` on a machine with CUDA; skipped otherwise."""
     import torch
 
-    if torch.cuda.is_available():
+    if gpu_selected(config) and torch.cuda.is_available():
         return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    why = "needs a CUDA GPU" if gpu_selected(config) else "gpu tests run with -m gpu"
+    skip = pytest.mark.skip(reason=why)
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)

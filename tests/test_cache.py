@@ -90,6 +90,7 @@ def test_cache_clip_whole_command(reference):
     assert meta["pretrained"] == "none" and meta["weights_sha256"] is None and meta["dim"] == 32
     assert meta["preprocess"]["size"] == 32 and meta["preprocess"]["interpolation"] == "bicubic"
     assert meta["open_clip_version"] and meta["normalized"] and meta["loader"] in ("dali", "torch")
+    assert meta["precision"] == "float32 (images and class texts)"  # one precision for both
     assert meta["text"]["classnames"] == ["class0", "class1", "class2", "class3"]
     assert len(meta["text"]["templates"]) == 10
     for split, n in ROWS.items():

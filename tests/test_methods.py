@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from pipelines.distributed import gather_cat
 from shards.errors import WsmlError
 from shards.registry import UnknownNameError
 from train.methods import (
@@ -18,7 +19,6 @@ from train.methods import (
     create_config,
     create_method,
     dataset_family,
-    gather_cat,
     get_method,
 )
 from train.methods.large_loss import modified_count

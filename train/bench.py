@@ -308,9 +308,9 @@ def run_e2e_bench(
 
     _header(echo)
     own = workdir is None and shards is None  # generated photos in a folder of our own
+    ctx = Context.create(opts.device)  # first: a bad device leaves no folder behind
     work = Path(workdir or tempfile.mkdtemp(prefix="wsml-bench-train-"))
     root = shards or str(create_bench_set(work, opts.images, val_frac=0.1))
-    ctx = Context.create(opts.device)
     echo(f"end to end on {root} ({open_shard_set(root).split('train')['num_samples']} train "
          f"images), batch {opts.batch_size}, {opts.steps} timed steps after {opts.warmup}, "
          f"device {ctx.device}{', compiled' if opts.compile else ''}")  # fmt: skip
@@ -330,13 +330,14 @@ def run_e2e_bench(
                 raise WsmlError(
                     f"{root} has fewer training images than a batch of {opts.batch_size}"
                 )
-            run.net = ctx.wrap(torch.compile(run.model) if opts.compile else run.model)
+            run.net = ctx.wrap(run.model, compile=opts.compile)
             out[method] = r = time_steps(run, ctx, opts.steps, opts.warmup)
             config = run.plan.config
             shown = config.preset if not config.image_size else f"center{config.image_size}"
             echo(
                 f"{method:<8} {config.backbone:<18} {shown:<10} {r['images_per_s']:>9.1f} "
                 f"{r['ms_per_step']:>8.1f} {100 * r['data_wait']:>9.1f}%"
+                + (f" (of it {r['build_s']:.2f} s DALI builds)" if r["build_s"] else "")
             )
     finally:
         ctx.close()
@@ -373,10 +374,13 @@ def time_steps(run, ctx: Context, steps: int, warmup: int) -> dict[str, float]:
             done += 1
     total = wait + busy
     batch_size = run.plan.method.batch_size
+    loader = getattr(run.data, "loaders", {}).get("train")
     return {
         "images_per_s": steps * batch_size / total,
         "ms_per_step": 1e3 * total / steps,
         "data_wait": wait / total,
+        # DALI rebuilds a training graph per epoch; the first build is in the warm-up
+        "build_s": sum(getattr(loader, "build_seconds", [])[1:]),
     }
 
 

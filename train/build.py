@@ -197,13 +197,13 @@ def start_run(plan: RunPlan, ctx: Context) -> Run:
     ctx.barrier()  # every rank has looked at the folder before rank 0 writes to it
     run = build_run(plan, ctx, model=model, record=record, folder=folder)
     if saved is not None:
-        restore(run, folder.load_checkpoint(device=ctx.device))
+        restore(run, folder.load_checkpoint())  # to the CPU: RNG states must stay there
         if ctx.is_main:
             folder.keep_metrics(run.state.epoch)
     elif ctx.is_main:
         folder.start(record)
     ctx.barrier()
-    run.net = ctx.wrap(torch.compile(run.model) if config.compile else run.model)
+    run.net = ctx.wrap(run.model, compile=config.compile)
     return run
 
 

@@ -1,79 +1,32 @@
-"""The small context object around the training loop: process group and device, autocast,
-the DDP wrapper, rank-0 writing and the progress bar. The loop itself only
-calls these; nothing here knows about methods."""
+"""What the training loop adds to the process context (``pipelines.distributed``): the progress
+bar, each rank's share of the batch, intra-op threads and
+eval mode. Nothing here knows about methods."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import timedelta
+from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from pipelines.distributed import DistContext
 from shards.errors import WsmlError
 
 
 @dataclass
-class Context:
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    owns_group: bool = False
+class Context(DistContext):
+    """The process context (pipelines/distributed.py) plus the loop's progress bar."""
+
     progress: bool = False
 
     @classmethod
     def create(cls, device: str = "auto", progress: bool = False) -> Context:
-        """Join the torchrun process group when there is one (gloo on CPU, NCCL on GPUs)."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if device == "auto":
-            device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-        dev = torch.device(device)
-        if dev.type == "cuda":
-            if not torch.cuda.is_available():
-                raise WsmlError(f"device {device} asked for, but this machine has no CUDA GPU")
-            torch.cuda.set_device(dev)
-        owns = False
-        if world > 1 and not dist.is_initialized():
-            backend = "nccl" if dev.type == "cuda" else "gloo"
-            dist.init_process_group(backend, timeout=timedelta(minutes=30))
-            owns = True
-        rank = dist.get_rank() if dist.is_initialized() else 0
-        world = dist.get_world_size() if dist.is_initialized() else 1
-        show = progress and rank == 0 and sys.stderr.isatty()
-        return cls(rank, world, dev, owns, show)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def close(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast on GPUs; full precision on the CPU (exact, reproducible runs)."""
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def wrap(self, model: nn.Module) -> nn.Module:
-        """DDP across ranks (gradients averaged); the model itself on one process."""
-        if self.world_size == 1:
-            return model
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids)
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
+        ctx = super().create(device)
+        ctx.progress = progress and ctx.is_main and sys.stderr.isatty()
+        return ctx
 
     def local_batch(self, batch_size: int) -> int:
         """Each rank's share of the global batch."""

@@ -4,18 +4,17 @@ holds the whole split and computes the same metrics, so all ranks take the same 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pipelines.distributed import gather_cat
 from shards.errors import WsmlError
 from train import metrics
 from train.context import Context, evaluating
-from train.methods import gather_cat
 
 
 def predict(
@@ -24,15 +23,15 @@ def predict(
     ctx: Context,
     num_rows: int,
     gather: bool = True,
-    autocast: Callable[[], Any] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(rows (N,), probabilities (T, N, L)) of a whole split in row order: sigmoid of the
     logits in float32, on the CPU, for each of the T configurations the model stacks (1 for a
     plain model, whose logits are (B, L) for a batch of B; a stacked one gives (T B, L),
     member-major); with ``gather=False`` only this rank's share (for a method that gathers
-    itself). ``autocast`` is the precision of the forward pass (default: full)."""
+    itself). Full precision, never autocast: bf16 logits would tie thousands of scores and
+    move mAP."""
     rows, probs = [], []
-    with evaluating(model), (autocast or contextlib.nullcontext)():
+    with evaluating(model):
         for batch in batches:
             keep = batch["valid"]
             logits = model(batch["input"])
@@ -68,7 +67,6 @@ def evaluate_splits(
     splits: Iterable[str],
     threshold: float,
     *,
-    autocast: Callable[[], Any] | None = None,
     scored: Sequence[bool] | None = None,
 ) -> dict[str, list[dict[str, dict[str, Any]]]]:
     """{weights name: [{split: scores + "probs"} per stacked configuration]} for each model
@@ -78,7 +76,7 @@ def evaluate_splits(
         per: list[dict[str, dict[str, Any]]] = []
         for split in splits:
             n = data.num_rows(split)
-            _, probs = predict(model, data.eval_batches(split), ctx, n, autocast=autocast)
+            _, probs = predict(model, data.eval_batches(split), ctx, n)
             labels = data.labels(split)
             if not per:
                 per = [{} for _ in range(len(probs))]

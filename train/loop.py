@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
+from pipelines.distributed import all_reduce_mean
 from train.build import Run, Track, start_run
 from train.config import RunConfig
 from train.context import Context, cpu_threads
@@ -131,6 +131,7 @@ def train_epoch(run: Run, ctx: Context, epoch: int) -> list[dict[str, float]]:
             train_step(run, ctx, next(batches), epoch, totals)
             bar.update()
     bar.close()
+    method.flush_checks()  # finiteness checks a GPU run defers
     for track in run.tracks:
         if track.active:
             track.state.step = run.step
@@ -138,10 +139,7 @@ def train_epoch(run: Run, ctx: Context, epoch: int) -> list[dict[str, float]]:
     if not names:
         return [{} for _ in run.tracks]
     means = torch.stack([totals[k] for k in names]).cpu() / max(1, steps)  # (K, tracks)
-    if ctx.world_size > 1:
-        means = means.to(ctx.device)
-        dist.all_reduce(means)
-        means = means.cpu() / ctx.world_size
+    means = all_reduce_mean(means, ctx.device)
     return [dict(zip(names, column, strict=True)) for column in means.T.tolist()]
 
 
@@ -173,15 +171,11 @@ def end_epoch(run: Run, ctx: Context, epoch: int) -> dict[str, Any]:
         return run.method.end_epoch(epoch)
     n = run.data.num_rows("train")
     batches = run.data.eval_batches("train")
-    rows, probs = predict(run.model, batches, ctx, n, gather=False, autocast=_autocast(run, ctx))
+    rows, probs = predict(run.model, batches, ctx, n, gather=False)
     tracks = probs.shape[0]
     rows = (torch.arange(tracks).unsqueeze(1) * n + rows).reshape(-1)
     probs = probs.reshape(-1, probs.shape[-1])
     return run.method.end_epoch(epoch, (rows.to(ctx.device), probs.to(ctx.device)))
-
-
-def _autocast(run: Run, ctx: Context):
-    return lambda: run.plan.setting.autocast(ctx)
 
 
 def select_epoch(run: Run, ctx: Context, epoch: int, logged: list[dict], times) -> list:
@@ -194,7 +188,6 @@ def select_epoch(run: Run, ctx: Context, epoch: int, logged: list[dict], times) 
         ctx,
         ("val", "test"),
         run.plan.config.threshold,
-        autocast=_autocast(run, ctx),
         scored=[t.active for t in run.tracks],
     )
     outcomes = []

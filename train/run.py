@@ -7,7 +7,6 @@ runs/x`` continues a run without repeating its options (options given must match
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -51,11 +50,8 @@ def create_run_config(
     return RunConfig(**values, method_options=method_opts)
 
 
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def run_train(config: RunConfig, echo: Callable[[str], None]) -> dict[str, Any]:
+    from pipelines.distributed import is_main_process
     from train.loop import train
 
     summary = train(config)
@@ -112,10 +108,7 @@ def evaluate_run(run_dir: str, split: str, which: str = "best") -> dict[str, Any
     try:
         plan = plan_saved_run(run_dir, saved, ctx.world_size)
         model, data = load_model(plan, saved, ckpt, ctx)
-        autocast = lambda: plan.setting.autocast(ctx)  # noqa: E731
-        _, probs = predict(
-            model, data.eval_batches(split), ctx, data.num_rows(split), autocast=autocast
-        )
+        _, probs = predict(model, data.eval_batches(split), ctx, data.num_rows(split))
         result = score(probs[0].numpy(), data.labels(split), plan.config.threshold)
     finally:
         ctx.close()

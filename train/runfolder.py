@@ -135,11 +135,13 @@ class RunFolder:
             os.replace(tmp_best, self.path / BEST)
         os.replace(tmp, last)
 
-    def load_checkpoint(self, which: str = LAST, device: str | torch.device = "cpu") -> dict:
+    def load_checkpoint(self, which: str = LAST) -> dict:
+        """The checkpoint on the CPU, whatever device saved it: RNG states must be CPU byte
+        tensors, and the saving machine may have had devices this one lacks."""
         path = self.path / which
         if not path.is_file():
             raise WsmlError(f"{path} is missing")
-        return torch.load(path, map_location=device, weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def _differences(saved: dict, config: dict, keys: list[str]) -> str:
@@ -164,7 +166,7 @@ def rng_state() -> dict[str, Any]:
         "python": random.getstate(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # this process's device only
     return state
 
 
@@ -172,8 +174,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, list | tuple):  # checkpoints before 2026-12 saved every device's
+        index = torch.cuda.current_device() if torch.cuda.is_available() else len(cuda)
+        cuda = cuda[index] if index < len(cuda) else None
+    if cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda.cpu())
 
 
 def json_safe(obj: Any) -> Any:

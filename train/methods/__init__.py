@@ -36,7 +36,7 @@ the valid ones). Every config carries the protocol fields of :class:`MethodConfi
   submodule of the method, travels in its state) and ``after_step()`` after every optimiser step.
   Under DDP ``net`` is the wrapped model: a second forward must be the same call (concatenate
   the inputs, or give the model's forward a second argument), never a second DDP call per step.
-- ``method.gather``: ``gather_cat`` (all-gather along dim 0 across ranks, identity without a
+- ``method.gather``: ``pipelines.distributed.gather_cat`` (all-gather along dim 0 across ranks, identity without a
   process group); every state update goes through it, so ranks hold the same state.
 
 Forward is for training-split batches only (``row`` indexes the training split).
@@ -49,7 +49,6 @@ from train.methods.base import (
     LOG_EPSILON,
     Method,
     expected_positive_reg,
-    gather_cat,
     neg_log,
     observed_masks,
     stack_members,
@@ -80,7 +79,6 @@ __all__ = [
     "create_method",
     "dataset_family",
     "expected_positive_reg",
-    "gather_cat",
     "get_method",
     "list_methods",
     "neg_log",

@@ -8,9 +8,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
+from pipelines.distributed import gather_cat
 from shards.errors import WsmlError
 from train.methods.config import MethodConfig
 from train.methods.registry import MethodInfo
@@ -20,30 +20,6 @@ LOG_EPSILON = 1e-5  # Cole's neg_log(x) = -log(x + 1e-5), shared by Cole, Zhou a
 
 def neg_log(x: Tensor) -> Tensor:
     return -torch.log(x + LOG_EPSILON)
-
-
-def gather_cat(*tensors: Tensor) -> tuple[Tensor, ...]:
-    """Concatenate each tensor along dim 0 over all ranks (first dims may differ between ranks,
-    equal across the tensors of one call); returns the tensors unchanged without a process group."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensors
-    world = dist.get_world_size()
-    # NCCL gathers CUDA tensors only; results go back to each tensor's own device.
-    nccl = dist.get_backend() == "nccl"
-    dev = torch.device("cuda", torch.cuda.current_device()) if nccl else tensors[0].device
-    n = torch.tensor([tensors[0].shape[0]], dtype=torch.int64, device=dev)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
-    counts = [int(s) for s in sizes]
-    biggest = max(counts)
-    out = []
-    for t in tensors:
-        padded = torch.zeros((biggest, *t.shape[1:]), dtype=t.dtype, device=dev)
-        padded[: t.shape[0]] = t
-        parts = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded)
-        out.append(torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)]).to(t.device))
-    return tuple(out)
 
 
 class Method(nn.Module):
@@ -61,6 +37,7 @@ class Method(nn.Module):
     uses_rows: ClassVar[bool] = False  # validate batch["row"] against num_rows
     stackable: ClassVar[bool] = True  # may run as stacked members (see above)
     members: int = 1
+    check_every: int | None = None  # steps between finiteness checks (None: 1 on CPU, else 50)
 
     def __init__(
         self,
@@ -79,6 +56,7 @@ class Method(nn.Module):
         self.num_rows, self.num_classes = num_rows, num_classes
         self.steps_per_epoch = steps_per_epoch  # optimiser steps an epoch (0: not known)
         self.gather: Callable[..., tuple[Tensor, ...]] = gather_cat
+        self.checks = DeferredChecks()
 
     @property
     def name(self) -> str:
@@ -89,7 +67,7 @@ class Method(nn.Module):
     ) -> dict[str, Tensor]:
         if self.members > 1:
             batch = self.stack_batch(batch)
-        self._check_batch(logits, batch)
+        self._check_batch(logits, batch, epoch, step)
         out = self.compute(logits.float(), batch, epoch=epoch, step=step)
         out, update = out if isinstance(out, tuple) else (out, None)
         # Logits too: LL-R would reject a NaN entry (topk ranks NaN first) and hide it.
@@ -101,18 +79,36 @@ class Method(nn.Module):
 
     def check_finite(self, loss: Tensor, *logits: Tensor, epoch: int, step: int) -> None:
         """Raise, naming method, epoch and step, when the loss (one value, or one per member) or
-        any of ``logits`` is not finite."""
+        any of ``logits`` is not finite: at once on the CPU; on a GPU every ``check_every``
+        steps and at the end of each epoch (:meth:`flush_checks`), so no step waits on the host."""
         finite = torch.isfinite(loss).all()
         for z in logits:
             finite = finite & torch.isfinite(z).all()
-        if not bool(finite):
-            bad = not bool(torch.isfinite(loss).all())
-            what = "loss" if bad else "loss (non-finite logits)"
-            value = loss.detach().flatten().tolist()
+        self.checks.add(finite, ("loss", loss.detach(), epoch, step))
+        self._flush_every(loss.device)
+
+    def flush_checks(self) -> None:
+        """Raise for the first failed check still pending (the loop calls it after each epoch)."""
+        failed = self.checks.first_failed()
+        if failed is None:
+            return
+        kind, loss, epoch, step = failed
+        if kind == "rows":
             raise WsmlError(
-                f"method {self.name}: non-finite {what} "
-                f"({value[0] if len(value) == 1 else value}) at epoch {epoch}, step {step}"
+                f"method {self.name}: batch rows must index the training split "
+                f"(0..{self.num_rows - 1}); epoch {epoch}, step {step} had others"
             )
+        what = "loss" if not bool(torch.isfinite(loss).all()) else "loss (non-finite logits)"
+        value = loss.flatten().tolist()
+        raise WsmlError(
+            f"method {self.name}: non-finite {what} "
+            f"({value[0] if len(value) == 1 else value}) at epoch {epoch}, step {step}"
+        )
+
+    def _flush_every(self, device: torch.device) -> None:
+        every = self.check_every or (1 if device.type == "cpu" else 50)
+        if len(self.checks) >= every:
+            self.flush_checks()
 
     def stack_batch(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """A batch of B training rows as the stacked members see it: every member's copy of
@@ -157,7 +153,9 @@ class Method(nn.Module):
     def after_step(self) -> None:
         """Called after every optimiser step (and the model EMA's update)."""
 
-    def _check_batch(self, logits: Tensor, batch: Mapping[str, Tensor]) -> None:
+    def _check_batch(
+        self, logits: Tensor, batch: Mapping[str, Tensor], epoch: int = 0, step: int = 0
+    ) -> None:
         shape = (len(logits), self.num_classes)
         if logits.dim() != 2 or tuple(logits.shape) != shape:
             raise WsmlError(f"method {self.name}: logits {tuple(logits.shape)}, expected {shape}")
@@ -165,11 +163,12 @@ class Method(nn.Module):
             raise WsmlError(f"method {self.name}: observed {tuple(batch['observed'].shape)}")
         if self.uses_rows:
             row = batch["row"]
-            if row.shape != (len(logits),) or bool(((row < 0) | (row >= self.num_rows)).any()):
-                raise WsmlError(
-                    f"method {self.name}: batch rows must index the training split "
-                    f"(0..{self.num_rows - 1})"
-                )
+            if row.shape != (len(logits),):
+                raise WsmlError(f"method {self.name}: batch rows {tuple(row.shape)}")
+            ok = ((row >= 0) & (row < self.num_rows)).all()
+            self.checks.add(ok, ("rows", None, epoch, step))
+            if row.device.type == "cpu":  # bad rows must not reach the state; free on the CPU
+                self.flush_checks()
 
     def compute(
         self, logits: Tensor, batch: Mapping[str, Tensor], *, epoch: int, step: int
@@ -205,6 +204,28 @@ class Method(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.name}, rows={self.num_rows}, classes={self.num_classes}"
+
+
+class DeferredChecks:
+    """Checks recorded as device booleans and read in one host sync: (ok, what) pairs."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Tensor, Any]] = []
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def add(self, ok: Tensor, what: Any) -> None:
+        self.pending.append((ok, what))
+
+    def first_failed(self) -> Any:
+        """The ``what`` of the first failed check (None if all passed); clears the record."""
+        pending, self.pending = self.pending, []
+        if not pending:
+            return None
+        oks = torch.stack([ok.to(pending[0][0].device) for ok, _ in pending]).cpu()
+        bad = (~oks).nonzero()
+        return pending[int(bad[0])][1] if len(bad) else None
 
 
 def observed_masks(batch: Mapping[str, Tensor], like: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -49,11 +49,11 @@ import sys
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
 from models.oass import create_oass_model, normalise_cam
+from pipelines.distributed import get_rank
 from shards.errors import WsmlError
 from train.methods import Method, MethodConfig, MethodInfo, register_method
 
@@ -274,7 +274,7 @@ class Oass(Method):
         self.teacher = None
         self._pairs: list[tuple[Tensor, Tensor]] = []  # (teacher, student) parameters
         self.register_buffer("teacher_steps", torch.zeros((), dtype=torch.int64))
-        main = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+        main = get_rank() == 0
         if observed is not None and bool((observed == 0).any()) and main:
             print(
                 "notice: oass trains on full labels in its paper; here unknown labels count as "
@@ -296,9 +296,11 @@ class Oass(Method):
     def after_step(self) -> None:
         if not self._pairs:
             return
-        decay = teacher_decay(int(self.teacher_steps), self.config.teacher_decay)
+        # teacher_decay in float64 on the device (the same bits, no host sync per step)
+        steps = self.teacher_steps.double()
+        decay = torch.clamp(1.0 - 1.0 / (steps + 1), max=self.config.teacher_decay)
         teacher, student = zip(*self._pairs, strict=True)
-        torch._foreach_lerp_(list(teacher), list(student), 1.0 - decay)
+        torch._foreach_lerp_(list(teacher), list(student), (1.0 - decay).float())
         self.teacher_steps += 1
 
     def training_step(self, net, batch, *, epoch, step, autocast):
@@ -321,7 +323,7 @@ class Oass(Method):
             out = net(x, crops=crops, with_cam=True)
         cuts = planned["cuts"]
         logits, cam = out["logits"].float(), out["cam"].float()
-        self._check_batch(logits, batch)
+        self._check_batch(logits, batch, epoch, step)
         class_loss = mlsml(logits, positive.float())
         p_class = re = torch.zeros((), device=x.device)
         if len(cuts.image):

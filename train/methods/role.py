@@ -10,9 +10,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
+from pipelines.distributed import get_world_size
 from shards.errors import WsmlError
 from train.methods import Method, MethodConfig, expected_positive_reg, neg_log, register_method
 from train.methods.assume_negative import (
@@ -119,10 +119,8 @@ class Role(ColeLoss):
         # Each rank's gradient touches only its batch rows: gather those rows and average, as
         # DDP does for the model, so every rank's Adam sees the same estimator gradient.
         grad = self.estimator.grad
-        if grad is None or not (dist.is_available() and dist.is_initialized()):
-            return
-        world = dist.get_world_size()
-        if world == 1:
+        world = get_world_size()
+        if grad is None or world == 1:
             return
         rows = (grad != 0).any(1).nonzero().squeeze(1)
         all_rows, all_values = self.gather(rows, grad[rows])
