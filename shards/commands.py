@@ -136,15 +136,30 @@ def shard(dataset, root, out, workers, fsync, part, finalize, resume, overwrite,
 @click.option("--fraction", type=float, help="partial: probability that an entry is observed.")
 @click.option("--num-pos", type=int, help="single-positive: positives kept per image.")
 @click.option("--num-neg", type=int, help="single-positive: negatives kept per image.")
+@click.option(
+    "--bias",
+    type=click.Choice(["uniform", "size", "location", "semantic"]),
+    help="single-positive: how the kept positive is drawn (Arroyo et al. 2023) [uniform].",
+)
+@click.option(
+    "--class-weights",
+    type=click.Path(),
+    help="--bias semantic: JSON object of class name -> weight.",
+)
+@click.option("--flip-pos", type=float, help="noisy: probability that a positive turns negative.")
+@click.option("--flip-neg", type=float, help="noisy: probability that a negative turns positive.")
 @expected_errors
-def observe(shards_dir, regime, seed, fraction, num_pos, num_neg):
+def observe(shards_dir, regime, seed, fraction, num_pos, num_neg, bias, class_weights, **flips):
     """Add an observed-label view (a label regime) to a shard set; tars are not touched."""
+    from shards.bias import read_class_weights
     from shards.regimes import create_regime
     from shards.shardset import open_shard_set
     from shards.views import write_regime_view
 
     ss = open_shard_set(shards_dir)
-    given = dict(seed=seed, fraction=fraction, num_pos=num_pos, num_neg=num_neg)
+    weights = read_class_weights(class_weights, ss.classes) if class_weights else None
+    given = dict(seed=seed, fraction=fraction, num_pos=num_pos, num_neg=num_neg, bias=bias)
+    given.update(class_weights=weights, **flips)
     r = create_regime(regime, **{k: v for k, v in given.items() if v is not None})
     meta = write_regime_view(ss.root, r, len(ss.classes))
     rows = ", ".join(f"{k} {v['rows']}" for k, v in meta["splits"].items())

@@ -99,7 +99,7 @@ class Source:
     default_regimes: tuple[str, ...] | None = None  # observed views made unless asked otherwise
 
 
-EXTRA_TYPES = ("int32", "int64", "string", "list<int32>")
+EXTRA_TYPES = ("int32", "int64", "string", "list<int32>", "list<float64>")
 
 
 @dataclass(frozen=True)
