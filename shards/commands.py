@@ -251,6 +251,43 @@ def verify(shards_dir, workers, no_decode):
     )
 
 
+@click.command()
+@click.argument("shards_dir", metavar="DIR", type=click.Path())
+@click.option("--workers", default=os.cpu_count() or 1, show_default=True)
+@click.option("--no-decode", is_flag=True, help="Skip decoding the images (tars still checked).")
+@click.option(
+    "--near-bits",
+    default=4,
+    show_default=True,
+    help="Perceptual hashes at most this many bits apart are near-duplicates.",
+)
+@expected_errors
+def audit(shards_dir, workers, no_decode, near_bits):
+    """Check a shard set for leakage: images shared across splits, views against their clean
+    labels, tables against tars, classes without positives; writes audit.json."""
+    from shards.audit import AUDIT, audit_shard_set, write_audit
+    from shards.shardset import open_shard_set
+
+    ss = open_shard_set(shards_dir)
+    total = sum(ss.split(n)["num_samples"] for n in ss.splits)
+    tick = progress_factory(sys.stderr.isatty())("auditing", total)
+    report = audit_shard_set(ss, workers, not no_decode, near_bits, on_progress=tick)
+    write_audit(ss, report)
+    for line in report["warnings"]:
+        click.echo(f"warning: {line}")
+    for line in report["failures"]:
+        click.echo(f"FAIL: {line}")
+    views = ", ".join(report["checks"]["views"]) or "none"
+    if report["failures"]:
+        raise click.ClickException(
+            f"{len(report['failures'])} hard failure(s) in {shards_dir}; see {ss.root / AUDIT}"
+        )
+    click.echo(
+        f"{shards_dir}: audit OK ({total} samples; views checked: {views}; "
+        f"{len(report['warnings'])} warning(s)); report in {ss.root / AUDIT}"
+    )
+
+
 @click.command("demo-data")
 @click.option("--out", default="data/raw/digits", show_default=True, type=click.Path())
 @click.option("--train", "n_train", default=3000, show_default=True)
