@@ -190,6 +190,7 @@ class RegimeInfo:
     description: str
     params: type
     paper: str
+    trains_as: str | None = None  # the kind of labels methods see (default: the name)
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,7 @@ REGIMES.register(
         "full labels with positives and negatives flipped at rates p and q",
         Noisy,
         "symmetric/asymmetric noise of the robust-loss papers (e.g. Hill, SPLC)",
+        trains_as="partial",  # observed 1/-1 entries taken as given; none unknown
     )
 )
 REGIMES.register(

@@ -16,7 +16,7 @@ from shards.errors import WsmlError
 from shards.fileio import write_json_atomic
 from shards.images import target_size
 from shards.lists import Lists
-from shards.regimes import REGIME_KIND, OfficialLabels, Regime
+from shards.regimes import REGIME_KIND, REGIMES, OfficialLabels, Regime
 from shards.scan import MISSING
 from shards.source import EXTRA_TYPES
 from shards.tables import from_arrow, label_columns, read_table, to_arrow, write_table
@@ -192,9 +192,11 @@ def write_regime_view(out: Path, regime: Regime, num_classes: int, durable: bool
             rel = f"observed/{view}/{name}.parquet"
             sha = write_table(out / rel, len(at), _view_columns(at, row_col, pos, neg), durable)
             splits[name] = {"path": rel, "rows": len(at), "sha256": sha}
+    kind = REGIME_KIND[type(regime)]
     meta = {
         "view": view,
-        "regime": REGIME_KIND[type(regime)],
+        "regime": kind,
+        "trains_as": REGIMES.get(kind).trains_as or kind,
         "params": asdict(regime),
         "splits": splits,
     }
