@@ -331,11 +331,23 @@ def bench_shard(images, workdir, workers, rss_sizes):
 @click.option("--labels", default=8, show_default=True, help="Human labels per image.")
 @click.option("--classes", default=5000, show_default=True)
 @click.option("--workdir", type=click.Path(), help="Keep the generated files here.")
+@click.option(
+    "--version",
+    type=click.Choice(["3", "6"]),
+    default="3",
+    show_default=True,
+    help="Open Images format: V3 (openimages-v3) or V6/V7 (openimages-v6).",
+)
 @expected_errors
-def bench_openimages(sizes, labels, classes, workdir):
+def bench_openimages(sizes, labels, classes, workdir, version):
     """Open Images annotations -> label tables on one core: time and peak RSS at two sizes."""
     from shards.bench_openimages import run_openimages_bench
 
     run_openimages_bench(
-        tuple(int(x) for x in sizes.split(",")), labels, classes, workdir, echo=click.echo
+        tuple(int(x) for x in sizes.split(",")),
+        labels,
+        classes,
+        workdir,
+        echo=click.echo,
+        version=int(version),
     )
