@@ -183,11 +183,10 @@ def perceptual_hash(data: bytes) -> int:
     apart; 0 for data Pillow cannot decode (such images are refused elsewhere)."""
     try:
         with Image.open(io.BytesIO(data)) as im:
-            im.draft("L", (PHASH_SIDE * 2, PHASH_SIDE * 2))  # JPEG: decode at 1/2..1/8 scale
+            im.draft("L", (PHASH_SIDE, PHASH_SIDE))  # JPEG: decode in grey at 1/2..1/8 scale
             grey = im.convert("L").resize((PHASH_SIDE, PHASH_SIDE), Image.Resampling.BILINEAR)
     except Exception:  # Pillow raises many types for corrupt data
         return 0
     pixels = np.asarray(grey, dtype=np.float64)
     low = (_DCT @ pixels @ _DCT.T)[:8, :8].ravel()
-    bits = (low > np.median(low)).astype(np.uint64)
-    return int((bits << np.arange(63, -1, -1, dtype=np.uint64)).sum())
+    return int.from_bytes(np.packbits(low > np.median(low)).tobytes(), "big")
