@@ -36,6 +36,7 @@ for command in (
     shards_commands.observe,
     shards_commands.info,
     shards_commands.verify,
+    shards_commands.audit,
     shards_commands.demo_data,
     models_commands.cache_clip_command,
     models_commands.cache_features_command,

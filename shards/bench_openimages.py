@@ -1,5 +1,6 @@
 """``cli.py bench openimages-labels``: Open Images-format annotations for 1M images (about 8 human
-labels each over 5,000 classes) -> label tables; time and peak RSS at two sizes, on one core."""
+labels each over 5,000 classes; ``--version 6``: the V6 files) -> label tables; time and peak RSS
+at two sizes, on one core."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ CHILD = (
     "import os, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
     "import pyarrow as pa; pa.set_cpu_count(1); pa.set_io_thread_count(1)\n"
     "from shards.bench_openimages import build_label_tables\n"
-    "build_label_tables(sys.argv[1], sys.argv[2])\n"
+    "build_label_tables(sys.argv[1], sys.argv[2], sys.argv[3])\n"
 )
 
 
@@ -40,28 +41,29 @@ def _const(text: str, n: int) -> np.ndarray:
     return np.broadcast_to(np.frombuffer(text.encode(), np.uint8), (n, len(text)))
 
 
-def write_metadata(root: Path, images: int, labels: int, classes: int, seed: int = 0) -> dict:
-    """root/2017_11 in the V3 format: a train split of ``images`` images with ``labels`` human
-    labels each (60% positive), and small validation/test splits."""
+def write_metadata(
+    root: Path, images: int, labels: int, classes: int, seed: int = 0, version: int = 3
+) -> dict:
+    """Open Images metadata: a train split of ``images`` images with ``labels`` human labels
+    each (60% positive), and small validation/test splits; V3 (root/2017_11/, with image lists)
+    or V6 (the oidv6-* files in root/)."""
     rng = np.random.default_rng(seed)
-    meta = root / "2017_11"
+    meta = root / "2017_11" if version == 3 else root
     meta.mkdir(parents=True)
     mids = [f"/m/0{k:06d}" for k in range(classes)]
-    (meta / "classes-trainable.txt").write_text("".join(m + "\n" for m in mids))
-    (meta / "class-descriptions.csv").write_text(
-        "".join(f"{m},class {k}\n" for k, m in enumerate(mids))
+    files = _file_names(version)
+    (meta / files["trainable"]).write_text("".join(m + "\n" for m in mids))
+    (meta / files["descriptions"]).write_text(
+        ("" if version == 3 else "LabelName,DisplayName\n")
+        + "".join(f"{m},class {k}\n" for k, m in enumerate(mids))
     )
     mid_ascii = np.frombuffer("".join(mids).encode(), np.uint8).reshape(classes, 10)
     sizes = {"train": images, "validation": 1000, "test": 1000}
     for split, n in sizes.items():
         ids = np.unique(rng.integers(0, 2**63, size=n, dtype=np.uint64))
-        (meta / split).mkdir()
-        head = b"ImageID,Subset,OriginalURL,OriginalLandingURL,License,AuthorProfileURL,Author,"
-        head += b"Title,OriginalSize,OriginalMD5,Thumbnail300KURL\n"
-        (meta / split / "images.csv").write_bytes(
-            head + _rows(_hex(ids), _const(f",{split[:5]:5},,,,,,,,,", len(ids)))
-        )
-        with open(meta / split / "annotations-human.csv", "wb") as f:
+        if version == 3:
+            _write_image_list(meta / split, split, ids)
+        with open(meta / files[split], "wb") as f:
             f.write(b"ImageID,Source,LabelName,Confidence\n")
             for start in range(0, len(ids), 100_000):  # bounded memory while writing
                 chunk = np.repeat(ids[start : start + 100_000], labels)
@@ -81,18 +83,43 @@ def write_metadata(root: Path, images: int, labels: int, classes: int, seed: int
         "images": images,
         "rows": images * labels,
         "classes": classes,
-        "csv_mb": (meta / "train" / "annotations-human.csv").stat().st_size / 1e6,
+        "csv_mb": (meta / files["train"]).stat().st_size / 1e6,
     }
 
 
-def build_label_tables(root: str, out: str) -> None:
+def _file_names(version: int) -> dict[str, str]:
+    if version == 3:
+        return {
+            "trainable": "classes-trainable.txt",
+            "descriptions": "class-descriptions.csv",
+            **{s: f"{s}/annotations-human.csv" for s in ("train", "validation", "test")},
+        }
+    from shards.converters.openimages_v6 import FILES
+
+    return FILES[str(version)]
+
+
+def _write_image_list(folder: Path, split: str, ids: np.ndarray) -> None:
+    folder.mkdir()
+    head = b"ImageID,Subset,OriginalURL,OriginalLandingURL,License,AuthorProfileURL,Author,"
+    head += b"Title,OriginalSize,OriginalMD5,Thumbnail300KURL\n"
+    (folder / "images.csv").write_bytes(
+        head + _rows(_hex(ids), _const(f",{split[:5]:5},,,,,,,,,", len(ids)))
+    )
+
+
+def build_label_tables(root: str, out: str, version: str = "3") -> None:
     """What the benchmark times: read the metadata (streamed CSVs) and write every label table."""
     from shards.converters.openimages import OpenImagesOptions, open_openimages
+    from shards.converters.openimages_v6 import OpenImagesV6Options, open_openimages_v6
     from shards.plan import assign_rows
     from shards.scan import ScanResult
     from shards.views import write_official_and_label_tables
 
-    source = open_openimages(Path(root), OpenImagesOptions(images="images"))
+    if version == "3":
+        source = open_openimages(Path(root), OpenImagesOptions(images="images"))
+    else:
+        source = open_openimages_v6(Path(root), OpenImagesV6Options(version, images="images"))
     scans = []
     for split in source.splits:  # the images themselves are not part of this benchmark
         n = len(split.records)
@@ -112,10 +139,12 @@ def run_openimages_bench(
     classes: int,
     workdir: str | None,
     echo: Callable[[str], None] = print,
+    version: int = 3,
 ) -> dict:
     work = Path(workdir or tempfile.mkdtemp(prefix="wsml-oi-bench-"))
     m = machine_info()
     echo(f"machine: {m['cpu']}, {m['ram_gb']:.1f} GB RAM, Python {m['python']}; one core")
+    echo(f"Open Images V{version} format, {labels} human labels an image, {classes:,} classes")
     runs = []
     try:
         for n in sizes:
@@ -123,9 +152,9 @@ def run_openimages_bench(
             shutil.rmtree(root, ignore_errors=True)
             shutil.rmtree(out, ignore_errors=True)
             t0 = time.perf_counter()
-            facts = write_metadata(root, n, labels, classes)
+            facts = write_metadata(root, n, labels, classes, version=version)
             made = time.perf_counter() - t0
-            cmd = [sys.executable, "-c", CHILD, str(root), str(out)]
+            cmd = [sys.executable, "-c", CHILD, str(root), str(out), str(version)]
             r = peak_rss(cmd)
             runs.append({**facts, "seconds": r["seconds"], "peak_rss_mb": r["process_mb"]})
             echo(

@@ -136,15 +136,30 @@ def shard(dataset, root, out, workers, fsync, part, finalize, resume, overwrite,
 @click.option("--fraction", type=float, help="partial: probability that an entry is observed.")
 @click.option("--num-pos", type=int, help="single-positive: positives kept per image.")
 @click.option("--num-neg", type=int, help="single-positive: negatives kept per image.")
+@click.option(
+    "--bias",
+    type=click.Choice(["uniform", "size", "location", "semantic"]),
+    help="single-positive: how the kept positive is drawn (Arroyo et al. 2023) [uniform].",
+)
+@click.option(
+    "--class-weights",
+    type=click.Path(),
+    help="--bias semantic: JSON object of class name -> weight.",
+)
+@click.option("--flip-pos", type=float, help="noisy: probability that a positive turns negative.")
+@click.option("--flip-neg", type=float, help="noisy: probability that a negative turns positive.")
 @expected_errors
-def observe(shards_dir, regime, seed, fraction, num_pos, num_neg):
+def observe(shards_dir, regime, seed, fraction, num_pos, num_neg, bias, class_weights, **flips):
     """Add an observed-label view (a label regime) to a shard set; tars are not touched."""
+    from shards.bias import read_class_weights
     from shards.regimes import create_regime
     from shards.shardset import open_shard_set
     from shards.views import write_regime_view
 
     ss = open_shard_set(shards_dir)
-    given = dict(seed=seed, fraction=fraction, num_pos=num_pos, num_neg=num_neg)
+    weights = read_class_weights(class_weights, ss.classes) if class_weights else None
+    given = dict(seed=seed, fraction=fraction, num_pos=num_pos, num_neg=num_neg, bias=bias)
+    given.update(class_weights=weights, **flips)
     r = create_regime(regime, **{k: v for k, v in given.items() if v is not None})
     meta = write_regime_view(ss.root, r, len(ss.classes))
     rows = ", ".join(f"{k} {v['rows']}" for k, v in meta["splits"].items())
@@ -236,6 +251,43 @@ def verify(shards_dir, workers, no_decode):
     )
 
 
+@click.command()
+@click.argument("shards_dir", metavar="DIR", type=click.Path())
+@click.option("--workers", default=os.cpu_count() or 1, show_default=True)
+@click.option("--no-decode", is_flag=True, help="Skip decoding the images (tars still checked).")
+@click.option(
+    "--near-bits",
+    default=4,
+    show_default=True,
+    help="Perceptual hashes at most this many bits apart are near-duplicates.",
+)
+@expected_errors
+def audit(shards_dir, workers, no_decode, near_bits):
+    """Check a shard set for leakage: images shared across splits, views against their clean
+    labels, tables against tars, classes without positives; writes audit.json."""
+    from shards.audit import AUDIT, audit_shard_set, write_audit
+    from shards.shardset import open_shard_set
+
+    ss = open_shard_set(shards_dir)
+    total = sum(ss.split(n)["num_samples"] for n in ss.splits)
+    tick = progress_factory(sys.stderr.isatty())("auditing", total)
+    report = audit_shard_set(ss, workers, not no_decode, near_bits, on_progress=tick)
+    write_audit(ss, report)
+    for line in report["warnings"]:
+        click.echo(f"warning: {line}")
+    for line in report["failures"]:
+        click.echo(f"FAIL: {line}")
+    views = ", ".join(report["checks"]["views"]) or "none"
+    if report["failures"]:
+        raise click.ClickException(
+            f"{len(report['failures'])} hard failure(s) in {shards_dir}; see {ss.root / AUDIT}"
+        )
+    click.echo(
+        f"{shards_dir}: audit OK ({total} samples; views checked: {views}; "
+        f"{len(report['warnings'])} warning(s)); report in {ss.root / AUDIT}"
+    )
+
+
 @click.command("demo-data")
 @click.option("--out", default="data/raw/digits", show_default=True, type=click.Path())
 @click.option("--train", "n_train", default=3000, show_default=True)
@@ -279,11 +331,23 @@ def bench_shard(images, workdir, workers, rss_sizes):
 @click.option("--labels", default=8, show_default=True, help="Human labels per image.")
 @click.option("--classes", default=5000, show_default=True)
 @click.option("--workdir", type=click.Path(), help="Keep the generated files here.")
+@click.option(
+    "--version",
+    type=click.Choice(["3", "6"]),
+    default="3",
+    show_default=True,
+    help="Open Images format: V3 (openimages-v3) or V6/V7 (openimages-v6).",
+)
 @expected_errors
-def bench_openimages(sizes, labels, classes, workdir):
+def bench_openimages(sizes, labels, classes, workdir, version):
     """Open Images annotations -> label tables on one core: time and peak RSS at two sizes."""
     from shards.bench_openimages import run_openimages_bench
 
     run_openimages_bench(
-        tuple(int(x) for x in sizes.split(",")), labels, classes, workdir, echo=click.echo
+        tuple(int(x) for x in sizes.split(",")),
+        labels,
+        classes,
+        workdir,
+        echo=click.echo,
+        version=int(version),
     )

@@ -12,6 +12,7 @@ import io
 import os
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 HEAD_BYTES = 1 << 13  # JPEG headers are small; files with a larger EXIF block are read whole
@@ -168,3 +169,24 @@ def encode_jpeg(data: bytes, size: tuple[int, int], quality: int) -> bytes:
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=quality, optimize=False, progressive=False)
         return buf.getvalue()
+
+
+PHASH_SIDE = 32  # pHash: DCT of a 32x32 grey image, signs of its 8x8 lowest frequencies
+_DCT = np.cos(
+    np.pi * (2 * np.arange(PHASH_SIDE)[None, :] + 1) * np.arange(PHASH_SIDE)[:, None] / 64
+)
+
+
+def perceptual_hash(data: bytes) -> int:
+    """64-bit perceptual hash (pHash: bits of the 8x8 lowest DCT frequencies of the 32x32 grey
+    image above their median), so re-encoded or resized copies of an image land a few bits
+    apart; 0 for data Pillow cannot decode (such images are refused elsewhere)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.draft("L", (PHASH_SIDE, PHASH_SIDE))  # JPEG: decode in grey at 1/2..1/8 scale
+            grey = im.convert("L").resize((PHASH_SIDE, PHASH_SIDE), Image.Resampling.BILINEAR)
+    except Exception:  # Pillow raises many types for corrupt data
+        return 0
+    pixels = np.asarray(grey, dtype=np.float64)
+    low = (_DCT @ pixels @ _DCT.T)[:8, :8].ravel()
+    return int.from_bytes(np.packbits(low > np.median(low)).tobytes(), "big")

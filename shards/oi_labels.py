@@ -17,9 +17,11 @@ ANNOTATION_COLUMNS = ["ImageID", "Source", "LabelName", "Confidence"]
 BLOCK = 1 << 24  # bytes of CSV parsed at a time
 
 
-def read_descriptions(path: Path) -> dict[str, str]:
-    """MID -> description of class-descriptions.csv (no header)."""
-    opts = pacsv.ReadOptions(column_names=["mid", "name"], use_threads=False)
+def read_descriptions(path: Path, header: bool = False) -> dict[str, str]:
+    """MID -> description of class-descriptions.csv (V3: no header; V6/V7: a header line)."""
+    opts = pacsv.ReadOptions(
+        column_names=["mid", "name"], use_threads=False, skip_rows=1 if header else 0
+    )
     table = _read_csv(path, opts)
     return dict(zip(table["mid"].to_pylist(), table["name"].to_pylist(), strict=True))
 
@@ -110,9 +112,10 @@ def read_image_ids(path: Path) -> np.ndarray:
     return ids
 
 
-def read_human_labels(path: Path, mids: list[str], known: dict, listed: np.ndarray):
+def read_human_labels(path: Path, mids: list[str], known: dict, listed: np.ndarray | None):
     """(image ids, positives, negatives) of the images with a human label on a trainable class,
-    in ascending ImageID order; a class both verified and rejected counts as positive."""
+    in ascending ImageID order; a class both verified and rejected counts as positive.
+    ``listed``: the split's image list that every ImageID must be in (None: no such list)."""
     trainable = pa.array(mids)
     all_mids = pa.array(list(known))
     ids_parts, cls_parts, pos_parts = [], [], []
@@ -146,6 +149,8 @@ def _check_batch(path, line, ids, labels, conf, listed, all_mids) -> None:
             f"{path}:{line + k}: unknown class id {labels[k].as_py()!r} "
             "(not in class-descriptions.csv)"
         )
+    if listed is None:
+        return
     at = np.searchsorted(listed, ids)
     found = (at < len(listed)) & (listed[np.minimum(at, len(listed) - 1)] == ids)
     if len(listed) == 0 or not found.all():

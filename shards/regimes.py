@@ -7,7 +7,7 @@ observed matrices of the reference code bases exactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,6 +24,9 @@ class OfficialLabels:
     positives: Lists
     negatives: Lists
     num_classes: int
+    # per-positive values the source gives (``size_weight``, ``location_weight``: float64
+    # arrays aligned with ``positives.values``), for the biased single-positive protocols
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
 
     def num_negatives(self, i: int) -> int:
         if self.negatives.is_valid(i):
@@ -54,19 +57,27 @@ Observed = tuple[Lists, Lists]  # kept positives, kept negatives per row
 
 @dataclass(frozen=True)
 class SinglePositive:
-    """The field's generator: keep ``num_pos`` random positives and ``num_neg`` random negatives."""
+    """The field's generator: keep ``num_pos`` random positives and ``num_neg`` random negatives;
+    ``bias`` other than ``uniform`` keeps one positive drawn by the protocols of Arroyo, Perona
+    and Cole (arXiv 2305.15584), see :mod:`shards.bias`."""
 
     seed: int = 1200
     num_pos: int = 1
     num_neg: int = 0
+    bias: str = "uniform"  # uniform | size | location | semantic
+    class_weights: tuple[float, ...] = ()  # semantic: one weight per class
 
     def view_name(self) -> str:
-        name = "single-positive"
+        name = "single-positive" + ("" if self.bias == "uniform" else f"-{self.bias}")
         if (self.num_pos, self.num_neg) != (1, 0):
             name += f"-pos{self.num_pos}-neg{self.num_neg}"
         return name + ("" if self.seed == 1200 else f"-s{self.seed}")
 
     def generate(self, labels: OfficialLabels) -> Observed:
+        if self.bias != "uniform":
+            from shards.bias import generate_biased
+
+            return generate_biased(self, labels)
         # A fresh RandomState per official split; row by row: shuffle the positives and keep the
         # first num_pos, then shuffle the negatives even when none are kept (the draw advances
         # the RNG, and skipping it would change every later row).
@@ -84,6 +95,53 @@ class SinglePositive:
                 rng.shuffle(_stand_in(labels.num_negatives(i)))
                 neg_out.append(_EMPTY)
         return pos_out.build(), neg_out.build()
+
+    def audit_counts(self, clean: np.ndarray, observed: np.ndarray) -> dict[str, int]:
+        """What ``audit`` sums over a view's rows (int8 (N, L) clean and observed labels)."""
+        c = entry_counts(clean, observed)
+        for what, k, value in (("positives", self.num_pos, 1), ("negatives", self.num_neg, -1)):
+            want = np.minimum(k, (clean == value).sum(1))
+            c[f"rows_off_{what}"] = int(((observed == value).sum(1) != want).sum())
+        return c
+
+    def audit_failures(self, c: dict[str, int]) -> list[str]:
+        out = _not_clean(c)
+        for what, k in (("positives", self.num_pos), ("negatives", self.num_neg)):
+            if c[f"rows_off_{what}"]:
+                out.append(
+                    f"{c[f'rows_off_{what}']} row(s) do not keep min({k}, clean {what}) {what}"
+                )
+        return out
+
+
+def entry_counts(clean: np.ndarray, observed: np.ndarray) -> dict[str, int]:
+    """Entry counts of an observed view against its clean labels (1 / 0 unknown / -1)."""
+    pairs = {
+        "not_clean_positive": (observed == 1) & (clean != 1),
+        "not_clean_negative": (observed == -1) & (clean != -1),
+        "on_unknown": (observed != 0) & (clean == 0),
+        "kept": observed != 0,
+        "known": clean != 0,
+        "clean_positive": clean == 1,
+        "clean_negative": clean == -1,
+        "positive_to_negative": (clean == 1) & (observed == -1),
+        "negative_to_positive": (clean == -1) & (observed == 1),
+        "dropped": (clean != 0) & (observed == 0),
+    }
+    return {k: int(v.sum()) for k, v in pairs.items()}
+
+
+def _not_clean(c: dict[str, int]) -> list[str]:
+    out = []
+    for what in ("positive", "negative"):
+        if c[f"not_clean_{what}"]:
+            out.append(f"{c[f'not_clean_{what}']} observed {what}(s) are not clean {what}s")
+    return out
+
+
+def binomial_ok(k: int, n: int, p: float, z: float = 5.0) -> bool:
+    """``k`` successes of ``n`` draws at rate ``p`` lie within ``z`` standard deviations."""
+    return abs(k - n * p) <= z * (n * p * (1 - p)) ** 0.5 + 1
 
 
 @dataclass(frozen=True)
@@ -113,6 +171,18 @@ class Partial:
             neg_parts.append(from_dense(observed, -1))
         return concat(pos_parts), concat(neg_parts)
 
+    def audit_counts(self, clean: np.ndarray, observed: np.ndarray) -> dict[str, int]:
+        return entry_counts(clean, observed)
+
+    def audit_failures(self, c: dict[str, int]) -> list[str]:
+        out = _not_clean(c)
+        if not binomial_ok(c["kept"], c["known"], self.fraction):
+            out.append(
+                f"{c['kept']} of {c['known']} entries kept, outside the binomial range of "
+                f"fraction {self.fraction:g}"
+            )
+        return out
+
 
 @dataclass(frozen=True)
 class RegimeInfo:
@@ -120,6 +190,58 @@ class RegimeInfo:
     description: str
     params: type
     paper: str
+    trains_as: str | None = None  # the kind of labels methods see (default: the name)
+
+
+@dataclass(frozen=True)
+class Noisy:
+    """Label noise on the full labels: a positive becomes a negative with probability
+    ``flip_pos``, a negative a positive with probability ``flip_neg`` (U(0,1) draws row-major
+    over the formatted split with ``RandomState(seed)``, like ``partial``); unknowns stay
+    unknown. ``flip_pos == flip_neg`` is symmetric noise."""
+
+    flip_pos: float = 0.1
+    flip_neg: float = 0.0
+    seed: int = 0
+
+    def view_name(self) -> str:
+        name = f"noisy-p{self.flip_pos:g}-q{self.flip_neg:g}"
+        return name + ("" if self.seed == 0 else f"-s{self.seed}")
+
+    def generate(self, labels: OfficialLabels) -> Observed:
+        for what, p in (("flip-pos", self.flip_pos), ("flip-neg", self.flip_neg)):
+            if not 0.0 <= p <= 1.0:
+                raise WsmlError(f"noisy: --{what} must be in [0, 1], got {p}")
+        rng = np.random.RandomState(self.seed)
+        n, chunk = len(labels.positives), 4096
+        pos_parts, neg_parts = [], []
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            full = dense_rows(labels.positives, labels.negatives, labels.num_classes, start, stop)
+            u = rng.rand(stop - start, labels.num_classes)
+            flip = ((full == 1) & (u < self.flip_pos)) | ((full == -1) & (u < self.flip_neg))
+            observed = np.where(flip, -full, full)
+            pos_parts.append(from_dense(observed, 1))
+            neg_parts.append(from_dense(observed, -1))
+        return concat(pos_parts), concat(neg_parts)
+
+    def audit_counts(self, clean: np.ndarray, observed: np.ndarray) -> dict[str, int]:
+        return entry_counts(clean, observed)
+
+    def audit_failures(self, c: dict[str, int]) -> list[str]:
+        out = []
+        if c["on_unknown"] or c["dropped"]:
+            out.append(f"{c['on_unknown']} unknown entries observed, {c['dropped']} known dropped")
+        for flips, base, rate in (
+            ("positive_to_negative", "clean_positive", self.flip_pos),
+            ("negative_to_positive", "clean_negative", self.flip_neg),
+        ):
+            if not binomial_ok(c[flips], c[base], rate):
+                out.append(
+                    f"{c[flips]} of {c[base]} {base.replace('_', ' ')}s flipped, outside the "
+                    f"binomial range of rate {rate:g}"
+                )
+        return out
 
 
 REGIMES: Registry[RegimeInfo] = Registry("label regime")
@@ -133,6 +255,15 @@ REGIMES.register(
 )
 REGIMES.register(
     RegimeInfo(
+        "noisy",
+        "full labels with positives and negatives flipped at rates p and q",
+        Noisy,
+        "symmetric/asymmetric noise of the robust-loss papers (e.g. Hill, SPLC)",
+        trains_as="partial",  # observed 1/-1 entries taken as given; none unknown
+    )
+)
+REGIMES.register(
+    RegimeInfo(
         "partial",
         "each label entry observed with probability `fraction`",
         Partial,
@@ -141,7 +272,10 @@ REGIMES.register(
 )
 
 
-def create_regime(name: str, **params) -> SinglePositive | Partial:
+Regime = SinglePositive | Partial | Noisy
+
+
+def create_regime(name: str, **params) -> Regime:
     """Build a regime from its name and parameters; unknown names or parameters fail listing choices."""
     info = REGIMES.get(name)
     valid = set(info.params.__dataclass_fields__)
@@ -153,15 +287,23 @@ def create_regime(name: str, **params) -> SinglePositive | Partial:
     return info.params(**params)
 
 
-def parse_regime_spec(spec: str) -> SinglePositive | Partial:
-    """``single-positive`` or ``partial:fraction=0.1,seed=0`` -> a regime."""
+_FLOATS = {"fraction", "flip_pos", "flip_neg"}
+
+
+def parse_regime_spec(spec: str) -> Regime:
+    """``single-positive``, ``partial:fraction=0.1,seed=0`` or
+    ``single-positive:bias=size`` -> a regime."""
     name, _, rest = spec.partition(":")
-    params: dict[str, float | int] = {}
+    params: dict[str, float | int | str] = {}
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
         if not eq:
             raise WsmlError(f"bad regime parameter {item!r} in {spec!r}; expected key=value")
-        params[key.strip()] = float(value) if key.strip() == "fraction" else int(value)
+        key = key.strip().replace("-", "_")
+        if key == "bias":
+            params[key] = value.strip()
+        else:
+            params[key] = float(value) if key in _FLOATS else int(value)
     return create_regime(name.strip(), **params)
 
 

@@ -8,6 +8,7 @@ the shard plan is fixed before any shard is written; rows then stay contiguous w
 from __future__ import annotations
 
 import gc
+import hashlib
 import itertools
 import os
 import sys
@@ -18,7 +19,7 @@ from multiprocessing import get_context
 
 import numpy as np
 
-from shards.images import BadImage, probe_file
+from shards.images import BadImage, perceptual_hash, probe_file
 
 OK, MISSING, BAD = 0, 1, 2
 CHUNK = 256
@@ -26,7 +27,8 @@ CHUNK = 256
 
 @dataclass
 class ScanResult:
-    """Per-record status (OK / MISSING / BAD), size, and whether it must be re-encoded."""
+    """Per-record status (OK / MISSING / BAD), size, whether it must be re-encoded, and the
+    image's hashes (sha256 of its bytes, 64-bit perceptual hash) that ``audit`` compares."""
 
     status: np.ndarray  # int8 (N,)
     width: np.ndarray  # int32 (N,)
@@ -34,6 +36,8 @@ class ScanResult:
     nbytes: np.ndarray  # int64 (N,)
     is_jpeg: np.ndarray  # bool (N,)
     reasons: dict[int, str]  # record index -> why it is bad
+    sha256: np.ndarray | None = None  # uint8 (N, 32); zeros where not OK
+    phash: np.ndarray | None = None  # uint64 (N,)
 
     def to_npz(self) -> dict[str, np.ndarray]:
         idx = np.array(sorted(self.reasons), dtype=np.int64)
@@ -45,25 +49,45 @@ class ScanResult:
             "is_jpeg": self.is_jpeg,
             "bad_index": idx,
             "bad_reason": np.array([self.reasons[i] for i in idx.tolist()], dtype=str),
+            "sha256": self.sha256,
+            "phash": self.phash,
         }
 
     @classmethod
     def from_npz(cls, z) -> ScanResult:
         reasons = dict(zip(z["bad_index"].tolist(), z["bad_reason"].tolist(), strict=True))
-        return cls(z["status"], z["width"], z["height"], z["nbytes"], z["is_jpeg"], reasons)
+        hashes = (z["sha256"], z["phash"]) if "phash" in z.files else (None, None)
+        return cls(
+            z["status"], z["width"], z["height"], z["nbytes"], z["is_jpeg"], reasons, *hashes
+        )
 
 
-def _probe_chunk(args: tuple[Sequence[str], str]) -> list[tuple[int, int, int, int, bool, str]]:
+_NO_SHA = bytes(32)
+
+
+def _probe_chunk(args: tuple[Sequence[str], str]) -> list[tuple]:
     paths, check = args
     out = []
     for path in paths:
         try:
             p = probe_file(path, check)
-            out.append((OK, p.width, p.height, p.size, p.is_jpeg, ""))
+            sha, phash = _hashes(path)
+            out.append((OK, p.width, p.height, p.size, p.is_jpeg, "", sha, phash))
         except BadImage as e:  # a missing file is told apart only here, on the rare path
             status = BAD if os.path.isfile(path) else MISSING
-            out.append((status, 0, 0, 0, False, str(e) if status == BAD else "missing"))
+            why = str(e) if status == BAD else "missing"
+            out.append((status, 0, 0, 0, False, why, _NO_SHA, 0))
     return out
+
+
+def _hashes(path: str) -> tuple[bytes, int]:
+    """sha256 of the file's bytes and its perceptual hash (for ``audit``'s duplicate checks)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise BadImage(f"cannot read file: {e.strerror or e}") from None
+    return hashlib.sha256(data).digest(), perceptual_hash(data)
 
 
 def scan_images(
@@ -77,17 +101,19 @@ def scan_images(
     status = np.zeros(n, np.int8)
     width, height = np.zeros(n, np.int32), np.zeros(n, np.int32)
     nbytes, is_jpeg = np.zeros(n, np.int64), np.zeros(n, bool)
+    sha256, phash = np.zeros((n, 32), np.uint8), np.zeros(n, np.uint64)
     reasons: dict[int, str] = {}
     chunks = ((records.paths(range(i, min(n, i + CHUNK))), check) for i in range(0, n, CHUNK))
     start = 0
     for part in workers.map(_probe_chunk, chunks):
-        for k, (st, w, h, size, jpeg, why) in enumerate(part, start):
+        for k, (st, w, h, size, jpeg, why, sha, ph) in enumerate(part, start):
             status[k], width[k], height[k], nbytes[k], is_jpeg[k] = st, w, h, size, jpeg
+            sha256[k], phash[k] = np.frombuffer(sha, np.uint8), ph
             if st == BAD:
                 reasons[k] = why
         start += len(part)
         on_progress(len(part))
-    return ScanResult(status, width, height, nbytes, is_jpeg, reasons)
+    return ScanResult(status, width, height, nbytes, is_jpeg, reasons, sha256, phash)
 
 
 class Workers:

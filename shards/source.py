@@ -100,7 +100,7 @@ class Source:
 
 
 FAMILIES = ("voc", "coco", "nus", "cub", "openimages")
-EXTRA_TYPES = ("int32", "int64", "string", "list<int32>")
+EXTRA_TYPES = ("int32", "int64", "string", "list<int32>", "list<float64>")
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from shards.bias import BOX_COLUMNS
+from shards.errors import WsmlError
 from shards.fileio import write_json_atomic
 from shards.images import target_size
 from shards.lists import Lists
-from shards.regimes import REGIME_KIND, OfficialLabels, Partial, SinglePositive
+from shards.regimes import REGIME_KIND, REGIMES, OfficialLabels, Regime
 from shards.scan import MISSING
 from shards.source import EXTRA_TYPES
 from shards.tables import from_arrow, label_columns, read_table, to_arrow, write_table
+
+OFFICIAL_EXTRAS = tuple(BOX_COLUMNS.values())  # extra columns the official tables carry too
 
 
 def _labels(source, records, idx: list[int]) -> dict[str, pa.Array]:
@@ -45,6 +50,7 @@ def _split_columns(source, rows, scan, max_side):
             "height": pa.array([d[1] for d in dims], pa.int32()),
             **_labels(source, recs, ids),
             "source_index": pa.array(idx.astype(np.int64)),
+            **_hash_columns(scan, idx),
         }
         for k, (name, typ) in enumerate(source.extra_columns):
             cols[name] = _extra_column(recs.extras(k, ids), typ)
@@ -53,9 +59,23 @@ def _split_columns(source, rows, scan, max_side):
     return columns
 
 
+def _hash_columns(scan, idx: np.ndarray) -> dict[str, pa.Array]:
+    """``image_sha256`` (of the source file's bytes) and ``phash`` (64-bit perceptual hash):
+    what ``audit`` compares across splits, kept in the table since a column is cheap."""
+    if scan.phash is None:  # a scan cached by an older version, resumed
+        return {}
+    sha = scan.sha256[idx]
+    return {
+        "image_sha256": pa.array([bytes(r).hex() for r in sha], pa.string()),
+        "phash": pa.array(scan.phash[idx], pa.uint64()),
+    }
+
+
 def _extra_column(values: list, typ: str) -> pa.Array:
     if typ == "list<int32>":
         return to_arrow(Lists.from_rows(values))
+    if typ == "list<float64>":
+        return pa.array([list(v) for v in values], pa.list_(pa.float64()))
     if typ not in EXTRA_TYPES:
         raise ValueError(f"extra column type {typ!r} is not one of {EXTRA_TYPES}")
     return pa.array(values, {"int32": pa.int32(), "int64": pa.int64(), "string": pa.string()}[typ])
@@ -73,13 +93,17 @@ def _official_columns(source, i, present, split_names, split_of, row_of):
     def columns(start: int, stop: int) -> dict:
         idx = present[start:stop]
         rows = row_of[idx]
-        return {
+        cols = {
             "index": pa.array(idx.astype(np.int64)),
             "source_id": pa.array(recs.source_ids(idx.tolist()), pa.string()),
             **_labels(source, recs, idx.tolist()),
             "split": pa.array(split_names[split_of[idx]].tolist(), pa.string()),
             "row": pa.array(rows, pa.int64(), mask=rows < 0),
         }
+        for k, (name, typ) in enumerate(source.extra_columns):
+            if name in OFFICIAL_EXTRAS:
+                cols[name] = _extra_column(recs.extras(k, idx.tolist()), typ)
+        return cols
 
     return columns
 
@@ -138,15 +162,20 @@ def write_official_and_label_tables(
 
 def read_official_labels(path: Path, num_classes: int) -> tuple[OfficialLabels, pa.Table]:
     table = read_table(path)
-    labels = OfficialLabels(
-        from_arrow(table["positives"]), from_arrow(table["negatives"]), num_classes
-    )
+    positives = from_arrow(table["positives"])
+    columns = {}
+    for name in OFFICIAL_EXTRAS:
+        if name in table.column_names:
+            col = table[name].combine_chunks()
+            values = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float64)
+            if len(values) != len(positives.values):
+                raise WsmlError(f"{path}: column {name} is not aligned with positives")
+            columns[name] = values
+    labels = OfficialLabels(positives, from_arrow(table["negatives"]), num_classes, columns)
     return labels, table
 
 
-def write_regime_view(
-    out: Path, regime: SinglePositive | Partial, num_classes: int, durable: bool = True
-) -> dict:
+def write_regime_view(out: Path, regime: Regime, num_classes: int, durable: bool = True) -> dict:
     """Generate a regime on every official split and write ``observed/<view>/<split>.parquet``;
     ``regime.json`` is written last and marks the view complete. Tars are never touched."""
     view = regime.view_name()
@@ -163,9 +192,11 @@ def write_regime_view(
             rel = f"observed/{view}/{name}.parquet"
             sha = write_table(out / rel, len(at), _view_columns(at, row_col, pos, neg), durable)
             splits[name] = {"path": rel, "rows": len(at), "sha256": sha}
+    kind = REGIME_KIND[type(regime)]
     meta = {
         "view": view,
-        "regime": REGIME_KIND[type(regime)],
+        "regime": kind,
+        "trains_as": REGIMES.get(kind).trains_as or kind,
         "params": asdict(regime),
         "splits": splits,
     }

@@ -228,7 +228,7 @@ def _inspect_out(out: Path, identity: str, required: str | None, overwrite: bool
 def _clear(out: Path) -> None:
     """Remove what a previous conversion wrote (only our own names)."""
     for p in out.iterdir():
-        if p.name in (MANIFEST, PROGRESS, "labels", "observed", "embeddings"):
+        if p.name in (MANIFEST, PROGRESS, "labels", "observed", "embeddings", "audit.json"):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
         elif p.suffix in (".tar", ".idx") or p.name.endswith(".wsml-tmp"):
             p.unlink()

@@ -9,7 +9,8 @@ from shards.converters.voc import VOC_CLASSES
 from tests.conftest import make_coco, make_voc
 from tests.layouts_cub import cub_layout
 from tests.layouts_nuswide import nuswide_official
-from tests.layouts_openimages import openimages_layout
+from tests.layouts_openimages import openimages_layout, openimages_v6_layout
+from tests.layouts_table import table_layout
 
 
 def _voc_labels(ids, classes, offset):
@@ -67,4 +68,6 @@ LAYOUTS = {
     "voc2007": voc_year("2007", "trainval", "test", class_lists=True),
     "voc2012": voc_year("2012", "train", "val", class_lists=False),
     "openimages-v3": openimages_layout,
+    "openimages-v6": openimages_v6_layout,
+    "table": table_layout,
 }

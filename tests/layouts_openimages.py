@@ -3,6 +3,7 @@ fixture where present, generated images.csv / annotations-human.csv in the real 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -66,4 +67,42 @@ def openimages_layout(root: Path, missing: int = 0, seed: int = 0) -> Path:
         folder.mkdir()
         for j, i in enumerate(ids[missing:]):
             (folder / f"{i}.jpg").write_bytes(jpeg_bytes(32 + j % 7, 24, 100 * k + j))
+    return root
+
+
+def openimages_v6_layout(root: Path, version: str = "6", missing: int = 0, seed: int = 1) -> Path:
+    """root/ with the V6 (or V7) files: ``oidv6-class-descriptions.csv`` (header line, then the
+    real descriptions), ``oidv6-classes-trainable.txt``, the three human-verified image-level
+    label CSVs, ``bbox_labels_600_hierarchy.json``; images in root/images/<split>/<id>.jpg."""
+    from shards.converters.openimages_v6 import FILES
+
+    names = FILES[version]
+    rng = np.random.default_rng(seed)
+    staging = root / ".v3"
+    mids = class_files(staging)
+    v3_desc = (staging / "class-descriptions.csv").read_bytes()
+    (root / names["descriptions"]).write_bytes(b"LabelName,DisplayName\r\n" + v3_desc)
+    (root / names["trainable"]).write_text("".join(f"{m}\n" for m in mids))
+    for p in staging.iterdir():
+        p.unlink()
+    staging.rmdir()
+    tree = {"LabelName": "/m/0bl9f", "Subcategory": [
+        {"LabelName": mids[0], "Subcategory": [{"LabelName": mids[1]}]}, {"LabelName": mids[2]},
+    ]}  # fmt: skip
+    (root / "bbox_labels_600_hierarchy.json").write_text(json.dumps(tree))
+    for k, split in enumerate(("train", "validation", "test")):
+        ids = sorted({f"{int(v):016x}" for v in rng.integers(0, 2**63, size=(24, 8, 8)[k])})
+        rows = ["ImageID,Source,LabelName,Confidence\n"]
+        for i in ids:
+            labels = rng.choice(len(mids), size=3, replace=False)
+            rows.append(f"{i},verification,{mids[labels[0]]},1\n")
+            rows.append(f"{i},crowdsource-verification,{mids[labels[1]]},0\n")
+            if rng.random() < 0.5:
+                rows.append(f"{i},verification,{mids[labels[2]]},1\n")
+            rows.append(f"{i},verification,{NOT_TRAINABLE},1\n")  # known, not trainable
+        (root / names[split]).write_text("".join(rows))
+        folder = root / "images" / split
+        folder.mkdir(parents=True)
+        for j, i in enumerate(ids[missing:]):
+            (folder / f"{i}.jpg").write_bytes(jpeg_bytes(32 + j % 7, 24, 300 * k + j))
     return root

@@ -142,13 +142,13 @@ def test_view_names_and_specs():
     assert Partial(fraction=0.25, seed=2).view_name() == "partial-p0.25-s2"
     assert parse_regime_spec("partial:fraction=0.1,seed=4") == Partial(0.1, 4)
     assert parse_regime_spec("single-positive") == SinglePositive()
-    assert set(REGIMES.names()) == {"single-positive", "partial"}
+    assert set(REGIMES.names()) == {"single-positive", "partial", "noisy"}
 
 
 def test_bad_regimes_fail_with_choices():
-    with pytest.raises(WsmlError, match="Choices: partial, single-positive"):
+    with pytest.raises(WsmlError, match="Choices: noisy, partial, single-positive"):
         create_regime("single-postive")
-    with pytest.raises(WsmlError, match="valid: num_neg, num_pos, seed"):
+    with pytest.raises(WsmlError, match="valid: bias, class_weights, num_neg, num_pos, seed"):
         create_regime("single-positive", fraction=0.1)
     with pytest.raises(WsmlError, match="fraction must be in"):
         Partial(fraction=0).generate(as_labels(Y))

@@ -191,3 +191,14 @@ def test_index_files_equal_dalis_own_wds2idx(converted, tmp_path):
         ref = tmp_path / f"{tar.stem}.idx"
         subprocess.run([wds2idx, str(tar), str(ref)], check=True, capture_output=True)
         assert idx.read_bytes() == ref.read_bytes()
+
+
+def test_audit_passes(converted):
+    """Every converter's tiny layout passes ``audit``: no image in two splits, split tables equal
+    to the official labels, every view within its regime's contract, tables match tars."""
+    from shards.audit import audit_shard_set
+
+    name, root, out, source = converted
+    report = audit_shard_set(open_shard_set(out))
+    assert report["failures"] == [], report["failures"]
+    assert set(report["checks"]["views"]) == set(open_shard_set(out).regimes)

@@ -141,7 +141,7 @@ def choose_view(
     if view in ("full", "clean"):
         kind = "partial" if bool((ss.full_labels("train") == 0).any()) else "full"
     elif view in ss.regimes:
-        kind = ss.regimes[view]["regime"]
+        kind = ss.regimes[view].get("trains_as", ss.regimes[view]["regime"])
     else:
         ss.observed_labels(view, "train")  # raises, listing the views
         raise AssertionError("unreachable")
@@ -153,7 +153,7 @@ def default_view(ss: ShardSet, info: MethodInfo, fraction: float = 0.1) -> str:
     """The view a method trains on when no --regime is given: the first of its regimes (in the
     order it declares them, its paper's first) that the shard set has; for partial labels the
     view with ``fraction``, else any partial view."""
-    views = {v: m["regime"] for v, m in ss.regimes.items()}
+    views = {v: m.get("trains_as", m["regime"]) for v, m in ss.regimes.items()}
     for kind in info.regimes:
         if kind == "full":
             return "full"

@@ -8,11 +8,13 @@ that have annotations, sorted as strings.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from shards.bias import object_weights
 from shards.errors import WsmlError
 from shards.source import (
     ConverterInfo,
@@ -56,6 +58,9 @@ def open_coco(root: Path, opts: CocoOptions, dataset: str = "coco") -> Source:
         splits.append(_split(_stem(path), role, data, folder, path, opts.keep_empty))
         del data
     groups = tuple(c.get("supercategory") or "" for c in cats)
+    with_boxes = all(len(r.extra) == 2 for sp in splits for r in sp.records)
+    if not with_boxes:  # one split without boxes: none has box columns
+        splits = [_without_extras(sp) for sp in splits]
     return Source(
         dataset=dataset,
         root=str(root.resolve()),
@@ -63,10 +68,19 @@ def open_coco(root: Path, opts: CocoOptions, dataset: str = "coco") -> Source:
         splits=tuple(splits),
         fingerprint=fingerprint_files([train_json, test_json], [str(opts.keep_empty)]),
         groups=groups if all(groups) else None,
+        extra_columns=BOX_EXTRAS if with_boxes else (),
         notes={
             "annotations": [str(train_json.relative_to(root)), str(test_json.relative_to(root))]
         },
     )
+
+
+BOX_EXTRAS = (("size_weight", "list<float64>"), ("location_weight", "list<float64>"))
+
+
+def _without_extras(split: OfficialSplit) -> OfficialSplit:
+    records = [dataclasses.replace(r, extra=()) for r in split.records]
+    return OfficialSplit(split.name, split.role, tuple(records))
 
 
 def _stem(path: Path) -> str:
@@ -106,11 +120,18 @@ def _images_dir(root: Path, given: str, json_path: Path) -> Path:
 
 def _slim(obj: dict) -> dict | tuple:
     """Keep only what labels need, as the json is parsed: COCO's polygons and RLE masks are
-    most of its size. Annotations become (id, image_id, category_id), images (id, file_name)."""
+    most of its size. Annotations become (id, image_id, category_id, area, bbox), images
+    (id, file_name, width, height); area, bbox and sizes may be None (then no box columns)."""
     if "image_id" in obj and "category_id" in obj:
-        return (obj.get("id"), obj["image_id"], obj["category_id"])
+        return (
+            obj.get("id"),
+            obj["image_id"],
+            obj["category_id"],
+            obj.get("area"),
+            obj.get("bbox"),
+        )
     if "file_name" in obj and "id" in obj:
-        return (obj["id"], obj["file_name"])
+        return (obj["id"], obj["file_name"], obj.get("width"), obj.get("height"))
     return obj
 
 
@@ -123,7 +144,7 @@ def _read_instances(path: Path) -> dict:
         if not isinstance(data.get(field), list):
             raise WsmlError(f"{path} has no '{field}' list; expected COCO instances format")
     check_duplicates([str(c["id"]) for c in data["categories"]], f"the categories of {path}")
-    for field, size in (("images", 2), ("annotations", 3)):
+    for field, size in (("images", 4), ("annotations", 5)):
         bad = next((x for x in data[field] if not isinstance(x, tuple) or len(x) != size), None)
         if bad is not None:
             raise WsmlError(f"{path}: an entry of '{field}' lacks its ids: {str(bad)[:200]}")
@@ -137,9 +158,9 @@ def _read_instances(path: Path) -> dict:
 
 def _split(name, role, data, image_dir: Path, path: Path, keep_empty: bool) -> OfficialSplit:
     index = {c["id"]: i for i, c in enumerate(data["categories"])}
-    images = dict(data["images"])  # id -> file name
+    images = {im[0]: im[1] for im in data["images"]}  # id -> file name
     labels: dict[int, set[int]] = {}
-    for ann_id, image_id, cat in data["annotations"]:
+    for ann_id, image_id, cat, _, _ in data["annotations"]:
         if cat not in index:
             raise WsmlError(
                 f"annotation {ann_id} of image {image_id} in {path} has unknown "
@@ -148,21 +169,46 @@ def _split(name, role, data, image_dir: Path, path: Path, keep_empty: bool) -> O
         if image_id not in images:
             raise WsmlError(f"annotation {ann_id} in {path} names unknown image id {image_id}")
         labels.setdefault(image_id, set()).add(index[cat])
+    weights = _box_weights(data, index)
     ids = images if keep_empty else labels
     order = sorted(str(i) for i in ids)  # sorted as strings, as the field's formatter does
     by_str = {str(i): i for i in ids}
     records, folder = [], str(image_dir)
     for sid in order:
         file_name = images[by_str[sid]]
+        positives = tuple(sorted(labels.get(by_str[sid], ())))
+        extra = ()
+        if weights is not None:
+            per_class = weights.get(by_str[sid], {})
+            extra = tuple(tuple(per_class[c][k] for c in positives) for k in (0, 1))
         records.append(
             Record(
                 source_id=sid,
                 path=os.path.join(folder, file_name),
                 key_hint=os.path.splitext(file_name)[0].replace("/", "_"),
-                positives=tuple(sorted(labels.get(by_str[sid], ()))),
+                positives=positives,
+                extra=extra,
             )
         )
     return OfficialSplit(name, role, tuple(records))
+
+
+def _box_weights(data: dict, index: dict) -> dict | None:
+    """Per image and class, the (size, location) weights of the biased single-positive
+    protocols (:mod:`shards.bias`); None when any annotation lacks its box or area, or any
+    image its size (such a source has no box columns)."""
+    sizes = {im[0]: (im[2], im[3]) for im in data["images"]}
+    if any(not w or not h for w, h in sizes.values()):
+        return None
+    boxes: dict[int, dict[int, list]] = {}
+    for _, image_id, cat, area, bbox in data["annotations"]:
+        if area is None or not isinstance(bbox, list) or len(bbox) != 4:
+            return None
+        boxes.setdefault(image_id, {}).setdefault(index[cat], []).append((area, bbox))
+    return {
+        i: {c: object_weights(b, *sizes[i]) for c, b in per_class.items()}
+        for i, per_class in boxes.items()
+    }
 
 
 def _open_coco2014(root: Path, opts: Coco2014Options) -> Source:

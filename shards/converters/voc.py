@@ -8,10 +8,12 @@ dropped; ids sorted. Without per-class lists the same labels are read from ``Ann
 
 from __future__ import annotations
 
+import dataclasses
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from shards.bias import object_weights
 from shards.errors import WsmlError
 from shards.source import (
     ConverterInfo,
@@ -70,16 +72,70 @@ def open_voc(root: Path, opts: VocOptions, dataset: str = "voc") -> Source:
             for i in ids
         )
         splits.append(OfficialSplit(set_name, role, records))
+    boxes = _box_extras(base, splits, classes, used)
     return Source(
         dataset=dataset,
         root=str(root.resolve()),
         classes=tuple(classes),
-        splits=tuple(splits),
+        splits=tuple(boxes or splits),
         fingerprint=fingerprint_files(used, list(classes)),
         groups=VOC_GROUPS if tuple(classes) == VOC_CLASSES else None,
         notes={"dropped_no_positive": dropped, "folder": str(base)},
-        extra_columns=(("difficult", "list<int32>"),),
+        extra_columns=(("difficult", "list<int32>"),) + (BOX_EXTRAS if boxes else ()),
     )
+
+
+BOX_EXTRAS = (("size_weight", "list<float64>"), ("location_weight", "list<float64>"))
+
+
+def _box_extras(base: Path, splits, classes, used: list[Path]) -> list[OfficialSplit] | None:
+    """The splits with the biased single-positive weights of each positive (shards.bias) from
+    the boxes in ``Annotations/<id>.xml``; None when any image lacks its xml, size or boxes."""
+    index = {c: k for k, c in enumerate(classes)}
+    out, xmls = [], []
+    for split in splits:
+        records = []
+        for r in split.records:
+            xml = base / "Annotations" / f"{r.source_id}.xml"
+            found = _xml_boxes(xml, index) if xml.is_file() else None
+            if found is None:
+                return None
+            (width, height), per_class = found
+            if any(not per_class.get(c) for c in r.positives):
+                return None
+            w = [object_weights(per_class[c], width, height) for c in r.positives]
+            extra = (*r.extra, tuple(x[0] for x in w), tuple(x[1] for x in w))
+            records.append(dataclasses.replace(r, extra=extra))
+            xmls.append(xml)
+        out.append(OfficialSplit(split.name, split.role, tuple(records)))
+    seen = set(used)
+    used.extend(p for p in xmls if p not in seen)
+    return out
+
+
+def _xml_boxes(path: Path, index: dict) -> tuple[tuple[int, int], dict] | None:
+    """((width, height), class -> [(area, (x, y, w, h))] of its non-difficult boxes), or None."""
+    try:
+        root = ET.parse(path).getroot()
+        width, height = (int(float(root.findtext(f"size/{k}") or 0)) for k in ("width", "height"))
+    except (ET.ParseError, ValueError):
+        return None
+    if width <= 0 or height <= 0:
+        return None
+    per_class: dict[int, list] = {}
+    for obj in root.iter("object"):
+        name, box = (obj.findtext("name") or "").strip(), obj.find("bndbox")
+        if box is None or name not in index:
+            return None
+        if (obj.findtext("difficult") or "0").strip() == "1":
+            continue
+        try:
+            x0, y0, x1, y1 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        except (TypeError, ValueError):
+            return None
+        w, h = x1 - x0, y1 - y0
+        per_class.setdefault(index[name], []).append((w * h, (x0, y0, w, h)))
+    return (width, height), per_class
 
 
 def _find_base(root: Path, year: str) -> Path:

@@ -1,0 +1,64 @@
+"""Open Images V6/V7 (``openimages-v6``): the released human-verified image-level label files,
+V3's semantics, groups from the released hierarchy, line numbers in errors, --part/--finalize."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from shards.convert import convert
+from shards.converters.openimages_v6 import FILES
+from shards.shardset import open_shard_set
+from tests.conftest import assert_refused, shard_cli
+from tests.layouts_openimages import openimages_v6_layout
+
+
+@pytest.mark.parametrize("version", ["6", "7"])
+def test_labels_follow_the_human_verifications(tmp_path, version):
+    root = openimages_v6_layout(tmp_path / "raw", version=version)
+    out = tmp_path / "s"
+    convert("openimages-v6", root, out, {}, {}, workers=1)
+    ss = open_shard_set(out)
+    mids = ss.manifest["source"]["mids"]
+    assert ss.manifest["source"]["version"] == version and not ss.regimes
+    assert ss.manifest["groups"][:3] == [ss.classes[0], ss.classes[0], ss.classes[2]]
+    with open(root / FILES[version]["test"]) as f:
+        rows = list(csv.DictReader(f))
+    table = ss.label_table("test").to_pydict()
+    y = ss.full_labels("test")
+    for r, sid in enumerate(table["source_id"]):
+        want = np.zeros(len(mids), np.int8)  # unknown unless verified
+        for row in rows:
+            if row["ImageID"] == sid and row["LabelName"] in mids:
+                want[mids.index(row["LabelName"])] = 1 if row["Confidence"] == "1" else -1
+        assert np.array_equal(y[r], want), sid
+
+
+def test_bad_rows_name_their_line_and_missing_files_are_named(tmp_path):
+    root = openimages_v6_layout(tmp_path / "raw")
+    path = root / FILES["6"]["validation"]
+    rows = path.read_text().splitlines()
+    rows.insert(2, rows[1].rsplit(",", 1)[0] + ",0.5")
+    path.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    assert_refused(shard_cli(root, out, dataset="openimages-v6"), f"{path}:3", "'0.5'", out=out)
+    (root / FILES["6"]["trainable"]).unlink()
+    assert_refused(shard_cli(root, out, dataset="openimages-v6"), "oidv6-classes-trainable.txt", out=out)  # fmt: skip
+
+
+def test_parts_and_finalize_give_the_same_bytes(tmp_path):
+    root = openimages_v6_layout(tmp_path / "raw", missing=1)
+    opts = dict(shard_samples=4)
+    convert("openimages-v6", root, tmp_path / "one", {}, opts, workers=1)
+    out = tmp_path / "parts"
+    for k in range(2):
+        convert("openimages-v6", root, out, {}, opts, workers=1, part=(k, 2))
+    convert("openimages-v6", root, out, {}, opts, workers=1, finalize=True)
+    one = tmp_path / "one"
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    for f in files:
+        assert (out / f).read_bytes() == (one / f).read_bytes(), f
+    assert open_shard_set(out).manifest["official_splits"]["train"]["missing_count"] == 1
