@@ -6,11 +6,14 @@ to a temporary name in the same folder, flushed to disk and renamed.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +66,60 @@ def dumps_json(obj: Any) -> str:
 
 def write_json_atomic(path: Path, obj: Any, durable: bool = True) -> None:
     write_bytes_atomic(path, dumps_json(obj).encode(), durable)
+
+
+LOCK_SUFFIX = ".wsml-lock"
+
+
+def lock_path_for(folder: Path) -> Path:
+    """The lock file of ``folder``: beside it, so it exists before the folder does and never
+    shows among the folder's files."""
+    folder = Path(folder).absolute()
+    return folder.parent / f".{folder.name}{LOCK_SUFFIX}"
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """One writer per folder: an exclusive ``flock`` held for the block by this process, with
+    its pid in the lock file. A second writer fails at once naming the folder and the holder."""
+    from shards.errors import WsmlError
+
+    path = lock_path_for(folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            holder = _read_pid(path)
+            raise WsmlError(
+                f"{folder} is being written by another process (pid {holder}); wait for it "
+                "to finish or stop it, or choose another folder"
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # not a lock file its last holder removed meanwhile
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)  # releases the lock
+
+
+def _read_pid(path: Path) -> str:
+    try:
+        return path.read_text().strip() or "unknown"
+    except OSError:
+        return "unknown"
 
 
 def remove_temporaries(folder: Path) -> int:

@@ -23,6 +23,7 @@ from shards import FORMAT_VERSION, __version__
 from shards.errors import WsmlError
 from shards.fileio import (
     dumps_json,
+    folder_lock,
     fsync_dir,
     publish,
     remove_temporaries,
@@ -82,6 +83,16 @@ class Job:
 
 
 def write_shard_set(
+    source: Source, out: Path, options: ShardOptions, converter_options: dict, **kwargs
+) -> dict:
+    """Convert ``source`` into a shard set at ``out`` (see ``_write_shard_set``) as the one
+    writer of ``out``; the parts of a multi-machine conversion (``part=``) write side by side."""
+    lock = nullcontext() if kwargs.get("part") is not None else folder_lock(out)
+    with lock:
+        return _write_shard_set(source, out, options, converter_options, **kwargs)
+
+
+def _write_shard_set(
     source: Source,
     out: Path,
     options: ShardOptions,
