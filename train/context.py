@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from shards.errors import WsmlError
+from train.integrity import end_with_launcher
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Context:
     @classmethod
     def create(cls, device: str = "auto", progress: bool = False) -> Context:
         """Join the torchrun process group when there is one (gloo on CPU, NCCL on GPUs)."""
+        end_with_launcher()  # no orphaned rank writes on after torchrun's agent died
         world = int(os.environ.get("WORLD_SIZE", "1"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if device == "auto":

@@ -19,6 +19,7 @@ from train.build import Run, prepare
 from train.config import RunConfig
 from train.context import Context, cpu_threads
 from train.evaluate import epoch_record, evaluate_splits, predict, selected_summary
+from train.integrity import run_folder_lock
 from train.runfolder import Scalars, json_safe
 
 
@@ -26,11 +27,12 @@ def train(config: RunConfig) -> dict[str, Any]:
     """Train (or resume) the run ``config`` describes; returns its summary."""
     ctx = Context.create(config.device, config.progress)
     try:
-        if config.sweep:
-            from train.sweep import train_sweep
+        with run_folder_lock(config.run_dir, ctx.is_main):
+            if config.sweep:
+                from train.sweep import train_sweep
 
-            return train_sweep(config, ctx)
-        return fit(prepare(config, ctx), ctx)
+                return train_sweep(config, ctx)
+            return fit(prepare(config, ctx), ctx)
     finally:
         ctx.close()
 

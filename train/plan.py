@@ -21,6 +21,7 @@ from train.config import (
 )
 from train.context import Context
 from train.data import read_clip_text
+from train.integrity import check_steps, data_identity
 from train.methods import MethodInfo, config_dict, get_method
 from train.runfolder import require_tensorboard
 
@@ -132,6 +133,8 @@ def resolve(config: RunConfig, ctx: Context) -> tuple[RunConfig, dict[str, Any],
     view, kind = resolve_regime(ss, info, config.regime, config.fraction)
     mcfg = info.resolve(ss.manifest["dataset"], method_opts)
     ctx.local_batch(mcfg.batch_size)
+    batches = list(config.sweep_batches) if config.sweep else [mcfg.batch_size]
+    check_steps(int(ss.split("train")["num_samples"]), batches, ctx.world_size)
     clip = _clip_tag(ss, info, config)
     if clip is not None:
         read_clip_text(ss, clip, info.name)
@@ -148,6 +151,7 @@ def resolve(config: RunConfig, ctx: Context) -> tuple[RunConfig, dict[str, Any],
         "world_size": ctx.world_size,
         "versions": {"torch": torch.__version__},
     }
+    resolved["data"] = data_identity(ss, view, config.features, clip)
     if config.setting == "linear":
         resolved["feature_dim"] = _cache_dim(ss, config.features, "features")
     else:

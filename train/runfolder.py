@@ -28,6 +28,7 @@ import torch
 from shards.embeddings import write_array
 from shards.errors import WsmlError
 from shards.fileio import dumps_json, tmp_path_for, write_bytes_atomic, write_json_atomic
+from train.integrity import check_identity
 
 FORMAT = "wsml-run"
 VERSION = 1
@@ -73,7 +74,10 @@ class RunFolder:
             )
         if overwrite:
             return None
+        started = (self.path / LAST).is_file() or (self.path / SUMMARY).is_file()
         if not resume:
+            if not started:  # killed before its first checkpoint: nothing to keep
+                return None
             raise WsmlError(
                 f"{self.path} already holds a run; pass --resume to continue it or --overwrite "
                 "to start it again"
@@ -82,8 +86,12 @@ class RunFolder:
         if differ:
             detail = _differences(saved, config, differ)
             raise WsmlError(f"--resume: {self.path} was trained with other settings: {detail}")
+        check_identity(self.path, saved, config)
         if not (self.path / LAST).is_file():
-            raise WsmlError(f"--resume: {self.path} has no {LAST} yet; start it again")
+            raise WsmlError(
+                f"--resume: {self.path} was stopped before its first checkpoint: nothing to "
+                "resume; run the same command without --resume to start it again"
+            )
         return saved
 
     def start(self, config: dict) -> None:
