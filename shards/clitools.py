@@ -106,3 +106,43 @@ def progress_factory(enabled: bool):
         return bar.update
 
     return make
+
+
+DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device(device: str) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; anything else fails naming the choices."""
+    if not DEVICE_RE.fullmatch(device):
+        from shards.errors import WsmlError
+
+        raise WsmlError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
+    return device
+
+
+class DeviceType(click.ParamType):
+    """A ``--device``: a usage error (exit 2) unless :func:`check_device` accepts it."""
+
+    name = "device"
+
+    def convert(self, value, param, ctx):
+        from shards.errors import WsmlError
+
+        try:
+            return check_device(str(value))
+        except WsmlError as e:
+            self.fail(str(e), param, ctx)
+
+
+def check_regime_specs(ctx, param, specs: tuple[str, ...]) -> tuple[str, ...]:
+    """Click callback: every ``--regime`` spec parses (or is ``none``), else a usage error."""
+    from shards.errors import WsmlError
+    from shards.regimes import parse_regime_spec
+
+    for spec in specs:
+        if spec != "none":
+            try:
+                parse_regime_spec(spec)
+            except WsmlError as e:
+                raise click.BadParameter(str(e), ctx, param) from None
+    return specs

@@ -161,7 +161,11 @@ def parse_regime_spec(spec: str) -> SinglePositive | Partial:
         key, eq, value = item.partition("=")
         if not eq:
             raise WsmlError(f"bad regime parameter {item!r} in {spec!r}; expected key=value")
-        params[key.strip()] = float(value) if key.strip() == "fraction" else int(value)
+        try:
+            params[key.strip()] = float(value) if key.strip() == "fraction" else int(value)
+        except ValueError:
+            kind = "a number" if key.strip() == "fraction" else "an integer"
+            raise WsmlError(f"regime parameter {item!r} in {spec!r}: expected {kind}") from None
     return create_regime(name.strip(), **params)
 
 
