@@ -151,10 +151,10 @@ def resolve(config: RunConfig, ctx: Context) -> tuple[RunConfig, dict[str, Any],
         "world_size": ctx.world_size,
         "versions": {"torch": torch.__version__},
     }
-    resolved["data"] = data_identity(ss, view, config.features, clip)
     if config.setting == "linear":
         resolved["feature_dim"] = _cache_dim(ss, config.features, "features")
     else:
         _check_e2e(config)
+    resolved["data"] = data_identity(ss, view, config.features, clip)
     config = dataclasses.replace(config, regime=view, clip=clip)
     return config, resolved, ss
