@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from shards import FORMAT_VERSION, __version__
+from shards.audit import check_split_contents, list_shared_files, missing_lines
 from shards.errors import WsmlError
 from shards.fileio import (
     dumps_json,
@@ -135,8 +136,11 @@ def _write_shard_set(
             split.name: _check_scan(split, scan, options, allows_missing)
             for split, scan in zip(source.splits, scans, strict=True)
         }
-        _start_output(out, state, identity, source, scans, clean=part is None)
         splits = assign_rows(source.splits, scans, options.val_frac, options.split_seed)
+        report_source(source, splits, log)
+        for line in missing_lines(out, report):
+            log(line)
+        _start_output(out, state, identity, source, scans, clean=part is None)
         job = Job(source, out, options, converter_options, identity, fsync)
         plan = _plan(job, splits, scans)
         if part is not None:
@@ -185,6 +189,17 @@ def _finish(job: Job, plan_id, splits, shard_infos, tables, regimes, report) -> 
         fsync_dir(out)
     shutil.rmtree(out / PROGRESS, ignore_errors=True)
     return manifest
+
+
+def report_source(source: Source, splits, log: Callable[[str], None]) -> None:
+    """Refuse empty splits (shards/audit.py); say which files are listed under two ids."""
+    check_split_contents(source, splits)
+    count, examples = list_shared_files(source)
+    if count:
+        log(
+            f"{count} image file(s) are listed under more than one id (each id is stored): "
+            + "; ".join(examples)
+        )
 
 
 def _identity(source: Source, options: ShardOptions, converter_options: dict) -> str:
