@@ -3,6 +3,7 @@ split without a single label are refused, and one image file under two ids is re
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -79,3 +80,36 @@ def missing_lines(out, report: dict) -> list[str]:
         for name, r in report.items()
         if r["missing_count"]
     ]
+
+
+def stat_images(records) -> np.ndarray:
+    """int64 (N, 2): size in bytes and mtime in ns of every record's image (-1: absent), what
+    an interrupted conversion saw, so a resume can tell that the source changed since."""
+    out = np.full((len(records), 2), -1, np.int64)
+    for i in range(0, len(records), CHUNK):
+        for j, path in enumerate(records.paths(range(i, min(len(records), i + CHUNK)))):
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            out[i + j] = st.st_size, st.st_mtime_ns
+    return out
+
+
+def check_unchanged(split, saved: np.ndarray, out) -> None:
+    """Refuse to resume a conversion whose source images changed (size or mtime) since the
+    interrupted run looked at them: the result would mix old and new images."""
+    now = stat_images(split.records)
+    if now.shape != saved.shape:
+        changed = 0
+    else:
+        diff = np.flatnonzero((now != saved).any(1))
+        if not len(diff):
+            return
+        changed = int(diff[0])
+    path = split.records.paths([changed])[0] if len(split.records) else "?"
+    raise WsmlError(
+        f"the source changed since the interrupted conversion in {out} looked at it: {path} "
+        f"(official split {split.name}) has another size or time; pass --overwrite to start "
+        "the conversion again"
+    )

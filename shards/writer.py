@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 
 from shards import FORMAT_VERSION, __version__
-from shards.audit import check_split_contents, list_shared_files, missing_lines
+from shards.audit import (
+    check_split_contents,
+    check_unchanged,
+    list_shared_files,
+    missing_lines,
+    stat_images,
+)
 from shards.errors import WsmlError
 from shards.fileio import (
     dumps_json,
@@ -161,6 +167,9 @@ def _start_output(out: Path, state: str, identity: str, source: Source, scans, c
     write_json_atomic(out / PROGRESS / "identity.json", {"identity": identity})
     for split, scan in zip(source.splits, scans, strict=True):
         _cache_scan(out, split.name, scan)
+        with open(tmp := tmp_path_for(out / PROGRESS / f"seen-{split.name}.npy"), "wb") as f:
+            np.save(f, stat_images(split.records))  # what a resume compares the source with
+        publish(tmp, out / PROGRESS / f"seen-{split.name}.npy")
 
 
 def _write_tables(job: Job, splits, scans) -> tuple[dict, dict]:
@@ -269,6 +278,9 @@ def _scan_split(source, i, options, pool: Workers, out: Path | None, progress) -
     split = source.splits[i]
     cache = out / PROGRESS / f"scan-{split.name}.npz" if out else None
     if cache and cache.exists():
+        seen = out / PROGRESS / f"seen-{split.name}.npy"
+        if seen.exists():
+            check_unchanged(split, np.load(seen), out)
         with np.load(cache) as z:
             return ScanResult.from_npz(z)
     tick = progress(f"checking {split.name} images", len(split.records))

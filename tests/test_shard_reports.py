@@ -5,6 +5,7 @@ official split with the table that lists them."""
 from __future__ import annotations
 
 import json
+import os
 
 from tests.conftest import assert_refused, make_coco, shard_cli
 
@@ -44,3 +45,21 @@ def test_one_file_under_two_ids_is_reported(tmp_path):
     assert result.exit_code == 0, result.output
     assert "1 image file(s) are listed under more than one id" in result.output
     assert "img_train_000001.jpg (ids train:1, train:2)" in result.output
+
+
+def test_resume_refuses_a_source_changed_since(tmp_path):
+    from shards.convert import convert
+
+    root = make_coco(tmp_path / "coco", n_train=6, n_val=3)
+    out = tmp_path / "out"
+    convert("coco", root, out, {}, {"shard_samples": 2}, workers=1, part=(0, 2))  # unfinished
+    image = sorted((root / "val").glob("*.jpg"))[1]
+    data = bytearray(image.read_bytes())
+    data[-10] ^= 0xFF  # the same size, other pixels (and a new mtime)
+    image.write_bytes(bytes(data))
+    os.utime(image, ns=(1, 1))
+    result = shard_cli(root, out, "--shard-samples", "2")
+    assert_refused(result, str(image), "--overwrite", "official split val", out=out, fresh=False)
+    assert not (out / "manifest.json").exists()
+    result = shard_cli(root, out, "--shard-samples", "2", "--overwrite")
+    assert result.exit_code == 0, result.output
