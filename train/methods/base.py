@@ -115,11 +115,12 @@ class Method(nn.Module):
         return x if self.members == 1 else x.view(self.members, -1, *x.shape[1:])
 
     def reduce(self, x: Tensor, how: str = "mean") -> Tensor:
-        """Mean (or sum) over a batch's entries: a scalar, or one value per member (M,)."""
+        """Mean (or sum) over a batch's entries: a scalar, or one value per member (M,). Under
+        DDP a sum is the global batch's (a mean of equal shares needs nothing: DDP averages)."""
         if self.members == 1:
-            return x.mean() if how == "mean" else x.sum()
+            return x.mean() if how == "mean" else global_sum(x.sum())
         flat = x.reshape(self.members, -1)
-        return flat.mean(1) if how == "mean" else flat.sum(1)
+        return flat.mean(1) if how == "mean" else global_sum(flat.sum(1))
 
     def training_step(
         self,
@@ -200,8 +201,58 @@ def observed_masks(batch: Mapping[str, Tensor], like: Tensor) -> tuple[Tensor, T
 
 def expected_positive_reg(p: Tensor, k: float) -> Tensor:
     """Cole's EPR: (mean over images of the summed probabilities - k)^2 / L^2; ``p`` (N, L),
-    or (M, N, L) for stacked members (one value each)."""
-    return (p.sum(-1).mean(-1) - k) ** 2 / p.shape[-1] ** 2
+    or (M, N, L) for stacked members (one value each). Under DDP the mean is the global batch's."""
+    world = training_world()
+    if world == 1:
+        return (p.sum(-1).mean(-1) - k) ** 2 / p.shape[-1] ** 2
+    mean = all_sum(p.sum(-1).sum(-1)) / (p.shape[-2] * world)
+    return ddp_scaled((mean - k) ** 2 / p.shape[-1] ** 2)
+
+
+def training_world() -> int:
+    """The ranks a training step's batch is spread over (1 outside DDP or without grad: an
+    eval pass never runs a collective)."""
+    if torch.is_grad_enabled() and dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def all_sum(x: Tensor) -> Tensor:
+    """``x`` summed over the ranks; the other ranks' parts are constants, so the gradient
+    reaches this rank's ``x`` alone (each rank backpropagates its own part)."""
+    if training_world() == 1:
+        return x
+    total = x.detach().clone()
+    dist.all_reduce(total)
+    return x + (total - x.detach())
+
+
+def ddp_scaled(x: Tensor) -> Tensor:
+    """``x`` with its gradient times the world size: DDP averages the ranks' gradients, and a
+    batch-wide term's gradient reaches the model through each rank's own part only."""
+    world = training_world()
+    return x if world == 1 else x + (world - 1) * (x - x.detach())
+
+
+def global_sum(x: Tensor) -> Tensor:
+    """A sum over this rank's share of the batch made the global batch's (value and gradient
+    as one process would have them)."""
+    return ddp_scaled(all_sum(x))
+
+
+def gather_batch(x: Tensor, members: int = 1) -> tuple[Tensor, slice]:
+    """Every rank's ``x`` (M x b, ...) of one training step, as constants: (M x W x b, ...)
+    member-major, ranks in order, and where this rank's rows lie within each member."""
+    world = training_world()
+    b = x.shape[0] // members
+    if world == 1:
+        return x.detach(), slice(0, b)
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.detach().contiguous())
+    shape = x.shape[1:]
+    joined = torch.cat([p.view(members, b, *shape) for p in parts], dim=1)
+    rank = dist.get_rank()
+    return joined.view(-1, *shape), slice(rank * b, (rank + 1) * b)
 
 
 def stack_members(methods: Sequence[Method]) -> Method:
