@@ -28,16 +28,22 @@ def choices(kind: str):
 
 
 def expected_errors(fn):
-    """Turn the project's expected errors into ``Error: ...`` (exit 1) without a traceback."""
+    """Turn the project's expected errors, and the operating system's that the user can fix,
+    into ``Error: ...`` (exit 1) without a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from shards.errors import WsmlError
+        from shards.errors import WsmlError, os_error_message
 
         try:
             return fn(*args, **kwargs)
         except WsmlError as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:  # read-only, no permission, full disk: the user's to fix
+            message = os_error_message(e)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
 
     return wrapper
 

@@ -54,9 +54,23 @@ def fsync_dir(folder: Path) -> None:
 
 def write_bytes_atomic(path: Path, data: bytes, durable: bool = True) -> None:
     tmp = tmp_path_for(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-    publish(tmp, path, durable)
+    with removed_on_error(tmp, path):
+        with open(tmp, "wb") as f:
+            f.write(data)
+        publish(tmp, path, durable)
+
+
+@contextmanager
+def removed_on_error(tmp: Path, final: Path) -> Iterator[None]:
+    """Delete the temporary file ``tmp`` when the block fails (a full disk, a killed write),
+    so no half-written file is left; an OS error goes on naming ``final``, the file it was for."""
+    try:
+        yield
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename in (None, str(tmp)):
+            raise OSError(e.errno, e.strerror, str(final)) from None
+        raise
 
 
 def dumps_json(obj: Any) -> str:
@@ -82,10 +96,24 @@ def lock_path_for(folder: Path) -> Path:
 def folder_lock(folder: Path) -> Iterator[None]:
     """One writer per folder: an exclusive ``flock`` held for the block by this process, with
     its pid in the lock file. A second writer fails at once naming the folder and the holder."""
+    path = lock_path_for(folder)
+    made = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _locked(path, folder):
+            yield
+    finally:
+        for p in made:  # folders made only to hold the lock, left empty by a failed command
+            try:
+                p.rmdir()
+            except OSError:
+                break
+
+
+@contextmanager
+def _locked(path: Path, folder: Path) -> Iterator[None]:
     from shards.errors import WsmlError
 
-    path = lock_path_for(folder)
-    path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -189,11 +217,14 @@ class TarShardWriter:
         for b in buffers:
             self._sha.update(b)
         want = sum(len(b) for b in buffers)
-        done = os.writev(self._fd, buffers)
-        if done < want:  # a short write (rare: signals, nearly full disks): finish it
-            rest = memoryview(b"".join(buffers))
-            while done < want:
-                done += os.write(self._fd, rest[done:])
+        try:
+            done = os.writev(self._fd, buffers)
+            if done < want:  # a short write (rare: signals, nearly full disks): finish it
+                rest = memoryview(b"".join(buffers))
+                while done < want:
+                    done += os.write(self._fd, rest[done:])
+        except OSError as e:  # name the file (a full disk, a size limit)
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
         self._pos += want
         if self._pos - self._flushed >= WRITEBACK and hasattr(os, "posix_fadvise"):
             # Let the disk write what we have while we go on, so the fsync at publish time

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from shards.fileio import publish, tmp_path_for
+from shards.fileio import publish, removed_on_error, tmp_path_for
 from shards.lists import Lists, dense_rows
 
 INDEX_LIST = pa.list_(pa.int32())
@@ -80,7 +80,7 @@ def write_table(
     the file's sha256."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path_for(path)
-    with open(tmp, "wb") as raw:
+    with removed_on_error(tmp, path), open(tmp, "wb") as raw:
         f = _HashingFile(raw)
         writer = None
         for start in range(0, max(num_rows, 1), ROW_GROUP):

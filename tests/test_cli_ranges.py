@@ -55,9 +55,11 @@ def test_a_bad_device_is_a_usage_error(tmp_path):
     assert "foo" in result.output and "cuda:N" in result.output
 
 
-def test_train_refuses_a_bad_device_option(tmp_path_factory):
+def test_train_refuses_a_bad_device_option(tmp_path_factory, tmp_path):
     shards = get_shards(tmp_path_factory)
+    out = tmp_path / "runs" / "r"
     args = ["train", "--shards", str(shards), "--method", "an", "--features", FEAT]
-    result = CliRunner().invoke(cli.main, [*args, "-o", "device=gpu0"])
+    result = CliRunner().invoke(cli.main, [*args, "--out", str(out), "-o", "device=gpu0"])
     assert result.exit_code == 1, result.output
     assert "gpu0" in result.output and "cuda:N" in result.output
+    assert not (tmp_path / "runs").exists()  # nor the folder made to hold the run's lock

@@ -15,6 +15,7 @@ runs/NAME/
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -27,7 +28,13 @@ import torch
 
 from shards.embeddings import write_array
 from shards.errors import WsmlError
-from shards.fileio import dumps_json, tmp_path_for, write_bytes_atomic, write_json_atomic
+from shards.fileio import (
+    dumps_json,
+    removed_on_error,
+    tmp_path_for,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from train.integrity import check_identity
 
 FORMAT = "wsml-run"
@@ -135,13 +142,17 @@ class RunFolder:
 
     def save_checkpoint(self, state: dict[str, Any], best: bool) -> None:
         last = self.path / LAST
-        tmp = tmp_path_for(last)
-        torch.save(state, tmp)
-        if best:
-            tmp_best = tmp_path_for(self.path / BEST)
-            shutil.copyfile(tmp, tmp_best)
-            os.replace(tmp_best, self.path / BEST)
-        os.replace(tmp, last)
+        tmp, tmp_best = tmp_path_for(last), tmp_path_for(self.path / BEST)
+        with removed_on_error(tmp, last):
+            buffer = io.BytesIO()  # torch's own writer turns a full disk into a RuntimeError
+            torch.save(state, buffer)
+            with open(tmp, "wb") as f:
+                f.write(buffer.getbuffer())
+            if best:
+                with removed_on_error(tmp_best, self.path / BEST):
+                    shutil.copyfile(tmp, tmp_best)
+                    os.replace(tmp_best, self.path / BEST)
+            os.replace(tmp, last)
 
     def load_checkpoint(self, which: str = LAST, device: str | torch.device = "cpu") -> dict:
         path = self.path / which
