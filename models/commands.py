@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import click
 
-from shards.clitools import DeviceType, RegistryChoice, expected_errors, progress_factory
+from shards.clitools import (
+    STARTED,
+    DeviceType,
+    RegistryChoice,
+    expected_errors,
+    progress_factory,
+)
 
 
 class ModelName(click.ParamType):
@@ -89,6 +96,8 @@ def run_cache_command(cache, **kwargs) -> None:
     if result["rank"] == 0:
         for line in summary_lines(result):
             click.echo(line)
+        seconds = time.perf_counter() - STARTED
+        click.echo(f"the command took {seconds:.1f}s in all (with loading the model)")
 
 
 @click.command("cache-clip")

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from collections.abc import Callable
 
 import click
+
+STARTED = time.perf_counter()  # when the command line started (this module is imported first)
 
 SIZE_RE = re.compile(r"^\s*([0-9.]+)\s*([kmgt]?i?b?)?\s*$", re.I)
 SIZE_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
