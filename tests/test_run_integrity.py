@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -163,3 +166,36 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again(shards, tmp_path)
     result = invoke(*train_args(shards, out, "--epochs", 1))
     assert result.exit_code == 0, result.output
     assert (out / "summary.json").is_file()
+
+
+LAUNCHER = """
+import subprocess, sys, time
+rank = subprocess.Popen([sys.executable, "-c", sys.argv[1]], env={**__import__("os").environ,
+                        "WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "x"})
+print(rank.pid, flush=True)
+time.sleep(60)
+"""
+RANK = """
+import time
+from train.integrity import end_with_launcher
+end_with_launcher()
+time.sleep(60)
+"""
+
+
+def test_a_rank_ends_when_its_launcher_dies():
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, RANK], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    rank = int(launcher.stdout.readline())
+    time.sleep(2)  # the rank has imported and asked for the signal
+    launcher.kill()
+    launcher.wait()
+    for _ in range(100):
+        try:
+            os.kill(rank, 0)
+        except ProcessLookupError:
+            return  # gone (reaped by init)
+        time.sleep(0.1)
+    os.kill(rank, signal.SIGKILL)
+    raise AssertionError("the rank outlived its launcher by 10 s")

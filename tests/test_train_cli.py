@@ -75,7 +75,7 @@ REFUSALS = {
         ["nope", CLIP],
     ),
     "missing features": (["--features", "nope"], "an", ["nope", FEAT, "cache-features"]),
-    "linear without features": ([], "an", ["--features"]),
+    "linear without features": ([], "an", ["--features", f"{FEAT}, {NAN}, {WIDE}"]),
     "e2e with features": (["--setting", "e2e", "--features", FEAT], "an", ["--features"]),
     "bad preset": (["--setting", "e2e", "-o", "preset=huge"], "an", ["huge", "cole448"]),
     "bad schedule": (["--features", FEAT, "-o", "schedule=cyclic"], "asl", ["onecycle"]),
