@@ -199,3 +199,12 @@ def test_a_rank_ends_when_its_launcher_dies():
         time.sleep(0.1)
     os.kill(rank, signal.SIGKILL)
     raise AssertionError("the rank outlived its launcher by 10 s")
+
+
+def test_a_second_writer_of_a_cache_fails_at_once(copy, held):
+    folder = copy / "embeddings" / "wsml-tiny-clip__none"
+    pid = held(folder)
+    args = ["cache-clip", "--shards", copy, "--model", "wsml-tiny-clip", "--pretrained", "none"]
+    line = assert_refused(invoke(*args))
+    assert str(folder) in line and f"pid {pid}" in line
+    assert not folder.exists()
