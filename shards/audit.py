@@ -4,11 +4,13 @@ split without a single label are refused, and one image file under two ids is re
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
 from shards.errors import WsmlError
+from shards.fileio import publish, removed_on_error, tmp_path_for
 
 CHUNK = 4096  # records read at a time (large sources hold their records in arrays)
 
@@ -96,9 +98,23 @@ def stat_images(records) -> np.ndarray:
     return out
 
 
-def check_unchanged(split, saved: np.ndarray, out) -> None:
+def write_seen(progress: Path, split) -> None:
+    """Record what an official split's images are now (``progress/seen-SPLIT.npy``)."""
+    path = progress / f"seen-{split.name}.npy"
+    tmp = tmp_path_for(path)
+    with removed_on_error(tmp, path):
+        with open(tmp, "wb") as f:
+            np.save(f, stat_images(split.records))
+        publish(tmp, path)
+
+
+def check_unchanged(split, progress: Path, out) -> None:
     """Refuse to resume a conversion whose source images changed (size or mtime) since the
-    interrupted run looked at them: the result would mix old and new images."""
+    interrupted run looked at them (``write_seen``): the result would mix old and new images."""
+    seen = progress / f"seen-{split.name}.npy"
+    if not seen.exists():  # an interruption recorded before sizes and times were
+        return
+    saved = np.load(seen)
     now = stat_images(split.records)
     if now.shape != saved.shape:
         changed = 0
@@ -113,3 +129,17 @@ def check_unchanged(split, saved: np.ndarray, out) -> None:
         f"(official split {split.name}) has another size or time; pass --overwrite to start "
         "the conversion again"
     )
+
+
+def report_source(source, splits, out, report: dict, log: Callable[[str], None]) -> None:
+    """Refuse empty splits; say which files are listed under two ids and how many images of
+    each official split are missing (and where they are listed)."""
+    check_split_contents(source, splits)
+    count, examples = list_shared_files(source)
+    if count:
+        log(
+            f"{count} image file(s) are listed under more than one id (each id is stored): "
+            + "; ".join(examples)
+        )
+    for line in missing_lines(out, report):
+        log(line)

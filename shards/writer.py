@@ -20,13 +20,7 @@ from typing import Any
 import numpy as np
 
 from shards import FORMAT_VERSION, __version__
-from shards.audit import (
-    check_split_contents,
-    check_unchanged,
-    list_shared_files,
-    missing_lines,
-    stat_images,
-)
+from shards.audit import check_unchanged, report_source, write_seen
 from shards.errors import WsmlError
 from shards.fileio import (
     dumps_json,
@@ -143,9 +137,7 @@ def _write_shard_set(
             for split, scan in zip(source.splits, scans, strict=True)
         }
         splits = assign_rows(source.splits, scans, options.val_frac, options.split_seed)
-        report_source(source, splits, log)
-        for line in missing_lines(out, report):
-            log(line)
+        report_source(source, splits, out, report, log)
         _start_output(out, state, identity, source, scans, clean=part is None)
         job = Job(source, out, options, converter_options, identity, fsync)
         plan = _plan(job, splits, scans)
@@ -167,9 +159,7 @@ def _start_output(out: Path, state: str, identity: str, source: Source, scans, c
     write_json_atomic(out / PROGRESS / "identity.json", {"identity": identity})
     for split, scan in zip(source.splits, scans, strict=True):
         _cache_scan(out, split.name, scan)
-        with open(tmp := tmp_path_for(out / PROGRESS / f"seen-{split.name}.npy"), "wb") as f:
-            np.save(f, stat_images(split.records))  # what a resume compares the source with
-        publish(tmp, out / PROGRESS / f"seen-{split.name}.npy")
+        write_seen(out / PROGRESS, split)
 
 
 def _write_tables(job: Job, splits, scans) -> tuple[dict, dict]:
@@ -198,17 +188,6 @@ def _finish(job: Job, plan_id, splits, shard_infos, tables, regimes, report) -> 
         fsync_dir(out)
     shutil.rmtree(out / PROGRESS, ignore_errors=True)
     return manifest
-
-
-def report_source(source: Source, splits, log: Callable[[str], None]) -> None:
-    """Refuse empty splits (shards/audit.py); say which files are listed under two ids."""
-    check_split_contents(source, splits)
-    count, examples = list_shared_files(source)
-    if count:
-        log(
-            f"{count} image file(s) are listed under more than one id (each id is stored): "
-            + "; ".join(examples)
-        )
 
 
 def _identity(source: Source, options: ShardOptions, converter_options: dict) -> str:
@@ -278,9 +257,7 @@ def _scan_split(source, i, options, pool: Workers, out: Path | None, progress) -
     split = source.splits[i]
     cache = out / PROGRESS / f"scan-{split.name}.npz" if out else None
     if cache and cache.exists():
-        seen = out / PROGRESS / f"seen-{split.name}.npy"
-        if seen.exists():
-            check_unchanged(split, np.load(seen), out)
+        check_unchanged(split, out / PROGRESS, out)
         with np.load(cache) as z:
             return ScanResult.from_npz(z)
     tick = progress(f"checking {split.name} images", len(split.records))
