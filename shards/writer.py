@@ -67,6 +67,10 @@ class ShardOptions:
             raise WsmlError(f"--on-bad must be fail or skip, got {self.on_bad!r}")
         if self.shard_samples < 1 or self.shard_bytes < 1:
             raise WsmlError("shard size limits must be positive")
+        if self.max_side is not None and self.max_side < 1:
+            raise WsmlError(f"--max-side must be at least 1, got {self.max_side}")
+        if not 1 <= self.jpeg_quality <= 100 or not 0.0 <= self.max_bad <= 1.0:
+            raise WsmlError("--jpeg-quality must be in 1..100 and --max-bad in [0, 1]")
         for spec in self.regimes:
             parse_regime_spec(spec)
 
