@@ -18,7 +18,7 @@ import torch
 from models.cache import create_clip_encoder
 from models.cache_run import CacheOptions, DistContext, Encoder, run_cache
 from pipelines.bench import time_epochs
-from pipelines.loader import create_loader, default_threads, resolve_backend
+from pipelines.loader import choose_backend, create_loader, default_threads
 from shards import embeddings as emb
 from shards.embeddings import make_tag
 from shards.errors import WsmlError
@@ -47,7 +47,7 @@ def run_cache_clip_bench(
     own = workdir is None and shards is None
     work = Path(tempfile.mkdtemp(prefix="wsml-bench-clip-")) if own else Path(workdir or ".")
     ctx = DistContext.from_env(device)
-    backend = resolve_backend(backend)
+    backend = choose_backend(backend)
     try:
         ss = open_shard_set(shards or make_bench_set(work, images))
         n = int(ss.split(split)["num_samples"])

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipelines.loader import create_loader, default_threads, resolve_backend
+from pipelines.loader import choose_backend, create_loader, default_threads
 from pipelines.presets import Preset
 from pipelines.sharding import shard_range
 from shards import embeddings as emb
@@ -65,7 +65,7 @@ class CacheOptions:
             raise WsmlError("batch size and chunk size must be positive")
         for split in self.splits or ():
             ss.split(split)
-        resolve_backend(self.backend)
+        choose_backend(self.backend)
 
 
 # ---- processes ----
@@ -199,7 +199,7 @@ def run_cache(
     """Write (or finish, or find complete) the cache of ``encoder`` over ``opts.splits``."""
     opts.check(ss)
     log = log if log is not None and ctx.rank == 0 else (lambda message: None)
-    backend = resolve_backend(opts.backend)
+    backend = choose_backend(opts.backend)
     plan = make_plan(ss, list(opts.splits or ss.splits), opts.chunk_size)
     settings = json.loads(json.dumps({**encoder.identity, "loader": backend, "splits": plan}))
     folder = emb.cache_folder(ss.root, encoder.tag)

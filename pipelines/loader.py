@@ -216,7 +216,7 @@ def create_loader(
         raise WsmlError(f"batch size must be positive, got {batch_size}")
     ss = shards if isinstance(shards, ShardSet) else open_shard_set(shards)
     p = preset if isinstance(preset, Preset) else get_preset(preset)
-    backend = resolve_backend(backend)
+    backend = choose_backend(backend)
     info = ss.split(split)
     counts = [int(s["num_samples"]) for s in info["shards"]]
     if world_size > sum(counts):
@@ -255,7 +255,7 @@ def create_loader(
     )
 
 
-def resolve_backend(name: str) -> str:
+def choose_backend(name: str) -> str:
     from pipelines.dali_loader import dali_available
 
     if name == "auto":

@@ -25,7 +25,7 @@ from tests.train_fixtures import get_shards, read_metrics, read_summary
 from train.config import RunConfig
 from train.context import cpu_threads
 from train.loop import train
-from train.methods import get_method, resolve_config
+from train.methods import create_config, get_method
 from train.optim import create_optimizer
 from train.run import evaluate_run
 
@@ -127,7 +127,7 @@ def test_text_tower_frozen_image_tower_trains(tiny):
     model = create_hspnet(register_tiny_clip(), CLASSES, GROUPS, weights="none")
     assert model.weights_info["weights"] == "none" and model.training
     assert model.pretrained_cfg["mean"] == pytest.approx((0.48145466, 0.4578275, 0.40821073))
-    cfg = resolve_config("hspnet", "voc", {"lr": "1e-2"})
+    cfg = create_config("hspnet", "voc", {"lr": "1e-2"})
     groups = model.param_groups(cfg)
     assert [g["name"] for g in groups] == ["no-decay", "decay", "gcn-no-decay", "gcn-decay"]
     assert [g["lr"] for g in groups] == [1e-2, 1e-2, 7e-4, 7e-4]
@@ -165,7 +165,7 @@ def test_splc_summed_by_hand():
     neg = lambda p: -(p**2) * math.log(1 - p)  # noqa: E731
     common = pos(math.log(3)) + pos(math.log(4)) + neg(0.25) + neg(0.5)
     info = get_method("hspnet")
-    voc = info.create(2, 3, info.resolve("voc"))  # change_epoch 2: the release's 3rd epoch
+    voc = info.create(2, 3, info.create_config("voc"))  # change_epoch 2: the release's 3rd epoch
     for epoch in (1, 2):
         out = voc(z, batch, epoch=epoch, step=0)
         assert float(out["loss"]) == pytest.approx(common + neg(0.8) + neg(0.7), rel=1e-6)
@@ -175,7 +175,7 @@ def test_splc_summed_by_hand():
     out = voc(z, batch, epoch=3, step=0)
     assert float(out["loss"]) == pytest.approx(corrected, rel=1e-6)  # a sum, not a mean
     assert float(out["corrected"]) == 2
-    coco = info.create(2, 3, info.resolve("coco"))  # change_epoch 1: corrections from epoch 2
+    coco = info.create(2, 3, info.create_config("coco"))  # change_epoch 1: corrections from epoch 2
     assert float(coco(z, batch, epoch=2, step=0)["loss"]) == pytest.approx(corrected, rel=1e-6)
 
 
@@ -187,14 +187,14 @@ def test_protocol_defaults_and_options():
         "cub": (1e-3, 5e-3, 1, 0.995787),
     }
     for family, values in want.items():
-        c = resolve_config("hspnet", family)
+        c = create_config("hspnet", family)
         assert (c.lr, c.gcn_lr, c.change_epoch, c.ema) == values, family
         assert (c.batch_size, c.epochs, c.schedule, c.schedule_epochs) == (128, 60, "onecycle", 80)
         assert (c.tau, c.margin, c.gamma, c.n_ctx, c.reweight_p) == (0.6, 1.0, 2.0, 4, 0.2)
         assert (c.weight_decay, c.optimizer, c.pretrained) == (1e-4, "adam", "openai")
     # the release's EMA: 0.82 per epoch over its hard-coded steps per epoch
     for family, steps in (("coco", 641), ("nus", 931), ("voc", 45), ("cub", 47)):
-        assert resolve_config("hspnet", family).ema == pytest.approx(0.82 ** (1 / steps), abs=1e-6)
+        assert create_config("hspnet", family).ema == pytest.approx(0.82 ** (1 / steps), abs=1e-6)
     info = get_method("hspnet")
     assert info.settings == ("e2e",) and info.run_defaults == {
         "backbone": "RN50",
@@ -203,7 +203,7 @@ def test_protocol_defaults_and_options():
     with pytest.raises(WsmlError, match="e2e setting only"):
         info.check_setting("linear")
     with pytest.raises(WsmlError, match="n_ctx"):
-        resolve_config("hspnet", "voc", {"n_ctx": "0"})
+        create_config("hspnet", "voc", {"n_ctx": "0"})
 
 
 def tiny_run(shards, out, image_size: int, **options) -> RunConfig:

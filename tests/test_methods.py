@@ -15,11 +15,11 @@ from shards.registry import UnknownNameError
 from train.methods import (
     METHODS,
     Method,
+    create_config,
     create_method,
     dataset_family,
     gather_cat,
     get_method,
-    resolve_config,
 )
 from train.methods.large_loss import modified_count
 from train.methods.vlpl import pseudo_labels
@@ -75,7 +75,7 @@ def batch_of(data, rows) -> dict[str, torch.Tensor]:
 def build(name: str, regime: str, seed: int = 0, **overrides) -> tuple[Method, dict]:
     data = make_data(regime)
     info = get_method(name)
-    config = info.resolve("voc2012", {k: str(v) for k, v in overrides.items()})
+    config = info.create_config("voc2012", {k: str(v) for k, v in overrides.items()})
     method = info.create(
         ROWS,
         L,
@@ -220,11 +220,8 @@ def test_contract_stacked_members_equal_their_own_runs(name, regime):
                 m(zi, batch_of(data, rows), epoch=epoch, step=step)
                 for m, zi in zip(solo, z, strict=True)
             ]
-            batch = {
-                k: v.repeat(2, *([1] * (v.dim() - 1))) for k, v in batch_of(data, rows).items()
-            }
-            batch["row"] = torch.cat([batch["row"][:4], batch["row"][4:] + ROWS])
-            both = stacked(torch.cat(z), batch, epoch=epoch, step=step)
+            # the stacked method lays the batch out member-major itself (Method.stack_batch)
+            both = stacked(torch.cat(z), batch_of(data, rows), epoch=epoch, step=step)
             for k in alone[0]:
                 want = torch.stack([alone[0][k], alone[1][k]]).float()
                 got = both[k].float().expand(2) if both[k].dim() == 0 else both[k]
@@ -291,20 +288,20 @@ def test_registry_names_and_flags():
 def test_defaults_per_dataset_family():
     assert dataset_family("voc2012") == "voc" and dataset_family("nuswide") == "nus"
     assert dataset_family("openimages-v3") == "openimages" and dataset_family("mine") == "default"
-    em = resolve_config("em-apl", "cub")
+    em = create_config("em-apl", "cub")
     assert (em.lr, em.batch_size, em.alpha, em.beta, em.warmup_epoch) == (1e-4, 8, 0.01, 0.4, 3)
     assert (em.neg_proportion, em.epochs, em.stop_patience) == (0.9, 10, 1)
-    assert resolve_config("em", "coco").alpha == 0.1 and resolve_config("em", "voc").alpha == 0.2
-    assert [resolve_config("epr", d).expected_positives for d in ("voc", "coco", "nus", "cub")] == [
+    assert create_config("em", "coco").alpha == 0.1 and create_config("em", "voc").alpha == 0.2
+    assert [create_config("epr", d).expected_positives for d in ("voc", "coco", "nus", "cub")] == [
         1.5,
         2.9,
         1.9,
         31.4,
     ]
-    assert [resolve_config(n).delta_rel for n in ("ll-r", "ll-ct", "ll-cp")] == [0.5, 0.2, 0.1]
-    ll = resolve_config("ll-ct", "coco2014")
+    assert [create_config(n).delta_rel for n in ("ll-r", "ll-ct", "ll-cp")] == [0.5, 0.2, 0.1]
+    ll = create_config("ll-ct", "coco2014")
     assert (ll.lr, ll.batch_size, ll.head_lr_mult, ll.stop_drop) == (1e-5, 16, 10.0, 3.0)
-    vl = resolve_config("vlpl", "cub")
+    vl = create_config("vlpl", "cub")
     assert (vl.lr, vl.alpha, vl.beta_pos, vl.temperature, vl.threshold) == (
         1e-4,
         0.01,
@@ -312,22 +309,22 @@ def test_defaults_per_dataset_family():
         0.01,
         0.3,
     )
-    asl = resolve_config("asl")
+    asl = create_config("asl")
     assert (asl.gamma_neg, asl.gamma_pos, asl.clip, asl.schedule) == (4.0, 0.0, 0.05, "onecycle")
-    assert resolve_config("splc").tau == 0.6 and resolve_config("hill").lamb == 1.5
+    assert create_config("splc").tau == 0.6 and create_config("hill").lamb == 1.5
 
 
 def test_overrides_are_typed_and_unknown_options_fail():
-    cfg = resolve_config("ll-cp", "voc", {"delta_rel": "0.3", "released": "true", "epochs": "4"})
+    cfg = create_config("ll-cp", "voc", {"delta_rel": "0.3", "released": "true", "epochs": "4"})
     assert (cfg.delta_rel, cfg.released, cfg.epochs) == (0.3, True, 4)
     with pytest.raises(WsmlError, match=r"unknown option\(s\) alfa .* valid: .*alpha"):
-        resolve_config("em", "voc", {"alfa": "0.1"})
+        create_config("em", "voc", {"alfa": "0.1"})
     with pytest.raises(WsmlError, match="expects a number"):
-        resolve_config("em", "voc", {"alpha": "big"})
+        create_config("em", "voc", {"alpha": "big"})
     with pytest.raises(WsmlError, match="expects true/false"):
-        resolve_config("iun", None, {"released": "maybe"})
+        create_config("iun", None, {"released": "maybe"})
     with pytest.raises(WsmlError, match="schedule must be one of"):
-        resolve_config("an", None, {"schedule": "cosine"})
+        create_config("an", None, {"schedule": "cosine"})
 
 
 def test_create_checks_regime_and_inputs():
@@ -361,7 +358,7 @@ FULL = torch.tensor([[1, 0, 1], [0, 1, 0]], dtype=torch.int8)
 def loss_of(name, observed=SP, logits=Z, epoch=1, method=None, **overrides):
     if method is None:
         info = get_method(name)
-        config = info.resolve("voc", {k: str(v) for k, v in overrides.items()})
+        config = info.create_config("voc", {k: str(v) for k, v in overrides.items()})
         method = info.create(
             2, 3, config, observed=observed, text_embeddings=torch.eye(3), generator=None
         )
@@ -424,7 +421,7 @@ def test_iun_paper_and_released():
 
 def test_role_loss_by_hand():
     info = get_method("role")
-    method = info.create(2, 3, info.resolve("voc", {"expected_positives": "1"}), observed=SP)
+    method = info.create(2, 3, info.create_config("voc", {"expected_positives": "1"}), observed=SP)
     q = [[0.8, 0.5, 0.2], [0.5, 0.75, 0.25]]
     with torch.no_grad():
         method.estimator.copy_(torch.logit(torch.tensor(q)))
@@ -443,7 +440,7 @@ def test_role_loss_by_hand():
 def test_role_estimator_init_and_lr_group():
     observed = torch.tensor([[1, 0, -1, 0]] * 50, dtype=torch.int8)
     info = get_method("role")
-    cfg = info.resolve("coco")
+    cfg = info.create_config("coco")
     a = info.create(50, 4, cfg, observed=observed, generator=torch.Generator().manual_seed(3))
     b = info.create(50, 4, cfg, observed=observed, generator=torch.Generator().manual_seed(3))
     est = a.estimator.detach()
@@ -462,7 +459,7 @@ def test_em_and_apl_by_hand():
     em = mean6(nl(0.75), -0.2 * H(0.5), -0.2 * H(0.25), -0.2 * H(0.2), nl(0.8), -0.2 * H(0.5))
     assert loss_of("em") == approx(em)  # voc alpha 0.2
     info = get_method("em-apl")
-    method = info.create(2, 3, info.resolve("voc"), observed=SP)
+    method = info.create(2, 3, info.create_config("voc"), observed=SP)
     method.pseudo[0, 2] = 0.1  # a soft pseudo-negative with target 0.1, beta 0.02 (voc)
     apl = mean6(
         nl(0.75), -0.2 * H(0.5), 0.02 * (0.1 * nl(0.25) + 0.9 * nl(0.75)),
@@ -519,7 +516,7 @@ def test_asl_focal_weights_carry_no_gradient_unless_asked():
     info = get_method("asl")
     grads = []
     for focal_grad in ("false", "true"):
-        method = info.create(2, 3, info.resolve(None, {"focal_grad": focal_grad}))
+        method = info.create(2, 3, info.create_config(None, {"focal_grad": focal_grad}))
         z = Z.clone().requires_grad_()
         method(z, {"row": torch.tensor([0, 1]), "observed": SP}, epoch=1, step=0)["loss"].backward()
         grads.append(z.grad[0, 1].item())
@@ -565,7 +562,7 @@ def test_ll_reject_and_correct_by_hand():
 
 def test_ll_cp_permanent_corrections():
     info = get_method("ll-cp")
-    method = info.create(10, 3, info.resolve("voc", {"delta_rel": "10"}))
+    method = info.create(10, 3, info.create_config("voc", {"delta_rel": "10"}))
     batch = {"row": torch.tensor([4, 7]), "observed": SP}
     b = [
         -math.log(0.75),
@@ -598,7 +595,7 @@ def test_ll_paper_vs_released_selection_when_losses_vanish():
     observed = torch.tensor([[1, 0, 0, 0]], dtype=torch.int8)
     for released, expected in ((False, math.log1p(math.exp(-5)) / 4), (True, 0.0)):
         info = get_method("ll-r")
-        cfg = info.resolve(None, {"delta_rel": "50", "released": str(released)})
+        cfg = info.create_config(None, {"delta_rel": "50", "released": str(released)})
         method = info.create(1, 4, cfg)
         out = method(z, {"row": torch.tensor([0]), "observed": observed}, epoch=2, step=0)
         # paper: two unknowns rejected, the observed positive kept; release: lambda = 0, so
@@ -628,7 +625,9 @@ def test_apl_selection_counts_and_order():
     observed[0, 0] = 1  # class 0: 19 unknowns
     observed[:5, 1] = 1  # class 1: 15 unknowns
     info = get_method("em-apl")
-    method = info.create(rows, 2, info.resolve("voc"), observed=observed)  # 10 epochs, warm-up 5
+    method = info.create(
+        rows, 2, info.create_config("voc"), observed=observed
+    )  # 10 epochs, warm-up 5
     assert method.unlabel_num == [19, 15]
     # per round: int(0.9 * 19 / 5) = int(3.42) = 3 and int(0.9 * 15 / 5) = int(2.7) = 2
     assert [method.round_size(c) for c in (0, 1)] == [3, 2]

@@ -24,14 +24,13 @@ from tests.train_fixtures import get_shards, read_metrics, read_summary
 from train.config import RunConfig
 from train.context import cpu_threads
 from train.loop import train
-from train.methods import get_method, resolve_config
+from train.methods import create_config, get_method
 from train.methods.oass import (
     alpha_re_at,
     cut_crops,
     find_keypoints,
     local_peaks,
     plan_cuts,
-    run_steps,
     stitch,
     teacher_decay,
 )
@@ -114,14 +113,14 @@ def test_plan_cuts_max_and_per_class():
     cam[0, 2, 5, 6] = 2.0
     cam[1, 1, 2, 2] = 4.0  # image 1: class 1 peaks at grid (2, 2)
     positive = torch.tensor([[True, False, True], [False, True, False]])
-    cfg = resolve_config("oass", None, {"keypoint": "cmax"})
+    cfg = create_config("oass", None, {"keypoint": "cmax"})
     cuts = plan_cuts(cam, positive, (128, 128), cfg)
     assert cuts.image.tolist() == [0, 0, 1]
     assert cuts.target.tolist() == [[1, 0, 0], [0, 0, 1], [0, 1, 0]]
     # bilinear (align_corners False) upsampling x16 puts each cell's peak at 16 i + 7.5 between
     # two equal pixels: the first maximal pixel is (16 i + 7, 16 j + 7)
     assert cuts.points.tolist() == [[23, 39], [87, 103], [39, 39]]
-    cfg = resolve_config("oass", None, {"keypoint": "max"})
+    cfg = create_config("oass", None, {"keypoint": "max"})
     cuts = plan_cuts(cam, positive, (128, 128), cfg)
     # max over the positive classes of the normalised CAMs: (5 - 1e-5) / (5 + 1e-5) wins
     assert cuts.image.tolist() == [0, 1] and cuts.points.tolist() == [[23, 39], [39, 39]]
@@ -195,7 +194,7 @@ def test_training_step_by_the_release_procedure():
         model.cam_head.weight.copy_(torch.eye(3)[..., None, None])
     info = get_method("oass")
     observed = torch.tensor([[1, -1, 1], [-1, 1, -1]], dtype=torch.int8)
-    method = info.create(2, 3, info.resolve(None, {"keypoint": "cmax"}), observed=observed)
+    method = info.create(2, 3, info.create_config(None, {"keypoint": "cmax"}), observed=observed)
     method.bind_model(model)  # the teacher is a copy: its CAM of a crop is the crop
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     batch = {"input": x, "observed": observed, "row": torch.tensor([0, 1])}
@@ -231,20 +230,22 @@ def test_training_step_by_the_release_procedure():
 
 
 def test_alpha_re_schedule_and_run_steps():
-    cfg = resolve_config("oass")
+    cfg = create_config("oass")
     assert (cfg.alpha_re, cfg.alpha_schedule, cfg.alpha_p) == (3.0, 0.05, 0.5)
     # T = 100 steps: alpha_re grows over the first 5 steps, then stays at 3
     got = [alpha_re_at(s, 100, cfg) for s in range(8)]
     assert got == pytest.approx([0.0, 0.6, 1.2, 1.8, 2.4, 3.0, 3.0, 3.0])
     assert alpha_re_at(0, 0, cfg) == 3.0  # no steps: no ramp
-    cfg = resolve_config("oass", None, {"epochs": "3", "batch_size": "16"})
-    assert run_steps(170, cfg) == 3 * 10  # 170 // 16 per epoch, as the loader counts
+    cfg = create_config("oass", None, {"epochs": "3", "batch_size": "16"})
+    observed = torch.ones(170, 4, dtype=torch.int8)
+    method = get_method("oass").create(170, 4, cfg, observed=observed, steps_per_epoch=10)
+    assert method.total_steps == 3 * 10  # the run hands it its steps per epoch
 
 
 def test_mlsml_by_hand_and_unknowns_as_negatives():
     info = get_method("oass")
     observed = torch.tensor([[1, 0, -1], [-1, 1, 0]], dtype=torch.int8)
-    method = info.create(2, 3, info.resolve("voc2012"), observed=observed)
+    method = info.create(2, 3, info.create_config("voc2012"), observed=observed)
     z = torch.tensor([[math.log(3), 0.0, -math.log(3)], [-math.log(4), math.log(4), 0.0]])
     # p = (.75, .5, .25), (.2, .8, .5); positives (0,0), (1,1); all else negative
     terms = [-math.log(p) for p in (0.75, 0.5, 0.75, 0.8, 0.8, 0.5)]
@@ -255,23 +256,25 @@ def test_mlsml_by_hand_and_unknowns_as_negatives():
 def test_unknown_labels_get_a_notice(capsys):
     info = get_method("oass")
     full = torch.tensor([[1, -1], [-1, 1]], dtype=torch.int8)
-    info.create(2, 2, info.resolve(), observed=full)
+    info.create(2, 2, info.create_config(), observed=full)
     assert "notice" not in capsys.readouterr().err
-    info.create(2, 2, info.resolve(), observed=torch.tensor([[1, 0], [0, 1]], dtype=torch.int8))
+    info.create(
+        2, 2, info.create_config(), observed=torch.tensor([[1, 0], [0, 1]], dtype=torch.int8)
+    )
     assert "unknown labels count as negatives" in capsys.readouterr().err
 
 
 def test_defaults_and_options():
-    cfg = resolve_config("oass", "coco2014", {"keypoint": "cmax", "momentum": "1e-4"})
+    cfg = create_config("oass", "coco2014", {"keypoint": "cmax", "momentum": "1e-4"})
     assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.optimizer, cfg.schedule) == (
         0.1, 32, 15, "sgd", "poly",
     )  # fmt: skip
     assert (cfg.weight_decay, cfg.momentum, cfg.keypoint, cfg.teacher_decay) == (
         1e-4, 1e-4, "cmax", 0.99,
     )  # fmt: skip
-    assert resolve_config("oass").momentum == 0.0 and resolve_config("oass").keypoint == "ctopk-w"
+    assert create_config("oass").momentum == 0.0 and create_config("oass").keypoint == "ctopk-w"
     with pytest.raises(WsmlError, match="keypoint must be one of max, cmax, ctopk, ctopk-w"):
-        resolve_config("oass", None, {"keypoint": "topk"})
+        create_config("oass", None, {"keypoint": "topk"})
     info = get_method("oass")
     assert info.settings == ("e2e",) and info.build_model is not None
     assert info.run_defaults == {"backbone": "resnet50", "preset": "puzzle512"}
@@ -332,7 +335,7 @@ def test_instance_logits_equal_per_class_batchnorm():
 def test_param_groups_follow_puzzle_cam():
     model = OassNet(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), 4, 2)
     model.backbone.forward_features = model.backbone.forward
-    cfg = resolve_config("oass")
+    cfg = create_config("oass")
     groups = {g["name"]: g for g in model.param_groups(cfg)}
     lrs = {n: (g["lr"], g["weight_decay"], len(g["params"])) for n, g in groups.items()}
     assert lrs == {
@@ -352,7 +355,7 @@ def bound_method(keypoint="cmax"):
     model = OassNet(Maps(), 4, 3)
     info = get_method("oass")
     observed = torch.ones(8, 3, dtype=torch.int8)
-    method = info.create(8, 3, info.resolve(None, {"keypoint": keypoint}), observed=observed)
+    method = info.create(8, 3, info.create_config(None, {"keypoint": keypoint}), observed=observed)
     method.bind_model(model)
     return model, method
 

@@ -16,7 +16,7 @@ from torch import nn
 from models.backbones import create_backbone
 from models.lgc import GlobalBranch, LgcNet, LocalGlobalConv, create_lgc_net
 from shards.errors import WsmlError
-from train.methods import ModelSpec, get_method, resolve_config
+from train.methods import ModelSpec, create_config, get_method
 from train.methods.pumlc import mixup_inputs, mixup_regularizer, pu_weights, vpu_loss
 from train.optim import param_groups
 
@@ -70,7 +70,7 @@ def test_vpu_loss_by_hand():
 
 
 def test_method_forward_is_the_vpu_loss_and_ignores_negatives():
-    method = INFO.create(3, 3, INFO.resolve("coco"))
+    method = INFO.create(3, 3, INFO.create_config("coco"))
     batch = {"row": torch.arange(3), "observed": torch.tensor(OBS, dtype=torch.int8)}
     out = method(torch.tensor(Z), batch, epoch=1, step=0)
     assert float(out["loss"]) == pytest.approx(hand_vpu(Z, OBS, 1.0, 0.55)[2], rel=1e-6)
@@ -165,7 +165,7 @@ class Counting(nn.Module):
 
 
 def test_training_step_adds_mixup_with_one_forward_and_per_step_draws():
-    cfg = INFO.resolve("coco")
+    cfg = INFO.create_config("coco")
     method = INFO.create(6, 3, cfg, generator=torch.Generator().manual_seed(5))
     twin = INFO.create(6, 3, cfg, generator=torch.Generator().manual_seed(5))
     g = torch.Generator().manual_seed(0)
@@ -187,7 +187,7 @@ def test_training_step_adds_mixup_with_one_forward_and_per_step_draws():
     assert float(out["vpu"]) == pytest.approx(float(vpu), rel=1e-6)
     assert float(out["mixup"]) == pytest.approx(float(reg), rel=1e-6)
     assert float(out["loss"].detach()) == pytest.approx(float(vpu + reg), rel=1e-6)
-    off = INFO.create(6, 3, INFO.resolve("coco", {"mix_alpha": "0"}))
+    off = INFO.create(6, 3, INFO.create_config("coco", {"mix_alpha": "0"}))
     out = off.training_step(net, batch, epoch=1, step=7, autocast=contextlib.nullcontext)
     assert float(out["mixup"]) == 0.0 and float(out["loss"].detach()) == pytest.approx(
         float(vpu), rel=1e-6
@@ -195,7 +195,7 @@ def test_training_step_adds_mixup_with_one_forward_and_per_step_draws():
 
 
 def test_non_finite_mixed_logits_raise():
-    method = INFO.create(4, 3, INFO.resolve("coco"))
+    method = INFO.create(4, 3, INFO.create_config("coco"))
 
     class Bad(nn.Module):
         def forward(self, x):
@@ -324,7 +324,7 @@ def test_trainable_split_and_gradients(pair):
         assert (p.grad is not None) == p.requires_grad, name
     g = model.backbone.layer1[0].conv1.global_branch.value.weight.grad
     assert g.abs().sum() > 0  # an early global branch learns through the frozen layers
-    groups = param_groups(model, model.head, INFO.resolve("coco"))
+    groups = param_groups(model, model.head, INFO.create_config("coco"))
     assert sorted(g["name"] for g in groups) == [
         "backbone", "backbone-no-decay", "head", "head-no-decay"
     ]  # fmt: skip
@@ -349,7 +349,7 @@ def test_batchnorm_stays_in_eval_mode(pair):
 
 
 def test_build_model_from_spec_and_errors():
-    spec = ModelSpec(None, ("a", "b"), INFO.resolve("coco"), "test_resnet", "none", 0)
+    spec = ModelSpec(None, ("a", "b"), INFO.create_config("coco"), "test_resnet", "none", 0)
     model = INFO.build_model(spec)
     assert isinstance(model, LgcNet) and model.head.out_features == 2
     assert model.weights_info == {"backbone": "test_resnet", "weights": "none", "sha256": None}
@@ -363,18 +363,18 @@ def test_build_model_from_spec_and_errors():
 
 
 def test_defaults_per_dataset_and_overrides():
-    coco = resolve_config("pu-mlc", "coco2014")
+    coco = create_config("pu-mlc", "coco2014")
     assert (coco.lr, coco.batch_size, coco.epochs, coco.ema) == (1e-4, 70, 40, 0.9997)
     assert (coco.alpha, coco.gamma, coco.mix_alpha) == (1.0, 0.55, 0.3)
     assert (coco.schedule, coco.schedule_epochs, coco.weight_decay) == ("onecycle", 80, 1e-4)
-    voc = resolve_config("pu-mlc", "voc2007")
+    voc = create_config("pu-mlc", "voc2007")
     assert (voc.lr, voc.batch_size, voc.epochs, voc.ema) == (4e-5, 90, 55, 0.991)
     assert (voc.alpha, voc.gamma) == (2.0, 0.85)
-    assert resolve_config("pu-mlc", "nuswide") == coco == resolve_config("pu-mlc", "cub")
-    cfg = resolve_config("pu-mlc", "voc", {"alpha": "1.5", "gamma": "0.6", "mix_alpha": "0"})
+    assert create_config("pu-mlc", "nuswide") == coco == create_config("pu-mlc", "cub")
+    cfg = create_config("pu-mlc", "voc", {"alpha": "1.5", "gamma": "0.6", "mix_alpha": "0"})
     assert (cfg.alpha, cfg.gamma, cfg.mix_alpha, cfg.lr) == (1.5, 0.6, 0.0, 4e-5)
     with pytest.raises(WsmlError, match="alpha must be > 0"):
-        resolve_config("pu-mlc", None, {"alpha": "0"})
+        create_config("pu-mlc", None, {"alpha": "0"})
     assert INFO.settings == ("e2e",) and "partial" in INFO.regimes
     assert INFO.run_defaults == {"backbone": "resnet101", "preset": "asl448"}
     with pytest.raises(WsmlError, match="e2e setting only"):

@@ -17,7 +17,7 @@ from train import metrics
 from train.build import LoopState
 from train.config import RunConfig
 from train.loop import train
-from train.methods import resolve_config
+from train.methods import create_config
 from train.optim import create_schedule
 from train.run import evaluate_run
 
@@ -147,12 +147,12 @@ def test_zhou_stops_at_the_first_epoch_without_a_better_val_map(shards, tmp_path
 
 
 def test_loop_state_rules():
-    zhou = resolve_config("em", "coco")  # stop_patience 1
+    zhou = create_config("em", "coco")  # stop_patience 1
     s = LoopState()
     assert s.update(1, {"model": 50.0}, zhou) and s.stopped is None
     assert not s.update(2, {"model": 50.0}, zhou)  # a tie is no improvement
     assert s.stopped and s.best_epoch == 1
-    kim = resolve_config("ll-r", "coco")  # stop_drop 3
+    kim = create_config("ll-r", "coco")  # stop_drop 3
     s = LoopState()
     for epoch, val in enumerate([50.0, 52.0, 49.5, 51.0], start=1):
         s.update(epoch, {"model": val}, kim)
@@ -165,7 +165,7 @@ def test_loop_state_rules():
 
 
 def test_onecycle_is_torchs():
-    cfg = resolve_config("asl", None, {"epochs": "3", "schedule_epochs": "4", "lr": "0.1"})
+    cfg = create_config("asl", None, {"epochs": "3", "schedule_epochs": "4", "lr": "0.1"})
     steps = 7
     sched = create_schedule(cfg, steps)
     assert len(sched.lr) == 3 * steps
@@ -178,5 +178,5 @@ def test_onecycle_is_torchs():
         assert sched.beta1[i] == pytest.approx(group["betas"][0], rel=1e-12)
         opt.step()
         ref.step()
-    constant = create_schedule(resolve_config("an", None, {"epochs": "2"}), 5)
+    constant = create_schedule(create_config("an", None, {"epochs": "2"}), 5)
     assert constant.lr == (1.0,) * 10 and constant.beta1 is None

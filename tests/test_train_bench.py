@@ -7,7 +7,7 @@ import pytest
 import torchvision  # noqa: F401  (imported once here, not in every loader worker)
 
 from tests.train_fixtures import get_shards
-from train.bench import run_e2e_bench, run_linear_bench
+from train.bench import E2EBenchOptions, run_e2e_bench, run_linear_bench
 from train.context import cpu_threads
 
 
@@ -28,10 +28,11 @@ def test_e2e_bench_on_the_tiny_shard_set(tmp_path_factory):
     shards = get_shards(tmp_path_factory)
     lines = []
     with cpu_threads(1):
-        out = run_e2e_bench(
-            str(shards), methods=("an",), backbone="test_resnet", image_size=32, batch_size=16,
-            steps=3, warmup=1, loader="torch", echo=lines.append,
+        opts = E2EBenchOptions(
+            methods=("an",), backbone="test_resnet", image_size=32, batch_size=16, steps=3,
+            warmup=1, loader="torch",
         )  # fmt: skip
+        out = run_e2e_bench(str(shards), opts, echo=lines.append)
     r = out["an"]
     assert 0 <= r["data_wait"] < 1
     assert r["images_per_s"] == pytest.approx(16 * 1e3 / r["ms_per_step"])

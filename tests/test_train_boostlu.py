@@ -8,12 +8,12 @@ import torch
 import torchvision  # noqa: F401  (imported once here, not in every epoch's loader workers)
 from torch import nn
 
+from models.heads import CamClassifier, Classifier
 from shards.errors import WsmlError
 from tests.train_fixtures import get_shards, read_summary
 from train.config import RunConfig
 from train.context import cpu_threads
 from train.loop import train
-from train.model import CamClassifier, Classifier
 from train.run import evaluate_run
 
 

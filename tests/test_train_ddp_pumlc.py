@@ -22,10 +22,11 @@ import torch
 
 from tests.test_train_pumlc import VIEW, partial_shards, run_config, weights_file
 from tests.train_fixtures import read_metrics
-from train.build import prepare
+from train.build import start_run
 from train.context import Context, cpu_threads
 from train.data import ImageData, e2e_preset
 from train.evaluate import evaluate_splits
+from train.plan import plan_run
 
 REPO = Path(__file__).resolve().parents[1]
 OPTS = {"epochs": "2", "batch_size": "16", "lr": "1e-3", "schedule_epochs": "2", "ema": "0.9"}
@@ -50,9 +51,10 @@ def launch_ddp(shards: Path, out: Path) -> None:
 def replay(shards: Path, out: Path) -> tuple[list[dict], dict]:
     """Train as two ranks would, in this process: (per-epoch records, final weights)."""
     ctx = Context()
-    run = prepare(run_config(shards, out), ctx)
+    run = start_run(plan_run(run_config(shards, out), 1), ctx)
     cfg = run.model.pretrained_cfg
-    preset = e2e_preset(run.config.preset, run.config.image_size, cfg)
+    config = run.plan.config
+    preset = e2e_preset(config.preset, config.image_size, cfg)
     ranks = [
         ImageData(
             run.data.ss,
@@ -73,7 +75,7 @@ def replay(shards: Path, out: Path) -> tuple[list[dict], dict]:
         totals: dict[str, float] = {}
         steps = ranks[0].steps_per_epoch
         for _ in range(steps):
-            step = run.state.step
+            step = run.step
             run.schedule.apply(opt.param_groups, step)
             outs = [
                 run.method.training_step(
@@ -87,12 +89,12 @@ def replay(shards: Path, out: Path) -> tuple[list[dict], dict]:
             opt.step()
             run.ema.update()
             run.method.after_step()
-            run.state.step += 1
+            run.step += 1
             for k in outs[0]:
                 mean = sum(float(o[k].detach()) for o in outs) / WORLD
                 totals[k] = totals.get(k, 0.0) + mean / steps
         results = evaluate_splits(run.eval_models(), run.data, ctx, ("val", "test"), 0.5)
-        scores = {w: {s: r[s]["mAP"] for s in ("val", "test")} for w, r in results.items()}
+        scores = {w: {s: r[0][s]["mAP"] for s in ("val", "test")} for w, r in results.items()}
         records.append({"train": totals, **scores})
     return records, run.model.state_dict()
 

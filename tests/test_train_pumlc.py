@@ -95,7 +95,7 @@ def test_pumlc_e2e_smoke_and_resume(tmp_path_factory, tmp_path):
     assert len(ckpt["config"]["backbone"]["sha256"]) == 64
     info = get_method("pu-mlc")
     classes = tuple(ckpt["config"]["classes"])
-    spec = ModelSpec(None, classes, info.resolve(), "test_resnet", weights_file(shards), 0)
+    spec = ModelSpec(None, classes, info.create_config(), "test_resnet", weights_file(shards), 0)
     with torch.random.fork_rng(devices=[]):  # as the run built it
         torch.manual_seed(0)
         start = info.build_model(spec).state_dict()

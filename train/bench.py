@@ -19,6 +19,7 @@ not tests: they print numbers and assert nothing about them.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -31,13 +32,14 @@ import torch
 
 from shards.errors import WsmlError
 from train import metrics
-from train.build import assemble
+from train.build import build_run
 from train.config import RunConfig
 from train.context import Context, cpu_threads
 from train.data import FeatureData
 from train.evaluate import evaluate_splits
 from train.loop import train_epoch
 from train.methods import dataset_family, get_method
+from train.plan import RunPlan
 
 COCO = {"train": 65_665, "val": 16_416, "test": 40_137}  # Cole's COCO splits (METHODS.md §0.3)
 GRID_LRS = (1e-2, 1e-3, 1e-4, 1e-5)
@@ -110,7 +112,7 @@ def paper_epoch(
     dev = torch.device(device)
     split = splits["train"]
     info = get_method(method)
-    cfg = info.resolve(dataset_family("coco"), {"batch_size": str(batch), "lr": repr(lr)})
+    cfg = info.create_config(dataset_family("coco"), {"batch_size": str(batch), "lr": repr(lr)})
     n, classes = len(split["full"]), split["full"].shape[1]
     obs = split["observed"] if info.needs_observed else None
     loss_fn = info.create(n, classes, cfg, observed=obs, generator=torch.Generator().manual_seed(0))
@@ -143,53 +145,70 @@ def paper_epoch(
     return seconds, time.perf_counter() - t
 
 
+def synthetic_plan(method: str, data: FeatureData, classes: int, **options: str) -> RunPlan:
+    """The plan of a linear run on in-memory synthetic features (no shard set), COCO's
+    protocol defaults for the method; ``options`` are method options."""
+    from train.plan import RunPlan
+    from train.settings import get_setting
+
+    info = get_method(method)
+    config = RunConfig(shards="", method=method, features="synthetic", method_options=options)
+    return RunPlan(
+        config=config,
+        info=info,
+        method=info.create_config(dataset_family("coco"), options),
+        setting=get_setting("linear"),
+        dataset="coco",
+        classes=tuple(str(c) for c in range(classes)),
+        view="single-positive",
+        kind="single-positive",
+        rows={s: data.num_rows(s) for s in ("train", "val", "test")},
+        feature_dim=data.feature_dim,
+    )
+
+
 def own_epoch(
     method: str, data: FeatureData, classes: int, batch: int, lr: float
 ) -> tuple[float, float]:
     """Seconds of one epoch of this trainer's linear run (in-memory features, on the data's
     device) and of its scoring of val and test."""
     ctx = data.ctx
-    info = get_method(method)
     options = {"batch_size": str(batch), "lr": repr(lr), "epochs": "1"}
-    mcfg = info.resolve(dataset_family("coco"), options)
-    data.batch_size, data.local = batch, batch
-    config = RunConfig(shards="", method=method, features="synthetic")
-    resolved = {"classes": [str(c) for c in range(classes)], "feature_dim": data.feature_dim}
-    run = assemble(config, resolved, None, data, info, mcfg, ctx)
+    plan = synthetic_plan(method, data, classes, **options)
+    run = build_run(plan, ctx, data=data.with_batch_size(batch))
     t = time.perf_counter()
     train_epoch(run, ctx, 1)
     _sync(ctx.device)
     seconds = time.perf_counter() - t
     t = time.perf_counter()
-    evaluate_splits(run.eval_models(), data, ctx, ("val", "test"), 0.5)
+    evaluate_splits(run.eval_models(), run.data, ctx, ("val", "test"), 0.5)
     return seconds, time.perf_counter() - t
 
 
 def sweep_epoch(method: str, data: FeatureData, classes: int, lrs, batches) -> tuple[float, float]:
     """Seconds of one epoch of every member of the ``--sweep`` grid, trained as one job, and of
     the scoring of every member on val and test (metrics lines written as a sweep does)."""
+    from train.loop import select_epoch, train_runs
     from train.runfolder import RunFolder
-    from train.sweep import create_groups, evaluate_members, train_groups
+    from train.sweep import create_groups
 
     ctx = data.ctx
-    config = RunConfig(
-        shards="", method=method, features="synthetic", method_options={},
-        sweep_lrs=tuple(lrs), sweep_batches=tuple(batches),
-    )  # fmt: skip
-    resolved = {
-        "classes": [str(c) for c in range(classes)],
-        "feature_dim": data.feature_dim,
-        "dataset": "coco",
-    }
+    plan = synthetic_plan(method, data, classes)
+    plan = dataclasses.replace(
+        plan,
+        config=dataclasses.replace(
+            plan.config, sweep=True, sweep_lrs=tuple(lrs), sweep_batches=tuple(batches)
+        ),
+    )
     folder = RunFolder(tempfile.mkdtemp(prefix="wsml-bench-sweep-"))
-    groups = create_groups(config, resolved, data, folder, None, ctx)  # as --sweep builds them
+    groups = create_groups(plan, data, folder, ctx)  # as --sweep builds them
     t = time.perf_counter()
-    train_groups(groups, data, 1, ctx)  # as a sweep trains: the groups side by side on a CPU
+    logged = train_runs(groups, ctx, 1)  # as a sweep trains: the groups side by side on a CPU
     _sync(ctx.device)
     seconds = time.perf_counter() - t
     t = time.perf_counter()
-    active = [(g, i) for g in groups for i in range(g.size)]
-    evaluate_members(active, data, 1, config, resolved["classes"], seconds)
+    for group, per_track in zip(groups, logged, strict=True):
+        select_epoch(group, ctx, 1, per_track, (seconds, t))
     shutil.rmtree(folder.path, ignore_errors=True)
     return seconds, time.perf_counter() - t
 
@@ -253,141 +272,112 @@ def run_linear_bench(
 # ---------------------------------------------------------------------------------- e2e
 
 
-class TrainSplit:
-    """The training split of a shard set through ``create_loader`` (what ``ImageData`` gives the
-    loop for training, without the evaluation loaders)."""
+@dataclasses.dataclass(frozen=True)
+class E2EBenchOptions:
+    """What ``bench train --setting e2e`` times: each of ``methods`` (random weights:
+    throughput only) for ``steps`` steps after ``warmup``, on a shard set or on ``images``
+    generated photos."""
 
-    def __init__(self, ss, view, ctx, *, preset, batch_size, backend, seed=0):
-        from pipelines.loader import create_loader
-
-        self.ss, self.view, self.batch_size = ss, view, batch_size
-        self.local = ctx.local_batch(batch_size)
-        self.loader = create_loader(
-            ss, "train", regime=view, batch_size=self.local, preset=preset, rank=ctx.rank,
-            world_size=ctx.world_size, device=ctx.device, seed=seed, backend=backend, train=True,
-        )  # fmt: skip
-        self.channels_last = ctx.device.type == "cuda"
-
-    def num_rows(self, split: str) -> int:
-        return int(self.ss.split(split)["num_samples"])
-
-    def observed(self, split: str) -> torch.Tensor:
-        return torch.from_numpy(self.ss.observed_labels(self.view, split))
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.loader)
-
-    def train_batches(self, epoch: int):
-        self.loader.set_epoch(epoch)
-        for batch in self.loader:
-            x = batch.pop("image")
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            batch["input"] = x
-            yield batch
+    methods: tuple[str, ...] = ("an",)
+    backbone: str | None = None
+    preset: str | None = None
+    image_size: int = 0
+    batch_size: int = 32
+    steps: int = 20
+    warmup: int = 3
+    images: int = 256
+    loader: str = "auto"
+    device: str = "auto"
+    compile: bool = False
+    regime: str | None = None
+    method_options: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def run_e2e_bench(
     shards: str | None,
+    opts: E2EBenchOptions,
     *,
-    methods: tuple[str, ...] = ("an",),
-    backbone: str | None = None,
-    preset: str | None = None,
-    image_size: int = 0,
-    batch_size: int = 32,
-    steps: int = 20,
-    warmup: int = 3,
-    images: int = 256,
-    loader: str = "auto",
-    device: str = "auto",
-    compile: bool = False,
-    regime: str | None = None,
-    method_options: dict[str, str] | None = None,
     workdir: str | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict[str, dict[str, float]]:
-    """Training steps of each method (random weights: throughput only) on ``shards`` or on
-    ``images`` generated photos; per method images/s, ms per step and the data-wait share."""
+    """Training steps of each method on ``shards`` (or generated photos, in ``workdir`` or a
+    folder of our own): per method images/s, ms per step and the data-wait share."""
     from pipelines.bench import make_bench_set
     from shards.shardset import open_shard_set
-    from train.build import build_model
-    from train.data import e2e_preset
-    from train.loop import train_step
-    from train.plan import resolve
+    from train.plan import plan_run
 
     _header(echo)
     own = workdir is None and shards is None  # generated photos in a folder of our own
     work = Path(workdir or tempfile.mkdtemp(prefix="wsml-bench-train-"))
-    root = shards or str(make_bench_set(work, images, val_frac=0.1))
-    ctx = Context.create(device)
+    root = shards or str(make_bench_set(work, opts.images, val_frac=0.1))
+    ctx = Context.create(opts.device)
     echo(f"end to end on {root} ({open_shard_set(root).split('train')['num_samples']} train "
-         f"images), batch {batch_size}, {steps} timed steps after {warmup}, device {ctx.device}"
-         f"{', compiled' if compile else ''}")  # fmt: skip
+         f"images), batch {opts.batch_size}, {opts.steps} timed steps after {opts.warmup}, "
+         f"device {ctx.device}{', compiled' if opts.compile else ''}")  # fmt: skip
     echo(f"{'method':<8} {'backbone':<18} {'preset':<10} {'images/s':>9} {'ms/step':>8} "
          f"{'data wait':>10}")  # fmt: skip
     out = {}
-    cuda = ctx.device.type == "cuda"
     try:
-        for method in methods:
-            opts = {**(method_options or {}), "batch_size": str(batch_size)}
+        for method in opts.methods:
             config = RunConfig(
-                root, method, setting="e2e", backbone=backbone, weights="none", preset=preset,
-                image_size=image_size, loader=loader, regime=regime, method_options=opts,
-                compile=compile,
+                root, method, setting="e2e", backbone=opts.backbone, weights="none",
+                preset=opts.preset, image_size=opts.image_size, loader=opts.loader,
+                regime=opts.regime, compile=opts.compile,
+                method_options={**opts.method_options, "batch_size": str(opts.batch_size)},
             )  # fmt: skip
-            config, resolved, ss = resolve(config, ctx)
-            info = get_method(method)
-            mcfg = info.resolve(resolved["dataset"], config.method_options)
-            model, _ = build_model(config, resolved, ss, info, mcfg)
-            cfg = model.pretrained_cfg
-            p = e2e_preset(config.preset, config.image_size, cfg)
-            data = TrainSplit(ss, config.regime, ctx, preset=p, batch_size=batch_size,
-                              backend=config.loader)  # fmt: skip
-            if data.steps_per_epoch < 1:
-                raise WsmlError(f"{root} has fewer training images than a batch of {batch_size}")
-            run = assemble(config, resolved, None, data, info, mcfg, ctx, model=model)
-            run.net = ctx.wrap(torch.compile(run.model) if compile else run.model)
-            run.model.train()
-            run.method.train()
-            wait = busy = 0.0
-            done, epoch, totals = 0, 0, {}
-            while done < warmup + steps:
-                epoch += 1
-                run.method.start_epoch(epoch)
-                batches = iter(data.train_batches(epoch))
-                while done < warmup + steps:
-                    t0 = time.perf_counter()
-                    batch = next(batches, None)
-                    if batch is None:
-                        break
-                    if cuda:
-                        torch.cuda.synchronize()
-                    t1 = time.perf_counter()
-                    train_step(run, ctx, batch, epoch, totals)
-                    if cuda:
-                        torch.cuda.synchronize()
-                    t2 = time.perf_counter()
-                    if done >= warmup:
-                        wait += t1 - t0
-                        busy += t2 - t1
-                    done += 1
-            total = wait + busy
-            r = {
-                "images_per_s": steps * batch_size / total,
-                "ms_per_step": 1e3 * total / steps,
-                "data_wait": wait / total,
-            }
-            out[method] = r
+            run = build_run(plan_run(config, ctx.world_size), ctx)  # as cli.py train builds it
+            if run.data.steps_per_epoch < 1:
+                raise WsmlError(
+                    f"{root} has fewer training images than a batch of {opts.batch_size}"
+                )
+            run.net = ctx.wrap(torch.compile(run.model) if opts.compile else run.model)
+            out[method] = r = time_steps(run, ctx, opts.steps, opts.warmup)
+            config = run.plan.config
+            shown = config.preset if not config.image_size else f"center{config.image_size}"
             echo(
-                f"{method:<8} {config.backbone:<18} {(config.preset if not image_size else f'center{image_size}'):<10} "
-                f"{r['images_per_s']:>9.1f} {r['ms_per_step']:>8.1f} {100 * r['data_wait']:>9.1f}%"
+                f"{method:<8} {config.backbone:<18} {shown:<10} {r['images_per_s']:>9.1f} "
+                f"{r['ms_per_step']:>8.1f} {100 * r['data_wait']:>9.1f}%"
             )
     finally:
         ctx.close()
         if own:
             shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def time_steps(run, ctx: Context, steps: int, warmup: int) -> dict[str, float]:
+    """``steps`` training steps of ``run`` after ``warmup``, through the loop's ``train_step``:
+    images/s, ms per step and the share of each step spent waiting for the next batch."""
+    from train.loop import train_step
+
+    run.net.train()
+    run.method.train()
+    wait = busy = 0.0
+    done, epoch, totals = 0, 0, {}
+    while done < warmup + steps:
+        epoch += 1
+        run.method.start_epoch(epoch)
+        batches = iter(run.data.train_batches(epoch))
+        while done < warmup + steps:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            _sync(ctx.device)
+            t1 = time.perf_counter()
+            train_step(run, ctx, batch, epoch, totals)
+            _sync(ctx.device)
+            if done >= warmup:
+                wait += t1 - t0
+                busy += time.perf_counter() - t1
+            done += 1
+    total = wait + busy
+    batch_size = run.plan.method.batch_size
+    return {
+        "images_per_s": steps * batch_size / total,
+        "ms_per_step": 1e3 * total / steps,
+        "data_wait": wait / total,
+    }
 
 
 def parse_rows(text: str) -> dict[str, int]:

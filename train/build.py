@@ -1,5 +1,6 @@
-"""A run built from its plan (train/plan.py): the data, model, method, optimiser, schedule and
-EMA, and the state of a resumed run."""
+"""A run built from its plan (``build_run(plan, ctx)``): data, model, method, optimiser, schedule
+and EMA, and where each configuration it trains keeps its selection (:class:`Track`).
+``start_run`` adds the run folder: a fresh run's ``config.json``, or the state of a resumed one."""
 
 from __future__ import annotations
 
@@ -12,24 +13,20 @@ import torch
 from torch import nn
 
 from shards.errors import WsmlError
-from shards.shardset import ShardSet
-from train.config import (
-    RunConfig,
-)
 from train.context import Context
-from train.data import FeatureData, ImageData, e2e_preset, read_clip_text
-from train.methods import Method, MethodConfig, MethodInfo, ModelSpec, get_method
-from train.model import Ema, create_classifier
+from train.data import read_clip_text
+from train.ema import Ema
+from train.methods import Method, MethodConfig
 from train.optim import Schedule, create_optimizer, create_schedule, param_groups
-from train.plan import resolve
-from train.runfolder import RunFolder, set_rng_state
+from train.plan import RunPlan
+from train.runfolder import RunFolder, rng_state, set_rng_state
 
 CHECKPOINT_FORMAT = "wsml-checkpoint"
 
 
 @dataclass
 class LoopState:
-    """Where the run stands after its last completed epoch; travels in every checkpoint."""
+    """Where a configuration stands after its last completed epoch; travels in every checkpoint."""
 
     epoch: int = 0
     step: int = 0
@@ -59,19 +56,45 @@ class LoopState:
 
 
 @dataclass
+class Track:
+    """One configuration a run trains, with its own selection and early stopping, and the
+    folder its metrics and summary go to: a run has one; a sweep's stacked group one per
+    member of the grid (train/sweep.py)."""
+
+    name: str
+    config: MethodConfig
+    folder: RunFolder | None
+    state: LoopState = field(default_factory=LoopState)
+    meta: dict[str, Any] = field(default_factory=dict)  # what its summary names it by
+
+    @property
+    def active(self) -> bool:
+        return self.state.stopped is None and self.state.epoch < self.config.epochs
+
+
+@dataclass
 class Run:
-    config: RunConfig
-    resolved: dict[str, Any]
-    folder: RunFolder
-    data: FeatureData | ImageData
-    model: nn.Module  # the plain module (checkpoints, EMA): Classifier, CamClassifier or own
+    plan: RunPlan
+    record: dict[str, Any]  # config.json: the plan's record and the model's provenance
+    data: Any  # train.data.FeatureData or ImageData (or what a bench gives)
+    model: nn.Module  # the plain module (checkpoints, EMA)
     net: nn.Module  # what trains: compiled and/or DDP-wrapped
     method: Method
-    optimizer: torch.optim.Optimizer
+    optimizer: Any  # torch.optim.Optimizer, or the sweep's MemberAdam
     schedule: Schedule
+    tracks: list[Track]
+    folder: RunFolder | None = None  # checkpoints (None: a sweep's group, not resumable)
     ema: Ema | None = None
-    state: LoopState = field(default_factory=LoopState)
-    step_threads: int = 0  # intra-op threads while training (0: unchanged)
+    step: int = 0  # optimiser steps taken
+
+    @property
+    def state(self) -> LoopState:
+        """The loop state of a run's one configuration."""
+        return self.tracks[0].state
+
+    @property
+    def active(self) -> bool:
+        return any(t.active for t in self.tracks)
 
     def eval_models(self) -> dict[str, nn.Module]:
         models: dict[str, nn.Module] = {"model": self.model}
@@ -80,11 +103,9 @@ class Run:
         return models
 
     def checkpoint(self) -> dict[str, Any]:
-        from train.runfolder import rng_state
-
         return {
             "format": CHECKPOINT_FORMAT,
-            "config": self.resolved,
+            "config": self.record,
             "epoch": self.state.epoch,
             "step": self.state.step,
             "model": self.model.state_dict(),
@@ -96,149 +117,94 @@ class Run:
         }
 
 
-def prepare(config: RunConfig, ctx: Context) -> Run:
-    config, resolved, ss = resolve(config, ctx)
-    info = get_method(config.method)
-    mcfg = info.resolve(resolved["dataset"], config.method_options)
-    torch.manual_seed(config.seed)
-    model = None
-    if config.setting == "e2e":
-        model, provenance = build_model(config, resolved, ss, info, mcfg)
-        resolved["backbone"] = provenance
-    folder = RunFolder(config.run_dir)
-    saved = folder.check_reuse(resolved, resume=config.resume, overwrite=config.overwrite)
-    ctx.barrier()  # every rank has looked at the folder before rank 0 writes to it
-    data = create_data(config, ss, mcfg, ctx, model)
-    text = None
-    if info.needs_clip:
-        text = torch.from_numpy(read_clip_text(ss, config.clip, info.name)).float()
-    run = assemble(config, resolved, folder, data, info, mcfg, ctx, model=model, text=text)
-    if saved is not None:
-        restore(run, folder.load_checkpoint(device=ctx.device))
-        if ctx.is_main:
-            folder.keep_metrics(run.state.epoch)
-    elif ctx.is_main:
-        folder.start(resolved)
-    ctx.barrier()
-    run.net = ctx.wrap(torch.compile(run.model) if config.compile else run.model)
-    return run
+def read_text_embeddings(plan: RunPlan) -> torch.Tensor | None:
+    """The CLIP class-text embeddings of a method that needs them (None otherwise)."""
+    if not plan.info.needs_clip or plan.shard_set is None:
+        return None
+    return torch.from_numpy(
+        read_clip_text(plan.shard_set, plan.config.clip, plan.info.name)
+    ).float()
 
 
-def build_model(
-    config: RunConfig,
-    resolved: dict[str, Any],
-    ss: ShardSet,
-    info: MethodInfo,
-    mcfg: MethodConfig,
-    weights: str | None = None,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """The e2e model and its weights' provenance: the method's own (``info.build_model``) or a
-    backbone with the run's head. ``weights`` overrides the run's (``"none"`` to load a
-    checkpoint into). Sets ``resolved["feature_dim"]`` for backbone + head."""
-    weights = config.weights if weights is None else weights
-    num_classes = len(resolved["classes"])
-    if info.build_model is not None:
-        if config.head != "linear":
-            raise WsmlError(f"method {info.name} brings its own model; --head does not apply")
-        spec = ModelSpec(
-            ss, tuple(resolved["classes"]), mcfg, config.backbone, weights, config.seed
-        )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            model = info.build_model(spec)
-        return model, dict(getattr(model, "weights_info", None) or {"backbone": config.backbone})
-    from models.backbones import create_backbone
-
-    backbone, binfo = create_backbone(config.backbone, weights=weights)
-    resolved["feature_dim"] = binfo.feature_dim
-    model = create_classifier(
-        binfo.feature_dim, num_classes, config.seed, backbone, config.head, config.boostlu_alpha
-    )
-    return model, {"weights": binfo.weights, "sha256": binfo.weights_sha256}
-
-
-def create_run_method(info, cfg, data, num_classes: int, text, seed: int, device):
+def create_run_method(plan: RunPlan, data, text: torch.Tensor | None, device) -> Method:
     """A run's method (or a sweep member's): state sized to the training split, seeded, on the
     device before the optimiser that holds its parameters is built."""
+    info = plan.info
     return info.create(
         data.num_rows("train"),
-        num_classes,
-        cfg,
+        plan.num_classes,
+        plan.method,
         observed=data.observed("train").cpu() if info.needs_observed else None,
         text_embeddings=text,
-        generator=torch.Generator().manual_seed(seed),
+        generator=torch.Generator().manual_seed(plan.config.seed),
+        steps_per_epoch=data.steps_per_epoch,
     ).to(device)
 
 
-def assemble(
-    config: RunConfig,
-    resolved: dict[str, Any],
-    folder: RunFolder | None,
-    data: FeatureData | ImageData,
-    info: MethodInfo,
-    mcfg: MethodConfig,
+def build_run(
+    plan: RunPlan,
     ctx: Context,
     *,
     model: nn.Module | None = None,
+    record: dict[str, Any] | None = None,
+    data: Any = None,
     text: torch.Tensor | None = None,
+    folder: RunFolder | None = None,
 ) -> Run:
-    """Model (default: a linear head on ``data``'s features), method (on the device before the
-    optimiser is built), optimiser with the model's and the method's groups, schedule and EMA
-    around ``data``."""
-    num_classes = len(resolved["classes"])
-    e2e = model is not None
+    """The run ``plan`` describes, on ``ctx``'s device: model (the setting's unless given, with
+    its record), data (the setting's unless given), method, optimiser with the model's and the
+    method's groups, schedule and EMA."""
     if model is None:
-        model = create_classifier(resolved["feature_dim"], num_classes, config.seed)
-    model.to(ctx.device)
-    if e2e and ctx.device.type == "cuda":  # with channels_last batches
-        model.to(memory_format=torch.channels_last)
-    method = create_run_method(info, mcfg, data, num_classes, text, config.seed, ctx.device)
+        model, extra = plan.setting.create_model(plan)
+        record = {**plan.to_json(), **extra}
+    model = plan.setting.place(model, ctx)
+    if data is None:
+        data = plan.setting.create_data(plan, ctx, model)
+    if text is None:
+        text = read_text_embeddings(plan)
+    method = create_run_method(plan, data, text, ctx.device)
     method.bind_model(model)
+    mcfg = plan.method
     if hasattr(model, "param_groups"):
         groups = model.param_groups(mcfg)
     else:
         groups = param_groups(model, model.head, mcfg)
     groups += method.extra_parameters()
     return Run(
-        config=config,
-        resolved=resolved,
-        folder=folder,
+        plan=plan,
+        record=record if record is not None else plan.to_json(),
         data=data,
         model=model,
         net=model,
         method=method,
         optimizer=create_optimizer(groups, mcfg),
         schedule=create_schedule(mcfg, data.steps_per_epoch),
+        tracks=[Track("", mcfg, folder)],
+        folder=folder,
         ema=Ema(model, mcfg.ema) if mcfg.ema else None,
-        step_threads=1 if isinstance(data, FeatureData) and ctx.device.type == "cpu" else 0,
     )
 
 
-def create_data(config, ss, mcfg, ctx, model=None) -> FeatureData | ImageData:
-    if config.setting == "linear":
-        return FeatureData.read(
-            ss,
-            config.features,
-            config.regime,
-            ctx,
-            seed=config.seed,
-            batch_size=mcfg.batch_size,
-            clip=config.clip,
-            eval_rows=config.eval_batch_size,
-        )
-    cfg = model.pretrained_cfg  # timm's: the mean/std the backbone was trained with
-    preset = e2e_preset(config.preset, config.image_size, cfg)
-    return ImageData(
-        ss,
-        config.regime,
-        ctx,
-        preset=preset,
-        seed=config.seed,
-        batch_size=mcfg.batch_size,
-        clip=config.clip,
-        backend=config.loader,
-        eval_batch=config.eval_batch_size,
-    )
+def start_run(plan: RunPlan, ctx: Context) -> Run:
+    """A run with its folder: checked for reuse, then started afresh or restored from its last
+    checkpoint (``--resume``); wrapped for DDP (and compiled) last."""
+    config = plan.config
+    torch.manual_seed(config.seed)
+    model, extra = plan.setting.create_model(plan)
+    record = {**plan.to_json(), **extra}
+    folder = RunFolder(config.run_dir)
+    saved = folder.check_reuse(record, resume=config.resume, overwrite=config.overwrite)
+    ctx.barrier()  # every rank has looked at the folder before rank 0 writes to it
+    run = build_run(plan, ctx, model=model, record=record, folder=folder)
+    if saved is not None:
+        restore(run, folder.load_checkpoint(device=ctx.device))
+        if ctx.is_main:
+            folder.keep_metrics(run.state.epoch)
+    elif ctx.is_main:
+        folder.start(record)
+    ctx.barrier()
+    run.net = ctx.wrap(torch.compile(run.model) if config.compile else run.model)
+    return run
 
 
 def restore(run: Run, ckpt: dict[str, Any]) -> None:
@@ -249,5 +215,6 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
     run.optimizer.load_state_dict(ckpt["optimizer"])
     if run.ema is not None:
         run.ema.load_state_dict(ckpt["ema"])
-    run.state = LoopState(**ckpt["loop"])
+    run.tracks[0].state = LoopState(**ckpt["loop"])
+    run.step = run.state.step
     set_rng_state(ckpt["rng"])

@@ -165,7 +165,8 @@ def bench_train(setting, methods, rows, dim, classes, paper_steps, opts, **e2e):
             paper_steps=paper_steps, device=e2e["device"], echo=click.echo,
         )  # fmt: skip
         return
-    from train.bench import run_e2e_bench
+    from train.bench import E2EBenchOptions, run_e2e_bench
 
     shards = e2e.pop("shards")
-    run_e2e_bench(shards, methods=names, method_options=parse_kv(opts), echo=click.echo, **e2e)
+    options = E2EBenchOptions(methods=names, method_options=parse_kv(opts), **e2e)
+    run_e2e_bench(shards, options, echo=click.echo)

@@ -16,6 +16,7 @@ samples per rank and step (its sharding: a rank reads a rotating shard of each e
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Iterator
 
@@ -50,6 +51,14 @@ def read_features(ss: ShardSet, tag: str, split: str, what: str = "features") ->
         )
     check_finite_rows(arr, f"{what} {tag!r} of {ss.root}, split {split}")
     return arr
+
+
+def cache_dim(ss: ShardSet, tag: str, what: str) -> int:
+    meta = emb.get_cache(ss.root, tag)
+    missing = [s for s in ("train", "val", "test") if s not in meta["splits"]]
+    if missing:
+        raise WsmlError(f"{what} {tag!r} of {ss.root} lack split(s) {', '.join(missing)}")
+    return int(meta["dim"])
 
 
 def check_finite_rows(arr: np.ndarray, what: str, chunk: int = 65536) -> None:
@@ -127,6 +136,12 @@ class FeatureData:
                 data["embedding"] = torch.from_numpy(np.array(image))
             splits[split] = data
         return cls(splits, ctx, **kw)
+
+    def with_batch_size(self, batch_size: int) -> FeatureData:
+        """The same features and labels (shared, not copied) in batches of ``batch_size``."""
+        out = copy.copy(self)
+        out.batch_size, out.local = batch_size, self.ctx.local_batch(batch_size)
+        return out
 
     def num_rows(self, split: str) -> int:
         return int(self.splits[split]["full"].shape[0])

@@ -4,7 +4,8 @@ holds the whole split and computes the same metrics, so all ranks take the same 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,22 +24,29 @@ def predict(
     ctx: Context,
     num_rows: int,
     gather: bool = True,
+    autocast: Callable[[], Any] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """(rows, probabilities) of a whole split in row order: sigmoid of the logits, float32, on
-    the CPU; with ``gather=False`` only this rank's share (for a method that gathers itself)."""
+    """(rows (N,), probabilities (T, N, L)) of a whole split in row order: sigmoid of the
+    logits in float32, on the CPU, for each of the T configurations the model stacks (1 for a
+    plain model, whose logits are (B, L) for a batch of B; a stacked one gives (T B, L),
+    member-major); with ``gather=False`` only this rank's share (for a method that gathers
+    itself). ``autocast`` is the precision of the forward pass (default: full)."""
     rows, probs = [], []
-    with evaluating(model), ctx.autocast():
+    with evaluating(model), (autocast or contextlib.nullcontext)():
         for batch in batches:
             keep = batch["valid"]
             logits = model(batch["input"])
+            tracks = len(logits) // len(keep)
             rows.append(batch["row"][keep].cpu())
-            probs.append(torch.sigmoid(logits[keep].float()).cpu())
-    r, p = torch.cat(rows), torch.cat(probs)
+            stacked = logits.float().view(tracks, len(keep), -1)[:, keep]
+            probs.append(torch.sigmoid(stacked).cpu())
+    r, p = torch.cat(rows), torch.cat(probs, dim=1)
     if not gather:
         return r, p
-    r, p = gather_cat(r, p)
+    tracks, classes = p.shape[0], p.shape[2]
+    r, p = gather_cat(r, p.transpose(0, 1).reshape(len(r), -1))
     order = torch.argsort(r)
-    r, p = r[order], p[order]
+    r, p = r[order], p[order].view(-1, tracks, classes).transpose(0, 1)
     if len(r) != num_rows or not torch.equal(r, torch.arange(num_rows)):
         raise WsmlError(f"evaluation scored {len(r)} rows of {num_rows} (or some twice)")
     return r, p
@@ -54,18 +62,30 @@ def score(probs: Any, labels: np.ndarray, threshold: float = 0.5) -> dict[str, A
 
 
 def evaluate_splits(
-    models: dict[str, nn.Module], data, ctx: Context, splits: Iterable[str], threshold: float
-) -> dict[str, dict[str, dict[str, Any]]]:
-    """{weights name: {split: scores + "probs"}} for each model (the trained weights, the EMA)."""
-    out: dict[str, dict[str, dict[str, Any]]] = {}
+    models: dict[str, nn.Module],
+    data,
+    ctx: Context,
+    splits: Iterable[str],
+    threshold: float,
+    *,
+    autocast: Callable[[], Any] | None = None,
+    scored: Sequence[bool] | None = None,
+) -> dict[str, list[dict[str, dict[str, Any]]]]:
+    """{weights name: [{split: scores + "probs"} per stacked configuration]} for each model
+    (the trained weights, the EMA); configurations not in ``scored`` (a mask) get no scores."""
+    out: dict[str, list[dict[str, dict[str, Any]]]] = {}
     for name, model in models.items():
-        out[name] = {}
+        per: list[dict[str, dict[str, Any]]] = []
         for split in splits:
             n = data.num_rows(split)
-            _, probs = predict(model, data.eval_batches(split), ctx, n)
-            result = score(probs.numpy(), data.labels(split), threshold)
-            result["probs"] = probs
-            out[name][split] = result
+            _, probs = predict(model, data.eval_batches(split), ctx, n, autocast=autocast)
+            labels = data.labels(split)
+            if not per:
+                per = [{} for _ in range(len(probs))]
+            for i, p in enumerate(probs):
+                if scored is None or scored[i]:
+                    per[i][split] = {**score(p.numpy(), labels, threshold), "probs": p}
+        out[name] = per
     return out
 
 

@@ -1,150 +1,251 @@
-"""The one training loop, for every method and both settings: ``train(run_config) -> summary``.
+"""The one training loop, for every method, both settings and sweeps: ``train(config) -> summary``.
 
 Per epoch: train on the regime's observed labels, let the method end its epoch (with an eval
 pass over the training split when it asks for one), score val (clean labels) and test, keep the
 epoch with the best validation mAP (never selected on test) and stop early by the method's
-protocol. Rank 0 writes the run folder (train/runfolder.py); ``--resume`` continues from the last
-checkpoint and, on the CPU with a fixed seed, ends with the same metrics as an uninterrupted run.
+protocol. A run trains one configuration (one :class:`~train.build.Track`); a sweep's group
+trains several at once, stacked (train/sweep.py), through the same steps. Rank 0 writes the run
+folder (train/runfolder.py); ``--resume`` continues from the last checkpoint and, on the CPU
+with a fixed seed, ends with the same metrics as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from train.build import Run, prepare
+from train.build import Run, Track, start_run
 from train.config import RunConfig
 from train.context import Context, cpu_threads
 from train.evaluate import epoch_record, evaluate_splits, predict, selected_summary
 from train.integrity import run_folder_lock
-from train.runfolder import Scalars, json_safe
+from train.plan import plan_run
+from train.runfolder import TensorBoardLog, json_safe
+
+# (epoch, [(track, logged scalars, {weights: {split: scores}})], seconds) after every epoch
+EpochHook = Callable[[int, list[tuple[Track, dict, dict]], float], None]
 
 
 def train(config: RunConfig) -> dict[str, Any]:
     """Train (or resume) the run ``config`` describes; returns its summary."""
-    ctx = Context.create(config.device, config.progress)
+    plan = plan_run(config)
+    ctx = Context.create(plan.config.device, config.progress)
     try:
-        with run_folder_lock(config.run_dir, ctx.is_main):
-            if config.sweep:
+        with run_folder_lock(plan.config.run_dir, ctx.is_main):
+            if plan.config.sweep:
                 from train.sweep import train_sweep
 
-                return train_sweep(config, ctx)
-            return fit(prepare(config, ctx), ctx)
+                return train_sweep(plan, ctx)
+            return fit(start_run(plan, ctx), ctx)
     finally:
         ctx.close()
 
 
 def fit(run: Run, ctx: Context) -> dict[str, Any]:
-    scalars = None
-    if run.config.tensorboard and ctx.is_main:
-        scalars = Scalars(run.folder.path, resume_epoch=run.state.epoch)
+    """Train a run to its end (or its ``stop_after_epochs``); write and return its summary."""
+    log = None
+    if run.plan.config.tensorboard and ctx.is_main:
+        log = TensorBoardLog(run.folder.path, resume_epoch=run.state.epoch)
     try:
-        return fit_epochs(run, ctx, scalars)
+        stopped = fit_epochs([run], ctx, None if log is None else _log_epoch(log))
     finally:
-        if scalars is not None:
-            scalars.close()
-
-
-def fit_epochs(run: Run, ctx: Context, scalars: Scalars | None) -> dict[str, Any]:
-    cfg, state = run.method.config, run.state
-    while state.epoch < cfg.epochs and state.stopped is None:
-        epoch = state.epoch + 1
-        t0 = time.perf_counter()
-        logged = train_epoch(run, ctx, epoch)
-        logged.update(end_epoch(run, ctx, epoch))
-        t1 = time.perf_counter()
-        results = evaluate_splits(
-            run.eval_models(), run.data, ctx, ("val", "test"), run.config.threshold
-        )
-        vals = {name: r["val"]["mAP"] for name, r in results.items()}
-        improved = state.update(epoch, vals, cfg)
-        lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(run.optimizer.param_groups)}
-        times = (t1 - t0, time.perf_counter() - t1)
-        record = epoch_record(epoch, state, lrs, logged, results, times)
-        if ctx.is_main:
-            run.folder.append_metrics(json_safe(record))
-            if scalars is not None:
-                scalars.add(json_safe(record))
-            if improved:
-                write_best(run, results[state.best_weights])
-            run.folder.save_checkpoint(run.checkpoint(), best=improved)
-        ctx.barrier()
-        if epoch == run.config.stop_after_epochs and state.epoch < cfg.epochs:
-            return {"interrupted_after_epoch": epoch, "run": str(run.folder.path)}
-    summary = {**run.folder.read_summary(), **final_fields(run)}
+        if log is not None:
+            log.close()
+    if stopped is not None:
+        return {"interrupted_after_epoch": stopped, "run": str(run.folder.path)}
+    summary = {**run.folder.read_summary(), **final_fields(run.tracks[0])}
     if ctx.is_main:
         run.folder.write_summary(summary)
     return summary
 
 
-def train_epoch(run: Run, ctx: Context, epoch: int) -> dict[str, float]:
-    """One pass over this rank's share of the training split; the mean of each logged scalar
-    over the epoch's steps and the ranks."""
+def _log_epoch(log: TensorBoardLog) -> EpochHook:
+    def hook(epoch, outcomes, seconds):
+        for _, record, _ in outcomes:
+            log.add(json_safe(record))
+
+    return hook
+
+
+def fit_epochs(runs: list[Run], ctx: Context, on_epoch: EpochHook | None = None) -> int | None:
+    """Train ``runs`` (one run, or a sweep's groups) epoch by epoch, side by side, until every
+    configuration has stopped; returns the epoch after which ``stop_after_epochs`` interrupted
+    (None: trained to the end)."""
+    while live := [run for run in runs if run.active]:
+        epoch = 1 + max(t.state.epoch for run in live for t in run.tracks if t.active)
+        t0 = time.perf_counter()
+        logged = train_runs(live, ctx, epoch)
+        for run, per_track in zip(live, logged, strict=True):
+            ended = end_epoch(run, ctx, epoch)
+            for i, scalars in enumerate(per_track):
+                scalars.update({k: v[i] if isinstance(v, list) else v for k, v in ended.items()})
+        t1 = time.perf_counter()
+        outcomes = []
+        for run, per_track in zip(live, logged, strict=True):
+            outcomes += select_epoch(run, ctx, epoch, per_track, (t1 - t0, t1))
+        if on_epoch is not None and ctx.is_main:
+            on_epoch(epoch, outcomes, time.perf_counter() - t0)
+        stop = runs[0].plan.config.stop_after_epochs
+        if epoch == stop and any(run.active for run in runs):
+            return epoch
+    return None
+
+
+def train_runs(runs: list[Run], ctx: Context, epoch: int) -> list[list[dict[str, float]]]:
+    """One epoch of every run. On a CPU, several runs (a sweep's groups) train side by side,
+    one thread per core, each running its ops single-threaded: a linear step is a few small
+    ops, where OpenMP's barriers cost more than they gain, while the groups are independent.
+    Longest first; on a GPU one after another (its kernels run asynchronously anyway)."""
+    workers = min(torch.get_num_threads(), len(runs)) if ctx.device.type == "cpu" else 1
+    if workers <= 1:
+        return [train_epoch(run, ctx, epoch) for run in runs]
+    order = sorted(range(len(runs)), key=lambda i: -len(runs[i].tracks) * _steps(runs[i]))
+    out: list = [None] * len(runs)
+    with cpu_threads(1), ThreadPoolExecutor(workers, thread_name_prefix="wsml-train") as pool:
+        futures = {i: pool.submit(train_epoch, runs[i], ctx, epoch) for i in order}
+        for i in order:
+            out[i] = futures[i].result()  # re-raises a run's error (e.g. a non-finite loss)
+    return out
+
+
+def _steps(run: Run) -> int:
+    return run.data.steps_per_epoch
+
+
+def train_epoch(run: Run, ctx: Context, epoch: int) -> list[dict[str, float]]:
+    """One pass over this rank's share of the training split; for each track, the mean of each
+    logged scalar over the epoch's steps and the ranks."""
     net, method = run.net, run.method
     net.train()
     method.train()
     method.start_epoch(epoch)
     steps = run.data.steps_per_epoch
     totals: dict[str, torch.Tensor] = {}
-    bar = ctx.bar(steps, f"epoch {epoch}/{method.config.epochs}")
+    bar = ctx.bar(steps, f"epoch {epoch}/{run.tracks[0].config.epochs}")
     batches = iter(run.data.train_batches(epoch))
-    with cpu_threads(run.step_threads):
+    with cpu_threads(run.plan.setting.step_threads(ctx)):
         for _ in range(steps):  # the count comes from the manifest, never from len(batches)
             train_step(run, ctx, next(batches), epoch, totals)
             bar.update()
     bar.close()
+    for track in run.tracks:
+        if track.active:
+            track.state.step = run.step
     names = sorted(totals)
-    means = torch.stack([totals[k] for k in names]).cpu() / max(1, steps) if names else None
-    if means is not None and ctx.world_size > 1:
+    if not names:
+        return [{} for _ in run.tracks]
+    means = torch.stack([totals[k] for k in names]).cpu() / max(1, steps)  # (K, tracks)
+    if ctx.world_size > 1:
         means = means.to(ctx.device)
         dist.all_reduce(means)
         means = means.cpu() / ctx.world_size
-    return {k: float(v) for k, v in zip(names, means.tolist() if names else [], strict=True)}
+    return [dict(zip(names, column, strict=True)) for column in means.T.tolist()]
 
 
 def train_step(run: Run, ctx: Context, batch, epoch: int, totals: dict) -> None:
-    step, opt = run.state.step, run.optimizer
+    """One optimiser step; the method's scalars (one per track) added to ``totals``."""
+    step, opt = run.step, run.optimizer
     run.schedule.apply(opt.param_groups, step)
-    out = run.method.training_step(run.net, batch, epoch=epoch, step=step, autocast=ctx.autocast)
+    autocast = run.plan.setting.autocast
+    out = run.method.training_step(
+        run.net, batch, epoch=epoch, step=step, autocast=lambda: autocast(ctx)
+    )
     opt.zero_grad(set_to_none=True)
-    out["loss"].backward()
+    out["loss"].sum().backward()  # stacked tracks: each track's loss, its own gradient
     run.method.after_backward()
     opt.step()
     if run.ema is not None:
         run.ema.update()
     run.method.after_step()
-    run.state.step += 1
+    run.step += 1
+    width = len(run.tracks)
     for k, v in out.items():
-        totals[k] = totals.get(k, 0) + v.detach().float()
+        totals[k] = totals.get(k, 0) + v.detach().float().reshape(-1).expand(width)
 
 
-def end_epoch(run: Run, ctx: Context, epoch: int) -> dict[str, float]:
-    """The method's end of epoch, with its eval-mode pass over the training split if asked."""
+def end_epoch(run: Run, ctx: Context, epoch: int) -> dict[str, Any]:
+    """The method's end of epoch, with its eval-mode pass over the training split if asked
+    (stacked tracks: member-major rows, as in training)."""
     if not run.method.wants_epoch_pass(epoch):
         return run.method.end_epoch(epoch)
+    n = run.data.num_rows("train")
     batches = run.data.eval_batches("train")
-    rows, probs = predict(run.model, batches, ctx, run.data.num_rows("train"), gather=False)
+    rows, probs = predict(run.model, batches, ctx, n, gather=False, autocast=_autocast(run, ctx))
+    tracks = probs.shape[0]
+    rows = (torch.arange(tracks).unsqueeze(1) * n + rows).reshape(-1)
+    probs = probs.reshape(-1, probs.shape[-1])
     return run.method.end_epoch(epoch, (rows.to(ctx.device), probs.to(ctx.device)))
 
 
-def write_best(run: Run, results: dict[str, dict[str, Any]]) -> None:
-    """The selected epoch's summary and predictions (rank 0)."""
-    for split in ("val", "test"):
-        run.folder.write_predictions(split, results[split]["probs"].numpy())
-    meta = {
-        "method": run.config.method,
-        "setting": run.config.setting,
-        "dataset": run.resolved["dataset"],
-        "regime": run.resolved["regime"]["view"],
-        "seed": run.config.seed,
+def _autocast(run: Run, ctx: Context):
+    return lambda: run.plan.setting.autocast(ctx)
+
+
+def select_epoch(run: Run, ctx: Context, epoch: int, logged: list[dict], times) -> list:
+    """Score every active track on val and test, update its selection, write its metrics line
+    (and its summary and predictions when it improved) and the run's checkpoint."""
+    seconds = (times[0], time.perf_counter() - times[1])
+    results = evaluate_splits(
+        run.eval_models(),
+        run.data,
+        ctx,
+        ("val", "test"),
+        run.plan.config.threshold,
+        autocast=_autocast(run, ctx),
+        scored=[t.active for t in run.tracks],
+    )
+    outcomes = []
+    for i, track in enumerate(run.tracks):
+        if not track.active:
+            continue
+        mine = {name: per[i] for name, per in results.items()}  # {weights: {split: scores}}
+        vals = {name: r["val"]["mAP"] for name, r in mine.items()}
+        improved = track.state.update(epoch, vals, track.config)
+        lrs = _track_lrs(run, i)
+        record = epoch_record(epoch, track.state, lrs, logged[i], mine, seconds)
+        if ctx.is_main and track.folder is not None:
+            track.folder.path.mkdir(parents=True, exist_ok=True)
+            track.folder.append_metrics(json_safe(record))
+            if improved:
+                write_best(run, track, mine[track.state.best_weights])
+        outcomes.append((track, record, mine))
+    if ctx.is_main and run.folder is not None:
+        run.folder.save_checkpoint(run.checkpoint(), best=run.state.best_epoch == epoch)
+    ctx.barrier()
+    return outcomes
+
+
+def _track_lrs(run: Run, i: int) -> dict[str, float]:
+    """The lr of each optimiser group, as track ``i``'s separate run would log it."""
+    lrs = getattr(run.optimizer, "track_lrs", None)
+    if lrs is not None:
+        return lrs(i)
+    return {g.get("name", str(k)): g["lr"] for k, g in enumerate(run.optimizer.param_groups)}
+
+
+def write_best(run: Run, track: Track, results: dict[str, dict[str, Any]]) -> None:
+    """A track's selected epoch: its summary and predictions (rank 0)."""
+    plan = run.plan
+    if track.folder is run.folder:  # a run's own folder keeps the predictions
+        for split in ("val", "test"):
+            track.folder.write_predictions(split, results[split]["probs"].numpy())
+    meta = track.meta or {
+        "method": plan.config.method,
+        "setting": plan.config.setting,
+        "dataset": plan.dataset,
+        "regime": plan.view,
+        "seed": plan.config.seed,
     }
-    summary = selected_summary(meta, run.state, results, run.resolved["classes"])
-    run.folder.write_summary(json_safe({**summary, **final_fields(run)}))
+    summary = selected_summary(meta, track.state, results, list(plan.classes))
+    track.folder.write_summary(json_safe({**summary, **final_fields(track)}))
 
 
-def final_fields(run: Run) -> dict[str, Any]:
-    done = run.state.stopped is not None or run.state.epoch >= run.method.config.epochs
-    return {"epochs_trained": run.state.epoch, "stopped": run.state.stopped, "finished": done}
+def final_fields(track: Track) -> dict[str, Any]:
+    state = track.state
+    done = state.stopped is not None or state.epoch >= track.config.epochs
+    return {"epochs_trained": state.epoch, "stopped": state.stopped, "finished": done}

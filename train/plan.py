@@ -1,9 +1,13 @@
-"""A run planned before any work: options, regime and view, caches and dimensions checked, and
-the resolved config that the run folder records."""
+"""A run planned before any work: ``plan_run(config) -> RunPlan``, a frozen record of what the run
+is (method and its config, shard set, view, classes, setting, feature dimension, CLIP cache),
+with every option, regime, cache and dimension checked. ``RunPlan.to_json()`` is what the run
+folder's ``config.json`` records; runs, sweeps, ``eval`` and the benches build from a plan."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -11,22 +15,119 @@ import torch
 from shards import embeddings as emb
 from shards.errors import WsmlError
 from shards.shardset import ShardSet, open_shard_set
-from train.config import (
-    DEFAULT_BACKBONE,
-    DEFAULT_PRESET,
-    RunConfig,
-    run_dict,
-    split_options,
-    with_run_options,
-)
-from train.context import Context
-from train.data import read_clip_text
+from train.config import RunConfig, run_dict, split_options, with_run_options
+from train.data import cache_dim, read_clip_text
 from train.integrity import check_steps, data_identity
-from train.methods import MethodInfo, config_dict, get_method
+from train.methods import MethodConfig, MethodInfo, config_dict, get_method
 from train.runfolder import require_tensorboard
+from train.settings import Setting, get_setting
+
+RUN_FORMAT, RUN_VERSION = "wsml-run", 1
+SPLITS = ("train", "val", "test")
 
 
-def resolve_regime(
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run is, decided and checked before any work. ``config`` has the run options of
+    ``-o`` applied and the view, CLIP cache, backbone and preset filled in; ``method`` is the
+    method's resolved config; ``rows`` the split sizes. A plan without a shard set (``shard_set``
+    None) describes in-memory data (the benches)."""
+
+    config: RunConfig
+    info: MethodInfo
+    method: MethodConfig
+    setting: Setting
+    dataset: str
+    classes: tuple[str, ...]
+    view: str
+    kind: str  # the view's regime: full, single-positive or partial
+    rows: dict[str, int]
+    feature_dim: int | None = None  # linear: the cache's dimension
+    world_size: int = 1
+    shard_set: ShardSet | None = None
+    data: dict[str, str] | None = None  # sha256 of what it reads (train/integrity.py)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def with_method(self, **values: Any) -> RunPlan:
+        """The same run with method config fields replaced (a sweep member's lr and batch)."""
+        return dataclasses.replace(self, method=dataclasses.replace(self.method, **values))
+
+    def to_json(self) -> dict[str, Any]:
+        """The run's record (``config.json``); a resumed run must match it."""
+        out: dict[str, Any] = {
+            "format": RUN_FORMAT,
+            "version": RUN_VERSION,
+            "run": run_dict(self.config),
+            "method": config_dict(self.method),
+            "method_paper": self.info.paper,
+            "dataset": self.dataset,
+            "classes": list(self.classes),
+            "regime": {"view": self.view, "kind": self.kind},
+            "rows": dict(self.rows),
+            "world_size": self.world_size,
+            "versions": {"torch": torch.__version__},
+        }
+        if self.feature_dim is not None:
+            out["feature_dim"] = self.feature_dim
+        if self.data is not None:
+            out["data"] = dict(self.data)
+        if self.config.sweep:
+            out["sweep"] = {
+                "lrs": list(self.config.sweep_lrs),
+                "batches": list(self.config.sweep_batches),
+            }
+        return out
+
+
+def plan_run(config: RunConfig, world_size: int | None = None) -> RunPlan:
+    """Check everything that needs no data (options, regime, caches, dimensions) and return the
+    plan; ``world_size`` defaults to torchrun's ``WORLD_SIZE`` (1 without it)."""
+    world = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+    ss = open_shard_set(config.shards)
+    config = dataclasses.replace(config, shards=str(ss.root.resolve()))
+    info = get_method(config.method)
+    info.check_setting(config.setting)
+    if config.tensorboard:
+        require_tensorboard()
+    names = [f.name for f in dataclasses.fields(info.config)]
+    method_opts, run_opts = split_options(names, config.method_options)
+    config = with_run_options(dataclasses.replace(config, method_options=method_opts), run_opts)
+    setting = get_setting(config.setting)
+    config = setting.complete(config, info)
+    view, kind = choose_view(ss, info, config.regime, config.fraction)
+    mcfg = info.create_config(ss.manifest["dataset"], method_opts)
+    if mcfg.batch_size % world:
+        raise WsmlError(
+            f"batch_size {mcfg.batch_size} is the global batch and must divide evenly over "
+            f"{world} ranks"
+        )
+    batches = list(config.sweep_batches) if config.sweep else [mcfg.batch_size]
+    check_steps(int(ss.split("train")["num_samples"]), batches, world)
+    clip = clip_tag(ss, info, config)
+    if clip is not None:
+        read_clip_text(ss, clip, info.name)
+    feature_dim = setting.check(config, ss)
+    return RunPlan(
+        config=dataclasses.replace(config, regime=view, clip=clip),
+        info=info,
+        method=mcfg,
+        setting=setting,
+        dataset=ss.manifest["dataset"],
+        classes=tuple(ss.classes),
+        view=view,
+        kind=kind,
+        rows={s: int(ss.split(s)["num_samples"]) for s in SPLITS},
+        feature_dim=feature_dim,
+        world_size=world,
+        shard_set=ss,
+        data=data_identity(ss, view, config.features, clip),
+    )
+
+
+def choose_view(
     ss: ShardSet, info: MethodInfo, view: str | None, fraction: float = 0.1
 ) -> tuple[str, str]:
     """(view, kind): the observed view to train on and its regime kind. ``full`` labels with
@@ -80,15 +181,7 @@ def default_view(ss: ShardSet, info: MethodInfo, fraction: float = 0.1) -> str:
     )
 
 
-def _cache_dim(ss: ShardSet, tag: str, what: str) -> int:
-    meta = emb.get_cache(ss.root, tag)
-    missing = [s for s in ("train", "val", "test") if s not in meta["splits"]]
-    if missing:
-        raise WsmlError(f"{what} {tag!r} of {ss.root} lack split(s) {', '.join(missing)}")
-    return int(meta["dim"])
-
-
-def _clip_tag(ss: ShardSet, info: MethodInfo, config: RunConfig) -> str | None:
+def clip_tag(ss: ShardSet, info: MethodInfo, config: RunConfig) -> str | None:
     if not info.needs_clip:
         return None
     tag = config.clip or config.features
@@ -98,63 +191,5 @@ def _clip_tag(ss: ShardSet, info: MethodInfo, config: RunConfig) -> str | None:
             f"one with `cli.py cache-clip --shards {ss.root}` and pass --clip TAG "
             f"(caches here: {', '.join(emb.list_caches(ss.root)) or 'none'})"
         )
-    _cache_dim(ss, tag, "CLIP embeddings")
+    cache_dim(ss, tag, "CLIP embeddings")
     return tag
-
-
-def _check_e2e(config: RunConfig) -> None:
-    from pipelines.loader import BACKENDS
-    from pipelines.presets import get_preset
-
-    if not config.image_size:
-        get_preset(config.preset)
-    if config.loader != "auto":
-        BACKENDS.get(config.loader)
-
-
-def resolve(config: RunConfig, ctx: Context) -> tuple[RunConfig, dict[str, Any], ShardSet]:
-    """Check everything that needs no data: options, regime, caches, dimensions; returns the
-    config with the run options of ``-o`` applied and the resolved config to save."""
-    ss = open_shard_set(config.shards)
-    config = dataclasses.replace(config, shards=str(ss.root.resolve()))
-    info = get_method(config.method)
-    info.check_setting(config.setting)
-    if config.tensorboard:
-        require_tensorboard()
-    names = [f.name for f in dataclasses.fields(info.config)]
-    method_opts, run_opts = split_options(names, config.method_options)
-    config = with_run_options(dataclasses.replace(config, method_options=method_opts), run_opts)
-    if config.setting == "e2e":  # the method's protocol picks backbone and preset if not given
-        config = dataclasses.replace(
-            config,
-            backbone=config.backbone or info.run_defaults.get("backbone", DEFAULT_BACKBONE),
-            preset=config.preset or info.run_defaults.get("preset", DEFAULT_PRESET),
-        )
-    view, kind = resolve_regime(ss, info, config.regime, config.fraction)
-    mcfg = info.resolve(ss.manifest["dataset"], method_opts)
-    ctx.local_batch(mcfg.batch_size)
-    batches = list(config.sweep_batches) if config.sweep else [mcfg.batch_size]
-    check_steps(int(ss.split("train")["num_samples"]), batches, ctx.world_size)
-    clip = _clip_tag(ss, info, config)
-    if clip is not None:
-        read_clip_text(ss, clip, info.name)
-    resolved: dict[str, Any] = {
-        "format": "wsml-run",
-        "version": 1,
-        "run": run_dict(dataclasses.replace(config, regime=view, clip=clip)),
-        "method": config_dict(mcfg),
-        "method_paper": info.paper,
-        "dataset": ss.manifest["dataset"],
-        "classes": list(ss.classes),
-        "regime": {"view": view, "kind": kind},
-        "rows": {s: int(ss.split(s)["num_samples"]) for s in ("train", "val", "test")},
-        "world_size": ctx.world_size,
-        "versions": {"torch": torch.__version__},
-    }
-    if config.setting == "linear":
-        resolved["feature_dim"] = _cache_dim(ss, config.features, "features")
-    else:
-        _check_e2e(config)
-    resolved["data"] = data_identity(ss, view, config.features, clip)
-    config = dataclasses.replace(config, regime=view, clip=clip)
-    return config, resolved, ss

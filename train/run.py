@@ -102,7 +102,6 @@ def evaluate_run(run_dir: str, split: str, which: str = "best") -> dict[str, Any
     """Score a run's checkpoint (the selected epoch's, or the last) on ``split``."""
     from train.context import Context
     from train.evaluate import predict, score
-    from train.plan import resolve
 
     folder = RunFolder(run_dir)
     saved = folder.read_config()
@@ -111,40 +110,42 @@ def evaluate_run(run_dir: str, split: str, which: str = "best") -> dict[str, Any
     ckpt = folder.load_checkpoint(BEST if which == "best" else LAST)
     ctx = Context.create()
     try:
-        fields = {k: v for k, v in saved["run"].items() if k in RUN_FIELDS}
-        config = RunConfig(**fields, out=run_dir)
-        config, resolved, ss = resolve(config, ctx)
-        if resolved["classes"] != saved["classes"]:
-            raise WsmlError(f"{config.shards} no longer has the classes of {run_dir}")
-        model, data = load_model(config, saved, ckpt, ss, ctx)
-        _, probs = predict(model, data.eval_batches(split), ctx, data.num_rows(split))
-        result = score(probs.numpy(), data.labels(split), config.threshold)
+        plan = plan_saved_run(run_dir, saved, ctx.world_size)
+        model, data = load_model(plan, saved, ckpt, ctx)
+        autocast = lambda: plan.setting.autocast(ctx)  # noqa: E731
+        _, probs = predict(
+            model, data.eval_batches(split), ctx, data.num_rows(split), autocast=autocast
+        )
+        result = score(probs[0].numpy(), data.labels(split), plan.config.threshold)
     finally:
         ctx.close()
     return {"epoch": ckpt["epoch"], "weights": ckpt["loop"]["best_weights"], **result}
 
 
-def load_model(config: RunConfig, saved: dict, ckpt: dict, ss, ctx):
-    """The checkpoint's model (its EMA weights when those were selected) and the data."""
-    from train.build import build_model, create_data
-    from train.methods import get_method
-    from train.model import create_classifier
+def plan_saved_run(run_dir: str, saved: dict, world_size: int = 1):
+    """The plan of a run folder's saved config, checked against the shard set as it is now."""
+    from train.plan import plan_run
 
-    info = get_method(config.method)
-    mcfg = info.resolve(saved["dataset"], config.method_options)
-    if config.setting == "e2e":
-        model, _ = build_model(config, dict(saved), ss, info, mcfg, weights="none")
-    else:
-        model = create_classifier(saved["feature_dim"], len(saved["classes"]), config.seed)
-    data = create_data(config, ss, mcfg, ctx, model)
-    if config.setting == "linear" and data.feature_dim != saved["feature_dim"]:
+    fields = {k: v for k, v in saved["run"].items() if k in RUN_FIELDS}
+    plan = plan_run(RunConfig(**fields, out=run_dir), world_size)
+    if list(plan.classes) != saved["classes"]:
+        raise WsmlError(f"{plan.config.shards} no longer has the classes of {run_dir}")
+    if plan.feature_dim is not None and plan.feature_dim != saved.get("feature_dim"):
         raise WsmlError(
-            f"features {config.features!r} have dimension {data.feature_dim}, the run was "
-            f"trained on {saved['feature_dim']}"
+            f"features {plan.config.features!r} have dimension {plan.feature_dim}, the run was "
+            f"trained on {saved.get('feature_dim')}"
         )
+    return plan
+
+
+def load_model(plan, saved: dict, ckpt: dict, ctx):
+    """The checkpoint's model (its EMA weights when those were selected) on the device, and
+    the run's data."""
+    model, _ = plan.setting.create_model(plan, weights="none")
     weights = ckpt["loop"]["best_weights"]
     model.load_state_dict(ckpt["ema"] if weights == "ema" else ckpt["model"])
-    return model.to(ctx.device), data
+    model = plan.setting.place(model, ctx)
+    return model, plan.setting.create_data(plan, ctx, model)
 
 
 def eval_lines(result: dict[str, Any], split: str, run_dir: str) -> list[str]:

@@ -227,7 +227,7 @@ def require_tensorboard() -> None:
         ) from None
 
 
-class Scalars:
+class TensorBoardLog:
     """Optional TensorBoard event files of a run (``--tensorboard``), in ``<run>/tensorboard``:
     every number of each metrics.jsonl line under its path (``train/loss``, ``val/mAP``,
     ``ema/test/mAP``, ``lr/head``, ``time/train``), at its epoch. A resumed run drops the events

@@ -5,7 +5,7 @@ Interface (what a generic loop uses; it never branches on a method's name):
 ``info = get_method(name)``, a frozen :class:`MethodInfo`: ``regimes`` it trains on, flags
 (``needs_full``, ``needs_clip``, ``needs_observed``, ``per_sample_state``, ``epoch_pass``,
 ``trainable_state``) and ``defaults`` per dataset family.
-``config = resolve_config(name, dataset, overrides)``: the method's config dataclass with the
+``config = create_config(name, dataset, overrides)``: the method's config dataclass with the
 paper's defaults for the dataset's family, then ``key=value`` overrides (unknown keys fail listing
 the valid ones). Every config carries the protocol fields of :class:`MethodConfig` for the loop.
 ``method = info.create(num_rows, num_classes, config, observed=…, text_embeddings=…)``, or
@@ -60,11 +60,11 @@ from train.methods.registry import (
     REGIMES,
     MethodInfo,
     ModelSpec,
+    create_config,
     create_method,
     get_method,
     list_methods,
     register_method,
-    resolve_config,
 )
 
 __all__ = [
@@ -86,7 +86,7 @@ __all__ = [
     "neg_log",
     "observed_masks",
     "register_method",
-    "resolve_config",
+    "create_config",
     "stack_members",
 ]
 

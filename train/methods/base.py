@@ -72,10 +72,12 @@ class Method(nn.Module):
         observed: Tensor | None = None,
         text_embeddings: Tensor | None = None,
         generator: torch.Generator | None = None,
+        steps_per_epoch: int = 0,
     ):
         super().__init__()
         self.info, self.config = info, config
         self.num_rows, self.num_classes = num_rows, num_classes
+        self.steps_per_epoch = steps_per_epoch  # optimiser steps an epoch (0: not known)
         self.gather: Callable[..., tuple[Tensor, ...]] = gather_cat
 
     @property
@@ -85,14 +87,16 @@ class Method(nn.Module):
     def forward(
         self, logits: Tensor, batch: Mapping[str, Tensor], *, epoch: int, step: int
     ) -> dict[str, Tensor]:
+        if self.members > 1:
+            batch = self.stack_batch(batch)
         self._check_batch(logits, batch)
         out = self.compute(logits.float(), batch, epoch=epoch, step=step)
-        pending = {k: out.pop(k) for k in [k for k in out if k.startswith("_")]}
+        out, update = out if isinstance(out, tuple) else (out, None)
         # Logits too: LL-R would reject a NaN entry (topk ranks NaN first) and hide it.
         self.check_finite(out["loss"], logits, epoch=epoch, step=step)
-        if self.training and torch.is_grad_enabled() and pending:
+        if self.training and torch.is_grad_enabled() and update is not None:
             with torch.no_grad():
-                self.commit(pending, batch, epoch=epoch)
+                self.commit(update, batch, epoch=epoch)
         return {k: (v if k == "loss" else v.detach()) for k, v in out.items()}
 
     def check_finite(self, loss: Tensor, *logits: Tensor, epoch: int, step: int) -> None:
@@ -109,6 +113,16 @@ class Method(nn.Module):
                 f"method {self.name}: non-finite {what} "
                 f"({value[0] if len(value) == 1 else value}) at epoch {epoch}, step {step}"
             )
+
+    def stack_batch(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """A batch of B training rows as the stacked members see it: every member's copy of
+        the labels (and embeddings), member-major (M B, ...), rows offset by ``member x rows``."""
+        m = self.members
+        n = self.num_rows // m  # one member's training rows
+        out = {k: v.repeat(m, *([1] * (v.dim() - 1))) for k, v in batch.items() if k != "row"}
+        offsets = torch.arange(m, device=batch["row"].device).unsqueeze(1) * n
+        out["row"] = (offsets + batch["row"]).reshape(-1)
+        return out
 
     def by_member(self, x: Tensor) -> Tensor:
         """``x`` (M x B, ...) as (M, B, ...) when stacked; unchanged for a plain run."""
@@ -160,11 +174,12 @@ class Method(nn.Module):
 
     def compute(
         self, logits: Tensor, batch: Mapping[str, Tensor], *, epoch: int, step: int
-    ) -> dict[str, Tensor]:
-        """``{"loss": …, scalars…}``; keys starting with ``_`` are handed to ``commit``."""
+    ) -> dict[str, Tensor] | tuple[dict[str, Tensor], Any]:
+        """``{"loss": …, scalars…}``; or that and a label-state update, which ``commit``
+        applies once the loss is known to be finite (train mode, grad enabled)."""
         raise NotImplementedError
 
-    def commit(self, pending: dict[str, Tensor], batch: Mapping[str, Tensor], *, epoch: int):
+    def commit(self, update: Any, batch: Mapping[str, Tensor], *, epoch: int) -> None:
         """Apply a training step's label-state update (no_grad, train mode, finite loss)."""
 
     def extra_parameters(self) -> list[dict[str, Any]]:

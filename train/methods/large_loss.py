@@ -111,9 +111,9 @@ class LargeLoss(Method):
             other = F.binary_cross_entropy_with_logits(logits, (~pos).float(), reduction="none")
         loss = self.reduce(torch.where(chosen, other, base))
         out = {"loss": loss, "modified": self.reduce(chosen.float(), "sum")}
-        if self.scheme == "permanent":
+        if self.scheme == "permanent":  # the entries corrected, row x L + class
             n, c = (chosen & ~pos).nonzero(as_tuple=True)
-            out["_corrected"] = batch["row"].to(n.device)[n] * self.num_classes + c
+            return out, batch["row"].to(n.device)[n] * self.num_classes + c
         return out
 
     def select(self, unknown_loss: Tensor, unk: Tensor, k: int) -> Tensor:
@@ -148,8 +148,8 @@ class LargeLoss(Method):
         """(rows, classes) of every permanent correction."""
         return self.corrected // self.num_classes, self.corrected % self.num_classes
 
-    def commit(self, pending, batch, *, epoch):
-        (new,) = self.gather(pending["_corrected"].to(self.corrected.device))
+    def commit(self, update, batch, *, epoch):
+        (new,) = self.gather(update.to(self.corrected.device))
         self.corrected = torch.unique(torch.cat([self.corrected, new]))  # sorted
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

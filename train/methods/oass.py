@@ -54,7 +54,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models.oass import create_oass_model, normalise_cam
-from pipelines.sharding import num_batches
 from shards.errors import WsmlError
 from train.methods import Method, MethodConfig, MethodInfo, register_method
 
@@ -262,13 +261,6 @@ def teacher_decay(step: int, cap: float) -> float:
     return min(1.0 - 1.0 / (step + 1), cap)
 
 
-def run_steps(num_rows: int, cfg: MethodConfig) -> int:
-    """The run's optimiser steps, by the loader's formula (train/data.py ImageData)."""
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    per_epoch = num_batches(num_rows, max(1, cfg.batch_size // world), world, train=True)
-    return cfg.epochs * per_epoch
-
-
 class Oass(Method):
     """``forward`` is the classification MLSML on observed labels (unknowns as negatives);
     ``training_step`` adds the puzzle terms. The teacher (``bind_model``; not for ``max``) is a
@@ -278,7 +270,7 @@ class Oass(Method):
 
     def __init__(self, info, config, num_rows, num_classes, *, observed=None, **kw):
         super().__init__(info, config, num_rows, num_classes, observed=observed, **kw)
-        self.total_steps = run_steps(num_rows, config)
+        self.total_steps = config.epochs * self.steps_per_epoch  # handed by the run
         self.teacher = None
         self._pairs: list[tuple[Tensor, Tensor]] = []  # (teacher, student) parameters
         self.register_buffer("teacher_steps", torch.zeros((), dtype=torch.int64))

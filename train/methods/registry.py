@@ -67,7 +67,7 @@ class MethodInfo:
     build_model: Callable[[ModelSpec], nn.Module] | None = None  # the method's own model
     run_defaults: Mapping[str, Any] = field(default_factory=dict)  # e.g. backbone, preset
 
-    def resolve(self, dataset: str | None = None, overrides: Mapping[str, str] | None = None):
+    def create_config(self, dataset: str | None = None, overrides: Mapping[str, str] | None = None):
         """The config for ``dataset`` (a name or family) with string overrides applied."""
         fields = {f.name: f for f in dataclasses.fields(self.config)}
         unknown = sorted(set(overrides or {}) - set(fields))
@@ -105,9 +105,11 @@ class MethodInfo:
         observed: Tensor | None = None,
         text_embeddings: Tensor | None = None,
         generator: torch.Generator | None = None,
+        steps_per_epoch: int = 0,
     ) -> Method:
-        """Build the method for a training split of ``num_rows`` images and ``num_classes``."""
-        config = self.resolve() if config is None else config
+        """Build the method for a training split of ``num_rows`` images and ``num_classes``,
+        trained ``steps_per_epoch`` optimiser steps an epoch (0: not known, e.g. in tests)."""
+        config = self.create_config() if config is None else config
         if not isinstance(config, self.config):
             raise WsmlError(f"method {self.name} takes a {self.config.__name__}, got {config!r}")
         if self.needs_observed:
@@ -129,6 +131,7 @@ class MethodInfo:
             observed=observed,
             text_embeddings=text_embeddings,
             generator=generator,
+            steps_per_epoch=steps_per_epoch,
         )
 
 
@@ -150,11 +153,11 @@ def list_methods() -> list[str]:
     return METHODS.names()
 
 
-def resolve_config(
+def create_config(
     name: str, dataset: str | None = None, overrides: Mapping[str, str] | None = None
 ) -> MethodConfig:
     """The config of method ``name`` for ``dataset`` with ``key=value`` overrides."""
-    return get_method(name).resolve(dataset, overrides)
+    return get_method(name).create_config(dataset, overrides)
 
 
 def create_method(
@@ -171,7 +174,7 @@ def create_method(
 ) -> Method:
     """Resolve, check the regime and create in one call (what the loop does before any work)."""
     info = get_method(name)
-    config = info.resolve(dataset, overrides)
+    config = info.create_config(dataset, overrides)
     if regime is not None:
         info.check_regime(regime)
     return info.create(

@@ -1,0 +1,179 @@
+"""The two settings a run trains in, each one object with its checks, model and data, so nothing
+else branches on the setting: ``linear`` (a linear head on a cache of features, Cole et al.'s
+fixed-feature setting) and ``e2e`` (a backbone and head, or a method's own model, on images
+streamed through ``pipelines``)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from shards.errors import WsmlError
+from shards.registry import Registry
+from train.config import DEFAULT_BACKBONE, DEFAULT_PRESET, RunConfig
+from train.data import FeatureData, ImageData, cache_dim, e2e_preset
+
+if TYPE_CHECKING:
+    from shards.shardset import ShardSet
+    from train.context import Context
+    from train.methods import MethodInfo
+    from train.plan import RunPlan
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """Base: ``complete`` fills the setting's defaults into a config, ``check`` checks it before
+    any work (returning the feature dimension where the data fixes it), ``create_model`` and
+    ``create_data`` build the run's model and batches, ``place`` puts the model on the device,
+    ``autocast`` is the precision of the model's forward passes."""
+
+    name: str
+    summary: str
+
+    def complete(self, config: RunConfig, info: MethodInfo) -> RunConfig:
+        return config
+
+    def check(self, config: RunConfig, ss: ShardSet) -> int | None:
+        raise NotImplementedError
+
+    def create_model(self, plan: RunPlan, weights: str | None = None) -> tuple[nn.Module, dict]:
+        """The model and what to record of it in config.json."""
+        raise NotImplementedError
+
+    def create_data(self, plan: RunPlan, ctx: Context, model: nn.Module):
+        raise NotImplementedError
+
+    def place(self, model: nn.Module, ctx: Context) -> nn.Module:
+        return model.to(ctx.device)
+
+    def autocast(self, ctx: Context) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def step_threads(self, ctx: Context) -> int:
+        """Intra-op threads while training (0: unchanged)."""
+        return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearSetting(Setting):
+    def check(self, config: RunConfig, ss: ShardSet) -> int:
+        return cache_dim(ss, config.features, "features")
+
+    def create_model(self, plan: RunPlan, weights: str | None = None) -> tuple[nn.Module, dict]:
+        from models.heads import create_classifier
+
+        return create_classifier(plan.feature_dim, plan.num_classes, plan.config.seed), {}
+
+    def create_data(self, plan: RunPlan, ctx: Context, model: nn.Module) -> FeatureData:
+        config = plan.config
+        return FeatureData.read(
+            plan.shard_set,
+            config.features,
+            config.regime,
+            ctx,
+            seed=config.seed,
+            batch_size=plan.method.batch_size,
+            clip=config.clip,
+            eval_rows=config.eval_batch_size,
+        )
+
+    def step_threads(self, ctx: Context) -> int:
+        # a step is a few small ops, where OpenMP's synchronisation costs more than it gains
+        return 1 if ctx.device.type == "cpu" else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class E2ESetting(Setting):
+    def complete(self, config: RunConfig, info: MethodInfo) -> RunConfig:
+        """The method's protocol picks backbone and preset when they are not given."""
+        return dataclasses.replace(
+            config,
+            backbone=config.backbone or info.run_defaults.get("backbone", DEFAULT_BACKBONE),
+            preset=config.preset or info.run_defaults.get("preset", DEFAULT_PRESET),
+        )
+
+    def check(self, config: RunConfig, ss: ShardSet) -> None:
+        from pipelines.loader import BACKENDS
+        from pipelines.presets import get_preset
+
+        if not config.image_size:
+            get_preset(config.preset)
+        if config.loader != "auto":
+            BACKENDS.get(config.loader)
+        return None
+
+    def create_model(self, plan: RunPlan, weights: str | None = None) -> tuple[nn.Module, dict]:
+        """The method's own model (``info.build_model``) or a backbone with the run's head, and
+        the weights' provenance (with the feature dimension for backbone + head). ``weights``
+        overrides the run's (``"none"`` to load a checkpoint into)."""
+        config, info = plan.config, plan.info
+        weights = config.weights if weights is None else weights
+        if info.build_model is not None:
+            return _own_model(plan, weights)
+        from models.backbones import create_backbone
+        from models.heads import create_classifier
+
+        backbone, binfo = create_backbone(config.backbone, weights=weights)
+        model = create_classifier(
+            binfo.feature_dim,
+            plan.num_classes,
+            config.seed,
+            backbone,
+            config.head,
+            config.boostlu_alpha,
+        )
+        record = {"weights": binfo.weights, "sha256": binfo.weights_sha256}
+        return model, {"feature_dim": binfo.feature_dim, "backbone": record}
+
+    def create_data(self, plan: RunPlan, ctx: Context, model: nn.Module) -> ImageData:
+        config = plan.config
+        preset = e2e_preset(config.preset, config.image_size, model.pretrained_cfg)
+        return ImageData(
+            plan.shard_set,
+            config.regime,
+            ctx,
+            preset=preset,
+            seed=config.seed,
+            batch_size=plan.method.batch_size,
+            clip=config.clip,
+            backend=config.loader,
+            eval_batch=config.eval_batch_size,
+        )
+
+    def place(self, model: nn.Module, ctx: Context) -> nn.Module:
+        model.to(ctx.device)
+        if ctx.device.type == "cuda":  # with channels_last batches
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def autocast(self, ctx: Context) -> contextlib.AbstractContextManager:
+        return ctx.autocast()
+
+
+def _own_model(plan: RunPlan, weights: str | None) -> tuple[nn.Module, dict]:
+    from train.methods import ModelSpec
+
+    config, info = plan.config, plan.info
+    if config.head != "linear":
+        raise WsmlError(f"method {info.name} brings its own model; --head does not apply")
+    spec = ModelSpec(
+        plan.shard_set, plan.classes, plan.method, config.backbone, weights, config.seed
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = info.build_model(spec)
+    provenance = getattr(model, "weights_info", None) or {"backbone": config.backbone}
+    return model, {"backbone": dict(provenance)}
+
+
+SETTINGS: Registry[Setting] = Registry("setting")
+SETTINGS.register(LinearSetting("linear", "a linear head on cached features"))
+SETTINGS.register(E2ESetting("e2e", "a backbone and head (or a method's own model) on images"))
+
+
+def get_setting(name: str) -> Setting:
+    return SETTINGS.get(name)
