@@ -140,8 +140,8 @@ def run_cache(
 
 def _prepare(folder, settings: dict, overwrite: bool, held: contextlib.ExitStack) -> dict:
     """Rank 0: lock the folder; find a complete cache, a resumable one, or start afresh."""
+    held.enter_context(emb.writer_lock(folder))  # before the folder: a refusal leaves none
     folder.mkdir(parents=True, exist_ok=True)
-    held.enter_context(emb.writer_lock(folder))
     meta = emb.list_caches(folder.parent.parent).get(folder.name)
     if meta is not None and not overwrite:
         want = {**settings, "splits": {s: _strip_chunks(p) for s, p in settings["splits"].items()}}

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import click
 
-from shards.clitools import RegistryChoice, expected_errors, progress_factory
+from shards.clitools import (
+    STARTED,
+    DeviceType,
+    RegistryChoice,
+    expected_errors,
+    progress_factory,
+)
 
 
 class ModelName(click.ParamType):
@@ -40,9 +47,13 @@ def cache_options(fn):
     """Options shared by the cache commands (applied in reverse: listed in this order)."""
     options = [
         click.option("--splits", help="Comma-separated splits [default: every split]."),
-        click.option("--batch-size", default=128, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
         click.option(
-            "--chunk-size", default=4096, show_default=True, help="Rows per resumable chunk."
+            "--chunk-size",
+            type=click.IntRange(min=1),
+            default=4096,
+            show_default=True,
+            help="Rows per resumable chunk.",
         ),
         click.option(
             "--loader",
@@ -51,7 +62,11 @@ def cache_options(fn):
             show_default=True,
         ),
         click.option(
-            "--device", default="auto", show_default=True, help="auto: the rank's GPU, else cpu."
+            "--device",
+            type=DeviceType(),
+            default="auto",
+            show_default=True,
+            help="auto: the rank's GPU, else cpu.",
         ),
         click.option(
             "--overwrite", is_flag=True, help="Replace a cache of this tag made otherwise."
@@ -81,6 +96,8 @@ def run_cache_command(cache, **kwargs) -> None:
     if result["rank"] == 0:
         for line in summary_lines(result):
             click.echo(line)
+        seconds = time.perf_counter() - STARTED
+        click.echo(f"the command took {seconds:.1f}s in all (with loading the model)")
 
 
 @click.command("cache-clip")
@@ -125,7 +142,11 @@ def cache_clip_command(prompts, templates, **kwargs):
     type=FeaturePreset("preset"),
     help="Geometry of a preset (with the backbone's mean/std), or backbone: its own.",
 )
-@click.option("--image-size", type=int, help="With --preset backbone [default: the backbone's].")
+@click.option(
+    "--image-size",
+    type=click.IntRange(min=1),
+    help="With --preset backbone [default: the backbone's].",
+)
 @click.option("--normalize", is_flag=True, help="L2-normalise the features (default: raw).")
 @expected_errors
 def cache_features_command(**kwargs):
@@ -137,13 +158,19 @@ def cache_features_command(**kwargs):
 
 @click.command("cache-clip")
 @click.option("--shards", "shards_dir", type=click.Path(), help="Shard set (default: generated).")
-@click.option("--images", default=128, show_default=True, help="Generated VOC-sized photos.")
+@click.option(
+    "--images",
+    type=click.IntRange(min=1),
+    default=128,
+    show_default=True,
+    help="Generated VOC-sized photos.",
+)
 @click.option("--model", "models", multiple=True, help="[default: wsml-tiny-clip, ViT-B-32]")
 @click.option("--pretrained", default="none", show_default=True)
 @click.option("--split", default="train", show_default=True)
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--loader", type=click.Choice(["auto", "dali", "torch"]), default="auto")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", type=DeviceType(), default="auto", show_default=True)
 @click.option("--workdir", type=click.Path(), help="Keep generated files here.")
 @expected_errors
 def bench_cache_clip(shards_dir, models, loader, **kwargs):

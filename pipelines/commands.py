@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from shards.clitools import RegistryChoice, choices, expected_errors
+from shards.clitools import DeviceType, RegistryChoice, choices, expected_errors
 
 
 @choices("preset")
@@ -24,13 +24,29 @@ def _backends():
 @click.command("loader")
 @click.option("--shards", "shards_dir", type=click.Path(), help="Shard set (default: generated).")
 @click.option("--preset", default="cole448", show_default=True, type=RegistryChoice("preset"))
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--threads", type=int, help="CPU threads (DataLoader workers) per loader.")
-@click.option("--images", default=2000, show_default=True, help="Generated VOC-sized photos.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option(
+    "--threads", type=click.IntRange(min=1), help="CPU threads (DataLoader workers) per loader."
+)
+@click.option(
+    "--images",
+    type=click.IntRange(min=1),
+    default=2000,
+    show_default=True,
+    help="Generated VOC-sized photos.",
+)
 @click.option("--workdir", type=click.Path(), help="Keep generated files here.")
-@click.option("--repeats", default=3, show_default=True, help="Epochs timed per loader.")
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Epochs timed per loader.",
+)
 @click.option("--no-profile", is_flag=True, help="Skip the DALI per-stage profile.")
-@click.option("--device", help="cpu or cuda[:N] (default: cuda when there is one).")
+@click.option(
+    "--device", type=DeviceType(), help="cpu or cuda[:N] (default: cuda when there is one)."
+)
 @click.option(
     "--hw-decoder-load",
     default="0.65",

@@ -207,3 +207,52 @@ def all_reduce_mean(x: Tensor, device: torch.device) -> Tensor:
     y = x.to(device)
     dist.all_reduce(y)
     return y.to(x.device) / get_world_size()
+
+
+# ---- batch-wide terms under DDP: global values, each rank's own gradient ----
+
+
+def training_world() -> int:
+    """The ranks a training step's batch is spread over (1 outside DDP or without grad: an
+    eval pass never runs a collective)."""
+    if torch.is_grad_enabled() and dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def all_sum(x: Tensor) -> Tensor:
+    """``x`` summed over the ranks; the other ranks' parts are constants, so the gradient
+    reaches this rank's ``x`` alone (each rank backpropagates its own part)."""
+    if training_world() == 1:
+        return x
+    total = x.detach().clone()
+    dist.all_reduce(total)
+    return x + (total - x.detach())
+
+
+def ddp_scaled(x: Tensor) -> Tensor:
+    """``x`` with its gradient times the world size: DDP averages the ranks' gradients, and a
+    batch-wide term's gradient reaches the model through each rank's own part only."""
+    world = training_world()
+    return x if world == 1 else x + (world - 1) * (x - x.detach())
+
+
+def global_sum(x: Tensor) -> Tensor:
+    """A sum over this rank's share of the batch made the global batch's (value and gradient
+    as one process would have them)."""
+    return ddp_scaled(all_sum(x))
+
+
+def gather_batch(x: Tensor, members: int = 1) -> tuple[Tensor, slice]:
+    """Every rank's ``x`` (M x b, ...) of one training step, as constants: (M x W x b, ...)
+    member-major, ranks in order, and where this rank's rows lie within each member."""
+    world = training_world()
+    b = x.shape[0] // members
+    if world == 1:
+        return x.detach(), slice(0, b)
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.detach().contiguous())
+    shape = x.shape[1:]
+    joined = torch.cat([p.view(members, b, *shape) for p in parts], dim=1)
+    rank = dist.get_rank()
+    return joined.view(-1, *shape), slice(rank * b, (rank + 1) * b)

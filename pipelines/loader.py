@@ -324,6 +324,12 @@ def check_files(ss: ShardSet, split: str, verify: bool) -> None:
                     f"{path} is missing from the shard set (listed in its manifest); "
                     f"run cli.py verify {ss.root}"
                 )
+        tar = ss.root / entry["tar"]
+        if "bytes" in entry and tar.stat().st_size != entry["bytes"]:  # truncated: no hashing
+            raise WsmlError(
+                f"{tar} has {tar.stat().st_size} bytes, its manifest entry says {entry['bytes']}: "
+                f"the file is truncated or changed; run cli.py verify {ss.root}"
+            )
         for key, digest in (("tar", "sha256"), ("index", "index_sha256")):
             path = ss.root / entry[key]
             if verify and sha256_file(path) != entry[digest]:

@@ -5,6 +5,7 @@ batches, so the order is fixed by the seed and the number of workers."""
 
 from __future__ import annotations
 
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,7 +61,7 @@ class ShareReader(torch.utils.data.IterableDataset):
                 url, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False
             )
             n = 0
-            for i, sample in enumerate(ds):
+            for i, sample in _read_tar(url, ds):
                 if i < skip:
                     continue
                 if n == take:
@@ -104,6 +105,25 @@ class ShareReader(torch.utils.data.IterableDataset):
 
 class _Failure(str):
     """An expected error inside a DataLoader worker, carried to the main process."""
+
+
+def _read_tar(url: str, ds) -> Iterator[tuple[int, dict]]:
+    """(i, sample) of a tar, where a damaged tar (truncated, not a tar) is one error naming it
+    rather than webdataset's traceback."""
+    samples = iter(ds)
+    i = 0
+    while True:
+        try:
+            sample = next(samples)
+        except StopIteration:
+            return
+        except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+            raise WsmlError(
+                f"{url} cannot be read past sample {i} ({type(e).__name__}: {e}): the tar is "
+                "truncated or damaged; run cli.py verify on the shard set"
+            ) from None
+        yield i, sample
+        i += 1
 
 
 def iterate_torch(

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from collections.abc import Callable
 
 import click
+
+STARTED = time.perf_counter()  # when the command line started (this module is imported first)
 
 SIZE_RE = re.compile(r"^\s*([0-9.]+)\s*([kmgt]?i?b?)?\s*$", re.I)
 SIZE_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
@@ -28,16 +31,22 @@ def choices(kind: str):
 
 
 def expected_errors(fn):
-    """Turn the project's expected errors into ``Error: ...`` (exit 1) without a traceback."""
+    """Turn the project's expected errors, and the operating system's that the user can fix,
+    into ``Error: ...`` (exit 1) without a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from shards.errors import WsmlError
+        from shards.errors import WsmlError, os_error_message
 
         try:
             return fn(*args, **kwargs)
         except WsmlError as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:  # read-only, no permission, full disk: the user's to fix
+            message = os_error_message(e)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
 
     return wrapper
 
@@ -106,3 +115,43 @@ def progress_factory(enabled: bool):
         return bar.update
 
     return make
+
+
+DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device(device: str) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; anything else fails naming the choices."""
+    if not DEVICE_RE.fullmatch(device):
+        from shards.errors import WsmlError
+
+        raise WsmlError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
+    return device
+
+
+class DeviceType(click.ParamType):
+    """A ``--device``: a usage error (exit 2) unless :func:`check_device` accepts it."""
+
+    name = "device"
+
+    def convert(self, value, param, ctx):
+        from shards.errors import WsmlError
+
+        try:
+            return check_device(str(value))
+        except WsmlError as e:
+            self.fail(str(e), param, ctx)
+
+
+def check_regime_specs(ctx, param, specs: tuple[str, ...]) -> tuple[str, ...]:
+    """Click callback: every ``--regime`` spec parses (or is ``none``), else a usage error."""
+    from shards.errors import WsmlError
+    from shards.regimes import parse_regime_spec
+
+    for spec in specs:
+        if spec != "none":
+            try:
+                parse_regime_spec(spec)
+            except WsmlError as e:
+                raise click.BadParameter(str(e), ctx, param) from None
+    return specs

@@ -14,6 +14,7 @@ from shards.clitools import (
     ByteSize,
     PartType,
     RegistryChoice,
+    check_regime_specs,
     choices,
     expected_errors,
     parse_kv,
@@ -40,13 +41,41 @@ def _regimes():
 @click.option("--dataset", required=True, type=RegistryChoice("dataset"), help="Source format.")
 @click.option("--root", required=True, type=click.Path(), help="Raw dataset folder.")
 @click.option("--out", required=True, type=click.Path(), help="Shard set folder to write.")
-@click.option("--val-frac", default=0.2, show_default=True, help="Official train -> val fraction.")
-@click.option("--split-seed", default=1200, show_default=True)
-@click.option("--shuffle-seed", default=1200, show_default=True, help="Seed of the written order.")
+@click.option(
+    "--val-frac",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="Official train -> val fraction.",
+)
+@click.option("--split-seed", type=click.IntRange(min=0), default=1200, show_default=True)
+@click.option(
+    "--shuffle-seed",
+    type=click.IntRange(min=0),
+    default=1200,
+    show_default=True,
+    help="Seed of the written order.",
+)
 @click.option("--shard-size", default="64MB", type=ByteSize(), show_default=True)
-@click.option("--shard-samples", default=1000, show_default=True, help="Samples per shard at most.")
-@click.option("--max-side", type=int, help="Re-encode images whose longer side exceeds this.")
-@click.option("--jpeg-quality", default=90, show_default=True, help="Quality of re-encoded images.")
+@click.option(
+    "--shard-samples",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Samples per shard at most.",
+)
+@click.option(
+    "--max-side",
+    type=click.IntRange(min=1),
+    help="Re-encode images whose longer side exceeds this.",
+)
+@click.option(
+    "--jpeg-quality",
+    type=click.IntRange(1, 100),
+    default=90,
+    show_default=True,
+    help="Quality of re-encoded images.",
+)
 @click.option(
     "--check",
     type=click.Choice(["header", "decode"]),
@@ -56,16 +85,27 @@ def _regimes():
 )
 @click.option("--on-bad", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
 @click.option(
-    "--max-bad", default=0.01, show_default=True, help="With --on-bad skip: max fraction."
+    "--max-bad",
+    type=click.FloatRange(0, 1),
+    default=0.01,
+    show_default=True,
+    help="With --on-bad skip: max fraction.",
 )
 @click.option(
     "--regime",
     "regimes",
     multiple=True,
+    callback=check_regime_specs,
     help="Observed views to make, e.g. single-positive or partial:fraction=0.1, or none "
     "[default: single-positive; none for sources with real unknowns, like Open Images].",
 )
-@click.option("--workers", default=os.cpu_count() or 1, show_default=True, help="Processes.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=os.cpu_count() or 1,
+    show_default=True,
+    help="Processes.",
+)
 @click.option(
     "--fsync/--no-fsync",
     default=True,
@@ -132,10 +172,20 @@ def shard(dataset, root, out, workers, fsync, part, finalize, resume, overwrite,
 @click.command()
 @click.argument("shards_dir", metavar="DIR", type=click.Path())
 @click.argument("regime", type=RegistryChoice("label regime"))
-@click.option("--seed", type=int, help="RNG seed (single-positive: 1200, partial: 0).")
-@click.option("--fraction", type=float, help="partial: probability that an entry is observed.")
-@click.option("--num-pos", type=int, help="single-positive: positives kept per image.")
-@click.option("--num-neg", type=int, help="single-positive: negatives kept per image.")
+@click.option(
+    "--seed", type=click.IntRange(min=0), help="RNG seed (single-positive: 1200, partial: 0)."
+)
+@click.option(
+    "--fraction",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="partial: probability that an entry is observed.",
+)
+@click.option(
+    "--num-pos", type=click.IntRange(min=1), help="single-positive: positives kept per image."
+)
+@click.option(
+    "--num-neg", type=click.IntRange(min=0), help="single-positive: negatives kept per image."
+)
 @click.option(
     "--bias",
     type=click.Choice(["uniform", "size", "location", "semantic"]),
@@ -146,8 +196,16 @@ def shard(dataset, root, out, workers, fsync, part, finalize, resume, overwrite,
     type=click.Path(),
     help="--bias semantic: JSON object of class name -> weight.",
 )
-@click.option("--flip-pos", type=float, help="noisy: probability that a positive turns negative.")
-@click.option("--flip-neg", type=float, help="noisy: probability that a negative turns positive.")
+@click.option(
+    "--flip-pos",
+    type=click.FloatRange(0, 1),
+    help="noisy: probability that a positive turns negative.",
+)
+@click.option(
+    "--flip-neg",
+    type=click.FloatRange(0, 1),
+    help="noisy: probability that a negative turns positive.",
+)
 @expected_errors
 def observe(shards_dir, regime, seed, fraction, num_pos, num_neg, bias, class_weights, **flips):
     """Add an observed-label view (a label regime) to a shard set; tars are not touched."""
@@ -229,7 +287,9 @@ def info(shards_dir, as_json):
 
 @click.command()
 @click.argument("shards_dir", metavar="DIR", type=click.Path())
-@click.option("--workers", default=os.cpu_count() or 1, show_default=True)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True
+)
 @click.option("--no-decode", is_flag=True, help="Skip decoding the images.")
 @expected_errors
 def verify(shards_dir, workers, no_decode):
@@ -290,9 +350,9 @@ def audit(shards_dir, workers, no_decode, near_bits):
 
 @click.command("demo-data")
 @click.option("--out", default="data/raw/digits", show_default=True, type=click.Path())
-@click.option("--train", "n_train", default=3000, show_default=True)
-@click.option("--val", "n_val", default=1000, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--train", "n_train", type=click.IntRange(min=1), default=3000, show_default=True)
+@click.option("--val", "n_val", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @expected_errors
 def demo_data(out, n_train, n_val, seed):
     """Write the embedded demo dataset (digit mosaics, COCO layout) from scikit-learn's digits."""
@@ -303,9 +363,17 @@ def demo_data(out, n_train, n_val, seed):
 
 
 @click.command("shard")
-@click.option("--images", default=3000, show_default=True, help="JPEGs in the generated dataset.")
+@click.option(
+    "--images",
+    type=click.IntRange(min=1),
+    default=3000,
+    show_default=True,
+    help="JPEGs in the generated dataset.",
+)
 @click.option("--workdir", type=click.Path(), help="Where to generate (default: a temp folder).")
-@click.option("--workers", default=os.cpu_count() or 1, show_default=True)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True
+)
 @click.option(
     "--rss-sizes",
     default="2000,20000",
@@ -328,8 +396,14 @@ def bench_shard(images, workdir, workers, rss_sizes):
     show_default=True,
     help="Images in the generated train split, one run each.",
 )
-@click.option("--labels", default=8, show_default=True, help="Human labels per image.")
-@click.option("--classes", default=5000, show_default=True)
+@click.option(
+    "--labels",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Human labels per image.",
+)
+@click.option("--classes", type=click.IntRange(min=1), default=5000, show_default=True)
 @click.option("--workdir", type=click.Path(), help="Keep the generated files here.")
 @click.option(
     "--version",

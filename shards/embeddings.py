@@ -30,6 +30,7 @@ import numpy as np
 from shards.errors import WsmlError
 from shards.fileio import (
     dumps_json,
+    folder_lock,
     fsync_dir,
     publish,
     remove_temporaries,
@@ -230,22 +231,10 @@ def mark_chunk_done(folder: Path, split: str, chunk: int) -> None:
         write_progress(folder, p["settings"], done)
 
 
-@contextmanager
-def writer_lock(folder: Path) -> Iterator[None]:
+def writer_lock(folder: Path):
     """Held by the process that prepares and finishes a cache: a second command writing the
     same cache at the same time fails at once instead of corrupting it."""
-    path = Path(folder) / ".writer.lock"
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise WsmlError(f"another process is writing {folder}; wait for it to finish") from None
-        try:
-            yield
-        finally:
-            if (Path(folder) / "meta.json").is_file():  # finished: tidy up
-                path.unlink(missing_ok=True)
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return folder_lock(folder)
 
 
 @contextmanager

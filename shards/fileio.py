@@ -6,11 +6,14 @@ to a temporary name in the same folder, flushed to disk and renamed.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +54,23 @@ def fsync_dir(folder: Path) -> None:
 
 def write_bytes_atomic(path: Path, data: bytes, durable: bool = True) -> None:
     tmp = tmp_path_for(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-    publish(tmp, path, durable)
+    with removed_on_error(tmp, path):
+        with open(tmp, "wb") as f:
+            f.write(data)
+        publish(tmp, path, durable)
+
+
+@contextmanager
+def removed_on_error(tmp: Path, final: Path) -> Iterator[None]:
+    """Delete the temporary file ``tmp`` when the block fails (a full disk, a killed write),
+    so no half-written file is left; an OS error goes on naming ``final``, the file it was for."""
+    try:
+        yield
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename in (None, str(tmp)):
+            raise OSError(e.errno, e.strerror, str(final)) from None
+        raise
 
 
 def dumps_json(obj: Any) -> str:
@@ -68,6 +85,74 @@ def read_json(path: Path) -> Any:
 
 def write_json_atomic(path: Path, obj: Any, durable: bool = True) -> None:
     write_bytes_atomic(path, dumps_json(obj).encode(), durable)
+
+
+LOCK_SUFFIX = ".wsml-lock"
+
+
+def lock_path_for(folder: Path) -> Path:
+    """The lock file of ``folder``: beside it, so it exists before the folder does and never
+    shows among the folder's files."""
+    folder = Path(folder).absolute()
+    return folder.parent / f".{folder.name}{LOCK_SUFFIX}"
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """One writer per folder: an exclusive ``flock`` held for the block by this process, with
+    its pid in the lock file. A second writer fails at once naming the folder and the holder."""
+    path = lock_path_for(folder)
+    made = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _locked(path, folder):
+            yield
+    finally:
+        for p in made:  # folders made only to hold the lock, left empty by a failed command
+            try:
+                p.rmdir()
+            except OSError:
+                break
+
+
+@contextmanager
+def _locked(path: Path, folder: Path) -> Iterator[None]:
+    from shards.errors import WsmlError
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            holder = _read_pid(path)
+            raise WsmlError(
+                f"{folder} is being written by another process (pid {holder}); wait for it "
+                "to finish or stop it, or choose another folder"
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # not a lock file its last holder removed meanwhile
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)  # releases the lock
+
+
+def _read_pid(path: Path) -> str:
+    try:
+        return path.read_text().strip() or "unknown"
+    except OSError:
+        return "unknown"
 
 
 def remove_temporaries(folder: Path) -> int:
@@ -137,11 +222,14 @@ class TarShardWriter:
         for b in buffers:
             self._sha.update(b)
         want = sum(len(b) for b in buffers)
-        done = os.writev(self._fd, buffers)
-        if done < want:  # a short write (rare: signals, nearly full disks): finish it
-            rest = memoryview(b"".join(buffers))
-            while done < want:
-                done += os.write(self._fd, rest[done:])
+        try:
+            done = os.writev(self._fd, buffers)
+            if done < want:  # a short write (rare: signals, nearly full disks): finish it
+                rest = memoryview(b"".join(buffers))
+                while done < want:
+                    done += os.write(self._fd, rest[done:])
+        except OSError as e:  # name the file (a full disk, a size limit)
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
         self._pos += want
         if self._pos - self._flushed >= WRITEBACK and hasattr(os, "posix_fadvise"):
             # Let the disk write what we have while we go on, so the fsync at publish time

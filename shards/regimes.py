@@ -302,8 +302,12 @@ def parse_regime_spec(spec: str) -> Regime:
         key = key.strip().replace("-", "_")
         if key == "bias":
             params[key] = value.strip()
-        else:
+            continue
+        try:
             params[key] = float(value) if key in _FLOATS else int(value)
+        except ValueError:
+            kind = "a number" if key in _FLOATS else "an integer"
+            raise WsmlError(f"regime parameter {item!r} in {spec!r}: expected {kind}") from None
     return create_regime(name.strip(), **params)
 
 

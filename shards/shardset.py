@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from shards import FORMAT_VERSION
 from shards.errors import WsmlError
-from shards.tables import dense_labels, read_table
+from shards.tables import dense_labels, read_checked_table
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,9 @@ class ShardSet:
         return [self.root / s["index"] for s in self.split(split)["shards"]]
 
     def label_table(self, split: str) -> pa.Table:
-        return read_table(self.root / self.split(split)["labels"]["path"])
+        """A split's label table, checked against the manifest's sha256 and row count."""
+        entry = self.split(split)["labels"]
+        return read_checked_table(self.root, entry, len(self.classes), "manifest.json")
 
     def full_labels(self, split: str) -> np.ndarray:
         """int8 (N, L) clean labels in row order: 1 positive, -1 negative, 0 unknown."""
@@ -84,7 +86,10 @@ class ShardSet:
                 f"{self.root} has no observed view {view!r}; views: {have}. "
                 f"Make one with: cli.py observe {self.root} <regime>"
             )
-        t = read_table(self.root / self.regimes[view]["splits"][split]["path"])
+        meta = self.regimes[view]["splits"].get(split)
+        if meta is None:
+            raise WsmlError(f"observed view {view!r} of {self.root} has no split {split!r}")
+        t = read_checked_table(self.root, meta, len(self.classes), f"observed/{view}/regime.json")
         return dense_labels(t["positives"], t["negatives"], len(self.classes), fill=0)
 
 

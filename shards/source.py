@@ -179,3 +179,30 @@ def check_duplicates(ids: Sequence[str], where: str) -> None:
         if i in seen:
             raise WsmlError(f"duplicate id {i!r} in {where}")
         seen.add(i)
+
+
+def read_utf8(path: Path) -> str:
+    """A source's text file, which must be UTF-8: otherwise an error naming the file and the
+    line of the first byte that is not."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise WsmlError(
+            f"{path}, line {line}: bytes that are not UTF-8 ({data[e.start : e.end]!r}); "
+            "save the file as UTF-8"
+        ) from None
+
+
+def check_name(name: str, where: str) -> str:
+    """A file name from a source's annotations that can be a path and a tar member name (a JSON
+    ``\\udcXX`` escape of a non-UTF-8 byte cannot)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise WsmlError(
+            f"{where}: file name {name.encode('utf-8', 'backslashreplace').decode()!r} is not "
+            "valid UTF-8 (an undecodable byte); rename the file and fix the annotation"
+        ) from None
+    return name

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from shards.fileio import publish, tmp_path_for
+from shards.fileio import publish, removed_on_error, tmp_path_for
 from shards.lists import Lists, dense_rows
 
 INDEX_LIST = pa.list_(pa.int32())
@@ -80,7 +80,7 @@ def write_table(
     the file's sha256."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path_for(path)
-    with open(tmp, "wb") as raw:
+    with removed_on_error(tmp, path), open(tmp, "wb") as raw:
         f = _HashingFile(raw)
         writer = None
         for start in range(0, max(num_rows, 1), ROW_GROUP):
@@ -109,3 +109,54 @@ def dense_labels(
     negatives entry makes every other class of that row -1 (a fully annotated source)."""
     pos, neg = from_arrow(positives), from_arrow(negatives)
     return dense_rows(pos, neg, num_classes, 0, len(pos), fill)
+
+
+def read_checked_table(root: Path, entry: dict, num_classes: int, recorded_in: str) -> pa.Table:
+    """A label table or view read only if its bytes match the sha256 ``recorded_in`` gives,
+    its rows are ``0..rows-1`` once each and its class indices lie in ``[0, num_classes)``:
+    a changed or corrupted table is never trained on."""
+    from shards.errors import WsmlError
+
+    path = Path(root) / entry["path"]
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise WsmlError(f"cannot read label table {path}: {e.strerror or e}") from None
+    want = entry.get("sha256")
+    if want and hashlib.sha256(data).hexdigest() != want:
+        raise WsmlError(
+            f"{path} does not match the sha256 in {Path(root) / recorded_in}: it was changed "
+            "or corrupted after it was written; run `cli.py verify` and convert again"
+        )
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError) as e:
+        raise WsmlError(f"{path} is not a readable Parquet table ({e})") from None
+    check_rows(path, table, int(entry.get("rows", table.num_rows)), num_classes)
+    return table
+
+
+def check_rows(path: Path, table: pa.Table, rows: int, num_classes: int) -> None:
+    """Rows ``0..rows-1`` each once, in order; class indices in range."""
+    from shards.errors import WsmlError
+
+    if table.num_rows != rows:
+        raise WsmlError(f"{path} has {table.num_rows} rows, its record says {rows}")
+    if "row" in table.column_names:
+        got = table["row"].to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero(got != np.arange(rows))
+        if len(bad):
+            raise WsmlError(
+                f"{path}: row ids are not 0..{rows - 1} once each (position {bad[0]} holds "
+                f"{got[bad[0]]}); the table is corrupt: convert again"
+            )
+    for name in ("positives", "negatives"):
+        if name not in table.column_names:
+            continue
+        values = pc.list_flatten(table[name]).to_numpy(zero_copy_only=False)
+        bad = values[(values < 0) | (values >= num_classes)]
+        if len(bad):
+            raise WsmlError(
+                f"{path}: column {name} holds class index {int(bad[0])}, outside "
+                f"0..{num_classes - 1}; the table is corrupt: convert again"
+            )

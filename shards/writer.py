@@ -22,6 +22,7 @@ from shards import FORMAT_VERSION, __version__
 from shards.errors import WsmlError
 from shards.fileio import (
     dumps_json,
+    folder_lock,
     fsync_dir,
     publish,
     read_json,
@@ -35,6 +36,7 @@ from shards.regimes import parse_regime_spec
 from shards.scan import BAD, MISSING, OK, ScanResult, Workers, scan_images
 from shards.shardwork import PROGRESS, ShardTask, write_one_shard
 from shards.source import Source
+from shards.source_checks import check_unchanged, report_source, write_seen
 
 MANIFEST = "manifest.json"
 MISSING_LISTED = 1000  # missing images named in the manifest; all in labels/official/*-missing
@@ -65,6 +67,10 @@ class ShardOptions:
             raise WsmlError(f"--on-bad must be fail or skip, got {self.on_bad!r}")
         if self.shard_samples < 1 or self.shard_bytes < 1:
             raise WsmlError("shard size limits must be positive")
+        if self.max_side is not None and self.max_side < 1:
+            raise WsmlError(f"--max-side must be at least 1, got {self.max_side}")
+        if not 1 <= self.jpeg_quality <= 100 or not 0.0 <= self.max_bad <= 1.0:
+            raise WsmlError("--jpeg-quality must be in 1..100 and --max-bad in [0, 1]")
         for spec in self.regimes:
             parse_regime_spec(spec)
 
@@ -82,6 +88,16 @@ class Job:
 
 
 def write_shard_set(
+    source: Source, out: Path, options: ShardOptions, converter_options: dict, **kwargs
+) -> dict:
+    """Convert ``source`` into a shard set at ``out`` (see ``_write_shard_set``) as the one
+    writer of ``out``; the parts of a multi-machine conversion (``part=``) write side by side."""
+    lock = nullcontext() if kwargs.get("part") is not None else folder_lock(out)
+    with lock:
+        return _write_shard_set(source, out, options, converter_options, **kwargs)
+
+
+def _write_shard_set(
     source: Source,
     out: Path,
     options: ShardOptions,
@@ -124,8 +140,9 @@ def write_shard_set(
             split.name: _check_scan(split, scan, options, allows_missing)
             for split, scan in zip(source.splits, scans, strict=True)
         }
-        _start_output(out, state, identity, source, scans, clean=part is None)
         splits = assign_rows(source.splits, scans, options.val_frac, options.split_seed)
+        report_source(source, splits, out, report, log)
+        _start_output(out, state, identity, source, scans, clean=part is None)
         job = Job(source, out, options, converter_options, identity, fsync)
         plan = _plan(job, splits, scans)
         if part is not None:
@@ -146,6 +163,7 @@ def _start_output(out: Path, state: str, identity: str, source: Source, scans, c
     write_json_atomic(out / PROGRESS / "identity.json", {"identity": identity})
     for split, scan in zip(source.splits, scans, strict=True):
         _cache_scan(out, split.name, scan)
+        write_seen(out / PROGRESS, split)
 
 
 def _write_tables(job: Job, splits, scans) -> tuple[dict, dict]:
@@ -239,6 +257,7 @@ def _scan_split(source, i, options, pool: Workers, out: Path | None, progress) -
     split = source.splits[i]
     cache = out / PROGRESS / f"scan-{split.name}.npz" if out else None
     if cache and cache.exists():
+        check_unchanged(split, out / PROGRESS, out)
         with np.load(cache) as z:
             return ScanResult.from_npz(z)
     tick = progress(f"checking {split.name} images", len(split.records))

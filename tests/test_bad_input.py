@@ -85,6 +85,10 @@ VOC_LAYOUTS = {
         lambda r: (_voc2007(r) / "Annotations/tv03.xml").write_text("<annotation><obj"),
         "tv03.xml",
     ),
+    "list-not-utf8": (
+        lambda r: (_voc2007(r) / "ImageSets/Main/test.txt").write_bytes(b"te00\nte\xff01\n"),
+        "test.txt, line 2",
+    ),
     "xml-unknown-class": (
         lambda r: (_voc2007(r) / "Annotations/tv03.xml").write_text(
             "<annotation><object><name>unicorn</name></object></annotation>"
@@ -117,6 +121,13 @@ def test_voc_lists_without_classes_in_annotations(voc, tmp_path):
     assert main.is_dir()
 
 
+def _undecodable_file_name(root: Path) -> None:
+    path = root / "annotations/instances_train.json"
+    data = json.loads(path.read_text())
+    data["images"][0]["file_name"] = "img\udcff.jpg"  # json.dumps writes the escape \udcff
+    path.write_text(json.dumps(data))
+
+
 def _drop_images_dir(root: Path) -> None:
     shutil.rmtree(root / "val")
 
@@ -135,6 +146,15 @@ COCO_LAYOUTS = {
         lambda r: (r / "annotations/instances_train.json").write_text("{ not json"),
         "instances_train.json",
     ),
+    "top-level-list": (
+        lambda r: (r / "annotations/instances_train.json").write_text("[]"),
+        "top level is a JSON list",
+    ),
+    "not-utf8": (
+        lambda r: (r / "annotations/instances_train.json").write_bytes(b'{\n"images": "\xff"}'),
+        "instances_train.json, line 2",
+    ),
+    "file-name-not-utf8": (_undecodable_file_name, "image id 1"),
     "not-instances": (
         lambda r: (r / "annotations/instances_train.json").write_text('{"images": []}'),
         "'annotations'",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -222,6 +223,8 @@ def test_cache_features_efficientnet_lite0_offline(fresh):
     args = ("--backbone", "efficientnet-lite0", "--preset", "backbone", "--image-size", "64")
     result = run("cache-features", "--shards", fresh, *args, "--splits", "val")
     assert result.exit_code == 0, result.output
+    embedded, whole = re.findall(r"(\d+\.\d)s", result.output)  # the embedding, the command
+    assert float(whole) >= float(embedded) and "with loading the model" in result.output
     tag = "efficientnet-lite0__in1k__backbone64"
     meta = emb.get_cache(fresh, tag)
     assert meta["kind"] == "features" and meta["dim"] == 1280 and not meta["normalized"]

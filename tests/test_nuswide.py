@@ -139,6 +139,10 @@ def test_missing_images_are_skipped_counted_and_listed(tmp_path):
     root, out = nuswide_official(tmp_path / "raw", 3, data), tmp_path / "out"
     result = shard(root, out)
     assert result.exit_code == 0, result.output
+    for name, n in (("train", 30), ("test", 12)):  # said, with where they are listed
+        listed = f"{out}/labels/official/{name}-missing.parquet"
+        assert f"3 of {n} images of official split {name} are missing" in result.output
+        assert listed in result.output and Path(listed).is_file()
     m = open_shard_set(out).manifest
     gone = absent(data, 3)
     for name, n in (("train", 30), ("test", 12)):

@@ -186,3 +186,11 @@ def test_auto_falls_back_to_torch_without_dali(root):
 
 def test_unknown_cpu_resize(root):
     refused("cpu_resize", "torch or dali", root=root, cpu_resize="pil")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_truncated_tar_names_the_tar(copy, backend):
+    path = copy / "val-000000.tar"
+    data = path.read_bytes()
+    path.write_bytes(data[: 512 + 300])  # inside the first sample's image
+    refused(str(path), root=copy, backend=backend)

@@ -75,7 +75,7 @@ REFUSALS = {
         ["nope", CLIP],
     ),
     "missing features": (["--features", "nope"], "an", ["nope", FEAT, "cache-features"]),
-    "linear without features": ([], "an", ["--features"]),
+    "linear without features": ([], "an", ["--features", f"{FEAT}, {NAN}, {WIDE}"]),
     "e2e with features": (["--setting", "e2e", "--features", FEAT], "an", ["--features"]),
     "bad preset": (["--setting", "e2e", "-o", "preset=huge"], "an", ["huge", "cole448"]),
     "bad schedule": (["--features", FEAT, "-o", "schedule=cyclic"], "asl", ["onecycle"]),
@@ -133,9 +133,9 @@ def test_the_global_batch_must_divide_over_the_ranks():
     assert Context(rank=1, world_size=2).local_batch(8) == 4
 
 
-def test_a_non_finite_loss_names_the_method_and_step(shards, tmp_path):
+def test_non_finite_features_name_the_cache_split_and_rows(shards, tmp_path):
     result = invoke(*train_args(shards, tmp_path / "r", "an", "--features", NAN))
-    assert_refused(result, "method an", "non-finite", "epoch 1, step 0")
+    assert_refused(result, f"features {NAN!r}", "split train", "row(s) 0, 1, 2, 3, 4", "NaN")
 
 
 def test_vlpl_reads_its_clip_cache_from_o_clip(shards, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from shards.clitools import RegistryChoice, choices, expected_errors, parse_kv
+from shards.clitools import DeviceType, RegistryChoice, choices, expected_errors, parse_kv
 
 
 @choices("method")
@@ -29,17 +29,21 @@ def _methods():
     type=click.Choice(["linear", "cam"]),
     help="e2e: cam = CAM head (BoostLU with -o boostlu_alpha=5) [default: linear].",
 )
-@click.option("--epochs", type=int)
-@click.option("--lr", type=float)
-@click.option("--batch-size", type=int, help="Global batch (split over DDP ranks).")
-@click.option("--seed", type=int)
+@click.option("--epochs", type=click.IntRange(min=1))
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True))
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), help="Global batch (split over DDP ranks)."
+)
+@click.option("--seed", type=click.IntRange(min=0))
 @click.option("--out", type=click.Path(), help="Run folder [default: runs/METHOD-SETTING-SEED].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Start the run in --out again.")
 @click.option("--compile", is_flag=True, help="torch.compile the model.")
 @click.option("--sweep", is_flag=True, help="linear: Cole's lr x batch grid as one job.")
 @click.option("--tensorboard", is_flag=True, help="Also write TensorBoard logs in the run folder.")
-@click.option("--stop-after-epochs", type=int, hidden=True)  # debug: an interruption
+@click.option(
+    "--stop-after-epochs", type=click.IntRange(min=0), hidden=True
+)  # debug: an interruption
 @click.option("-o", "opts", multiple=True, metavar="KEY=VALUE", help="Method or run option.")
 @expected_errors
 def train_command(opts, **options):
@@ -96,20 +100,51 @@ def methods_command():
 @click.option(
     "--rows", default="65665,16416,40137", show_default=True, help="linear: train,val,test rows."
 )
-@click.option("--dim", default=2048, show_default=True, help="linear: feature dimension.")
-@click.option("--classes", default=80, show_default=True, help="linear: number of classes.")
-@click.option("--paper-steps", default=0, help="linear: time this many steps of each papers'-way "
+@click.option(
+    "--dim",
+    type=click.IntRange(min=1),
+    default=2048,
+    show_default=True,
+    help="linear: feature dimension.",
+)
+@click.option(
+    "--classes",
+    type=click.IntRange(min=1),
+    default=80,
+    show_default=True,
+    help="linear: number of classes.",
+)
+@click.option("--paper-steps", type=click.IntRange(min=0), default=0, help="linear: time this many steps of each papers'-way "
               "epoch and extrapolate (0: whole epochs).")  # fmt: skip
 @click.option("--shards", type=click.Path(), help="e2e: a shard set [default: generated photos].")
-@click.option("--images", default=256, show_default=True, help="e2e: photos to generate.")
+@click.option(
+    "--images",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="e2e: photos to generate.",
+)
 @click.option("--backbone", help="e2e: [default: the method's, else resnet50].")
 @click.option("--preset", help="e2e: [default: the method's, else cole448].")
-@click.option("--image-size", default=0, help="e2e: centre crop of this size instead of a preset.")
-@click.option("--batch-size", default=32, show_default=True, help="e2e.")
-@click.option("--steps", default=20, show_default=True, help="e2e: timed steps per method.")
+@click.option(
+    "--image-size",
+    type=click.IntRange(min=0),
+    default=0,
+    help="e2e: centre crop of this size instead of a preset.",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="e2e."
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="e2e: timed steps per method.",
+)
 @click.option("--regime", help="e2e: observed view [default: the method's].")
 @click.option("--loader", default="auto", show_default=True, help="e2e: dali, torch or auto.")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", type=DeviceType(), default="auto", show_default=True)
 @click.option("--compile", is_flag=True, help="e2e: torch.compile the model.")
 @click.option("-o", "opts", multiple=True, metavar="KEY=VALUE", help="e2e: method options.")
 @expected_errors

@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from shards.clitools import check_device
 from shards.errors import WsmlError
 from shards.options import parse_value
 
@@ -86,14 +88,19 @@ class RunConfig:
         if self.setting not in SETTINGS:
             raise WsmlError(f"setting must be one of {', '.join(SETTINGS)}, got {self.setting!r}")
         if self.setting == "linear" and not self.features:
+            from shards.embeddings import list_caches
+
+            have = ", ".join(list_caches(Path(self.shards))) if self.shards else ""
             raise WsmlError(
                 "the linear setting trains on cached features: pass --features TAG "
-                "(make them with cli.py cache-features or cache-clip)"
+                f"(caches of {self.shards}: {have or 'none'}; make them with cli.py "
+                "cache-features or cache-clip)"
             )
         if self.setting == "e2e" and self.features:
             raise WsmlError("--features goes with --setting linear (e2e reads the images)")
         if self.sweep and self.setting != "linear":
             raise WsmlError("--sweep is for the linear setting")
+        check_device(self.device)
         if self.head not in HEADS:
             raise WsmlError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.head == "cam" and self.setting != "e2e":

@@ -14,6 +14,7 @@ from torch import nn
 
 from pipelines.distributed import DistContext
 from shards.errors import WsmlError
+from train.integrity import end_with_launcher
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Context(DistContext):
 
     @classmethod
     def create(cls, device: str = "auto", progress: bool = False) -> Context:
+        end_with_launcher()  # no orphaned rank writes on after torchrun's agent died
         ctx = super().create(device)
         ctx.progress = progress and ctx.is_main and sys.stderr.isatty()
         return ctx

@@ -49,6 +49,7 @@ def read_features(ss: ShardSet, tag: str, split: str, what: str = "features") ->
             f"{what} {tag!r} have {arr.shape[0]} rows for split {split}, its label table has "
             f"{rows}: cache them again"
         )
+    check_finite_rows(arr, f"{what} {tag!r} of {ss.root}, split {split}")
     return arr
 
 
@@ -58,6 +59,22 @@ def cache_dim(ss: ShardSet, tag: str, what: str) -> int:
     if missing:
         raise WsmlError(f"{what} {tag!r} of {ss.root} lack split(s) {', '.join(missing)}")
     return int(meta["dim"])
+
+
+def check_finite_rows(arr: np.ndarray, what: str, chunk: int = 65536) -> None:
+    """Refuse NaN or infinite values, naming the first bad rows: otherwise they surface later
+    as a non-finite loss or NaN scores, far from their cause."""
+    bad: list[int] = []
+    for start in range(0, len(arr), chunk):
+        rows = ~np.isfinite(arr[start : start + chunk]).all(axis=tuple(range(1, arr.ndim)))
+        bad += (np.flatnonzero(rows)[: 5 - len(bad)] + start).tolist()
+        if len(bad) >= 5:
+            break
+    if bad:
+        raise WsmlError(
+            f"{what}: row(s) {', '.join(map(str, bad))} hold NaN or infinite values; make the "
+            "cache again (cli.py cache-features / cache-clip --overwrite)"
+        )
 
 
 def read_clip_text(ss: ShardSet, tag: str, method: str) -> np.ndarray:

@@ -23,6 +23,7 @@ from train.build import Run, Track, start_run
 from train.config import RunConfig
 from train.context import Context, cpu_threads
 from train.evaluate import epoch_record, evaluate_splits, predict, selected_summary
+from train.integrity import run_folder_lock
 from train.plan import plan_run
 from train.runfolder import TensorBoardLog, json_safe
 
@@ -35,11 +36,12 @@ def train(config: RunConfig) -> dict[str, Any]:
     plan = plan_run(config)
     ctx = Context.create(plan.config.device, config.progress)
     try:
-        if plan.config.sweep:
-            from train.sweep import train_sweep
+        with run_folder_lock(plan.config.run_dir, ctx.is_main):
+            if plan.config.sweep:
+                from train.sweep import train_sweep
 
-            return train_sweep(plan, ctx)
-        return fit(start_run(plan, ctx), ctx)
+                return train_sweep(plan, ctx)
+            return fit(start_run(plan, ctx), ctx)
     finally:
         ctx.close()
 

@@ -17,6 +17,7 @@ from shards.errors import WsmlError
 from shards.shardset import ShardSet, open_shard_set
 from train.config import RunConfig, run_dict, split_options, with_run_options
 from train.data import cache_dim, read_clip_text
+from train.integrity import check_steps, data_identity
 from train.methods import MethodConfig, MethodInfo, config_dict, get_method
 from train.runfolder import require_tensorboard
 from train.settings import Setting, get_setting
@@ -44,6 +45,7 @@ class RunPlan:
     feature_dim: int | None = None  # linear: the cache's dimension
     world_size: int = 1
     shard_set: ShardSet | None = None
+    data: dict[str, str] | None = None  # sha256 of what it reads (train/integrity.py)
 
     @property
     def num_classes(self) -> int:
@@ -70,6 +72,8 @@ class RunPlan:
         }
         if self.feature_dim is not None:
             out["feature_dim"] = self.feature_dim
+        if self.data is not None:
+            out["data"] = dict(self.data)
         if self.config.sweep:
             out["sweep"] = {
                 "lrs": list(self.config.sweep_lrs),
@@ -100,6 +104,8 @@ def plan_run(config: RunConfig, world_size: int | None = None) -> RunPlan:
             f"batch_size {mcfg.batch_size} is the global batch and must divide evenly over "
             f"{world} ranks"
         )
+    batches = list(config.sweep_batches) if config.sweep else [mcfg.batch_size]
+    check_steps(int(ss.split("train")["num_samples"]), batches, world)
     clip = clip_tag(ss, info, config)
     if clip is not None:
         read_clip_text(ss, clip, info.name)
@@ -117,6 +123,7 @@ def plan_run(config: RunConfig, world_size: int | None = None) -> RunPlan:
         feature_dim=feature_dim,
         world_size=world,
         shard_set=ss,
+        data=data_identity(ss, view, config.features, clip),
     )
 
 

@@ -15,6 +15,7 @@ runs/NAME/
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -27,7 +28,14 @@ import torch
 
 from shards.embeddings import write_array
 from shards.errors import WsmlError
-from shards.fileio import dumps_json, tmp_path_for, write_bytes_atomic, write_json_atomic
+from shards.fileio import (
+    dumps_json,
+    removed_on_error,
+    tmp_path_for,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+from train.integrity import check_identity
 
 FORMAT = "wsml-run"
 VERSION = 1
@@ -73,7 +81,10 @@ class RunFolder:
             )
         if overwrite:
             return None
+        started = (self.path / LAST).is_file() or (self.path / SUMMARY).is_file()
         if not resume:
+            if not started:  # killed before its first checkpoint: nothing to keep
+                return None
             raise WsmlError(
                 f"{self.path} already holds a run; pass --resume to continue it or --overwrite "
                 "to start it again"
@@ -82,8 +93,12 @@ class RunFolder:
         if differ:
             detail = _differences(saved, config, differ)
             raise WsmlError(f"--resume: {self.path} was trained with other settings: {detail}")
+        check_identity(self.path, saved, config)
         if not (self.path / LAST).is_file():
-            raise WsmlError(f"--resume: {self.path} has no {LAST} yet; start it again")
+            raise WsmlError(
+                f"--resume: {self.path} was stopped before its first checkpoint: nothing to "
+                "resume; run the same command without --resume to start it again"
+            )
         return saved
 
     def start(self, config: dict) -> None:
@@ -127,13 +142,17 @@ class RunFolder:
 
     def save_checkpoint(self, state: dict[str, Any], best: bool) -> None:
         last = self.path / LAST
-        tmp = tmp_path_for(last)
-        torch.save(state, tmp)
-        if best:
-            tmp_best = tmp_path_for(self.path / BEST)
-            shutil.copyfile(tmp, tmp_best)
-            os.replace(tmp_best, self.path / BEST)
-        os.replace(tmp, last)
+        tmp, tmp_best = tmp_path_for(last), tmp_path_for(self.path / BEST)
+        with removed_on_error(tmp, last):
+            buffer = io.BytesIO()  # torch's own writer turns a full disk into a RuntimeError
+            torch.save(state, buffer)
+            with open(tmp, "wb") as f:
+                f.write(buffer.getbuffer())
+            if best:
+                with removed_on_error(tmp_best, self.path / BEST):
+                    shutil.copyfile(tmp, tmp_best)
+                    os.replace(tmp_best, self.path / BEST)
+            os.replace(tmp, last)
 
     def load_checkpoint(self, which: str = LAST) -> dict:
         """The checkpoint on the CPU, whatever device saved it: RNG states must be CPU byte

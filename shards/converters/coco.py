@@ -22,7 +22,9 @@ from shards.source import (
     Record,
     Source,
     check_duplicates,
+    check_name,
     fingerprint_files,
+    read_utf8,
     register_converter,
     require_dir,
     require_file,
@@ -136,10 +138,16 @@ def _slim(obj: dict) -> dict | tuple:
 
 
 def _read_instances(path: Path) -> dict:
+    text = read_utf8(path)
     try:
-        data = json.loads(path.read_bytes(), object_hook=_slim)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = json.loads(text, object_hook=_slim)
+    except json.JSONDecodeError as e:
         raise WsmlError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise WsmlError(
+            f"{path}: the top level is a JSON {type(data).__name__}, expected an object with "
+            "'images', 'annotations' and 'categories' (COCO instances format)"
+        )
     for field in ("images", "annotations", "categories"):
         if not isinstance(data.get(field), list):
             raise WsmlError(f"{path} has no '{field}' list; expected COCO instances format")
@@ -175,7 +183,7 @@ def _split(name, role, data, image_dir: Path, path: Path, keep_empty: bool) -> O
     by_str = {str(i): i for i in ids}
     records, folder = [], str(image_dir)
     for sid in order:
-        file_name = images[by_str[sid]]
+        file_name = check_name(images[by_str[sid]], f"{path}, image id {sid}")
         positives = tuple(sorted(labels.get(by_str[sid], ())))
         extra = ()
         if weights is not None:

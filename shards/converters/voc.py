@@ -22,6 +22,7 @@ from shards.source import (
     Source,
     check_duplicates,
     fingerprint_files,
+    read_utf8,
     register_converter,
     require_dir,
     require_file,
@@ -200,7 +201,7 @@ def _read_set(base, main, set_name, classes, used) -> dict[str, tuple[tuple, tup
 
 
 def _read_ids(path: Path) -> list[str]:
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    ids = [line.split()[0] for line in read_utf8(path).splitlines() if line.strip()]
     check_duplicates(ids, str(path))
     return ids
 
@@ -211,7 +212,7 @@ def _from_class_lists(lists: list[Path]) -> dict[str, tuple[tuple, tuple]]:
     first_ids: list[str] | None = None
     for k, path in enumerate(lists):
         ids = []
-        for line in path.read_text().splitlines():
+        for line in read_utf8(path).splitlines():
             parts = line.split()
             if not parts:
                 continue

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from pipelines.distributed import gather_cat
+from pipelines.distributed import all_sum, ddp_scaled, gather_cat, global_sum, training_world
 from shards.errors import WsmlError
 from train.methods.config import MethodConfig
 from train.methods.registry import MethodInfo
@@ -125,11 +125,12 @@ class Method(nn.Module):
         return x if self.members == 1 else x.view(self.members, -1, *x.shape[1:])
 
     def reduce(self, x: Tensor, how: str = "mean") -> Tensor:
-        """Mean (or sum) over a batch's entries: a scalar, or one value per member (M,)."""
+        """Mean (or sum) over a batch's entries: a scalar, or one value per member (M,). Under
+        DDP a sum is the global batch's (a mean of equal shares needs nothing: DDP averages)."""
         if self.members == 1:
-            return x.mean() if how == "mean" else x.sum()
+            return x.mean() if how == "mean" else global_sum(x.sum())
         flat = x.reshape(self.members, -1)
-        return flat.mean(1) if how == "mean" else flat.sum(1)
+        return flat.mean(1) if how == "mean" else global_sum(flat.sum(1))
 
     def training_step(
         self,
@@ -236,8 +237,12 @@ def observed_masks(batch: Mapping[str, Tensor], like: Tensor) -> tuple[Tensor, T
 
 def expected_positive_reg(p: Tensor, k: float) -> Tensor:
     """Cole's EPR: (mean over images of the summed probabilities - k)^2 / L^2; ``p`` (N, L),
-    or (M, N, L) for stacked members (one value each)."""
-    return (p.sum(-1).mean(-1) - k) ** 2 / p.shape[-1] ** 2
+    or (M, N, L) for stacked members (one value each). Under DDP the mean is the global batch's."""
+    world = training_world()
+    if world == 1:
+        return (p.sum(-1).mean(-1) - k) ** 2 / p.shape[-1] ** 2
+    mean = all_sum(p.sum(-1).sum(-1)) / (p.shape[-2] * world)
+    return ddp_scaled((mean - k) ** 2 / p.shape[-1] ** 2)
 
 
 def stack_members(methods: Sequence[Method]) -> Method:

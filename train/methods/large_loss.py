@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pipelines.distributed import gather_batch, training_world
 from shards.errors import WsmlError
 from train.methods import Method, MethodConfig, MethodInfo, register_method
 
@@ -95,11 +96,15 @@ class LargeLoss(Method):
             y = torch.where(self.corrected_mask(batch["row"]), torch.ones_like(y), y)
         pos, unk = y == 1, y == 0
         base = F.binary_cross_entropy_with_logits(logits, pos.float(), reduction="none")
-        entries = base.numel() // self.members  # one member's batch
+        world = training_world()  # the top-k is over the global batch (all ranks)
+        entries = base.numel() // self.members * world  # one member's batch
         k = modified_count(self.scheme, epoch, entries, cfg.delta_rel, cfg.released)
         if k == 0:
             return {"loss": self.reduce(base), "modified": self.reduce(base.new_zeros(base.shape))}
-        chosen = self.select(base.detach() * unk, unk, k)
+        every, mine = gather_batch(base.detach() * unk, self.members)
+        every_unk, _ = gather_batch(unk.to(torch.uint8), self.members)
+        chosen = self.select(every, every_unk.bool(), k)
+        chosen = chosen.view(self.members, -1, base.shape[1])[:, mine].reshape(base.shape)
         if self.scheme == "reject":
             other = torch.zeros_like(base)
         else:

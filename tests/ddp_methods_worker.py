@@ -1,0 +1,47 @@
+"""Run by test_train_ddp_methods.py under ``torchrun --nproc_per_node=2`` (gloo on the CPU):
+one process group, and in it a short linear run of every method named, into ``OUT/<method>``.
+
+usage: torchrun --standalone --nproc_per_node=2 tests/ddp_methods_worker.py SHARDS OUT METHOD…
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import torch.distributed as dist
+
+from tests.train_fixtures import CLIP, FEAT
+from train.config import RunConfig
+from train.loop import train
+
+OPTS = {"epochs": "2", "lr": "0.01", "stop_patience": "0", "stop_drop": "0"}
+
+
+def method_config(shards: str, method: str, out: Path) -> RunConfig:
+    """The contract's run of ``method``: 2 epochs on the tiny set (CLIP cache for VLPL)."""
+    from train.methods import get_method
+
+    info = get_method(method)
+    names = {f.name for f in dataclasses.fields(info.config)}
+    opts = {k: v for k, v in OPTS.items() if k in names}
+    clip = CLIP if info.needs_clip else None
+    return RunConfig(
+        shards, method, features=FEAT, clip=clip, out=str(out / method), method_options=opts
+    )
+
+
+def main() -> None:
+    shards, out, *methods = sys.argv[1:]
+    dist.init_process_group("gloo", timeout=timedelta(minutes=5))
+    try:
+        for method in methods:
+            train(method_config(shards, method, Path(out)))
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

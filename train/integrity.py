@@ -1,0 +1,88 @@
+"""What a run checks so nothing wrong passes silently: the identity of the data it trains on
+(recorded in ``config.json``, compared on ``--resume``), that an epoch has at least one
+optimisation step, one writer per run folder, and ranks that end with their launcher."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from shards import embeddings as emb
+from shards.errors import WsmlError
+from shards.fileio import folder_lock, sha256_file
+from shards.shardset import ShardSet
+
+
+def data_identity(ss: ShardSet, view: str, features: str | None, clip: str | None) -> dict:
+    """The sha256 of what a run reads: the manifest (which holds the label tables' sha256),
+    the view's ``regime.json`` and the caches' ``meta.json``."""
+    out: dict[str, Any] = {"manifest.json": sha256_file(ss.root / "manifest.json")}
+    if view not in ("full", "clean"):
+        out[f"observed/{view}/regime.json"] = sha256_file(
+            ss.root / "observed" / view / "regime.json"
+        )
+    for tag in dict.fromkeys(t for t in (features, clip) if t):
+        out[f"embeddings/{tag}/meta.json"] = sha256_file(
+            emb.cache_folder(ss.root, tag) / "meta.json"
+        )
+    return out
+
+
+def check_identity(run_dir: Path, saved: dict, config: dict) -> None:
+    """On ``--resume``: refuse when a file the run was trained on has changed since."""
+    before, now = saved.get("data"), config.get("data")
+    if before is None or now is None:  # a run recorded before identities were
+        return
+    changed = [name for name in sorted(before | now) if before.get(name) != now.get(name)]
+    if changed:
+        shards = config["run"]["shards"]
+        raise WsmlError(
+            f"--resume: {run_dir} was trained on other data: {', '.join(changed)} of {shards} "
+            "changed since (replaced or made again); start the run again with --overwrite or "
+            "choose another --out"
+        )
+
+
+def check_steps(rows: int, batch_sizes: list[int], world_size: int) -> None:
+    """Fail before any work when an epoch would have no optimisation step (each rank drops
+    its last incomplete batch)."""
+    for batch in batch_sizes:
+        if (rows // world_size) // max(1, batch // world_size) == 0:
+            raise WsmlError(
+                f"the training split has {rows} rows, fewer than one batch of {batch} over "
+                f"{world_size} rank(s): an epoch would have no optimisation step; lower the "
+                "batch size (--batch-size or -o batch_size=…)"
+            )
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: str, is_main: bool) -> Iterator[None]:
+    """Rank 0, the writer of the run folder, holds its lock for the whole run: a second run
+    on the same ``--out`` (or a resume while orphaned ranks still run) fails at once."""
+    if not is_main:
+        yield
+        return
+    with folder_lock(Path(run_dir)):
+        yield
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def end_with_launcher() -> None:
+    """Under torchrun: have the kernel send SIGTERM to this rank when its launcher dies, so no
+    orphaned rank goes on writing (Linux; elsewhere nothing happens)."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the launcher died before the call above
+        os.kill(os.getpid(), signal.SIGTERM)
