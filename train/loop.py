@@ -53,6 +53,7 @@ def fit_epochs(run: Run, ctx: Context, scalars: Scalars | None) -> dict[str, Any
         t0 = time.perf_counter()
         logged = train_epoch(run, ctx, epoch)
         logged.update(end_epoch(run, ctx, epoch))
+        logged.update(run.method.read_label_counts())  # label state against the truth
         t1 = time.perf_counter()
         results = evaluate_splits(
             run.eval_models(), run.data, ctx, ("val", "test"), run.config.threshold

@@ -323,7 +323,7 @@ def end_group_epoch(group: Group, data: FeatureData, epoch: int) -> None:
         n = len(probs[0])
         rows = torch.arange(group.size * n)
         predictions = (rows, torch.cat(probs))
-    ended = method.end_epoch(epoch, predictions)
+    ended = {**method.end_epoch(epoch, predictions), **method.read_label_counts()}
     for i, m in enumerate(group.members):
         m.logged.update({k: v[i] if isinstance(v, list) else v for k, v in ended.items()})
 
