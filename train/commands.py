@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from shards.clitools import RegistryChoice, choices, expected_errors, parse_kv
+from shards.errors import WsmlError
 
 
 @choices("method")
@@ -33,6 +34,7 @@ def _methods():
 @click.option("--lr", type=float)
 @click.option("--batch-size", type=int, help="Global batch (split over DDP ranks).")
 @click.option("--seed", type=int)
+@click.option("--seeds", help="Several seeds, e.g. 0,1,2: one run folder each, OUT-s0, OUT-s1, ….")
 @click.option("--out", type=click.Path(), help="Run folder [default: runs/METHOD-SETTING-SEED].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Start the run in --out again.")
@@ -42,7 +44,7 @@ def _methods():
 @click.option("--stop-after-epochs", type=int, hidden=True)  # debug: an interruption
 @click.option("-o", "opts", multiple=True, metavar="KEY=VALUE", help="Method or run option.")
 @expected_errors
-def train_command(opts, **options):
+def train_command(opts, seeds, **options):
     """Train a method on a shard set (torchrun for DDP); prints the selected epoch's scores.
 
     -o takes the method's options (`cli.py methods`; lr, batch_size, epochs, schedule, ema,
@@ -50,8 +52,17 @@ def train_command(opts, **options):
     image_size, loader, threshold, eval_batch_size, device, sweep_lrs, sweep_batches.
     """
     from train.run import build_run_config, run_train
+    from train.seeds import create_seed_configs, parse_seeds
 
-    run_train(build_run_config(options, parse_kv(opts), progress=True), echo=click.echo)
+    try:
+        many = parse_seeds(seeds)
+    except WsmlError as e:
+        raise click.BadParameter(str(e), param_hint="--seeds") from None
+    if many and options.get("seed") is not None:
+        raise click.UsageError("give --seed or --seeds, not both")
+    config = build_run_config(options, parse_kv(opts), progress=True)
+    for one in create_seed_configs(config, many) if many else [config]:
+        run_train(one, echo=click.echo)
 
 
 @click.command("eval")
