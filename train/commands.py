@@ -90,6 +90,22 @@ def leaderboard_command(runs_dir):
     click.echo(table, nl=False)
 
 
+@click.command("report")
+@click.argument("runs_dirs", metavar="RUNS_DIR...", nargs=-1, required=True, type=click.Path())
+@click.option("--out", default="report", show_default=True, type=click.Path(), help="Folder.")
+@click.option("--paper-numbers/--no-paper-numbers", default=True, show_default=True,
+              help="The papers' test mAP and the difference, where they match.")  # fmt: skip
+@expected_errors
+def report_command(runs_dirs, out, paper_numbers):
+    """A static page of the runs under RUNS_DIR...: grouped leaderboard, learning curves, per-class
+    AP, precision-recall curves and label state against the truth; writes OUT/index.html (PNGs
+    beside it) and OUT/report.md, and prints the page's path."""
+    from train.report.write import write_report
+
+    path = write_report(list(runs_dirs), out, paper_numbers)
+    click.echo(str(path))
+
+
 @click.command("methods")
 def methods_command():
     """The registered methods: regimes they train on, summary, paper."""

@@ -131,6 +131,17 @@ class RunFolder:
         (self.path / PREDICTIONS).mkdir(exist_ok=True)
         write_array(self.path / PREDICTIONS / f"{split}.npy", probs.astype(np.float32))
 
+    def keep_member_predictions(self, chosen: str) -> None:
+        """A sweep's end: the chosen member's test predictions become the sweep's own (its
+        selected epoch's); the other members' are removed (one member's are kept, not M)."""
+        members = self.path / MEMBERS
+        mine = members / chosen / PREDICTIONS
+        if mine.is_dir():
+            shutil.rmtree(self.path / PREDICTIONS, ignore_errors=True)
+            os.replace(mine, self.path / PREDICTIONS)
+        for other in members.glob(f"*/{PREDICTIONS}"):
+            shutil.rmtree(other, ignore_errors=True)
+
     def save_checkpoint(self, state: dict[str, Any], best: bool) -> None:
         last = self.path / LAST
         tmp = tmp_path_for(last)

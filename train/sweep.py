@@ -384,6 +384,7 @@ def evaluate_members(
             }
             summary = selected_summary(meta, m.state, res[m.state.best_weights], classes)
             m.folder.write_summary(json_safe(summary))
+            m.folder.write_predictions("test", res[m.state.best_weights]["test"]["probs"].numpy())
         line["members"][m.name] = {
             "loss": m.logged.get("loss"),
             "val_mAP": res["model"]["val"]["mAP"],
@@ -436,5 +437,6 @@ def finish(config, resolved, folder: RunFolder, members: list[Member]) -> dict[s
             for name, s in table.items()
         },
     }
+    folder.keep_member_predictions(pick.name)  # for the report's precision-recall curves
     folder.write_summary(json_safe(summary))
     return summary

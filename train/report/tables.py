@@ -50,10 +50,12 @@ def _group_row(members: list[RunInfo], paper_numbers: bool) -> dict[str, Any]:
     row = {k: keys[0][k] for k in GROUP_BY}
     row.update(
         runs=[m.name for m in members],
+        paths=[str(m.path) for m in members],
         seeds=[k["seed"] for k in keys],
         lr=_same([k["lr"] for k in keys]),
         batch=_same([k["batch"] for k in keys]),
         n=len(members),
+        classes=len(members[0].config.get("classes") or ()),
         **{"val mAP": mean([s["val"]["mAP"] for s in summaries])},
         **{"test mAP": mean(tests), "± std": std(tests)},
         CF1=_mean_of([s["test"].get("CF1") for s in summaries]),
@@ -85,17 +87,19 @@ def read_papers() -> tuple[dict[str, Any], ...]:
     """The papers' numbers (train/report/papers.csv): method, family, regime, setting, mAP,
     source."""
     lines = [line for line in PAPERS.read_text().splitlines() if not line.startswith("#")]
-    return tuple({**r, "mAP": float(r["mAP"])} for r in csv.DictReader(lines))
+    rows = csv.DictReader(lines)
+    return tuple({**r, "mAP": float(r["mAP"]), "classes": int(r["classes"])} for r in rows)
 
 
 def get_paper_number(row: dict[str, Any]) -> dict[str, Any] | None:
-    """The paper's number for a row, where the dataset family, regime and setting match."""
+    """The paper's number for a row, where the dataset family (and its number of classes),
+    regime and setting match."""
     from train.methods import dataset_family
 
     family = dataset_family(str(row["dataset"]))
     for paper in read_papers():
-        same = (paper["method"], paper["family"], paper["regime"], paper["setting"])
-        if same == (row["method"], family, row["regime"], row["setting"]):
+        theirs = [paper[k] for k in ("method", "family", "classes", "regime", "setting")]
+        if theirs == [row["method"], family, row["classes"], row["regime"], row["setting"]]:
             return paper
     return None
 
