@@ -125,6 +125,9 @@ def test_bad_input(tmp_path):
     assert result.exit_code == 1 and "not a folder of runs" in result.output
     assert invoke("report").exit_code == 2
     assert not (tmp_path / "r" / "index.html").exists()
+    for seeds in (["--seeds", "0,x"], ["--seeds", "1,1"], ["--seeds", "0,1", "--seed", "2"]):
+        result = invoke("train", *seeds)
+        assert result.exit_code == 2 and "seed" in result.output, result.output
 
 
 @pytest.fixture(scope="module")

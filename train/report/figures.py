@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from train.report.runs import RunInfo  # noqa: E402
 
@@ -22,7 +23,11 @@ def _colors(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig, path: Path, epochs: bool = False) -> None:
+    """Write the PNG; ``epochs``: whole numbers on every x axis."""
+    if epochs:
+        for ax in fig.axes:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -49,7 +54,7 @@ def plot_curves(groups: dict[str, list[RunInfo]], path: Path) -> bool:
     left.set(xlabel="epoch", ylabel="val mAP (%)", title="validation mAP")
     right.set(xlabel="epoch", ylabel="training loss", title="training loss")
     left.legend(fontsize=7, ncol=2)
-    _save(fig, path)
+    _save(fig, path, epochs=True)
     return drawn
 
 
@@ -139,5 +144,5 @@ def plot_label_state(series: dict[str, list[tuple[int, float | None, float]]], p
     right.set(xlabel="epoch", ylabel="entries changed in the epoch", title="label changes")
     right.set_yscale("symlog")
     left.legend(fontsize=7)
-    _save(fig, path)
+    _save(fig, path, epochs=True)
     return True
