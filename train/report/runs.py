@@ -59,7 +59,8 @@ class RunInfo:
         inputs = run.get("features") if linear else run.get("backbone")
         if not linear and run.get("weights") == "none":
             inputs = f"{inputs} (random init)"
-        regime = s.get("regime") or run.get("regime") or "?"
+        saved = self.config.get("regime")  # the resolved view, {"view", "kind"}
+        regime = s.get("regime") or (saved or {}).get("view") or run.get("regime") or "?"
         return {
             "dataset": s.get("dataset") or self.config.get("dataset"),
             "regime": regime,
