@@ -163,7 +163,7 @@ def metrics_csv(records: list[dict]) -> str:
     """metrics.jsonl's lines as CSV: one row per epoch, a column per number (nested keys joined
     with ``_``: ``train_loss``, ``val_mAP``, ``lr_head``), empty where a line lacks it."""
     rows = [dict(_flat(r, "")) for r in records]
-    columns = list(dict.fromkeys(k for row in rows for k in row))
+    columns = list(dict.fromkeys(["epoch", *(k for row in rows for k in row)]))  # epoch first
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)

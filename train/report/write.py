@@ -89,8 +89,9 @@ def draw_section(figures, section: Section, out: Path, slug: str, runs, all_runs
     for name in BASELINES:  # bce trains on the full labels: another regime, the same dataset
         for row in rows:
             same = str(row["dataset"]) == dataset and row["method"] == name and row is not best
-            if same and _label(row) not in series:
-                series[_label(row)] = mean_ap([finished[p] for p in row["paths"]])
+            label = _label(row) + ("" if row["regime"] == regime else f" ({row['regime']})")
+            if same and label not in series:
+                series[label] = mean_ap([finished[p] for p in row["paths"]])
     first = finished[best["paths"][0]]
     frequency, labels = shard_set_labels(first, section.notes)
     _draw(section, out, f"{slug}-per-class.png", f"Per class: test AP of the best method "
