@@ -53,7 +53,8 @@ def plot_curves(groups: dict[str, list[RunInfo]], path: Path) -> bool:
                 right.plot(epochs, _nan(loss), style, marker="o", ms=3, color=color, label=name)
     left.set(xlabel="epoch", ylabel="val mAP (%)", title="validation mAP")
     right.set(xlabel="epoch", ylabel="training loss", title="training loss")
-    left.legend(fontsize=7, ncol=2)
+    if drawn:
+        left.legend(fontsize=7, ncol=2)
     _save(fig, path, epochs=True)
     return drawn
 

@@ -56,7 +56,8 @@ def write_report(folders: list[str], out: str | Path, paper_numbers: bool = True
     for run in runs.runs:
         k = run.key()
         by_key.setdefault((str(k["dataset"]), str(k["regime"])), []).append(run)
-    for (dataset, regime), mine in sorted(by_key.items()):
+    # per dataset, the regime with the most runs first (the study's own, then bce's full labels)
+    for (dataset, regime), mine in sorted(by_key.items(), key=lambda kv: (kv[0][0], -len(kv[1]))):
         section = Section(f"{dataset}, {regime}")
         slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{dataset}-{regime}").strip("-")
         draw_section(figures, section, out, slug, mine, runs.runs, rows)
