@@ -15,7 +15,7 @@ DEMO_METHODS := an an-ls wan epr role em em-apl ll-r ll-ct ll-cp asl hill splc
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
-	$(PY) -c "import torch, torchvision, webdataset, pyarrow, timm, open_clip, click, tqdm, sklearn, nvidia.dali"
+	$(PY) -c "import torch, torchvision, webdataset, pyarrow, timm, open_clip, click, tqdm, sklearn, nvidia.dali, matplotlib"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -36,6 +36,8 @@ demo: $(STAMP)
 	# HSPNet smoke run: a tiny random-weight CLIP (no CLIP weights offline), 2 epochs at 32 px
 	$(PY) cli.py train --shards data/shards/digits --method hspnet --backbone wsml-tiny-clip --weights none -o image_size=32 --epochs 2 --batch-size 32 --out runs/demo/hspnet --overwrite
 	$(PY) cli.py leaderboard runs/demo
+	# The study's page: grouped leaderboard, curves, per class, PR curves, label state
+	$(PY) cli.py report runs/demo --out runs/demo/report
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -43,6 +43,7 @@ for command in (
     train_commands.train_command,
     train_commands.eval_command,
     train_commands.leaderboard_command,
+    train_commands.report_command,
     train_commands.methods_command,
 ):
     main.add_command(command)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from shards.clitools import DeviceType, RegistryChoice, choices, expected_errors, parse_kv
+from shards.errors import WsmlError
 
 
 @choices("method")
@@ -35,6 +36,7 @@ def _methods():
     "--batch-size", type=click.IntRange(min=1), help="Global batch (split over DDP ranks)."
 )
 @click.option("--seed", type=click.IntRange(min=0))
+@click.option("--seeds", help="Several seeds, e.g. 0,1,2: one run folder each, OUT-s0, OUT-s1, ….")
 @click.option("--out", type=click.Path(), help="Run folder [default: runs/METHOD-SETTING-SEED].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Start the run in --out again.")
@@ -46,7 +48,7 @@ def _methods():
 )  # debug: an interruption
 @click.option("-o", "opts", multiple=True, metavar="KEY=VALUE", help="Method or run option.")
 @expected_errors
-def train_command(opts, **options):
+def train_command(opts, seeds, **options):
     """Train a method on a shard set (torchrun for DDP); prints the selected epoch's scores.
 
     -o takes the method's options (`cli.py methods`; lr, batch_size, epochs, schedule, ema,
@@ -54,8 +56,17 @@ def train_command(opts, **options):
     image_size, loader, threshold, eval_batch_size, device, sweep_lrs, sweep_batches.
     """
     from train.run import create_run_config, run_train
+    from train.seeds import create_seed_configs, parse_seeds
 
-    run_train(create_run_config(options, parse_kv(opts), progress=True), echo=click.echo)
+    try:
+        many = parse_seeds(seeds)
+    except WsmlError as e:
+        raise click.BadParameter(str(e), param_hint="--seeds") from None
+    if many and options.get("seed") is not None:
+        raise click.UsageError("give --seed or --seeds, not both")
+    config = create_run_config(options, parse_kv(opts), progress=True)
+    for one in create_seed_configs(config, many) if many else [config]:
+        run_train(one, echo=click.echo)
 
 
 @click.command("eval")
@@ -81,6 +92,22 @@ def leaderboard_command(runs_dir):
 
     _, table = write_leaderboard(runs_dir)
     click.echo(table, nl=False)
+
+
+@click.command("report")
+@click.argument("runs_dirs", metavar="RUNS_DIR...", nargs=-1, required=True, type=click.Path())
+@click.option("--out", default="report", show_default=True, type=click.Path(), help="Folder.")
+@click.option("--paper-numbers/--no-paper-numbers", default=True, show_default=True,
+              help="The papers' test mAP and the difference, where they match.")  # fmt: skip
+@expected_errors
+def report_command(runs_dirs, out, paper_numbers):
+    """A static page of the runs under RUNS_DIR...: grouped leaderboard, learning curves, per-class
+    AP, precision-recall curves and label state against the truth; writes OUT/index.html (PNGs
+    beside it) and OUT/report.md, and prints the page's path."""
+    from train.report.write import write_report
+
+    path = write_report(list(runs_dirs), out, paper_numbers)
+    click.echo(str(path))
 
 
 @click.command("methods")

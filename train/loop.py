@@ -81,7 +81,7 @@ def fit_epochs(runs: list[Run], ctx: Context, on_epoch: EpochHook | None = None)
         t0 = time.perf_counter()
         logged = train_runs(live, ctx, epoch)
         for run, per_track in zip(live, logged, strict=True):
-            ended = end_epoch(run, ctx, epoch)
+            ended = {**end_epoch(run, ctx, epoch), **run.method.read_label_counts()}
             for i, scalars in enumerate(per_track):
                 scalars.update({k: v[i] if isinstance(v, list) else v for k, v in ended.items()})
         t1 = time.perf_counter()
@@ -224,9 +224,10 @@ def _track_lrs(run: Run, i: int) -> dict[str, float]:
 def write_best(run: Run, track: Track, results: dict[str, dict[str, Any]]) -> None:
     """A track's selected epoch: its summary and predictions (rank 0)."""
     plan = run.plan
-    if track.folder is run.folder:  # a run's own folder keeps the predictions
-        for split in ("val", "test"):
-            track.folder.write_predictions(split, results[split]["probs"].numpy())
+    # a run's own folder keeps val and test predictions; a sweep member test's (the sweep
+    # keeps its chosen member's, for the report's precision-recall curves)
+    for split in ("val", "test") if track.folder is run.folder else ("test",):
+        track.folder.write_predictions(split, results[split]["probs"].numpy())
     meta = track.meta or {
         "method": plan.config.method,
         "setting": plan.config.setting,

@@ -4,6 +4,8 @@
 runs/NAME/
   config.json           the resolved config (run settings, method config, dataset, classes, …)
   metrics.jsonl         one line per epoch: train losses, val/test (and EMA) metrics, times
+  summary.csv           the same, one row per epoch with flat column names (train_loss,
+                        val_mAP, test_CF1, …), for spreadsheets and pandas (timm's summary.csv)
   summary.json          the selected epoch (best validation mAP), its val and test metrics,
                         per-class test APs
   predictions/{val,test}.npy   probabilities (N, L) float32 of the selected epoch, row order
@@ -15,6 +17,7 @@ runs/NAME/
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -40,6 +43,7 @@ from train.integrity import check_identity
 FORMAT = "wsml-run"
 VERSION = 1
 CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
+SUMMARY_CSV = "summary.csv"
 LAST, BEST = "checkpoint-last.pt", "checkpoint-best.pt"
 PREDICTIONS = "predictions"
 MEMBERS = "members"  # a sweep's configurations (train/sweep.py)
@@ -104,7 +108,7 @@ class RunFolder:
     def start(self, config: dict) -> None:
         """A fresh run: clear what a previous one left (--overwrite) and write config.json."""
         self.path.mkdir(parents=True, exist_ok=True)
-        for name in (METRICS, SUMMARY, LAST, BEST):
+        for name in (METRICS, SUMMARY_CSV, SUMMARY, LAST, BEST):
             (self.path / name).unlink(missing_ok=True)
         for sub in (PREDICTIONS, MEMBERS):
             shutil.rmtree(self.path / sub, ignore_errors=True)
@@ -119,6 +123,7 @@ class RunFolder:
     def write_metrics(self, records: list[dict]) -> None:
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
         write_bytes_atomic(self.path / METRICS, text.encode())
+        write_bytes_atomic(self.path / SUMMARY_CSV, metrics_csv(records).encode())
 
     def append_metrics(self, record: dict) -> None:
         self.write_metrics([*self.read_metrics(), record])
@@ -139,6 +144,17 @@ class RunFolder:
     def write_predictions(self, split: str, probs: np.ndarray) -> None:
         (self.path / PREDICTIONS).mkdir(exist_ok=True)
         write_array(self.path / PREDICTIONS / f"{split}.npy", probs.astype(np.float32))
+
+    def keep_member_predictions(self, chosen: str) -> None:
+        """A sweep's end: the chosen member's test predictions become the sweep's own (its
+        selected epoch's); the other members' are removed (one member's are kept, not M)."""
+        members = self.path / MEMBERS
+        mine = members / chosen / PREDICTIONS
+        if mine.is_dir():
+            shutil.rmtree(self.path / PREDICTIONS, ignore_errors=True)
+            os.replace(mine, self.path / PREDICTIONS)
+        for other in members.glob(f"*/{PREDICTIONS}"):
+            shutil.rmtree(other, ignore_errors=True)
 
     def save_checkpoint(self, state: dict[str, Any], best: bool) -> None:
         last = self.path / LAST
@@ -161,6 +177,28 @@ class RunFolder:
         if not path.is_file():
             raise WsmlError(f"{path} is missing")
         return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def metrics_csv(records: list[dict]) -> str:
+    """metrics.jsonl's lines as CSV: one row per epoch, a column per number (nested keys joined
+    with ``_``: ``train_loss``, ``val_mAP``, ``lr_head``), empty where a line lacks it."""
+    rows = [dict(_flat(r, "")) for r in records]
+    columns = list(dict.fromkeys(["epoch", *(k for row in rows for k in row)]))  # epoch first
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if row.get(c) is None else row[c] for c in columns])
+    return out.getvalue()
+
+
+def _flat(obj: dict, prefix: str):
+    for key, value in obj.items():
+        name = f"{prefix}{key}".replace("/", "_")
+        if isinstance(value, dict):
+            yield from _flat(value, f"{name}_")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) or value is None:
+            yield name, value
 
 
 def _differences(saved: dict, config: dict, keys: list[str]) -> str:

@@ -266,5 +266,7 @@ def finish(plan: RunPlan, folder: RunFolder, tracks: list[Track]) -> dict[str, A
             for name, s in table.items()
         },
     }
+    folder.keep_member_predictions(pick.name)  # for the report's precision-recall curves
+    folder.keep_member_predictions(pick.name)  # for the report's precision-recall curves
     folder.write_summary(json_safe(summary))
     return summary

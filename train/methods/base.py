@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from pipelines.distributed import all_sum, ddp_scaled, gather_cat, global_sum, training_world
 from shards.errors import WsmlError
 from train.methods.config import MethodConfig
+from train.methods.label_state import LabelAudit, note_labels, read_label_counts
 from train.methods.registry import MethodInfo
 
 LOG_EPSILON = 1e-5  # Cole's neg_log(x) = -log(x + 1e-5), shared by Cole, Zhou and VLPL
@@ -36,6 +37,9 @@ class Method(nn.Module):
 
     uses_rows: ClassVar[bool] = False  # validate batch["row"] against num_rows
     stackable: ClassVar[bool] = True  # may run as stacked members (see above)
+    # Label changes the method reports (kind -> the label it gives: 1 positive, -1 negative),
+    # checked against the clean labels for diagnostics only (train/methods/audit.py).
+    label_changes: ClassVar[dict[str, int]] = {}
     members: int = 1
     check_every: int | None = None  # steps between finiteness checks (None: 1 on CPU, else 50)
 
@@ -68,14 +72,26 @@ class Method(nn.Module):
         if self.members > 1:
             batch = self.stack_batch(batch)
         self._check_batch(logits, batch, epoch, step)
-        out = self.compute(logits.float(), batch, epoch=epoch, step=step)
+        audit = LabelAudit.begin(self, batch)  # takes batch["full"] out of the loss's reach
+        out = self.compute(logits.float(), audit.batch, epoch=epoch, step=step)
         out, update = out if isinstance(out, tuple) else (out, None)
         # Logits too: LL-R would reject a NaN entry (topk ranks NaN first) and hide it.
         self.check_finite(out["loss"], logits, epoch=epoch, step=step)
         if self.training and torch.is_grad_enabled() and update is not None:
             with torch.no_grad():
-                self.commit(update, batch, epoch=epoch)
+                self.commit(update, audit.batch, epoch=epoch)
+        audit.end(self)
         return {k: (v if k == "loss" else v.detach()) for k, v in out.items()}
+
+    def note_labels(self, kind: str, changed: Tensor) -> None:
+        """Diagnostics: ``changed`` (N, L) bool marks the entries whose label this step set to
+        ``label_changes[kind]``; counted against the clean labels after the loss is computed."""
+        note_labels(self, kind, changed)
+
+    def read_label_counts(self) -> dict[str, Any]:
+        """The epoch's label-change counts (summed over ranks) as scalars, then reset: per kind
+        ``labels/KIND/changed``, ``…/right``, ``…/precision``; a list per member when stacked."""
+        return read_label_counts(self)
 
     def check_finite(self, loss: Tensor, *logits: Tensor, epoch: int, step: int) -> None:
         """Raise, naming method, epoch and step, when the loss (one value, or one per member) or

@@ -91,6 +91,7 @@ class EntropyMax(Method):
 
 class EntropyMaxApl(EntropyMax):
     uses_rows = True
+    label_changes = {"pseudo_negative": -1}  # every pseudo-negative held so far
 
     def __init__(self, info, config, num_rows, num_classes, *, observed=None, **kw):
         super().__init__(info, config, num_rows, num_classes)
@@ -106,6 +107,7 @@ class EntropyMaxApl(EntropyMax):
         p = torch.sigmoid(logits)
         s = self.pseudo[batch["row"].to(self.pseudo.device)].to(p.device)  # (N, L)
         labelled = (s >= 0) & observed_masks(batch, p)[1]
+        self.note_labels("pseudo_negative", labelled)
         s = s.clamp(min=0)
         soft = self.config.beta * (s * neg_log(p) + (1 - s) * neg_log(1 - p))
         loss = self.reduce(torch.where(labelled, soft, self.em_entries(p, batch)))

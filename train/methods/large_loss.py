@@ -83,6 +83,7 @@ def modified_count(
 
 class LargeLoss(Method):
     scheme: ClassVar[str] = "reject"
+    label_changes = {"rejected": 1}  # the large-loss assumption: a rejected entry is positive
 
     def __init__(self, info, config, num_rows, num_classes, **kw):
         super().__init__(info, config, num_rows, num_classes)
@@ -92,19 +93,25 @@ class LargeLoss(Method):
     def compute(self, logits, batch, *, epoch, step):
         cfg = self.config
         y = batch["observed"].to(logits.device)
+        held = None
         if self.scheme == "permanent":
-            y = torch.where(self.corrected_mask(batch["row"]), torch.ones_like(y), y)
+            held = self.corrected_mask(batch["row"]) & (y == 0)
+            y = torch.where(held, torch.ones_like(y), y)
         pos, unk = y == 1, y == 0
         base = F.binary_cross_entropy_with_logits(logits, pos.float(), reduction="none")
         world = training_world()  # the top-k is over the global batch (all ranks)
         entries = base.numel() // self.members * world  # one member's batch
         k = modified_count(self.scheme, epoch, entries, cfg.delta_rel, cfg.released)
         if k == 0:
+            if held is not None:
+                self.note_labels("corrected", held)
             return {"loss": self.reduce(base), "modified": self.reduce(base.new_zeros(base.shape))}
         every, mine = gather_batch(base.detach() * unk, self.members)
         every_unk, _ = gather_batch(unk.to(torch.uint8), self.members)
         chosen = self.select(every, every_unk.bool(), k)
         chosen = chosen.view(self.members, -1, base.shape[1])[:, mine].reshape(base.shape)
+        changed = chosen & unk if held is None else held | (chosen & unk)
+        self.note_labels(next(iter(self.label_changes)), changed)
         if self.scheme == "reject":
             other = torch.zeros_like(base)
         else:
@@ -161,11 +168,13 @@ class LargeLoss(Method):
 
 class LargeLossCorrectTemporary(LargeLoss):
     scheme = "temporary"
+    label_changes = {"corrected": 1}
 
 
 class LargeLossCorrectPermanent(LargeLoss):
     scheme = "permanent"
     uses_rows = True
+    label_changes = {"corrected": 1}  # every correction held so far (permanent) and new ones
 
 
 for _name, _factory, _delta, _summary, _flags in (

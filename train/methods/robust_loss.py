@@ -64,6 +64,8 @@ class Hill(Method):
 
 
 class Splc(Method):
+    label_changes = {"corrected": 1}
+
     def compute(self, logits, batch, *, epoch, step):
         cfg = self.config
         pos, unk, _ = observed_masks(batch, logits)
@@ -72,6 +74,7 @@ class Splc(Method):
         target = pos
         if epoch > cfg.change_epoch:
             target = pos | (unk & (p.detach() > cfg.tau))
+            self.note_labels("corrected", target & ~pos)
         y = target.float()
         pt = (1 - p) * y + p * (1 - y)
         terms = y * F.logsigmoid(z) + (1 - y) * F.logsigmoid(-z)

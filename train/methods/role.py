@@ -69,6 +69,7 @@ class Role(ColeLoss):
 
     uses_rows = True
     stackable = False  # a trainable estimator per member, with its own lr
+    label_changes = {"estimated_positive": 1}  # unknown entries the estimator puts at >= 0.5
 
     def __init__(self, info, config, num_rows, num_classes, *, observed=None, generator=None, **kw):
         super().__init__(info, config, num_rows, num_classes)
@@ -89,6 +90,8 @@ class Role(ColeLoss):
         # One gather of the estimator per step: each gather's backward fills a dense
         # (rows x L) gradient, ROLE's largest cost per step after Adam's dense update.
         batch = {**batch, "estimates": self.estimates(batch["row"])}
+        unknown = batch["observed"].to(batch["estimates"].device) == 0
+        self.note_labels("estimated_positive", unknown & (batch["estimates"].detach() >= 0.5))
         return super().compute(logits, batch, epoch=epoch, step=step)
 
     def entries(self, p, batch):

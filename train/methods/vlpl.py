@@ -85,6 +85,8 @@ def pseudo_labels(
 
 
 class EmPseudoLabel(Method):
+    label_changes = {"pseudo_positive": 1, "pseudo_negative": -1}
+
     def __init__(self, info, config, num_rows, num_classes, *, text_embeddings=None, **kw):
         super().__init__(info, config, num_rows, num_classes)
         text = F.normalize(text_embeddings.detach().float(), dim=1)
@@ -108,6 +110,8 @@ class EmPseudoLabel(Method):
             cfg.negative_fraction,
         )
         ppos, pneg = unk * (pl == 1).float(), unk * (pl == -1).float()
+        self.note_labels("pseudo_positive", ppos > 0)
+        self.note_labels("pseudo_negative", pneg > 0)
         rest = unk - ppos - pneg
         pseudo_pos = cfg.beta_pos * (0.9 * neg_log(p) + 0.1 * neg_log(1 - p))
         pseudo_neg = cfg.beta_neg * (0.1 * neg_log(p) + 0.9 * neg_log(1 - p))
