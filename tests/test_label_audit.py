@@ -109,9 +109,8 @@ def test_stacked_members_count_their_own(name, regime):
     z = [torch.randn(4, 5, generator=g) * 3 for _ in range(2)]
     for m, zi in zip(solo, z, strict=True):
         m(zi, batch_of(data, rows), epoch=6, step=0)
-    batch = {k: v.repeat(2, *([1] * (v.dim() - 1))) for k, v in batch_of(data, rows).items()}
-    batch["row"] = torch.cat([batch["row"][:4], batch["row"][4:] + 12])
-    stacked(torch.cat(z), batch, epoch=6, step=0)
+    # the stacked method lays the batch out member-major itself (Method.stack_batch)
+    stacked(torch.cat(z), batch_of(data, rows), epoch=6, step=0)
     alone = [m.read_label_counts() for m in solo]
     both = stacked.read_label_counts()
     assert sum(alone[0][k] for k in alone[0] if k.endswith("changed")) > 0
