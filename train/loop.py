@@ -20,6 +20,7 @@ from train.config import RunConfig
 from train.context import Context, cpu_threads
 from train.evaluate import epoch_record, evaluate_splits, predict, selected_summary
 from train.runfolder import Scalars, json_safe
+from train.untrained import score_untrained
 
 
 def train(config: RunConfig) -> dict[str, Any]:
@@ -48,6 +49,7 @@ def fit(run: Run, ctx: Context) -> dict[str, Any]:
 
 def fit_epochs(run: Run, ctx: Context, scalars: Scalars | None) -> dict[str, Any]:
     cfg, state = run.method.config, run.state
+    score_untrained(run, ctx)  # a method that trains nothing: epoch 0 only
     while state.epoch < cfg.epochs and state.stopped is None:
         epoch = state.epoch + 1
         t0 = time.perf_counter()

@@ -1,0 +1,33 @@
+"""A run of a method that trains nothing (``MethodInfo.trains`` False, e.g. clip-zeroshot):
+scored once, as epoch 0, selected and written like any epoch of a trained run."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from train.evaluate import epoch_record, evaluate_splits
+from train.runfolder import json_safe
+
+
+def score_untrained(run, ctx) -> None:
+    """Score val and test as epoch 0, record it, write the predictions, summary (with the
+    method's ``untrained_report``) and the checkpoint; a no-op once done (resume)."""
+    from train.loop import write_best
+
+    state = run.state
+    if run.method.info.trains or state.best_val > -float("inf"):
+        return
+    t0 = time.perf_counter()
+    results = evaluate_splits(
+        run.eval_models(), run.data, ctx, ("val", "test"), run.config.threshold
+    )
+    state.update(0, {name: r["val"]["mAP"] for name, r in results.items()}, run.method.config)
+    report: dict[str, Any] = run.method.untrained_report(run.data)
+    record = epoch_record(0, state, {}, report, results, (0.0, time.perf_counter() - t0))
+    if ctx.is_main:
+        run.folder.append_metrics(json_safe(record))
+        write_best(run, results[state.best_weights])
+        run.folder.write_summary(json_safe({**run.folder.read_summary(), **report}))
+        run.folder.save_checkpoint(run.checkpoint(), best=True)
+    ctx.barrier()
