@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +62,14 @@ def export_run(
     example = torch.zeros(2, 3, run.preset.size, run.preset.size)
     tmp = tmp_path_for(path)
     try:
-        if fmt == "torchscript":
-            with torch.no_grad():
-                torch.jit.trace(run.net, example, check_trace=False).save(str(tmp))
-        else:
-            _export_onnx(run, example, tmp)
+        with warnings.catch_warnings():  # the tracers' notes on shape checks made constant
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            if fmt == "torchscript":
+                with torch.no_grad():
+                    torch.jit.trace(run.net, example, check_trace=False).save(str(tmp))
+            else:
+                _export_onnx(run, example, tmp)
         sidecar = sidecar_of(run, fmt, path)
         write_bytes_atomic(Path(f"{path}.json"), (json.dumps(sidecar, indent=1) + "\n").encode())
         os.replace(tmp, path)
