@@ -238,3 +238,17 @@ def test_wrong_input_size_is_refused_before_training(tmp_path_factory, tmp_path)
     with pytest.raises(WsmlError, match=r"takes 32x32 images only; preset center48 makes 48x48"):
         train(config)
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_inference_module_folds_the_class_features(tiny):
+    """predict and export run the image tower and one product with constant class features:
+    the same logits, and no text tower in the exported graph."""
+    model = HspNet(tiny.model, tiny.tokenizer, CLASSES, GROUPS).eval()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        folded = model.inference_module()
+        assert torch.allclose(folded(x), model(x), atol=1e-5)
+        traced = torch.jit.trace(folded, x, check_trace=False)
+    names = [n for n, _ in traced.named_parameters()]
+    assert names and all(n.startswith("visual.") for n in names)
+    assert "token_embedding" not in traced.code

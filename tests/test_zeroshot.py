@@ -65,3 +65,15 @@ def test_zeroshot_resume_is_a_no_op_and_needs_a_clip_cache(shards, tmp_path):
         zeroshot(shards, tmp_path / "feat", features=FEAT)
     with pytest.raises(WsmlError, match="epochs must be 0"):
         zeroshot(shards, tmp_path / "e", method_options={"epochs": "2"})
+
+
+def test_zeroshot_through_the_cli(shards, tmp_path):
+    from click.testing import CliRunner
+
+    import cli
+
+    args = ["train", "--shards", shards, "--method", "clip-zeroshot", "--features", CLIP]
+    result = CliRunner().invoke(cli.main, [str(a) for a in [*args, "--out", tmp_path / "zs"]])
+    assert result.exit_code == 0, result.output
+    assert "best epoch 0 of 0" in result.output and "VLPL pseudo-positives" in result.output
+    assert "clip-zeroshot" in CliRunner().invoke(cli.main, ["methods"]).output

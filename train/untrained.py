@@ -31,3 +31,15 @@ def score_untrained(run, ctx) -> None:
         run.folder.write_summary(json_safe({**run.folder.read_summary(), **report}))
         run.folder.save_checkpoint(run.checkpoint(), best=True)
     ctx.barrier()
+
+
+def report_lines(summary: dict[str, Any]) -> list[str]:
+    """What train prints of an untrained run's report (clip-zeroshot's pseudo-label quality)."""
+    q = summary.get("vlpl_pseudo_labels")
+    if not q:
+        return []
+    return [
+        f"  VLPL pseudo-positives on train (s > {q['threshold']:g}, T {q['temperature']:g}): "
+        f"{q['pseudo_positives']} made, {q['clean_positives']} clean positives; precision "
+        f"{q['precision']:.2f}  recall {q['recall']:.2f}"
+    ]
