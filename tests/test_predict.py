@@ -213,6 +213,17 @@ def test_bad_input_is_refused_with_nothing_written(setup, tmp_path):
     assert_refused(invoke("export", "--run", no_ckpt), "no checkpoint")
     assert_refused(invoke("export", "--run", run, "--classes", 80), "10 classes", "80")
     assert_refused(invoke("predict", "--run", setup["toy"], bad, "--out", out), "'toy'", "rebuilt")
+    offline = tmp_path / "offline"  # a cache of pretrained weights this machine cannot get
+    shutil.copytree(run, offline)
+    config = json.loads((offline / "config.json").read_text())
+    config["run"]["features"] = "vit"
+    (offline / "config.json").write_text(json.dumps(config))
+    meta = json.loads((setup["shards"] / "embeddings" / TAG / "meta.json").read_text())
+    meta.update(model="ViT-B-32", pretrained="laion2b_s34b_b79k", weights_sha256="0" * 64)
+    vit = setup["shards"] / "embeddings" / "vit"
+    vit.mkdir(exist_ok=True)
+    (vit / "meta.json").write_text(json.dumps(meta))
+    assert_refused(invoke("predict", "--run", offline, bad, "--out", out), "--weights PATH")
     no_val = tmp_path / "no-val"
     shutil.copytree(run, no_val)
     (no_val / "predictions" / "val.npy").unlink()

@@ -68,6 +68,11 @@ def load_network(
     """The run's selected checkpoint as one network (``weights``: the file the feature cache's
     encoder was made with, when it was made with a local file)."""
     folder, saved, config = read_run(run_dir)
+    if config.sweep:
+        raise WsmlError(
+            f"{run_dir} is a --sweep run, which keeps no checkpoint: train its chosen member "
+            "alone (its lr and batch size are in summary.json) and use that run"
+        )
     if not (folder.path / BEST).is_file():
         raise WsmlError(f"{run_dir} has no checkpoint ({BEST}): the run has not finished an epoch")
     ckpt = folder.load_checkpoint(BEST)
