@@ -199,7 +199,9 @@ def test_bad_input_is_refused_with_nothing_written(setup, tmp_path):
     shutil.copytree(setup["images"], bad)
     (bad / "sub" / "broken.jpg").write_bytes(b"not a jpeg")
     run = setup["linear"]
-    assert_refused(invoke("predict", "--run", run, bad, "--out", out), "broken.jpg", "--on-bad")
+    args = ("predict", "--run", run, bad, "--out", out, "--threshold", "val-f1")
+    assert_refused(invoke(*args), "broken.jpg", "--on-bad")
+    assert not (run / "thresholds.json").exists()
     result = invoke("predict", "--run", run, bad, "--out", out, "--on-bad", "skip")
     assert result.exit_code == 0 and "skipped 1" in result.output and "broken.jpg" in result.output
     assert len(pq.read_table(out)) == 30

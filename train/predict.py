@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipelines.folder import list_images
 from shards.errors import WsmlError
 from train.inference import RunNetwork, load_network
-from train.thresholds import VAL_F1, get_thresholds
+from train.thresholds import VAL_F1, get_thresholds, store
 
 FORMATS = (".parquet", ".csv")
 SHOWN_ROWS = 5
@@ -86,18 +87,23 @@ def run_predict(
         raise WsmlError("predict takes image files or folders, or --shards DIR (not both)")
     if options.top_k < 0 or options.batch_size < 1:
         raise WsmlError("--top-k must be >= 0 and --batch-size positive")
+    paths = list_images(images) if images else []
     run = load_network(run_dir, options.device, options.weights)
     if options.top_k > len(run.classes):
         raise WsmlError(f"--top-k {options.top_k}: the run has {len(run.classes)} classes")
-    threshold = get_thresholds(run, echo) if wanted == VAL_F1 else wanted or run.threshold
+    threshold, new = wanted or run.threshold, None
+    if wanted == VAL_F1:
+        threshold, new = get_thresholds(run)
     t0 = time.perf_counter()
     if shards:
         result = _predict_shards(run, shards, split, options)
     else:
-        result = _predict_files(run, images, options)
+        result = _predict_files(run, paths, options)
     result.seconds = time.perf_counter() - t0
     result.labels = label_names(result.probs, run.classes, threshold, options.top_k)
     write_predictions(path, result, run.classes)
+    if new is not None:
+        store(run, new, echo)
     result.out = path
     return result
 
@@ -118,10 +124,9 @@ def _forward(run: RunNetwork, batches: Iterator[dict], total: int) -> Iterator[t
     bar.close()
 
 
-def _predict_files(run: RunNetwork, images: Sequence[str], options: PredictOptions):
-    from pipelines.folder import FolderBatches, list_images
+def _predict_files(run: RunNetwork, paths: list[Path], options: PredictOptions):
+    from pipelines.folder import FolderBatches
 
-    paths = list_images(images)
     reader = FolderBatches(
         paths, run.preset, options.batch_size, torch.device(options.device), options.on_bad
     )

@@ -53,20 +53,25 @@ def fit_thresholds(
     return {"thresholds": dict(zip(classes, values, strict=True)), "global": kept}
 
 
-def get_thresholds(run, echo=None) -> np.ndarray:
-    """The run's per-class thresholds (L,), computed and stored the first time."""
+def get_thresholds(run) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """The run's per-class thresholds (L,), and the new record to store (:func:`store`) when
+    the run has none yet (stored only once the predictions are written)."""
     path = run.folder.path / THRESHOLDS
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if list(stored["thresholds"]) != run.classes:
-            raise WsmlError(f"{path} was made for other classes: delete it to compute it again")
-    else:
+    if not path.is_file():
         stored = create_thresholds(run)
-        write_bytes_atomic(path, (json.dumps(stored, indent=1) + "\n").encode())
-        if echo is not None:
-            for line in threshold_lines(stored, str(path)):
-                echo(line)
-    return np.array([stored["thresholds"][c] for c in run.classes], dtype=np.float32)
+        return np.array(list(stored["thresholds"].values()), dtype=np.float32), stored
+    stored = json.loads(path.read_text())
+    if list(stored["thresholds"]) != run.classes:
+        raise WsmlError(f"{path} was made for other classes: delete it to compute it again")
+    return np.array([stored["thresholds"][c] for c in run.classes], dtype=np.float32), None
+
+
+def store(run, stored: dict[str, Any], echo) -> None:
+    """Write ``thresholds.json`` in the run folder and say what it holds."""
+    path = run.folder.path / THRESHOLDS
+    write_bytes_atomic(path, (json.dumps(stored, indent=1) + "\n").encode())
+    for line in threshold_lines(stored, str(path)):
+        echo(line)
 
 
 def create_thresholds(run) -> dict[str, Any]:
