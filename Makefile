@@ -38,7 +38,7 @@ demo: $(STAMP)
 	$(PY) cli.py leaderboard runs/demo
 	# Use a run: LL-Ct alone at the grid's pick (a sweep keeps no checkpoint), on four test images
 	$(PY) cli.py train --shards data/shards/digits --method ll-ct --features $(DEMO_FEATURES) --lr 1e-4 --batch-size 8 --out runs/use/ll-ct --overwrite
-	$(PY) cli.py predict --run runs/use/ll-ct $(addprefix data/raw/digits/val/digits_val_00000,1.jpg 2.jpg 3.jpg 4.jpg) --out runs/use/predictions.csv
+	$(PY) cli.py predict --run runs/use/ll-ct $(addprefix data/raw/digits/val/digits_val_00000,1.jpg 2.jpg 3.jpg 4.jpg) --out runs/use/predictions.csv --threshold val-f1
 
 test: $(STAMP)
 	$(PY) -m pytest -q
