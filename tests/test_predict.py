@@ -214,6 +214,14 @@ def test_bad_input_is_refused_with_nothing_written(setup, tmp_path):
     assert_refused(invoke("predict", "--run", no_ckpt, bad, "--out", out), "no checkpoint")
     assert_refused(invoke("export", "--run", no_ckpt), "no checkpoint")
     assert_refused(invoke("export", "--run", run, "--classes", 80), "10 classes", "80")
+    for name in ("linear", "e2e"):  # a config of 9 classes beside a checkpoint of 10
+        nine = tmp_path / f"nine-{name}"
+        shutil.copytree(setup[name], nine)
+        config = json.loads((nine / "config.json").read_text())
+        config["classes"] = config["classes"][:9]
+        (nine / "config.json").write_text(json.dumps(config))
+        assert_refused(invoke("export", "--run", nine), "9 classes")
+        assert not (nine / "model.pt").exists()
     assert_refused(invoke("predict", "--run", setup["toy"], bad, "--out", out), "'toy'", "rebuilt")
     offline = tmp_path / "offline"  # a cache of pretrained weights this machine cannot get
     shutil.copytree(run, offline)

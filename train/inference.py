@@ -102,7 +102,13 @@ def _e2e_network(config, saved, ckpt, ss) -> tuple[nn.Module, Preset]:
     info = get_method(config.method)
     mcfg = info.resolve(saved["dataset"], config.method_options)
     model, _ = build_model(config, dict(saved), ss, info, mcfg, weights="none")
-    model.load_state_dict(_state(ckpt))
+    try:
+        model.load_state_dict(_state(ckpt))
+    except RuntimeError as e:  # shapes that differ: another number of classes, another model
+        raise WsmlError(
+            f"the checkpoint does not fit the model of the run's config.json "
+            f"({len(saved['classes'])} classes): {' '.join(str(e).split())[:300]}"
+        ) from e
     preset = e2e_preset(config.preset, config.image_size, model.pretrained_cfg)
     return model, preset
 
