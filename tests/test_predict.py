@@ -18,7 +18,8 @@ import torch
 from click.testing import CliRunner
 
 import cli
-from models.cache import cache_clip
+from models.backbones import create_backbone
+from models.cache import cache_clip, cache_features
 from pipelines.folder import FolderBatches, list_images
 from shards.convert import convert
 from shards.demo import write_demo_data
@@ -51,12 +52,19 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     rng = np.random.default_rng(0)
     toy = {s: rng.normal(size=(len(ss.full_labels(s)), 8)) for s in ss.splits}
     write_cache(sh, "toy", toy, model="toy")
+    backbone, _ = create_backbone("test_resnet", weights="none")  # a local weights file
+    torch.save(backbone.state_dict(), base / "resnet.pt")
+    made = cache_features(
+        sh, backbone="test_resnet", weights=str(base / "resnet.pt"), preset="backbone",
+        image_size=32, device="cpu", backend="torch",
+    )  # fmt: skip
     common = dict(shards=str(sh), loader="torch", overwrite=True)
     opts = {"epochs": "2", "lr": "0.01"}
     runs = {
         "linear": RunConfig(method="an", features=TAG, method_options=opts, **common),
         "zeroshot": RunConfig(method="clip-zeroshot", features=TAG, **common),
         "toy": RunConfig(method="an", features="toy", method_options=opts, **common),
+        "file": RunConfig(method="an", features=made["tag"], method_options=opts, **common),
         "e2e": RunConfig(
             method="an",
             setting="e2e",
@@ -67,7 +75,7 @@ def setup(tmp_path_factory) -> dict[str, Path]:
             **common,
         ),  # fmt: skip
     }
-    out = {"shards": sh, "images": base / "images"}
+    out = {"shards": sh, "images": base / "images", "weights": base / "resnet.pt"}
     for name, config in runs.items():
         out[name] = base / "runs" / name
         train(RunConfig(**{**config.__dict__, "out": str(out[name])}))
@@ -244,3 +252,17 @@ def test_bad_input_is_refused_with_nothing_written(setup, tmp_path):
     assert not out.exists() and not list(tmp_path.glob("*.parquet*"))
     assert not (no_ckpt / "model.pt").exists() and not (run / "model.pt").exists()
     assert invoke("export", "--run", run, "--format", "tflite").exit_code == 2
+
+
+def test_a_cache_made_from_a_weights_file_needs_that_file(setup, tmp_path):
+    run, out = setup["file"], tmp_path / "p.parquet"
+    args = ("predict", "--run", run, "--shards", setup["shards"], "--out", out)
+    assert_refused(invoke(*args), "local weights file", "--weights PATH")
+    other, _ = create_backbone("test_resnet", weights="none")
+    torch.save(other.state_dict(), tmp_path / "other.pt")
+    assert_refused(invoke(*args, "--weights", tmp_path / "other.pt"), "not those")
+    assert not out.exists()
+    result = invoke(*args, "--weights", setup["weights"])
+    assert result.exit_code == 0, result.output
+    want = np.load(run / "predictions" / "test.npy")
+    np.testing.assert_allclose(probs_of(pq.read_table(out)), want, atol=1e-3, rtol=0)
