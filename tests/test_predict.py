@@ -115,7 +115,8 @@ def test_predict_on_a_folder_of_the_same_jpegs(setup, tmp_path):
     shards_out, folder_out = tmp_path / "s.parquet", tmp_path / "f.csv"
     run = setup["linear"]
     assert invoke("predict", "--run", run, "--shards", setup["shards"], "--out", shards_out)
-    result = invoke("predict", "--run", run, setup["images"], "--out", folder_out, "--top-k", 2)
+    args = ("predict", "--run", run, setup["images"], "--out", folder_out, "--top-k", 2)
+    result = invoke(*args, "--batch-size", 8)  # 30 images: decoded by worker processes
     assert result.exit_code == 0, result.output
     table = pcsv.read_csv(folder_out)
     paths = table.column("path").to_pylist()
@@ -209,8 +210,11 @@ def test_bad_input_is_refused_with_nothing_written(setup, tmp_path):
     run = setup["linear"]
     args = ("predict", "--run", run, bad, "--out", out, "--threshold", "val-f1")
     assert_refused(invoke(*args), "broken.jpg", "--on-bad")
+    assert_refused(invoke(*args, "--batch-size", 8), "broken.jpg")  # from a worker
     assert not (run / "thresholds.json").exists()
-    result = invoke("predict", "--run", run, bad, "--out", out, "--on-bad", "skip")
+    result = invoke(
+        "predict", "--run", run, bad, "--out", out, "--on-bad", "skip", "--batch-size", 8
+    )
     assert result.exit_code == 0 and "skipped 1" in result.output and "broken.jpg" in result.output
     assert len(pq.read_table(out)) == 30
     out.unlink()

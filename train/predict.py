@@ -126,10 +126,12 @@ def _forward(run: RunNetwork, batches: Iterator[dict], total: int) -> Iterator[t
 
 def _predict_files(run: RunNetwork, paths: list[Path], options: PredictOptions):
     from pipelines.folder import FolderBatches
+    from pipelines.loader import default_threads
 
     reader = FolderBatches(
-        paths, run.preset, options.batch_size, torch.device(options.device), options.on_bad
-    )
+        paths, run.preset, options.batch_size, torch.device(options.device), options.on_bad,
+        workers=default_threads(1) if len(paths) > options.batch_size else 0,
+    )  # fmt: skip
     names, probs = [], []
     for batch, p in _forward(run, iter(reader), len(paths)):
         names.extend(batch["path"])
