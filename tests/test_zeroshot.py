@@ -63,6 +63,9 @@ def test_zeroshot_resume_is_a_no_op_and_needs_a_clip_cache(shards, tmp_path):
 
     with pytest.raises(WsmlError, match="no class-text embeddings"):
         zeroshot(shards, tmp_path / "feat", features=FEAT)
+    with pytest.raises(WsmlError, match="--sweep does not apply"):
+        zeroshot(shards, tmp_path / "sweep", sweep=True)
+    assert not (tmp_path / "sweep").exists()
     with pytest.raises(WsmlError, match="epochs must be 0"):
         zeroshot(shards, tmp_path / "e", method_options={"epochs": "2"})
 

@@ -23,6 +23,7 @@ from train.context import Context
 from train.data import read_clip_text
 from train.methods import MethodInfo, config_dict, get_method
 from train.runfolder import require_tensorboard
+from train.untrained import check_untrained
 
 
 def resolve_regime(
@@ -118,6 +119,7 @@ def resolve(config: RunConfig, ctx: Context) -> tuple[RunConfig, dict[str, Any],
     config = dataclasses.replace(config, shards=str(ss.root.resolve()))
     info = get_method(config.method)
     info.check_setting(config.setting)
+    check_untrained(info, config)  # train/untrained.py: clip-zeroshot and --sweep
     if config.tensorboard:
         require_tensorboard()
     names = [f.name for f in dataclasses.fields(info.config)]

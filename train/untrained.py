@@ -10,6 +10,14 @@ from train.evaluate import epoch_record, evaluate_splits
 from train.runfolder import json_safe
 
 
+def check_untrained(info, config) -> None:
+    """A method that trains nothing has no lr x batch grid to sweep: refused before any work."""
+    if not info.trains and config.sweep:
+        from shards.errors import WsmlError
+
+        raise WsmlError(f"method {info.name} trains nothing: --sweep does not apply")
+
+
 def score_untrained(run, ctx) -> None:
     """Score val and test as epoch 0, record it, write the predictions, summary (with the
     method's ``untrained_report``) and the checkpoint; a no-op once done (resume)."""
