@@ -36,6 +36,9 @@ demo: $(STAMP)
 	# HSPNet smoke run: a tiny random-weight CLIP (no CLIP weights offline), 2 epochs at 32 px
 	$(PY) cli.py train --shards data/shards/digits --method hspnet --backbone wsml-tiny-clip --weights none -o image_size=32 --epochs 2 --batch-size 32 --out runs/demo/hspnet --overwrite
 	$(PY) cli.py leaderboard runs/demo
+	# Use a run: LL-Ct alone at the grid's pick (a sweep keeps no checkpoint), on four test images
+	$(PY) cli.py train --shards data/shards/digits --method ll-ct --features $(DEMO_FEATURES) --lr 1e-4 --batch-size 8 --out runs/use/ll-ct --overwrite
+	$(PY) cli.py predict --run runs/use/ll-ct $(addprefix data/raw/digits/val/digits_val_00000,1.jpg 2.jpg 3.jpg 4.jpg) --out runs/use/predictions.csv --threshold val-f1
 	# The study's page: grouped leaderboard, curves, per class, PR curves, label state
 	$(PY) cli.py report runs/demo --out runs/demo/report
 
@@ -54,4 +57,4 @@ bench: $(STAMP)
 	$(PY) cli.py bench shard
 
 clean-demo:
-	rm -rf data/raw/digits data/shards/digits runs/demo
+	rm -rf data/raw/digits data/shards/digits runs/demo runs/use

@@ -19,6 +19,7 @@ from models import commands as models_commands  # noqa: E402
 from pipelines import commands as pipelines_commands  # noqa: E402
 from shards import commands as shards_commands  # noqa: E402
 from train import commands as train_commands  # noqa: E402
+from train import use_commands  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,6 +46,8 @@ for command in (
     train_commands.leaderboard_command,
     train_commands.report_command,
     train_commands.methods_command,
+    use_commands.predict_command,
+    use_commands.export_command,
 ):
     main.add_command(command)
 for command in (

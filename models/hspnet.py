@@ -212,6 +212,11 @@ class HspNet(nn.Module):
         image = F.normalize(self.visual(images), dim=-1)
         return LOGIT_SCALE * image @ self.class_features().to(image.dtype).T
 
+    def inference_module(self) -> nn.Module:
+        """The same logits with the class features computed once (they depend on no image):
+        what predict runs and export folds into its graph."""
+        return FixedClassifier(self.visual, self.class_features().detach(), LOGIT_SCALE)
+
     def param_groups(self, config: Any) -> list[dict]:
         """Adam groups as the release's: weight matrices with weight decay, other parameters
         without, at ``config.lr``; the GCN's at ``config.gcn_lr``. The text tower is frozen."""
@@ -227,6 +232,19 @@ class HspNet(nn.Module):
             wd = config.weight_decay if decays else 0.0
             out.append({"params": params, "lr": lr, "weight_decay": wd, "name": name})
         return out
+
+
+class FixedClassifier(nn.Module):
+    """``scale`` x cos(image embedding, fixed class features): HSPNet at inference."""
+
+    def __init__(self, visual: nn.Module, classes: Tensor, scale: float):
+        super().__init__()
+        self.visual, self.scale = visual, scale
+        self.register_buffer("classes", classes)  # (L, D), unit norm
+
+    def forward(self, images: Tensor) -> Tensor:  # (N, 3, H, W) -> (N, L)
+        image = F.normalize(self.visual(images), dim=-1)
+        return self.scale * image @ self.classes.to(image.dtype).T
 
 
 def _text_dim(text: PromptTextEncoder) -> int:

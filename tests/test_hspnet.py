@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -230,6 +231,21 @@ def test_e2e_smoke_and_rescore(tmp_path_factory, tmp_path):
     assert ckpt["config"]["backbone"]["weights"] == "none"
     assert ckpt["config"]["run"]["preset"] == "clip224"
     assert torch.allclose(ckpt["model"]["parent_adj"], torch.tensor([[0.8, 0.0], [0.0, 0.8]]))
+    # used: predict gives the run's test predictions; the export (class features folded) the
+    # network's probabilities
+    from train.export import export_run, run_exported
+    from train.inference import load_network
+    from train.predict import PredictOptions, run_predict
+
+    out = tmp_path / "p.parquet"
+    got = run_predict(tmp_path / "run", out, PredictOptions(), shards=config.shards).probs
+    want = np.load(tmp_path / "run" / "predictions" / "test.npy")
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    path, _ = export_run(tmp_path / "run", "torchscript")
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        net = torch.sigmoid(load_network(tmp_path / "run").net(x)).numpy()
+    np.testing.assert_allclose(run_exported(path, x), net, atol=1e-5, rtol=0)
 
 
 def test_wrong_input_size_is_refused_before_training(tmp_path_factory, tmp_path):
@@ -238,3 +254,17 @@ def test_wrong_input_size_is_refused_before_training(tmp_path_factory, tmp_path)
     with pytest.raises(WsmlError, match=r"takes 32x32 images only; preset center48 makes 48x48"):
         train(config)
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_inference_module_folds_the_class_features(tiny):
+    """predict and export run the image tower and one product with constant class features:
+    the same logits, and no text tower in the exported graph."""
+    model = HspNet(tiny.model, tiny.tokenizer, CLASSES, GROUPS).eval()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        folded = model.inference_module()
+        assert torch.allclose(folded(x), model(x), atol=1e-5)
+        traced = torch.jit.trace(folded, x, check_trace=False)
+    names = [n for n, _ in traced.named_parameters()]
+    assert names and all(n.startswith("visual.") for n in names)
+    assert "token_embedding" not in traced.code

@@ -270,13 +270,14 @@ def test_registry_names_and_flags():
     assert set(METHODS.names()) == {
         "bce", "bce-ls", "an", "an-ls", "wan", "epr", "role", "iun", "iu", "pr",
         "em", "em-apl", "vlpl", "ll-r", "ll-ct", "ll-cp", "asl", "hill", "splc", "hspnet",
-        "pu-mlc", "oass",
+        "pu-mlc", "oass", "clip-zeroshot",
     }  # fmt: skip
     own = {i.name for i in METHODS if i.create_model is not None}
     assert own == {"hspnet", "pu-mlc", "oass"}
     assert all(get_method(n).settings == ("e2e",) for n in own)
     assert get_method("bce").regimes == ("full",) and get_method("iu").regimes == ("partial",)
     assert get_method("vlpl").needs_clip and get_method("iun").needs_full
+    assert [i.name for i in METHODS if not i.trains] == ["clip-zeroshot"]
     assert [i.name for i in METHODS if i.needs_full] == ["bce", "bce-ls", "iun"]
     assert get_method("em-apl").epoch_pass and get_method("ll-cp").per_sample_state
     assert get_method("role").trainable_state and get_method("role").needs_observed

@@ -26,6 +26,7 @@ from train.evaluate import epoch_record, evaluate_splits, predict, selected_summ
 from train.integrity import run_folder_lock
 from train.plan import plan_run
 from train.runfolder import TensorBoardLog, json_safe
+from train.untrained import score_untrained
 
 # (epoch, [(track, logged scalars, {weights: {split: scores}})], seconds) after every epoch
 EpochHook = Callable[[int, list[tuple[Track, dict, dict]], float], None]
@@ -52,6 +53,7 @@ def fit(run: Run, ctx: Context) -> dict[str, Any]:
     if run.plan.config.tensorboard and ctx.is_main:
         log = TensorBoardLog(run.folder.path, resume_epoch=run.state.epoch)
     try:
+        score_untrained(run, ctx)  # a method that trains nothing: epoch 0 only
         stopped = fit_epochs([run], ctx, None if log is None else _log_epoch(log))
     finally:
         if log is not None:

@@ -21,6 +21,7 @@ from train.integrity import check_steps, data_identity
 from train.methods import MethodConfig, MethodInfo, config_dict, get_method
 from train.runfolder import require_tensorboard
 from train.settings import Setting, get_setting
+from train.untrained import check_untrained
 
 RUN_FORMAT, RUN_VERSION = "wsml-run", 1
 SPLITS = ("train", "val", "test")
@@ -90,6 +91,7 @@ def plan_run(config: RunConfig, world_size: int | None = None) -> RunPlan:
     config = dataclasses.replace(config, shards=str(ss.root.resolve()))
     info = get_method(config.method)
     info.check_setting(config.setting)
+    check_untrained(info, config)  # train/untrained.py: clip-zeroshot and --sweep
     if config.tensorboard:
         require_tensorboard()
     names = [f.name for f in dataclasses.fields(info.config)]

@@ -80,6 +80,10 @@ def run_train(config: RunConfig, echo: Callable[[str], None]) -> dict[str, Any]:
             f"  {split:>4} mAP {m['mAP']:6.2f}  CF1 {m['CF1']:6.2f}  OF1 {m['OF1']:6.2f}  "
             f"CP {m['CP']:6.2f}  CR {m['CR']:6.2f}"
         )
+    from train.untrained import report_lines  # a method that trains nothing reports more
+
+    for line in report_lines(summary):
+        echo(line)
     echo(f"run folder: {config.run_dir}")
     return summary
 

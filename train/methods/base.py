@@ -219,6 +219,11 @@ class Method(nn.Module):
     ) -> dict[str, float]:
         return {}
 
+    def untrained_report(self, data) -> dict[str, Any]:
+        """What a method that trains nothing (``info.trains`` False) adds to its run's
+        summary, from the run's data (e.g. clip-zeroshot's pseudo-label quality)."""
+        return {}
+
     def extra_repr(self) -> str:
         return f"{self.name}, rows={self.num_rows}, classes={self.num_classes}"
 

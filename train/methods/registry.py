@@ -63,6 +63,7 @@ class MethodInfo:
     per_sample_state: bool = False  # label state indexed by batch["row"]
     epoch_pass: bool = False  # end_epoch wants predictions over the training split
     trainable_state: bool = False  # extra_parameters() is not empty
+    trains: bool = True  # False: no epochs; the loop scores the run once (clip-zeroshot)
     settings: tuple[str, ...] = SETTINGS  # linear (cached features) and/or e2e (images)
     create_model: Callable[[ModelSpec], nn.Module] | None = None  # the method's own model
     run_defaults: Mapping[str, Any] = field(default_factory=dict)  # e.g. backbone, preset

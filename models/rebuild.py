@@ -1,0 +1,101 @@
+"""The encoder that made an embedding cache, rebuilt from the cache's ``meta.json`` as a module
+(normalised NCHW float batch -> (N, D)) with its preprocessing, so a head trained on cached
+features applies to raw images (``cli.py predict``, ``cli.py export``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.cache_run import seeded
+from models.weights import NO_WEIGHTS, WeightsUnavailableError
+from pipelines.presets import PRESETS, Preset, center_crop_preset, get_preset
+from shards.errors import WsmlError
+
+INIT_SEED = 0  # models.cache.INIT_SEED: random weights ("none") are seeded the same way
+WEIGHTS_HINT = "pass the weights file the cache was made with: --weights PATH"
+
+
+class ClipImageEncoder(nn.Module):
+    """CLIP's image tower with the cache's L2 normalisation."""
+
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        self.visual = clip.visual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, H, W) -> (N, D)
+        return F.normalize(self.visual(x), dim=-1)
+
+
+class FeatureEncoder(nn.Module):
+    """A timm backbone's pooled features, L2-normalised when the cache is."""
+
+    def __init__(self, backbone: nn.Module, normalize: bool):
+        super().__init__()
+        self.backbone, self.normalize = backbone, normalize
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, H, W) -> (N, D)
+        x = self.backbone(x)
+        return F.normalize(x, dim=-1) if self.normalize else x
+
+
+def preset_of(preprocess: dict[str, Any]) -> Preset:
+    """The loader preset a cache recorded: a registered preset's geometry with the recorded
+    mean/std, or the encoder's own resize + centre crop."""
+    mean, std = tuple(preprocess["mean"]), tuple(preprocess["std"])
+    name = preprocess["preset"]
+    if name in PRESETS:
+        return dataclasses.replace(get_preset(name), mean=mean, std=std)
+    interp = preprocess.get("interpolation", "bicubic")
+    return center_crop_preset(int(preprocess["size"]), mean, std, interp, name=name)
+
+
+def create_cache_encoder(
+    meta: dict[str, Any], tag: str, weights: str | os.PathLike | None = None
+) -> tuple[nn.Module, Preset]:
+    """The encoder of cache ``tag`` (its ``meta``) in eval mode and its preprocessing; weights
+    as the cache had them (``none``: the same seeded random ones; a file: ``weights``, checked
+    against the recorded sha256). Fails before any work when that cannot be done."""
+    kind = meta.get("kind")
+    if kind not in ("clip", "features") or "preprocess" not in meta:
+        raise WsmlError(
+            f"cache {tag!r} was not made by cli.py cache-clip or cache-features (its meta.json "
+            "records no encoder), so its encoder cannot be rebuilt for raw images"
+        )
+    pretrained = meta["pretrained"]
+    if pretrained == "file" and weights is None:
+        raise WsmlError(
+            f"cache {tag!r} was made with a local weights file (sha256 "
+            f"{meta.get('weights_sha256')}): {WEIGHTS_HINT}"
+        )
+    source = os.fspath(weights) if pretrained == "file" else pretrained
+    try:
+        with seeded(INIT_SEED):
+            module, sha = _create(kind, meta, source)
+    except WeightsUnavailableError as e:
+        raise WsmlError(f"{e} (for cache {tag!r}: {WEIGHTS_HINT})") from e
+    want = meta.get("weights_sha256")
+    if want and sha and want != sha:
+        raise WsmlError(
+            f"the weights {source} (sha256 {sha[:12]}) are not those cache {tag!r} was made "
+            f"with (sha256 {want[:12]}): {WEIGHTS_HINT}"
+        )
+    return module.eval(), preset_of(meta["preprocess"])
+
+
+def _create(kind: str, meta: dict[str, Any], source: str) -> tuple[nn.Module, str | None]:
+    if kind == "clip":
+        from models.clip import create_clip
+
+        clip = create_clip(meta["model"], source, file_tag=meta.get("file_tag"))
+        return ClipImageEncoder(clip.model), clip.provenance.sha256
+    from models.backbones import create_backbone
+
+    weights = None if source not in (NO_WEIGHTS,) and meta["pretrained"] != "file" else source
+    backbone, info = create_backbone(meta["model"], weights=weights)
+    return FeatureEncoder(backbone, bool(meta.get("normalized"))), info.weights_sha256

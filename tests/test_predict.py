@@ -1,0 +1,272 @@
+"""``cli.py predict`` and ``cli.py export`` on a tiny shard set with a real CLIP cache (the
+random-weight tiny CLIP): a linear run on it, a zero-shot run and an e2e run (tiny ResNet,
+32 px). Predictions equal the runs' own, loose JPEGs give what their shards give, exports give
+the network's probabilities, and every bad input is refused with nothing written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+import torch
+from click.testing import CliRunner
+
+import cli
+from models.backbones import create_backbone
+from models.cache import cache_clip, cache_features
+from pipelines.folder import FolderBatches, list_images
+from shards.convert import convert
+from shards.demo import write_demo_data
+from shards.embeddings import write_cache
+from shards.shardset import open_shard_set
+from tests.conftest import assert_refused
+from train.config import RunConfig
+from train.export import run_exported
+from train.inference import load_network
+from train.loop import train
+from train.thresholds import best_f1_threshold
+
+TAG = "wsml-tiny-clip__none"
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli.main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict[str, Path]:
+    """Shards (train 60, val 30, test 30 images), the tiny CLIP cache, a toy cache no encoder
+    made, three runs, and the test split's JPEGs as loose files."""
+    base = tmp_path_factory.mktemp("predict")
+    write_demo_data(base / "raw", n_train=60, n_val=30, size=32)
+    convert("coco", base / "raw", base / "shards", {}, {}, workers=1, fsync=False)
+    sh = base / "shards"
+    cache_clip(sh, model="wsml-tiny-clip", pretrained="none", device="cpu", backend="torch")
+    ss = open_shard_set(sh)
+    rng = np.random.default_rng(0)
+    toy = {s: rng.normal(size=(len(ss.full_labels(s)), 8)) for s in ss.splits}
+    write_cache(sh, "toy", toy, model="toy")
+    backbone, _ = create_backbone("test_resnet", weights="none")  # a local weights file
+    torch.save(backbone.state_dict(), base / "resnet.pt")
+    made = cache_features(
+        sh, backbone="test_resnet", weights=str(base / "resnet.pt"), preset="backbone",
+        image_size=32, device="cpu", backend="torch",
+    )  # fmt: skip
+    common = dict(shards=str(sh), loader="torch", overwrite=True)
+    opts = {"epochs": "2", "lr": "0.01"}
+    runs = {
+        "linear": RunConfig(method="an", features=TAG, method_options=opts, **common),
+        "zeroshot": RunConfig(method="clip-zeroshot", features=TAG, **common),
+        "toy": RunConfig(method="an", features="toy", method_options=opts, **common),
+        "file": RunConfig(method="an", features=made["tag"], method_options=opts, **common),
+        "e2e": RunConfig(
+            method="an",
+            setting="e2e",
+            backbone="test_resnet",
+            weights="none",
+            image_size=32,
+            method_options={"epochs": "1", "lr": "0.01", "batch_size": "16"},
+            **common,
+        ),  # fmt: skip
+    }
+    out = {"shards": sh, "images": base / "images", "weights": base / "resnet.pt"}
+    for name, config in runs.items():
+        out[name] = base / "runs" / name
+        train(RunConfig(**{**config.__dict__, "out": str(out[name])}))
+    with tarfile.open(sh / "test-000000.tar") as tar:
+        for m in tar.getmembers():
+            if m.name.endswith(".jpg"):
+                (out["images"] / "sub").mkdir(parents=True, exist_ok=True)
+                (out["images"] / "sub" / Path(m.name).name).write_bytes(tar.extractfile(m).read())
+    return out
+
+
+def probs_of(table) -> np.ndarray:
+    return np.stack([table.column(c).to_numpy() for c in table.column_names if c[:2] == "p_"], 1)
+
+
+def test_predict_on_shards_equals_the_runs_predictions(setup, tmp_path):
+    ss = open_shard_set(setup["shards"])
+    for name, atol in (("e2e", 1e-6), ("linear", 1e-4)):  # linear: the cache is float16
+        out = tmp_path / f"{name}.parquet"
+        result = invoke("predict", "--run", setup[name], "--shards", setup["shards"], "--out", out)
+        assert result.exit_code == 0, result.output
+        assert "30 images in" in result.output and "images/s" in result.output
+        table = pq.read_table(out)
+        want = np.load(setup[name] / "predictions" / "test.npy")
+        np.testing.assert_allclose(probs_of(table), want, atol=atol, rtol=0)
+        assert table.column("row").to_pylist() == list(range(30))
+        assert table.column("key").to_pylist() == ss.label_table("test").column("key").to_pylist()
+        clean = [[ss.classes[c] for c in np.nonzero(r == 1)[0]] for r in ss.full_labels("test")]
+        assert [sorted(x) for x in table.column("clean_labels").to_pylist()] == [
+            sorted(x) for x in clean
+        ]
+        at_half = [sorted(ss.classes[c] for c in np.nonzero(p >= 0.5)[0]) for p in probs_of(table)]
+        assert [sorted(x) for x in table.column("labels").to_pylist()] == at_half
+
+
+def test_predict_on_a_folder_of_the_same_jpegs(setup, tmp_path):
+    shards_out, folder_out = tmp_path / "s.parquet", tmp_path / "f.csv"
+    run = setup["linear"]
+    assert invoke("predict", "--run", run, "--shards", setup["shards"], "--out", shards_out)
+    args = ("predict", "--run", run, setup["images"], "--out", folder_out, "--top-k", 2)
+    result = invoke(*args, "--batch-size", 8)  # 30 images: decoded by worker processes
+    assert result.exit_code == 0, result.output
+    table = pcsv.read_csv(folder_out)
+    paths = table.column("path").to_pylist()
+    assert [Path(p).stem for p in paths] == pq.read_table(shards_out).column("key").to_pylist()
+    probs = probs_of(table)
+    np.testing.assert_allclose(probs, probs_of(pq.read_table(shards_out)), atol=1e-6)
+    classes = open_shard_set(setup["shards"]).classes
+    top2 = [";".join(classes[c] for c in np.argsort(-p, kind="stable")[:2]) for p in probs]
+    assert table.column("labels").to_pylist() == top2
+    assert Path(paths[0]).name in result.output  # the first rows on the terminal
+
+
+def test_val_f1_thresholds_stored_once_and_reported(setup, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(setup["linear"], run)
+    result = invoke("predict", "--run", run, setup["images"], "--threshold", "val-f1",
+                    "--out", tmp_path / "p.parquet")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "on test: CF1" in result.output and "val positives" in result.output
+    stored = json.loads((run / "thresholds.json").read_text())
+    ss = open_shard_set(setup["shards"])
+    val, labels = np.load(run / "predictions" / "val.npy"), ss.full_labels("val") == 1
+    for c, name in enumerate(ss.classes):
+        t = stored["thresholds"][name]
+        if labels[:, c].sum() < 2:
+            assert name in stored["global"] and t == 0.5
+            continue
+        f1 = [2 * (labels[:, c] & (val[:, c] >= u)).sum() / ((val[:, c] >= u).sum() + labels[:, c].sum()) for u in [*val[:, c], 2.0]]  # fmt: skip
+        assert 2 * (labels[:, c] & (val[:, c] >= t)).sum() / (
+            (val[:, c] >= t).sum() + labels[:, c].sum()
+        ) == pytest.approx(max(f1))
+    before = (run / "thresholds.json").read_bytes()
+    again = invoke("predict", "--run", run, setup["images"], "--threshold", "val-f1",
+                   "--out", tmp_path / "p.parquet")  # fmt: skip
+    assert again.exit_code == 0 and "on test" not in again.output
+    assert (run / "thresholds.json").read_bytes() == before
+
+
+def test_best_f1_threshold_by_hand():
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.2])
+    positive = np.array([True, False, True, True, False])
+    # >= 0.6: tp 3, predicted 4, positives 3 -> F1 6/7 (>= 0.9: 2/4; >= 0.7: 4/6)
+    t, f1 = best_f1_threshold(scores, positive)
+    assert t == pytest.approx(0.4) and f1 == pytest.approx(6 / 7)
+
+
+@pytest.mark.parametrize("name", ["linear", "e2e"])
+def test_export_round_trips(setup, tmp_path, name):
+    run = load_network(setup[name])
+    x = next(iter(FolderBatches(list_images([setup["images"]]), run.preset, 64)))["image"]
+    want = torch.sigmoid(run.net(x)).detach().numpy()
+    if name == "e2e":  # the checkpoint's own test predictions, images in the same order
+        np.testing.assert_allclose(want, np.load(setup[name] / "predictions/test.npy"), atol=1e-6)
+    formats = ["torchscript"]
+    try:
+        import onnxruntime  # noqa: F401
+
+        formats.append("onnx")
+    except ImportError:
+        pass
+    for fmt in formats:
+        out = tmp_path / f"m.{'pt' if fmt == 'torchscript' else 'onnx'}"
+        result = invoke("export", "--run", setup[name], "--format", fmt, "--out", out)
+        assert result.exit_code == 0, result.output
+        np.testing.assert_allclose(run_exported(out, x), want, atol=1e-5, rtol=0)
+        sidecar = json.loads(Path(f"{out}.json").read_text())
+        assert sidecar["classes"] == run.classes
+        pre = sidecar["preprocessing"]
+        assert pre["size"] == 32 and pre["mean"] == list(run.preset.mean)
+        assert sidecar["thresholds"]["global"] == 0.5
+
+
+def test_zeroshot_run_predicts_and_exports(setup, tmp_path):
+    out = tmp_path / "z.parquet"
+    result = invoke(
+        "predict", "--run", setup["zeroshot"], "--shards", setup["shards"], "--out", out
+    )
+    assert result.exit_code == 0, result.output
+    want = np.load(setup["zeroshot"] / "predictions" / "test.npy")
+    # logits are 100 x cos: the float16 cache's rounding, times 100
+    np.testing.assert_allclose(probs_of(pq.read_table(out)), want, atol=5e-3)
+    result = invoke("export", "--run", setup["zeroshot"], "--out", tmp_path / "z.pt")
+    assert result.exit_code == 0, result.output
+
+
+def test_bad_input_is_refused_with_nothing_written(setup, tmp_path):
+    out = tmp_path / "p.parquet"
+    bad = tmp_path / "imgs"
+    shutil.copytree(setup["images"], bad)
+    (bad / "sub" / "broken.jpg").write_bytes(b"not a jpeg")
+    run = setup["linear"]
+    args = ("predict", "--run", run, bad, "--out", out, "--threshold", "val-f1")
+    assert_refused(invoke(*args), "broken.jpg", "--on-bad")
+    assert_refused(invoke(*args, "--batch-size", 8), "broken.jpg")  # from a worker
+    assert not (run / "thresholds.json").exists()
+    result = invoke(
+        "predict", "--run", run, bad, "--out", out, "--on-bad", "skip", "--batch-size", 8
+    )
+    assert result.exit_code == 0 and "skipped 1" in result.output and "broken.jpg" in result.output
+    assert len(pq.read_table(out)) == 30
+    out.unlink()
+    (tmp_path / "empty").mkdir()
+    assert_refused(invoke("predict", "--run", run, tmp_path / "empty", "--out", out), "no images")
+    no_ckpt = tmp_path / "no-ckpt"
+    shutil.copytree(run, no_ckpt)
+    (no_ckpt / "checkpoint-best.pt").unlink()
+    assert_refused(invoke("predict", "--run", no_ckpt, bad, "--out", out), "no checkpoint")
+    assert_refused(invoke("export", "--run", no_ckpt), "no checkpoint")
+    assert_refused(invoke("export", "--run", run, "--classes", 80), "10 classes", "80")
+    for name in ("linear", "e2e"):  # a config of 9 classes beside a checkpoint of 10
+        nine = tmp_path / f"nine-{name}"
+        shutil.copytree(setup[name], nine)
+        config = json.loads((nine / "config.json").read_text())
+        config["classes"] = config["classes"][:9]
+        (nine / "config.json").write_text(json.dumps(config))
+        assert_refused(invoke("export", "--run", nine), "9 classes")
+        assert not (nine / "model.pt").exists()
+    assert_refused(invoke("predict", "--run", setup["toy"], bad, "--out", out), "'toy'", "rebuilt")
+    offline = tmp_path / "offline"  # a cache of pretrained weights this machine cannot get
+    shutil.copytree(run, offline)
+    config = json.loads((offline / "config.json").read_text())
+    config["run"]["features"] = "vit"
+    (offline / "config.json").write_text(json.dumps(config))
+    meta = json.loads((setup["shards"] / "embeddings" / TAG / "meta.json").read_text())
+    meta.update(model="ViT-B-32", pretrained="laion2b_s34b_b79k", weights_sha256="0" * 64)
+    vit = setup["shards"] / "embeddings" / "vit"
+    vit.mkdir(exist_ok=True)
+    (vit / "meta.json").write_text(json.dumps(meta))
+    assert_refused(invoke("predict", "--run", offline, bad, "--out", out), "--weights PATH")
+    no_val = tmp_path / "no-val"
+    shutil.copytree(run, no_val)
+    (no_val / "predictions" / "val.npy").unlink()
+    args = ("predict", "--run", no_val, bad, "--out", out, "--threshold", "val-f1")
+    assert_refused(invoke(*args), "val-f1", "validation")
+    assert_refused(invoke("predict", "--run", run, bad, "--out", tmp_path / "p.txt"), ".csv")
+    assert_refused(invoke("predict", "--run", tmp_path, bad, "--out", out), "no config.json")
+    assert not out.exists() and not list(tmp_path.glob("*.parquet*"))
+    assert not (no_ckpt / "model.pt").exists() and not (run / "model.pt").exists()
+    assert invoke("export", "--run", run, "--format", "tflite").exit_code == 2
+
+
+def test_a_cache_made_from_a_weights_file_needs_that_file(setup, tmp_path):
+    run, out = setup["file"], tmp_path / "p.parquet"
+    args = ("predict", "--run", run, "--shards", setup["shards"], "--out", out)
+    assert_refused(invoke(*args), "local weights file", "--weights PATH")
+    other, _ = create_backbone("test_resnet", weights="none")
+    torch.save(other.state_dict(), tmp_path / "other.pt")
+    assert_refused(invoke(*args, "--weights", tmp_path / "other.pt"), "not those")
+    assert not out.exists()
+    result = invoke(*args, "--weights", setup["weights"])
+    assert result.exit_code == 0, result.output
+    want = np.load(run / "predictions" / "test.npy")
+    np.testing.assert_allclose(probs_of(pq.read_table(out)), want, atol=1e-3, rtol=0)

@@ -1,0 +1,228 @@
+"""``cli.py predict``: a run's network on image files, folders or a shard set's split, streamed
+with the run's evaluation preprocessing; a table of every class's probability and the labels
+predicted at a threshold (global, per class from validation, or the top K), written at once
+(Parquet, or CSV) when every image is done."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipelines.folder import list_images
+from shards.errors import WsmlError
+from train.inference import RunNetwork, load_network
+from train.thresholds import VAL_F1, get_thresholds, store
+
+FORMATS = (".parquet", ".csv")
+SHOWN_ROWS = 5
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    threshold: str | None = None  # a number, "val-f1", or None: the run's own
+    top_k: int = 0  # > 0: the K most probable classes instead of a threshold
+    batch_size: int = 32
+    device: str = "cpu"
+    on_bad: str = "fail"
+    weights: str | None = None  # the feature cache's weights file, when it was made with one
+    loader: str | None = None  # shard sets: None: the run's loader backend
+
+
+@dataclass
+class Predictions:
+    """What predict wrote: the table's columns before they became a file, and figures."""
+
+    names: list[str]  # image path or shard key per row
+    probs: np.ndarray  # (N, L) float32
+    labels: list[list[str]]
+    extra: dict[str, list] = field(default_factory=dict)  # row, clean_labels (shard sets)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    out: Path | None = None
+
+
+def check_out(out: str | os.PathLike) -> Path:
+    path = Path(out)
+    if path.suffix.lower() not in FORMATS:
+        raise WsmlError(f"--out {out}: expected a .parquet or .csv file name")
+    if not path.parent.is_dir():
+        raise WsmlError(f"--out {out}: folder {path.parent} does not exist")
+    return path
+
+
+def parse_threshold(text: str | None) -> float | str | None:
+    if text is None or text == VAL_F1:
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value < 1.0:
+        raise WsmlError(f"--threshold {text}: expected a number in (0, 1) or {VAL_F1}")
+    return value
+
+
+def run_predict(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    options: PredictOptions,
+    *,
+    images: Sequence[str] = (),
+    shards: str | None = None,
+    split: str = "test",
+    echo: Callable[[str], None] = print,
+) -> Predictions:
+    """Predict ``images`` (files and folders) or ``split`` of shard set ``shards``; writes
+    ``out`` (Parquet or CSV) once all are done. Bad input fails before any file is written."""
+    path, wanted = check_out(out), parse_threshold(options.threshold)
+    if bool(images) == bool(shards):
+        raise WsmlError("predict takes image files or folders, or --shards DIR (not both)")
+    if options.top_k < 0 or options.batch_size < 1:
+        raise WsmlError("--top-k must be >= 0 and --batch-size positive")
+    paths = list_images(images) if images else []
+    run = load_network(run_dir, options.device, options.weights)
+    if options.top_k > len(run.classes):
+        raise WsmlError(f"--top-k {options.top_k}: the run has {len(run.classes)} classes")
+    threshold, new = wanted or run.threshold, None
+    if wanted == VAL_F1:
+        threshold, new = get_thresholds(run)
+    t0 = time.perf_counter()
+    if shards:
+        result = _predict_shards(run, shards, split, options)
+    else:
+        result = _predict_files(run, paths, options)
+    result.seconds = time.perf_counter() - t0
+    result.labels = label_names(result.probs, run.classes, threshold, options.top_k)
+    write_predictions(path, result, run.classes)
+    if new is not None:
+        store(run, new, echo)
+    result.out = path
+    return result
+
+
+def _progress(total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", disable=not sys.stderr.isatty(), leave=False)
+
+
+def _forward(run: RunNetwork, batches: Iterator[dict], total: int) -> Iterator[tuple[dict, Any]]:
+    bar = _progress(total)
+    with torch.inference_mode():
+        for batch in batches:
+            probs = torch.sigmoid(run.net(batch["image"]).float()).cpu()
+            bar.update(len(probs))
+            yield batch, probs
+    bar.close()
+
+
+def _predict_files(run: RunNetwork, paths: list[Path], options: PredictOptions):
+    from pipelines.folder import FolderBatches
+    from pipelines.loader import default_threads
+
+    reader = FolderBatches(
+        paths, run.preset, options.batch_size, torch.device(options.device), options.on_bad,
+        workers=default_threads(1) if len(paths) > options.batch_size else 0,
+    )  # fmt: skip
+    names, probs = [], []
+    for batch, p in _forward(run, iter(reader), len(paths)):
+        names.extend(batch["path"])
+        probs.append(p)
+    if not names:
+        raise WsmlError(f"none of the {len(paths)} images could be decoded: {reader.skipped}")
+    return Predictions(names, torch.cat(probs).numpy(), [], skipped=reader.skipped)
+
+
+def _predict_shards(run: RunNetwork, shards: str, split: str, options: PredictOptions):
+    from pipelines.loader import create_loader
+    from shards.shardset import open_shard_set
+
+    ss = open_shard_set(shards)
+    if list(ss.classes) != run.classes:
+        raise WsmlError(f"{shards} has other classes than the run ({len(run.classes)} classes)")
+    n = int(ss.split(split)["num_samples"])
+    loader = create_loader(
+        ss, split, regime="full", batch_size=options.batch_size, preset=run.preset, rank=0,
+        world_size=1, device=options.device, train=False,
+        backend=options.loader or run.config.loader,
+    )  # fmt: skip
+    probs = np.zeros((n, len(run.classes)), dtype=np.float32)
+    for batch, p in _forward(run, iter(loader), n):
+        keep = batch["valid"].cpu()
+        probs[batch["row"].cpu()[keep].numpy()] = p[keep].numpy()
+    table = ss.label_table(split)
+    keys = table.column("key").to_pylist()
+    full = ss.full_labels(split)
+    clean = [[c for c, v in zip(run.classes, r, strict=True) if v == 1] for r in full]
+    extra = {"row": list(range(n)), "clean_labels": clean}
+    return Predictions(keys, probs, [], extra=extra)
+
+
+def label_names(
+    probs: np.ndarray, classes: list[str], threshold: float | np.ndarray, top_k: int
+) -> list[list[str]]:
+    """Each row's predicted classes, most probable first: the top ``top_k``, or those at or
+    above ``threshold`` (a number or one per class)."""
+    order = np.argsort(-probs, axis=1, kind="stable")
+    if top_k:
+        return [[classes[c] for c in row[:top_k]] for row in order]
+    above = probs >= np.asarray(threshold, dtype=np.float32)
+    return [[classes[c] for c in row if above[i, c]] for i, row in enumerate(order)]
+
+
+def write_predictions(path: Path, result: Predictions, classes: list[str]) -> None:
+    """The table, written to a temporary name and renamed: never a half-written file."""
+    import pyarrow as pa
+
+    from shards.fileio import tmp_path_for
+
+    name = "key" if "row" in result.extra else "path"
+    columns: dict[str, Any] = {name: result.names}
+    if "row" in result.extra:
+        columns["row"] = pa.array(result.extra["row"], pa.int64())
+    for c, cls in enumerate(classes):
+        columns[f"p_{cls}"] = pa.array(result.probs[:, c], pa.float32())
+    columns["labels"] = result.labels
+    if "clean_labels" in result.extra:
+        columns["clean_labels"] = result.extra["clean_labels"]
+    table = pa.table(columns)
+    tmp = tmp_path_for(path)
+    if path.suffix.lower() == ".csv":
+        import pyarrow.csv as pcsv
+
+        lists = [n for n in ("labels", "clean_labels") if n in columns]
+        for n in lists:
+            joined = [";".join(v) for v in columns[n]]
+            table = table.set_column(table.schema.get_field_index(n), n, pa.array(joined))
+        pcsv.write_csv(table, tmp)
+    else:
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def predict_lines(result: Predictions) -> list[str]:
+    """A short table of the first rows, then the figures."""
+    n = len(result.names)
+    width = min(40, max(len(Path(x).name) for x in result.names[:SHOWN_ROWS]))
+    lines = []
+    for i in range(min(n, SHOWN_ROWS)):
+        shown = ", ".join(result.labels[i]) or "-"
+        lines.append(f"{Path(result.names[i]).name[-width:]:<{width}}  {shown}")
+    if n > SHOWN_ROWS:
+        lines.append(f"... {n - SHOWN_ROWS} more")
+    rate = n / result.seconds if result.seconds else 0.0
+    lines.append(f"{n} images in {result.seconds:.1f}s ({rate:.1f} images/s) -> {result.out}")
+    if result.skipped:
+        lines.append(f"skipped {len(result.skipped)} that could not be decoded:")
+        lines.extend(f"  {p}" for p in result.skipped)
+    return lines

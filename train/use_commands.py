@@ -1,0 +1,58 @@
+"""The commands that use a trained run: ``predict`` and ``export`` (their logic lives in
+train/predict.py and train/export.py)."""
+
+from __future__ import annotations
+
+import click
+
+from shards.clitools import expected_errors
+
+
+@click.command("predict")
+@click.argument("images", nargs=-1, type=click.Path())
+@click.option("--run", "run_dir", required=True, type=click.Path(), help="Run folder.")
+@click.option("--shards", type=click.Path(), help="A shard set instead of images.")
+@click.option("--split", default="test", show_default=True, help="With --shards.")
+@click.option("--out", default="preds.parquet", show_default=True, help=".parquet or .csv")
+@click.option("--threshold", help="A probability, or val-f1 [default: the run's, 0.5].")
+@click.option("--top-k", default=0, help="Label each image with its K most probable classes.")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--on-bad", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+    help="An image that cannot be decoded: stop, or go on and list it.",
+)  # fmt: skip
+@click.option("--weights", type=click.Path(), help="Linear runs: the cache encoder's weights file.")
+@expected_errors
+def predict_command(images, run_dir, shards, split, out, **options):
+    """Label IMAGES (files, folders searched for JPEG/PNG) or a shard set's split with a run:
+    every class's probability and the predicted labels, in a Parquet or CSV table."""
+    from train.predict import PredictOptions, predict_lines, run_predict
+
+    result = run_predict(
+        run_dir, out, PredictOptions(**options), images=images, shards=shards, split=split,
+        echo=click.echo,
+    )  # fmt: skip
+    for line in predict_lines(result):
+        click.echo(line)
+
+
+@click.command("export")
+@click.option("--run", "run_dir", required=True, type=click.Path(), help="Run folder.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["torchscript", "onnx"]), default="torchscript",
+    show_default=True,
+)  # fmt: skip
+@click.option("--out", type=click.Path(), help="[default: RUN/model.pt or RUN/model.onnx]")
+@click.option("--classes", "num_classes", type=int, help="Fail unless the run has this many.")
+@click.option("--weights", type=click.Path(), help="Linear runs: the cache encoder's weights file.")
+@expected_errors
+def export_command(run_dir, fmt, out, num_classes, weights):
+    """Export a run's whole network (normalised float NCHW in, logits out) with a JSON sidecar:
+    classes, preprocessing, thresholds."""
+    from train.export import export_run
+
+    path, sidecar = export_run(run_dir, fmt, out, num_classes=num_classes, weights=weights)
+    pre = sidecar["preprocessing"]
+    click.echo(f"{fmt} model of {len(sidecar['classes'])} classes: {path} (sidecar {path}.json)")
+    click.echo(f"  input {pre['size']}x{pre['size']}: {pre['resize']}")
