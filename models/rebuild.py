@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.cache_run import seeded
 from models.weights import NO_WEIGHTS, WeightsUnavailableError
+from pipelines.distributed import seeded
 from pipelines.presets import PRESETS, Preset, center_crop_preset, get_preset
 from shards.errors import WsmlError
 

@@ -126,7 +126,10 @@ def plan_saved_run(run_dir: str, saved: dict, world_size: int = 1):
     fields = {k: v for k, v in saved["run"].items() if k in RUN_FIELDS}
     plan = plan_run(RunConfig(**fields, out=run_dir), world_size)
     if list(plan.classes) != saved["classes"]:
-        raise WsmlError(f"{plan.config.shards} no longer has the classes of {run_dir}")
+        raise WsmlError(
+            f"{plan.config.shards} no longer has the classes of {run_dir} (the run's "
+            f"{len(saved['classes'])} classes; the shard set has {len(plan.classes)})"
+        )
     if plan.feature_dim is not None and plan.feature_dim != saved.get("feature_dim"):
         raise WsmlError(
             f"features {plan.config.features!r} have dimension {plan.feature_dim}, the run was "
