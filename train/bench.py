@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from shards.errors import WsmlError
+from shards.lists import LabelLists
 from train import metrics
 from train.build import assemble
 from train.config import RunConfig
@@ -112,7 +113,7 @@ def paper_epoch(
     info = get_method(method)
     cfg = info.resolve(dataset_family("coco"), {"batch_size": str(batch), "lr": repr(lr)})
     n, classes = len(split["full"]), split["full"].shape[1]
-    obs = split["observed"] if info.needs_observed else None
+    obs = LabelLists.from_dense(split["observed"].numpy()) if info.needs_observed else None
     loss_fn = info.create(n, classes, cfg, observed=obs, generator=torch.Generator().manual_seed(0))
     loss_fn = loss_fn.to(dev)
     model = torch.nn.Linear(split["input"].shape[1], classes).to(dev)
@@ -271,8 +272,8 @@ class TrainSplit:
     def num_rows(self, split: str) -> int:
         return int(self.ss.split(split)["num_samples"])
 
-    def observed(self, split: str) -> torch.Tensor:
-        return torch.from_numpy(self.ss.observed_labels(self.view, split))
+    def observed(self, split: str) -> LabelLists:
+        return self.ss.observed_lists(self.view, split)
 
     @property
     def steps_per_epoch(self) -> int:

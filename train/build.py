@@ -164,7 +164,7 @@ def create_run_method(info, cfg, data, num_classes: int, text, seed: int, device
         data.num_rows("train"),
         num_classes,
         cfg,
-        observed=data.observed("train").cpu() if info.needs_observed else None,
+        observed=data.observed("train") if info.needs_observed else None,
         text_embeddings=text,
         generator=torch.Generator().manual_seed(seed),
     ).to(device)

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -241,26 +242,21 @@ def create_group(config, resolved, data, specs, folder, text, ctx) -> Group:
 def train_group(group: Group, data: FeatureData, epoch: int) -> None:
     """One epoch of a group's members, stepping together."""
     b, m_count = group.batch_size, group.size
-    train = data.splits["train"]
     n = data.num_rows("train")
-    dev = train["input"].device
-    perm = torch.randperm(n, generator=epoch_generator(group.members[0].seed, epoch)).to(dev)
+    dev = data.ctx.device
+    perm = torch.randperm(n, generator=epoch_generator(group.members[0].seed, epoch))
     offsets = torch.arange(m_count, device=dev).unsqueeze(1) * n  # member i's rows: i n + row
     live = [m.active for m in group.members]
     method = group.method
     method.train()
     method.start_epoch(epoch)
     totals: dict[str, Tensor] = {}  # each scalar's sum over the epoch, one per member
-    labels = [k for k in train if k != "input"]
     for s in range(n // b):
         rows = perm[s * b : (s + 1) * b]
-        x = train["input"][rows].float()  # (B, D): every member's batch
-        x = x.expand(m_count, *x.shape)
+        batch = member_batch(data, rows, m_count)  # every member's copy, member-major
+        rows = rows.to(dev)
+        x = batch.pop("input")[:b].expand(m_count, b, -1)  # (M, B, D): every member's batch
         logits = torch.baddbmm(group.bias, x, group.weight).view(m_count * b, -1)  # member-major
-        every = rows.repeat(m_count) if m_count > 1 else rows  # each member's copy of the batch
-        batch = {k: train[k][every] for k in labels}
-        if "embedding" in batch:
-            batch["embedding"] = batch["embedding"].float()
         batch["row"] = (offsets + rows).reshape(-1)
         factor = group.schedule.apply([], group.step)
         i = min(group.step, len(group.schedule.lr) - 1)
@@ -328,19 +324,29 @@ def end_group_epoch(group: Group, data: FeatureData, epoch: int) -> None:
         m.logged.update({k: v[i] if isinstance(v, list) else v for k, v in ended.items()})
 
 
+def member_batch(data: FeatureData, rows: Tensor, members: int) -> dict[str, Tensor]:
+    """The batch of ``rows`` (features from the memory map, labels made dense on the device),
+    its tensors repeated once per member (member-major), as each member's run would see it."""
+    batch = data.batch("train", rows)
+    batch.pop("row")
+    if members > 1:
+        batch = {k: (v if k == "input" else torch.cat([v] * members)) for k, v in batch.items()}
+    return batch
+
+
 @torch.no_grad()
 def member_probs(heads: list[tuple[Tensor, Tensor]], data: FeatureData, split: str) -> list[Tensor]:
     """Sigmoid scores of every head ((L, D) weight, (L,) bias) on a split, one matmul per chunk
     of rows; one (N, L) tensor per head."""
-    x = data.splits[split]["input"]
+    x = data.features[split]  # the memory map, read a chunk at a time
     weight = torch.cat([w for w, _ in heads])  # (H L, D)
     bias = torch.cat([b for _, b in heads])
     chunks = []
     for lo in range(0, len(x), EVAL_ROWS):
-        chunks.append(torch.sigmoid(torch.addmm(bias, x[lo : lo + EVAL_ROWS].float(), weight.T)))
-    probs = torch.cat(chunks).cpu()  # (N, H L)
-    classes = data.splits[split]["full"].shape[1]
-    return list(probs.view(len(x), -1, classes).unbind(1))
+        part = torch.from_numpy(np.array(x[lo : lo + EVAL_ROWS])).to(weight.device).float()
+        chunks.append(torch.sigmoid(torch.addmm(bias, part, weight.T)).cpu())
+    probs = torch.cat(chunks)  # (N, H L)
+    return list(probs.view(len(x), -1, data.num_classes).unbind(1))
 
 
 def evaluate_members(

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from shards.errors import WsmlError
+from shards.lists import LabelLists
 from shards.options import parse_value
 from shards.registry import Registry
 from shards.source import dataset_family
@@ -102,7 +103,7 @@ class MethodInfo:
         num_classes: int,
         config: MethodConfig | None = None,
         *,
-        observed: Tensor | None = None,
+        observed: LabelLists | None = None,
         text_embeddings: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> Method:
@@ -111,10 +112,13 @@ class MethodInfo:
         if not isinstance(config, self.config):
             raise WsmlError(f"method {self.name} takes a {self.config.__name__}, got {config!r}")
         if self.needs_observed:
-            if observed is None or tuple(observed.shape) != (num_rows, num_classes):
+            if not isinstance(observed, LabelLists) or (len(observed), observed.num_classes) != (
+                num_rows,
+                num_classes,
+            ):
                 raise WsmlError(
                     f"method {self.name} needs the training split's observed labels "
-                    f"({num_rows} x {num_classes}) at creation"
+                    f"(ragged, {num_rows} rows of {num_classes} classes) at creation"
                 )
         if self.needs_clip and (text_embeddings is None or len(text_embeddings) != num_classes):
             raise WsmlError(

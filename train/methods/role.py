@@ -77,7 +77,7 @@ class Role(ColeLoss):
         # logit(0.005); a linear-init run loads the linear phase's estimator instead.
         a = logit(0.6)
         init = (torch.rand(num_rows, num_classes, generator=generator) * 2 - 1) * a
-        obs = observed.detach().to("cpu")
+        obs = torch.from_numpy(observed.dense())  # dense by design: q is (rows, L) anyway
         init[obs == 1] = logit(0.995)
         init[obs == -1] = logit(0.005)
         self.estimator = nn.Parameter(init)  # (num_rows, L) logits
