@@ -12,8 +12,10 @@ import torch
 from torch import Tensor, nn
 
 from shards.errors import WsmlError
+from shards.lists import LabelLists
 from train import metrics
 from train.context import Context, evaluating
+from train.entry_metrics import evaluate_annotated
 from train.methods import gather_cat
 
 
@@ -44,12 +46,18 @@ def predict(
     return r, p
 
 
-def score(probs: Any, labels: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
+def score(probs: Any, labels: LabelLists | np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
     """mAP, CP/CR/CF1/OP/OR/OF1 and per-class AP (x 100). Labels with unknown entries (0, e.g.
-    Open Images) are scored with the OpenImages variant: annotated entries only."""
-    annotated_only = bool((labels == 0).any())
-    out = metrics.evaluate(probs, labels, threshold=threshold, annotated_only=annotated_only)
-    out["variant"] = "annotated" if annotated_only else "all"
+    Open Images) are scored with the OpenImages variant: annotated entries only, taken from the
+    ragged labels (no (N, L) label matrix); fully labelled sources the dense way."""
+    if not isinstance(labels, LabelLists):
+        labels = LabelLists.from_dense(labels)
+    if labels.has_unknown():
+        out = evaluate_annotated(probs, labels, threshold=threshold)
+        out["variant"] = "annotated"
+        return out
+    out = metrics.evaluate(probs, labels.dense(), threshold=threshold)
+    out["variant"] = "all"
     return out
 
 

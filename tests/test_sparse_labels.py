@@ -1,0 +1,153 @@
+"""Labels kept ragged from the table to the batch (issue 14): the sparse path gives exactly the
+dense path's batches, losses, label state and metrics; features read from a memory map give
+the in-memory numbers; frequency groups on a hand-made case."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.labels import DeviceLabels
+from shards.lists import LabelLists, Lists
+from tests.test_methods import CASES, ROWS, L, build, make_data, state_of
+from train import metrics
+from train.context import Context
+from train.data import FeatureData
+from train.entry_metrics import evaluate_annotated, frequency_groups, group_map
+from train.evaluate import score
+
+STEPS = ([0, 3, 5, 7], [1, 2, 4, 11], [6, 8, 9, 10])
+
+
+def source(regime: str, kind: str) -> dict[str, torch.Tensor]:
+    """make_data's split; ``kind="full"``: clean labels with every entry annotated (VOC-like),
+    ``"partial"``: clean labels with unknowns (OpenImages-like)."""
+    data = make_data(regime)
+    if kind == "full":
+        data["full"] = torch.where(data["full"] == 1, 1, -1).to(torch.int8)
+    return data
+
+
+def feature_data(data: dict[str, torch.Tensor]) -> FeatureData:
+    split = {
+        "input": torch.zeros(ROWS, 3, dtype=torch.float16),
+        "observed": LabelLists.from_dense(data["observed"].numpy()),
+        "full": LabelLists.from_dense(data["full"].numpy()),
+        "embedding": data["embedding"].to(torch.float16),
+    }
+    splits = {s: split for s in ("train", "val", "test")}
+    return FeatureData(splits, Context.create("cpu"), seed=0, batch_size=4)
+
+
+def dense_batch(data, rows) -> dict[str, torch.Tensor]:
+    """The batch as the dense (N, L) matrices gave it before labels were kept ragged."""
+    rows = torch.as_tensor(rows)
+    out = {k: data[k][rows] for k in ("full", "observed")}
+    out["embedding"] = data["embedding"].to(torch.float16)[rows].float()
+    out["row"] = rows
+    return out
+
+
+def run_steps(method, batch_of) -> list[float]:
+    """A few steps over epochs around warm-ups and epoch passes; the losses seen."""
+    g = torch.Generator().manual_seed(1)
+    losses = []
+    for epoch in (1, 2, 5, 6):
+        method.start_epoch(epoch)
+        for step, rows in enumerate(STEPS):
+            logits = torch.randn(len(rows), L, generator=g).requires_grad_()
+            out = method(logits, batch_of(rows), epoch=epoch, step=step)
+            out["loss"].backward()
+            method.after_backward()
+            losses.append(float(out["loss"].detach()))
+            with torch.no_grad():
+                for p in (p for grp in method.extra_parameters() for p in grp["params"]):
+                    p -= 0.5 * p.grad
+                    p.grad = None
+        if method.wants_epoch_pass(epoch):
+            probs = torch.rand(ROWS, L, generator=g)
+            method.end_epoch(epoch, (torch.randperm(ROWS, generator=g), probs))
+    return losses
+
+
+@pytest.mark.parametrize("kind", ["full", "partial"])
+@pytest.mark.parametrize("name,regime", CASES)
+def test_sparse_batches_give_the_dense_losses_and_state(name, regime, kind):
+    data = source(regime, kind)
+    sparse = feature_data(data)
+    dense_method, _ = build(name, regime)
+    sparse_method, _ = build(name, regime)
+    want = run_steps(dense_method, lambda rows: dense_batch(data, rows))
+    got = run_steps(sparse_method, lambda rows: sparse.batch("train", torch.tensor(rows)))
+    assert got == want
+    a, b = state_of(dense_method), state_of(sparse_method)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_null_negatives_rows_are_fully_annotated():
+    """A Parquet row with null negatives (a fully annotated source) is negative everywhere
+    it is not positive, on the host and on the device alike."""
+    pos = Lists.from_rows([[0, 2], [1], [], [3]])
+    neg = Lists(np.array([0, 0, 1, 1, 1]), np.array([0]), np.array([False, True, False, True]))
+    labels = LabelLists(pos, neg, 4)
+    want = np.array([[1, -1, 1, -1], [-1, 1, 0, 0], [-1, -1, -1, -1], [0, 0, 0, 1]], np.int8)
+    assert np.array_equal(labels.dense(), want)
+    rows = torch.tensor([3, 0, 2, 1, 0])
+    assert np.array_equal(DeviceLabels(labels, torch.device("cpu")).dense(rows), want[rows])
+    positives, annotated = labels.class_counts()
+    assert positives.tolist() == [1, 1, 1, 1] and annotated.tolist() == [3, 3, 2, 3]
+    assert labels.has_unknown() and not LabelLists.from_dense(want[[0, 2]]).has_unknown()
+
+
+def random_case(seed: int, rows: int = 60, classes: int = 7):
+    rng = np.random.default_rng(seed)
+    y = rng.choice(np.array([-1, 0, 1], np.int8), size=(rows, classes), p=[0.3, 0.5, 0.2])
+    y[:, 3] = 0  # a class without annotations: skipped
+    y[:, 4] = np.where(y[:, 4] == 1, -1, y[:, 4])  # annotated, no positive: AP 0
+    probs = rng.random((rows, classes)).astype(np.float32).round(1)  # many ties
+    return y, probs
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_annotated_evaluation_equals_the_dense_variant(seed):
+    y, probs = random_case(seed)
+    got = evaluate_annotated(probs, LabelLists.from_dense(y), threshold=0.5)
+    want = metrics.evaluate(probs, y, threshold=0.5, annotated_only=True)
+    assert np.array_equal(got.pop("AP"), want.pop("AP"), equal_nan=True)
+    assert got == want
+    full = np.where(y == 1, 1, -1).astype(np.int8)
+    a = score(probs, LabelLists.from_dense(full))
+    b = metrics.evaluate(probs, full)
+    assert a["variant"] == "all" and a["mAP"] == b["mAP"] and a["OF1"] == b["OF1"]
+
+
+def test_frequency_groups_on_a_hand_made_case():
+    # 10 classes; training positives per class, ties broken by class index
+    positives = np.array([5, 1, 9, 1, 0, 7, 3, 3, 2, 8])
+    groups = frequency_groups(positives)
+    assert [g.tolist() for g in groups] == [[4, 1], [3, 8], [6, 7], [0, 5], [9, 2]]
+    ap = np.array([10, 20, 30, 40, np.nan, 60, 70, 80, 90, 100], dtype=float)
+    assert group_map(ap, groups) == {"G1": 20.0, "G2": 65.0, "G3": 75.0, "G4": 35.0, "G5": 65.0}
+    assert [len(g) for g in frequency_groups(np.zeros(7))] == [1, 1, 2, 1, 2]
+
+
+def test_memory_mapped_features_give_the_in_memory_batches(tmp_path):
+    data = source("single-positive", "partial")
+    x = np.random.default_rng(0).normal(size=(ROWS, 3)).astype(np.float16)
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    built = {}
+    for name, feats in (("memory", torch.from_numpy(x)), ("mmap", mapped)):
+        split = {
+            "input": feats,
+            "observed": LabelLists.from_dense(data["observed"].numpy()),
+            "full": LabelLists.from_dense(data["full"].numpy()),
+        }
+        splits = {s: split for s in ("train", "val", "test")}
+        built[name] = FeatureData(splits, Context.create("cpu"), seed=3, batch_size=4, eval_rows=5)
+    for a, b in zip(*(d.train_batches(2) for d in built.values()), strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    chunks = [torch.cat([b["input"] for b in d.eval_batches("val")]) for d in built.values()]
+    assert torch.equal(chunks[0], chunks[1])
+    assert torch.equal(chunks[0], torch.from_numpy(x).float())
