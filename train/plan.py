@@ -23,6 +23,7 @@ from train.context import Context
 from train.data import read_clip_text
 from train.methods import MethodInfo, config_dict, get_method
 from train.runfolder import require_tensorboard
+from train.scale import check_scale
 
 
 def resolve_regime(
@@ -44,11 +45,11 @@ def resolve_regime(
     if view is None:
         view = default_view(ss, info, fraction)
     if view in ("full", "clean"):
-        kind = "partial" if bool((ss.full_labels("train") == 0).any()) else "full"
+        kind = "partial" if ss.full_lists("train").has_unknown() else "full"
     elif view in ss.regimes:
         kind = ss.regimes[view]["regime"]
     else:
-        ss.observed_labels(view, "train")  # raises, listing the views
+        ss.observed_lists(view, "train")  # raises, listing the views
         raise AssertionError("unreachable")
     info.check_regime(kind)
     return view, kind
@@ -131,6 +132,7 @@ def resolve(config: RunConfig, ctx: Context) -> tuple[RunConfig, dict[str, Any],
         )
     view, kind = resolve_regime(ss, info, config.regime, config.fraction)
     mcfg = info.resolve(ss.manifest["dataset"], method_opts)
+    check_scale(ss, info, mcfg, view)
     ctx.local_batch(mcfg.batch_size)
     clip = _clip_tag(ss, info, config)
     if clip is not None:

@@ -118,7 +118,7 @@ def evaluate_run(run_dir: str, split: str, which: str = "best") -> dict[str, Any
             raise WsmlError(f"{config.shards} no longer has the classes of {run_dir}")
         model, data = load_model(config, saved, ckpt, ss, ctx)
         _, probs = predict(model, data.eval_batches(split), ctx, data.num_rows(split))
-        result = score(probs.numpy(), data.labels(split), config.threshold)
+        result = score(probs.numpy(), data.labels(split), config.threshold, data.groups)
     finally:
         ctx.close()
     return {"epoch": ckpt["epoch"], "weights": ckpt["loop"]["best_weights"], **result}
@@ -166,6 +166,8 @@ def methods_lines() -> list[str]:
         flags = [f for f in ("needs_clip", "needs_full") if getattr(m, f)]
         if m.build_model is not None:
             flags.append("own model")
+        if m.dense_state:
+            flags.append("dense rows x classes state: not for large label spaces")
         if tuple(m.settings) != ("linear", "e2e"):
             flags.append(f"{'/'.join(m.settings)} only")
         extra = f" [{', '.join(flags)}]" if flags else ""

@@ -60,7 +60,8 @@ class MethodInfo:
     defaults_source: str = ""
     needs_full: bool = False  # reads batch["full"] (clean labels)
     needs_clip: bool = False  # reads batch["embedding"]; create() needs text_embeddings
-    needs_observed: bool = False  # create() needs the training split's observed matrix
+    needs_observed: bool = False  # create() needs the training split's observed labels (ragged)
+    dense_state: bool = False  # state of rows x classes: does not scale to large label spaces
     per_sample_state: bool = False  # label state indexed by batch["row"]
     epoch_pass: bool = False  # end_epoch wants predictions over the training split
     trainable_state: bool = False  # extra_parameters() is not empty
@@ -111,6 +112,7 @@ class MethodInfo:
         config = self.resolve() if config is None else config
         if not isinstance(config, self.config):
             raise WsmlError(f"method {self.name} takes a {self.config.__name__}, got {config!r}")
+        self.method_class.check_size(num_rows, num_classes, config)
         if self.needs_observed:
             if not isinstance(observed, LabelLists) or (len(observed), observed.num_classes) != (
                 num_rows,
