@@ -151,3 +151,46 @@ def test_memory_mapped_features_give_the_in_memory_batches(tmp_path):
     chunks = [torch.cat([b["input"] for b in d.eval_batches("val")]) for d in built.values()]
     assert torch.equal(chunks[0], chunks[1])
     assert torch.equal(chunks[0], torch.from_numpy(x).float())
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    from tests.train_fixtures import get_shards
+
+    return get_shards(tmp_path_factory)
+
+
+def test_frequency_groups_in_a_run_and_the_leaderboard(shards, tmp_path):
+    from shards.shardset import open_shard_set
+    from tests.train_fixtures import FEAT, read_metrics, read_summary
+    from train.config import RunConfig
+    from train.leaderboard import write_leaderboard
+    from train.loop import train
+
+    out = tmp_path / "runs" / "an"
+    opts = {"epochs": "1", "lr": "0.01", "groups": "frequency"}
+    train(RunConfig(shards=str(shards), method="an", features=FEAT, out=str(out),
+                    method_options=opts))  # fmt: skip
+    ss = open_shard_set(shards)
+    groups = frequency_groups(ss.full_lists("train").class_counts()[0])
+    summary = read_summary(out)
+    ap = np.array([summary["test_ap"][c] for c in ss.classes])
+    assert summary["test"]["groups"] == pytest.approx(group_map(ap, groups))
+    assert set(read_metrics(out)[0]["val"]["groups"]) == {"G1", "G2", "G3", "G4", "G5"}
+    _, table = write_leaderboard(tmp_path / "runs")
+    assert table.splitlines()[2].endswith("| G1 | G2 | G3 | G4 | G5 |")
+
+
+def test_role_above_its_budget_refuses_before_any_work(shards, tmp_path):
+    from shards.errors import WsmlError
+    from tests.train_fixtures import FEAT
+    from train.config import RunConfig
+    from train.loop import train
+
+    opts = {"epochs": "1", "memory_budget_gb": "1e-6"}
+    config = RunConfig(shards=str(shards), method="role", features=FEAT,
+                       out=str(tmp_path / "r"), method_options=opts)  # fmt: skip
+    # 160 rows x 10 classes x 16 bytes = 25,600 bytes = 0.0000256 GB
+    with pytest.raises(WsmlError, match=r"role needs 2\.56e-05 GB .* 160 x 10 float32 matrix"):
+        train(config)
+    assert not (tmp_path / "r").exists()

@@ -18,6 +18,7 @@ from train.config import (
 )
 from train.context import Context
 from train.data import FeatureData, ImageData, e2e_preset, read_clip_text
+from train.entry_metrics import create_class_groups
 from train.methods import Method, MethodConfig, MethodInfo, ModelSpec, get_method
 from train.model import Ema, create_classifier
 from train.optim import Schedule, create_optimizer, create_schedule, param_groups
@@ -215,6 +216,12 @@ def assemble(
 
 
 def create_data(config, ss, mcfg, ctx, model=None) -> FeatureData | ImageData:
+    data = _read_data(config, ss, mcfg, ctx, model)
+    data.groups = create_class_groups(ss, config.groups)  # G1..G5 to report, or None
+    return data
+
+
+def _read_data(config, ss, mcfg, ctx, model=None) -> FeatureData | ImageData:
     if config.setting == "linear":
         return FeatureData.read(
             ss,

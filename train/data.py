@@ -79,6 +79,8 @@ class FeatureData:
     there. ``splits[split]`` holds ``input`` (N, D), ``observed`` and ``full`` (LabelLists,
     or int8 (N, L) matrices, made ragged) and optionally ``embedding`` (N, E)."""
 
+    groups = None  # classes of the frequency groups G1..G5 to report, or None
+
     def __init__(
         self,
         splits: dict[str, dict],
@@ -198,6 +200,8 @@ def _rows(arr: np.ndarray, idx: np.ndarray) -> Tensor:
 class ImageData:
     """Images through ``create_loader``: one loader per split, rebuilt per epoch by the loader
     itself from (seed, epoch, rank)."""
+
+    groups = None  # classes of the frequency groups G1..G5 to report, or None
 
     def __init__(
         self,

@@ -106,6 +106,14 @@ def frequency_groups(train_positives: np.ndarray) -> list[np.ndarray]:
     return [order[g * n // GROUPS : (g + 1) * n // GROUPS] for g in range(GROUPS)]
 
 
+def create_class_groups(ss, option: str = "") -> list[np.ndarray] | None:
+    """The frequency groups of a run (``-o groups=frequency``; by default on OpenImages only),
+    from the training split's clean positives; None for no groups."""
+    if option == "none" or (not option and not ss.manifest["dataset"].startswith("openimages")):
+        return None
+    return frequency_groups(ss.full_lists("train").class_counts()[0])
+
+
 def group_map(ap: np.ndarray, groups: list[np.ndarray]) -> dict[str, float | None]:
     """{"G1": mAP, …} from per-class APs (x 100, NaN: skipped); None for a group with no
     scored class."""

@@ -15,7 +15,7 @@ from shards.errors import WsmlError
 from shards.lists import LabelLists
 from train import metrics
 from train.context import Context, evaluating
-from train.entry_metrics import evaluate_annotated
+from train.entry_metrics import evaluate_annotated, group_map
 from train.methods import gather_cat
 
 
@@ -46,18 +46,23 @@ def predict(
     return r, p
 
 
-def score(probs: Any, labels: LabelLists | np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
+def score(
+    probs: Any, labels: LabelLists | np.ndarray, threshold: float = 0.5, groups=None
+) -> dict[str, Any]:
     """mAP, CP/CR/CF1/OP/OR/OF1 and per-class AP (x 100). Labels with unknown entries (0, e.g.
     Open Images) are scored with the OpenImages variant: annotated entries only, taken from the
-    ragged labels (no (N, L) label matrix); fully labelled sources the dense way."""
+    ragged labels (no (N, L) label matrix); fully labelled sources the dense way. ``groups``
+    (classes of G1..G5) adds ``groups``: {"G1": mAP, …}."""
     if not isinstance(labels, LabelLists):
         labels = LabelLists.from_dense(labels)
     if labels.has_unknown():
         out = evaluate_annotated(probs, labels, threshold=threshold)
         out["variant"] = "annotated"
-        return out
-    out = metrics.evaluate(probs, labels.dense(), threshold=threshold)
-    out["variant"] = "all"
+    else:
+        out = metrics.evaluate(probs, labels.dense(), threshold=threshold)
+        out["variant"] = "all"
+    if groups is not None:
+        out["groups"] = group_map(out["AP"], groups)
     return out
 
 
@@ -71,7 +76,7 @@ def evaluate_splits(
         for split in splits:
             n = data.num_rows(split)
             _, probs = predict(model, data.eval_batches(split), ctx, n)
-            result = score(probs.numpy(), data.labels(split), threshold)
+            result = score(probs.numpy(), data.labels(split), threshold, data.groups)
             result["probs"] = probs
             out[name][split] = result
     return out

@@ -15,6 +15,9 @@ COLUMNS = (
 )  # fmt: skip
 
 
+GROUP_COLUMNS = ("G1", "G2", "G3", "G4", "G5")  # frequency groups, rarest first, when reported
+
+
 def collect_runs(folder: str | Path) -> list[dict]:
     """Rows for every run folder directly under ``folder`` that has a summary.json."""
     root = Path(folder)
@@ -44,6 +47,7 @@ def collect_runs(folder: str | Path) -> list[dict]:
                 "test mAP": s["test"]["mAP"],
                 "CF1": s["test"].get("CF1"),
                 "OF1": s["test"].get("OF1"),
+                **(s["test"].get("groups") or {}),  # test mAP of G1..G5 (OpenImages)
             }
         )
     if not rows:
@@ -59,8 +63,9 @@ def format_table(rows: list[dict]) -> str:
             return f"{v:.0e}" if 0 < abs(v) < 0.01 else f"{v:.2f}"
         return str(v)
 
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell(r[c]) for c in COLUMNS) + " |" for r in rows]
+    columns = COLUMNS + tuple(g for g in GROUP_COLUMNS if any(g in r for r in rows))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 

@@ -36,6 +36,7 @@ from train.build import LoopState, create_run_method
 from train.config import RunConfig
 from train.context import Context, cpu_threads
 from train.data import FeatureData, epoch_generator, read_clip_text
+from train.entry_metrics import create_class_groups
 from train.evaluate import epoch_record, score, selected_summary
 from train.methods import Method, MethodConfig, get_method, stack_members
 from train.model import create_classifier
@@ -155,6 +156,7 @@ def train_sweep(config: RunConfig, ctx: Context) -> dict[str, Any]:
     data = FeatureData.read(
         ss, config.features, config.regime, ctx, clip=config.clip, seed=config.seed, batch_size=1
     )
+    data.groups = create_class_groups(ss, config.groups)
     text = None
     if info.needs_clip:
         text = torch.from_numpy(read_clip_text(ss, config.clip, info.name)).float()
@@ -369,7 +371,9 @@ def evaluate_members(
     for j, (m, weights) in enumerate(owners):
         per = results.setdefault(m.name, {}).setdefault(weights, {})
         for split in ("val", "test"):
-            per[split] = score(scored[split][j].numpy(), data.labels(split), config.threshold)
+            per[split] = score(
+                scored[split][j].numpy(), data.labels(split), config.threshold, data.groups
+            )
             per[split]["probs"] = scored[split][j]
     line: dict[str, Any] = {"epoch": epoch, "members": {}, "time": round(seconds, 3)}
     for g, i in active:
