@@ -194,3 +194,35 @@ def test_role_above_its_budget_refuses_before_any_work(shards, tmp_path):
     with pytest.raises(WsmlError, match=r"role needs 2\.56e-05 GB .* 160 x 10 float32 matrix"):
         train(config)
     assert not (tmp_path / "r").exists()
+
+
+def test_chunked_entry_evaluation_equals_the_in_memory_scores(tmp_path):
+    """A partially labelled split scored a chunk at a time from the memory map, keeping only
+    annotated entries (a run's model, the sweep's heads) equals scoring the whole matrix."""
+    from train.evaluate import evaluate_splits
+    from train.sweep import member_probs
+    from train.sweep_eval import score_heads
+
+    y, _ = random_case(2, rows=50, classes=L)
+    data = source("partial-p0.5", "partial")
+    data["full"] = torch.from_numpy(y)
+    x = np.random.default_rng(1).normal(size=(50, 3)).astype(np.float16)
+    np.save(tmp_path / "x.npy", x)
+    split = {
+        "input": np.load(tmp_path / "x.npy", mmap_mode="r"),
+        "observed": LabelLists.from_dense(y),
+        "full": LabelLists.from_dense(y),
+    }
+    fd = FeatureData({s: split for s in ("train", "val", "test")}, Context.create("cpu"),
+                     seed=0, batch_size=4, eval_rows=7)  # fmt: skip
+    fd.groups = frequency_groups(np.arange(L))
+    model = torch.nn.Linear(3, L)
+    probs = torch.sigmoid(model(torch.from_numpy(x).float())).detach()
+    want = evaluate_annotated(probs.numpy(), LabelLists.from_dense(y))
+    got = evaluate_splits({"model": model}, fd, fd.ctx, ("val",), 0.5)["model"]["val"]
+    assert "probs" not in got and got["variant"] == "annotated"
+    assert np.array_equal(got["AP"], want["AP"], equal_nan=True) and got["mAP"] == want["mAP"]
+    assert got["OF1"] == want["OF1"] and got["groups"] == group_map(want["AP"], fd.groups)
+    heads = [(model.weight.detach(), model.bias.detach())] * 2
+    for result in score_heads(heads, fd, "test", 0.5, member_probs):
+        assert np.array_equal(result["AP"], want["AP"], equal_nan=True)

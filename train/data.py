@@ -31,6 +31,7 @@ from shards.errors import WsmlError
 from shards.lists import LabelLists
 from shards.shardset import ShardSet
 from train.context import Context
+from train.entry_metrics import EntryIndex
 
 SPLITS = ("train", "val", "test")
 LINEAR_EVAL_ROWS = 4096
@@ -132,6 +133,10 @@ class FeatureData:
         """The split's clean labels, ragged (evaluation scores annotated entries from them)."""
         return self.label_lists[split]["full"].lists
 
+    def entry_index(self, split: str) -> EntryIndex:
+        """The split's annotated entries, made once (evaluation sized by annotations)."""
+        return _entry_index(self, split)
+
     def observed(self, split: str) -> LabelLists:
         return self.label_lists[split]["observed"].lists
 
@@ -178,6 +183,13 @@ class FeatureData:
             yield out
 
 
+def _entry_index(data, split: str) -> EntryIndex:
+    cache = data.__dict__.setdefault("_entry_indexes", {})
+    if split not in cache:
+        cache[split] = EntryIndex(data.labels(split))
+    return cache[split]
+
+
 def _as_array(x) -> np.ndarray:
     """A memory map or array as it is; a tensor as its numpy view (tests, the benchmark)."""
     return x.numpy() if isinstance(x, Tensor) else x
@@ -219,6 +231,7 @@ class ImageData:
         from pipelines.loader import create_loader
 
         self.ss, self.view, self.ctx, self.batch_size = ss, view, ctx, batch_size
+        self._labels: dict[str, LabelLists] = {}
         self.local = ctx.local_batch(batch_size)
         common = dict(
             regime=view,
@@ -243,7 +256,12 @@ class ImageData:
         return int(self.ss.split(split)["num_samples"])
 
     def labels(self, split: str) -> LabelLists:
-        return self.ss.full_lists(split)
+        if split not in self._labels:
+            self._labels[split] = self.ss.full_lists(split)
+        return self._labels[split]
+
+    def entry_index(self, split: str) -> EntryIndex:
+        return _entry_index(self, split)
 
     def observed(self, split: str) -> LabelLists:
         return self.ss.observed_lists(self.view, split)

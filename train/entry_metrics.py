@@ -47,18 +47,48 @@ def list_entries(labels: LabelLists) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return rows[order], cls[order], positive[order]
 
 
+class EntryIndex:
+    """A split's annotated entries (``list_entries``) and, per row, where its entries sit, so
+    scores can be kept entry by entry while a split is scored a chunk of rows at a time."""
+
+    def __init__(self, labels: LabelLists):
+        self.num_rows, self.num_classes = len(labels), labels.num_classes
+        self.rows, self.classes, self.positive = list_entries(labels)
+        self.by_row = np.argsort(self.rows, kind="stable")  # entries grouped by row
+        self.row_start = np.zeros(self.num_rows + 1, dtype=np.int64)
+        np.cumsum(np.bincount(self.rows, minlength=self.num_rows), out=self.row_start[1:])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def take(self, rows: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(entry positions, scores) of the annotated entries of ``rows`` from their (B, L)
+        scores: what a chunk of a split keeps."""
+        starts = self.row_start[rows]
+        lengths = self.row_start[rows + 1] - starts
+        local = np.repeat(np.arange(len(rows)), lengths)
+        first = np.cumsum(lengths) - lengths
+        at = self.by_row[np.repeat(starts - first, lengths) + np.arange(lengths.sum())]
+        return at, probs[local, self.classes[at]]
+
+
 def evaluate_annotated(probs: Any, labels: LabelLists, *, threshold: float = 0.5) -> dict:
     """mAP, the thresholded metrics and ``AP`` per class (x 100, NaN for a class without
-    annotated entries) over annotated entries only."""
+    annotated entries) over annotated entries only, from an (N, L) score matrix."""
     s = probs.detach().float().cpu().numpy() if hasattr(probs, "detach") else np.asarray(probs)
     if s.shape != (len(labels), labels.num_classes):
         raise WsmlError(f"scores {s.shape} and labels ({len(labels)}, {labels.num_classes}) differ")
-    rows, cls, positive = list_entries(labels)
-    entry = s[rows, cls]  # the annotated entries' scores, in their own dtype
+    index = EntryIndex(labels)
+    return evaluate_entries(index, s[index.rows, index.classes], threshold=threshold)
+
+
+def evaluate_entries(index: EntryIndex, entry: np.ndarray, *, threshold: float = 0.5) -> dict:
+    """The annotated variant from the annotated entries' scores alone (``index``'s order)."""
+    cls, positive = index.classes, index.positive
     if np.isnan(entry).any():
         raise WsmlError("scores contain NaN")
-    bounds = np.searchsorted(cls, np.arange(labels.num_classes + 1))
-    ap = np.full(labels.num_classes, np.nan)
+    bounds = np.searchsorted(cls, np.arange(index.num_classes + 1))
+    ap = np.full(index.num_classes, np.nan)
     for c in np.flatnonzero(np.diff(bounds)):
         lo, hi = bounds[c], bounds[c + 1]
         ap[c] = _entry_ap(entry[lo:hi], positive[lo:hi])

@@ -15,7 +15,7 @@ from shards.errors import WsmlError
 from shards.lists import LabelLists
 from train import metrics
 from train.context import Context, evaluating
-from train.entry_metrics import evaluate_annotated, group_map
+from train.entry_metrics import EntryIndex, evaluate_annotated, evaluate_entries, group_map
 from train.methods import gather_cat
 
 
@@ -46,6 +46,34 @@ def predict(
     return r, p
 
 
+def predict_entries(model: nn.Module, batches, ctx: Context, index: EntryIndex) -> np.ndarray:
+    """The scores of a split's annotated entries (``index``'s order), a batch at a time: no
+    (N, L) score matrix is kept. Every rank scores its share; the entries are gathered."""
+    at, values = [], []
+    with evaluating(model), ctx.autocast():
+        for batch in batches:
+            keep = batch["valid"]
+            probs = torch.sigmoid(model(batch["input"])[keep].float()).cpu().numpy()
+            a, v = index.take(batch["row"][keep].cpu().numpy(), probs)
+            at.append(torch.from_numpy(a))
+            values.append(torch.from_numpy(v))
+    a, v = gather_cat(torch.cat(at), torch.cat(values))
+    out = np.full(len(index), np.nan, dtype=np.float32)
+    out[a.numpy()] = v.numpy()
+    if len(a) != len(index) or len(np.unique(a.numpy())) != len(index):
+        raise WsmlError(f"evaluation scored {len(a)} annotated entries of {len(index)}")
+    return out
+
+
+def score_entries(index: EntryIndex, entries: np.ndarray, threshold: float, groups=None) -> dict:
+    """``score`` of a source with unknown labels from its annotated entries' scores alone."""
+    out = evaluate_entries(index, entries, threshold=threshold)
+    out["variant"] = "annotated"
+    if groups is not None:
+        out["groups"] = group_map(out["AP"], groups)
+    return out
+
+
 def score(
     probs: Any, labels: LabelLists | np.ndarray, threshold: float = 0.5, groups=None
 ) -> dict[str, Any]:
@@ -74,9 +102,15 @@ def evaluate_splits(
     for name, model in models.items():
         out[name] = {}
         for split in splits:
+            labels = data.labels(split)
+            if labels.has_unknown():  # sized by annotations: no (N, L) scores kept
+                index = data.entry_index(split)
+                entries = predict_entries(model, data.eval_batches(split), ctx, index)
+                out[name][split] = score_entries(index, entries, threshold, data.groups)
+                continue
             n = data.num_rows(split)
             _, probs = predict(model, data.eval_batches(split), ctx, n)
-            result = score(probs.numpy(), data.labels(split), threshold, data.groups)
+            result = score(probs.numpy(), labels, threshold, data.groups)
             result["probs"] = probs
             out[name][split] = result
     return out

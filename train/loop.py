@@ -131,7 +131,8 @@ def end_epoch(run: Run, ctx: Context, epoch: int) -> dict[str, float]:
 def write_best(run: Run, results: dict[str, dict[str, Any]]) -> None:
     """The selected epoch's summary and predictions (rank 0)."""
     for split in ("val", "test"):
-        run.folder.write_predictions(split, results[split]["probs"].numpy())
+        if "probs" in results[split]:  # none where scored by annotations (no (N, L) scores)
+            run.folder.write_predictions(split, results[split]["probs"].numpy())
     meta = {
         "method": run.config.method,
         "setting": run.config.setting,

@@ -37,12 +37,13 @@ from train.config import RunConfig
 from train.context import Context, cpu_threads
 from train.data import FeatureData, epoch_generator, read_clip_text
 from train.entry_metrics import create_class_groups
-from train.evaluate import epoch_record, score, selected_summary
+from train.evaluate import epoch_record, selected_summary
 from train.methods import Method, MethodConfig, get_method, stack_members
 from train.model import create_classifier
 from train.optim import Schedule, create_optimizer, create_schedule
 from train.plan import resolve
 from train.runfolder import RunFolder, Scalars, json_safe
+from train.sweep_eval import score_heads
 
 EVAL_ROWS = 4096
 ADAM_BETA2, ADAM_EPS = 0.999, 1e-8  # torch.optim.Adam's defaults, as create_optimizer uses
@@ -366,15 +367,15 @@ def evaluate_members(
         for weights in ("model", "ema") if g.ema is not None else ("model",):
             heads.append(g.head(i, ema=weights == "ema"))
             owners.append((g.members[i], weights))
-    scored = {split: member_probs(heads, data, split) for split in ("val", "test")}
+    scored = {
+        split: score_heads(heads, data, split, config.threshold, member_probs)
+        for split in ("val", "test")
+    }  # sized by annotations where labels are unknown (train/sweep_eval.py)
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for j, (m, weights) in enumerate(owners):
         per = results.setdefault(m.name, {}).setdefault(weights, {})
         for split in ("val", "test"):
-            per[split] = score(
-                scored[split][j].numpy(), data.labels(split), config.threshold, data.groups
-            )
-            per[split]["probs"] = scored[split][j]
+            per[split] = scored[split][j]
     line: dict[str, Any] = {"epoch": epoch, "members": {}, "time": round(seconds, 3)}
     for g, i in active:
         m = g.members[i]
