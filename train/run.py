@@ -167,7 +167,7 @@ def methods_lines() -> list[str]:
         if m.build_model is not None:
             flags.append("own model")
         if m.dense_state:
-            flags.append("dense rows x classes state: not for large label spaces")
+            flags.append("needs rows x classes memory: not for large label spaces")
         if tuple(m.settings) != ("linear", "e2e"):
             flags.append(f"{'/'.join(m.settings)} only")
         extra = f" [{', '.join(flags)}]" if flags else ""

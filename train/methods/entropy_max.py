@@ -229,6 +229,7 @@ for _entry in (
         needs_observed=True,
         per_sample_state=True,
         epoch_pass=True,
+        dense_state=True,  # its epoch pass ranks every unknown entry of the training split
     ),
 ):
     register_method(_entry)

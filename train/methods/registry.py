@@ -61,7 +61,7 @@ class MethodInfo:
     needs_full: bool = False  # reads batch["full"] (clean labels)
     needs_clip: bool = False  # reads batch["embedding"]; create() needs text_embeddings
     needs_observed: bool = False  # create() needs the training split's observed labels (ragged)
-    dense_state: bool = False  # state of rows x classes: does not scale to large label spaces
+    dense_state: bool = False  # rows x classes memory (state, epoch pass): not for large L
     per_sample_state: bool = False  # label state indexed by batch["row"]
     epoch_pass: bool = False  # end_epoch wants predictions over the training split
     trainable_state: bool = False  # extra_parameters() is not empty
