@@ -4,6 +4,8 @@ the in-memory numbers; frequency groups on a hand-made case."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -226,3 +228,48 @@ def test_chunked_entry_evaluation_equals_the_in_memory_scores(tmp_path):
     heads = [(model.weight.detach(), model.bias.detach())] * 2
     for result in score_heads(heads, fd, "test", 0.5, member_probs):
         assert np.array_equal(result["AP"], want["AP"], equal_nan=True)
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one_process_on_partial_labels(tmp_path):
+    """Open Images (unknown labels): ragged labels on both ranks, evaluation by annotated
+    entries gathered across ranks, frequency groups by default; two gloo ranks give one
+    process's metrics."""
+    import os
+    import subprocess
+    import sys
+
+    from shards.convert import convert
+    from shards.embeddings import write_cache
+    from shards.shardset import open_shard_set
+    from tests.layouts_openimages import openimages_layout
+    from tests.train_fixtures import read_metrics
+    from train.config import RunConfig
+    from train.loop import train
+
+    openimages_layout(tmp_path / "raw")
+    convert("openimages-v3", tmp_path / "raw", tmp_path / "set", {}, {}, workers=1)
+    ss = open_shard_set(tmp_path / "set")
+    rng = np.random.default_rng(0)
+    rows = {s: int(ss.split(s)["num_samples"]) for s in ss.splits}
+    write_cache(ss.root, "feat", {s: rng.normal(size=(n, 8)) for s, n in rows.items()}, model="x")
+    opts = {"epochs": "2", "lr": "0.01", "batch_size": "8"}
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "cli.py", "train", "--shards", str(ss.root), "--method", "an", "--regime", "full",
+           "--features", "feat", "--out", str(tmp_path / "ddp")]  # fmt: skip
+    cmd += [x for k, v in opts.items() for x in ("-o", f"{k}={v}")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    train(RunConfig(str(ss.root), "an", regime="full", features="feat",
+                    out=str(tmp_path / "one"), method_options=opts))  # fmt: skip
+    ddp, one = read_metrics(tmp_path / "ddp"), read_metrics(tmp_path / "one")
+    assert len(ddp) == len(one) == 2
+    for a, b in zip(ddp, one, strict=True):
+        assert a["train"]["loss"] == pytest.approx(b["train"]["loss"], rel=1e-5)
+        for split in ("val", "test"):
+            groups = b[split].pop("groups")
+            assert set(groups) == {"G1", "G2", "G3", "G4", "G5"}
+            assert a[split].pop("groups") == pytest.approx(groups, abs=1e-6)
+            assert a[split] == pytest.approx(b[split], abs=1e-6)
