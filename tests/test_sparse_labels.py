@@ -273,3 +273,30 @@ def test_two_ranks_match_one_process_on_partial_labels(tmp_path):
             assert set(groups) == {"G1", "G2", "G3", "G4", "G5"}
             assert a[split].pop("groups") == pytest.approx(groups, abs=1e-6)
             assert a[split] == pytest.approx(b[split], abs=1e-6)
+
+
+def test_bad_sizes_fail_before_any_work(shards, tmp_path):
+    """A feature cache whose row count is not the label table's, and an observed view without
+    one of the splits: each a clear error naming the numbers, and no run folder."""
+    import json
+    import shutil
+
+    from shards.embeddings import write_cache
+    from shards.errors import WsmlError
+    from train.config import RunConfig
+    from train.loop import train
+
+    root = Path(shutil.copytree(shards, tmp_path / "set"))
+    arrays = {"train": np.ones((10, 4)), "val": np.ones((60, 4)), "test": np.ones((60, 4))}
+    write_cache(root, "short", arrays, model="x")
+    config = RunConfig(str(root), "an", features="short", out=str(tmp_path / "r"))
+    with pytest.raises(WsmlError, match="'short' have 10 rows for split train, its label table "
+                       "has 160"):  # fmt: skip
+        train(config)
+    meta = root / "observed" / "single-positive" / "regime.json"
+    regime = json.loads(meta.read_text())
+    del regime["splits"]["test"]
+    meta.write_text(json.dumps(regime))
+    with pytest.raises(WsmlError, match="view 'single-positive' .* has no test split"):
+        train(RunConfig(str(root), "an", features="feat", out=str(tmp_path / "r")))
+    assert not (tmp_path / "r").exists()

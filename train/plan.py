@@ -132,7 +132,7 @@ def resolve(config: RunConfig, ctx: Context) -> tuple[RunConfig, dict[str, Any],
         )
     view, kind = resolve_regime(ss, info, config.regime, config.fraction)
     mcfg = info.resolve(ss.manifest["dataset"], method_opts)
-    check_scale(ss, info, mcfg, view)
+    check_scale(ss, info, mcfg, view, config.features)
     ctx.local_batch(mcfg.batch_size)
     clip = _clip_tag(ss, info, config)
     if clip is not None:
