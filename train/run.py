@@ -101,7 +101,7 @@ def sweep_lines(summary: dict[str, Any]) -> list[str]:
 def evaluate_run(run_dir: str, split: str, which: str = "best") -> dict[str, Any]:
     """Score a run's checkpoint (the selected epoch's, or the last) on ``split``."""
     from train.context import Context
-    from train.evaluate import predict, score
+    from train.evaluate import evaluate_splits
     from train.plan import resolve
 
     folder = RunFolder(run_dir)
@@ -117,8 +117,9 @@ def evaluate_run(run_dir: str, split: str, which: str = "best") -> dict[str, Any
         if resolved["classes"] != saved["classes"]:
             raise WsmlError(f"{config.shards} no longer has the classes of {run_dir}")
         model, data = load_model(config, saved, ckpt, ss, ctx)
-        _, probs = predict(model, data.eval_batches(split), ctx, data.num_rows(split))
-        result = score(probs.numpy(), data.labels(split), config.threshold, data.groups)
+        results = evaluate_splits({"model": model}, data, ctx, (split,), config.threshold)
+        result = results["model"][split]  # by annotated entries where labels are unknown
+        result.pop("probs", None)
     finally:
         ctx.close()
     return {"epoch": ckpt["epoch"], "weights": ckpt["loop"]["best_weights"], **result}
