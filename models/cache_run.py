@@ -1,12 +1,13 @@
 """Resumable, multi-process writing of an embedding cache beside a shard set.
 
 Each split is cut into C contiguous chunks with the loader's own rank sharding (chunk c is
-``create_loader(rank=c, world_size=C, train=False)``, about ``chunk_size`` rows). Embeddings go
-straight to their label-table rows in a preallocated, memory-mapped ``<split>.npy.partial``;
-a chunk is recorded in ``progress.json`` once its rows are flushed. A rerun with the same
-settings skips the chunks done. Under torchrun rank r takes every W-th chunk still to do; rank 0
-prepares the folder, and when every chunk is done renames the arrays and writes ``meta.json``
-last (``shards.embeddings``).
+``create_loader(rank=c, world_size=C, train=False)``, about ``chunk_size`` rows). A chunk's
+embeddings, in row order, go to a file of their own (``shards.embeddings.write_chunk``), so no
+two processes, or machines, ever write one file; a chunk is done once its file exists, and a
+rerun with the same settings skips those. Under torchrun rank r takes every W-th chunk still to
+do; rank 0 prepares the folder (reserving the arrays' space) and, when every chunk is done,
+assembles the arrays from the chunks and writes ``meta.json`` last (``shards.embeddings``, the
+only writer: this module holds the chunk loop).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from pipelines.presets import Preset
 from pipelines.sharding import shard_range
 from shards import embeddings as emb
 from shards.errors import WsmlError
-from shards.fileio import fsync_dir
 from shards.shardset import ShardSet
 
 DEFAULT_CHUNK = 4096  # rows per chunk: a few minutes of work at most, lost when killed
@@ -111,7 +111,7 @@ def run_cache(
         "world_size": ctx.world_size,
     }
     with contextlib.ExitStack() as held:
-        state = ctx.on_zero(lambda: _prepare(folder, settings, opts.overwrite, held))
+        state = ctx.on_zero(lambda: emb.prepare_cache(folder, settings, opts.overwrite, held))
         if state["complete"]:
             return {**summary, "status": "cached", "images": 0, "resumed_chunks": 0}
         if state["resumed"]:
@@ -136,70 +136,6 @@ def run_cache(
         "images_per_s": images / seconds if seconds > 0 else 0.0,
         "resumed_chunks": state["resumed"],
     }
-
-
-def _prepare(folder, settings: dict, overwrite: bool, held: contextlib.ExitStack) -> dict:
-    """Rank 0: lock the folder; find a complete cache, a resumable one, or start afresh."""
-    held.enter_context(emb.writer_lock(folder))  # before the folder: a refusal leaves none
-    folder.mkdir(parents=True, exist_ok=True)
-    meta = emb.list_caches(folder.parent.parent).get(folder.name)
-    if meta is not None and not overwrite:
-        want = {**settings, "splits": {s: _strip_chunks(p) for s, p in settings["splits"].items()}}
-        differ = differences(want, meta)
-        if not differ:
-            return {"complete": True}
-        raise WsmlError(
-            f"{folder} already holds embeddings made with other settings (differing: "
-            f"{', '.join(differ)}); pass --overwrite to replace them"
-        )
-    progress = emb.read_progress(folder)
-    if progress is not None and progress["settings"] != settings and not overwrite:
-        differ = differences(settings, progress["settings"]) or ["splits"]
-        raise WsmlError(
-            f"{folder} holds an unfinished cache made with other settings (differing: "
-            f"{', '.join(differ)}); run the command that started it again to resume it, or "
-            "pass --overwrite to start again"
-        )
-    done: dict[str, list[int]] = {}
-    if meta is not None or progress is None or progress["settings"] != settings:
-        emb.remove_cache(folder)  # nothing to resume: start from an empty folder
-    else:
-        done = {s: list(c) for s, c in progress["done"].items()}
-    for split, p in settings["splits"].items():
-        final = folder / f"{split}.npy"
-        if final.is_file() and not emb.partial_path(folder, split).is_file():
-            os.replace(final, emb.partial_path(folder, split))  # a finish that was killed
-        if emb.create_partial(folder, split, p["rows"], settings["dim"]):
-            done[split] = []
-        done.setdefault(split, [])
-    emb.write_progress(folder, settings, done)
-    fsync_dir(folder)
-    return {"complete": False, "done": done, "resumed": sum(len(c) for c in done.values())}
-
-
-def _strip_chunks(plan: dict) -> dict:
-    """A complete cache matches whatever chunk size made it."""
-    return {k: v for k, v in plan.items() if k != "chunks"}
-
-
-def differences(want: dict, have: dict) -> list[str]:
-    """Top-level keys of ``want`` that ``have`` does not match (dicts match by their keys in
-    ``want``; a split by its entry)."""
-    out = []
-    for key, value in want.items():
-        if key == "splits":
-            out += [
-                f"split {s}" for s, v in value.items() if not _matches(v, have["splits"].get(s))
-            ]
-        elif not _matches(value, have.get(key)):
-            out.append(key)
-    return out
-
-
-def _matches(want: Any, have: Any) -> bool:
-    if isinstance(want, dict):
-        return isinstance(have, dict) and all(_matches(v, have.get(k)) for k, v in want.items())
-    return want == have
 
 
 @dataclass
@@ -227,7 +163,8 @@ class _Work:
         return sum(self.chunk(split, c, tick) for split, c in mine)
 
     def chunk(self, split: str, chunk: int, tick) -> int:
-        """Embed one chunk into its rows of the partial array, flush, record it as done."""
+        """Embed one chunk and write its rows and embeddings to its own file (done once it
+        exists)."""
         chunks = self.plan[split]["chunks"]
         loader = create_loader(
             self.ss, split, regime="full", batch_size=self.opts.batch_size,
@@ -236,8 +173,7 @@ class _Work:
             num_threads=self.opts.num_threads or default_threads(self.ctx.world_size),
         )  # fmt: skip
         start, end = loader.share()
-        arr = emb.open_partial(self.folder, split)
-        seen = []
+        seen, parts = [], []
         for batch in loader:
             valid = batch["valid"]
             if not bool(valid.any()):
@@ -249,8 +185,8 @@ class _Work:
                     f"{self.encoder.tag}: embeddings of split {split} are not finite in float16 "
                     "(raw features too large? cache them L2-normalised)"
                 )
-            arr[rows] = out
             seen.append(rows)
+            parts.append(out)
             if tick:
                 tick(len(rows))
         got = np.concatenate(seen) if seen else np.zeros(0, np.int64)
@@ -259,9 +195,9 @@ class _Work:
                 f"chunk {chunk} of split {split}: expected {end - start} distinct rows, the "
                 f"loader gave {len(got)} ({len(np.unique(got))} distinct)"
             )
-        arr.flush()
-        del arr
-        emb.mark_chunk_done(self.folder, split, chunk)
+        dim = self.encoder.dim
+        emb.write_chunk(self.folder, split, chunk, got, np.concatenate(parts) if parts else
+                        np.zeros((0, dim), np.float16))  # fmt: skip
         return len(got)
 
 
@@ -271,17 +207,8 @@ def _chunk_rows(rows: int, chunk: int, chunks: int) -> int:
 
 
 def _finish(ss: ShardSet, encoder: Encoder, folder, settings: dict, produced: dict) -> None:
-    """Rank 0, once every rank is done: check every chunk, class texts, rename, meta last."""
-    progress = emb.read_progress(folder) or {"done": {}}
-    missing = {
-        s: sorted(set(range(p["chunks"])) - set(progress["done"].get(s, ())))
-        for s, p in settings["splits"].items()
-    }
-    missing = {s: c for s, c in missing.items() if c}
-    if missing:
-        raise WsmlError(
-            f"{folder}: chunks not done {missing}; run the same command again to finish them"
-        )
+    """Rank 0, once every rank is done: class texts, then the arrays assembled from their
+    chunks and ``meta.json`` last (``shards.embeddings.finish_chunked``)."""
     meta = {k: v for k, v in settings.items() if k not in ("splits", "text")}
     meta.update(tag=encoder.tag, dtype="float16", **encoder.record, produced=produced)
     meta["splits"] = {s: {"path": f"{s}.npy", **p} for s, p in settings["splits"].items()}
@@ -291,8 +218,4 @@ def _finish(ss: ShardSet, encoder: Encoder, folder, settings: dict, produced: di
             raise WsmlError(f"{encoder.tag}: text embeddings of dimension {text.shape[1]}")
         emb.write_array(folder / "text.npy", text.astype(np.float16))
         meta["text"] = {"path": "text.npy", "rows": int(text.shape[0]), **settings["text"]}
-    for split in settings["splits"]:
-        emb.publish_partial(folder, split)
-    fsync_dir(folder)
-    emb.write_meta(ss.root, encoder.tag, meta)
-    emb.finish_cache(folder)
+    emb.finish_chunked(ss.root, folder, settings, meta)

@@ -1,5 +1,6 @@
 """Labels and embeddings joined to batches by row, from tensors held in memory (on the training
-device), so the tars carry only the image and its row."""
+device), so the tars carry only the image and its row. Labels stay ragged (offsets + values, as
+the Parquet tables store them); each batch is made dense on the device, (B, L) only."""
 
 from __future__ import annotations
 
@@ -10,25 +11,71 @@ import torch
 
 from shards import embeddings as emb
 from shards.errors import WsmlError
+from shards.lists import LabelLists, Lists
 from shards.shardset import ShardSet
+
+
+def _on(lists: Lists, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(lists.offsets).to(device), torch.from_numpy(lists.values).to(device)
+
+
+def _scatter(out: torch.Tensor, lists: tuple, rows: torch.Tensor, value: int) -> None:
+    """Writes ``value`` at each of ``rows``' listed classes into ``out`` (B, L)."""
+    offsets, values = lists
+    starts = offsets[rows]
+    lengths = offsets[rows + 1] - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return
+    local = torch.repeat_interleave(
+        torch.arange(len(rows), device=out.device), lengths, output_size=total
+    )
+    first = torch.cumsum(lengths, 0) - lengths  # where each row's entries start in the batch
+    flat = starts[local] + torch.arange(total, device=out.device) - first[local]
+    out[local, values[flat]] = value
+
+
+class DeviceLabels:
+    """A split's ragged labels on ``device``; ``dense(rows)`` is the int8 (B, L) batch, equal to
+    the rows of the dense matrix (1 / 0 unknown / -1)."""
+
+    def __init__(self, labels: LabelLists, device: torch.device):
+        self.lists, self.device, self.num_classes = labels, device, labels.num_classes
+        self.positives = _on(labels.positives, device)
+        self.negatives = _on(labels.negatives, device)
+        full = labels.full_rows()
+        self.all_negative = torch.from_numpy(full).to(device) if full.any() else None
+
+    def __len__(self) -> int:
+        return len(self.lists)
+
+    def dense(self, rows: torch.Tensor) -> torch.Tensor:
+        rows = rows.to(self.device)
+        out = torch.zeros((len(rows), self.num_classes), dtype=torch.int8, device=self.device)
+        if self.all_negative is not None:
+            out[self.all_negative[rows]] = -1
+        _scatter(out, self.negatives, rows, -1)
+        _scatter(out, self.positives, rows, 1)
+        return out
 
 
 @dataclass
 class RowTable:
-    """Per-row tensors of one split: ``observed`` (regime view), ``full`` (clean), ``embedding``;
-    without labels (``labels=False``: encoders that only need images) just the row count."""
+    """Per-row data of one split: ``observed`` (regime view) and ``full`` (clean) labels, ragged,
+    and ``embedding``; without labels (``labels=False``: encoders that only need images) just
+    the row count."""
 
     num_rows: int
     device: torch.device
-    observed: torch.Tensor | None = None  # (N, L) int8
-    full: torch.Tensor | None = None  # (N, L) int8
+    observed: DeviceLabels | None = None
+    full: DeviceLabels | None = None
     embedding: torch.Tensor | None = None  # (N, D) float16
 
     def join(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         rows = rows.to(self.device, non_blocking=True)
         out = {"row": rows}
         if self.full is not None:
-            out["observed"], out["full"] = self.observed[rows], self.full[rows]
+            out["observed"], out["full"] = self.observed.dense(rows), self.full.dense(rows)
         if self.embedding is not None:
             out["embedding"] = self.embedding[rows].float()
         return out
@@ -46,9 +93,9 @@ def read_row_table(
     rows = int(ss.split(split)["labels"]["rows"])
     table = RowTable(rows, device)
     if labels:
-        table.observed = torch.from_numpy(ss.observed_labels(regime, split)).to(device)
-        table.full = torch.from_numpy(ss.full_labels(split)).to(device)
-        rows = table.full.shape[0]
+        table.observed = DeviceLabels(ss.observed_lists(regime, split), device)
+        table.full = DeviceLabels(ss.full_lists(split), device)
+        rows = len(table.full)
     if embeddings is not None:
         arr = emb.read_split(ss.root, embeddings, split)
         if arr.shape[0] != rows:

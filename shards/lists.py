@@ -101,3 +101,55 @@ def concat(parts: Sequence[Lists]) -> Lists:
         base += p.offsets[-1]
     values = np.concatenate([p.values for p in parts]) if parts else np.zeros(0, np.int64)
     return Lists(np.concatenate(offsets), values)
+
+
+@dataclass(frozen=True)
+class LabelLists:
+    """One split's labels kept ragged: ``positives`` and ``negatives`` per row (a null
+    negatives row: every class that is not positive is negative, a fully annotated source),
+    every other entry unknown. Memory grows with the annotations, not with rows x classes."""
+
+    positives: Lists
+    negatives: Lists
+    num_classes: int
+
+    def __len__(self) -> int:
+        return len(self.positives)
+
+    @classmethod
+    def from_dense(cls, matrix: np.ndarray) -> LabelLists:
+        """The ragged form of an int8 (N, L) matrix (1 / 0 unknown / -1)."""
+        matrix = np.asarray(matrix)
+        return cls(from_dense(matrix, 1), from_dense(matrix, -1), int(matrix.shape[1]))
+
+    def take(self, rows: np.ndarray) -> LabelLists:
+        return LabelLists(self.positives.take(rows), self.negatives.take(rows), self.num_classes)
+
+    def dense(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """int8 (B, L) of ``rows`` (every row when None): 1 / 0 unknown / -1."""
+        part = self if rows is None else self.take(rows)
+        return dense_rows(part.positives, part.negatives, self.num_classes, 0, len(part))
+
+    def full_rows(self) -> np.ndarray:
+        """bool (N,): rows whose negatives are null (every non-positive class negative)."""
+        if self.negatives.valid is None:
+            return np.zeros(len(self), dtype=bool)
+        return ~self.negatives.valid
+
+    def class_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """(positives, annotated) per class, int64 (L,): how many rows have the class as a
+        positive, and as a positive or a negative."""
+        n_cls = self.num_classes
+        pos = np.bincount(self.positives.values, minlength=n_cls)
+        full = self.full_rows()
+        neg_lengths = np.diff(self.negatives.offsets)
+        neg_rows = np.repeat(np.arange(len(self)), neg_lengths)
+        kept = ~full[neg_rows]  # a null row's stored negatives (none) never count twice
+        neg = np.bincount(self.negatives.values[kept], minlength=n_cls)
+        pos_rows = np.repeat(np.arange(len(self)), np.diff(self.positives.offsets))
+        pos_in_full = np.bincount(self.positives.values[full[pos_rows]], minlength=n_cls)
+        return pos, pos + neg + (int(full.sum()) - pos_in_full)
+
+    def has_unknown(self) -> bool:
+        """Whether some entry is neither positive nor negative (the annotated-only mAP)."""
+        return int(self.class_counts()[1].sum()) < len(self) * self.num_classes

@@ -13,7 +13,8 @@ import pyarrow as pa
 
 from shards import FORMAT_VERSION
 from shards.errors import WsmlError
-from shards.tables import dense_labels, read_checked_table
+from shards.lists import LabelLists
+from shards.tables import from_arrow, read_checked_table
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,11 @@ class ShardSet:
 
     def full_labels(self, split: str) -> np.ndarray:
         """int8 (N, L) clean labels in row order: 1 positive, -1 negative, 0 unknown."""
-        t = self.label_table(split)
-        return dense_labels(t["positives"], t["negatives"], len(self.classes), fill=0)
+        return self.full_lists(split).dense()
+
+    def full_lists(self, split: str) -> LabelLists:
+        """The clean labels in their ragged form (what training and evaluation hold)."""
+        return _label_lists(self.label_table(split), len(self.classes))
 
     def class_groups(self) -> list[str]:
         """The group of every class (VOC's 4, COCO's supercategories, NUS-WIDE's 6, CUB's
@@ -78,19 +82,31 @@ class ShardSet:
 
     def observed_labels(self, view: str, split: str) -> np.ndarray:
         """int8 (N, L) observed labels of a view in row order (1 / 0 unknown / -1)."""
+        return self.observed_lists(view, split).dense()
+
+    def observed_lists(self, view: str, split: str) -> LabelLists:
+        """The observed labels of a view in their ragged form."""
         if view in ("full", "clean"):
-            return self.full_labels(split)
+            return self.full_lists(split)
         if view not in self.regimes:
             have = ", ".join(["full", *self.regimes]) or "none"
             raise WsmlError(
                 f"{self.root} has no observed view {view!r}; views: {have}. "
                 f"Make one with: cli.py observe {self.root} <regime>"
             )
-        meta = self.regimes[view]["splits"].get(split)
-        if meta is None:
-            raise WsmlError(f"observed view {view!r} of {self.root} has no split {split!r}")
-        t = read_checked_table(self.root, meta, len(self.classes), f"observed/{view}/regime.json")
-        return dense_labels(t["positives"], t["negatives"], len(self.classes), fill=0)
+        entry = self.regimes[view]["splits"].get(split)
+        if entry is None:
+            raise WsmlError(
+                f"observed view {view!r} of {self.root} has no split {split!r} (splits: "
+                f"{', '.join(self.regimes[view]['splits'])}); make it again with cli.py observe"
+            )
+        recorded_in = f"observed/{view}/regime.json"
+        table = read_checked_table(self.root, entry, len(self.classes), recorded_in)
+        return _label_lists(table, len(self.classes))
+
+
+def _label_lists(table: pa.Table, num_classes: int) -> LabelLists:
+    return LabelLists(from_arrow(table["positives"]), from_arrow(table["negatives"]), num_classes)
 
 
 def open_shard_set(path: str | Path) -> ShardSet:

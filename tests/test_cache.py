@@ -286,3 +286,37 @@ def test_bench_cache_clip_smoke(tmp_path):
     line = next(ln for ln in result.output.splitlines() if ln.startswith("wsml-tiny-clip"))
     assert len(line.split()) == 7 and all(float(x) > 0 for x in line.split()[3:])
     assert not (tmp_path / "loader-shards" / "embeddings").exists()  # its cache is removed
+
+
+FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+import numpy as np
+from shards import embeddings as emb
+from shards.errors import WsmlError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
+folder = Path(sys.argv[1])
+for make in (lambda: emb.create_partial(folder, "train", 4096, 512),
+             lambda: emb.write_chunk(folder, "train", 0, np.arange(4096),
+                                     np.ones((4096, 512), np.float16))):
+    try:
+        make()
+    except WsmlError as e:
+        print("Error:", e)
+"""
+
+
+def test_a_full_disk_is_an_ordinary_error_before_any_writing(tmp_path):
+    """The memory-mapped array and a chunk file reserve their space when they are created:
+    a file system without room (here a 1 MiB file-size limit, so EFBIG) is a clear error
+    instead of a SIGBUS when the map is written."""
+    done = subprocess.run([sys.executable, "-c", FULL_DISK, str(tmp_path)], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2, done.stdout
+    assert "cannot reserve 4,194,432 bytes for" in lines[0] and "train.npy.partial" in lines[0]
+    assert "File too large" in lines[0] and "free space" in lines[0]
+    assert "train-000000.npz" in lines[1]
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # nothing half-written

@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 
 from pipelines.distributed import gather_cat
 from shards.errors import WsmlError
+from shards.lists import LabelLists
 from shards.registry import UnknownNameError
 from train.methods import (
     METHODS,
@@ -80,7 +81,7 @@ def build(name: str, regime: str, seed: int = 0, **overrides) -> tuple[Method, d
         ROWS,
         L,
         config,
-        observed=data["observed"],
+        observed=LabelLists.from_dense(data["observed"].numpy()),
         text_embeddings=data["text"],
         generator=torch.Generator().manual_seed(seed),
     )
@@ -361,7 +362,7 @@ def loss_of(name, observed=SP, logits=Z, epoch=1, method=None, **overrides):
         info = get_method(name)
         config = info.create_config("voc", {k: str(v) for k, v in overrides.items()})
         method = info.create(
-            2, 3, config, observed=observed, text_embeddings=torch.eye(3), generator=None
+            2, 3, config, observed=ragged(observed), text_embeddings=torch.eye(3), generator=None
         )
     batch = {"row": torch.tensor([0, 1]), "observed": observed, "full": FULL}
     batch["embedding"] = torch.tensor([[0.1, 1.0, 0.0], [1.0, 0.0, 0.1]])
@@ -422,7 +423,9 @@ def test_iun_paper_and_released():
 
 def test_role_loss_by_hand():
     info = get_method("role")
-    method = info.create(2, 3, info.create_config("voc", {"expected_positives": "1"}), observed=SP)
+    method = info.create(
+        2, 3, info.create_config("voc", {"expected_positives": "1"}), observed=ragged(SP)
+    )
     q = [[0.8, 0.5, 0.2], [0.5, 0.75, 0.25]]
     with torch.no_grad():
         method.estimator.copy_(torch.logit(torch.tensor(q)))
@@ -442,8 +445,12 @@ def test_role_estimator_init_and_lr_group():
     observed = torch.tensor([[1, 0, -1, 0]] * 50, dtype=torch.int8)
     info = get_method("role")
     cfg = info.create_config("coco")
-    a = info.create(50, 4, cfg, observed=observed, generator=torch.Generator().manual_seed(3))
-    b = info.create(50, 4, cfg, observed=observed, generator=torch.Generator().manual_seed(3))
+    a = info.create(
+        50, 4, cfg, observed=ragged(observed), generator=torch.Generator().manual_seed(3)
+    )
+    b = info.create(
+        50, 4, cfg, observed=ragged(observed), generator=torch.Generator().manual_seed(3)
+    )
     est = a.estimator.detach()
     assert torch.equal(est, b.estimator.detach())  # seeded
     assert torch.allclose(est[:, 0], torch.tensor(math.log(0.995 / 0.005)))  # 5.2933
@@ -460,8 +467,10 @@ def test_em_and_apl_by_hand():
     em = mean6(nl(0.75), -0.2 * H(0.5), -0.2 * H(0.25), -0.2 * H(0.2), nl(0.8), -0.2 * H(0.5))
     assert loss_of("em") == approx(em)  # voc alpha 0.2
     info = get_method("em-apl")
-    method = info.create(2, 3, info.create_config("voc"), observed=SP)
-    method.pseudo[0, 2] = 0.1  # a soft pseudo-negative with target 0.1, beta 0.02 (voc)
+    method = info.create(2, 3, info.create_config("voc"), observed=ragged(SP))
+    method.add_pseudo(
+        torch.tensor([0]), torch.tensor([2]), torch.tensor([0.1])
+    )  # a soft pseudo-negative with target 0.1, beta 0.02 (voc)
     apl = mean6(
         nl(0.75), -0.2 * H(0.5), 0.02 * (0.1 * nl(0.25) + 0.9 * nl(0.75)),
         -0.2 * H(0.2), nl(0.8), -0.2 * H(0.5),
@@ -627,7 +636,7 @@ def test_apl_selection_counts_and_order():
     observed[:5, 1] = 1  # class 1: 15 unknowns
     info = get_method("em-apl")
     method = info.create(
-        rows, 2, info.create_config("voc"), observed=observed
+        rows, 2, info.create_config("voc"), observed=ragged(observed)
     )  # 10 epochs, warm-up 5
     assert method.unlabel_num == [19, 15]
     # per round: int(0.9 * 19 / 5) = int(3.42) = 3 and int(0.9 * 15 / 5) = int(2.7) = 2
@@ -640,10 +649,11 @@ def test_apl_selection_counts_and_order():
     seen = torch.cat([probs[order], torch.tensor([[0.99, 0.99]])])
     assert method.end_epoch(4, (seen_rows, seen)) == {}  # warm-up: nothing
     assert method.end_epoch(5, (seen_rows, seen)) == {"pseudo_negatives_added": 5.0}
-    labelled = lambda c: (method.pseudo[:, c] >= 0).nonzero().flatten().tolist()  # noqa: E731
+    pseudo = lambda: method.pseudo_rows(torch.arange(rows))  # noqa: E731
+    labelled = lambda c: (pseudo()[:, c] >= 0).nonzero().flatten().tolist()  # noqa: E731
     assert labelled(0) == [1, 2, 3] and labelled(1) == [18, 19]  # lowest p, positives excluded
-    assert method.pseudo[2, 0].item() == approx(0.02)  # the target is the probability
-    assert method.pseudo[19, 1].item() == approx(0.01)
+    assert pseudo()[2, 0].item() == approx(0.02)  # the target is the probability
+    assert pseudo()[19, 1].item() == approx(0.01)
     method.end_epoch(6, (seen_rows, seen))  # already labelled entries are never re-selected
     assert labelled(0) == [1, 2, 3, 4, 5, 6] and labelled(1) == [16, 17, 18, 19]
     with pytest.raises(WsmlError, match="needs predictions"):
@@ -686,3 +696,8 @@ def _ddp_worker(rank: int, world: int, init_file: str) -> None:
 def test_ddp_two_processes_keep_state_consistent(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two workers on a small machine
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
+
+
+def ragged(observed: torch.Tensor) -> LabelLists:
+    """A dense (N, L) observed matrix in the ragged form methods are created with."""
+    return LabelLists.from_dense(observed.numpy())

@@ -20,6 +20,7 @@ from torch import nn
 
 from models.oass import OassNet
 from shards.errors import WsmlError
+from shards.lists import LabelLists
 from tests.train_fixtures import get_shards, read_metrics, read_summary
 from train.config import RunConfig
 from train.context import cpu_threads
@@ -194,7 +195,9 @@ def test_training_step_by_the_release_procedure():
         model.cam_head.weight.copy_(torch.eye(3)[..., None, None])
     info = get_method("oass")
     observed = torch.tensor([[1, -1, 1], [-1, 1, -1]], dtype=torch.int8)
-    method = info.create(2, 3, info.create_config(None, {"keypoint": "cmax"}), observed=observed)
+    method = info.create(
+        2, 3, info.create_config(None, {"keypoint": "cmax"}), observed=ragged(observed)
+    )
     method.bind_model(model)  # the teacher is a copy: its CAM of a crop is the crop
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     batch = {"input": x, "observed": observed, "row": torch.tensor([0, 1])}
@@ -245,7 +248,7 @@ def test_alpha_re_schedule_and_run_steps():
 def test_mlsml_by_hand_and_unknowns_as_negatives():
     info = get_method("oass")
     observed = torch.tensor([[1, 0, -1], [-1, 1, 0]], dtype=torch.int8)
-    method = info.create(2, 3, info.create_config("voc2012"), observed=observed)
+    method = info.create(2, 3, info.create_config("voc2012"), observed=ragged(observed))
     z = torch.tensor([[math.log(3), 0.0, -math.log(3)], [-math.log(4), math.log(4), 0.0]])
     # p = (.75, .5, .25), (.2, .8, .5); positives (0,0), (1,1); all else negative
     terms = [-math.log(p) for p in (0.75, 0.5, 0.75, 0.8, 0.8, 0.5)]
@@ -256,10 +259,13 @@ def test_mlsml_by_hand_and_unknowns_as_negatives():
 def test_unknown_labels_get_a_notice(capsys):
     info = get_method("oass")
     full = torch.tensor([[1, -1], [-1, 1]], dtype=torch.int8)
-    info.create(2, 2, info.create_config(), observed=full)
+    info.create(2, 2, info.create_config(), observed=ragged(full))
     assert "notice" not in capsys.readouterr().err
     info.create(
-        2, 2, info.create_config(), observed=torch.tensor([[1, 0], [0, 1]], dtype=torch.int8)
+        2,
+        2,
+        info.create_config(),
+        observed=ragged(torch.tensor([[1, 0], [0, 1]], dtype=torch.int8)),
     )
     assert "unknown labels count as negatives" in capsys.readouterr().err
 
@@ -355,7 +361,9 @@ def bound_method(keypoint="cmax"):
     model = OassNet(Maps(), 4, 3)
     info = get_method("oass")
     observed = torch.ones(8, 3, dtype=torch.int8)
-    method = info.create(8, 3, info.create_config(None, {"keypoint": keypoint}), observed=observed)
+    method = info.create(
+        8, 3, info.create_config(None, {"keypoint": keypoint}), observed=ragged(observed)
+    )
     method.bind_model(model)
     return model, method
 
@@ -448,3 +456,8 @@ def test_ddp_two_ranks_student_second_forward(tmp_path_factory, tmp_path):
     (line,) = read_metrics(tmp_path / "ddp")
     assert line["step"] == 20 and line["train"]["cuts"] == 4  # 4 images per rank and step
     assert line["train"]["re_loss"] > 0 and read_summary(tmp_path / "ddp")["finished"]
+
+
+def ragged(observed: torch.Tensor) -> LabelLists:
+    """A dense (N, L) observed matrix in the ragged form methods are created with."""
+    return LabelLists.from_dense(observed.numpy())

@@ -37,3 +37,30 @@ def test_e2e_bench_on_the_tiny_shard_set(tmp_path_factory):
     assert 0 <= r["data_wait"] < 1
     assert r["images_per_s"] == pytest.approx(16 * 1e3 / r["ms_per_step"])
     assert lines[-1].split()[:3] == ["an", "test_resnet", "center32"]
+
+
+def test_linear_bench_with_openimages_shaped_labels():
+    """--annotations: ragged labels and memory-mapped features; the chosen ways only."""
+    from shards.errors import WsmlError
+
+    lines = []
+    rows = {"train": 300, "val": 40, "test": 60}
+    out = run_linear_bench(("ll-ct",), rows=rows, dim=8, classes=50, batches=(16,), lrs=(1e-3,),
+                           annotations=4, ways=("runs", "sweep"), echo=lines.append)  # fmt: skip
+    assert set(out["ll-ct"]) == {f"{w}_{p}" for w in ("runs", "sweep") for p in ("train", "eval")}
+    assert "memory-mapped" in lines[1] and lines[-1].endswith("GB")
+    with pytest.raises(WsmlError, match="--ways runs,sweep"):
+        run_linear_bench(("an",), rows=rows, annotations=4, ways=("papers",))
+
+
+def test_synthetic_labels_have_openimages_shape():
+    import numpy as np
+
+    from train.bench_sparse import synthetic_labels
+
+    labels = synthetic_labels(20_000, 500, 8, np.random.default_rng(0))
+    pos, annotated = labels.class_counts()
+    assert annotated.sum() / len(labels) == pytest.approx(8, rel=0.1)  # less its repeats
+    assert pos.sum() / annotated.sum() == pytest.approx(0.6, abs=0.01)
+    assert annotated[:50].sum() > 5 * annotated[-50:].sum()  # long-tailed
+    assert labels.has_unknown()

@@ -26,15 +26,15 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from shards.errors import WsmlError
-from train import metrics
+from train.bench_papers import paper_epoch, synthetic_split
+from train.bench_sparse import create_sparse_splits, peak_rss_gb
 from train.build import build_run
 from train.config import RunConfig
-from train.context import Context, cpu_threads
+from train.context import Context
 from train.data import FeatureData
 from train.evaluate import evaluate_splits
 from train.loop import train_epoch
@@ -44,23 +44,7 @@ from train.plan import RunPlan
 COCO = {"train": 65_665, "val": 16_416, "test": 40_137}  # Cole's COCO splits (METHODS.md §0.3)
 GRID_LRS = (1e-2, 1e-3, 1e-4, 1e-5)
 GRID_BATCHES = (8, 16)
-
-
-def synthetic_split(rows: int, dim: int, classes: int, g: torch.Generator) -> dict:
-    """Features that carry the labels (so the scores mean something), ~2.9 positives an image,
-    and one observed positive per image."""
-    full = torch.rand(rows, classes, generator=g) < 2.9 / classes
-    full[torch.arange(rows), torch.randint(0, classes, (rows,), generator=g)] = True
-    proj = torch.randn(classes, dim, generator=g)
-    x = full.float() @ proj + 3 * torch.randn(rows, dim, generator=g)
-    pick = torch.multinomial(full.float(), 1, generator=g).squeeze(1)
-    observed = torch.zeros(rows, classes, dtype=torch.int8)
-    observed[torch.arange(rows), pick] = 1
-    return {
-        "input": (x / x.norm(dim=1, keepdim=True)).half(),
-        "observed": observed,
-        "full": torch.where(full, 1, -1).to(torch.int8),
-    }
+WAYS = ("papers", "runs", "sweep")
 
 
 def _sync(device: torch.device) -> None:
@@ -81,68 +65,6 @@ def _header(echo: Callable[[str], None]) -> None:
 
 
 # ---------------------------------------------------------------------------------- linear
-
-
-class PaperDataset(torch.utils.data.Dataset):
-    """Cole et al.'s feature dataset: one sample's features and labels per ``__getitem__``."""
-
-    def __init__(self, split: dict[str, torch.Tensor]):
-        self.x = split["input"].float().numpy()
-        self.obs = split["observed"].numpy()
-        self.full = split["full"].numpy()
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {
-            "input": torch.from_numpy(self.x[i]),
-            "observed": torch.from_numpy(self.obs[i]),
-            "full": torch.from_numpy(self.full[i]),
-            "row": i,
-        }
-
-
-def paper_epoch(
-    method: str, splits: dict, batch: int, lr: float, max_steps: int = 0, device: str = "cpu"
-) -> tuple[float, float]:
-    """Seconds of one epoch the papers' way (shuffled per-sample DataLoader, drop_last, each
-    batch moved to ``device``) and of its scoring (val and test through the same kind of
-    loader, then mAP and the F1s)."""
-    dev = torch.device(device)
-    split = splits["train"]
-    info = get_method(method)
-    cfg = info.create_config(dataset_family("coco"), {"batch_size": str(batch), "lr": repr(lr)})
-    n, classes = len(split["full"]), split["full"].shape[1]
-    obs = split["observed"] if info.needs_observed else None
-    loss_fn = info.create(n, classes, cfg, observed=obs, generator=torch.Generator().manual_seed(0))
-    loss_fn = loss_fn.to(dev)
-    model = torch.nn.Linear(split["input"].shape[1], classes).to(dev)
-    groups = [{"params": list(model.parameters())}, *loss_fn.extra_parameters()]
-    opt = torch.optim.Adam(groups, lr=lr)
-    loader = torch.utils.data.DataLoader(
-        PaperDataset(split), batch_size=batch, shuffle=True, drop_last=True
-    )
-    steps = len(loader) if not max_steps else min(max_steps, len(loader))
-    t = time.perf_counter()
-    with cpu_threads(1):  # as fast as torch's default here, and immune to a busy core
-        for s, b in enumerate(loader):
-            if s == steps:
-                break
-            b = {k: v.to(dev, non_blocking=True) for k, v in b.items()}
-            out = loss_fn(model(b["input"]), b, epoch=1, step=s)
-            opt.zero_grad()
-            out["loss"].backward()
-            opt.step()
-        _sync(dev)
-    seconds = (time.perf_counter() - t) * len(loader) / steps
-    t = time.perf_counter()
-    with torch.no_grad():
-        for name in ("val", "test"):
-            ordered = torch.utils.data.DataLoader(PaperDataset(splits[name]), batch_size=batch)
-            probs = torch.cat([torch.sigmoid(model(b["input"].to(dev))) for b in ordered])
-            metrics.evaluate(probs.cpu().numpy(), splits[name]["full"].numpy())
-    return seconds, time.perf_counter() - t
 
 
 def synthetic_plan(method: str, data: FeatureData, classes: int, **options: str) -> RunPlan:
@@ -224,48 +146,79 @@ def run_linear_bench(
     paper_steps: int = 0,
     device: str = "cpu",
     echo: Callable[[str], None] = print,
+    annotations: float = 0,
+    ways: tuple[str, ...] = WAYS,
 ) -> dict[str, dict[str, float]]:
-    """One epoch of the grid per method, three ways, on ``device`` (``auto``: a GPU where there
-    is one); returns seconds per way and method."""
+    """One epoch of the grid per method, the chosen ways, on ``device`` (``auto``: a GPU where
+    there is one); returns seconds per way and method. ``annotations`` K > 0: OpenImages-shaped
+    ragged labels and memory-mapped features (``train.bench_sparse``), with peak RSS."""
+    if annotations and "papers" in ways:
+        raise WsmlError("--annotations holds labels ragged; the papers' way needs dense (N, L) "
+                        "labels: use --ways runs,sweep")  # fmt: skip
     _header(echo)
     rows = {**COCO, **(rows or {})}
-    g = torch.Generator().manual_seed(0)
-    splits = {name: synthetic_split(n, dim, classes, g) for name, n in rows.items()}
-    ctx = Context.create(device)
-    data = FeatureData(splits, ctx, seed=0, batch_size=batches[0])
-    grid = len(lrs) * len(batches)
-    echo(
-        f"linear setting, one epoch of {rows['train']:,} x {dim} features ({classes} classes; "
-        f"val {rows['val']:,}, test {rows['test']:,} scored after it); grid batch "
-        f"{{{', '.join(map(str, batches))}}} x lr {{{', '.join(f'{x:g}' for x in lrs)}}} = "
-        f"{grid} configurations on {ctx.device}; seconds for the whole grid, train + scoring"
+    folder = Path(tempfile.mkdtemp(prefix="wsml-bench-features-"))
+    try:
+        if annotations:
+            splits = create_sparse_splits(rows, dim, classes, annotations, folder)
+        else:
+            g = torch.Generator().manual_seed(0)
+            splits = {name: synthetic_split(n, dim, classes, g) for name, n in rows.items()}
+        ctx = Context.create(device)
+        data = FeatureData(splits, ctx, seed=0, batch_size=batches[0])
+        grid = (batches, lrs)
+        echo(_title(rows, dim, classes, annotations, grid, ctx.device, data))
+        return _time_ways(methods, splits, data, ways, grid, paper_steps, echo)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _title(rows, dim, classes, annotations, grid, device, data) -> str:
+    batches, lrs = grid
+    labels = data.labels("train")
+    shape = (
+        f"{len(labels.positives.values) + len(labels.negatives.values):,} annotations "
+        f"(~{annotations:g} an image), features memory-mapped; "
+        if annotations
+        else ""
     )
-    echo(f"{'method':<8} {'papers, one by one':>22} {'wsml runs, one by one':>22} "
-         f"{'--sweep':>16} {'vs papers':>10} {'vs runs':>8}")  # fmt: skip
+    return (
+        f"linear setting, one epoch of {rows['train']:,} x {dim} features ({classes} classes; "
+        f"{shape}val {rows['val']:,}, test {rows['test']:,} scored after it); grid batch "
+        f"{{{', '.join(map(str, batches))}}} x lr {{{', '.join(f'{x:g}' for x in lrs)}}} = "
+        f"{len(batches) * len(lrs)} configurations on {device}; seconds for the whole grid, "
+        "train + scoring"
+    )
+
+
+def _time_ways(methods, splits, data, ways, grid, paper_steps, echo) -> dict:
+    batches, lrs = grid
+    classes, device = data.num_classes, str(data.ctx.device)
+    names = {"papers": "papers, one by one", "runs": "wsml runs, one by one", "sweep": "--sweep"}
+    echo(f"{'method':<8} " + " ".join(f"{names[w]:>22}" for w in ways)
+         + "  ratios  peak RSS")  # fmt: skip
     out = {}
     for method in methods:
-        paper = [
-            paper_epoch(method, splits, b, lr, paper_steps, str(ctx.device))
-            for b in batches
-            for lr in lrs
-        ]
-        own = [own_epoch(method, data, classes, b, lr) for b in batches for lr in lrs]
-        ways = {
-            "papers": tuple(map(sum, zip(*paper, strict=True))),
-            "runs": tuple(map(sum, zip(*own, strict=True))),
-            "sweep": sweep_epoch(method, data, classes, lrs, batches),
-        }
+        timed = {}
+        for way in ways:
+            if way == "papers":
+                each = [paper_epoch(method, splits, b, lr, paper_steps, device)
+                        for b in batches for lr in lrs]  # fmt: skip
+            elif way == "runs":
+                each = [own_epoch(method, data, classes, b, lr) for b in batches for lr in lrs]
+            else:
+                each = [sweep_epoch(method, data, classes, lrs, batches)]
+            timed[way] = tuple(map(sum, zip(*each, strict=True)))
         out[method] = {
             f"{way}_{part}": v
-            for way, t in ways.items()
+            for way, t in timed.items()
             for part, v in zip(("train", "eval"), t, strict=True)
         }
-        total = {way: sum(t) for way, t in ways.items()}
-        cells = [f"{total[w]:6.1f} ({t[0]:.1f}+{t[1]:.1f})" for w, t in ways.items()]
-        echo(
-            f"{method:<8} {cells[0]:>22} {cells[1]:>22} {cells[2]:>16} "
-            f"{total['papers'] / total['sweep']:>9.2f}x {total['runs'] / total['sweep']:>7.2f}x"
-        )
+        total = {way: sum(t) for way, t in timed.items()}
+        cells = [f"{total[w]:7.1f} ({t[0]:.1f}+{t[1]:.1f})" for w, t in timed.items()]
+        ratios = [f"{w}/sweep {total[w] / total['sweep']:.2f}x" for w in timed if w != "sweep"]
+        echo(f"{method:<8} " + " ".join(f"{c:>22}" for c in cells)
+             + f"  {', '.join(ratios) if 'sweep' in timed else '-'}  {peak_rss_gb():.2f} GB")  # fmt: skip
     return out
 
 

@@ -134,7 +134,7 @@ def create_run_method(plan: RunPlan, data, text: torch.Tensor | None, device) ->
         data.num_rows("train"),
         plan.num_classes,
         plan.method,
-        observed=data.observed("train").cpu() if info.needs_observed else None,
+        observed=data.observed("train") if info.needs_observed else None,
         text_embeddings=text,
         generator=torch.Generator().manual_seed(plan.config.seed),
         steps_per_epoch=data.steps_per_epoch,

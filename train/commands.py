@@ -141,6 +141,20 @@ def methods_command():
     show_default=True,
     help="linear: number of classes.",
 )
+@click.option(
+    "--annotations",
+    default=0.0,
+    help="linear: OpenImages-shaped ragged labels, about "
+    "this many an image (60% positive), features memory-mapped from disk.",
+)
+@click.option(
+    "--ways",
+    default="papers,runs,sweep",
+    show_default=True,
+    help="linear: the ways timed (papers, runs, sweep).",
+)
+@click.option("--lrs", default="1e-2,1e-3,1e-4,1e-5", show_default=True, help="linear: grid lrs.")
+@click.option("--batches", default="8,16", show_default=True, help="linear: grid batch sizes.")
 @click.option("--paper-steps", type=click.IntRange(min=0), default=0, help="linear: time this many steps of each papers'-way "
               "epoch and extrapolate (0: whole epochs).")  # fmt: skip
 @click.option("--shards", type=click.Path(), help="e2e: a shard set [default: generated photos].")
@@ -184,12 +198,20 @@ def bench_train(setting, methods, rows, dim, classes, paper_steps, opts, **e2e):
     names = tuple(m.strip() for m in methods.split(",") if m.strip())
     for name in names:
         get_method(name)  # unknown names fail here, listing the methods
+    grid = {k: e2e.pop(k) for k in ("annotations", "ways", "lrs", "batches")}
     if setting == "linear":
         from train.bench import parse_rows, run_linear_bench
 
+        ways = tuple(w.strip() for w in grid["ways"].split(",") if w.strip())
+        if not ways or set(ways) - {"papers", "runs", "sweep"}:
+            raise click.BadParameter(
+                f"{grid['ways']!r}: choose from papers, runs, sweep", param_hint="--ways"
+            )
         run_linear_bench(
-            names, rows=parse_rows(rows), dim=dim, classes=classes,
-            paper_steps=paper_steps, device=e2e["device"], echo=click.echo,
+            names, rows=parse_rows(rows), dim=dim, classes=classes, paper_steps=paper_steps,
+            device=e2e["device"], echo=click.echo, annotations=grid["annotations"], ways=ways,
+            lrs=tuple(float(x) for x in grid["lrs"].split(",")),
+            batches=tuple(int(x) for x in grid["batches"].split(",")),
         )  # fmt: skip
         return
     from train.bench import E2EBenchOptions, run_e2e_bench

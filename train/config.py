@@ -20,6 +20,7 @@ from shards.options import parse_value
 
 SETTINGS = ("linear", "e2e")
 HEADS = ("linear", "cam")
+GROUPS = ("", "frequency", "none")  # -o groups=…: "" is frequency on OpenImages, else none
 DEFAULT_BACKBONE = "resnet50"  # e2e, unless the method's protocol names another
 DEFAULT_PRESET = "cole448"
 # run options that may also come as -o key=value (method fields take precedence)
@@ -36,6 +37,7 @@ RUN_OPTIONS = (
     "sweep_lrs",
     "sweep_batches",
     "fraction",
+    "groups",
 )
 # fields that say how this invocation runs, not what the run is (free to change on --resume)
 INVOCATION_FIELDS = (
@@ -83,6 +85,7 @@ class RunConfig:
     sweep_lrs: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-5)  # Cole's grid (METHODS.md §1.3)
     sweep_batches: tuple[int, ...] = (8, 16)
     fraction: float = 0.1  # --regime partial: the partial view with this fraction observed
+    groups: str = ""  # mAP by class-frequency group: "frequency", "none"; "": on OpenImages
 
     def __post_init__(self) -> None:
         if self.setting not in SETTINGS:
@@ -112,6 +115,8 @@ class RunConfig:
             raise WsmlError("boostlu_alpha scales a CAM: use it with --head cam")
         if self.boostlu_alpha <= 0:
             raise WsmlError(f"boostlu_alpha must be positive, got {self.boostlu_alpha}")
+        if self.groups not in GROUPS:
+            raise WsmlError(f"groups must be one of frequency, none, got {self.groups!r}")
         if self.image_size < 0 or self.eval_batch_size < 0 or self.stop_after_epochs < 0:
             raise WsmlError("image_size, eval_batch_size and stop_after_epochs must be >= 0")
 

@@ -19,16 +19,20 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from pipelines import sharding
+from pipelines.labels import DeviceLabels
 from shards import embeddings as emb
 from shards.errors import WsmlError
+from shards.lists import LabelLists
 from shards.shardset import ShardSet
 from train.context import Context
+from train.entry_metrics import EntryIndex
 
 SPLITS = ("train", "val", "test")
 LINEAR_EVAL_ROWS = 4096
@@ -96,13 +100,17 @@ def read_clip_text(ss: ShardSet, tag: str, method: str) -> np.ndarray:
 
 
 class FeatureData:
-    """Every split's cached features (float16, converted per batch) and labels in memory:
-    ``splits[split]`` holds ``input`` (N, D), ``observed`` and ``full`` (N, L) int8 and, for
-    CLIP methods, ``embedding`` (N, E)."""
+    """Every split's cached features and (for CLIP methods) image embeddings, read from their
+    memory maps a batch at a time (float16, converted per batch; never a second full copy),
+    and its observed and full labels kept ragged on the device, each batch made dense (B, L)
+    there. ``splits[split]`` holds ``input`` (N, D), ``observed`` and ``full`` (LabelLists,
+    or int8 (N, L) matrices, made ragged) and optionally ``embedding`` (N, E)."""
+
+    groups = None  # classes of the frequency groups G1..G5 to report, or None
 
     def __init__(
         self,
-        splits: dict[str, dict[str, Tensor]],
+        splits: dict[str, dict],
         ctx: Context,
         *,
         seed: int,
@@ -112,28 +120,35 @@ class FeatureData:
         self.ctx, self.seed, self.batch_size = ctx, seed, batch_size
         self.local = ctx.local_batch(batch_size)
         self.eval_rows = eval_rows or LINEAR_EVAL_ROWS
-        self.splits = {s: {k: v.to(ctx.device) for k, v in d.items()} for s, d in splits.items()}
-        dims = {tuple(s["input"].shape[1:]) for s in self.splits.values()}
+        self.features = {s: _as_array(d["input"]) for s, d in splits.items()}
+        self.embeddings = {
+            s: _as_array(d["embedding"]) for s, d in splits.items() if "embedding" in d
+        }
+        self.label_lists = {
+            s: {k: DeviceLabels(_as_lists(d[k]), ctx.device) for k in ("observed", "full")}
+            for s, d in splits.items()
+        }
+        dims = {tuple(f.shape[1:]) for f in self.features.values()}
         if len(dims) != 1:
             raise WsmlError(f"features differ in dimension between splits: {sorted(dims)}")
-        self.feature_dim = int(self.splits["train"]["input"].shape[1])
+        self.feature_dim = int(self.features["train"].shape[1])
+        self.num_classes = self.label_lists["train"]["full"].num_classes
 
     @classmethod
     def read(
         cls, ss: ShardSet, features: str, view: str, ctx: Context, *, clip: str | None = None, **kw
     ) -> FeatureData:
-        """The cache ``features`` (and ``clip``'s image embeddings) of every split, with the
-        observed labels of ``view`` and the clean labels."""
+        """The cache ``features`` (and ``clip``'s image embeddings) of every split, memory-mapped,
+        with the observed labels of ``view`` and the clean labels, ragged."""
         splits = {}
         for split in SPLITS:
             data = {
-                "input": torch.from_numpy(np.array(read_features(ss, features, split))),
-                "observed": torch.from_numpy(ss.observed_labels(view, split)),
-                "full": torch.from_numpy(ss.full_labels(split)),
+                "input": read_features(ss, features, split),
+                "observed": ss.observed_lists(view, split),
+                "full": ss.full_lists(split),
             }
             if clip is not None:
-                image = read_features(ss, clip, split, "CLIP embeddings")
-                data["embedding"] = torch.from_numpy(np.array(image))
+                data["embedding"] = read_features(ss, clip, split, "CLIP embeddings")
             splits[split] = data
         return cls(splits, ctx, **kw)
 
@@ -144,46 +159,93 @@ class FeatureData:
         return out
 
     def num_rows(self, split: str) -> int:
-        return int(self.splits[split]["full"].shape[0])
+        return len(self.features[split])
 
-    def labels(self, split: str) -> np.ndarray:
-        return self.splits[split]["full"].cpu().numpy()
+    def labels(self, split: str) -> LabelLists:
+        """The split's clean labels, ragged (evaluation scores annotated entries from them)."""
+        return self.label_lists[split]["full"].lists
 
-    def observed(self, split: str) -> Tensor:
-        return self.splits[split]["observed"]
+    def entry_index(self, split: str) -> EntryIndex:
+        """The split's annotated entries, made once (evaluation sized by annotations)."""
+        return _entry_index(self, split)
+
+    def observed(self, split: str) -> LabelLists:
+        return self.label_lists[split]["observed"].lists
 
     @property
     def steps_per_epoch(self) -> int:
         return self.num_rows("train") // self.batch_size
 
-    def batch(self, split: str, rows: Tensor) -> dict[str, Tensor]:
-        data = self.splits[split]
-        out = {k: v[rows] for k, v in data.items()}
-        out["input"] = out["input"].float()
-        if "embedding" in out:
-            out["embedding"] = out["embedding"].float()
+    def gather(self, split: str, rows: Tensor) -> dict[str, Tensor]:
+        """The rows' features (and embeddings) from the memory maps, as float32 on the device."""
+        idx = rows.cpu().numpy()
+        out = {"input": _rows(self.features[split], idx).to(self.ctx.device).float()}
+        if split in self.embeddings:
+            out["embedding"] = _rows(self.embeddings[split], idx).to(self.ctx.device).float()
+        return out
+
+    def batch(self, split: str, rows: Tensor, gathered: dict | None = None) -> dict[str, Tensor]:
+        out = dict(gathered) if gathered is not None else self.gather(split, rows)
+        rows = rows.to(self.ctx.device)
+        for k, labels in self.label_lists[split].items():
+            out[k] = labels.dense(rows)
         out["row"] = rows
         return out
 
     def train_batches(self, epoch: int) -> Iterator[dict[str, Tensor]]:
+        """This rank's batches; the next batch's features are read while this one trains."""
         n, b, r = self.num_rows("train"), self.batch_size, self.ctx.rank
-        perm = torch.randperm(n, generator=epoch_generator(self.seed, epoch)).to(self.ctx.device)
-        for s in range(self.steps_per_epoch):
-            lo = s * b + r * self.local
-            yield self.batch("train", perm[lo : lo + self.local])
+        perm = torch.randperm(n, generator=epoch_generator(self.seed, epoch))
+        steps = [perm[s * b + r * self.local : s * b + r * self.local + self.local]
+                 for s in range(self.steps_per_epoch)]  # fmt: skip
+        with ThreadPoolExecutor(1, thread_name_prefix="wsml-gather") as pool:
+            ahead = pool.submit(self.gather, "train", steps[0]) if steps else None
+            for s, rows in enumerate(steps):
+                gathered = ahead.result()
+                if s + 1 < len(steps):
+                    ahead = pool.submit(self.gather, "train", steps[s + 1])
+                yield self.batch("train", rows, gathered)
 
     def eval_batches(self, split: str) -> Iterator[dict[str, Tensor]]:
         start, end = sharding.shard_range(self.num_rows(split), self.ctx.rank, self.ctx.world_size)
         for lo in range(start, end, self.eval_rows):
-            rows = torch.arange(lo, min(end, lo + self.eval_rows), device=self.ctx.device)
+            rows = torch.arange(lo, min(end, lo + self.eval_rows))
             out = self.batch(split, rows)
-            out["valid"] = torch.ones(len(rows), dtype=torch.bool, device=rows.device)
+            out["valid"] = torch.ones(len(rows), dtype=torch.bool, device=self.ctx.device)
             yield out
+
+
+def _entry_index(data, split: str) -> EntryIndex:
+    cache = data.__dict__.setdefault("_entry_indexes", {})
+    if split not in cache:
+        cache[split] = EntryIndex(data.labels(split))
+    return cache[split]
+
+
+def _as_array(x) -> np.ndarray:
+    """A memory map or array as it is; a tensor as its numpy view (tests, the benchmark)."""
+    return x.numpy() if isinstance(x, Tensor) else x
+
+
+def _as_lists(x) -> LabelLists:
+    if isinstance(x, LabelLists):
+        return x
+    return LabelLists.from_dense(x.numpy() if isinstance(x, Tensor) else np.asarray(x))
+
+
+def _rows(arr: np.ndarray, idx: np.ndarray) -> Tensor:
+    """``arr[idx]`` read in ascending row order (sequential on disk), returned in ``idx``'s."""
+    order = np.argsort(idx, kind="stable")
+    out = np.empty((len(idx), *arr.shape[1:]), dtype=arr.dtype)
+    out[order] = arr[idx[order]]
+    return torch.from_numpy(out)
 
 
 class ImageData:
     """Images through ``create_loader``: one loader per split, rebuilt per epoch by the loader
     itself from (seed, epoch, rank)."""
+
+    groups = None  # classes of the frequency groups G1..G5 to report, or None
 
     def __init__(
         self,
@@ -201,6 +263,7 @@ class ImageData:
         from pipelines.loader import create_loader
 
         self.ss, self.view, self.ctx, self.batch_size = ss, view, ctx, batch_size
+        self._labels: dict[str, LabelLists] = {}
         self.local = ctx.local_batch(batch_size)
         common = dict(
             regime=view,
@@ -226,11 +289,16 @@ class ImageData:
     def num_rows(self, split: str) -> int:
         return int(self.ss.split(split)["num_samples"])
 
-    def labels(self, split: str) -> np.ndarray:
-        return self.ss.full_labels(split)
+    def labels(self, split: str) -> LabelLists:
+        if split not in self._labels:
+            self._labels[split] = self.ss.full_lists(split)
+        return self._labels[split]
 
-    def observed(self, split: str) -> Tensor:
-        return torch.from_numpy(self.ss.observed_labels(self.view, split))
+    def entry_index(self, split: str) -> EntryIndex:
+        return _entry_index(self, split)
+
+    def observed(self, split: str) -> LabelLists:
+        return self.ss.observed_lists(self.view, split)
 
     @property
     def steps_per_epoch(self) -> int:

@@ -13,8 +13,10 @@ from torch import Tensor, nn
 
 from pipelines.distributed import gather_cat
 from shards.errors import WsmlError
+from shards.lists import LabelLists
 from train import metrics
 from train.context import Context, evaluating
+from train.entry_metrics import EntryIndex, evaluate_annotated, evaluate_entries, group_map
 
 
 def predict(
@@ -51,12 +53,55 @@ def predict(
     return r, p
 
 
-def score(probs: Any, labels: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
+def predict_entries(model: nn.Module, batches, ctx: Context, index: EntryIndex) -> np.ndarray:
+    """The scores (T, E) of a split's annotated entries (``index``'s order) for each of the T
+    configurations the model stacks, a batch at a time: no (N, L) score matrix is kept. Every
+    rank scores its share; the entries are gathered. Full precision, as ``predict``."""
+    at, values = [], []
+    with evaluating(model):
+        for batch in batches:
+            keep = batch["valid"]
+            logits = model(batch["input"])
+            tracks = len(logits) // len(keep)
+            probs = torch.sigmoid(logits.float().view(tracks, len(keep), -1)[:, keep]).cpu()
+            rows = batch["row"][keep].cpu().numpy()
+            taken = [index.take(rows, p.numpy()) for p in probs]
+            at.append(torch.from_numpy(taken[0][0]))
+            values.append(torch.from_numpy(np.stack([v for _, v in taken], 1)))  # (e, T)
+    a, v = gather_cat(torch.cat(at), torch.cat(values))
+    out = np.full((v.shape[1], len(index)), np.nan, dtype=np.float32)
+    out[:, a.numpy()] = v.numpy().T
+    if len(a) != len(index) or len(np.unique(a.numpy())) != len(index):
+        raise WsmlError(f"evaluation scored {len(a)} annotated entries of {len(index)}")
+    return out
+
+
+def score_entries(index: EntryIndex, entries: np.ndarray, threshold: float, groups=None) -> dict:
+    """``score`` of a source with unknown labels from its annotated entries' scores alone."""
+    out = evaluate_entries(index, entries, threshold=threshold)
+    out["variant"] = "annotated"
+    if groups is not None:
+        out["groups"] = group_map(out["AP"], groups)
+    return out
+
+
+def score(
+    probs: Any, labels: LabelLists | np.ndarray, threshold: float = 0.5, groups=None
+) -> dict[str, Any]:
     """mAP, CP/CR/CF1/OP/OR/OF1 and per-class AP (x 100). Labels with unknown entries (0, e.g.
-    Open Images) are scored with the OpenImages variant: annotated entries only."""
-    annotated_only = bool((labels == 0).any())
-    out = metrics.evaluate(probs, labels, threshold=threshold, annotated_only=annotated_only)
-    out["variant"] = "annotated" if annotated_only else "all"
+    Open Images) are scored with the OpenImages variant: annotated entries only, taken from the
+    ragged labels (no (N, L) label matrix); fully labelled sources the dense way. ``groups``
+    (classes of G1..G5) adds ``groups``: {"G1": mAP, …}."""
+    if not isinstance(labels, LabelLists):
+        labels = LabelLists.from_dense(labels)
+    if labels.has_unknown():
+        out = evaluate_annotated(probs, labels, threshold=threshold)
+        out["variant"] = "annotated"
+    else:
+        out = metrics.evaluate(probs, labels.dense(), threshold=threshold)
+        out["variant"] = "all"
+    if groups is not None:
+        out["groups"] = group_map(out["AP"], groups)
     return out
 
 
@@ -69,22 +114,39 @@ def evaluate_splits(
     *,
     scored: Sequence[bool] | None = None,
 ) -> dict[str, list[dict[str, dict[str, Any]]]]:
-    """{weights name: [{split: scores + "probs"} per stacked configuration]} for each model
-    (the trained weights, the EMA); configurations not in ``scored`` (a mask) get no scores."""
+    """{weights name: [{split: scores} per stacked configuration]} for each model (the trained
+    weights, the EMA); configurations not in ``scored`` (a mask) get no scores."""
     out: dict[str, list[dict[str, dict[str, Any]]]] = {}
     for name, model in models.items():
         per: list[dict[str, dict[str, Any]]] = []
         for split in splits:
-            n = data.num_rows(split)
-            _, probs = predict(model, data.eval_batches(split), ctx, n)
-            labels = data.labels(split)
-            if not per:
-                per = [{} for _ in range(len(probs))]
-            for i, p in enumerate(probs):
-                if scored is None or scored[i]:
-                    per[i][split] = {**score(p.numpy(), labels, threshold), "probs": p}
+            scores = score_split(model, data, ctx, split, threshold, scored)
+            per = per or [{} for _ in scores]
+            for i, result in enumerate(scores):
+                if result is not None:
+                    per[i][split] = result
         out[name] = per
     return out
+
+
+def score_split(model, data, ctx: Context, split: str, threshold: float, scored=None) -> list:
+    """Each stacked configuration's scores on ``split`` (None where ``scored`` says not to),
+    with ``probs`` where they come from (N, L) scores; a source with unknown labels is scored
+    from its annotated entries alone (sized by annotations, no (N, L) matrix)."""
+    labels, groups = data.labels(split), data.groups
+    wanted = (lambda i: True) if scored is None else (lambda i: bool(scored[i]))  # noqa: E731
+    if labels.has_unknown():
+        index = data.entry_index(split)
+        entries = predict_entries(model, data.eval_batches(split), ctx, index)
+        return [
+            score_entries(index, e, threshold, groups) if wanted(i) else None
+            for i, e in enumerate(entries)
+        ]
+    _, probs = predict(model, data.eval_batches(split), ctx, data.num_rows(split))
+    return [
+        {**score(p.numpy(), labels, threshold, groups), "probs": p} if wanted(i) else None
+        for i, p in enumerate(probs)
+    ]
 
 
 def headline(result: dict[str, Any]) -> dict[str, float]:

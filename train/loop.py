@@ -229,7 +229,8 @@ def write_best(run: Run, track: Track, results: dict[str, dict[str, Any]]) -> No
     # a run's own folder keeps val and test predictions; a sweep member test's (the sweep
     # keeps its chosen member's, for the report's precision-recall curves)
     for split in ("val", "test") if track.folder is run.folder else ("test",):
-        track.folder.write_predictions(split, results[split]["probs"].numpy())
+        if "probs" in results[split]:  # none where scored by annotations (no (N, L) scores)
+            track.folder.write_predictions(split, results[split]["probs"].numpy())
     meta = track.meta or {
         "method": plan.config.method,
         "setting": plan.config.setting,

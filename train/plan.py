@@ -20,6 +20,7 @@ from train.data import cache_dim, read_clip_text
 from train.integrity import check_steps, data_identity
 from train.methods import MethodConfig, MethodInfo, config_dict, get_method
 from train.runfolder import require_tensorboard
+from train.scale import check_scale
 from train.settings import Setting, get_setting
 from train.untrained import check_untrained
 
@@ -101,6 +102,7 @@ def plan_run(config: RunConfig, world_size: int | None = None) -> RunPlan:
     config = setting.complete(config, info)
     view, kind = choose_view(ss, info, config.regime, config.fraction)
     mcfg = info.create_config(ss.manifest["dataset"], method_opts)
+    check_scale(ss, info, mcfg, view, config.features)
     if mcfg.batch_size % world:
         raise WsmlError(
             f"batch_size {mcfg.batch_size} is the global batch and must divide evenly over "
@@ -148,11 +150,11 @@ def choose_view(
     if view is None:
         view = default_view(ss, info, fraction)
     if view in ("full", "clean"):
-        kind = "partial" if bool((ss.full_labels("train") == 0).any()) else "full"
+        kind = "partial" if ss.full_lists("train").has_unknown() else "full"
     elif view in ss.regimes:
         kind = ss.regimes[view].get("trains_as", ss.regimes[view]["regime"])
     else:
-        ss.observed_labels(view, "train")  # raises, listing the views
+        ss.observed_lists(view, "train")  # raises, listing the views
         raise AssertionError("unreachable")
     info.check_regime(kind)
     return view, kind

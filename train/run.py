@@ -101,7 +101,7 @@ def sweep_lines(summary: dict[str, Any]) -> list[str]:
 def evaluate_run(run_dir: str, split: str, which: str = "best") -> dict[str, Any]:
     """Score a run's checkpoint (the selected epoch's, or the last) on ``split``."""
     from train.context import Context
-    from train.evaluate import predict, score
+    from train.evaluate import evaluate_splits
 
     folder = RunFolder(run_dir)
     saved = folder.read_config()
@@ -112,8 +112,9 @@ def evaluate_run(run_dir: str, split: str, which: str = "best") -> dict[str, Any
     try:
         plan = plan_saved_run(run_dir, saved, ctx.world_size)
         model, data = load_model(plan, saved, ckpt, ctx)
-        _, probs = predict(model, data.eval_batches(split), ctx, data.num_rows(split))
-        result = score(probs[0].numpy(), data.labels(split), plan.config.threshold)
+        results = evaluate_splits({"model": model}, data, ctx, (split,), plan.config.threshold)
+        result = results["model"][0][split]  # by annotated entries where labels are unknown
+        result.pop("probs", None)
     finally:
         ctx.close()
     return {"epoch": ckpt["epoch"], "weights": ckpt["loop"]["best_weights"], **result}
@@ -167,6 +168,8 @@ def methods_lines() -> list[str]:
         flags = [f for f in ("needs_clip", "needs_full") if getattr(m, f)]
         if m.create_model is not None:
             flags.append("own model")
+        if m.dense_state:
+            flags.append("needs rows x classes memory: not for large label spaces")
         if tuple(m.settings) != ("linear", "e2e"):
             flags.append(f"{'/'.join(m.settings)} only")
         extra = f" [{', '.join(flags)}]" if flags else ""

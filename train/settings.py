@@ -70,7 +70,7 @@ class LinearSetting(Setting):
 
     def create_data(self, plan: RunPlan, ctx: Context, model: nn.Module) -> FeatureData:
         config = plan.config
-        return FeatureData.read(
+        data = FeatureData.read(
             plan.shard_set,
             config.features,
             config.regime,
@@ -80,6 +80,7 @@ class LinearSetting(Setting):
             clip=config.clip,
             eval_rows=config.eval_batch_size,
         )
+        return with_groups(data, plan)
 
     def step_threads(self, ctx: Context) -> int:
         # a step is a few small ops, where OpenMP's synchronisation costs more than it gains
@@ -132,7 +133,7 @@ class E2ESetting(Setting):
     def create_data(self, plan: RunPlan, ctx: Context, model: nn.Module) -> ImageData:
         config = plan.config
         preset = e2e_preset(config.preset, config.image_size, model.pretrained_cfg)
-        return ImageData(
+        data = ImageData(
             plan.shard_set,
             config.regime,
             ctx,
@@ -143,6 +144,7 @@ class E2ESetting(Setting):
             backend=config.loader,
             eval_batch=config.eval_batch_size,
         )
+        return with_groups(data, plan)
 
     def place(self, model: nn.Module, ctx: Context) -> nn.Module:
         model.to(ctx.device)
@@ -152,6 +154,15 @@ class E2ESetting(Setting):
 
     def autocast(self, ctx: Context) -> contextlib.AbstractContextManager:
         return ctx.autocast()
+
+
+def with_groups(data, plan: RunPlan):
+    """The data with the classes of the frequency groups G1..G5 its scores report (Open
+    Images, or ``-o groups=frequency``), or None."""
+    from train.entry_metrics import create_class_groups
+
+    data.groups = create_class_groups(plan.shard_set, plan.config.groups)
+    return data
 
 
 def _own_model(plan: RunPlan, weights: str | None) -> tuple[nn.Module, dict]:

@@ -200,6 +200,11 @@ class Method(nn.Module):
     def extra_parameters(self) -> list[dict[str, Any]]:
         return []
 
+    @classmethod
+    def check_size(cls, num_rows: int, num_classes: int, config: MethodConfig) -> None:
+        """Refuse a training split too large for the method's state, before any work (a
+        method whose state is dense in rows x classes overrides this)."""
+
     def stack_state(self, members: int) -> None:
         """Called once on a stacked copy (:func:`stack_members`): give every member its own copy
         of dense per-row state (rows are offset by ``member x rows``). Sparse state keyed by row

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from pipelines.labels import DeviceLabels
 from shards.errors import WsmlError
 from train.methods import (
     Method,
@@ -96,16 +97,57 @@ class EntropyMaxApl(EntropyMax):
     def __init__(self, info, config, num_rows, num_classes, *, observed=None, **kw):
         super().__init__(info, config, num_rows, num_classes)
         # The observed labels are an input (the loop passes them at every creation), not state.
-        self.register_buffer("observed", observed.detach().to(torch.int8).clone(), False)
-        self.unlabel_num = (self.observed == 0).sum(0).tolist()  # U_c, fixed for the run
-        self.register_buffer("pseudo", torch.full((num_rows, num_classes), NO_PSEUDO))
+        self.observed = observed  # ragged (LabelLists); unknown entries are the candidates
+        self._observed_rows: DeviceLabels | None = None  # on the state's device, made once
+        annotated = observed.class_counts()[1]
+        self.unlabel_num = (len(observed) - annotated).tolist()  # U_c, fixed for the run
+        # Pseudo-labels as entries (row x L + class, sorted; their targets), not (rows, L):
+        # a round labels a fraction of the unknowns, so the state grows with what it changes.
+        self.register_buffer("pseudo_keys", torch.zeros(0, dtype=torch.int64))
+        self.register_buffer("pseudo_values", torch.zeros(0))
 
     def stack_state(self, members: int) -> None:
-        self.pseudo = self.pseudo.repeat(members, 1)  # (M x rows, L): each member's own labels
+        # member m's rows are m x rows + row: its keys shift by m x rows x L
+        shift = torch.arange(members).repeat_interleave(len(self.pseudo_keys))
+        span = self.num_rows // members * self.num_classes  # num_rows already counts all
+        self.pseudo_keys = self.pseudo_keys.repeat(members) + shift * span
+        self.pseudo_values = self.pseudo_values.repeat(members)
+
+    def pseudo_rows(self, rows: Tensor) -> Tensor:
+        """(R, L) pseudo-label targets of ``rows``, NO_PSEUDO where an entry has none."""
+        keys, dev, n_cls = self.pseudo_keys, self.pseudo_keys.device, self.num_classes
+        rows = rows.to(dev)
+        out = torch.full((len(rows), n_cls), NO_PSEUDO, device=dev)
+        starts = torch.searchsorted(keys, rows * n_cls)
+        lengths = torch.searchsorted(keys, (rows + 1) * n_cls) - starts
+        total = int(lengths.sum())
+        if total:
+            local = torch.repeat_interleave(torch.arange(len(rows), device=dev), lengths)
+            at = (
+                starts[local]
+                + torch.arange(total, device=dev)
+                - (lengths.cumsum(0) - lengths)[local]
+            )
+            out[local, keys[at] - rows[local] * n_cls] = self.pseudo_values[at]
+        return out
+
+    def add_pseudo(self, rows: Tensor, classes: Tensor, values: Tensor) -> None:
+        """New pseudo-labels (entries that have none yet), kept sorted by key."""
+        keys = torch.cat([self.pseudo_keys, rows * self.num_classes + classes])
+        order = torch.argsort(keys)
+        self.pseudo_keys = keys[order]
+        self.pseudo_values = torch.cat([self.pseudo_values, values.float()])[order]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("pseudo_keys", "pseudo_values"):  # the entries grow: take their size
+            if prefix + name in state_dict:
+                old = getattr(self, name)
+                setattr(self, name, torch.empty_like(state_dict[prefix + name], device=old.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def compute(self, logits, batch, *, epoch, step):
         p = torch.sigmoid(logits)
-        s = self.pseudo[batch["row"].to(self.pseudo.device)].to(p.device)  # (N, L)
+        s = self.pseudo_rows(batch["row"]).to(p.device)  # (N, L)
         labelled = (s >= 0) & observed_masks(batch, p)[1]
         self.note_labels("pseudo_negative", labelled)
         s = s.clamp(min=0)
@@ -129,7 +171,7 @@ class EntropyMaxApl(EntropyMax):
             raise WsmlError(f"method {self.name} needs predictions over the training split")
         with torch.no_grad():
             rows, probs = self.gather(*predictions)
-            rows, probs = rows.to(self.pseudo.device), probs.to(self.pseudo.device)
+            rows, probs = rows.to(self.pseudo_keys.device), probs.to(self.pseudo_keys.device)
             n = len(self.observed)  # one member's rows; stacked members' rows are offset by n
             member = rows // n
             added = [self.select(rows[member == m], probs[member == m], m * n)
@@ -139,11 +181,13 @@ class EntropyMaxApl(EntropyMax):
     def select(self, rows: Tensor, probs: Tensor, offset: int = 0) -> int:
         """Make this round's pseudo-negatives from probabilities of training rows (of the member
         whose rows start at ``offset``); the quotas count that member's rows alone."""
-        dev = self.pseudo.device
+        dev = self.pseudo_keys.device
         rows, probs = rows.to(dev), probs.to(dev, torch.float32)
         rows, first = _first_occurrence(rows)  # sorted unique rows (DDP samplers pad with repeats)
         probs = probs[first]
-        candidate = (self.observed[rows - offset] == 0) & (self.pseudo[rows] < 0)
+        if self._observed_rows is None or self._observed_rows.device != dev:
+            self._observed_rows = DeviceLabels(self.observed, dev)
+        candidate = (self._observed_rows.dense(rows - offset) == 0) & (self.pseudo_rows(rows) < 0)
         key = torch.where(candidate, probs, torch.full_like(probs, float("inf")))
         order = torch.sort(key, dim=0, stable=True).indices  # ascending; ties by row
         quota = torch.tensor([self.round_size(c) for c in range(self.num_classes)], device=dev)
@@ -151,7 +195,7 @@ class EntropyMaxApl(EntropyMax):
         rank.scatter_(0, order, torch.arange(len(rows), device=dev).unsqueeze(1).expand_as(order))
         chosen = candidate & (rank < quota)
         r, c = chosen.nonzero(as_tuple=True)
-        self.pseudo[rows[r], c] = probs[r, c]
+        self.add_pseudo(rows[r], c, probs[r, c])
         return int(chosen.sum())
 
 
@@ -187,6 +231,7 @@ for _entry in (
         needs_observed=True,
         per_sample_state=True,
         epoch_pass=True,
+        dense_state=True,  # its epoch pass ranks every unknown entry of the training split
     ),
 ):
     register_method(_entry)

@@ -275,7 +275,7 @@ class Oass(Method):
         self._pairs: list[tuple[Tensor, Tensor]] = []  # (teacher, student) parameters
         self.register_buffer("teacher_steps", torch.zeros((), dtype=torch.int64))
         main = get_rank() == 0
-        if observed is not None and bool((observed == 0).any()) and main:
+        if observed is not None and observed.has_unknown() and main:
             print(
                 "notice: oass trains on full labels in its paper; here unknown labels count as "
                 "negatives and only observed positives are cut (an extension)",

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from shards.errors import WsmlError
+from shards.lists import LabelLists
 from shards.options import parse_value
 from shards.registry import Registry
 from shards.source import dataset_family
@@ -59,7 +60,8 @@ class MethodInfo:
     defaults_source: str = ""
     needs_full: bool = False  # reads batch["full"] (clean labels)
     needs_clip: bool = False  # reads batch["embedding"]; create() needs text_embeddings
-    needs_observed: bool = False  # create() needs the training split's observed matrix
+    needs_observed: bool = False  # create() needs the training split's observed labels (ragged)
+    dense_state: bool = False  # rows x classes memory (state, epoch pass): not for large L
     per_sample_state: bool = False  # label state indexed by batch["row"]
     epoch_pass: bool = False  # end_epoch wants predictions over the training split
     trainable_state: bool = False  # extra_parameters() is not empty
@@ -103,7 +105,7 @@ class MethodInfo:
         num_classes: int,
         config: MethodConfig | None = None,
         *,
-        observed: Tensor | None = None,
+        observed: LabelLists | None = None,
         text_embeddings: Tensor | None = None,
         generator: torch.Generator | None = None,
         steps_per_epoch: int = 0,
@@ -113,11 +115,15 @@ class MethodInfo:
         config = self.create_config() if config is None else config
         if not isinstance(config, self.config):
             raise WsmlError(f"method {self.name} takes a {self.config.__name__}, got {config!r}")
+        self.method_class.check_size(num_rows, num_classes, config)
         if self.needs_observed:
-            if observed is None or tuple(observed.shape) != (num_rows, num_classes):
+            if not isinstance(observed, LabelLists) or (len(observed), observed.num_classes) != (
+                num_rows,
+                num_classes,
+            ):
                 raise WsmlError(
                     f"method {self.name} needs the training split's observed labels "
-                    f"({num_rows} x {num_classes}) at creation"
+                    f"(ragged, {num_rows} rows of {num_classes} classes) at creation"
                 )
         if self.needs_clip and (text_embeddings is None or len(text_embeddings) != num_classes):
             raise WsmlError(

@@ -33,6 +33,10 @@ class EprConfig(MethodConfig):
 @dataclass(frozen=True)
 class RoleConfig(EprConfig):
     estimator_lr_mult: float = 10.0  # Cole train.py: estimator lr = lr x lr_mult
+    memory_budget_gb: float = 8.0  # the most the estimator may take (see Role.check_size)
+
+
+ESTIMATOR_BYTES = 16  # per entry: float32 logits, their gradient and Adam's two moments
 
 
 def expected_positives(method: Method) -> float:
@@ -78,10 +82,22 @@ class Role(ColeLoss):
         # logit(0.005); a linear-init run loads the linear phase's estimator instead.
         a = logit(0.6)
         init = (torch.rand(num_rows, num_classes, generator=generator) * 2 - 1) * a
-        obs = observed.detach().to("cpu")
+        obs = torch.from_numpy(observed.dense())  # dense by design: q is (rows, L) anyway
         init[obs == 1] = logit(0.995)
         init[obs == -1] = logit(0.005)
         self.estimator = nn.Parameter(init)  # (num_rows, L) logits
+
+    @classmethod
+    def check_size(cls, num_rows, num_classes, config) -> None:
+        need = ESTIMATOR_BYTES * num_rows * num_classes / 1e9
+        if need > config.memory_budget_gb:
+            raise WsmlError(
+                f"method role needs {need:.3g} GB for its label estimator: a trainable "
+                f"{num_rows:,} x {num_classes:,} float32 matrix (one row per training image) with "
+                f"its gradient and Adam moments, {ESTIMATOR_BYTES} bytes an entry; the budget is "
+                f"{config.memory_budget_gb:g} GB (-o memory_budget_gb=GB to allow more, or a "
+                "method that scales to large label spaces: see cli.py methods)"
+            )
 
     def estimates(self, rows: Tensor) -> Tensor:
         return torch.sigmoid(self.estimator[rows.to(self.estimator.device)])
@@ -151,6 +167,7 @@ for _entry in (
         needs_observed=True,
         per_sample_state=True,
         trainable_state=True,
+        dense_state=True,
     ),
 ):
     register_method(_entry)
