@@ -203,12 +203,12 @@ def test_shard_missing_required_option(tmp_path):
         (["--regime", "full-positive"], "full-positive"),
         (["--regime", "partial:fraction"], "partial:fraction"),
         (["--regime", "single-positive:fraction=0.5"], "fraction"),
-        (["--shard-samples", "0"], "shard size"),
+        (["--shard-samples", "0"], "--shard-samples"),
     ],
 )
 def test_shard_invalid_options_fail_before_writing(raw, tmp_path, option, named):
     out = tmp_path / "out"
-    assert_error(shard(raw, out, *option), named)
+    assert_usage_error(shard(raw, out, *option), named)  # ranges and regime specs: exit 2
     assert not out.exists()
 
 
