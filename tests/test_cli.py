@@ -203,12 +203,12 @@ def test_shard_missing_required_option(tmp_path):
         (["--regime", "full-positive"], "full-positive"),
         (["--regime", "partial:fraction"], "partial:fraction"),
         (["--regime", "single-positive:fraction=0.5"], "fraction"),
-        (["--shard-samples", "0"], "shard size"),
+        (["--shard-samples", "0"], "--shard-samples"),
     ],
 )
 def test_shard_invalid_options_fail_before_writing(raw, tmp_path, option, named):
     out = tmp_path / "out"
-    assert_error(shard(raw, out, *option), named)
+    assert_usage_error(shard(raw, out, *option), named)  # ranges and regime specs: exit 2
     assert not out.exists()
 
 
@@ -494,14 +494,18 @@ def test_observe_unknown_regime_is_a_usage_error(ss):
     [
         (["single-positive", "--fraction", "0.5"], "fraction", "single-positive"),
         (["partial", "--num-pos", "2"], "num_pos", "partial-p0.1"),
-        (["partial", "--fraction", "1.5"], "fraction must be in (0, 1]", "partial-p1.5"),
-        (["partial", "--fraction", "0"], "fraction must be in (0, 1]", "partial-p0"),
+        (["partial", "--fraction", "1.5"], "--fraction", "partial-p1.5"),
+        (["partial", "--fraction", "0"], "--fraction", "partial-p0"),
     ],
 )
 def test_observe_invalid_parameter(ss, args, named, view):
     shutil.rmtree(ss / "observed" / "single-positive")
     before = tree_digest(ss)
-    assert_error(run("observe", ss, *args), named)
+    result = run("observe", ss, *args)
+    if named == "--fraction":  # out of the option's range: a usage error
+        assert_usage_error(result, named)
+    else:
+        assert_error(result, named)
     assert tree_digest(ss) == before
     assert not (ss / "observed" / view).exists()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import io
+import json
 import shutil
 import tarfile
 from pathlib import Path
@@ -87,6 +88,13 @@ def drop_image(tar: Path, index: Path, sample: int) -> str:
             name, ext = m.name.split(".", 1)
             lines.setdefault(name, []).append(f"{ext} {m.offset_data} {m.size} {m.name}")
     index.write_text(f"v1.2 {len(lines)}\n" + "".join(" ".join(v) + "\n" for v in lines.values()))
+    manifest = tar.parent / "manifest.json"  # its new size, or the loader refuses it at once
+    m = json.loads(manifest.read_text())
+    for split in m["splits"].values():
+        for entry in split["shards"]:
+            if entry["tar"] == tar.name:
+                entry["bytes"] = tar.stat().st_size
+    manifest.write_text(json.dumps(m))
     return key
 
 

@@ -55,8 +55,15 @@ def test_config_records_the_data_and_resume_refuses_changed_data(copy, tmp_path)
         "manifest.json",
         "observed/single-positive/regime.json",
         f"embeddings/{FEAT}/meta.json",
+        *(f"embeddings/{FEAT}/{split}.npy" for split in ("train", "val", "test")),
     }
-    write_cache(copy, FEAT, {s: _ones(copy, s) for s in ("train", "val", "test")}, model="other")
+    meta = (copy / "embeddings" / FEAT / "meta.json").read_bytes()
+    arrays = {s: _ones(copy, s) for s in ("train", "val", "test")}
+    write_cache(copy, FEAT, arrays, model=json.loads(meta)["model"])  # the same meta.json
+    assert (copy / "embeddings" / FEAT / "meta.json").read_bytes() == meta
+    line = assert_refused(invoke("train", "--resume", "--out", out), f"embeddings/{FEAT}/train.npy")
+    assert "meta.json" not in line
+    write_cache(copy, FEAT, arrays, model="other")
     assert_refused(invoke("train", "--resume", "--out", out), f"embeddings/{FEAT}/meta.json")
     with open(copy / "manifest.json", "a") as f:
         f.write(" ")  # the same set would read the same; any change is refused

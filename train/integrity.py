@@ -20,16 +20,19 @@ from shards.shardset import ShardSet
 
 def data_identity(ss: ShardSet, view: str, features: str | None, clip: str | None) -> dict:
     """The sha256 of what a run reads: the manifest (which holds the label tables' sha256),
-    the view's ``regime.json`` and the caches' ``meta.json``."""
+    the view's ``regime.json`` and the caches' ``meta.json``; for the caches' arrays (too large
+    to hash at every start) their size and modification time."""
     out: dict[str, Any] = {"manifest.json": sha256_file(ss.root / "manifest.json")}
     if view not in ("full", "clean"):
         out[f"observed/{view}/regime.json"] = sha256_file(
             ss.root / "observed" / view / "regime.json"
         )
     for tag in dict.fromkeys(t for t in (features, clip) if t):
-        out[f"embeddings/{tag}/meta.json"] = sha256_file(
-            emb.cache_folder(ss.root, tag) / "meta.json"
-        )
+        folder = emb.cache_folder(ss.root, tag)
+        out[f"embeddings/{tag}/meta.json"] = sha256_file(folder / "meta.json")
+        for entry in emb.get_cache(ss.root, tag)["splits"].values():
+            st = (folder / entry["path"]).stat()
+            out[f"embeddings/{tag}/{entry['path']}"] = f"{st.st_size} bytes, mtime {st.st_mtime_ns}"
     return out
 
 
