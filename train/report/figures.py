@@ -52,7 +52,8 @@ def plot_curves(groups: dict[str, list[RunInfo]], path: Path) -> bool:
             if any(v is not None for v in loss):
                 right.plot(epochs, _nan(loss), style, marker="o", ms=3, color=color, label=name)
     left.set(xlabel="epoch", ylabel="val mAP (%)", title="validation mAP")
-    right.set(xlabel="epoch", ylabel="training loss", title="training loss")
+    right.set(xlabel="epoch", ylabel="training loss", title="training loss (symlog)")
+    right.set_yscale("symlog", linthresh=0.1)  # summed losses (ASL, Hill) beside mean ones
     if drawn:
         left.legend(fontsize=7, ncol=2)
     _save(fig, path, epochs=True)
