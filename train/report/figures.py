@@ -16,6 +16,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from train.report.runs import RunInfo  # noqa: E402
 
 DPI = 110
+MAX_BARS = 60  # classes; more are drawn as lines
 
 
 def _colors(n: int) -> list:
@@ -82,7 +83,10 @@ def plot_per_class(
         zip(_colors(len(series)), series.items(), strict=True)
     ):
         values = [ap.get(c) if ap.get(c) is not None else np.nan for c in classes]
-        bars.bar(x + k * width, values, width, color=color, label=label)
+        if len(classes) <= MAX_BARS:
+            bars.bar(x + k * width, values, width, color=color, label=label)
+        else:  # thousands of bars draw slowly and read as noise: one line per method
+            bars.plot(x, values, lw=0.8, color=color, label=label)
         if frequency:
             f = [frequency.get(c, 0) for c in classes]
             axes[0][1].scatter(f, values, s=14, color=color, label=label, alpha=0.8)
