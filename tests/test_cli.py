@@ -538,9 +538,9 @@ def test_demo_data_then_shard(tmp_path):
 def test_help_imports_neither_torch_nor_dali():
     code = (
         "import sys; from click.testing import CliRunner; import cli\n"
-        "for args in (['--help'], ['shard', '--help'], ['observe', '--help']):\n"
+        "for args in (['--help'], ['shard', '--help'], ['observe', '--help'], ['report', '--help']):\n"
         "    assert CliRunner().invoke(cli.main, args).exit_code == 0\n"
-        "heavy = [m for m in ('torch', 'nvidia.dali', 'pyarrow') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'nvidia.dali', 'pyarrow', 'matplotlib') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     import subprocess

@@ -84,6 +84,8 @@ def hand_made(root: Path) -> Path:
 def test_numbers_equal_the_summaries(tmp_path):
     runs = hand_made(tmp_path)
     out = tmp_path / "report"
+    out.mkdir()
+    (out / "mine.png").write_bytes(b"not the report's")  # a report removes only its own
     result = invoke("report", runs, "--out", out)
     assert result.exit_code == 0, result.output
     assert result.output.strip() == str(out / "index.html")
@@ -110,10 +112,10 @@ def test_numbers_equal_the_summaries(tmp_path):
     assert all(f"]({src})" in md for src in page.images)
     names = {Path(s).name for s in page.images}
     assert "coco2014-single-positive-labels.png" in names and len(names) == 6
-    no_papers = invoke("report", runs, "--out", tmp_path / "plain", "--no-paper-numbers")
-    assert (
-        no_papers.exit_code == 0 and "| paper |" not in (tmp_path / "plain/report.md").read_text()
-    )
+    shutil.rmtree(runs / "oi-an")
+    no_papers = invoke("report", runs, "--out", out, "--no-paper-numbers")
+    assert no_papers.exit_code == 0 and "| paper |" not in (out / "report.md").read_text()
+    assert not list(out.glob("openimages*.png")) and (out / "mine.png").exists()
 
 
 def test_bad_input(tmp_path):

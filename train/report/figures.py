@@ -16,6 +16,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from train.report.runs import RunInfo  # noqa: E402
 
 DPI = 110
+MAX_BARS = 60  # classes; more are drawn as lines
 
 
 def _colors(n: int) -> list:
@@ -52,7 +53,8 @@ def plot_curves(groups: dict[str, list[RunInfo]], path: Path) -> bool:
             if any(v is not None for v in loss):
                 right.plot(epochs, _nan(loss), style, marker="o", ms=3, color=color, label=name)
     left.set(xlabel="epoch", ylabel="val mAP (%)", title="validation mAP")
-    right.set(xlabel="epoch", ylabel="training loss", title="training loss")
+    right.set(xlabel="epoch", ylabel="training loss", title="training loss (symlog)")
+    right.set_yscale("symlog", linthresh=0.1)  # summed losses (ASL, Hill) beside mean ones
     if drawn:
         left.legend(fontsize=7, ncol=2)
     _save(fig, path, epochs=True)
@@ -81,7 +83,10 @@ def plot_per_class(
         zip(_colors(len(series)), series.items(), strict=True)
     ):
         values = [ap.get(c) if ap.get(c) is not None else np.nan for c in classes]
-        bars.bar(x + k * width, values, width, color=color, label=label)
+        if len(classes) <= MAX_BARS:
+            bars.bar(x + k * width, values, width, color=color, label=label)
+        else:  # thousands of bars draw slowly and read as noise: one line per method
+            bars.plot(x, values, lw=0.8, color=color, label=label)
         if frequency:
             f = [frequency.get(c, 0) for c in classes]
             axes[0][1].scatter(f, values, s=14, color=color, label=label, alpha=0.8)

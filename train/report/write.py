@@ -48,8 +48,7 @@ def write_report(folders: list[str], out: str | Path, paper_numbers: bool = True
     runs = read_runs(folders)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.png"):  # figures of an earlier report of other runs
-        old.unlink()
+    remove_old_figures(out)
     rows = group_runs(runs.finished, paper_numbers)
     report = Report(rows, unfinished_rows(runs.unfinished), [], runs.problems, paper_numbers, [])
     by_key: dict[tuple[str, str], list[RunInfo]] = {}
@@ -65,6 +64,15 @@ def write_report(folders: list[str], out: str | Path, paper_numbers: bool = True
     if paper_numbers:
         report.sources = sorted({r["paper source"] for r in rows if r.get("paper source")})
     return write_pages(report, out)
+
+
+def remove_old_figures(out: Path) -> None:
+    """The figures an earlier report in ``out`` referenced (other runs may not redraw them);
+    nothing else in the folder is touched."""
+    page = out / "index.html"
+    if page.is_file():
+        for name in re.findall(r'<img src="([^"/]+\.png)"', page.read_text(errors="replace")):
+            (out / name).unlink(missing_ok=True)
 
 
 def draw_section(figures, section: Section, out: Path, slug: str, runs, all_runs, rows) -> None:
