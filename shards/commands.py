@@ -313,10 +313,13 @@ def verify(shards_dir, workers, no_decode):
 
 @click.command()
 @click.argument("shards_dir", metavar="DIR", type=click.Path())
-@click.option("--workers", default=os.cpu_count() or 1, show_default=True)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True
+)
 @click.option("--no-decode", is_flag=True, help="Skip decoding the images (tars still checked).")
 @click.option(
     "--near-bits",
+    type=click.IntRange(0, 64),
     default=4,
     show_default=True,
     help="Perceptual hashes at most this many bits apart are near-duplicates.",

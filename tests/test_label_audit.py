@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from shards.lists import LabelLists
 from tests.test_methods import CASES, STACKABLE, batch_of, build, make_data
 from train.methods import get_method
 
@@ -20,13 +21,23 @@ TRUTH = torch.tensor([[1, 1, -1], [-1, 1, -1]], dtype=torch.int8)
 def create(name: str, **overrides):
     info = get_method(name)
     config = info.create_config("voc", {k: str(v) for k, v in overrides.items()})
-    return info.create(2, 3, config, observed=SP, text_embeddings=torch.eye(3), generator=None)
+    observed = LabelLists.from_dense(SP.numpy())  # methods are created with ragged labels
+    return info.create(
+        2, 3, config, observed=observed, text_embeddings=torch.eye(3), generator=None
+    )
 
 
 def step(method, epoch: int, truth=TRUTH, logits=Z) -> torch.Tensor:
     batch = {"row": torch.tensor([0, 1]), "observed": SP, "full": truth}
     batch["embedding"] = torch.tensor([[0.1, 1.0, 0.0], [1.0, 0.0, 0.1]])
     return method(logits.clone().requires_grad_(), batch, epoch=epoch, step=0)["loss"]
+
+
+def set_pseudo(method, rows, classes, value: float) -> None:
+    """EM+APL pseudo-labels ``value`` on every (row, class) of ``rows`` x ``classes``."""
+    r = torch.tensor(list(rows)).repeat_interleave(len(classes))
+    c = torch.tensor(list(classes)).repeat(len(rows))
+    method.add_pseudo(r, c, torch.full((len(r),), value))
 
 
 def counts(kind: str, changed: int, right: int, precision: float) -> dict:
@@ -54,7 +65,7 @@ def test_splc_apl_and_eval_mode():
     assert splc.read_label_counts() == counts("corrected", 1, 1, 100.0)
     apl = create("em-apl")
     apl.train()
-    apl.pseudo[0, 1], apl.pseudo[0, 2], apl.pseudo[1, 0] = 0.3, 0.1, 0.2
+    apl.add_pseudo(torch.tensor([0, 0, 1]), torch.tensor([1, 2, 0]), torch.tensor([0.3, 0.1, 0.2]))
     step(apl, 1)  # pseudo-negatives (0,2) and (1,0) are negatives, (0,1) is a positive
     assert apl.read_label_counts() == counts("pseudo_negative", 3, 2, 200 / 3)
     apl.eval()
@@ -100,8 +111,8 @@ def test_stacked_members_count_their_own(name, regime):
     stacked = stack_members([build(name, regime)[0] for _ in range(2)])
     if name == "em-apl":  # some pseudo-negatives to count, other ones per member
         for i, m in enumerate(solo):
-            m.pseudo[i : i + 6, 1:3] = 0.1
-            stacked.pseudo[i * 12 + i : i * 12 + i + 6, 1:3] = 0.1
+            set_pseudo(m, range(i, i + 6), (1, 2), 0.1)
+            set_pseudo(stacked, range(i * 12 + i, i * 12 + i + 6), (1, 2), 0.1)
     data = make_data(regime)
     data["full"] = torch.where(data["full"] == 1, 1, -1).to(torch.int8)
     g = torch.Generator().manual_seed(3)

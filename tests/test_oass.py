@@ -240,7 +240,7 @@ def test_alpha_re_schedule_and_run_steps():
     assert got == pytest.approx([0.0, 0.6, 1.2, 1.8, 2.4, 3.0, 3.0, 3.0])
     assert alpha_re_at(0, 0, cfg) == 3.0  # no steps: no ramp
     cfg = create_config("oass", None, {"epochs": "3", "batch_size": "16"})
-    observed = torch.ones(170, 4, dtype=torch.int8)
+    observed = ragged(torch.ones(170, 4, dtype=torch.int8))
     method = get_method("oass").create(170, 4, cfg, observed=observed, steps_per_epoch=10)
     assert method.total_steps == 3 * 10  # the run hands it its steps per epoch
 

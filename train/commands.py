@@ -143,6 +143,7 @@ def methods_command():
 )
 @click.option(
     "--annotations",
+    type=click.FloatRange(min=0),
     default=0.0,
     help="linear: OpenImages-shaped ragged labels, about "
     "this many an image (60% positive), features memory-mapped from disk.",

@@ -15,8 +15,13 @@ from shards.clitools import expected_errors
 @click.option("--split", default="test", show_default=True, help="With --shards.")
 @click.option("--out", default="preds.parquet", show_default=True, help=".parquet or .csv")
 @click.option("--threshold", help="A probability, or val-f1 [default: the run's, 0.5].")
-@click.option("--top-k", default=0, help="Label each image with its K most probable classes.")
-@click.option("--batch-size", default=32, show_default=True)
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Label each image with its K most probable classes.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option(
     "--on-bad", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
@@ -44,7 +49,12 @@ def predict_command(images, run_dir, shards, split, out, **options):
     show_default=True,
 )  # fmt: skip
 @click.option("--out", type=click.Path(), help="[default: RUN/model.pt or RUN/model.onnx]")
-@click.option("--classes", "num_classes", type=int, help="Fail unless the run has this many.")
+@click.option(
+    "--classes",
+    "num_classes",
+    type=click.IntRange(min=1),
+    help="Fail unless the run has this many.",
+)
 @click.option("--weights", type=click.Path(), help="Linear runs: the cache encoder's weights file.")
 @expected_errors
 def export_command(run_dir, fmt, out, num_classes, weights):

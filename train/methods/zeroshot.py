@@ -18,6 +18,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -98,11 +99,16 @@ def pseudo_label_quality(data, text: Tensor, cfg: VlplConfig | None = None) -> d
     cos / T > threshold, its defaults) over every entry of the training split; the entries
     observed positive are counted too, as VLPL keeps them positive either way."""
     cfg = cfg or VlplConfig()
-    split = data.splits["train"]
-    image = split.get("embedding", split["input"])
-    pl = pseudo_labels(image, text.to(image.device), cfg.temperature, cfg.threshold, 0.0)
-    pred, true = pl == 1, split["full"] == 1
-    hits, made, positives = (int(x.sum()) for x in (pred & true, pred, true))
+    arrays = data.embeddings if "train" in data.embeddings else data.features
+    image, full = arrays["train"], data.label_lists["train"]["full"]
+    hits = made = positives = 0
+    for lo in range(0, len(image), 4096):  # a chunk of rows at a time: no (N, L) matrix
+        rows = torch.arange(lo, min(len(image), lo + 4096))
+        x = torch.from_numpy(np.asarray(image[lo : lo + 4096])).float()
+        pl = pseudo_labels(x, text.to(x.device), cfg.temperature, cfg.threshold, 0.0)
+        pred, true = pl == 1, (full.dense(rows.to(full.device)) == 1).to(pl.device)
+        hits, made = hits + int((pred & true).sum()), made + int(pred.sum())
+        positives += int(true.sum())
     return {
         "threshold": cfg.threshold,
         "temperature": cfg.temperature,

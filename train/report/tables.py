@@ -61,7 +61,8 @@ def _group_row(members: list[RunInfo], paper_numbers: bool) -> dict[str, Any]:
         CF1=_mean_of([s["test"].get("CF1") for s in summaries]),
         OF1=_mean_of([s["test"].get("OF1") for s in summaries]),
     )
-    groups = [s.get("groups") or {} for s in summaries]
+    # the test split's frequency groups (train/entry_metrics.py), as summary.json holds them
+    groups = [s["test"].get("groups") or s.get("groups") or {} for s in summaries]
     for g in GROUPS:
         row[g] = _mean_of([gs.get(g) for gs in groups])
     if paper_numbers:
