@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -177,11 +177,15 @@ class FeatureData:
         return self.num_rows("train") // self.batch_size
 
     def gather(self, split: str, rows: Tensor) -> dict[str, Tensor]:
-        """The rows' features (and embeddings) from the memory maps, as float32 on the device."""
-        idx = rows.cpu().numpy()
-        out = {"input": _rows(self.features[split], idx).to(self.ctx.device).float()}
+        """The rows' features (and embeddings) from the memory maps, as float32 on the device:
+        torch's index_select on a zero-copy view of the map (it reads only the rows' pages and
+        releases the GIL, so the stacked sweep's groups gather side by side)."""
+        views = _views(self)
+        idx = rows.cpu()
+        out = {"input": views["input"][split].index_select(0, idx).to(self.ctx.device).float()}
         if split in self.embeddings:
-            out["embedding"] = _rows(self.embeddings[split], idx).to(self.ctx.device).float()
+            emb = views["embedding"][split].index_select(0, idx)
+            out["embedding"] = emb.to(self.ctx.device).float()
         return out
 
     def batch(self, split: str, rows: Tensor, gathered: dict | None = None) -> dict[str, Tensor]:
@@ -193,18 +197,13 @@ class FeatureData:
         return out
 
     def train_batches(self, epoch: int) -> Iterator[dict[str, Tensor]]:
-        """This rank's batches; the next batch's features are read while this one trains."""
+        """This rank's batches, each gathered from the memory map when it is asked for (a
+        linear step is a few small ops: a read-ahead thread cost more than it saved)."""
         n, b, r = self.num_rows("train"), self.batch_size, self.ctx.rank
         perm = torch.randperm(n, generator=epoch_generator(self.seed, epoch))
-        steps = [perm[s * b + r * self.local : s * b + r * self.local + self.local]
-                 for s in range(self.steps_per_epoch)]  # fmt: skip
-        with ThreadPoolExecutor(1, thread_name_prefix="wsml-gather") as pool:
-            ahead = pool.submit(self.gather, "train", steps[0]) if steps else None
-            for s, rows in enumerate(steps):
-                gathered = ahead.result()
-                if s + 1 < len(steps):
-                    ahead = pool.submit(self.gather, "train", steps[s + 1])
-                yield self.batch("train", rows, gathered)
+        for s in range(self.steps_per_epoch):
+            lo = s * b + r * self.local
+            yield self.batch("train", perm[lo : lo + self.local])
 
     def eval_batches(self, split: str) -> Iterator[dict[str, Tensor]]:
         start, end = sharding.shard_range(self.num_rows(split), self.ctx.rank, self.ctx.world_size)
@@ -233,12 +232,20 @@ def _as_lists(x) -> LabelLists:
     return LabelLists.from_dense(x.numpy() if isinstance(x, Tensor) else np.asarray(x))
 
 
-def _rows(arr: np.ndarray, idx: np.ndarray) -> Tensor:
-    """``arr[idx]`` read in ascending row order (sequential on disk), returned in ``idx``'s."""
-    order = np.argsort(idx, kind="stable")
-    out = np.empty((len(idx), *arr.shape[1:]), dtype=arr.dtype)
-    out[order] = arr[idx[order]]
-    return torch.from_numpy(out)
+def _views(data) -> dict[str, dict[str, Tensor]]:
+    """Zero-copy tensors over the features' and embeddings' arrays (memory maps), made once."""
+    cache = data.__dict__.get("_tensor_views")
+    if cache is None:
+        with warnings.catch_warnings():  # read-only maps: the views are only ever read
+            warnings.simplefilter("ignore", UserWarning)
+            cache = {
+                "input": {s: torch.from_numpy(np.asarray(a)) for s, a in data.features.items()},
+                "embedding": {
+                    s: torch.from_numpy(np.asarray(a)) for s, a in data.embeddings.items()
+                },
+            }
+        data.__dict__["_tensor_views"] = cache
+    return cache
 
 
 class ImageData:
