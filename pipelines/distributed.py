@@ -200,6 +200,16 @@ def gather_cat(*tensors: Tensor) -> tuple[Tensor, ...]:
     return tuple(out)
 
 
+def sum_over_ranks(x: Tensor) -> Tensor:
+    """``x`` summed over the ranks, on x's device (NCCL reduces CUDA tensors only)."""
+    if get_world_size() == 1:
+        return x
+    nccl = dist.get_backend() == "nccl"
+    y = x.to(torch.device("cuda", torch.cuda.current_device()) if nccl else x.device)
+    dist.all_reduce(y)
+    return y.to(x.device)
+
+
 def all_reduce_mean(x: Tensor, device: torch.device) -> Tensor:
     """``x`` averaged over ranks (via ``device``, which the backend can reduce), on x's device."""
     if get_world_size() == 1:

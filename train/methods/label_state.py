@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
+
+from pipelines.distributed import sum_over_ranks
 
 PREFIX = "labels/"  # key prefix of the scalars in metrics.jsonl's "train"
 
@@ -72,12 +73,11 @@ def read_label_counts(method) -> dict[str, Any]:
         return {}
     counts = method.__dict__.pop("_label_counts", {})
     m = method.members
-    device = _collective_device(next(iter(counts.values())).device if counts else "cpu")
+    device = next(iter(counts.values())).device if counts else torch.device("cpu")
     table = torch.stack(
         [counts.get(k, torch.zeros(m, 3, dtype=torch.int64)).to(device) for k in kinds]
     )  # (K, M, 3): changed, right, wrong
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(table)
+    table = sum_over_ranks(table)
     out: dict[str, Any] = {}
     for kind, rows in zip(kinds, table.cpu().tolist(), strict=True):
         values = {
@@ -88,10 +88,3 @@ def read_label_counts(method) -> dict[str, Any]:
         for name, v in values.items():
             out[f"{PREFIX}{kind}/{name}"] = v if m > 1 else v[0]
     return out
-
-
-def _collective_device(device) -> torch.device:
-    """NCCL reduces CUDA tensors only."""
-    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device(device)
