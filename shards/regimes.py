@@ -144,6 +144,22 @@ def binomial_ok(k: int, n: int, p: float, z: float = 5.0) -> bool:
     return abs(k - n * p) <= z * (n * p * (1 - p)) ** 0.5 + 1
 
 
+def draw_view(labels: OfficialLabels, seed: int, decide) -> Observed:
+    """A view drawn entry by entry: U(0,1) draws row-major over the formatted split with
+    ``RandomState(seed)`` (chunk by chunk, the same stream as one rand(N, L)), and
+    ``decide(full, u)`` the observed int8 labels of a chunk of full labels."""
+    rng = np.random.RandomState(seed)
+    n, chunk = len(labels.positives), 4096
+    pos_parts, neg_parts = [], []
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        full = dense_rows(labels.positives, labels.negatives, labels.num_classes, start, stop)
+        observed = decide(full, rng.rand(stop - start, labels.num_classes))
+        pos_parts.append(from_dense(observed, 1))
+        neg_parts.append(from_dense(observed, -1))
+    return concat(pos_parts), concat(neg_parts)
+
+
 @dataclass(frozen=True)
 class Partial:
     """PU-MLC's partial labels (Yuan et al. 2024): each label entry is kept independently with
@@ -159,17 +175,8 @@ class Partial:
     def generate(self, labels: OfficialLabels) -> Observed:
         if not 0.0 < self.fraction <= 1.0:
             raise WsmlError(f"partial: fraction must be in (0, 1], got {self.fraction}")
-        rng = np.random.RandomState(self.seed)
-        n, chunk = len(labels.positives), 4096
-        pos_parts, neg_parts = [], []
-        for start in range(0, n, chunk):
-            stop = min(n, start + chunk)
-            full = dense_rows(labels.positives, labels.negatives, labels.num_classes, start, stop)
-            keep = rng.rand(stop - start, labels.num_classes) < self.fraction  # = rand(n, L)
-            observed = np.where(keep, full, 0)
-            pos_parts.append(from_dense(observed, 1))
-            neg_parts.append(from_dense(observed, -1))
-        return concat(pos_parts), concat(neg_parts)
+        fraction = self.fraction
+        return draw_view(labels, self.seed, lambda full, u: np.where(u < fraction, full, 0))
 
     def audit_counts(self, clean: np.ndarray, observed: np.ndarray) -> dict[str, int]:
         return entry_counts(clean, observed)
@@ -212,18 +219,13 @@ class Noisy:
         for what, p in (("flip-pos", self.flip_pos), ("flip-neg", self.flip_neg)):
             if not 0.0 <= p <= 1.0:
                 raise WsmlError(f"noisy: --{what} must be in [0, 1], got {p}")
-        rng = np.random.RandomState(self.seed)
-        n, chunk = len(labels.positives), 4096
-        pos_parts, neg_parts = [], []
-        for start in range(0, n, chunk):
-            stop = min(n, start + chunk)
-            full = dense_rows(labels.positives, labels.negatives, labels.num_classes, start, stop)
-            u = rng.rand(stop - start, labels.num_classes)
-            flip = ((full == 1) & (u < self.flip_pos)) | ((full == -1) & (u < self.flip_neg))
-            observed = np.where(flip, -full, full)
-            pos_parts.append(from_dense(observed, 1))
-            neg_parts.append(from_dense(observed, -1))
-        return concat(pos_parts), concat(neg_parts)
+        flip_pos, flip_neg = self.flip_pos, self.flip_neg
+
+        def flip(full: np.ndarray, u: np.ndarray) -> np.ndarray:
+            flips = ((full == 1) & (u < flip_pos)) | ((full == -1) & (u < flip_neg))
+            return np.where(flips, -full, full)
+
+        return draw_view(labels, self.seed, flip)
 
     def audit_counts(self, clean: np.ndarray, observed: np.ndarray) -> dict[str, int]:
         return entry_counts(clean, observed)
