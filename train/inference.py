@@ -52,14 +52,13 @@ class RunNetwork:
 
 def read_run(run_dir: str | os.PathLike) -> tuple[RunFolder, dict[str, Any], RunConfig]:
     """The run folder, its saved config and the RunConfig it was trained with."""
-    from train.run import RUN_FIELDS
+    from train.run import saved_run_config
 
     folder = RunFolder(run_dir)
     saved = folder.read_config()
     if saved is None:
         raise WsmlError(f"{run_dir} holds no run (no config.json): pass a run folder of train")
-    fields = {k: v for k, v in saved["run"].items() if k in RUN_FIELDS}
-    return folder, saved, RunConfig(**fields, out=str(run_dir))
+    return folder, saved, saved_run_config(saved, run_dir)
 
 
 def load_network(

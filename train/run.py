@@ -120,12 +120,17 @@ def evaluate_run(run_dir: str, split: str, which: str = "best") -> dict[str, Any
     return {"epoch": ckpt["epoch"], "weights": ckpt["loop"]["best_weights"], **result}
 
 
+def saved_run_config(saved: dict, run_dir: str) -> RunConfig:
+    """The RunConfig a run folder's config.json records (its run settings, out = the folder)."""
+    fields = {k: v for k, v in saved["run"].items() if k in RUN_FIELDS}
+    return RunConfig(**fields, out=str(run_dir))
+
+
 def plan_saved_run(run_dir: str, saved: dict, world_size: int = 1):
     """The plan of a run folder's saved config, checked against the shard set as it is now."""
     from train.plan import plan_run
 
-    fields = {k: v for k, v in saved["run"].items() if k in RUN_FIELDS}
-    plan = plan_run(RunConfig(**fields, out=run_dir), world_size)
+    plan = plan_run(saved_run_config(saved, run_dir), world_size)
     if list(plan.classes) != saved["classes"]:
         raise WsmlError(
             f"{plan.config.shards} no longer has the classes of {run_dir} (the run's "
