@@ -4,7 +4,7 @@ holds the whole split and computes the same metrics, so all ranks take the same 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,15 +32,7 @@ def predict(
     member-major); with ``gather=False`` only this rank's share (for a method that gathers
     itself). Full precision, never autocast: bf16 logits would tie thousands of scores and
     move mAP."""
-    rows, probs = [], []
-    with evaluating(model):
-        for batch in batches:
-            keep = batch["valid"]
-            logits = model(batch["input"])
-            tracks = len(logits) // len(keep)
-            rows.append(batch["row"][keep].cpu())
-            stacked = logits.float().view(tracks, len(keep), -1)[:, keep]
-            probs.append(torch.sigmoid(stacked).cpu())
+    rows, probs = zip(*batch_probs(model, batches), strict=True)
     r, p = torch.cat(rows), torch.cat(probs, dim=1)
     if not gather:
         return r, p
@@ -53,21 +45,26 @@ def predict(
     return r, p
 
 
+def batch_probs(model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> Iterator:
+    """Per batch, (rows (b,), probabilities (T, b, L)) of its valid rows, on the CPU: sigmoid of
+    the model's float32 logits in eval mode, one slice per stacked configuration."""
+    with evaluating(model):
+        for batch in batches:
+            keep = batch["valid"]
+            logits = model(batch["input"])
+            stacked = logits.float().view(len(logits) // len(keep), len(keep), -1)[:, keep]
+            yield batch["row"][keep].cpu(), torch.sigmoid(stacked).cpu()
+
+
 def predict_entries(model: nn.Module, batches, ctx: Context, index: EntryIndex) -> np.ndarray:
     """The scores (T, E) of a split's annotated entries (``index``'s order) for each of the T
     configurations the model stacks, a batch at a time: no (N, L) score matrix is kept. Every
     rank scores its share; the entries are gathered. Full precision, as ``predict``."""
     at, values = [], []
-    with evaluating(model):
-        for batch in batches:
-            keep = batch["valid"]
-            logits = model(batch["input"])
-            tracks = len(logits) // len(keep)
-            probs = torch.sigmoid(logits.float().view(tracks, len(keep), -1)[:, keep]).cpu()
-            rows = batch["row"][keep].cpu().numpy()
-            taken = [index.take(rows, p.numpy()) for p in probs]
-            at.append(torch.from_numpy(taken[0][0]))
-            values.append(torch.from_numpy(np.stack([v for _, v in taken], 1)))  # (e, T)
+    for rows, probs in batch_probs(model, batches):
+        taken = [index.take(rows.numpy(), p.numpy()) for p in probs]
+        at.append(torch.from_numpy(taken[0][0]))
+        values.append(torch.from_numpy(np.stack([v for _, v in taken], 1)))  # (e, T)
     a, v = gather_cat(torch.cat(at), torch.cat(values))
     out = np.full((v.shape[1], len(index)), np.nan, dtype=np.float32)
     out[:, a.numpy()] = v.numpy().T
