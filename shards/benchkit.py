@@ -135,6 +135,34 @@ def peak_rss(cmd: list[str]) -> dict:
     return {"process_mb": mb(maxrss * scale), "tree_mb": mb(tree[0]), "seconds": elapsed}
 
 
+class PeakRSS:
+    """This process's peak resident set from a point on: ``reset()`` starts the count (Linux's
+    ``/proc/self/clear_refs``; elsewhere the peak stays the process's whole-life one) and
+    ``gb()`` reads it, so a benchmark's own input generation is not counted in what it times."""
+
+    def __init__(self) -> None:
+        self.resettable = False
+
+    def reset(self) -> None:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.resettable = True
+        except OSError:
+            self.resettable = False
+
+    def gb(self) -> float:
+        if self.resettable:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 2**20  # KiB
+        import resource
+
+        scale = 2**30 if sys.platform == "darwin" else 2**20  # ru_maxrss: bytes / KiB
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
+
 def _sample_tree(pid: int, stop: threading.Event, peak: list) -> None:
     """Peak of the process tree's summed PSS (proportional set size: pages shared by forked
     workers count once in total, where summed RSS would count them in every process)."""

@@ -18,7 +18,7 @@ def test_linear_bench_runs_the_three_ways():
     ways = {f"{w}_{p}" for w in ("papers", "runs", "sweep") for p in ("train", "eval")}
     assert set(out) == {"an", "role"}
     for figures in out.values():
-        assert set(figures) == ways
+        assert set(figures) == ways | {"peak_rss_gb"}
         assert all(v > 0 for v in figures.values())
     assert lines[-1].startswith("role") and "x" in lines[-1]
 
@@ -47,7 +47,8 @@ def test_linear_bench_with_openimages_shaped_labels():
     rows = {"train": 300, "val": 40, "test": 60}
     out = run_linear_bench(("ll-ct",), rows=rows, dim=8, classes=50, batches=(16,), lrs=(1e-3,),
                            annotations=4, ways=("runs", "sweep"), echo=lines.append)  # fmt: skip
-    assert set(out["ll-ct"]) == {f"{w}_{p}" for w in ("runs", "sweep") for p in ("train", "eval")}
+    timed = {f"{w}_{p}" for w in ("runs", "sweep") for p in ("train", "eval")}
+    assert set(out["ll-ct"]) == timed | {"peak_rss_gb"}
     assert "memory-mapped" in lines[1] and lines[-1].endswith("GB")
     with pytest.raises(WsmlError, match="--ways runs,sweep"):
         run_linear_bench(("an",), rows=rows, annotations=4, ways=("papers",))
@@ -64,3 +65,33 @@ def test_synthetic_labels_have_openimages_shape():
     assert pos.sum() / annotated.sum() == pytest.approx(0.6, abs=0.01)
     assert annotated[:50].sum() > 5 * annotated[-50:].sum()  # long-tailed
     assert labels.has_unknown()
+
+
+def test_synthetic_features_are_a_read_only_map(tmp_path):
+    import numpy as np
+    import torch
+
+    from train.bench_sparse import synthetic_features, synthetic_labels
+
+    labels = synthetic_labels(70_000, 30, 3, np.random.default_rng(0))  # > one chunk
+    x = synthetic_features(
+        tmp_path / "x.npy", labels, 4, torch.eye(30, 4), np.random.default_rng(1)
+    )
+    assert isinstance(x, np.memmap) and not x.flags.writeable
+    assert x.shape == (70_000, 4) and x.dtype == np.float16
+    np.testing.assert_allclose(np.linalg.norm(x[-5:].astype(np.float32), axis=1), 1, atol=1e-2)
+
+
+def test_peak_rss_counts_from_its_reset():
+    import numpy as np
+
+    from shards.benchkit import PeakRSS
+
+    rss = PeakRSS()
+    big = np.ones(64 * 2**20 // 8)  # 64 MB touched
+    del big
+    rss.reset()
+    before = rss.gb()
+    again = np.ones(32 * 2**20 // 8)
+    assert rss.gb() >= before + 0.025
+    del again

@@ -29,9 +29,10 @@ from pathlib import Path
 
 import torch
 
+from shards.benchkit import PeakRSS
 from shards.errors import WsmlError
 from train.bench_papers import paper_epoch, synthetic_split
-from train.bench_sparse import create_sparse_splits, peak_rss_gb
+from train.bench_sparse import create_sparse_splits
 from train.build import build_run
 from train.config import RunConfig
 from train.context import Context
@@ -197,8 +198,9 @@ def _time_ways(methods, splits, data, ways, grid, paper_steps, echo) -> dict:
     names = {"papers": "papers, one by one", "runs": "wsml runs, one by one", "sweep": "--sweep"}
     echo(f"{'method':<8} " + " ".join(f"{names[w]:>22}" for w in ways)
          + "  ratios  peak RSS")  # fmt: skip
-    out = {}
+    out, rss = {}, PeakRSS()
     for method in methods:
+        rss.reset()  # the input's generation is not the run's memory
         timed = {}
         for way in ways:
             if way == "papers":
@@ -213,12 +215,12 @@ def _time_ways(methods, splits, data, ways, grid, paper_steps, echo) -> dict:
             f"{way}_{part}": v
             for way, t in timed.items()
             for part, v in zip(("train", "eval"), t, strict=True)
-        }
+        } | {"peak_rss_gb": rss.gb()}
         total = {way: sum(t) for way, t in timed.items()}
         cells = [f"{total[w]:7.1f} ({t[0]:.1f}+{t[1]:.1f})" for w, t in timed.items()]
         ratios = [f"{w}/sweep {total[w] / total['sweep']:.2f}x" for w in timed if w != "sweep"]
         echo(f"{method:<8} " + " ".join(f"{c:>22}" for c in cells)
-             + f"  {', '.join(ratios) if 'sweep' in timed else '-'}  {peak_rss_gb():.2f} GB")  # fmt: skip
+             + f"  {', '.join(ratios) if 'sweep' in timed else '-'}  {rss.gb():.2f} GB")  # fmt: skip
     return out
 
 

@@ -6,7 +6,6 @@ holds. A benchmark's input, not a test fixture."""
 
 from __future__ import annotations
 
-import resource
 from pathlib import Path
 
 import numpy as np
@@ -40,19 +39,20 @@ def synthetic_labels(rows: int, classes: int, annotations: float, rng) -> LabelL
 
 def synthetic_features(path: Path, labels: LabelLists, dim: int, proj: torch.Tensor, rng):
     """(N, dim) float16 features carrying the positives (their classes' directions plus
-    noise), written a chunk at a time; returned as a read-only memory map."""
+    noise), appended to the file a chunk at a time (plain writes, not a writable map, so the
+    written pages never count in this process's RSS); returned as a read-only memory map."""
     n = len(labels)
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, dim))
     pos = labels.positives
-    for lo in range(0, n, CHUNK):
-        hi = min(n, lo + CHUNK)
-        x = torch.from_numpy(rng.standard_normal((hi - lo, dim), dtype=np.float32)) * 3
-        a, b = pos.offsets[lo], pos.offsets[hi]
-        owner = np.repeat(np.arange(hi - lo), np.diff(pos.offsets[lo : hi + 1]))
-        x.index_add_(0, torch.from_numpy(owner), proj[torch.from_numpy(pos.values[a:b])])
-        out[lo:hi] = (x / x.norm(dim=1, keepdim=True)).half().numpy()
-    out.flush()
-    del out
+    with open(path, "wb") as f:
+        header = {"descr": "<f2", "fortran_order": False, "shape": (n, dim)}
+        np.lib.format.write_array_header_1_0(f, header)
+        for lo in range(0, n, CHUNK):
+            hi = min(n, lo + CHUNK)
+            x = torch.from_numpy(rng.standard_normal((hi - lo, dim), dtype=np.float32)) * 3
+            a, b = pos.offsets[lo], pos.offsets[hi]
+            owner = np.repeat(np.arange(hi - lo), np.diff(pos.offsets[lo : hi + 1]))
+            x.index_add_(0, torch.from_numpy(owner), proj[torch.from_numpy(pos.values[a:b])])
+            f.write((x / x.norm(dim=1, keepdim=True)).half().numpy().tobytes())
     return np.load(path, mmap_mode="r")
 
 
@@ -69,8 +69,3 @@ def create_sparse_splits(
         x = synthetic_features(folder / f"{name}.npy", labels, dim, proj, rng)
         splits[name] = {"input": x, "observed": labels, "full": labels}
     return splits
-
-
-def peak_rss_gb() -> float:
-    """The process's peak resident set so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -74,7 +74,9 @@ class RunConfig:
     out: str | None = None  # run folder (default runs/<method>-<setting>-<seed>)
     method_options: Mapping[str, str] = field(default_factory=dict)  # key=value strings
     threshold: float = 0.5  # score threshold of CP/CR/CF1/OP/OR/OF1
-    eval_batch_size: int = 0  # 0: 4096 rows (linear) or the training batch (e2e)
+    eval_batch_size: int = (
+        0  # 0: 4096 rows (linear; fewer past 1,024 classes) or the training batch (e2e)
+    )
     device: str = "auto"  # auto: cuda:LOCAL_RANK when there is a GPU, else cpu
     resume: bool = False
     overwrite: bool = False

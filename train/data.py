@@ -36,6 +36,7 @@ from train.entry_metrics import EntryIndex
 
 SPLITS = ("train", "val", "test")
 LINEAR_EVAL_ROWS = 4096
+EVAL_CELLS = 1 << 22  # a linear scoring chunk's rows x classes at most (16 MB of float32 scores)
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -119,7 +120,6 @@ class FeatureData:
     ):
         self.ctx, self.seed, self.batch_size = ctx, seed, batch_size
         self.local = ctx.local_batch(batch_size)
-        self.eval_rows = eval_rows or LINEAR_EVAL_ROWS
         self.features = {s: _as_array(d["input"]) for s, d in splits.items()}
         self.embeddings = {
             s: _as_array(d["embedding"]) for s, d in splits.items() if "embedding" in d
@@ -133,6 +133,9 @@ class FeatureData:
             raise WsmlError(f"features differ in dimension between splits: {sorted(dims)}")
         self.feature_dim = int(self.features["train"].shape[1])
         self.num_classes = self.label_lists["train"]["full"].num_classes
+        # 4096 rows a chunk, fewer where the classes are many (Open Images' 5,000: 838), so a
+        # chunk's (rows, L) scores and labels stay small; the scores do not depend on it
+        self.eval_rows = eval_rows or min(LINEAR_EVAL_ROWS, max(1, EVAL_CELLS // self.num_classes))
 
     @classmethod
     def read(
