@@ -1,8 +1,9 @@
 """wsml command line: each command parses, calls one library function, prints a short summary.
 
-The commands live beside what they drive (``shards/commands.py``, ``models/commands.py``,
-``pipelines/commands.py``, ``train/commands.py``); this file gathers them. ``--help`` imports
-neither torch nor DALI; expected failures print ``Error: ...`` and exit 1.
+The commands live beside what they drive (``shards/commands.py`` and ``bench_commands.py``,
+``models/commands.py``, ``pipelines/commands.py``, ``train/commands.py``); this file gathers
+them. ``--help`` imports neither torch nor DALI; expected failures print ``Error: ...`` and
+exit 1.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import click  # noqa: E402
 
 from models import commands as models_commands  # noqa: E402
 from pipelines import commands as pipelines_commands  # noqa: E402
+from shards import bench_commands as shards_bench  # noqa: E402
 from shards import commands as shards_commands  # noqa: E402
 from train import commands as train_commands  # noqa: E402
 from train import use_commands  # noqa: E402
@@ -51,8 +53,8 @@ for command in (
 ):
     main.add_command(command)
 for command in (
-    shards_commands.bench_shard,
-    shards_commands.bench_openimages,
+    shards_bench.bench_shard,
+    shards_bench.bench_openimages,
     pipelines_commands.bench_loader,
     models_commands.bench_cache_clip,
     train_commands.bench_train,

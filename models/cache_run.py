@@ -1,13 +1,14 @@
 """Resumable, multi-process writing of an embedding cache beside a shard set.
 
 Each split is cut into C contiguous chunks with the loader's own rank sharding (chunk c is
-``create_loader(rank=c, world_size=C, train=False)``, about ``chunk_size`` rows). A chunk's
-embeddings, in row order, go to a file of their own (``shards.embeddings.write_chunk``), so no
-two processes, or machines, ever write one file; a chunk is done once its file exists, and a
-rerun with the same settings skips those. Under torchrun rank r takes every W-th chunk still to
-do; rank 0 prepares the folder (reserving the arrays' space) and, when every chunk is done,
-assembles the arrays from the chunks and writes ``meta.json`` last (``shards.embeddings``, the
-only writer: this module holds the chunk loop).
+``create_loader(train=False)`` with ``LoaderOptions(rank=c, world_size=C)``, about
+``chunk_size`` rows). A chunk's embeddings, in row order, go to a file of their own
+(``shards.embedding_writer.write_chunk``), so no two processes, or machines, ever write one
+file; a chunk is done once its file exists, and a rerun with the same settings skips those.
+Under torchrun rank r takes every W-th chunk still to do; rank 0 prepares the folder (reserving
+the arrays' space) and, when every chunk is done, assembles the arrays from the chunks and
+writes ``meta.json`` last (``shards.embedding_writer``, the only writer: this module holds the
+chunk loop).
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ import numpy as np
 import torch
 
 from pipelines.distributed import DistContext
-from pipelines.loader import choose_backend, create_loader, default_threads
+from pipelines.loader import LoaderOptions, choose_backend, create_loader, default_threads
 from pipelines.presets import Preset
 from pipelines.sharding import shard_range
+from shards import embedding_writer as writer
 from shards import embeddings as emb
 from shards.errors import WsmlError
 from shards.shardset import ShardSet
@@ -111,7 +113,7 @@ def run_cache(
         "world_size": ctx.world_size,
     }
     with contextlib.ExitStack() as held:
-        state = ctx.on_zero(lambda: emb.prepare_cache(folder, settings, opts.overwrite, held))
+        state = ctx.on_zero(lambda: writer.prepare_cache(folder, settings, opts.overwrite, held))
         if state["complete"]:
             return {**summary, "status": "cached", "images": 0, "resumed_chunks": 0}
         if state["resumed"]:
@@ -166,11 +168,13 @@ class _Work:
         """Embed one chunk and write its rows and embeddings to its own file (done once it
         exists)."""
         chunks = self.plan[split]["chunks"]
+        reading = LoaderOptions(
+            rank=chunk, world_size=chunks, device=self.ctx.device, backend=self.backend,
+            num_threads=self.opts.num_threads or default_threads(self.ctx.world_size),
+        )  # fmt: skip
         loader = create_loader(
             self.ss, split, regime="full", batch_size=self.opts.batch_size,
-            preset=self.encoder.preset, rank=chunk, world_size=chunks, device=self.ctx.device,
-            train=False, backend=self.backend, labels=False,
-            num_threads=self.opts.num_threads or default_threads(self.ctx.world_size),
+            preset=self.encoder.preset, train=False, labels=False, options=reading,
         )  # fmt: skip
         start, end = loader.share()
         seen, parts = [], []
@@ -196,7 +200,7 @@ class _Work:
                 f"loader gave {len(got)} ({len(np.unique(got))} distinct)"
             )
         dim = self.encoder.dim
-        emb.write_chunk(self.folder, split, chunk, got, np.concatenate(parts) if parts else
+        writer.write_chunk(self.folder, split, chunk, got, np.concatenate(parts) if parts else
                         np.zeros((0, dim), np.float16))  # fmt: skip
         return len(got)
 
@@ -208,7 +212,7 @@ def _chunk_rows(rows: int, chunk: int, chunks: int) -> int:
 
 def _finish(ss: ShardSet, encoder: Encoder, folder, settings: dict, produced: dict) -> None:
     """Rank 0, once every rank is done: class texts, then the arrays assembled from their
-    chunks and ``meta.json`` last (``shards.embeddings.finish_chunked``)."""
+    chunks and ``meta.json`` last (``shards.embedding_writer.finish_chunked``)."""
     meta = {k: v for k, v in settings.items() if k not in ("splits", "text")}
     meta.update(tag=encoder.tag, dtype="float16", **encoder.record, produced=produced)
     meta["splits"] = {s: {"path": f"{s}.npy", **p} for s, p in settings["splits"].items()}
@@ -218,4 +222,4 @@ def _finish(ss: ShardSet, encoder: Encoder, folder, settings: dict, produced: di
             raise WsmlError(f"{encoder.tag}: text embeddings of dimension {text.shape[1]}")
         emb.write_array(folder / "text.npy", text.astype(np.float16))
         meta["text"] = {"path": "text.npy", "rows": int(text.shape[0]), **settings["text"]}
-    emb.finish_chunked(ss.root, folder, settings, meta)
+    writer.finish_chunked(ss.root, folder, settings, meta)

@@ -1,5 +1,5 @@
-"""The commands over raw datasets and shard sets: shard, observe, info, verify, demo-data, and
-their benchmarks (``bench shard``, ``bench openimages-labels``)."""
+"""The commands over raw datasets and shard sets: shard, observe, info, verify, audit and
+demo-data (their benchmarks are ``shards/bench_commands.py``'s)."""
 
 from __future__ import annotations
 
@@ -363,68 +363,3 @@ def demo_data(out, n_train, n_val, seed):
 
     s = write_demo_data(out, n_train=n_train, n_val=n_val, seed=seed, progress=sys.stderr.isatty())
     click.echo(json.dumps(s))
-
-
-@click.command("shard")
-@click.option(
-    "--images",
-    type=click.IntRange(min=1),
-    default=3000,
-    show_default=True,
-    help="JPEGs in the generated dataset.",
-)
-@click.option("--workdir", type=click.Path(), help="Where to generate (default: a temp folder).")
-@click.option(
-    "--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True
-)
-@click.option(
-    "--rss-sizes",
-    default="2000,20000",
-    show_default=True,
-    help="Two dataset sizes for the peak-memory comparison (0 to skip).",
-)
-@expected_errors
-def bench_shard(images, workdir, workers, rss_sizes):
-    """Shard a generated dataset vs a plain `tar cf` of the same files; peak RSS at two sizes."""
-    from shards.bench import run_shard_bench
-
-    sizes = tuple(int(x) for x in rss_sizes.split(",") if int(x) > 0)
-    run_shard_bench(images, workdir, workers, sizes, echo=click.echo)
-
-
-@click.command("openimages-labels")
-@click.option(
-    "--sizes",
-    default="100000,1000000",
-    show_default=True,
-    help="Images in the generated train split, one run each.",
-)
-@click.option(
-    "--labels",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Human labels per image.",
-)
-@click.option("--classes", type=click.IntRange(min=1), default=5000, show_default=True)
-@click.option("--workdir", type=click.Path(), help="Keep the generated files here.")
-@click.option(
-    "--version",
-    type=click.Choice(["3", "6"]),
-    default="3",
-    show_default=True,
-    help="Open Images format: V3 (openimages-v3) or V6/V7 (openimages-v6).",
-)
-@expected_errors
-def bench_openimages(sizes, labels, classes, workdir, version):
-    """Open Images annotations -> label tables on one core: time and peak RSS at two sizes."""
-    from shards.bench_openimages import run_openimages_bench
-
-    run_openimages_bench(
-        tuple(int(x) for x in sizes.split(",")),
-        labels,
-        classes,
-        workdir,
-        echo=click.echo,
-        version=int(version),
-    )

@@ -3,6 +3,7 @@ observed views + manifest (written last).
 
 Resumable per shard: each shard is published atomically with a done-marker under ``_progress/``;
 a rerun with the same source and options skips finished shards and ends with the same bytes.
+The ``--out`` folder's state (whose it is, fresh / resume / complete) is ``shards.out_state``'s.
 """
 
 from __future__ import annotations
@@ -21,24 +22,20 @@ import numpy as np
 from shards import FORMAT_VERSION, __version__
 from shards.errors import WsmlError
 from shards.fileio import (
-    dumps_json,
     folder_lock,
     fsync_dir,
-    publish,
     read_json,
-    remove_temporaries,
-    tmp_path_for,
     write_json_atomic,
 )
 from shards.images import target_size
+from shards.out_state import MANIFEST, inspect_out, output_identity, scan_split, start_output
 from shards.plan import ShardPlan, assign_rows, plan_shards
 from shards.regimes import parse_regime_spec
-from shards.scan import BAD, MISSING, OK, ScanResult, Workers, scan_images
+from shards.scan import BAD, MISSING, OK, ScanResult, Workers
 from shards.shardwork import PROGRESS, ShardTask, write_one_shard
 from shards.source import Source
-from shards.source_checks import check_unchanged, report_source, write_seen
+from shards.source_checks import report_source
 
-MANIFEST = "manifest.json"
 MISSING_LISTED = 1000  # missing images named in the manifest; all in labels/official/*-missing
 
 
@@ -119,8 +116,8 @@ def _write_shard_set(
     ``finalize`` then checks that every shard is there and writes tables and manifest."""
     options.check_values()
     progress = progress or (lambda desc, total: lambda n: None)
-    identity = _identity(source, options, converter_options)
-    state = _inspect_out(
+    identity = output_identity(source, options, converter_options)
+    state = inspect_out(
         out, identity, "--finalize" if finalize else resume and "--resume", overwrite
     )
     if state == "complete":
@@ -133,7 +130,7 @@ def _write_shard_set(
         # Every image is checked before anything is written or replaced: bad input loses nothing.
         cached = out if state == "resume" else None
         scans = [
-            _scan_split(source, i, options, pool, cached, progress)
+            scan_split(source, i, options, pool, cached, progress)
             for i in range(len(source.splits))
         ]
         report = {
@@ -142,7 +139,7 @@ def _write_shard_set(
         }
         splits = assign_rows(source.splits, scans, options.val_frac, options.split_seed)
         report_source(source, splits, out, report, log)
-        _start_output(out, state, identity, source, scans, clean=part is None)
+        start_output(out, state, identity, source, scans, clean=part is None)
         job = Job(source, out, options, converter_options, identity, fsync)
         plan = _plan(job, splits, scans)
         if part is not None:
@@ -150,20 +147,6 @@ def _write_shard_set(
         tables = functools.partial(_write_tables, job, splits, scans)
         shard_infos, (tables, regimes) = _write_shards(job, plan, pool, progress, tables, finalize)
     return _finish(job, plan.plan_id, splits, shard_infos, tables, regimes, report)
-
-
-def _start_output(out: Path, state: str, identity: str, source: Source, scans, clean: bool) -> None:
-    """Mark ``out`` as ours (and whose); ``clean`` removes temporaries of killed writers, which
-    a part must not do: other parts may be writing theirs."""
-    if state == "overwrite":
-        _clear(out)
-    if state == "resume" and clean:
-        remove_temporaries(out)
-    (out / PROGRESS / "done").mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / PROGRESS / "identity.json", {"identity": identity})
-    for split, scan in zip(source.splits, scans, strict=True):
-        _cache_scan(out, split.name, scan)
-        write_seen(out / PROGRESS, split)
 
 
 def _write_tables(job: Job, splits, scans) -> tuple[dict, dict]:
@@ -192,85 +175,6 @@ def _finish(job: Job, plan_id, splits, shard_infos, tables, regimes, report) -> 
         fsync_dir(out)
     shutil.rmtree(out / PROGRESS, ignore_errors=True)
     return manifest
-
-
-def _identity(source: Source, options: ShardOptions, converter_options: dict) -> str:
-    blob = dumps_json(
-        {
-            "format_version": FORMAT_VERSION,
-            "dataset": source.dataset,
-            "fingerprint": source.fingerprint,
-            "converter_options": converter_options,
-            "options": asdict(options),
-        }
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _inspect_out(out: Path, identity: str, required: str | None, overwrite: bool) -> str:
-    """fresh / resume / overwrite / complete, or an error for a folder we must not touch.
-    Changes nothing on disk."""
-    manifest, ident = out / MANIFEST, out / PROGRESS / "identity.json"
-    if out.exists() and not out.is_dir():
-        raise WsmlError(f"--out {out} exists and is not a folder")
-    if overwrite and (manifest.exists() or ident.exists()):
-        return "overwrite"
-    if manifest.exists():
-        try:
-            m = read_json(manifest)
-        except (ValueError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
-            raise WsmlError(
-                f"{manifest} is not valid JSON; choose another --out or pass --overwrite"
-            ) from None
-        if m.get("identity") == identity:
-            return "complete"
-        raise WsmlError(
-            f"{out} already holds a different shard set ({m.get('dataset')} from "
-            f"{m.get('source', {}).get('root')}, or other options); choose another --out "
-            "or pass --overwrite to replace it"
-        )
-    if ident.exists():
-        if read_json(ident).get("identity") == identity:
-            return "resume"
-        raise WsmlError(
-            f"{out} holds an interrupted conversion of a different dataset or with other "
-            "options; rerun that command to finish it, choose another --out, or pass --overwrite"
-        )
-    if out.exists() and any(p.name != PROGRESS for p in out.iterdir()):  # (parts start at once)
-        raise WsmlError(f"--out {out} is not empty and holds no shard set; choose an empty folder")
-    if required:  # --resume or --finalize need earlier work to go on from
-        raise WsmlError(f"{required}: {out} holds no interrupted conversion or parts")
-    return "fresh"
-
-
-def _clear(out: Path) -> None:
-    """Remove what a previous conversion wrote (only our own names)."""
-    for p in out.iterdir():
-        if p.name in (MANIFEST, PROGRESS, "labels", "observed", "embeddings", "audit.json"):
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-        elif p.suffix in (".tar", ".idx") or p.name.endswith(".wsml-tmp"):
-            p.unlink()
-
-
-def _scan_split(source, i, options, pool: Workers, out: Path | None, progress) -> ScanResult:
-    """Check one official split's images (or reuse the check of an interrupted run in ``out``)."""
-    split = source.splits[i]
-    cache = out / PROGRESS / f"scan-{split.name}.npz" if out else None
-    if cache and cache.exists():
-        check_unchanged(split, out / PROGRESS, out)
-        with np.load(cache) as z:
-            return ScanResult.from_npz(z)
-    tick = progress(f"checking {split.name} images", len(split.records))
-    return scan_images(split.records, options.check, pool, tick)
-
-
-def _cache_scan(out: Path, name: str, scan: ScanResult) -> None:
-    """Keep a scan that passed the checks, so a resumed run does not read every image again."""
-    cache = out / PROGRESS / f"scan-{name}.npz"
-    tmp = tmp_path_for(cache)
-    with open(tmp, "wb") as f:
-        np.savez(f, **scan.to_npz())
-    publish(tmp, cache)
 
 
 def _check_scan(split, scan: ScanResult, options: ShardOptions, allows_missing: bool) -> dict:

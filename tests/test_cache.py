@@ -22,6 +22,7 @@ import torch
 from click.testing import CliRunner, Result
 
 import cli
+from shards import embedding_writer as writer
 from shards import embeddings as emb
 from shards.convert import convert
 from shards.errors import WsmlError
@@ -171,13 +172,13 @@ def test_resume_after_kill(fresh, reference):
         stderr=subprocess.STDOUT,
     )  # fmt: skip
     deadline = time.monotonic() + 90
-    while not any((emb.read_progress(folder) or {"done": {}})["done"].values()):
+    while not any((writer.read_progress(folder) or {"done": {}})["done"].values()):
         assert proc.poll() is None, proc.stdout.read().decode()
         assert time.monotonic() < deadline, "no chunk done in 90 s"
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = sum(len(c) for c in emb.read_progress(folder)["done"].values())
+    done = sum(len(c) for c in writer.read_progress(folder)["done"].values())
     assert 1 <= done < 20
 
     # nothing half-written is read
@@ -188,8 +189,7 @@ def test_resume_after_kill(fresh, reference):
     from pipelines.loader import create_loader
 
     with pytest.raises(WsmlError, match="no cached embeddings"):
-        create_loader(fresh, "val", regime="full", batch_size=4, preset="clip224", rank=0,
-                      world_size=1, embeddings=TAG)  # fmt: skip
+        create_loader(fresh, "val", regime="full", batch_size=4, preset="clip224", embeddings=TAG)
 
     assert_error(cache_tiny(fresh, "--template", "a {}."), "unfinished", "--overwrite")
     resumed = cache_tiny(fresh)
@@ -292,13 +292,13 @@ FULL_DISK = """
 import resource, signal, sys
 from pathlib import Path
 import numpy as np
-from shards import embeddings as emb
+from shards import embedding_writer as writer
 from shards.errors import WsmlError
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
 folder = Path(sys.argv[1])
-for make in (lambda: emb.create_partial(folder, "train", 4096, 512),
-             lambda: emb.write_chunk(folder, "train", 0, np.arange(4096),
+for make in (lambda: writer.create_partial(folder, "train", 4096, 512),
+             lambda: writer.write_chunk(folder, "train", 0, np.arange(4096),
                                      np.ones((4096, 512), np.float16))):
     try:
         make()

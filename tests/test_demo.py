@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shards.demo import NAMES, SCENES, write_demo_data
+from shards.demo import write_demo_data
+from shards.demo_paint import NAMES, SCENES
 from shards.errors import WsmlError
 
 SPLITS = ("train", "val")
