@@ -18,7 +18,7 @@ import torch
 from models.cache import create_clip_encoder
 from models.cache_run import CacheOptions, Encoder, run_cache
 from pipelines.distributed import DistContext
-from pipelines.loader import choose_backend, create_loader, default_threads
+from pipelines.loader import LoaderOptions, choose_backend, create_loader, default_threads
 from shards import embeddings as emb
 from shards.benchkit import time_epochs
 from shards.embeddings import make_tag
@@ -28,29 +28,41 @@ from shards.shardset import ShardSet, open_shard_set
 MIN_SECONDS = 0.5  # the model alone repeats its batch at least this long
 
 
+@dataclasses.dataclass(frozen=True)
+class ClipBenchOptions:
+    """What ``bench cache-clip`` times for each of ``models`` (``pretrained`` weights; none:
+    random, throughput only): the loader alone, the model alone on a fixed batch and the whole
+    cache run over ``split`` (``images`` generated photos without a shard set), in batches of
+    ``batch_size`` through ``backend`` on ``device``, best of ``repeats``."""
+
+    models: Sequence[str] = ("wsml-tiny-clip", "ViT-B-32")
+    pretrained: str = "none"
+    images: int = 128
+    split: str = "train"
+    batch_size: int = 64
+    backend: str = "auto"
+    device: str = "auto"
+    repeats: int = 2
+
+
 def run_cache_clip_bench(
     shards: str | None,
+    opts: ClipBenchOptions = ClipBenchOptions(),
     *,
-    models: Sequence[str] = ("wsml-tiny-clip", "ViT-B-32"),
-    pretrained: str = "none",
-    images: int = 128,
-    split: str = "train",
-    batch_size: int = 64,
-    backend: str = "auto",
-    device: str = "auto",
     workdir: str | None = None,
-    repeats: int = 2,
     echo: Callable[[str], None] = print,
 ) -> dict:
+    """Images/s of each model's embedding, its loader and the two in series (one table)."""
     from pipelines.bench import create_bench_set
     from shards.benchkit import machine_info
 
+    split, batch_size, pretrained = opts.split, opts.batch_size, opts.pretrained
     own = workdir is None and shards is None
-    ctx = DistContext.create(device)  # first: a bad device leaves no temp folder behind
+    ctx = DistContext.create(opts.device)  # first: a bad device leaves no temp folder behind
     work = Path(tempfile.mkdtemp(prefix="wsml-bench-clip-")) if own else Path(workdir or ".")
-    backend = choose_backend(backend)
+    backend = choose_backend(opts.backend)
     try:
-        ss = open_shard_set(shards or create_bench_set(work, images))
+        ss = open_shard_set(shards or create_bench_set(work, opts.images))
         n = int(ss.split(split)["num_samples"])
         if n < batch_size:
             raise WsmlError(f"split {split} has {n} images, fewer than a batch of {batch_size}")
@@ -69,10 +81,10 @@ def run_cache_clip_bench(
         )
         result = {"machine": m, "split": split, "images": n, "batch_size": batch_size}
         result["backend"], result["device"], result["models"] = backend, str(ctx.device), {}
-        for name in models:
+        for name in opts.models:
             enc = create_clip_encoder(name, pretrained, classes=ss.classes, device=ctx.device)
             enc = dataclasses.replace(enc, tag=make_tag("bench", enc.tag))
-            r = _bench_one(ss, enc, ctx, split, batch_size, backend, repeats)
+            r = _bench_one(ss, enc, ctx, split, batch_size, backend, opts.repeats)
             serial = 1 / (1 / r["loader"] + 1 / r["model"])
             r["serial"] = serial
             echo(
@@ -97,10 +109,10 @@ def _bench_one(
     repeats: int,
 ) -> dict:
     threads = default_threads(1)
+    opts = LoaderOptions(device=ctx.device, backend=backend, num_threads=threads)
     loader = create_loader(
-        ss, split, regime="full", batch_size=batch_size, preset=enc.preset, rank=0,
-        world_size=1, device=ctx.device, train=False, backend=backend, num_threads=threads,
-        labels=False,
+        ss, split, regime="full", batch_size=batch_size, preset=enc.preset, train=False,
+        labels=False, options=opts,
     )  # fmt: skip
     batch = None
 

@@ -173,9 +173,10 @@ def cache_features_command(**kwargs):
 @click.option("--device", type=DeviceType(), default="auto", show_default=True)
 @click.option("--workdir", type=click.Path(), help="Keep generated files here.")
 @expected_errors
-def bench_cache_clip(shards_dir, models, loader, **kwargs):
+def bench_cache_clip(shards_dir, models, loader, workdir, **kwargs):
     """Image embedding: loader alone, model alone on a fixed batch, and the whole cache run."""
-    from models.cache_bench import run_cache_clip_bench
+    from models.cache_bench import ClipBenchOptions, run_cache_clip_bench
 
     models = models or ("wsml-tiny-clip", "ViT-B-32")
-    run_cache_clip_bench(shards_dir, models=models, backend=loader, echo=click.echo, **kwargs)
+    options = ClipBenchOptions(models=models, backend=loader, **kwargs)
+    run_cache_clip_bench(shards_dir, options, workdir=workdir, echo=click.echo)

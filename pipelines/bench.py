@@ -10,12 +10,13 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipelines.loader import create_loader, default_threads
+from pipelines.loader import LoaderOptions, create_loader, default_threads
 from pipelines.presets import Preset, get_preset
 from shards.benchkit import time_epochs
 from shards.errors import WsmlError
@@ -115,26 +116,38 @@ def reference_transform(preset: Preset) -> Callable:
     return apply
 
 
+@dataclass(frozen=True)
+class LoaderBenchOptions:
+    """What ``bench loader`` compares: ``repeats`` alternating epochs of each loader over the
+    training split (``images`` generated photos without a shard set) through ``preset`` in
+    batches of ``batch_size``, ``threads`` CPU threads each (None: the default), on ``device``
+    (None: a GPU where there is one), DALI at each of ``hw_loads``; ``profile`` adds DALI's
+    per-stage times on a CPU."""
+
+    preset: str = "cole448"
+    batch_size: int = 32
+    threads: int | None = None
+    images: int = 2000
+    repeats: int = 3
+    profile: bool = True
+    device: str | None = None
+    hw_loads: tuple[float, ...] = (0.65,)
+
+
 def run_loader_bench(
     shards: str | None,
+    opts: LoaderBenchOptions = LoaderBenchOptions(),
     *,
-    preset: str = "cole448",
-    batch_size: int = 32,
-    threads: int | None = None,
-    images: int = 2000,
     workdir: str | None = None,
-    repeats: int = 3,
-    profile: bool = True,
-    device: str | None = None,
-    hw_loads: tuple[float, ...] = (0.65,),
     echo: Callable[[str], None] = print,
 ) -> dict:
     """Time the loaders on the same images (alternating epochs); print images/s and ratios."""
     from shards.benchkit import machine_info, warm_page_cache
 
+    preset, batch_size, images, repeats = opts.preset, opts.batch_size, opts.images, opts.repeats
     p = get_preset(preset)
-    threads = threads or default_threads(1)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    threads = opts.threads or default_threads(1)
+    device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     own = workdir is None and shards is None
     work = Path(tempfile.mkdtemp(prefix="wsml-bench-loader-")) if own else Path(workdir or ".")
     torch.set_num_threads(threads)
@@ -154,7 +167,7 @@ def run_loader_bench(
         import torchvision.io  # noqa: F401  imports every loader pays once, not in a timed epoch
         import torchvision.transforms.v2.functional  # noqa: F401
 
-        loaders = _contenders(ss, p, files, batch_size, threads, device, hw_loads)
+        loaders = _contenders(ss, p, files, batch_size, threads, device, opts.hw_loads)
         result = {"machine": m, "gpu": gpu, "preset": preset, "batch_size": batch_size}
         result.update(threads=threads, images=len(files), loaders={})
         for _ in range(repeats):  # alternate, so drifts of a shared machine hit all alike
@@ -170,7 +183,7 @@ def run_loader_bench(
         result["dali_builds"] = report_builds(
             loaders, ss, p, batch_size, threads, torch.device(device), echo
         )
-        if profile and device == "cpu":
+        if opts.profile and device == "cpu":
             result["dali_stages"] = profile_dali(ss, "train", p, batch_size, threads, echo)
         return result
     finally:
@@ -186,10 +199,10 @@ def _contenders(ss, p: Preset, files, batch_size: int, threads: int, device: str
     dev = torch.device(device)
 
     def ours(backend: str, **kw) -> Callable[[], int]:
+        opts = LoaderOptions(device=dev, backend=backend, num_threads=threads, **kw)
         loader = create_loader(
-            ss, "train", regime="full", batch_size=batch_size, preset=p, rank=0, world_size=1,
-            backend=backend, num_threads=threads, train=True, device=dev, **kw,
-        )  # fmt: skip
+            ss, "train", regime="full", batch_size=batch_size, preset=p, train=True, options=opts
+        )
 
         def run() -> int:
             n = sum(int(b["image"].shape[0]) for b in loader)
@@ -240,10 +253,10 @@ def report_builds(loaders, ss, p: Preset, batch_size: int, threads: int, dev, ec
             echo(f"  {label}: DALI build {out[label]:.2f} s per training epoch")
     if not out:
         return out
+    opts = LoaderOptions(device=dev, backend="dali", num_threads=threads)
     ldr = create_loader(
-        ss, "train", regime="full", batch_size=batch_size, preset=p, rank=0, world_size=1,
-        backend="dali", num_threads=threads, train=False, device=dev,
-    )  # fmt: skip
+        ss, "train", regime="full", batch_size=batch_size, preset=p, train=False, options=opts
+    )
     rates = []
     for _ in range(3):
         t0 = time.perf_counter()

@@ -59,18 +59,16 @@ def bench_loader(
     hw_decoder_load,
 ):  # fmt: skip
     """DALI vs the torch fallback vs the papers' folder+PIL loader on the same images."""
-    from pipelines.bench import run_loader_bench
+    from pipelines.bench import LoaderBenchOptions, run_loader_bench
 
-    run_loader_bench(
-        shards_dir,
+    options = LoaderBenchOptions(
         preset=preset,
         batch_size=batch_size,
         threads=threads,
         images=images,
-        workdir=workdir,
         repeats=repeats,
         profile=not no_profile,
         device=device,
         hw_loads=tuple(float(x) for x in hw_decoder_load.split(",")),
-        echo=click.echo,
     )
+    run_loader_bench(shards_dir, options, workdir=workdir, echo=click.echo)

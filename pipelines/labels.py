@@ -1,9 +1,11 @@
-"""Labels and embeddings joined to batches by row, from tensors held in memory (on the training
-device), so the tars carry only the image and its row. Labels stay ragged (offsets + values, as
-the Parquet tables store them); each batch is made dense on the device, (B, L) only."""
+"""Labels and embeddings joined to batches by row, so the tars carry only the image and its row.
+Labels are held on the training device and stay ragged (offsets + values, as the Parquet tables
+store them); each batch is made dense on the device, (B, L) only. Embeddings stay in their
+cache's memory map; each batch's rows are read from it and moved to the device."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +15,15 @@ from shards import embeddings as emb
 from shards.errors import WsmlError
 from shards.lists import LabelLists, Lists
 from shards.shardset import ShardSet
+
+
+def mapped_tensor(arr: np.ndarray) -> torch.Tensor:
+    """A zero-copy CPU tensor over an array (a read-only memory map: only ever read, so torch's
+    warning about non-writable arrays does not apply); ``index_select`` on it reads only the
+    rows' pages."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.asarray(arr))
 
 
 def _on(lists: Lists, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +80,7 @@ class RowTable:
     device: torch.device
     observed: DeviceLabels | None = None
     full: DeviceLabels | None = None
-    embedding: torch.Tensor | None = None  # (N, D) float16
+    embedding: torch.Tensor | None = None  # (N, D) float16 over the cache's memory map (CPU)
 
     def join(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         rows = rows.to(self.device, non_blocking=True)
@@ -77,7 +88,8 @@ class RowTable:
         if self.full is not None:
             out["observed"], out["full"] = self.observed.dense(rows), self.full.dense(rows)
         if self.embedding is not None:
-            out["embedding"] = self.embedding[rows].float()
+            picked = self.embedding.index_select(0, rows.cpu())
+            out["embedding"] = picked.to(self.device, non_blocking=True).float()
         return out
 
 
@@ -103,5 +115,5 @@ def read_row_table(
                 f"cached embeddings {embeddings!r} have {arr.shape[0]} rows for split {split}, "
                 f"its label table has {rows}: cache them again"
             )
-        table.embedding = torch.from_numpy(np.array(arr)).to(device)  # read the memmap once
+        table.embedding = mapped_tensor(arr)  # each batch reads its rows from the map
     return table

@@ -212,6 +212,35 @@ def _pad(images, rows, valid, size: int):
     )
 
 
+@dataclass(frozen=True)
+class LoaderOptions:
+    """Which share a loader reads and how, apart from what it reads (``create_loader``'s
+    arguments): this process's ``rank`` of ``world_size``, its ``device``, the ``seed`` and first
+    ``epoch`` of the shuffle, and the reading itself. ``backend`` is dali, torch or auto (DALI
+    when it imports, else the fallback with a notice); ``num_threads`` None: a share of the
+    cores per rank; on a CPU DALI's geometry runs in torchvision's kernels unless
+    ``cpu_resize="dali"`` (see pipelines/dali_loader.py); ``verify_on_load`` checks every
+    shard's sha256 against the manifest first."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: str | torch.device = "cpu"
+    seed: int = 0
+    epoch: int = 0
+    backend: str = "auto"
+    num_threads: int | None = None
+    shuffle_buffer: int = 4096
+    hw_decoder_load: float = 0.65
+    cpu_resize: str = "torch"
+    verify_on_load: bool = False
+
+    def check(self) -> None:
+        if self.cpu_resize not in ("torch", "dali"):
+            raise WsmlError(f"cpu_resize must be torch or dali, got {self.cpu_resize!r}")
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise WsmlError(f"rank {self.rank} is not in a world of size {self.world_size}")
+
+
 def create_loader(
     shards: str | Path | ShardSet,
     split: str,
@@ -219,73 +248,58 @@ def create_loader(
     regime: str,
     batch_size: int,
     preset: str | Preset,
-    rank: int,
-    world_size: int,
-    device: str | torch.device = "cpu",
-    seed: int = 0,
-    epoch: int = 0,
     train: bool | None = None,
-    backend: str = "auto",
     embeddings: str | None = None,
-    num_threads: int | None = None,
-    shuffle_buffer: int = 4096,
-    hw_decoder_load: float = 0.65,
-    cpu_resize: str = "torch",
-    verify_on_load: bool = False,
     labels: bool = True,
+    options: LoaderOptions = LoaderOptions(),
 ) -> Loader:
-    """A loader over ``split`` of a shard set for one rank of ``world_size``.
+    """A loader over ``split`` of a shard set: ``regime``'s observed labels, ``batch_size``
+    images through ``preset``, for the rank, device and reading ``options`` name.
 
     ``train`` (default: split == "train") shuffles, augments and drops the last partial batch;
-    otherwise every row is yielded once across ranks. ``backend`` is dali, torch or auto (DALI
-    when it imports, else the fallback with a notice). On a CPU, DALI's geometry runs in
-    torchvision's kernels unless ``cpu_resize="dali"`` (see pipelines/dali_loader.py).
-    ``labels=False`` leaves ``observed``/``full`` out (encoders caching images need none, and
-    Open Images' dense label matrix is gigabytes).
+    otherwise every row is yielded once across ranks. ``embeddings`` (a cache's tag) adds each
+    row's ``embedding``; ``labels=False`` leaves ``observed``/``full`` out (encoders caching
+    images need none).
     """
-    if cpu_resize not in ("torch", "dali"):
-        raise WsmlError(f"cpu_resize must be torch or dali, got {cpu_resize!r}")
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise WsmlError(f"rank {rank} is not in a world of size {world_size}")
+    options.check()
     if batch_size < 1:
         raise WsmlError(f"batch size must be positive, got {batch_size}")
     ss = shards if isinstance(shards, ShardSet) else open_shard_set(shards)
     p = preset if isinstance(preset, Preset) else get_preset(preset)
-    backend = choose_backend(backend)
+    backend = choose_backend(options.backend)
     info = ss.split(split)
     counts = [int(s["num_samples"]) for s in info["shards"]]
-    if world_size > sum(counts):
+    if options.world_size > sum(counts):
         raise WsmlError(
             f"split {split} of {ss.root} has {sum(counts)} samples, fewer than the "
-            f"{world_size} ranks reading it"
+            f"{options.world_size} ranks reading it"
         )
-    check_files(ss, split, verify_on_load)
-    dev = torch.device(device)
+    check_files(ss, split, options.verify_on_load)
+    dev = torch.device(options.device)
     table = read_row_table(ss, split, regime, dev, embeddings, labels=labels)
     if table.num_rows != sum(counts):
         raise WsmlError(
             f"{ss.root}: split {split} has {sum(counts)} samples in its shards but "
             f"{table.num_rows} label rows; run cli.py verify {ss.root}"
         )
-    threads = num_threads or default_threads(world_size)
     return Loader(
         ss,
         split,
         regime,
         p,
         batch_size,
-        rank,
-        world_size,
+        options.rank,
+        options.world_size,
         dev,
-        seed,
+        options.seed,
         split == "train" if train is None else train,
         backend,
         table,
-        threads,
-        shuffle_buffer,
-        hw_decoder_load,
-        cpu_resize,
-        epoch,
+        options.num_threads or default_threads(options.world_size),
+        options.shuffle_buffer,
+        options.hw_decoder_load,
+        options.cpu_resize,
+        options.epoch,
         counts,
     )
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from pipelines.loader import create_loader
+from pipelines.loader import LoaderOptions, create_loader
 from tests.pipelines_data import BACKENDS, REGIME, TAG, TINY_PRESET
 
 SEED = 11
@@ -55,18 +55,17 @@ def main(root: str, out: str) -> None:
     mine = {}
     for backend in BACKENDS:
         for name, (split, batch, epochs) in CONFIGS.items():
+            opts = LoaderOptions(
+                rank=rank, world_size=world, seed=SEED, backend=backend, num_threads=1
+            )
             loader = create_loader(
                 root,
                 split,
                 regime=REGIME,
                 batch_size=batch,
                 preset=TINY_PRESET,
-                rank=rank,
-                world_size=world,
-                seed=SEED,
-                backend=backend,
                 embeddings=TAG,
-                num_threads=1,
+                options=opts,
             )
             for i, epoch in enumerate(epochs):
                 loader.set_epoch(epoch)

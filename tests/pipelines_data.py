@@ -19,6 +19,7 @@ import numpy as np
 import torchvision  # noqa: F401
 
 from pipelines.dali_loader import dali_available
+from pipelines.loader import LoaderOptions, create_loader
 from pipelines.presets import center_crop_preset
 from shards.embeddings import write_cache
 from tests.conftest import jpeg_bytes, make_coco, shard_cli
@@ -70,6 +71,15 @@ def build_shard_set(base: Path) -> Path:
 # presets are tested on their own in test_pipelines.py.
 TINY = 32
 TINY_PRESET = center_crop_preset(TINY, interpolation="bilinear", name="tiny32")
+
+
+def open_loader(root, split: str, **kw):
+    """``create_loader`` with ``LoaderOptions``' fields given among its keywords (the tests
+    vary both in one table)."""
+    fields = set(LoaderOptions.__dataclass_fields__)
+    options = LoaderOptions(**{k: v for k, v in kw.items() if k in fields})
+    return create_loader(root, split, **{k: v for k, v in kw.items() if k not in fields},
+                         options=options)  # fmt: skip
 
 
 def embeddings(split: str) -> np.ndarray:

@@ -188,15 +188,16 @@ def test_an_eval_loader_builds_its_dali_graph_once(tmp_path_factory, cpu_resize,
     """Epoch after epoch the same rows and pixels; the graph is reused where the rank's reader
     epoch is the loader's (world 2, batch 3: rank 0 reads 9 rows in 4 batches, so it rebuilds)."""
     pytest.importorskip("nvidia.dali")
-    from pipelines.loader import create_loader
+    from pipelines.loader import LoaderOptions, create_loader
     from tests.pipelines_data import TINY_PRESET
 
     root = get_shard_set(tmp_path_factory)
     for rank in range(world):
+        opts = LoaderOptions(rank=rank, world_size=world, backend="dali", num_threads=1,
+                             cpu_resize=cpu_resize)  # fmt: skip
         ldr = create_loader(
-            root, "test", regime="full", batch_size=batch, preset=TINY_PRESET, rank=rank,
-            world_size=world, backend="dali", num_threads=1, cpu_resize=cpu_resize,
-        )  # fmt: skip
+            root, "test", regime="full", batch_size=batch, preset=TINY_PRESET, options=opts
+        )
         epochs, pipes = [], []
         for epoch in range(3):
             ldr.set_epoch(epoch)

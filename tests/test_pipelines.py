@@ -14,7 +14,6 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.loader import create_loader
 from shards.shardset import open_shard_set
 from tests.pipelines_data import (
     BACKENDS,
@@ -30,6 +29,7 @@ from tests.pipelines_data import (
     embeddings,
     expected_batches,
     get_shard_set,
+    open_loader,
     share_rows,
     stored_rows,
 )
@@ -65,7 +65,7 @@ def root(tmp_path_factory) -> Path:
 
 def loader(root: Path, split: str, **kw):
     args = dict(regime=REGIME, preset=TINY_PRESET, seed=SEED, num_threads=2, embeddings=TAG)
-    return create_loader(root, split, **{**args, **kw})
+    return open_loader(root, split, **{**args, **kw})
 
 
 def record(ldr) -> dict:
@@ -390,7 +390,7 @@ def test_train_augmentation_is_reproducible(root, path, preset):
 
 def test_without_labels_only_rows_images_and_embeddings(root):
     """labels=False (encoders caching images) joins no label table, even for an unknown regime."""
-    loader = create_loader(
+    loader = open_loader(
         root, "val", regime="ignored", batch_size=4, preset=TINY_PRESET, rank=0, world_size=1,
         num_threads=1, embeddings=TAG, labels=False,
     )  # fmt: skip

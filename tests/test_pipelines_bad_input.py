@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.loader import create_loader
 from shards.embeddings import write_cache
 from shards.errors import WsmlError
-from tests.pipelines_data import BACKENDS, REGIME, TAG, TINY_PRESET, get_shard_set
+from tests.pipelines_data import BACKENDS, REGIME, TAG, TINY_PRESET, get_shard_set, open_loader
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +31,7 @@ def copy(root, tmp_path) -> Path:
 
 def load(root: Path, split: str = "val", **kw):
     args = dict(regime=REGIME, batch_size=4, preset=TINY_PRESET, rank=0, world_size=1)
-    return create_loader(root, split, **{**args, "num_threads": 1, **kw})
+    return open_loader(root, split, **{**args, "num_threads": 1, **kw})
 
 
 def refused(*names: str, **kw) -> str:
@@ -155,16 +154,16 @@ class NoDali(importlib.abc.MetaPathFinder):  # a machine where DALI does not ins
             raise ModuleNotFoundError(f"No module named {name!r}")
 
 sys.meta_path.insert(0, NoDali())
-from pipelines.loader import create_loader
+from pipelines.loader import LoaderOptions, create_loader
 from pipelines.presets import center_crop_preset
 from shards.errors import WsmlError
 
 preset = center_crop_preset(int(sys.argv[3]), interpolation="bilinear")
-args = dict(regime=sys.argv[2], batch_size=4, preset=preset, rank=0, world_size=1, num_threads=1)
-loader = create_loader(sys.argv[1], "val", **args)
+args = dict(regime=sys.argv[2], batch_size=4, preset=preset)
+loader = create_loader(sys.argv[1], "val", **args, options=LoaderOptions(num_threads=1))
 print("backend", loader.backend, "batches", sum(1 for _ in loader))
 try:
-    create_loader(sys.argv[1], "val", backend="dali", **args)
+    create_loader(sys.argv[1], "val", **args, options=LoaderOptions(backend="dali"))
 except WsmlError as e:
     print("refused:", e)
 """

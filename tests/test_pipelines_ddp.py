@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.loader import create_loader
+from pipelines.loader import LoaderOptions, create_loader
 from tests.ddp_loader_worker import CONFIGS, SEED
 from tests.pipelines_data import (
     BACKENDS,
@@ -104,18 +104,17 @@ def test_torchrun_ranks_match_in_process_loaders(ddp, root, backend):
     order depends only on (seed, epoch, rank), not on the process or its environment."""
     for name, (split, batch, _) in CONFIGS.items():
         for rank in range(WORLD):
+            opts = LoaderOptions(
+                rank=rank, world_size=WORLD, seed=SEED, backend=backend, num_threads=1
+            )
             loader = create_loader(
                 root,
                 split,
                 regime=REGIME,
                 batch_size=batch,
                 preset=TINY_PRESET,
-                rank=rank,
-                world_size=WORLD,
-                seed=SEED,
-                backend=backend,
                 embeddings=TAG,
-                num_threads=1,
+                options=opts,
             )
             done = set()
             for epoch, ranks in epochs(ddp, backend, name):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipelines.loader import create_loader
+from pipelines.loader import LoaderOptions, create_loader
 
 pytestmark = pytest.mark.gpu
 
@@ -27,8 +27,8 @@ def digits(tmp_path_factory):
 def test_gpu_matches_cpu_on_eval(digits, preset):
     def run(device):
         loader = create_loader(
-            digits, "val", regime="full", batch_size=8, preset=preset, rank=0, world_size=1,
-            device=device, backend="dali",
+            digits, "val", regime="full", batch_size=8, preset=preset,
+            options=LoaderOptions(device=device, backend="dali"),
         )  # fmt: skip
         batches = list(loader)
         return (
@@ -46,8 +46,8 @@ def test_gpu_matches_cpu_on_eval(digits, preset):
 
 def test_gpu_train_epoch_has_the_manifest_length(digits):
     loader = create_loader(
-        digits, "train", regime="single-positive", batch_size=16, preset="cole448", rank=0,
-        world_size=1, device="cuda", backend="dali",
+        digits, "train", regime="single-positive", batch_size=16, preset="cole448",
+        options=LoaderOptions(device="cuda", backend="dali"),
     )  # fmt: skip
     batches = list(loader)
     assert len(batches) == len(loader) == 96 // 16

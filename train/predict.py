@@ -142,17 +142,17 @@ def _predict_files(run: RunNetwork, paths: list[Path], options: PredictOptions):
 
 
 def _predict_shards(run: RunNetwork, shards: str, split: str, options: PredictOptions):
-    from pipelines.loader import create_loader
+    from pipelines.loader import LoaderOptions, create_loader
     from shards.shardset import open_shard_set
 
     ss = open_shard_set(shards)
     if list(ss.classes) != run.classes:
         raise WsmlError(f"{shards} has other classes than the run ({len(run.classes)} classes)")
     n = int(ss.split(split)["num_samples"])
+    reading = LoaderOptions(device=options.device, backend=options.loader or run.config.loader)
     loader = create_loader(
-        ss, split, regime="full", batch_size=options.batch_size, preset=run.preset, rank=0,
-        world_size=1, device=options.device, train=False,
-        backend=options.loader or run.config.loader,
+        ss, split, regime="full", batch_size=options.batch_size, preset=run.preset, train=False,
+        options=reading,
     )  # fmt: skip
     probs = np.zeros((n, len(run.classes)), dtype=np.float32)
     for batch, p in _forward(run, iter(loader), n):
