@@ -7,14 +7,15 @@ import pytest
 import torchvision  # noqa: F401  (imported once here, not in every loader worker)
 
 from tests.train_fixtures import get_shards
-from train.bench import E2EBenchOptions, run_e2e_bench, run_linear_bench
+from train.bench import E2EBenchOptions, LinearBenchOptions, run_e2e_bench, run_linear_bench
 from train.context import cpu_threads
 
 
 def test_linear_bench_runs_the_three_ways():
     lines = []
     rows = {"train": 320, "val": 40, "test": 60}
-    out = run_linear_bench(("an", "role"), rows=rows, dim=16, classes=5, echo=lines.append)
+    opts = LinearBenchOptions(("an", "role"), rows=rows, dim=16, classes=5)
+    out = run_linear_bench(opts, echo=lines.append)
     ways = {f"{w}_{p}" for w in ("papers", "runs", "sweep") for p in ("train", "eval")}
     assert set(out) == {"an", "role"}
     for figures in out.values():
@@ -45,13 +46,14 @@ def test_linear_bench_with_openimages_shaped_labels():
 
     lines = []
     rows = {"train": 300, "val": 40, "test": 60}
-    out = run_linear_bench(("ll-ct",), rows=rows, dim=8, classes=50, batches=(16,), lrs=(1e-3,),
-                           annotations=4, ways=("runs", "sweep"), echo=lines.append)  # fmt: skip
+    opts = LinearBenchOptions(("ll-ct",), rows=rows, dim=8, classes=50, batches=(16,),
+                              lrs=(1e-3,), annotations=4, ways=("runs", "sweep"))  # fmt: skip
+    out = run_linear_bench(opts, echo=lines.append)
     timed = {f"{w}_{p}" for w in ("runs", "sweep") for p in ("train", "eval")}
     assert set(out["ll-ct"]) == timed | {"peak_rss_gb"}
     assert "memory-mapped" in lines[1] and lines[-1].endswith("GB")
     with pytest.raises(WsmlError, match="--ways runs,sweep"):
-        run_linear_bench(("an",), rows=rows, annotations=4, ways=("papers",))
+        run_linear_bench(LinearBenchOptions(rows=rows, annotations=4, ways=("papers",)))
 
 
 def test_synthetic_labels_have_openimages_shape():

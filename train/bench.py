@@ -136,28 +136,38 @@ def sweep_epoch(method: str, data: FeatureData, classes: int, lrs, batches) -> t
     return seconds, time.perf_counter() - t
 
 
+@dataclasses.dataclass(frozen=True)
+class LinearBenchOptions:
+    """What ``bench train`` (linear) times: one epoch of the ``batches`` x ``lrs`` grid for each
+    of ``methods``, the chosen ``ways``, on synthetic features of ``rows`` (train, val, test;
+    COCO's by default) x ``dim`` over ``classes``; ``annotations`` K > 0: OpenImages-shaped
+    ragged labels and memory-mapped features (``train.bench_sparse``); ``paper_steps`` > 0
+    times that many steps of each papers'-way epoch and extrapolates; ``device`` auto: a GPU
+    where there is one."""
+
+    methods: tuple[str, ...] = ("an",)
+    rows: dict[str, int] | None = None
+    dim: int = 2048
+    classes: int = 80
+    lrs: tuple[float, ...] = GRID_LRS
+    batches: tuple[int, ...] = GRID_BATCHES
+    paper_steps: int = 0
+    device: str = "cpu"
+    annotations: float = 0
+    ways: tuple[str, ...] = WAYS
+
+
 def run_linear_bench(
-    methods: tuple[str, ...] = ("an",),
-    *,
-    rows: dict[str, int] | None = None,
-    dim: int = 2048,
-    classes: int = 80,
-    lrs: tuple[float, ...] = GRID_LRS,
-    batches: tuple[int, ...] = GRID_BATCHES,
-    paper_steps: int = 0,
-    device: str = "cpu",
-    echo: Callable[[str], None] = print,
-    annotations: float = 0,
-    ways: tuple[str, ...] = WAYS,
+    opts: LinearBenchOptions, *, echo: Callable[[str], None] = print
 ) -> dict[str, dict[str, float]]:
-    """One epoch of the grid per method, the chosen ways, on ``device`` (``auto``: a GPU where
-    there is one); returns seconds per way and method. ``annotations`` K > 0: OpenImages-shaped
-    ragged labels and memory-mapped features (``train.bench_sparse``), with peak RSS."""
+    """Seconds per way and method (train, then scoring), and each method's peak RSS."""
+    methods, dim, classes, annotations = opts.methods, opts.dim, opts.classes, opts.annotations
+    batches, lrs, ways = opts.batches, opts.lrs, opts.ways
     if annotations and "papers" in ways:
         raise WsmlError("--annotations holds labels ragged; the papers' way needs dense (N, L) "
                         "labels: use --ways runs,sweep")  # fmt: skip
     _header(echo)
-    rows = {**COCO, **(rows or {})}
+    rows = {**COCO, **(opts.rows or {})}
     folder = Path(tempfile.mkdtemp(prefix="wsml-bench-features-"))
     try:
         if annotations:
@@ -165,11 +175,11 @@ def run_linear_bench(
         else:
             g = torch.Generator().manual_seed(0)
             splits = {name: synthetic_split(n, dim, classes, g) for name, n in rows.items()}
-        ctx = Context.create(device)
+        ctx = Context.create(opts.device)
         data = FeatureData(splits, ctx, seed=0, batch_size=batches[0])
         grid = (batches, lrs)
         echo(_title(rows, dim, classes, annotations, grid, ctx.device, data))
-        return _time_ways(methods, splits, data, ways, grid, paper_steps, echo)
+        return _time_ways(methods, splits, data, ways, grid, opts.paper_steps, echo)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

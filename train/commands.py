@@ -201,19 +201,20 @@ def bench_train(setting, methods, rows, dim, classes, paper_steps, opts, **e2e):
         get_method(name)  # unknown names fail here, listing the methods
     grid = {k: e2e.pop(k) for k in ("annotations", "ways", "lrs", "batches")}
     if setting == "linear":
-        from train.bench import parse_rows, run_linear_bench
+        from train.bench import LinearBenchOptions, parse_rows, run_linear_bench
 
         ways = tuple(w.strip() for w in grid["ways"].split(",") if w.strip())
         if not ways or set(ways) - {"papers", "runs", "sweep"}:
             raise click.BadParameter(
                 f"{grid['ways']!r}: choose from papers, runs, sweep", param_hint="--ways"
             )
-        run_linear_bench(
+        options = LinearBenchOptions(
             names, rows=parse_rows(rows), dim=dim, classes=classes, paper_steps=paper_steps,
-            device=e2e["device"], echo=click.echo, annotations=grid["annotations"], ways=ways,
+            device=e2e["device"], annotations=grid["annotations"], ways=ways,
             lrs=tuple(float(x) for x in grid["lrs"].split(",")),
             batches=tuple(int(x) for x in grid["batches"].split(",")),
         )  # fmt: skip
+        run_linear_bench(options, echo=click.echo)
         return
     from train.bench import E2EBenchOptions, run_e2e_bench
 
