@@ -199,6 +199,21 @@ def test_role_above_its_budget_refuses_before_any_work(shards, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_em_apl_above_its_budget_refuses_before_any_work(shards, tmp_path):
+    from shards.errors import WsmlError
+    from tests.train_fixtures import FEAT
+    from train.config import RunConfig
+    from train.loop import train
+
+    opts = {"epochs": "1", "memory_budget_gb": "1e-6", "neg_proportion": "0.5"}
+    config = RunConfig(shards=str(shards), method="em-apl", features=FEAT,
+                       out=str(tmp_path / "r"), method_options=opts)  # fmt: skip
+    # 160 rows x 10 classes x (30 + 12 x 0.5) bytes = 57,600 bytes
+    with pytest.raises(WsmlError, match=r"em-apl needs 5\.76e-05 GB: .* all 160 x 10 entries"):
+        train(config)
+    assert not (tmp_path / "r").exists()
+
+
 def test_chunked_entry_evaluation_equals_the_in_memory_scores(tmp_path):
     """A partially labelled split scored a chunk at a time from the memory map, keeping only
     annotated entries (a run's model, the sweep's heads) equals scoring the whole matrix."""

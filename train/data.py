@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import warnings
+import functools
 from collections.abc import Iterator
 
 import numpy as np
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from pipelines import sharding
-from pipelines.labels import DeviceLabels
+from pipelines.labels import DeviceLabels, mapped_tensor
 from shards import embeddings as emb
 from shards.errors import WsmlError
 from shards.lists import LabelLists
@@ -120,6 +120,7 @@ class FeatureData:
     ):
         self.ctx, self.seed, self.batch_size = ctx, seed, batch_size
         self.local = ctx.local_batch(batch_size)
+        self.entry_indexes: dict[str, EntryIndex] = {}  # made on first use (_entry_index)
         self.features = {s: _as_array(d["input"]) for s, d in splits.items()}
         self.embeddings = {
             s: _as_array(d["embedding"]) for s, d in splits.items() if "embedding" in d
@@ -155,6 +156,15 @@ class FeatureData:
             splits[split] = data
         return cls(splits, ctx, **kw)
 
+    @functools.cached_property
+    def views(self) -> dict[str, dict[str, Tensor]]:
+        """Zero-copy tensors over the features' and embeddings' memory maps, made once (and
+        shared by the copies ``with_batch_size`` makes after)."""
+        return {
+            "input": {s: mapped_tensor(a) for s, a in self.features.items()},
+            "embedding": {s: mapped_tensor(a) for s, a in self.embeddings.items()},
+        }
+
     def with_batch_size(self, batch_size: int) -> FeatureData:
         """The same features and labels (shared, not copied) in batches of ``batch_size``."""
         out = copy.copy(self)
@@ -183,7 +193,7 @@ class FeatureData:
         """The rows' features (and embeddings) from the memory maps, as float32 on the device:
         torch's index_select on a zero-copy view of the map (it reads only the rows' pages and
         releases the GIL, so the stacked sweep's groups gather side by side)."""
-        views = _views(self)
+        views = self.views
         idx = rows.cpu()
         out = {"input": views["input"][split].index_select(0, idx).to(self.ctx.device).float()}
         if split in self.embeddings:
@@ -218,10 +228,11 @@ class FeatureData:
 
 
 def _entry_index(data, split: str) -> EntryIndex:
-    cache = data.__dict__.setdefault("_entry_indexes", {})
-    if split not in cache:
-        cache[split] = EntryIndex(data.labels(split))
-    return cache[split]
+    """The split's EntryIndex, made on first use and kept in ``data.entry_indexes`` (a dict
+    the shallow copies of ``with_batch_size`` share)."""
+    if split not in data.entry_indexes:
+        data.entry_indexes[split] = EntryIndex(data.labels(split))
+    return data.entry_indexes[split]
 
 
 def _as_array(x) -> np.ndarray:
@@ -233,22 +244,6 @@ def _as_lists(x) -> LabelLists:
     if isinstance(x, LabelLists):
         return x
     return LabelLists.from_dense(x.numpy() if isinstance(x, Tensor) else np.asarray(x))
-
-
-def _views(data) -> dict[str, dict[str, Tensor]]:
-    """Zero-copy tensors over the features' and embeddings' arrays (memory maps), made once."""
-    cache = data.__dict__.get("_tensor_views")
-    if cache is None:
-        with warnings.catch_warnings():  # read-only maps: the views are only ever read
-            warnings.simplefilter("ignore", UserWarning)
-            cache = {
-                "input": {s: torch.from_numpy(np.asarray(a)) for s, a in data.features.items()},
-                "embedding": {
-                    s: torch.from_numpy(np.asarray(a)) for s, a in data.embeddings.items()
-                },
-            }
-        data.__dict__["_tensor_views"] = cache
-    return cache
 
 
 class ImageData:
@@ -270,21 +265,16 @@ class ImageData:
         backend: str = "auto",
         eval_batch: int = 0,
     ):
-        from pipelines.loader import create_loader
+        from pipelines.loader import LoaderOptions, create_loader
 
         self.ss, self.view, self.ctx, self.batch_size = ss, view, ctx, batch_size
         self._labels: dict[str, LabelLists] = {}
+        self.entry_indexes: dict[str, EntryIndex] = {}  # made on first use (_entry_index)
         self.local = ctx.local_batch(batch_size)
-        common = dict(
-            regime=view,
-            preset=preset,
-            rank=ctx.rank,
-            world_size=ctx.world_size,
-            device=ctx.device,
-            seed=seed,
-            backend=backend,
-            embeddings=clip,
+        reading = LoaderOptions(
+            rank=ctx.rank, world_size=ctx.world_size, device=ctx.device, seed=seed, backend=backend
         )
+        common = dict(regime=view, preset=preset, embeddings=clip, options=reading)
         self.loaders = {
             "train": create_loader(ss, "train", batch_size=self.local, train=True, **common)
         }

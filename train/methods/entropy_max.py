@@ -69,11 +69,19 @@ class EmAplConfig(EmConfig):
     beta: float = 0.9  # weight of the pseudo-negative term
     neg_proportion: float = 0.9  # theta: share of each class's unknowns pseudo-labelled in all
     warmup_epoch: int = 5  # first epoch after which pseudo-labels are made
+    memory_budget_gb: float = 8.0  # the most its epoch pass and pseudo-labels may take
 
     def check(self) -> None:
         super().check()
         if not 0.0 <= self.neg_proportion <= 1.0:
             raise WsmlError(f"neg_proportion must be in [0, 1], got {self.neg_proportion}")
+
+
+# bytes per training entry (row x class) at the epoch pass's peak: the float32 probabilities,
+# the masked sort key, the sort's int64 order and the ranks, the row's pseudo targets and the
+# masks; and per pseudo-negative kept (theta of the unknowns by the last round): an int64 key
+# and a float32 target
+PASS_BYTES, PSEUDO_BYTES = 30, 12
 
 
 def entropy(p: Tensor) -> Tensor:
@@ -105,6 +113,20 @@ class EntropyMaxApl(EntropyMax):
         # a round labels a fraction of the unknowns, so the state grows with what it changes.
         self.register_buffer("pseudo_keys", torch.zeros(0, dtype=torch.int64))
         self.register_buffer("pseudo_values", torch.zeros(0))
+
+    @classmethod
+    def check_size(cls, num_rows, num_classes, config) -> None:
+        entries = num_rows * num_classes
+        need = (PASS_BYTES + PSEUDO_BYTES * config.neg_proportion) * entries / 1e9
+        if need > config.memory_budget_gb:
+            raise WsmlError(
+                f"method em-apl needs {need:.3g} GB: its epoch pass ranks all {num_rows:,} x "
+                f"{num_classes:,} entries of the training split ({PASS_BYTES} bytes an entry) and "
+                f"it keeps theta = {config.neg_proportion:g} of the unknown ones as "
+                f"pseudo-negatives ({PSEUDO_BYTES} bytes each); the budget is "
+                f"{config.memory_budget_gb:g} GB (-o memory_budget_gb=GB to allow more, or a "
+                "method that scales to large label spaces: see cli.py methods)"
+            )
 
     def stack_state(self, members: int) -> None:
         # member m's rows are m x rows + row: its keys shift by m x rows x L
