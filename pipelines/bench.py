@@ -47,19 +47,28 @@ def bench_photos(n: int, seed: int = 0) -> list[tuple[bytes, int, int]]:
     return out
 
 
-def create_bench_set(work: Path, images: int, val_frac: float = 0.0) -> Path:
+def create_bench_set(
+    work: Path, images: int, val_frac: float = 0.0, *, classes: int = 0, annotations: float = 0
+) -> Path:
     """A COCO-layout folder of ``images`` photos, sharded with ``val_frac`` of them in val (0:
-    all in train; the trainer needs a val split)."""
-    from shards.benchkit import write_coco_dataset
+    all in train; the trainer needs a val split); with ``annotations`` K > 0, an Open Images
+    V3 one instead (about K human labels an image over ``classes``, ragged, with unknowns)."""
+    from shards.benchkit import write_coco_dataset, write_openimages_dataset
     from shards.convert import convert
 
     tag = "" if not val_frac else f"-val{val_frac:g}"
-    raw, out = work / "loader-raw", work / f"loader-shards{tag}"
+    tag += f"-oi{classes}x{annotations:g}" if annotations else ""
+    raw, out = work / f"loader-raw{tag}", work / f"loader-shards{tag}"
     if (out / "manifest.json").is_file():
         return out
     shutil.rmtree(raw, ignore_errors=True)
-    write_coco_dataset(raw, images + 1, bench_photos(min(images, 256)))
-    convert("coco", raw, out, {}, {"val_frac": val_frac}, workers=default_threads(1))
+    photos = bench_photos(min(images, 256))
+    if annotations:
+        write_openimages_dataset(raw, images, photos, classes, annotations)
+        convert("openimages-v3", raw, out, {}, {}, workers=default_threads(1))
+    else:
+        write_coco_dataset(raw, images + 1, photos)
+        convert("coco", raw, out, {}, {"val_frac": val_frac}, workers=default_threads(1))
     return out
 
 

@@ -92,6 +92,58 @@ def write_coco_dataset(root: Path, n: int, pool: Sequence[tuple], seed: int = 0)
     return total
 
 
+OI_SPLITS = (("train", 0.8), ("validation", 0.1), ("test", 0.1))
+OI_IMAGES_HEADER = (
+    "ImageID,Subset,OriginalURL,OriginalLandingURL,License,AuthorProfileURL,Author,Title,"
+    "OriginalSize,OriginalMD5,Thumbnail300KURL\n"
+)
+
+
+def write_openimages_dataset(
+    root: Path, n: int, pool: Sequence[tuple], classes: int, annotations: float, seed: int = 0
+) -> int:
+    """Open Images V3 layout (``2017_11/`` metadata, ``images_<split>/<ImageID>.jpg``) of ``n``
+    images cycling through ``pool`` (80 / 10 / 10 % train / validation / test): about
+    ``annotations`` human labels an image over ``classes`` trainable classes, drawn Zipf-like
+    (class c with weight (c + 1) ** -0.9), the most frequent of them positive, the others with
+    probability 0.6, the rest explicit negatives; every other entry unknown. Returns the image
+    bytes."""
+    rng = np.random.default_rng(seed)
+    meta = root / "2017_11"
+    meta.mkdir(parents=True)
+    mids = [f"/m/0{k:06d}" for k in range(classes)]
+    (meta / "classes-trainable.txt").write_text("".join(m + "\n" for m in mids))
+    (meta / "class-descriptions.csv").write_text(
+        "".join(f"{m},class {k}\n" for k, m in enumerate(mids))
+    )
+    weights = (np.arange(classes) + 1.0) ** -0.9
+    p = weights / weights.sum()
+    total, start = 0, 0
+    for split, share in OI_SPLITS:
+        count = max(1, round(share * n)) if split != "train" else n - 2 * max(1, round(0.1 * n))
+        ids = [f"{start + k + 1:016x}" for k in range(count)]
+        start += count
+        (meta / split).mkdir()
+        (meta / split / "images.csv").write_text(
+            OI_IMAGES_HEADER + "".join(f"{i},{split},,,,,,,,,\n" for i in ids)
+        )
+        rows, folder = ["ImageID,Source,LabelName,Confidence\n"], root / f"images_{split}"
+        folder.mkdir()
+        for i in ids:
+            data = pool[int(rng.integers(len(pool)))][0]
+            (folder / f"{i}.jpg").write_bytes(data)
+            total += len(data)
+            drawn = np.unique(rng.choice(classes, size=1 + rng.poisson(annotations - 1), p=p))
+            positive = rng.random(len(drawn)) < 0.6
+            positive[0] = True
+            rows += [
+                f"{i},verification,{mids[c]},{int(v)}\n"
+                for c, v in zip(drawn, positive, strict=True)
+            ]
+        (meta / split / "annotations-human.csv").write_text("".join(rows))
+    return total
+
+
 def warm_page_cache(root: Path) -> None:
     """Read every file once so both contenders read from the page cache."""
     for dirpath, _, files in os.walk(root):

@@ -40,6 +40,35 @@ def test_e2e_bench_on_the_tiny_shard_set(tmp_path_factory):
     assert lines[-1].split()[:3] == ["an", "test_resnet", "center32"]
 
 
+@pytest.mark.slow
+def test_e2e_bench_on_generated_openimages_labels(tmp_path):
+    """--annotations in e2e: the photos get Open Images V3 labels over --classes (ragged, with
+    unknowns, sharded by the real converter); the method trains on them without --regime and
+    the per-batch join is reported."""
+    from pipelines.bench import create_bench_set
+    from shards.shardset import open_shard_set
+
+    root = create_bench_set(tmp_path, 40, val_frac=0.1, classes=300, annotations=6)
+    ss = open_shard_set(root)
+    labels = ss.full_lists("train")
+    assert len(ss.classes) == 300 and labels.has_unknown()
+    assert {s: ss.split(s)["num_samples"] for s in ("train", "val", "test")} == {
+        "train": 32, "val": 4, "test": 4
+    }  # fmt: skip
+    positives, annotated = labels.class_counts()
+    assert (labels.positives.offsets[1:] > labels.positives.offsets[:-1]).all()  # each has one
+    assert 4 < annotated.sum() / len(labels) < 6 and positives.sum() < annotated.sum()
+    lines = []
+    with cpu_threads(1):
+        opts = E2EBenchOptions(
+            methods=("ll-ct",), backbone="test_resnet", image_size=32, batch_size=8, steps=2,
+            warmup=1, loader="torch", classes=300, annotations=6,
+        )  # fmt: skip
+        out = run_e2e_bench(None, opts, workdir=str(tmp_path), echo=lines.append)
+    assert "300 classes" in lines[1] and lines[2].split()[-2:] == ["ms", "join"]
+    assert 0 < out["ll-ct"]["join_ms"] < out["ll-ct"]["ms_per_step"]
+
+
 def test_linear_bench_with_openimages_shaped_labels():
     """--annotations: ragged labels and memory-mapped features; the chosen ways only."""
     from shards.errors import WsmlError

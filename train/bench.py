@@ -256,6 +256,8 @@ class E2EBenchOptions:
     compile: bool = False
     regime: str | None = None
     method_options: dict[str, str] = dataclasses.field(default_factory=dict)
+    classes: int = 5000  # the generated photos' classes, with annotations > 0
+    annotations: float = 0  # > 0: generated Open Images-shaped labels (about this many an image)
 
 
 def run_e2e_bench(
@@ -266,7 +268,8 @@ def run_e2e_bench(
     echo: Callable[[str], None] = print,
 ) -> dict[str, dict[str, float]]:
     """Training steps of each method on ``shards`` (or generated photos, in ``workdir`` or a
-    folder of our own): per method images/s, ms per step and the data-wait share."""
+    folder of our own): per method images/s, ms per step, the data-wait share, and what the
+    per-batch join of labels (ragged -> dense (B, L) on the device) and embeddings costs."""
     from pipelines.bench import create_bench_set
     from shards.shardset import open_shard_set
     from train.plan import plan_run
@@ -275,12 +278,14 @@ def run_e2e_bench(
     own = workdir is None and shards is None  # generated photos in a folder of our own
     ctx = Context.create(opts.device)  # first: a bad device leaves no folder behind
     work = Path(workdir or tempfile.mkdtemp(prefix="wsml-bench-train-"))
-    root = shards or str(create_bench_set(work, opts.images, val_frac=0.1))
-    echo(f"end to end on {root} ({open_shard_set(root).split('train')['num_samples']} train "
-         f"images), batch {opts.batch_size}, {opts.steps} timed steps after {opts.warmup}, "
-         f"device {ctx.device}{', compiled' if opts.compile else ''}")  # fmt: skip
+    shape = dict(classes=opts.classes, annotations=opts.annotations)
+    root = shards or str(create_bench_set(work, opts.images, val_frac=0.1, **shape))
+    ss = open_shard_set(root)
+    echo(f"end to end on {root} ({ss.split('train')['num_samples']} train images, "
+         f"{len(ss.classes)} classes), batch {opts.batch_size}, {opts.steps} timed steps after "
+         f"{opts.warmup}, device {ctx.device}{', compiled' if opts.compile else ''}")  # fmt: skip
     echo(f"{'method':<8} {'backbone':<18} {'preset':<10} {'images/s':>9} {'ms/step':>8} "
-         f"{'data wait':>10}")  # fmt: skip
+         f"{'data wait':>10} {'join ms':>8} {'join':>7}")  # fmt: skip
     out = {}
     try:
         for method in opts.methods:
@@ -301,7 +306,8 @@ def run_e2e_bench(
             shown = config.preset if not config.image_size else f"center{config.image_size}"
             echo(
                 f"{method:<8} {config.backbone:<18} {shown:<10} {r['images_per_s']:>9.1f} "
-                f"{r['ms_per_step']:>8.1f} {100 * r['data_wait']:>9.1f}%"
+                f"{r['ms_per_step']:>8.1f} {100 * r['data_wait']:>9.1f}% {r['join_ms']:>8.2f} "
+                f"{100 * r['join_ms'] / r['ms_per_step']:>6.2f}%"
                 + (f" (of it {r['build_s']:.2f} s DALI builds)" if r["build_s"] else "")
             )
     finally:
@@ -319,7 +325,7 @@ def time_steps(run, ctx: Context, steps: int, warmup: int) -> dict[str, float]:
     run.net.train()
     run.method.train()
     wait = busy = 0.0
-    done, epoch, totals = 0, 0, {}
+    done, epoch, totals, timed_rows = 0, 0, {}, []
     while done < warmup + steps:
         epoch += 1
         run.method.start_epoch(epoch)
@@ -336,6 +342,7 @@ def time_steps(run, ctx: Context, steps: int, warmup: int) -> dict[str, float]:
             if done >= warmup:
                 wait += t1 - t0
                 busy += time.perf_counter() - t1
+                timed_rows.append(batch["row"])
             done += 1
     total = wait + busy
     batch_size = run.plan.method.batch_size
@@ -346,7 +353,23 @@ def time_steps(run, ctx: Context, steps: int, warmup: int) -> dict[str, float]:
         "data_wait": wait / total,
         # DALI rebuilds a training graph per epoch; the first build is in the warm-up
         "build_s": sum(getattr(loader, "build_seconds", [])[1:]),
+        "join_ms": time_joins(loader, timed_rows, ctx.device) if loader is not None else 0.0,
     }
+
+
+def time_joins(loader, rows: list, device: torch.device, repeats: int = 5) -> float:
+    """Milliseconds per batch of the loader's row join (part of the data wait above): the
+    ragged observed and clean labels made dense (B, L) on the device and the batch's
+    embeddings read, for the timed batches' rows, best of ``repeats``."""
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        for r in rows:
+            loader.table.join(r)
+        _sync(device)
+        best = min(best, (time.perf_counter() - t) / max(1, len(rows)))
+    return 1e3 * best
 
 
 def parse_rows(text: str) -> dict[str, int]:

@@ -139,14 +139,15 @@ def methods_command():
     type=click.IntRange(min=1),
     default=80,
     show_default=True,
-    help="linear: number of classes.",
+    help="linear: number of classes; e2e: of the generated photos' labels, with --annotations.",
 )
 @click.option(
     "--annotations",
     type=click.FloatRange(min=0),
     default=0.0,
-    help="linear: OpenImages-shaped ragged labels, about "
-    "this many an image (60% positive), features memory-mapped from disk.",
+    help="OpenImages-shaped ragged labels, about this many an image (60% positive) over "
+    "--classes; linear: features memory-mapped from disk; e2e: the generated photos in Open "
+    "Images V3 format.",
 )
 @click.option(
     "--ways",
@@ -219,5 +220,6 @@ def bench_train(setting, methods, rows, dim, classes, paper_steps, opts, **e2e):
     from train.bench import E2EBenchOptions, run_e2e_bench
 
     shards = e2e.pop("shards")
-    options = E2EBenchOptions(methods=names, method_options=parse_kv(opts), **e2e)
+    shape = {"classes": classes, "annotations": grid["annotations"]}
+    options = E2EBenchOptions(methods=names, method_options=parse_kv(opts), **shape, **e2e)
     run_e2e_bench(shards, options, echo=click.echo)

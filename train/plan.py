@@ -163,11 +163,14 @@ def choose_view(
 def default_view(ss: ShardSet, info: MethodInfo, fraction: float = 0.1) -> str:
     """The view a method trains on when no --regime is given: the first of its regimes (in the
     order it declares them, its paper's first) that the shard set has; for partial labels the
-    view with ``fraction``, else any partial view."""
+    source's own labels where they have unknown entries (Open Images), else the view with
+    ``fraction``, else any partial view."""
     views = {v: m.get("trains_as", m["regime"]) for v, m in ss.regimes.items()}
     for kind in info.regimes:
         if kind == "full":
             return "full"
+        if kind == "partial" and ss.full_lists("train").has_unknown():
+            return "full"  # Open Images: its human labels are the partial labels (LL's setting)
         preferred = kind
         if kind == "partial":
             from shards.regimes import Partial
