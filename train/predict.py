@@ -160,8 +160,11 @@ def _predict_shards(run: RunNetwork, shards: str, split: str, options: PredictOp
         probs[batch["row"].cpu()[keep].numpy()] = p[keep].numpy()
     table = ss.label_table(split)
     keys = table.column("key").to_pylist()
-    full = ss.full_labels(split)
-    clean = [[c for c, v in zip(run.classes, r, strict=True) if v == 1] for r in full]
+    pos = ss.full_lists(split).positives  # ragged: no (N, L) label matrix
+    clean = [
+        [run.classes[c] for c in sorted(pos.values[pos.offsets[i] : pos.offsets[i + 1]].tolist())]
+        for i in range(n)
+    ]
     extra = {"row": list(range(n)), "clean_labels": clean}
     return Predictions(keys, probs, [], extra=extra)
 
