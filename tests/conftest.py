@@ -3,101 +3,14 @@ in ../shared/fixtures/real."""
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from shards.coco_layout import write_coco_json
+from tests.raw_datasets import REAL, REPO, make_coco  # noqa: F401  (REPO: for the tests)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-REPO = Path(__file__).resolve().parents[1]
-REAL = REPO.parent / "shared" / "fixtures" / "real"
-
-
-def jpeg_bytes(w: int, h: int, seed: int, quality: int = 85, progressive: bool = False) -> bytes:
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 255, size=3)
-    y, x = np.mgrid[0:h, 0:w]
-    img = (base + 40 * np.sin(x[..., None] / (3 + seed % 5)) + 30 * np.cos(y[..., None] / 4)) % 255
-    buf = io.BytesIO()
-    Image.fromarray(img.astype(np.uint8)).save(
-        buf, format="JPEG", quality=quality, progressive=progressive
-    )
-    return buf.getvalue()
-
-
-def make_coco(
-    root: Path, n_train: int = 24, n_val: int = 8, num_classes: int = 4, seed: int = 0
-) -> Path:
-    """A COCO-layout dataset: annotations/instances_{train,val}.json + train/ + val/."""
-    rng = np.random.default_rng(seed)
-    cats = [
-        {"id": 10 + k, "name": f"class{k}", "supercategory": "even" if k % 2 == 0 else "odd"}
-        for k in range(num_classes)
-    ]
-    (root / "annotations").mkdir(parents=True, exist_ok=True)
-    next_ann = 1
-    for split, n, first in (("train", n_train, 1), ("val", n_val, 5001)):
-        (root / split).mkdir(exist_ok=True)
-        images, anns = [], []
-        for i in range(n):
-            iid = first + i
-            w, h = int(rng.integers(24, 64)), int(rng.integers(24, 64))
-            name = f"img_{split}_{iid:06d}.jpg"
-            (root / split / name).write_bytes(jpeg_bytes(w, h, iid))
-            images.append({"id": iid, "file_name": name, "width": w, "height": h})
-            for c in rng.choice(num_classes, size=int(rng.integers(1, 3)), replace=False):
-                anns.append(
-                    {
-                        "id": next_ann,
-                        "image_id": iid,
-                        "category_id": cats[int(c)]["id"],
-                        "bbox": [0, 0, 4, 4],
-                        "area": 16,
-                        "iscrowd": 0,
-                    }
-                )
-                next_ann += 1
-        data = {"images": images, "annotations": anns, "categories": cats}
-        write_coco_json(root / "annotations" / f"instances_{split}.json", data)
-    return root
-
-
-def make_voc(
-    root: Path,
-    ids_train: list[str],
-    ids_test: list[str],
-    labels: dict,
-    classes,
-    class_lists: bool = True,
-    seed: int = 0,
-) -> Path:
-    """A VOC devkit folder: JPEGImages/, ImageSets/Main/ (per-class lists or set lists +
-    Annotations/). ``labels[id] = {class: 1 | 0 | -1}`` (0 = difficult)."""
-    main = root / "ImageSets" / "Main"
-    main.mkdir(parents=True)
-    (root / "JPEGImages").mkdir()
-    (root / "Annotations").mkdir()
-    for k, i in enumerate(ids_train + ids_test):
-        (root / "JPEGImages" / f"{i}.jpg").write_bytes(jpeg_bytes(40, 30, seed + k))
-        objs = "".join(
-            f"<object><name>{c}</name><difficult>{1 if v == 0 else 0}</difficult></object>"
-            for c, v in labels[i].items()
-            if v >= 0
-        )
-        (root / "Annotations" / f"{i}.xml").write_text(f"<annotation>{objs}</annotation>")
-    for set_name, ids in (("train", ids_train), ("val", ids_test)):
-        (main / f"{set_name}.txt").write_text("".join(f"{i}\n" for i in ids))
-        if class_lists:
-            for c in classes:
-                lines = "".join(f"{i} {labels[i].get(c, -1):>2}\n" for i in ids)
-                (main / f"{c}_{set_name}.txt").write_text(lines)
-    return root
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.conftest import REAL, jpeg_bytes
+from tests.conftest import REAL
+from tests.raw_datasets import jpeg_bytes
 
 SPECIES = ("001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross")
 PER_SPECIES = 6

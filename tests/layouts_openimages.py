@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.conftest import REAL, jpeg_bytes
+from tests.conftest import REAL
+from tests.raw_datasets import jpeg_bytes
 
 OI_REAL = REAL / "openimages" / "2017_11"
 IMAGES_HEADER = (

@@ -15,7 +15,8 @@ from PIL import Image
 
 import cli
 from shards.fileio import sha256_file
-from tests.conftest import make_coco, shard_cli
+from tests.conftest import shard_cli
+from tests.raw_datasets import make_coco
 
 
 def audit(out: Path):

@@ -13,15 +13,15 @@ from click.testing import CliRunner, Result
 
 import cli
 from tests.conftest import assert_refused, shard_cli
-from tests.helpers_layouts import (
+from tests.raw_datasets import (
     CORRUPTIONS,
     REAL_COCO_JSON,
     REAL_VOC2007,
     coco_image_path,
     coco_json,
-    jpeg_bytes,
-    make_coco,
-    make_voc,
+    flat_jpeg_bytes,
+    make_coco_fixed,
+    make_voc_devkit,
     real_coco2014,
     real_voc2007,
     tree_digest,
@@ -42,12 +42,12 @@ def shard(root: Path, out: Path, *extra: str, dataset: str = "coco") -> Result:
 
 @pytest.fixture
 def coco(tmp_path) -> Path:
-    return make_coco(tmp_path / "raw", n_train=10, n_test=5)
+    return make_coco_fixed(tmp_path / "raw", n_train=10, n_test=5)
 
 
 @pytest.fixture
 def voc(tmp_path) -> Path:
-    make_voc(tmp_path / "raw", [f"tv{i:02d}" for i in range(8)], ["te00", "te01", "te02"])
+    make_voc_devkit(tmp_path / "raw", [f"tv{i:02d}" for i in range(8)], ["te00", "te01", "te02"])
     return tmp_path / "raw"
 
 
@@ -263,7 +263,7 @@ def test_corrupt_real_voc_jpeg_fails(tmp_path, kind):
 def _broken_scan_data() -> bytes:
     """A JPEG whose header and EOI are intact but whose entropy-coded data is broken: the
     structural check passes; only a full decode finds it."""
-    data = jpeg_bytes((64, 48), 3)
+    data = flat_jpeg_bytes((64, 48), 3)
     sos = data.find(b"\xff\xda")
     start = sos + 2 + ((data[sos + 2] << 8) | data[sos + 3])
     return data[: start + 5] + b"\xff\xc8" * 10 + data[start + 5 :]
@@ -474,7 +474,7 @@ def test_out_holding_a_corrupt_manifest(coco, tmp_path):
 def test_out_is_a_non_empty_foreign_folder(coco, tmp_path):
     out = tmp_path / "photos"
     out.mkdir()
-    (out / "holiday.jpg").write_bytes(jpeg_bytes())
+    (out / "holiday.jpg").write_bytes(flat_jpeg_bytes())
     (out / "notes.txt").write_text("mine")
     before = tree_digest(out)
     for extra in ((), ("--overwrite",), ("--resume",)):

@@ -27,7 +27,8 @@ from shards import embeddings as emb
 from shards.convert import convert
 from shards.errors import WsmlError
 from shards.shardset import open_shard_set
-from tests.conftest import REPO, make_coco
+from tests.conftest import REPO
+from tests.raw_datasets import make_coco
 
 TAG = "wsml-tiny-clip__none"
 TINY = ("--model", "wsml-tiny-clip", "--chunk-size", "4")  # 12 + 3 + 5 chunks

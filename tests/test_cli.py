@@ -17,11 +17,11 @@ from click.testing import CliRunner, Result
 
 import cli
 from shards.fileio import TarShardWriter
-from tests.helpers_layouts import (
+from tests.raw_datasets import (
     COCO_CATEGORIES,
     REAL_COCO_JSON,
     REAL_VOC2007,
-    make_coco,
+    make_coco_fixed,
     real_coco2014,
     real_voc2007,
     tree_digest,
@@ -60,7 +60,7 @@ def tar_digest(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory) -> Path:
-    return make_coco(tmp_path_factory.mktemp("raw") / "coco", n_train=10, n_test=5)
+    return make_coco_fixed(tmp_path_factory.mktemp("raw") / "coco", n_train=10, n_test=5)
 
 
 @pytest.fixture(scope="module")
@@ -565,7 +565,8 @@ def test_converters_do_not_load_pyarrow_before_the_pool_forks():
 
 
 def test_parts_through_the_cli(tmp_path):
-    from tests.conftest import make_coco, shard_cli
+    from tests.conftest import shard_cli
+    from tests.raw_datasets import make_coco
 
     root = make_coco(tmp_path / "raw")
     out = tmp_path / "out"

@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from tests.conftest import make_coco, shard_cli
+from tests.conftest import shard_cli
+from tests.raw_datasets import make_coco
 from tests.train_fixtures import FEAT, get_shards
 
 

@@ -18,9 +18,9 @@ from shards.bias import object_weights
 from shards.errors import WsmlError
 from shards.lists import Lists
 from shards.regimes import Noisy, OfficialLabels, SinglePositive, binomial_ok, parse_regime_spec
-from tests.conftest import assert_refused, make_coco, shard_cli
-from tests.helpers_layouts import make_coco as make_coco_without_boxes
-from tests.helpers_layouts import real_voc2007
+from tests.conftest import assert_refused, shard_cli
+from tests.raw_datasets import make_coco, real_voc2007
+from tests.raw_datasets import make_coco_fixed as make_coco_without_boxes
 
 
 def labels_with_weights(rows: list[list[int]], weights: list[list[float]], num_classes: int):

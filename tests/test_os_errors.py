@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, make_coco
+from tests.conftest import REPO
+from tests.raw_datasets import make_coco
 from tests.train_fixtures import FEAT, get_shards
 
 

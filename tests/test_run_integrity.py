@@ -21,7 +21,8 @@ from click.testing import CliRunner
 
 import cli
 from shards.embeddings import write_cache
-from tests.conftest import REPO, assert_refused, make_coco, shard_cli
+from tests.conftest import REPO, assert_refused, shard_cli
+from tests.raw_datasets import make_coco
 from tests.train_fixtures import FEAT, get_shards
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 import os
 
-from tests.conftest import assert_refused, make_coco, shard_cli
+from tests.conftest import assert_refused, shard_cli
+from tests.raw_datasets import make_coco
 
 
 def _edit_json(path, fn):

@@ -11,8 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import assert_refused, make_coco, shard_cli
+from tests.conftest import assert_refused, shard_cli
 from tests.layouts_table import table_layout
+from tests.raw_datasets import make_coco
 
 SAME = ("row", "positives", "negatives", "width", "height", "image_sha256", "phash")
 

@@ -6,7 +6,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from tests.conftest import make_coco, shard_cli
+from tests.conftest import shard_cli
+from tests.raw_datasets import make_coco
 from tests.train_fixtures import FEAT, add_caches
 from train.config import RunConfig
 from train.loop import train

@@ -16,7 +16,8 @@ from shards.convert import convert
 from shards.errors import WsmlError
 from shards.images import probe_bytes
 from shards.shardset import open_shard_set
-from tests.conftest import REPO, jpeg_bytes, make_coco
+from tests.conftest import REPO
+from tests.raw_datasets import jpeg_bytes, make_coco
 
 
 def tree_bytes(folder: Path) -> dict[str, bytes]:

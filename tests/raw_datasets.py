@@ -1,5 +1,12 @@
-"""Tiny raw datasets in the real on-disk layouts (COCO instances json, PASCAL VOC) for CLI tests,
-plus helpers to locate the real fixtures and to snapshot a folder's bytes."""
+"""The tests' generated raw datasets, in the real on-disk layouts, and the real fixtures.
+
+- ``make_coco`` / ``make_voc``: COCO (boxes, images of random sizes) and a VOC devkit folder with
+  per-class lists: what the converters, pipelines and trainer tests shard;
+- ``make_coco_fixed`` / ``make_voc_devkit``: fixed ids and 24x16 images (COCO without boxes,
+  ``VOCdevkit/VOC<year>`` with XML labels) that the CLI and bad-input tests point into by id;
+- the real fixtures of ../shared/fixtures/real (``real_voc2007``, ``real_coco2014``), the ways a
+  downloaded JPEG goes wrong (``CORRUPTIONS``) and ``tree_digest``. Every dataset is written
+  through ``shards.coco_layout`` or plain files; none is a second writer of shard sets."""
 
 from __future__ import annotations
 
@@ -9,10 +16,13 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from shards import coco_layout
-from tests.conftest import REAL, REPO  # noqa: F401  (REPO is used by the CLI tests)
+
+REPO = Path(__file__).resolve().parents[1]
+REAL = REPO.parent / "shared" / "fixtures" / "real"
 
 REAL_VOC2007 = REAL / "voc" / "VOCdevkit" / "VOC2007"
 REAL_COCO = REAL / "coco"
@@ -24,10 +34,92 @@ COCO_CATEGORIES = [
     {"id": 7, "name": "car", "supercategory": "vehicle"},
 ]
 
+
+def jpeg_bytes(w: int, h: int, seed: int, quality: int = 85, progressive: bool = False) -> bytes:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, size=3)
+    y, x = np.mgrid[0:h, 0:w]
+    img = (base + 40 * np.sin(x[..., None] / (3 + seed % 5)) + 30 * np.cos(y[..., None] / 4)) % 255
+    buf = io.BytesIO()
+    Image.fromarray(img.astype(np.uint8)).save(
+        buf, format="JPEG", quality=quality, progressive=progressive
+    )
+    return buf.getvalue()
+
+
+def make_coco(
+    root: Path, n_train: int = 24, n_val: int = 8, num_classes: int = 4, seed: int = 0
+) -> Path:
+    """A COCO-layout dataset: annotations/instances_{train,val}.json + train/ + val/."""
+    rng = np.random.default_rng(seed)
+    cats = [
+        {"id": 10 + k, "name": f"class{k}", "supercategory": "even" if k % 2 == 0 else "odd"}
+        for k in range(num_classes)
+    ]
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    next_ann = 1
+    for split, n, first in (("train", n_train, 1), ("val", n_val, 5001)):
+        (root / split).mkdir(exist_ok=True)
+        images, anns = [], []
+        for i in range(n):
+            iid = first + i
+            w, h = int(rng.integers(24, 64)), int(rng.integers(24, 64))
+            name = f"img_{split}_{iid:06d}.jpg"
+            (root / split / name).write_bytes(jpeg_bytes(w, h, iid))
+            images.append({"id": iid, "file_name": name, "width": w, "height": h})
+            for c in rng.choice(num_classes, size=int(rng.integers(1, 3)), replace=False):
+                anns.append(
+                    {
+                        "id": next_ann,
+                        "image_id": iid,
+                        "category_id": cats[int(c)]["id"],
+                        "bbox": [0, 0, 4, 4],
+                        "area": 16,
+                        "iscrowd": 0,
+                    }
+                )
+                next_ann += 1
+        data = {"images": images, "annotations": anns, "categories": cats}
+        coco_layout.write_coco_json(root / "annotations" / f"instances_{split}.json", data)
+    return root
+
+
+def make_voc(
+    root: Path,
+    ids_train: list[str],
+    ids_test: list[str],
+    labels: dict,
+    classes,
+    class_lists: bool = True,
+    seed: int = 0,
+) -> Path:
+    """A VOC devkit folder: JPEGImages/, ImageSets/Main/ (per-class lists or set lists +
+    Annotations/). ``labels[id] = {class: 1 | 0 | -1}`` (0 = difficult)."""
+    main = root / "ImageSets" / "Main"
+    main.mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    (root / "Annotations").mkdir()
+    for k, i in enumerate(ids_train + ids_test):
+        (root / "JPEGImages" / f"{i}.jpg").write_bytes(jpeg_bytes(40, 30, seed + k))
+        objs = "".join(
+            f"<object><name>{c}</name><difficult>{1 if v == 0 else 0}</difficult></object>"
+            for c, v in labels[i].items()
+            if v >= 0
+        )
+        (root / "Annotations" / f"{i}.xml").write_text(f"<annotation>{objs}</annotation>")
+    for set_name, ids in (("train", ids_train), ("val", ids_test)):
+        (main / f"{set_name}.txt").write_text("".join(f"{i}\n" for i in ids))
+        if class_lists:
+            for c in classes:
+                lines = "".join(f"{i} {labels[i].get(c, -1):>2}\n" for i in ids)
+                (main / f"{c}_{set_name}.txt").write_text(lines)
+    return root
+
+
 _COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200)]
 
 
-def jpeg_bytes(size: tuple[int, int] = (24, 16), seed: int = 0) -> bytes:
+def flat_jpeg_bytes(size: tuple[int, int] = (24, 16), seed: int = 0) -> bytes:
     """A small, valid baseline JPEG whose pixels depend on ``seed``."""
     im = Image.new("RGB", size, _COLORS[seed % len(_COLORS)])
     im.putpixel((seed % size[0], (seed // size[0]) % size[1]), (255, 255, 255))
@@ -38,7 +130,7 @@ def jpeg_bytes(size: tuple[int, int] = (24, 16), seed: int = 0) -> bytes:
 
 def write_jpeg(path: Path, size: tuple[int, int] = (24, 16), seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(jpeg_bytes(size, seed))
+    path.write_bytes(flat_jpeg_bytes(size, seed))
     return path
 
 
@@ -72,7 +164,7 @@ def coco_image(image_id: int, split: str) -> dict:
     return {"id": image_id, "file_name": f"{split}_{image_id:06d}.jpg", "width": 24, "height": 16}
 
 
-def make_coco(
+def make_coco_fixed(
     root: Path,
     n_train: int = 10,
     n_test: int = 5,
@@ -118,7 +210,7 @@ VOC_XML = """<annotation>
 VOC_OBJECT = "\t<object><name>{name}</name><difficult>{difficult}</difficult></object>\n"
 
 
-def make_voc(root: Path, trainval: list[str], test: list[str], year: str = "2007") -> Path:
+def make_voc_devkit(root: Path, trainval: list[str], test: list[str], year: str = "2007") -> Path:
     """``root/VOCdevkit/VOC<year>/{Annotations,ImageSets/Main,JPEGImages}`` with the given id
     lists (``voc2007`` preset: labels read from the XMLs). Returns the VOC<year> folder."""
     base = root / "VOCdevkit" / f"VOC{year}"
