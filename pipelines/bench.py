@@ -281,43 +281,48 @@ def report_builds(loaders, ss, p: Preset, batch_size: int, threads: int, dev, ec
     return out
 
 
-def profile_dali(ss, split: str, preset: Preset, batch_size: int, threads: int, echo) -> dict:
-    """DALI's graph cut after each stage (read, decode, resize, normalise, copy to torch)."""
+def _cut_graph(tars, idx, preset: Preset, batch: tuple[int, int, int], upto: str):
+    """A training graph of DALI operators on the CPU that ends after stage ``upto``; ``batch``
+    is (batch size, threads, shuffle buffer)."""
     from nvidia.dali import fn, pipeline_def, types
 
+    batch_size, threads, fill = batch
+
+    @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=None, seed=1)
+    def graph():
+        jpegs, rows = fn.readers.webdataset(
+            paths=[str(t) for t in tars], index_paths=[str(i) for i in idx],
+            ext=["jpg", "row"], dtypes=[types.UINT8, types.INT64], random_shuffle=True,
+            initial_fill=fill, name="reader",
+        )  # fmt: skip
+        if upto == "read":
+            return rows
+        images = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
+        if upto == "decode":
+            return images.shape()
+        images, norm = preset.dali(images, True, "cpu")
+        if upto == "augment":
+            return images.shape()
+        out = fn.crop_mirror_normalize(
+            images, dtype=types.FLOAT, output_layout="CHW",
+            mean=[255 * m for m in preset.mean], std=[255 * s for s in preset.std], **norm,
+        )  # fmt: skip
+        return out.shape()
+
+    return graph()
+
+
+def profile_dali(ss, split: str, preset: Preset, batch_size: int, threads: int, echo) -> dict:
+    """DALI's graph cut after each stage (read, decode, resize, normalise, copy to torch)."""
     from pipelines.dali_loader import create_dali_pipeline, iterate_dali
 
     n = sum(int(s["num_samples"]) for s in ss.split(split)["shards"])
     steps = n // batch_size
     tars, idx = ss.shard_paths(split), ss.index_paths(split)
 
-    def stage(upto: str):
-        @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=None, seed=1)
-        def graph():
-            jpegs, rows = fn.readers.webdataset(
-                paths=[str(t) for t in tars], index_paths=[str(i) for i in idx],
-                ext=["jpg", "row"], dtypes=[types.UINT8, types.INT64], random_shuffle=True,
-                initial_fill=min(4096, n), name="reader",
-            )  # fmt: skip
-            if upto == "read":
-                return rows
-            images = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
-            if upto == "decode":
-                return images.shape()
-            images, norm = preset.dali(images, True, "cpu")
-            if upto == "augment":
-                return images.shape()
-            out = fn.crop_mirror_normalize(
-                images, dtype=types.FLOAT, output_layout="CHW",
-                mean=[255 * m for m in preset.mean], std=[255 * s for s in preset.std], **norm,
-            )  # fmt: skip
-            return out.shape()
-
-        return graph()
-
     def run_stage(upto: str) -> Callable[[], int]:
         def run() -> int:
-            pipe = stage(upto)
+            pipe = _cut_graph(tars, idx, preset, (batch_size, threads, min(4096, n)), upto)
             pipe.build()
             for _ in range(steps):
                 pipe.run()
