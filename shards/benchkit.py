@@ -133,7 +133,8 @@ def write_openimages_dataset(
             data = pool[int(rng.integers(len(pool)))][0]
             (folder / f"{i}.jpg").write_bytes(data)
             total += len(data)
-            drawn = np.unique(rng.choice(classes, size=1 + rng.poisson(annotations - 1), p=p))
+            extra = rng.poisson(max(0.0, annotations - 1))
+            drawn = np.unique(rng.choice(classes, size=1 + extra, p=p))
             positive = rng.random(len(drawn)) < 0.6
             positive[0] = True
             rows += [

@@ -256,7 +256,7 @@ class E2EBenchOptions:
     compile: bool = False
     regime: str | None = None
     method_options: dict[str, str] = dataclasses.field(default_factory=dict)
-    classes: int = 5000  # the generated photos' classes, with annotations > 0
+    classes: int = 80  # the generated photos' classes, with annotations > 0 (as --classes)
     annotations: float = 0  # > 0: generated Open Images-shaped labels (about this many an image)
 
 
