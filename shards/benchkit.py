@@ -92,7 +92,6 @@ def write_coco_dataset(root: Path, n: int, pool: Sequence[tuple], seed: int = 0)
     return total
 
 
-OI_SPLITS = (("train", 0.8), ("validation", 0.1), ("test", 0.1))
 OI_IMAGES_HEADER = (
     "ImageID,Subset,OriginalURL,OriginalLandingURL,License,AuthorProfileURL,Author,Title,"
     "OriginalSize,OriginalMD5,Thumbnail300KURL\n"
@@ -118,9 +117,8 @@ def write_openimages_dataset(
     )
     weights = (np.arange(classes) + 1.0) ** -0.9
     p = weights / weights.sum()
-    total, start = 0, 0
-    for split, share in OI_SPLITS:
-        count = max(1, round(share * n)) if split != "train" else n - 2 * max(1, round(0.1 * n))
+    total, start, held = 0, 0, max(1, round(0.1 * n))  # validation and test each
+    for split, count in (("train", n - 2 * held), ("validation", held), ("test", held)):
         ids = [f"{start + k + 1:016x}" for k in range(count)]
         start += count
         (meta / split).mkdir()
