@@ -81,7 +81,7 @@ def open_openimages(root: Path, opts: OpenImagesOptions) -> Source:
     known = read_descriptions(
         require_file(meta / "class-descriptions.csv", "the class descriptions")
     )
-    mids, names = _read_classes(meta, opts.classes, known)
+    mids, names = read_trainable(meta / opts.classes, known, "class-descriptions.csv")
     files = [meta / opts.classes, meta / "class-descriptions.csv"]
     splits, notes = [], {"mids": mids, "metadata": str(meta), "without_labels": {}}
     for folder_name, role in SPLITS:
@@ -142,14 +142,16 @@ def _images_folder(root: Path, meta: Path, given: str, split: str) -> str:
     )
 
 
-def _read_classes(meta: Path, name: str, desc: dict) -> tuple[list[str], list[str]]:
-    path = require_file(meta / name, "the trainable class list")
+def read_trainable(path: Path, desc: dict, desc_name: str) -> tuple[list[str], list[str]]:
+    """The trainable class ids listed in ``path`` (each once, each described in ``desc``, read
+    from the file ``desc_name``) and their display names."""
+    path = require_file(path, "the trainable class list")
     mids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if len(set(mids)) != len(mids):
         raise WsmlError(f"{path} lists a class twice")
     unknown = [m for m in mids if m not in desc]
     if unknown:
-        raise WsmlError(f"{path}: class {unknown[0]} is not in class-descriptions.csv")
+        raise WsmlError(f"{path}: class {unknown[0]} is not in {desc_name}")
     return mids, [desc[m] for m in mids]
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from shards.converters.openimages import OpenImagesRecords, _groups
+from shards.converters.openimages import OpenImagesRecords, _groups, read_trainable
 from shards.errors import WsmlError
 from shards.source import (
     ConverterInfo,
@@ -67,13 +67,8 @@ def open_openimages_v6(root: Path, opts: OpenImagesV6Options) -> Source:
     names = FILES[version]
     desc_file = require_file(folder / names["descriptions"], "the class descriptions")
     known = read_descriptions(desc_file, header=True)
-    trainable = require_file(folder / names["trainable"], "the trainable class list")
-    mids = [m.strip() for m in trainable.read_text().splitlines() if m.strip()]
-    if len(set(mids)) != len(mids):
-        raise WsmlError(f"{trainable} lists a class twice")
-    unknown = [m for m in mids if m not in known]
-    if unknown:
-        raise WsmlError(f"{trainable}: class {unknown[0]} is not in {desc_file.name}")
+    trainable = folder / names["trainable"]
+    mids, classes = read_trainable(trainable, known, desc_file.name)
     files, splits = [desc_file, trainable], []
     for split, role in SPLITS:
         labels = require_file(folder / names[split], f"the {split} human-verified labels")
@@ -85,7 +80,7 @@ def open_openimages_v6(root: Path, opts: OpenImagesV6Options) -> Source:
     return Source(
         dataset="openimages-v6",
         root=str(root.resolve()),
-        classes=tuple(known[m] for m in mids),
+        classes=tuple(classes),
         splits=tuple(splits),
         fingerprint=fingerprint_files(files, [version, hierarchy]),
         complete_labels=False,
