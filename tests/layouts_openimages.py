@@ -39,6 +39,20 @@ def class_files(meta: Path, num_classes: int = 6) -> list[str]:
     return mids
 
 
+def human_labels(ids: list[str], mids: list[str], rng) -> list[str]:
+    """annotations-human.csv lines: per image a positive, a negative, a second positive half the
+    time, and a positive of a class that is described but not trainable."""
+    rows = ["ImageID,Source,LabelName,Confidence\n"]
+    for i in ids:
+        labels = rng.choice(len(mids), size=3, replace=False)
+        rows.append(f"{i},verification,{mids[labels[0]]},1\n")
+        rows.append(f"{i},crowdsource-verification,{mids[labels[1]]},0\n")
+        if rng.random() < 0.5:
+            rows.append(f"{i},verification,{mids[labels[2]]},1\n")
+        rows.append(f"{i},verification,{NOT_TRAINABLE},1\n")  # known, not trainable
+    return rows
+
+
 def openimages_layout(root: Path, missing: int = 0, seed: int = 0) -> Path:
     """root/2017_11/{classes-trainable.txt, class-descriptions.csv, {train,validation,test}/
     {images.csv, annotations-human.csv}} and root/images_{train,validation,test}/<id>.jpg.
@@ -55,14 +69,7 @@ def openimages_layout(root: Path, missing: int = 0, seed: int = 0) -> Path:
                 f"{i},{split},https://x/{i}.jpg,https://x/{i},lic,,me,t,1,md5,\n" for i in ids
             )
         )
-        rows = ["ImageID,Source,LabelName,Confidence\n"]
-        for i in ids:
-            labels = rng.choice(len(mids), size=3, replace=False)
-            rows.append(f"{i},verification,{mids[labels[0]]},1\n")
-            rows.append(f"{i},crowdsource-verification,{mids[labels[1]]},0\n")
-            if rng.random() < 0.5:
-                rows.append(f"{i},verification,{mids[labels[2]]},1\n")
-            rows.append(f"{i},verification,{NOT_TRAINABLE},1\n")  # known, not trainable
+        rows = human_labels(ids, mids, rng)
         (meta / split / "annotations-human.csv").write_text("".join(rows))
         folder = root / f"images_{split}"
         folder.mkdir()
@@ -93,14 +100,7 @@ def openimages_v6_layout(root: Path, version: str = "6", missing: int = 0, seed:
     (root / "bbox_labels_600_hierarchy.json").write_text(json.dumps(tree))
     for k, split in enumerate(("train", "validation", "test")):
         ids = sorted({f"{int(v):016x}" for v in rng.integers(0, 2**63, size=(24, 8, 8)[k])})
-        rows = ["ImageID,Source,LabelName,Confidence\n"]
-        for i in ids:
-            labels = rng.choice(len(mids), size=3, replace=False)
-            rows.append(f"{i},verification,{mids[labels[0]]},1\n")
-            rows.append(f"{i},crowdsource-verification,{mids[labels[1]]},0\n")
-            if rng.random() < 0.5:
-                rows.append(f"{i},verification,{mids[labels[2]]},1\n")
-            rows.append(f"{i},verification,{NOT_TRAINABLE},1\n")  # known, not trainable
+        rows = human_labels(ids, mids, rng)
         (root / names[split]).write_text("".join(rows))
         folder = root / "images" / split
         folder.mkdir(parents=True)
