@@ -61,6 +61,14 @@ class ShardSet:
         """The clean labels in their ragged form (what training and evaluation hold)."""
         return _label_lists(self.label_table(split), len(self.classes))
 
+    def has_unknown(self, split: str) -> bool:
+        """Whether the split's clean labels leave entries unknown (Open Images' human labels).
+        A source converted with complete labels (every class not positive is a negative) has
+        none, known from the manifest without reading its table."""
+        if self.manifest.get("complete_labels") is True:
+            return False
+        return self.full_lists(split).has_unknown()
+
     def class_groups(self) -> list[str]:
         """The group of every class (VOC's 4, COCO's supercategories, NUS-WIDE's 6, CUB's
         attribute parts), for methods that need a class hierarchy."""

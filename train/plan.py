@@ -147,10 +147,11 @@ def choose_view(
                 f"with `cli.py observe {ss.root} partial --fraction {fraction:g}` "
                 f"(views: {', '.join(['full', *ss.regimes])})"
             )
+    unknown = ss.has_unknown("train")  # read once: both the default and the kind need it
     if view is None:
-        view = default_view(ss, info, fraction)
+        view = default_view(ss, info, fraction, unknown=unknown)
     if view in ("full", "clean"):
-        kind = "partial" if ss.full_lists("train").has_unknown() else "full"
+        kind = "partial" if unknown else "full"
     elif view in ss.regimes:
         kind = ss.regimes[view].get("trains_as", ss.regimes[view]["regime"])
     else:
@@ -160,16 +161,18 @@ def choose_view(
     return view, kind
 
 
-def default_view(ss: ShardSet, info: MethodInfo, fraction: float = 0.1) -> str:
+def default_view(
+    ss: ShardSet, info: MethodInfo, fraction: float = 0.1, *, unknown: bool = False
+) -> str:
     """The view a method trains on when no --regime is given: the first of its regimes (in the
     order it declares them, its paper's first) that the shard set has; for partial labels the
-    source's own labels where they have unknown entries (Open Images), else the view with
-    ``fraction``, else any partial view."""
+    source's own labels where they have unknown entries (``unknown``: Open Images), else the
+    view with ``fraction``, else any partial view."""
     views = {v: m.get("trains_as", m["regime"]) for v, m in ss.regimes.items()}
     for kind in info.regimes:
         if kind == "full":
             return "full"
-        if kind == "partial" and ss.full_lists("train").has_unknown():
+        if kind == "partial" and unknown:
             return "full"  # Open Images: its human labels are the partial labels (LL's setting)
         preferred = kind
         if kind == "partial":
