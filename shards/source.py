@@ -100,6 +100,9 @@ class Source:
 
 
 FAMILIES = ("voc", "coco", "nus", "cub", "openimages")
+# Between class names wherever a list of labels is written as text (predict's CSV and terminal
+# lines); a class name containing it is refused at shard time.
+LABEL_SEPARATOR = ";"
 EXTRA_TYPES = ("int32", "int64", "string", "list<int32>", "list<float64>")
 
 
