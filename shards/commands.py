@@ -163,10 +163,17 @@ def shard(dataset, root, out, workers, fsync, part, finalize, resume, overwrite,
             f"{name:>6}: {split['num_samples']:>8} images  {len(split['shards']):>4} shards"
             f"  {nbytes / 1e6:9.1f} MB"
         )
+    click.echo(class_line(manifest["classes"]))
     skipped = sum(len(v["skipped"]) for v in manifest["official_splits"].values())
     if skipped:
         click.echo(f"skipped {skipped} bad image(s); listed in manifest.json")
     click.echo(f"{manifest['dataset']} -> {out} in {elapsed:.1f}s")
+
+
+def class_line(classes: list[str], shown: int = 10) -> str:
+    """How many classes and the first names, so that a file read wrongly shows at once."""
+    more = ", … (all in manifest.json)" if len(classes) > shown else ""
+    return f"{len(classes)} classes: {', '.join(classes[:shown])}{more}"
 
 
 @click.command()

@@ -98,12 +98,27 @@ class Source:
     extra_columns: tuple[tuple[str, str], ...] = ()
     default_regimes: tuple[str, ...] | None = None  # observed views made unless asked otherwise
 
+    def __post_init__(self):
+        check_class_names(self.classes, self.dataset)
+
 
 FAMILIES = ("voc", "coco", "nus", "cub", "openimages")
 # Between class names wherever a list of labels is written as text (predict's CSV and terminal
 # lines); a class name containing it is refused at shard time.
 LABEL_SEPARATOR = ";"
 EXTRA_TYPES = ("int32", "int64", "string", "list<int32>", "list<float64>")
+
+
+def check_class_names(classes: Sequence[str], dataset: str) -> None:
+    """Refuse a class name containing :data:`LABEL_SEPARATOR`: a list of labels written as text
+    could not be read back. Every converter's source passes here, before anything is written."""
+    bad = next((c for c in classes if LABEL_SEPARATOR in c), None)
+    if bad is not None:
+        raise WsmlError(
+            f"class {bad!r} of the {dataset} source contains {LABEL_SEPARATOR!r}, the separator "
+            "of label lists written as text (predict's CSV); rename the class in the source's "
+            "class list or annotations"
+        )
 
 
 @dataclass(frozen=True)

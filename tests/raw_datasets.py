@@ -48,9 +48,15 @@ def jpeg_bytes(w: int, h: int, seed: int, quality: int = 85, progressive: bool =
 
 
 def make_coco(
-    root: Path, n_train: int = 24, n_val: int = 8, num_classes: int = 4, seed: int = 0
+    root: Path,
+    n_train: int = 24,
+    n_val: int = 8,
+    num_classes: int = 4,
+    seed: int = 0,
+    first: tuple[int, int] = (1, 5001),
 ) -> Path:
-    """A COCO-layout dataset: annotations/instances_{train,val}.json + train/ + val/."""
+    """A COCO-layout dataset: annotations/instances_{train,val}.json + train/ + val/; image ids
+    count from ``first`` (train, val)."""
     rng = np.random.default_rng(seed)
     cats = [
         {"id": 10 + k, "name": f"class{k}", "supercategory": "even" if k % 2 == 0 else "odd"}
@@ -58,11 +64,11 @@ def make_coco(
     ]
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     next_ann = 1
-    for split, n, first in (("train", n_train, 1), ("val", n_val, 5001)):
+    for split, n, start in (("train", n_train, first[0]), ("val", n_val, first[1])):
         (root / split).mkdir(exist_ok=True)
         images, anns = [], []
         for i in range(n):
-            iid = first + i
+            iid = start + i
             w, h = int(rng.integers(24, 64)), int(rng.integers(24, 64))
             name = f"img_{split}_{iid:06d}.jpg"
             (root / split / name).write_bytes(jpeg_bytes(w, h, iid))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,8 +19,9 @@ from tests.raw_datasets import make_coco
 SAME = ("row", "positives", "negatives", "width", "height", "image_sha256", "phash")
 
 
-def coco_as_csv(raw: Path, name: str = "labels.csv") -> Path:
-    """One row per annotated image, in COCO's formatted order; official val -> test."""
+def coco_as_csv(raw: Path, name: str = "labels.csv", seed: int | None = None) -> Path:
+    """One row per annotated image (official val -> test), in COCO's formatted order, or
+    shuffled with ``seed``."""
     rows = []
     for split, role in (("train", "train"), ("val", "test")):
         data = json.loads((raw / "annotations" / f"instances_{split}.json").read_text())
@@ -30,6 +32,8 @@ def coco_as_csv(raw: Path, name: str = "labels.csv") -> Path:
             labels.setdefault(a["image_id"], set()).add(names[a["category_id"]])
         for iid in sorted(labels, key=str):
             rows.append([f"{split}/{files[iid]}", " ".join(sorted(labels[iid])), role])
+    if seed is not None:
+        random.Random(seed).shuffle(rows)
     with open(raw / name, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "labels", "split"])
@@ -38,8 +42,10 @@ def coco_as_csv(raw: Path, name: str = "labels.csv") -> Path:
 
 
 def test_csv_from_the_coco_fixture_gives_the_coco_label_tables(tmp_path):
-    raw = make_coco(tmp_path / "raw")
-    coco_as_csv(raw)
+    """In any row order: the table converter draws over the rows in path order, which is
+    COCO's formatted order (ids sorted as strings) when the ids have one number of digits."""
+    raw = make_coco(tmp_path / "raw", first=(101, 5001))
+    coco_as_csv(raw, seed=3)
     a, b = tmp_path / "coco", tmp_path / "table"
     assert shard_cli(raw, a).exit_code == 0
     r = shard_cli(raw, b, dataset="table")
@@ -51,6 +57,41 @@ def test_csv_from_the_coco_fixture_gives_the_coco_label_tables(tmp_path):
         assert ta.select(SAME).equals(tb.select(SAME)), split
         view = f"observed/single-positive/{split}.parquet"
         assert (a / view).read_bytes() == (b / view).read_bytes()
+
+
+def shard_files(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("form", ["names", "columns"])
+def test_a_shuffled_file_gives_the_same_shard_set_byte_for_byte(tmp_path, form):
+    """The val and test draws depend on the set of rows, not on their order (without a split
+    column: -o test_frac draws test, --val-frac val)."""
+    raw = make_coco(tmp_path / "raw") if form == "names" else table_layout(tmp_path / "raw")
+    if form == "names":
+        coco_as_csv(raw, "ordered.csv")
+        coco_as_csv(raw, "shuffled.csv", seed=5)
+    else:
+        lines = (raw / "labels.csv").read_text().splitlines()
+        body = [line.rsplit(",", 1)[0] for line in lines[1:]]
+        random.Random(5).shuffle(body)
+        (raw / "ordered.csv").write_text("\n".join([lines[0].rsplit(",", 1)[0], *sorted(body)]))
+        (raw / "shuffled.csv").write_text("\n".join([lines[0].rsplit(",", 1)[0], *body]))
+        (raw / "labels.csv").unlink()
+    outs = []
+    for name in ("ordered", "shuffled"):
+        outs.append(tmp_path / name)
+        extra = ["-o", "test_frac=0.25"] if form == "columns" else []
+        r = shard_cli(raw, outs[-1], "-o", f"file={name}.csv", *extra, dataset="table")
+        assert r.exit_code == 0, r.output
+    a, b = (shard_files(o) for o in outs)
+    assert a.keys() == b.keys() and len(a) > 10
+    for path in a:
+        if path != "manifest.json":
+            assert a[path] == b[path], path
+    ma, mb = (json.loads(a["manifest.json"]) for a in (a, b))
+    assert ma["source"]["fingerprint"] == mb["source"]["fingerprint"]
+    assert ma["splits"] == mb["splits"] and len(ma["splits"]) == 3
 
 
 def test_class_columns_with_blanks_are_unknowns(tmp_path):
