@@ -187,6 +187,8 @@ for _entry in (
         ColeConfig,
         Bce,
         needs_full=True,
+        instead="On a view's observed labels, iu (BCE on the observed entries) and an (unknown "
+        "entries as negatives) train BCE; where no entry is unknown (a noisy view) both are BCE",
     ),
     _info(
         "bce-ls",
@@ -195,6 +197,8 @@ for _entry in (
         SmoothConfig,
         BceLs,
         needs_full=True,
+        instead="On a view's observed labels, an-ls trains BCE with label smoothing (unknown "
+        "entries as negatives); where no entry is unknown (a noisy view) it is bce-ls",
     ),
     _info("an", "assume negative: unknowns are negatives", SP, ColeConfig, AssumeNegative),
     _info("an-ls", "assume negative + label smoothing", SP, SmoothConfig, AssumeNegativeLs),

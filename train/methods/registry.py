@@ -69,6 +69,7 @@ class MethodInfo:
     settings: tuple[str, ...] = SETTINGS  # linear (cached features) and/or e2e (images)
     create_model: Callable[[ModelSpec], nn.Module] | None = None  # the method's own model
     run_defaults: Mapping[str, Any] = field(default_factory=dict)  # e.g. backbone, preset
+    instead: str = ""  # what trains this method's loss on labels it does not take (said then)
 
     def create_config(self, dataset: str | None = None, overrides: Mapping[str, str] | None = None):
         """The config for ``dataset`` (a name or family) with string overrides applied."""
@@ -97,6 +98,7 @@ class MethodInfo:
             raise WsmlError(
                 f"method {self.name} does not train on {regime!r} labels; "
                 f"it takes: {', '.join(self.regimes)}"
+                + (f". {self.instead}" if self.instead else "")
             )
 
     def create(
