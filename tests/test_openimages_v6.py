@@ -4,15 +4,18 @@ V3's semantics, groups from the released hierarchy, line numbers in errors, --pa
 from __future__ import annotations
 
 import csv
+import shutil
+from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from shards.convert import convert
 from shards.converters.openimages_v6 import FILES
 from shards.shardset import open_shard_set
 from tests.conftest import assert_refused, shard_cli
-from tests.layouts_openimages import openimages_v6_layout
+from tests.layouts_openimages import openimages_layout, openimages_v6_layout
 
 
 @pytest.mark.parametrize("version", ["6", "7"])
@@ -62,3 +65,63 @@ def test_parts_and_finalize_give_the_same_bytes(tmp_path):
     for f in files:
         assert (out / f).read_bytes() == (one / f).read_bytes(), f
     assert open_shard_set(out).manifest["official_splits"]["train"]["missing_count"] == 1
+
+
+def cvdf_layout(root: Path) -> Path:
+    """The V6 layout with its images as the CVDF tarballs unpack: train_0/ … train_3/ (by the
+    id's first hex digit), validation/, test/."""
+    for split in ("train", "validation", "test"):
+        for image in sorted((root / "images" / split).iterdir()):
+            folder = root / (f"train_{int(image.name[0], 16) % 4}" if split == "train" else split)
+            folder.mkdir(exist_ok=True)
+            image.rename(folder / image.name)
+    shutil.rmtree(root / "images")
+    return root
+
+
+def same_shards(a: Path, b: Path) -> None:
+    tars = sorted(p.name for p in a.glob("*.tar"))
+    assert tars and tars == sorted(p.name for p in b.glob("*.tar"))
+    for name in tars:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    for split in ("train", "val", "test"):
+        ta, tb = (pq.read_table(o / "labels" / f"{split}.parquet") for o in (a, b))
+        assert ta.drop(["path"]).equals(tb.drop(["path"])), split
+
+
+@pytest.mark.parametrize("given", [(), ("-o", "images=train_*,validation,test")])
+def test_the_cvdf_folders_are_searched_together(tmp_path, given):
+    """The train images in train_0 … train_f: found by default, or with -o images= naming
+    several folders and globs; the shard set is the one of a single image folder."""
+    ref = openimages_v6_layout(tmp_path / "ref")
+    convert("openimages-v6", ref, tmp_path / "one", {}, {}, workers=1)
+    root = cvdf_layout(openimages_v6_layout(tmp_path / "raw"))
+    assert len(list(root.glob("train_*"))) == 4
+    out = tmp_path / "s"
+    r = shard_cli(root, out, *given, dataset="openimages-v6")
+    assert r.exit_code == 0, r.output
+    same_shards(tmp_path / "one", out)
+    paths = pq.read_table(out / "labels" / "train.parquet")["path"].to_pylist()
+    assert {Path(p).parent.name for p in paths} == {f"train_{k}" for k in range(4)}
+
+
+def test_an_image_in_two_folders_is_refused_naming_both(tmp_path):
+    root = cvdf_layout(openimages_v6_layout(tmp_path / "raw"))
+    image = sorted((root / "train_2").iterdir())[0]
+    shutil.copy(image, root / "train_3" / image.name)
+    out = tmp_path / "s"
+    r = shard_cli(root, out, "-o", "images=train_*,validation,test", dataset="openimages-v6")
+    assert_refused(r, image.name, str(root / "train_2"), str(root / "train_3"), out=out)
+    r = shard_cli(root, out, dataset="openimages-v6")
+    assert_refused(r, image.name, "train_2", "train_3", out=out)
+    r = shard_cli(root, out, "-o", "images=train_*,valid_*", dataset="openimages-v6")
+    assert_refused(r, "no folder", "'valid_*'", out=out)
+
+
+def test_v3_takes_several_image_folders_too(tmp_path):
+    root = openimages_layout(tmp_path / "raw")
+    convert("openimages-v3", root, tmp_path / "one", {}, {}, workers=1)
+    out = tmp_path / "s"
+    r = shard_cli(root, out, "-o", "images=images_test,images_*", dataset="openimages-v3")
+    assert r.exit_code == 0, r.output
+    same_shards(tmp_path / "one", out)

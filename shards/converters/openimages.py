@@ -15,6 +15,7 @@ import numpy as np
 
 from shards.errors import WsmlError
 from shards.lists import Lists
+from shards.oi_images import ImageFolders, list_image_folders
 from shards.source import (
     ConverterInfo,
     OfficialSplit,
@@ -31,16 +32,26 @@ SPLITS = (("train", "train"), ("validation", "val"), ("test", "test"))
 
 @dataclass(frozen=True)
 class OpenImagesOptions:
-    images: str = ""  # one folder of <ImageID>.jpg for every split (default: found per split)
+    images: str = ""  # folders of <ImageID>.jpg for every split: a,b or a glob (shards.oi_images)
     classes: str = "classes-trainable.txt"  # the class list, relative to the metadata folder
     hierarchy: str = ""  # optional V4-style hierarchy json: groups = top-level categories
 
 
 class OpenImagesRecords:
-    """The records of one split as arrays: 64-bit image ids and flat label lists."""
+    """The records of one split as arrays: 64-bit image ids, flat label lists, and the folder
+    of each image (``where`` indexes ``folders``; None: all in the first)."""
 
-    def __init__(self, ids: np.ndarray, positives: Lists, negatives: Lists, folder: str):
-        self.ids, self.positives, self.negatives, self.folder = ids, positives, negatives, folder
+    def __init__(
+        self,
+        ids: np.ndarray,
+        positives: Lists,
+        negatives: Lists,
+        folders: str | ImageFolders,
+    ):
+        self.ids, self.positives, self.negatives = ids, positives, negatives
+        if isinstance(folders, str):
+            folders = ImageFolders([Path(folders)])
+        self.folders, self.where = folders.folders, folders.locate(ids)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -61,7 +72,10 @@ class OpenImagesRecords:
     key_hints = source_ids
 
     def paths(self, idx) -> list[str]:
-        return [f"{self.folder}/{s}.jpg" for s in self.source_ids(idx)]
+        if self.where is None:
+            return [f"{self.folders[0]}/{s}.jpg" for s in self.source_ids(idx)]
+        where = self.where[np.asarray(idx, dtype=np.int64)].tolist()
+        return [f"{self.folders[w]}/{s}.jpg" for w, s in zip(where, self.source_ids(idx), strict=True)]  # fmt: skip
 
     def labels(self, idx) -> tuple[Lists, Lists]:
         idx = np.asarray(idx, dtype=np.int64)
@@ -83,6 +97,7 @@ def open_openimages(root: Path, opts: OpenImagesOptions) -> Source:
     )
     mids, names = read_trainable(meta / opts.classes, known, "class-descriptions.csv")
     files = [meta / opts.classes, meta / "class-descriptions.csv"]
+    given = ImageFolders(list_image_folders(root, opts.images)) if opts.images else None
     splits, notes = [], {"mids": mids, "metadata": str(meta), "without_labels": {}}
     for folder_name, role in SPLITS:
         images_csv = require_file(
@@ -94,8 +109,8 @@ def open_openimages(root: Path, opts: OpenImagesOptions) -> Source:
         listed = read_image_ids(images_csv)
         ids, pos, neg = read_human_labels(ann_csv, mids, known, listed)
         notes["without_labels"][folder_name] = int(len(listed) - len(ids))
-        folder = _images_folder(root, meta, opts.images, folder_name)
-        splits.append(OfficialSplit(folder_name, role, OpenImagesRecords(ids, pos, neg, folder)))
+        folders = given or _images_folder(root, meta, folder_name)
+        splits.append(OfficialSplit(folder_name, role, OpenImagesRecords(ids, pos, neg, folders)))
         files += [images_csv, ann_csv]
     groups = _groups(meta, opts.hierarchy, mids, known) if opts.hierarchy else None
     return Source(
@@ -121,9 +136,7 @@ def _metadata_folder(root: Path) -> Path:
     )
 
 
-def _images_folder(root: Path, meta: Path, given: str, split: str) -> str:
-    if given:
-        return str(require_dir(root / given, "the image folder (-o images=)").resolve())
+def _images_folder(root: Path, meta: Path, split: str) -> str:
     short = {"validation": "val"}.get(split, split)
     cands = [
         root / f"images_{split}",

@@ -12,7 +12,15 @@ download_v7.html) name them, in one folder (``--root``, or its ``labels/`` or ``
 - optional: ``bbox_labels_600_hierarchy.json`` (class groups = top-level categories).
 The semantics are V3's (``openimages-v3``): confidence 1 is positive, 0 an explicit negative,
 every other trainable class unknown; the images are those with a human label on a trainable
-class (V6 publishes no per-split image list with the labels). Same streaming columnar reading.
+class. V6 also publishes per-split image lists (``oidv6-train-images-with-labels-with-rotation.csv``,
+``validation-images-with-rotation.csv``, ``test-images-with-rotation.csv``: ids, URLs, licences,
+rotation), which this converter does not need: an image listed there without a human label on
+a trainable class would have no observed label. Same streaming columnar reading.
+
+Images: ``<ImageID>.jpg`` in ``images/<split>/``, ``<split>/``, ``<split>/data/``, the CVDF
+tarballs' folders (``train_0/`` … ``train_f/``, ``validation/``, ``test/``: the train folders are
+searched together) or ``images/``; or ``-o images=`` naming folders for every split, several
+comma-separated or as a glob (``train_*,validation,test``; ``shards.oi_images``).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from pathlib import Path
 
 from shards.converters.openimages import OpenImagesRecords, _groups, read_trainable
 from shards.errors import WsmlError
+from shards.oi_images import ImageFolders, list_image_folders
 from shards.source import (
     ConverterInfo,
     OfficialSplit,
@@ -55,7 +64,7 @@ HIERARCHY = "bbox_labels_600_hierarchy.json"
 @dataclass(frozen=True)
 class OpenImagesV6Options:
     version: str = ""  # 6 or 7 (default: the one whose class descriptions are there)
-    images: str = ""  # one folder of <ImageID>.jpg for every split (default: found per split)
+    images: str = ""  # folders of <ImageID>.jpg for every split: a,b or a glob (shards.oi_images)
     hierarchy: str = ""  # default: bbox_labels_600_hierarchy.json when present
 
 
@@ -70,10 +79,11 @@ def open_openimages_v6(root: Path, opts: OpenImagesV6Options) -> Source:
     trainable = folder / names["trainable"]
     mids, classes = read_trainable(trainable, known, desc_file.name)
     files, splits = [desc_file, trainable], []
+    given = ImageFolders(list_image_folders(root, opts.images)) if opts.images else None
     for split, role in SPLITS:
         labels = require_file(folder / names[split], f"the {split} human-verified labels")
         ids, pos, neg = read_human_labels(labels, mids, known, None)
-        images = _images_folder(root, opts.images, split)
+        images = given or _images_folders(root, split)
         splits.append(OfficialSplit(split, role, OpenImagesRecords(ids, pos, neg, images)))
         files.append(labels)
     hierarchy = opts.hierarchy or (HIERARCHY if (folder / HIERARCHY).is_file() else "")
@@ -104,16 +114,23 @@ def _labels_folder(root: Path, version: str) -> tuple[Path, str]:
     )
 
 
-def _images_folder(root: Path, given: str, split: str) -> str:
-    if given:
-        return str(require_dir(root / given, "the image folder (-o images=)").resolve())
-    cands = [root / "images" / split, root / split, root / split / "data", root / "images"]
+def _images_folders(root: Path, split: str) -> ImageFolders:
+    """A split's images where they are found first: ``images/<split>/``, ``<split>/``,
+    ``<split>/data/``, the CVDF tarballs' ``<split>_0/`` … ``<split>_f/`` (all searched), or
+    ``images/``."""
+    cands = [root / "images" / split, root / split, root / split / "data"]
     for cand in cands:
         if cand.is_dir():
-            return str(cand.resolve())
+            return ImageFolders([cand])
+    parts = sorted(p for p in root.glob(f"{split}_[0-9a-f]") if p.is_dir())
+    if parts:
+        return ImageFolders(parts)
+    if (root / "images").is_dir():
+        return ImageFolders([root / "images"])
     raise WsmlError(
-        f"expected the {split} images (<ImageID>.jpg) in {cands[0]}/, {cands[1]}/ or "
-        f"{cands[-1]}/; name the folder with -o images="
+        f"expected the {split} images (<ImageID>.jpg) in {cands[0]}/, {cands[1]}/, "
+        f"{root / split}_0/ … {split}_f/ (the CVDF tarballs) or {root / 'images'}/; name the "
+        "folders with -o images= (several: a,b or a glob, e.g. train_*)"
     )
 
 
