@@ -12,7 +12,8 @@ As the paper's release (``observe_bias``) defines them, per image and positive c
 Draws are Python's ``random.Random(seed).choices`` over the positives, one per formatted row,
 with a fresh generator per official split, as the release seeds once per split. The converters
 store the per-(image, class) weights as the ``size_weight`` and ``location_weight`` columns of
-the official tables, aligned with ``positives``; sources without boxes have neither.
+the official tables, aligned with ``positives`` (a ``table`` source may give them as columns of
+its own); sources without boxes have neither.
 """
 
 from __future__ import annotations
@@ -73,8 +74,9 @@ def _weights(regime, labels) -> np.ndarray:
     if column not in labels.columns:
         raise WsmlError(
             f"--bias {regime.bias} needs per-object boxes, and this shard set's official tables "
-            f"have no {column} column: only sources with boxes (coco, coco2014, voc*) give one; "
-            "re-shard such a source with this wsml version, or use --bias semantic/uniform"
+            f"have no {column} column: only sources with boxes (coco, coco2014, voc*, a table "
+            f"with a {column} column: docs/own-data.md) give one; re-shard such a source with "
+            "this wsml version, or use --bias semantic/uniform"
         )
     return labels.columns[column]
 
