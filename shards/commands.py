@@ -316,27 +316,33 @@ def verify(shards_dir, workers, no_decode):
 @click.option(
     "--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True
 )
-@click.option("--no-decode", is_flag=True, help="Skip decoding the images (tars still checked).")
+@click.option(
+    "--no-decode",
+    is_flag=True,
+    help="Skip the full decode of every image (tars still checked; uncached hashes still decode "
+    "each image once at reduced scale).",
+)
 @click.option(
     "--near-dup-bits",
     type=click.IntRange(0, 64),
     default=4,
     show_default=True,
-    help="Perceptual hashes at most this many bits apart are near-duplicates (a warning).",
+    help="64-bit perceptual hashes at most this many bits apart: a near-duplicate (a warning).",
 )
 @click.option(
     "--near-dup-fail-bits",
     type=click.IntRange(0, 64),
     default=2,
     show_default=True,
-    help="... at most this many bits apart, and",
+    help="At most this many bits apart, with 256-bit hashes at most --near-dup-fine-bits "
+    "apart: a copy (the audit fails).",
 )
 @click.option(
     "--near-dup-fine-bits",
     type=click.IntRange(0, 256),
     default=24,
     show_default=True,
-    help="... 256-bit hashes at most this many bits apart: a copy, the audit fails.",
+    help="See --near-dup-fail-bits (256: the 64-bit hash alone decides).",
 )
 @expected_errors
 def audit(shards_dir, workers, no_decode, near_dup_bits, near_dup_fail_bits, near_dup_fine_bits):

@@ -265,3 +265,25 @@ def test_files_the_manifest_does_not_list_fail_verify_and_audit(tmp_path):
     shutil.rmtree(out / "observed" / "partial-p0.5")
     assert audit(out).exit_code == 0  # audit.json and image-hashes/ are the audit's own
     assert CliRunner().invoke(cli.main, ["verify", str(out), "--workers", "1"]).exit_code == 0
+
+
+def test_a_split_row_with_other_labels_is_located(tmp_path):
+    out = tmp_path / "s"
+    assert shard_cli(make_coco(tmp_path / "raw"), out).exit_code == 0
+    t = table(out, "test")
+    positives = t["positives"].to_pylist()
+    extra = next(c for c in range(4) if c not in positives[2])
+    positives[2] = sorted([*positives[2], extra])  # row 2 scored against a label it lacks
+    col = t.column_names.index("positives")
+    t = t.set_column(col, "positives", pa.array(positives, pa.list_(pa.int32())))
+    pq.write_table(t, out / "labels" / "test.parquet")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["splits"]["test"]["labels"]["sha256"] = sha256_file(out / "labels" / "test.parquet")
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    r = audit(out)
+    assert r.exit_code == 1 and "split labels: test: positives differ" in r.output
+    report = json.loads((out / "audit.json").read_text())
+    (found,) = [f for f in report["findings"] if f["check"] == "split-labels"]
+    key = t["key"][2].as_py()
+    assert (found["split"], found["row"], found["key"]) == ("test", 2, key)
+    assert found["differing"] == [f"class{extra}"] and f"class{extra}" in found["classes"]
