@@ -22,23 +22,25 @@ class Rows:
     names: list[str]
     split: np.ndarray  # int (M,)
     row: np.ndarray  # int64 (M,)
-    sha256: list[str]
+    sha256: np.ndarray  # uint8 (M, 32)
     phash: np.ndarray  # uint64 (M,)
     fine: np.ndarray  # uint8 (M, 32)
     known: np.ndarray  # bool (M,)
+    decoded: np.ndarray  # bool (M,)
 
     @classmethod
     def create(cls, hashes: dict[str, SplitHashes]) -> Rows:
         names = list(hashes)
         n = [len(hashes[s].phash) for s in names]
+
+        def joined(field: str) -> np.ndarray:
+            return np.concatenate([getattr(hashes[s], field) for s in names])
+
         return cls(
             names,
-            np.concatenate([np.full(k, i) for i, k in enumerate(n)] or [np.zeros(0, int)]),
-            np.concatenate([np.arange(k, dtype=np.int64) for k in n] or [np.zeros(0, int)]),
-            [h for s in names for h in hashes[s].sha256],
-            np.concatenate([hashes[s].phash for s in names] or [np.zeros(0, np.uint64)]),
-            np.concatenate([hashes[s].fine for s in names] or [np.zeros((0, 32), np.uint8)]),
-            np.concatenate([hashes[s].known for s in names] or [np.zeros(0, bool)]),
+            np.concatenate([np.full(k, i) for i, k in enumerate(n)]),
+            np.concatenate([np.arange(k, dtype=np.int64) for k in n]),
+            *(joined(f) for f in ("sha256", "phash", "fine", "known", "decoded")),
         )
 
     def at(self, i: int) -> tuple[str, int]:
@@ -59,8 +61,9 @@ def find_duplicates(
     rows = Rows.create(hashes)
     exact = _exact_pairs(rows)
     near = []
-    for i, j in _near_pairs(rows.phash, rows.split, rows.known, limits.near_bits):
-        if rows.sha256[i] != rows.sha256[j]:
+    usable = rows.known & rows.decoded
+    for i, j in _near_pairs(rows.phash, rows.split, usable, limits.near_bits):
+        if not np.array_equal(rows.sha256[i], rows.sha256[j]):
             bits = int(np.bitwise_count(rows.phash[i] ^ rows.phash[j]))
             fine = int(np.bitwise_count(rows.fine[i] ^ rows.fine[j]).sum())
             copy = bits <= limits.fail_bits and fine <= limits.fine_bits
@@ -89,16 +92,13 @@ def _pair(check: str, severity: str, rows: Rows, i: int, j: int, describe) -> di
 
 def _exact_pairs(rows: Rows) -> list[tuple[int, int]]:
     """Pairs in different splits with the same sha256 of the image bytes (each later image
-    paired with the first image of its bytes)."""
-    first: dict[str, int] = {}
-    pairs = []
-    for i, h in enumerate(rows.sha256):
-        if not rows.known[i]:
-            continue
-        j = first.setdefault(h, i)
-        if j != i and rows.split[j] != rows.split[i]:
-            pairs.append((j, i))
-    return pairs
+    paired with the first image of its bytes), found by sorting the digests (32 bytes a row)."""
+    at = np.flatnonzero(rows.known)
+    digests = np.ascontiguousarray(rows.sha256[at]).view(np.dtype((np.void, 32))).ravel()
+    _, first, inverse = np.unique(digests, return_index=True, return_inverse=True)
+    j = at[first[inverse.ravel()]]
+    pair = (j != at) & (rows.split[j] != rows.split[at])
+    return list(zip(j[pair].tolist(), at[pair].tolist(), strict=True))
 
 
 def _near_pairs(

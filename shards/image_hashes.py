@@ -13,6 +13,7 @@ from the tars for them too, the same values for every image stored as its origin
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,29 +35,33 @@ class ShardHashes:
     sha256: np.ndarray  # uint8 (n, 32): of the image bytes
     phash: np.ndarray  # uint64 (n,)
     fine: np.ndarray  # uint8 (n, 32): the 256-bit perceptual hash
+    decoded: np.ndarray  # bool (n,): False where the image does not decode (no perceptual hash)
 
 
 @dataclass(frozen=True)
 class SplitHashes:
     """The hashes of one split's images in row order; ``known`` is False for rows no shard
-    holds (``verify`` reports those)."""
+    holds, ``decoded`` also for images that do not decode (``verify`` reports both)."""
 
-    sha256: list[str]  # hex, "" where unknown
+    sha256: np.ndarray  # uint8 (N, 32)
     phash: np.ndarray  # uint64 (N,)
     fine: np.ndarray  # uint8 (N, 32)
     known: np.ndarray  # bool (N,)
+    decoded: np.ndarray  # bool (N,)
 
 
 def hash_images(samples: list[tuple[int, bytes]], tar_sha256: str) -> ShardHashes:
     """Hash ``(row, image bytes)`` pairs; runs in ``verify``'s workers."""
     rows = np.array([r for r, _ in samples], dtype=np.int64)
-    sha, fine = np.zeros((len(samples), 32), np.uint8), np.zeros((len(samples), 32), np.uint8)
-    phash = np.zeros(len(samples), np.uint64)
+    n = len(samples)
+    sha, fine = np.zeros((n, 32), np.uint8), np.zeros((n, 32), np.uint8)
+    phash, decoded = np.zeros(n, np.uint64), np.zeros(n, bool)
     for k, (_, data) in enumerate(samples):
         sha[k] = np.frombuffer(hashlib.sha256(data).digest(), np.uint8)
-        phash[k], fine_bytes = perceptual_hashes(data)
-        fine[k] = np.frombuffer(fine_bytes, np.uint8)
-    return ShardHashes(tar_sha256, rows, sha, phash, fine)
+        hashes = perceptual_hashes(data)
+        if hashes is not None:
+            phash[k], fine[k], decoded[k] = hashes[0], np.frombuffer(hashes[1], np.uint8), True
+    return ShardHashes(tar_sha256, rows, sha, phash, fine, decoded)
 
 
 def cache_path(root: Path, tar: str) -> Path:
@@ -70,10 +75,10 @@ def read_cached(root: Path, shard: dict) -> ShardHashes | None:
         with np.load(path) as z:
             if int(z["version"]) != HASH_VERSION or str(z["tar_sha256"]) != shard["sha256"]:
                 return None
-            fields = (z["rows"], z["sha256"], z["phash"], z["fine"])
+            fields = (z["rows"], z["sha256"], z["phash"], z["fine"], z["decoded"])
             return ShardHashes(str(z["tar_sha256"]), *fields)
-    except (OSError, ValueError, KeyError):  # absent, unreadable or not ours: compute again
-        return None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # absent, unreadable
+        return None  # or not ours: computed again
 
 
 def write_cached(root: Path, tar: str, hashes: ShardHashes) -> None:
@@ -91,6 +96,7 @@ def write_cached(root: Path, tar: str, hashes: ShardHashes) -> None:
                 sha256=hashes.sha256,
                 phash=hashes.phash,
                 fine=hashes.fine,
+                decoded=hashes.decoded,
             )
         publish(tmp, path, durable=False)  # a cache: a lost file is computed again
 
@@ -100,12 +106,16 @@ def from_shards(sizes: dict[str, int], shards: dict[str, list[ShardHashes | None
     None for a shard that could not be read)."""
     out = {}
     for split, n in sizes.items():
-        sha, fine = np.zeros((n, 32), np.uint8), np.zeros((n, 32), np.uint8)
-        phash, known = np.zeros(n, np.uint64), np.zeros(n, bool)
+        out[split] = SplitHashes(
+            np.zeros((n, 32), np.uint8),
+            np.zeros(n, np.uint64),
+            np.zeros((n, 32), np.uint8),
+            np.zeros(n, bool),
+            np.zeros(n, bool),
+        )
         for h in filter(None, shards.get(split, [])):
             ok = (h.rows >= 0) & (h.rows < n)
-            at = h.rows[ok]
-            sha[at], phash[at], fine[at], known[at] = h.sha256[ok], h.phash[ok], h.fine[ok], True
-        hexes = [bytes(r).hex() if k else "" for r, k in zip(sha, known.tolist(), strict=True)]
-        out[split] = SplitHashes(hexes, phash, fine, known)
+            at, into = h.rows[ok], out[split]
+            into.sha256[at], into.phash[at], into.fine[at] = h.sha256[ok], h.phash[ok], h.fine[ok]
+            into.known[at], into.decoded[at] = True, h.decoded[ok]
     return out

@@ -189,15 +189,15 @@ def grey_thumbnail(data: bytes) -> np.ndarray | None:
     return np.asarray(grey, dtype=np.float64)
 
 
-def perceptual_hashes(data: bytes) -> tuple[int, bytes]:
+def perceptual_hashes(data: bytes) -> tuple[int, bytes] | None:
     """The 64-bit perceptual hash (pHash: bits of the 8x8 lowest DCT frequencies of the 32x32
     grey image above their median), so re-encoded or resized copies of an image land a few bits
     apart, and a 256-bit one of the 16x16 lowest frequencies, which tells look-alike images
-    (the demo's digits on one vignetted background) from copies better; (0, zeros) for data
-    Pillow cannot decode."""
+    (the demo's digits on one vignetted background) from copies better; None for data Pillow
+    cannot decode."""
     pixels = grey_thumbnail(data)
     if pixels is None:
-        return 0, bytes(32)
+        return None
     dct = _DCT @ pixels @ _DCT.T
     low, fine = dct[:8, :8].ravel(), dct[:16, :16].ravel()
     phash = int.from_bytes(np.packbits(low > np.median(low)).tobytes(), "big")

@@ -93,6 +93,10 @@ def test_clean_shard_set_passes_and_the_hashes_are_cached_by_shard(tmp_path):
     assert "computed from the tars for" in r.output and "in 1 shard(s)" in r.output
     with np.load(stale) as z:
         assert str(z["tar_sha256"]) == sha256_file(out / "val-000000.tar")
+    (out / HASH_DIR / "test-000000.npz").write_bytes(b"PK\x03\x04 not a zip")  # a torn file
+    r = audit(out)
+    assert r.exit_code == 0 and "in 1 shard(s)" in r.output
+    assert json.loads((out / "audit.json").read_text())["findings"] == report["findings"]
 
 
 def test_planted_duplicate_and_leaked_label_are_located(tmp_path):
