@@ -2,8 +2,8 @@
 
 Hard failures: an image in two splits (same sha256 of its bytes), a copy across splits (64-bit
 perceptual hashes at most ``near_fail_bits`` apart and 256-bit ones at most ``near_fine_bits``:
-a re-encoded or resized copy lands there, ``shards.duplicates``), a split
-table whose labels are not the official clean labels, a view that breaks its regime's contract
+a re-encoded or resized copy lands there, ``shards.duplicates``), a split table whose labels
+are not the official clean labels, a view that breaks its regime's contract
 (an observed label that is not a clean one, the wrong number of positives a row, a rate outside
 its binomial range, rows that are not the split's), and whatever ``verify`` finds between
 tables, tars and the folder. Warnings: pairs up to ``near_bits`` apart (look-alikes land there
@@ -11,7 +11,7 @@ too) and classes without a positive in a split (mAP counts such a class as 0).
 
 Every finding names split, row, key and classes (both images of a pair); ``audit.json`` beside
 the manifest holds them all. The image hashes come from the tars, computed in ``verify``'s pass
-and cached (``shards.image_hashes``), or from the label tables of older shard sets.
+and cached (``shards.image_hashes``).
 """
 
 from __future__ import annotations
@@ -322,5 +322,5 @@ def format_finding(f: dict) -> str:
         )
         return f"{tag} {check}{bits}: {image(f)} = {image(f['other'])}"
     detail = f["labels"] if "labels" in f else f["differing"]
-    where = f"view {f['view']}: " if "view" in f else ""
-    return f"{tag} {check}: {where}{image(f)}: {f['what']}: {', '.join(detail)}"
+    what = f"view {f['view']}" if "view" in f else check
+    return f"{tag} {what}: {image(f)}: {f['what']}: {', '.join(detail)}"

@@ -124,7 +124,7 @@ def test_planted_duplicate_and_leaked_label_are_located(tmp_path):
     assert "view single-positive: train: 1 observed positive(s) are not clean" in r.output
     key = table(out, "train")["key"][row].as_py()
     names = [f"class{c}" for c in clean[row]]
-    line = (f"FAIL view: view single-positive: train row {row} (key {key}; {', '.join(names)}): "
+    line = (f"FAIL view single-positive: train row {row} (key {key}; {', '.join(names)}): "
             f"observed positive that is not a clean positive: class{leaked}")  # fmt: skip
     assert line in r.output
     report = json.loads((out / "audit.json").read_text())
