@@ -117,16 +117,18 @@ class ShardSet:
         return _label_lists(table, len(self.classes))
 
 
-# What a complete shard set holds beside the files its manifest and views list: the manifest,
-# audit's report and image-hash cache, and the embedding caches (each with its own meta.json).
-OWN_EXTRAS = ("manifest.json", "audit.json", "image-hashes", "embeddings")
+# The names the writer owns in a shard set's folder (what ``shard --overwrite`` replaces): tars,
+# indexes and temporary files at the top level, and everything in these folders. Other files
+# (a README, audit.json, image-hashes/, embeddings/) are left alone.
+WRITER_SUFFIXES = (".tar", ".idx", ".wsml-tmp")
+WRITER_FOLDERS = ("labels", "observed", "_progress")
 
 
 def list_unlisted_files(ss: ShardSet) -> list[str]:
-    """Files in the shard set's folders that neither its manifest nor a view lists (relative
+    """Files with names the writer owns that neither the manifest nor a view lists (relative
     paths, sorted): another writer's shards, an interrupted ``observe``, a killed writer's
-    temporary file. They are not read, but they mean the folder is not what the manifest says."""
-    listed = set(OWN_EXTRAS)
+    temporary file. Nothing reads them, but the folder is not what its manifest says."""
+    listed = set()
     for name in ss.splits:
         entry = ss.split(name)
         listed.add(entry["labels"]["path"])
@@ -140,7 +142,8 @@ def list_unlisted_files(ss: ShardSet) -> list[str]:
     for folder, subs, files in os.walk(ss.root):
         at = Path(folder).relative_to(ss.root)
         if at == Path("."):
-            subs[:] = [d for d in subs if d not in OWN_EXTRAS]
+            subs[:] = [d for d in subs if d in WRITER_FOLDERS]
+            files = [f for f in files if f.endswith(WRITER_SUFFIXES)]
         out += [r for f in files if (r := (at / f).as_posix()) not in listed]
     return sorted(out)
 

@@ -259,10 +259,12 @@ def test_files_the_manifest_does_not_list_fail_verify_and_audit(tmp_path):
     shutil.copy(out / "train-000000.tar", out / "train-000007.tar")
     (out / "observed" / "partial-p0.5").mkdir()
     (out / "observed" / "partial-p0.5" / "train.parquet").write_bytes(b"PAR1")
+    (out / "README.txt").write_text("the user's own notes")  # not a name the writer owns
     r = CliRunner().invoke(cli.main, ["verify", str(out), "--workers", "1"])
     assert r.exit_code == 1
     assert f"{out / 'train-000007.tar'}: not listed in the manifest" in r.output
     assert f"{out / 'observed/partial-p0.5/train.parquet'}: not listed in the manifest" in r.output
+    assert "README" not in r.output and "2 problem(s)" in r.output
     r = audit(out)
     assert r.exit_code == 1 and "train-000007.tar: not listed in the manifest" in r.output
     (out / "train-000007.tar").unlink()
