@@ -323,38 +323,69 @@ def verify(shards_dir, workers, no_decode):
 @click.option(
     "--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True
 )
-@click.option("--no-decode", is_flag=True, help="Skip decoding the images (tars still checked).")
 @click.option(
-    "--near-bits",
+    "--no-decode",
+    is_flag=True,
+    help="Skip the full decode of every image (tars still checked; uncached hashes still decode "
+    "each image once at reduced scale).",
+)
+@click.option(
+    "--near-dup-bits",
     type=click.IntRange(0, 64),
     default=4,
     show_default=True,
-    help="Perceptual hashes at most this many bits apart are near-duplicates.",
+    help="64-bit perceptual hashes at most this many bits apart: a near-duplicate (a warning).",
+)
+@click.option(
+    "--near-dup-fail-bits",
+    type=click.IntRange(0, 64),
+    default=2,
+    show_default=True,
+    help="At most this many bits apart, with 256-bit hashes at most --near-dup-fine-bits "
+    "apart: a copy (the audit fails).",
+)
+@click.option(
+    "--near-dup-fine-bits",
+    type=click.IntRange(0, 256),
+    default=24,
+    show_default=True,
+    help="See --near-dup-fail-bits (256: the 64-bit hash alone decides).",
 )
 @expected_errors
-def audit(shards_dir, workers, no_decode, near_bits):
+def audit(shards_dir, workers, no_decode, near_dup_bits, near_dup_fail_bits, near_dup_fine_bits):
     """Check a shard set for leakage: images shared across splits, views against their clean
     labels, tables against tars, classes without positives; writes audit.json."""
-    from shards.audit import AUDIT, audit_shard_set, write_audit
+    from shards.audit import AUDIT, AuditOptions, audit_shard_set, console_lines, save_audit
     from shards.shardset import open_shard_set
 
+    if near_dup_fail_bits > near_dup_bits:
+        raise click.BadParameter(
+            f"{near_dup_fail_bits} is more than --near-dup-bits {near_dup_bits}",
+            param_hint="--near-dup-fail-bits",
+        )
     ss = open_shard_set(shards_dir)
     total = sum(ss.split(n)["num_samples"] for n in ss.splits)
     tick = progress_factory(sys.stderr.isatty())("auditing", total)
-    report = audit_shard_set(ss, workers, not no_decode, near_bits, on_progress=tick)
-    write_audit(ss, report)
-    for line in report["warnings"]:
-        click.echo(f"warning: {line}")
-    for line in report["failures"]:
-        click.echo(f"FAIL: {line}")
-    views = ", ".join(report["checks"]["views"]) or "none"
+    options = AuditOptions(
+        workers, not no_decode, near_dup_bits, near_dup_fail_bits, near_dup_fine_bits
+    )
+    result = audit_shard_set(ss, options, on_progress=tick)
+    report = result.report
+    for line in console_lines(report, ss.root):
+        click.echo(line)
+    unsaved = save_audit(ss, result)  # after every result is printed: storage may be read-only
+    for what in unsaved:
+        click.echo(f"warning: could not save {what}", err=True)
+    where = f"see {ss.root / AUDIT}" if not unsaved else "the report above was not saved"
     if report["failures"]:
         raise click.ClickException(
-            f"{len(report['failures'])} hard failure(s) in {shards_dir}; see {ss.root / AUDIT}"
+            f"{len(report['failures'])} hard failure(s) in {shards_dir}; {where}"
         )
+    views = ", ".join(report["checks"]["views"]) or "none"
     click.echo(
         f"{shards_dir}: audit OK ({total} samples; views checked: {views}; "
-        f"{len(report['warnings'])} warning(s)); report in {ss.root / AUDIT}"
+        f"{len(report['warnings'])} warning(s)); "
+        + (f"report in {ss.root / AUDIT}" if not unsaved else "report not saved")
     )
 
 

@@ -177,16 +177,28 @@ _DCT = np.cos(
 )
 
 
-def perceptual_hash(data: bytes) -> int:
-    """64-bit perceptual hash (pHash: bits of the 8x8 lowest DCT frequencies of the 32x32 grey
-    image above their median), so re-encoded or resized copies of an image land a few bits
-    apart; 0 for data Pillow cannot decode (such images are refused elsewhere)."""
+def grey_thumbnail(data: bytes) -> np.ndarray | None:
+    """The 32x32 grey image (float64) that the perceptual hash reads; None for data Pillow
+    cannot decode (such images are refused elsewhere)."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.draft("L", (PHASH_SIDE, PHASH_SIDE))  # JPEG: decode in grey at 1/2..1/8 scale
             grey = im.convert("L").resize((PHASH_SIDE, PHASH_SIDE), Image.Resampling.BILINEAR)
     except Exception:  # Pillow raises many types for corrupt data
-        return 0
-    pixels = np.asarray(grey, dtype=np.float64)
-    low = (_DCT @ pixels @ _DCT.T)[:8, :8].ravel()
-    return int.from_bytes(np.packbits(low > np.median(low)).tobytes(), "big")
+        return None
+    return np.asarray(grey, dtype=np.float64)
+
+
+def perceptual_hashes(data: bytes) -> tuple[int, bytes] | None:
+    """The 64-bit perceptual hash (pHash: bits of the 8x8 lowest DCT frequencies of the 32x32
+    grey image above their median), so re-encoded or resized copies of an image land a few bits
+    apart, and a 256-bit one of the 16x16 lowest frequencies, which tells look-alike images
+    (the demo's digits on one vignetted background) from copies better; None for data Pillow
+    cannot decode."""
+    pixels = grey_thumbnail(data)
+    if pixels is None:
+        return None
+    dct = _DCT @ pixels @ _DCT.T
+    low, fine = dct[:8, :8].ravel(), dct[:16, :16].ravel()
+    phash = int.from_bytes(np.packbits(low > np.median(low)).tobytes(), "big")
+    return phash, np.packbits(fine > np.median(fine)).tobytes()

@@ -23,6 +23,7 @@ from shards.fileio import (
     tmp_path_for,
     write_json_atomic,
 )
+from shards.image_hashes import HASH_DIR
 from shards.scan import ScanResult, Workers, scan_images
 from shards.shardwork import PROGRESS
 from shards.source import Source
@@ -106,7 +107,15 @@ def inspect_out(out: Path, identity: str, required: str | None, overwrite: bool)
 def clear_out(out: Path) -> None:
     """Remove what a previous conversion wrote (only our own names)."""
     for p in out.iterdir():
-        if p.name in (MANIFEST, PROGRESS, "labels", "observed", "embeddings", "audit.json"):
+        if p.name in (
+            MANIFEST,
+            PROGRESS,
+            "labels",
+            "observed",
+            "embeddings",
+            "audit.json",
+            HASH_DIR,
+        ):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
         elif p.suffix in (".tar", ".idx") or p.name.endswith(".wsml-tmp"):
             p.unlink()

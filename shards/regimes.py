@@ -104,6 +104,20 @@ class SinglePositive:
             c[f"rows_off_{what}"] = int(((observed == value).sum(1) != want).sum())
         return c
 
+    def audit_masks(self, clean: np.ndarray, observed: np.ndarray) -> dict[str, np.ndarray]:
+        """The entries at fault, by problem (``audit`` names their rows and classes): a
+        row that keeps too many labels names the kept ones, too few the ones it could keep."""
+        masks = not_clean_masks(clean, observed)
+        for what, k, value in (("positives", self.num_pos, 1), ("negatives", self.num_neg, -1)):
+            want = np.minimum(k, (clean == value).sum(1))[:, None]
+            kept = (observed == value).sum(1)[:, None]
+            bound = f"min({k}, clean {what}) {what}"
+            masks[f"keeps more than {bound}"] = (kept > want) & (observed == value)
+            masks[f"keeps fewer than {bound}"] = (
+                (kept < want) & (clean == value) & (observed != value)
+            )
+        return masks
+
     def audit_failures(self, c: dict[str, int]) -> list[str]:
         out = _not_clean(c)
         for what, k in (("positives", self.num_pos), ("negatives", self.num_neg)):
@@ -129,6 +143,14 @@ def entry_counts(clean: np.ndarray, observed: np.ndarray) -> dict[str, int]:
         "dropped": (clean != 0) & (observed == 0),
     }
     return {k: int(v.sum()) for k, v in pairs.items()}
+
+
+def not_clean_masks(clean: np.ndarray, observed: np.ndarray) -> dict[str, np.ndarray]:
+    """Observed labels that the clean labels do not hold (a leaked or flipped label)."""
+    return {
+        "observed positive that is not a clean positive": (observed == 1) & (clean != 1),
+        "observed negative that is not a clean negative": (observed == -1) & (clean != -1),
+    }
 
 
 def _not_clean(c: dict[str, int]) -> list[str]:
@@ -181,6 +203,9 @@ class Partial:
     def audit_counts(self, clean: np.ndarray, observed: np.ndarray) -> dict[str, int]:
         return entry_counts(clean, observed)
 
+    def audit_masks(self, clean: np.ndarray, observed: np.ndarray) -> dict[str, np.ndarray]:
+        return not_clean_masks(clean, observed)
+
     def audit_failures(self, c: dict[str, int]) -> list[str]:
         out = _not_clean(c)
         if not binomial_ok(c["kept"], c["known"], self.fraction):
@@ -229,6 +254,12 @@ class Noisy:
 
     def audit_counts(self, clean: np.ndarray, observed: np.ndarray) -> dict[str, int]:
         return entry_counts(clean, observed)
+
+    def audit_masks(self, clean: np.ndarray, observed: np.ndarray) -> dict[str, np.ndarray]:
+        return {
+            "observed entry that is unknown in the clean labels": (observed != 0) & (clean == 0),
+            "known entry dropped": (clean != 0) & (observed == 0),
+        }
 
     def audit_failures(self, c: dict[str, int]) -> list[str]:
         out = []

@@ -8,7 +8,6 @@ the shard plan is fixed before any shard is written; rows then stay contiguous w
 from __future__ import annotations
 
 import gc
-import hashlib
 import itertools
 import os
 import sys
@@ -19,7 +18,7 @@ from multiprocessing import get_context
 
 import numpy as np
 
-from shards.images import BadImage, perceptual_hash, probe_file
+from shards.images import BadImage, probe_file
 
 OK, MISSING, BAD = 0, 1, 2
 CHUNK = 256
@@ -27,8 +26,9 @@ CHUNK = 256
 
 @dataclass
 class ScanResult:
-    """Per-record status (OK / MISSING / BAD), size, whether it must be re-encoded, and the
-    image's hashes (sha256 of its bytes, 64-bit perceptual hash) that ``audit`` compares."""
+    """Per-record status (OK / MISSING / BAD), size and whether it must be re-encoded. The
+    images' hashes that ``audit`` compares are not computed here: they cost 4x the rest of a
+    conversion, so ``audit`` computes them from the tars (``shards.image_hashes``)."""
 
     status: np.ndarray  # int8 (N,)
     width: np.ndarray  # int32 (N,)
@@ -36,8 +36,6 @@ class ScanResult:
     nbytes: np.ndarray  # int64 (N,)
     is_jpeg: np.ndarray  # bool (N,)
     reasons: dict[int, str]  # record index -> why it is bad
-    sha256: np.ndarray | None = None  # uint8 (N, 32); zeros where not OK
-    phash: np.ndarray | None = None  # uint64 (N,)
 
     def to_npz(self) -> dict[str, np.ndarray]:
         idx = np.array(sorted(self.reasons), dtype=np.int64)
@@ -49,20 +47,12 @@ class ScanResult:
             "is_jpeg": self.is_jpeg,
             "bad_index": idx,
             "bad_reason": np.array([self.reasons[i] for i in idx.tolist()], dtype=str),
-            "sha256": self.sha256,
-            "phash": self.phash,
         }
 
     @classmethod
     def from_npz(cls, z) -> ScanResult:
         reasons = dict(zip(z["bad_index"].tolist(), z["bad_reason"].tolist(), strict=True))
-        hashes = (z["sha256"], z["phash"]) if "phash" in z.files else (None, None)
-        return cls(
-            z["status"], z["width"], z["height"], z["nbytes"], z["is_jpeg"], reasons, *hashes
-        )
-
-
-_NO_SHA = bytes(32)
+        return cls(z["status"], z["width"], z["height"], z["nbytes"], z["is_jpeg"], reasons)
 
 
 def _probe_chunk(args: tuple[Sequence[str], str]) -> list[tuple]:
@@ -71,23 +61,12 @@ def _probe_chunk(args: tuple[Sequence[str], str]) -> list[tuple]:
     for path in paths:
         try:
             p = probe_file(path, check)
-            sha, phash = _hashes(path)
-            out.append((OK, p.width, p.height, p.size, p.is_jpeg, "", sha, phash))
+            out.append((OK, p.width, p.height, p.size, p.is_jpeg, ""))
         except BadImage as e:  # a missing file is told apart only here, on the rare path
             status = BAD if os.path.isfile(path) else MISSING
             why = str(e) if status == BAD else "missing"
-            out.append((status, 0, 0, 0, False, why, _NO_SHA, 0))
+            out.append((status, 0, 0, 0, False, why))
     return out
-
-
-def _hashes(path: str) -> tuple[bytes, int]:
-    """sha256 of the file's bytes and its perceptual hash (for ``audit``'s duplicate checks)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise BadImage(f"cannot read file: {e.strerror or e}") from None
-    return hashlib.sha256(data).digest(), perceptual_hash(data)
 
 
 def scan_images(
@@ -101,19 +80,17 @@ def scan_images(
     status = np.zeros(n, np.int8)
     width, height = np.zeros(n, np.int32), np.zeros(n, np.int32)
     nbytes, is_jpeg = np.zeros(n, np.int64), np.zeros(n, bool)
-    sha256, phash = np.zeros((n, 32), np.uint8), np.zeros(n, np.uint64)
     reasons: dict[int, str] = {}
     chunks = ((records.paths(range(i, min(n, i + CHUNK))), check) for i in range(0, n, CHUNK))
     start = 0
     for part in workers.map(_probe_chunk, chunks):
-        for k, (st, w, h, size, jpeg, why, sha, ph) in enumerate(part, start):
+        for k, (st, w, h, size, jpeg, why) in enumerate(part, start):
             status[k], width[k], height[k], nbytes[k], is_jpeg[k] = st, w, h, size, jpeg
-            sha256[k], phash[k] = np.frombuffer(sha, np.uint8), ph
             if st == BAD:
                 reasons[k] = why
         start += len(part)
         on_progress(len(part))
-    return ScanResult(status, width, height, nbytes, is_jpeg, reasons, sha256, phash)
+    return ScanResult(status, width, height, nbytes, is_jpeg, reasons)
 
 
 class Workers:

@@ -4,6 +4,7 @@ tables, observed views, and the summary ``cli.py info`` prints."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -114,6 +115,37 @@ class ShardSet:
         recorded_in = f"observed/{view}/regime.json"
         table = read_checked_table(self.root, entry, len(self.classes), recorded_in)
         return _label_lists(table, len(self.classes))
+
+
+# The names the writer owns in a shard set's folder (what ``shard --overwrite`` replaces): tars,
+# indexes and temporary files at the top level, and everything in these folders. Other files
+# (a README, audit.json, image-hashes/, embeddings/) are left alone.
+WRITER_SUFFIXES = (".tar", ".idx", ".wsml-tmp")
+WRITER_FOLDERS = ("labels", "observed", "_progress")
+
+
+def list_unlisted_files(ss: ShardSet) -> list[str]:
+    """Files with names the writer owns that neither the manifest nor a view lists (relative
+    paths, sorted): another writer's shards, an interrupted ``observe``, a killed writer's
+    temporary file. Nothing reads them, but the folder is not what its manifest says."""
+    listed = set()
+    for name in ss.splits:
+        entry = ss.split(name)
+        listed.add(entry["labels"]["path"])
+        listed.update(x for s in entry["shards"] for x in (s["tar"], s["index"]))
+    for meta in ss.manifest["official_splits"].values():
+        listed.update(m["path"] for m in (meta["labels"], meta.get("missing_table")) if m)
+    for view, meta in ss.regimes.items():
+        listed.add(f"observed/{view}/regime.json")
+        listed.update(e["path"] for e in meta["splits"].values())
+    out = []
+    for folder, subs, files in os.walk(ss.root):
+        at = Path(folder).relative_to(ss.root)
+        if at == Path("."):
+            subs[:] = [d for d in subs if d in WRITER_FOLDERS]
+            files = [f for f in files if f.endswith(WRITER_SUFFIXES)]
+        out += [r for f in files if (r := (at / f).as_posix()) not in listed]
+    return sorted(out)
 
 
 def _label_lists(table: pa.Table, num_classes: int) -> LabelLists:

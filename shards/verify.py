@@ -1,5 +1,7 @@
 """``cli.py verify``: re-hash every file against the manifest, check that tar members and label
-rows agree one to one, and decode every image."""
+rows agree one to one, decode every image, and name the files in the shard set's folders that
+the manifest does not list (another writer's shards, say). ``audit`` runs the same pass, which
+also hashes each image for its duplicate checks (``shards.image_hashes``)."""
 
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ import pyarrow as pa
 from PIL import Image
 
 from shards.fileio import sha256_file
+from shards.image_hashes import ShardHashes, hash_images
 from shards.scan import Workers
-from shards.shardset import ShardSet
+from shards.shardset import ShardSet, list_unlisted_files
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class ShardCheck:
     index_sha256: str
     num_samples: int
     decode: bool
+    hashes: bool = False  # also hash each image (for audit)
 
 
 def verify_shard_set(
@@ -37,7 +41,19 @@ def verify_shard_set(
     on_progress: Callable[[int], None] = lambda n: None,
 ) -> list[str]:
     """Every problem found, as one line each naming the file (empty when all is well)."""
-    problems: list[str] = []
+    return check_shard_set(ss, workers, decode, on_progress)[0]
+
+
+def check_shard_set(
+    ss: ShardSet,
+    workers: int = 1,
+    decode: bool = True,
+    on_progress: Callable[[int], None] = lambda n: None,
+    hash_tars: frozenset[str] = frozenset(),
+) -> tuple[list[str], dict[str, ShardHashes]]:
+    """``verify_shard_set``'s problems, and the image hashes of the shards named in
+    ``hash_tars`` (by their manifest's ``tar``), computed in the same pass."""
+    problems = [f"{ss.root / p}: not listed in the manifest" for p in list_unlisted_files(ss)]
     for name in ss.splits:
         problems += _check_table(ss.root, ss.split(name)["labels"])
     for meta in ss.manifest["official_splits"].values():
@@ -47,10 +63,13 @@ def verify_shard_set(
     for view in ss.regimes.values():
         for entry in view["splits"].values():
             problems += _check_table(ss.root, entry)
+    hashes: dict[str, ShardHashes] = {}
     with Workers(workers) as pool:
         for name in ss.splits:
-            problems += _verify_split(ss, name, pool, decode, on_progress)
-    return problems
+            found, hashed = _verify_split(ss, name, pool, decode, hash_tars, on_progress)
+            problems += found
+            hashes.update(hashed)
+    return problems, hashes
 
 
 def _check_table(root: Path, entry: dict) -> list[str]:
@@ -62,7 +81,9 @@ def _check_table(root: Path, entry: dict) -> list[str]:
     return []
 
 
-def _verify_split(ss: ShardSet, split: str, pool: Workers, decode: bool, on_progress) -> list[str]:
+def _verify_split(
+    ss: ShardSet, split: str, pool: Workers, decode: bool, hash_tars, on_progress
+) -> tuple[list[str], dict[str, ShardHashes]]:
     try:
         table = ss.label_table(split, checked=False)  # its digest is _check_table's to report
     except (OSError, pa.ArrowException):  # reported by _check_table; still check the tars
@@ -81,13 +102,19 @@ def _verify_split(ss: ShardSet, split: str, pool: Workers, decode: bool, on_prog
             s["index_sha256"],
             s["num_samples"],
             decode,
+            s["tar"] in hash_tars,
         )
         for s in ss.split(split)["shards"]
     ]
     problems: list[str] = []
+    hashes: dict[str, ShardHashes] = {}
     seen = np.zeros(len(keys), dtype=np.int64)
-    for check, (errs, samples) in zip(checks, pool.map(_verify_shard, checks), strict=True):
+    entries = ss.split(split)["shards"]
+    results = pool.map(_verify_shard, checks)
+    for entry, check, (errs, samples, found) in zip(entries, checks, results, strict=True):
         problems += errs
+        if found is not None:
+            hashes[entry["tar"]] = found
         for key, row, size in samples if table is not None else ():
             if not 0 <= row < len(keys):
                 problems.append(f"{check.tar}: sample {key} has row {row}, outside the label table")
@@ -107,14 +134,15 @@ def _verify_split(ss: ShardSet, split: str, pool: Workers, decode: bool, on_prog
         problems.append(
             f"split {split}: row {row} ({keys[row]}) appears {seen[row]} times in the shards"
         )
-    return problems
+    return problems, hashes
 
 
-def _verify_shard(check: ShardCheck) -> tuple[list[str], list[tuple]]:
+def _verify_shard(check: ShardCheck) -> tuple[list[str], list[tuple], ShardHashes | None]:
     tar, problems = Path(check.tar), []
     if not tar.is_file():
-        return [f"{tar}: missing"], []
-    if sha256_file(tar) != check.sha256:
+        return [f"{tar}: missing"], [], None
+    tar_sha256 = sha256_file(tar)
+    if tar_sha256 != check.sha256:
         problems.append(f"{tar}: sha256 differs from the manifest")
     index = Path(check.index)
     if not index.is_file():
@@ -128,10 +156,10 @@ def _verify_shard(check: ShardCheck) -> tuple[list[str], list[tuple]]:
                 key, _, ext = m.name.partition(".")
                 samples.setdefault(key, {})[ext] = tf.extractfile(m).read()
     except (tarfile.TarError, OSError, EOFError) as e:
-        return problems + [f"{tar}: not a readable tar ({e})"], []
+        return problems + [f"{tar}: not a readable tar ({e})"], [], None
     if len(samples) != check.num_samples:
         problems.append(f"{tar}: {len(samples)} samples, manifest says {check.num_samples}")
-    out = []
+    out, images = [], []
     for key, members in samples.items():
         if set(members) != {"jpg", "row"} or len(members["row"]) != 8:
             problems.append(
@@ -147,4 +175,5 @@ def _verify_shard(check: ShardCheck) -> tuple[list[str], list[tuple]]:
             except Exception as e:
                 problems.append(f"{tar}: image {key} does not decode: {e}")
         out.append((key, struct.unpack("<q", members["row"])[0], size))
-    return problems, out
+        images.append((out[-1][1], members["jpg"]))
+    return problems, out, hash_images(images, tar_sha256) if check.hashes else None

@@ -50,25 +50,12 @@ def _split_columns(source, rows, scan, max_side):
             "height": pa.array([d[1] for d in dims], pa.int32()),
             **_labels(source, recs, ids),
             "source_index": pa.array(idx.astype(np.int64)),
-            **_hash_columns(scan, idx),
         }
         for k, (name, typ) in enumerate(source.extra_columns):
             cols[name] = _extra_column(recs.extras(k, ids), typ)
         return cols
 
     return columns
-
-
-def _hash_columns(scan, idx: np.ndarray) -> dict[str, pa.Array]:
-    """``image_sha256`` (of the source file's bytes) and ``phash`` (64-bit perceptual hash):
-    what ``audit`` compares across splits, kept in the table since a column is cheap."""
-    if scan.phash is None:  # a scan cached by an older version, resumed
-        return {}
-    sha = scan.sha256[idx]
-    return {
-        "image_sha256": pa.array([bytes(r).hex() for r in sha], pa.string()),
-        "phash": pa.array(scan.phash[idx], pa.uint64()),
-    }
 
 
 def _extra_column(values: list, typ: str) -> pa.Array:

@@ -67,3 +67,29 @@ def test_shard_into_a_read_only_folder(tmp_path):
     proc = run_limited(["shard", "--dataset", "coco", "--root", root, "--out", parent / "out",
                         "--workers", "1"], limit=resource.RLIM_INFINITY)  # fmt: skip
     assert str(parent) in one_error(proc)
+
+
+def test_audit_on_storage_that_refuses_writes(tmp_path):
+    """A shared, read-only dataset (played by a file size limit of 0: every write fails): audit
+    prints every result, then what it could not save, and exits by its results alone."""
+    import shutil
+
+    raw, out = make_coco(tmp_path / "coco", n_train=12, n_val=4), tmp_path / "out"
+    subprocess.run([sys.executable, str(REPO / "cli.py"), "shard", "--dataset", "coco",
+                    "--root", raw, "--out", out, "--workers", "1"], check=True)  # fmt: skip
+    proc = run_limited(["audit", out, "--workers", "1"], limit=0)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "audit OK" in proc.stdout and "report not saved" in proc.stdout
+    unsaved = [line for line in proc.stderr.splitlines() if "could not save" in line]
+    assert len(unsaved) == 2 and "image-hashes" in unsaved[0], proc.stderr
+    assert str(out / "audit.json") in unsaved[1] and "EFBIG" in unsaved[1]
+    assert not (out / "audit.json").exists() and temporaries(out) == []
+
+    shutil.copy(raw / "train" / "img_train_000001.jpg", raw / "val" / "img_val_005001.jpg")
+    shutil.rmtree(out)
+    subprocess.run([sys.executable, str(REPO / "cli.py"), "shard", "--dataset", "coco",
+                    "--root", raw, "--out", out, "--workers", "1"], check=True)  # fmt: skip
+    proc = run_limited(["audit", out, "--workers", "1"], limit=0)
+    assert "FAIL duplicate (same sha256): test row" in proc.stdout  # the results, first
+    assert "could not save the report" in proc.stderr
+    assert one_error(proc).endswith("the report above was not saved")

@@ -199,6 +199,6 @@ def test_audit_passes(converted):
     from shards.audit import audit_shard_set
 
     name, root, out, source = converted
-    report = audit_shard_set(open_shard_set(out))
+    report = audit_shard_set(open_shard_set(out)).report
     assert report["failures"] == [], report["failures"]
     assert set(report["checks"]["views"]) == set(open_shard_set(out).regimes)

@@ -16,7 +16,7 @@ from tests.conftest import assert_refused, shard_cli
 from tests.layouts_table import table_layout
 from tests.raw_datasets import make_coco
 
-SAME = ("row", "positives", "negatives", "width", "height", "image_sha256", "phash")
+SAME = ("row", "positives", "negatives", "width", "height")
 
 
 def coco_as_csv(raw: Path, name: str = "labels.csv", seed: int | None = None) -> Path:
