@@ -1,0 +1,90 @@
+"""Device mixing caught on the CPU (issue 23): every registered method runs its creation, a few
+steps, its epoch-end hooks and (where it stacks) ``--sweep``'s stacking on the stand-in device
+(``pipelines/stand_in.py``: ``meta`` that computes, and fails on any op mixing devices as CUDA
+does). A method added later is covered without writing a test."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipelines.stand_in import STAND_IN, StandInTensor, stand_in
+from tests.test_methods import ROWS, L, batch_of, build, train_a_little
+from train.methods import METHODS, get_method, stack_members
+
+
+def on_device(data: dict) -> dict:
+    return {k: v.to(STAND_IN) for k, v in data.items()}
+
+
+def assert_on_device(method) -> None:
+    for key, value in method.state_dict().items():
+        assert isinstance(value, StandInTensor), f"{key} is on {value.device}"
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_keeps_its_state_on_the_device(name):
+    regime = get_method(name).regimes[-1]
+    with stand_in():
+        method, data = build(name, regime)  # made on the CPU, then moved, as a run does
+        method.to(STAND_IN)
+        data = on_device(data)
+        train_a_little(method, data, device=STAND_IN)
+        method.flush_checks()
+        method.read_label_counts()
+        method.eval()
+        logits = torch.randn(4, L).to(STAND_IN)
+        out = method(logits, batch_of(data, [0, 1, 2, 3]), epoch=7, step=0)
+        assert isinstance(out["loss"], StandInTensor) and bool(torch.isfinite(out["loss"]))
+        assert_on_device(method)
+
+
+STACKABLE = [name for name in METHODS.names() if get_method(name).method_class.stackable]
+
+
+@pytest.mark.parametrize("name", STACKABLE)
+def test_stacked_members_keep_their_state_on_the_device(name):
+    """--sweep's path: each member made and moved as create_group does, then stacked
+    (stack_state), trained a step per epoch and through its epoch-end hooks."""
+    regime = get_method(name).regimes[-1]
+    with stand_in():
+        stacked = stack_members([build(name, regime)[0].to(STAND_IN) for _ in range(2)])
+        data = on_device(build(name, regime)[1])
+        g = torch.Generator().manual_seed(3)
+        for epoch in (1, 5, 6):
+            stacked.start_epoch(epoch)
+            logits = (3 * torch.randn(8, L, generator=g)).to(STAND_IN).requires_grad_()
+            out = stacked(logits, batch_of(data, [0, 3, 5, 7]), epoch=epoch, step=0)
+            out["loss"].sum().backward()
+            stacked.after_backward()
+            stacked.after_step()
+            if stacked.wants_epoch_pass(epoch):
+                rows = torch.arange(2 * ROWS).to(STAND_IN)
+                stacked.end_epoch(epoch, (rows, torch.rand(2 * ROWS, L, generator=g).to(STAND_IN)))
+        stacked.flush_checks()
+        stacked.read_label_counts()
+        assert_on_device(stacked)
+
+
+# A step's host syncs that are known and accepted (label-state commits that pick entries).
+KNOWN_SYNCS = {"ll-cp": {"nonzero.default": 1, "_unique2.default": 1}, "pr": {"nonzero.default": 1}}
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_a_training_step_makes_no_host_sync(name):
+    """On a GPU a host sync stalls the queue every step; em-apl's pseudo-label lookup made one
+    (the count of its entries) before issue 23."""
+    regime = get_method(name).regimes[-1]
+    with stand_in() as check:
+        method, data = build(name, regime)
+        method.to(STAND_IN)
+        data = on_device(data)
+        train_a_little(method, data, device=STAND_IN)
+        batch = batch_of(data, [0, 1, 2, 3])
+        logits = torch.randn(4, L).to(STAND_IN).requires_grad_()
+        check.reset()
+        method(logits, batch, epoch=7, step=3)["loss"].backward()
+        method.after_backward()
+        method.after_step()
+        assert dict(check.syncs) == KNOWN_SYNCS.get(name, {})
+        assert not check.blocking
