@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pipelines import sharding
+from pipelines.distributed import host_to_device
 from pipelines.labels import RowTable, read_row_table
 from pipelines.presets import Preset, get_preset
 from shards.errors import WsmlError
@@ -96,7 +97,7 @@ class Loader:
                 images, rows, valid = _pad(images, rows, valid, self.batch_size)
             batch = self.table.join(rows)
             batch["image"] = images
-            batch["valid"] = valid.to(self.device)
+            batch["valid"] = host_to_device(valid, self.device)
             yield batch
             done += 1
         # a short eval share (the fallback stops when its samples do) still yields len(self)
@@ -106,7 +107,7 @@ class Loader:
             pad_images, pad_rows, valid = _pad(images[-1:], rows[-1:], none, self.batch_size)
             batch = self.table.join(pad_rows)
             batch["image"] = pad_images
-            batch["valid"] = valid.to(self.device)
+            batch["valid"] = host_to_device(valid, self.device)
             yield batch
             done += 1
 

@@ -16,8 +16,10 @@ GPU path here; code that asks for ``"cuda"`` by name (autocast, pinned memory, c
 from __future__ import annotations
 
 import contextlib
+import traceback
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -85,16 +87,23 @@ class DeviceCheck(TorchDispatchMode):
         super().__init__()
         self.syncs: Counter[str] = Counter()  # what made the host wait, by op
         self.blocking: Counter[str] = Counter()  # host-to-device copies without non_blocking
+        self.sites: Counter[str] = Counter()  # where they happened: the project's innermost line
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         return self.run(func, args, kwargs or {})
 
     def note_sync(self, what: str) -> None:
         self.syncs[what] += 1
+        self.sites[f"{what} at {_caller()}"] += 1
+
+    def note_blocking(self, what: str) -> None:
+        self.blocking[what] += 1
+        self.sites[f"blocking {what} at {_caller()}"] += 1
 
     def reset(self) -> None:
         self.syncs.clear()
         self.blocking.clear()
+        self.sites.clear()
 
     def run(self, func, args, kwargs):
         flat, _ = tree_flatten((args, kwargs))
@@ -136,10 +145,10 @@ class DeviceCheck(TorchDispatchMode):
             if isinstance(src, StandInTensor) and not isinstance(dst, StandInTensor):
                 self.note_sync("copy to the CPU")
             elif isinstance(dst, StandInTensor) and _on_cpu(src) and not kwargs.get("non_blocking"):
-                self.blocking[name] += 1
+                self.note_blocking(name)
         if func is aten._to_copy.default and onto is not None and onto.type == "meta":
             if any(_on_cpu(t) for t in flat) and not kwargs.get("non_blocking"):
-                self.blocking["to"] += 1
+                self.note_blocking("to")
 
 
 class _FromData(TorchFunctionMode):
@@ -179,6 +188,19 @@ def stand_in() -> Iterator[DeviceCheck]:
             yield check
     finally:
         _MODES.pop()
+
+
+def _caller() -> str:
+    """The innermost frame of the project's own code (not torch's, not this module's)."""
+    for frame in reversed(traceback.extract_stack()):
+        path = frame.filename
+        if (
+            "site-packages" not in path
+            and not path.endswith("stand_in.py")
+            and "/torch/" not in path
+        ):
+            return f"{Path(path).name}:{frame.lineno}"
+    return "?"
 
 
 def _unwrap(x):

@@ -5,6 +5,10 @@ does). A method added later is covered without writing a test."""
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
+import tempfile
+
 import pytest
 import torch
 
@@ -88,3 +92,74 @@ def test_a_training_step_makes_no_host_sync(name):
         method.after_step()
         assert dict(check.syncs) == KNOWN_SYNCS.get(name, {})
         assert not check.blocking
+
+
+# ------------------------------------------------------------ the sweep and the data paths
+
+
+def test_the_sweep_bench_runs_em_apl_on_the_device():
+    """``bench train --method em-apl --ways sweep`` on the stand-in: group creation (members
+    made, moved, stacked), an epoch of steps and the scoring; before issue 23 it failed in
+    em-apl's stack_state ("found cpu and meta")."""
+    from train.bench import LinearBenchOptions, run_linear_bench
+
+    rows = {"train": 64, "val": 16, "test": 16}
+    opts = LinearBenchOptions(
+        methods=("em-apl",), rows=rows, dim=8, classes=5, ways=("sweep",), device="meta"
+    )
+    with stand_in():
+        out = run_linear_bench(opts, echo=lambda line: None)
+    assert set(out["em-apl"]) == {"sweep_train", "sweep_eval", "peak_rss_gb"}
+
+
+def test_linear_training_syncs_per_epoch_not_per_step():
+    """A sweep epoch of 12 steps (two groups) makes each group's two end-of-epoch reads
+    (finiteness checks, logged means) and no blocking copy: the batches' features, labels and
+    rows go over without the host waiting."""
+    from train.bench import synthetic_plan
+    from train.bench_papers import synthetic_split
+    from train.context import Context
+    from train.data import FeatureData
+    from train.loop import train_runs
+    from train.runfolder import RunFolder
+    from train.sweep import create_groups
+
+    g = torch.Generator().manual_seed(0)
+    splits = {s: synthetic_split(n, 8, 5, g) for s, n in (("train", 64), ("val", 8), ("test", 8))}
+    with stand_in() as check:
+        ctx = Context.create("meta")
+        data = FeatureData(splits, ctx, seed=0, batch_size=8)
+        plan = synthetic_plan("em-apl", data, 5)
+        config = dataclasses.replace(plan.config, sweep=True, sweep_lrs=(1e-2, 1e-3))
+        plan = dataclasses.replace(plan, config=config)
+        groups = create_groups(plan, data, RunFolder(tmp := tempfile.mkdtemp()), ctx)
+        check.reset()
+        train_runs(groups, ctx, 1)
+    shutil.rmtree(tmp)
+    assert dict(check.syncs) == {"copy to the CPU": 2 * len(groups)}, check.sites
+    assert not check.blocking, check.sites
+
+
+def test_the_loader_join_stays_on_the_host_side(tmp_path_factory):
+    """The e2e loader's per-batch join: rows checked on the CPU, labels made dense on the
+    device from one non-blocking copy, rows never brought back (issue 23, item 5); a row
+    outside the split fails there, before any device op (item 4)."""
+    from pipelines.labels import read_row_table
+    from shards.errors import WsmlError
+    from shards.shardset import open_shard_set
+    from tests.pipelines_data import REGIME, TAG, get_shard_set
+
+    ss = open_shard_set(get_shard_set(tmp_path_factory))
+    with stand_in() as check:
+        table = read_row_table(ss, "train", REGIME, STAND_IN, embeddings=TAG)
+        want = read_row_table(ss, "train", REGIME, torch.device("cpu"), embeddings=TAG)
+        rows = torch.tensor([3, 0, 48, 7])
+        check.reset()
+        batch = table.join(rows)
+        assert not check.syncs and not check.blocking, check.sites
+        for key, value in want.join(rows).items():
+            assert isinstance(batch[key], StandInTensor), key
+            assert torch.equal(batch[key].cpu(), value), key
+        with pytest.raises(WsmlError, match=r"row\(s\) 49 outside its 49 rows"):
+            table.join(torch.tensor([1, 49]))
+    assert check.syncs == {"copy to the CPU": len(want.join(rows))}  # the comparisons above
