@@ -10,7 +10,8 @@ would make the host wait for a GPU: reading a value (``item``, ``int()``, ``toli
 back to the CPU, an op whose output size depends on the values (``nonzero``, boolean
 indexing, ``repeat_interleave`` without ``output_size``); ``check.blocking`` counts host-to-device
 copies made without ``non_blocking``. Code that branches on ``device.type == "cpu"`` takes its
-GPU path here; code that asks for ``"cuda"`` by name (autocast, pinned memory, cuDNN) does not.
+GPU path here; code that asks for ``"cuda"`` by name (pinned memory, cuDNN) does not, and
+``torch.autocast("meta")`` is the CPU's.
 """
 
 from __future__ import annotations
@@ -164,6 +165,15 @@ class _FromData(TorchFunctionMode):
 
 
 FROM_DATA = {torch.tensor, torch.as_tensor, torch.asarray}
+
+
+class _Autocast(torch.autocast):
+    """``torch.autocast("meta")`` is the CPU's: the stand-in's values are on the CPU."""
+
+    def __init__(self, device_type: str, *args, **kwargs):
+        super().__init__("cpu" if device_type == "meta" else device_type, *args, **kwargs)
+
+
 _MODES: list[DeviceCheck] = []
 
 
@@ -183,10 +193,12 @@ def stand_in() -> Iterator[DeviceCheck]:
     """The stand-in device for the block: ``meta`` computes, device mixing raises."""
     check = DeviceCheck()
     _MODES.append(check)
+    autocast, torch.autocast = torch.autocast, _Autocast
     try:
         with _FromData(), check:
             yield check
     finally:
+        torch.autocast = autocast
         _MODES.pop()
 
 

@@ -5,6 +5,7 @@ does). A method added later is covered without writing a test."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import tempfile
@@ -163,3 +164,52 @@ def test_the_loader_join_stays_on_the_host_side(tmp_path_factory):
         with pytest.raises(WsmlError, match=r"row\(s\) 49 outside its 49 rows"):
             table.join(torch.tensor([1, 49]))
     assert check.syncs == {"copy to the CPU": len(want.join(rows))}  # the comparisons above
+
+
+# ------------------------------------------------------------ OASS's own training step
+
+
+@pytest.mark.parametrize("keypoint", ["cmax", "ctopk", "max"])
+def test_oass_step_on_the_device(keypoint):
+    """OASS's second forward and teacher on the stand-in (issue 23, item 6): no blocking copy
+    (its scalars are fills, the key points' centre and the crop indices need no copy), the
+    teacher's EMA reads nothing back, and cuDNN's benchmark is off around the teacher, whose
+    crop batch changes size every step. The one sync left is the cuts' count (``nonzero``):
+    the number of crops depends on the labels."""
+    from models.oass import OassNet
+    from tests.test_oass import Maps, ragged
+
+    torch.manual_seed(0)
+    model = OassNet(Maps(), 4, 3)
+    info = get_method("oass")
+    observed = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=torch.int8)
+    config = info.create_config(None, {"keypoint": keypoint})
+    method = info.create(4, 3, config, observed=ragged(observed))
+    x = torch.rand(4, 4, 32, 32, generator=torch.Generator().manual_seed(1))
+    benchmark = []
+    torch.backends.cudnn.benchmark = True  # as the e2e setting sets it on a GPU
+    try:
+        with stand_in() as check:
+            model.to(STAND_IN)
+            method.to(STAND_IN).bind_model(model)
+            if method.teacher is not None:
+                method.teacher.cam_head.register_forward_pre_hook(
+                    lambda *_: benchmark.append(torch.backends.cudnn.benchmark)
+                )
+            batch = {k: v.to(STAND_IN) for k, v in
+                     {"input": x, "observed": observed, "row": torch.arange(4)}.items()}  # fmt: skip
+            method.after_step()  # reads the restored step count once
+            check.reset()
+            for step in range(2):
+                out = method.training_step(
+                    model, batch, epoch=1, step=step, autocast=contextlib.nullcontext
+                )
+                out["loss"].backward()
+                method.after_step()
+            assert isinstance(out["alpha_re"], StandInTensor)
+    finally:
+        torch.backends.cudnn.benchmark = False
+    assert not check.blocking, check.sites
+    cuts = {} if keypoint == "max" else {"nonzero.default": 2}
+    assert dict(check.syncs) == cuts, check.sites
+    assert benchmark == ([] if keypoint == "max" else [False, False])
