@@ -249,3 +249,35 @@ def test_resumed_adam_moments_follow_the_parameters_layout(saved, resumed):
     assert moments["exp_avg"].stride() == again.weight.stride()
     step(again, opt2)
     torch.testing.assert_close(again.weight, run.weight, rtol=0, atol=1e-6)
+
+
+def test_bench_loader_resolves_its_device_in_the_one_place(tmp_path):
+    """Issue 23, item 8: ``bench loader --device`` goes through resolve_device (a GPU that is
+    not there fails before any work, naming the fix)."""
+    from click.testing import CliRunner
+
+    import cli
+
+    work = tmp_path / "work"
+    args = ["bench", "loader", "--device", "cuda", "--images", "16", "--workdir", str(work)]
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "no CUDA GPU" in result.output and "--device cpu" in result.output
+    assert not work.exists()
+
+
+def test_bench_loader_reports_dali_builds_apart_from_images_per_s(tmp_path):
+    """Issue 23, item 7: a DALI training epoch's images/s leaves out the graph build it began
+    with; the build's seconds are reported on their own."""
+    pytest.importorskip("nvidia.dali")
+    from pipelines.bench import LoaderBenchOptions, run_loader_bench
+
+    lines = []
+    opts = LoaderBenchOptions(preset="clip224", batch_size=8, threads=1, images=48, repeats=2,
+                              profile=False, device="cpu")  # fmt: skip
+    out = run_loader_bench(None, opts, workdir=str(tmp_path), echo=lines.append)
+    dali = [k for k in out["loaders"] if k.startswith("1")]
+    assert dali and all(k in out["dali_builds"] for k in dali)
+    assert all(out["dali_builds"][k] > 0 for k in dali)
+    assert any("per training epoch (apart)" in line for line in lines)
+    assert out["dali_builds"]["eval"]["build_s"][1:] == [0.0, 0.0]  # built once, read again
