@@ -120,8 +120,9 @@ class DeviceCheck(TorchDispatchMode):
         out = func(*a, **k)
         if func in COPIES and onto is not None and onto.type != "meta":
             return out  # leaving the stand-in device
-        if func is aten.copy_.default:
-            return args[0]  # in place: the destination keeps its device
+        mutated = _mutated(func, args, kwargs)
+        if mutated is not None:
+            return mutated  # in place (or out=): the argument itself, on its device
         if stand_in or (onto is not None and onto.type == "meta"):
             return tree_map(_wrap, out)
         return out
@@ -200,6 +201,17 @@ def stand_in() -> Iterator[DeviceCheck]:
     finally:
         torch.autocast = autocast
         _MODES.pop()
+
+
+def _mutated(func, args, kwargs):
+    """The tensor an in-place op (``add_``, ``copy_``) or an ``out=`` call writes and returns."""
+    if "out" in kwargs and isinstance(kwargs["out"], torch.Tensor):
+        return kwargs["out"]
+    schema = func._schema
+    first = schema.arguments[0] if schema.arguments else None
+    writes = first is not None and first.alias_info is not None and first.alias_info.is_write
+    returned = len(schema.returns) == 1 and schema.returns[0].alias_info is not None
+    return args[0] if writes and returned and isinstance(args[0], torch.Tensor) else None
 
 
 def _caller() -> str:
