@@ -5,7 +5,9 @@ Each split is cut into C contiguous chunks with the loader's own rank sharding (
 ``chunk_size`` rows). A chunk's embeddings, in row order, go to a file of their own
 (``shards.embedding_writer.write_chunk``), so no two processes, or machines, ever write one
 file; a chunk is done once its file exists, and a rerun with the same settings skips those.
-Under torchrun rank r takes every W-th chunk still to do; rank 0 prepares the folder (reserving
+Under torchrun rank r takes its contiguous W-th of the chunks still to do, so one loader
+reads a split's consecutive chunks as the shards of one walking DALI graph (built once, its
+reader moving on to the next chunk by itself); rank 0 prepares the folder (reserving
 the arrays' space) and, when every chunk is done, assembles the arrays from the chunks and
 writes ``meta.json`` last (``shards.embedding_writer``, the only writer: this module holds the
 chunk loop).
@@ -29,7 +31,7 @@ import torch
 from pipelines.distributed import DistContext
 from pipelines.loader import LoaderOptions, choose_backend, create_loader, default_threads
 from pipelines.presets import Preset
-from pipelines.sharding import shard_range
+from pipelines.sharding import shard_range, split_range
 from shards import embedding_writer as writer
 from shards import embeddings as emb
 from shards.errors import WsmlError
@@ -134,6 +136,7 @@ def run_cache(
         **summary,
         "status": "written",
         "images": images,
+        "graph_builds": work.builds,
         "seconds": seconds,
         "images_per_s": images / seconds if seconds > 0 else 0.0,
         "resumed_chunks": state["resumed"],
@@ -151,6 +154,7 @@ class _Work:
     backend: str
     folder: os.PathLike
     plan: dict
+    builds: int = 0  # DALI graphs built (one per split read, when its chunks follow each other)
 
     def run(self, done: dict[str, list[int]], progress: Progress | None) -> int:
         todo = [
@@ -159,23 +163,29 @@ class _Work:
             for c in range(p["chunks"])
             if c not in done.get(split, ())
         ]
-        mine = todo[self.ctx.rank :: self.ctx.world_size]
+        mine = todo[slice(*split_range(0, len(todo), self.ctx.world_size, self.ctx.rank))]
         total = sum(_chunk_rows(self.plan[s]["rows"], c, self.plan[s]["chunks"]) for s, c in mine)
         tick = progress(f"embedding ({self.encoder.tag})", total) if progress else None
-        return sum(self.chunk(split, c, tick) for split, c in mine)
+        loaders: dict[str, Any] = {}  # per split, reading its chunks in turn
+        done = sum(self.chunk(loaders, split, c, tick) for split, c in mine)
+        self.builds = sum(s > 0 for ldr in loaders.values() for s in ldr.build_seconds)
+        return done
 
-    def chunk(self, split: str, chunk: int, tick) -> int:
+    def chunk(self, loaders: dict, split: str, chunk: int, tick) -> int:
         """Embed one chunk and write its rows and embeddings to its own file (done once it
         exists)."""
-        chunks = self.plan[split]["chunks"]
-        reading = LoaderOptions(
-            rank=chunk, world_size=chunks, device=self.ctx.device, backend=self.backend,
-            num_threads=self.opts.num_threads or default_threads(self.ctx.world_size),
-        )  # fmt: skip
-        loader = create_loader(
-            self.ss, split, regime="full", batch_size=self.opts.batch_size,
-            preset=self.encoder.preset, train=False, labels=False, options=reading,
-        )  # fmt: skip
+        loader = loaders.get(split)
+        if loader is None:
+            reading = LoaderOptions(
+                rank=chunk, world_size=self.plan[split]["chunks"], device=self.ctx.device,
+                backend=self.backend, walk_shards=True,
+                num_threads=self.opts.num_threads or default_threads(self.ctx.world_size),
+            )  # fmt: skip
+            loaders[split] = loader = create_loader(
+                self.ss, split, regime="full", batch_size=self.opts.batch_size,
+                preset=self.encoder.preset, train=False, labels=False, options=reading,
+            )  # fmt: skip
+        loader.set_rank(chunk)
         start, end = loader.share()
         seen, parts = [], []
         for batch in loader:

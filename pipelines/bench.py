@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipelines.distributed import resolve_device
 from pipelines.loader import LoaderOptions, create_loader, default_threads
 from pipelines.presets import Preset, get_preset
 from shards.benchkit import time_epochs
@@ -156,7 +157,7 @@ def run_loader_bench(
     preset, batch_size, images, repeats = opts.preset, opts.batch_size, opts.images, opts.repeats
     p = get_preset(preset)
     threads = opts.threads or default_threads(1)
-    device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = resolve_device(opts.device or "auto")  # a bad device fails before any work
     own = workdir is None and shards is None
     work = Path(tempfile.mkdtemp(prefix="wsml-bench-loader-")) if own else Path(workdir or ".")
     torch.set_num_threads(threads)
@@ -168,7 +169,7 @@ def run_loader_bench(
         warm_page_cache(ss.root)
         warm_page_cache(files[0].parent)
         m = machine_info()
-        gpu = torch.cuda.get_device_name() if device.startswith("cuda") else "no GPU"
+        gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "no GPU"
         echo(
             f"{m.get('cpu', '?')} ({gpu}); {threads} CPU threads per loader, batch {batch_size}, "
             f"{len(files)} images; preset {preset}: {p.summary}"
@@ -176,12 +177,12 @@ def run_loader_bench(
         import torchvision.io  # noqa: F401  imports every loader pays once, not in a timed epoch
         import torchvision.transforms.v2.functional  # noqa: F401
 
-        loaders = _contenders(ss, p, files, batch_size, threads, device, opts.hw_loads)
+        loaders = _contenders(ss, p, files, batch_size, threads, dev, opts.hw_loads)
         result = {"machine": m, "gpu": gpu, "preset": preset, "batch_size": batch_size}
         result.update(threads=threads, images=len(files), loaders={})
         for _ in range(repeats):  # alternate, so drifts of a shared machine hit all alike
             for label, run in loaders.items():
-                r = time_epochs(run, 1)["runs"][0]
+                r = without_build(run, time_epochs(run, 1)["runs"][0])
                 result["loaders"].setdefault(label, {"runs": []})["runs"].append(r)
         ref = statistics.median(result["loaders"][REFERENCE]["runs"])
         echo(f"{'loader':<50}{'images/s':>10}{'vs reference':>14}   runs")
@@ -189,10 +190,8 @@ def run_loader_bench(
             r["images_per_s"] = statistics.median(r["runs"])
             r["ratio"] = r["images_per_s"] / ref
             echo(f"{label:<50}{r['images_per_s']:>10.0f}{r['ratio']:>13.2f}x   {r['runs']}")
-        result["dali_builds"] = report_builds(
-            loaders, ss, p, batch_size, threads, torch.device(device), echo
-        )
-        if opts.profile and device == "cpu":
+        result["dali_builds"] = report_builds(loaders, ss, p, batch_size, threads, dev, echo)
+        if opts.profile and dev.type == "cpu":
             result["dali_stages"] = profile_dali(ss, "train", p, batch_size, threads, echo)
         return result
     finally:
@@ -203,9 +202,17 @@ def run_loader_bench(
 REFERENCE = "3. reference (folder + PIL + torchvision)"
 
 
-def _contenders(ss, p: Preset, files, batch_size: int, threads: int, device: str, hw_loads):
-    """label -> a function that runs one epoch and returns the images that reached ``device``."""
-    dev = torch.device(device)
+def without_build(run, images_per_s: float) -> float:
+    """An epoch's images/s without the DALI graph build it began with (reported apart)."""
+    loader = getattr(run, "loader", None)
+    if loader is None or not loader.build_seconds or not images_per_s:
+        return images_per_s
+    seconds = run.images / images_per_s - loader.build_seconds[-1]
+    return round(run.images / seconds, 1)
+
+
+def _contenders(ss, p: Preset, files, batch_size: int, threads: int, dev, hw_loads):
+    """label -> a function that runs one epoch and returns the images that reached ``dev``."""
 
     def ours(backend: str, **kw) -> Callable[[], int]:
         opts = LoaderOptions(device=dev, backend=backend, num_threads=threads, **kw)
@@ -217,6 +224,7 @@ def _contenders(ss, p: Preset, files, batch_size: int, threads: int, device: str
             n = sum(int(b["image"].shape[0]) for b in loader)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
+            run.images = n
             return n
 
         run.loader = loader  # its DALI build times (build_seconds), reported apart
@@ -252,14 +260,15 @@ def _contenders(ss, p: Preset, files, batch_size: int, threads: int, device: str
 
 def report_builds(loaders, ss, p: Preset, batch_size: int, threads: int, dev, echo) -> dict:
     """DALI's graph build (with its first prefetched batches) apart from the epochs: a training
-    loader builds one per epoch (counted in its images/s above); an eval loader builds once and
-    reads it again every epoch (its first epoch against the next ones)."""
+    loader builds one per epoch (left out of its images/s above: the seconds are here); an eval
+    loader builds once and reads it again every epoch (its first epoch against the next
+    ones)."""
     out = {}
     for label, run in loaders.items():
         builds = getattr(run, "loader", None) and run.loader.build_seconds
         if builds and run.loader.backend == "dali":
             out[label] = statistics.median(builds)
-            echo(f"  {label}: DALI build {out[label]:.2f} s per training epoch")
+            echo(f"  {label}: DALI build {out[label]:.2f} s per training epoch (apart)")
     if not out:
         return out
     opts = LoaderOptions(device=dev, backend="dali", num_threads=threads)

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from pipelines import stand_in
 from shards.errors import WsmlError
 
 DEVICES = "auto, cpu, cuda or cuda:N"
@@ -37,6 +38,8 @@ def resolve_device(
         raise WsmlError(f"--device {device}: expected {DEVICES}") from None
     if dev.type == "cpu":
         return torch.device("cpu")
+    if dev.type == "meta" and stand_in.active():  # tests: the CPU's stand-in for a GPU
+        return dev
     if dev.type != "cuda":
         raise WsmlError(f"--device {device}: expected {DEVICES}")
     if count == 0:
@@ -48,6 +51,17 @@ def resolve_device(
             f"but {count} GPU(s) are visible; start at most {count} processes per machine"
         )
     return torch.device("cuda", index)
+
+
+def host_to_device(t: Tensor, device: torch.device) -> Tensor:
+    """A CPU tensor on ``device`` without making the host wait: on a GPU through a pinned copy of
+    torch's own (its host allocator keeps that copy alive until the transfer is done; a buffer
+    another library owns, such as DALI's outputs handed over by dlpack, may be reused sooner)."""
+    if device.type == "cpu":
+        return t
+    if device.type == "cuda":
+        t = torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t)
+    return t.to(device, non_blocking=True)
 
 
 def is_main_process() -> bool:

@@ -1,7 +1,10 @@
 """Labels and embeddings joined to batches by row, so the tars carry only the image and its row.
-Labels are held on the training device and stay ragged (offsets + values, as the Parquet tables
-store them); each batch is made dense on the device, (B, L) only. Embeddings stay in their
-cache's memory map; each batch's rows are read from it and moved to the device."""
+Labels stay ragged (offsets + values, as the Parquet tables store them) in host memory, where a
+batch's rows are: each batch's entries are picked there (sizes known, so nothing waits on a
+device), sent in one non-blocking copy, and made dense on the device, (B, L) only. Embeddings
+stay in their cache's memory map; each batch's rows are read from it into pinned memory and
+copied to the device without blocking. Rows outside the split fail here, on the host, before
+any device op (on a GPU they would be a device-side assert)."""
 
 from __future__ import annotations
 
@@ -11,9 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipelines.distributed import host_to_device
 from shards import embeddings as emb
 from shards.errors import WsmlError
-from shards.lists import LabelLists, Lists
+from shards.lists import LabelLists
 from shards.shardset import ShardSet
 
 
@@ -26,48 +30,65 @@ def mapped_tensor(arr: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(arr))
 
 
-def _on(lists: Lists, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.from_numpy(lists.offsets).to(device), torch.from_numpy(lists.values).to(device)
+def gather_rows(source: torch.Tensor, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``source``'s ``rows`` (CPU tensors; ``source`` e.g. over a memory map) on ``device``:
+    on a GPU read straight into pinned memory (torch's, kept alive until the copy is done) and
+    copied without blocking."""
+    if device.type != "cuda":
+        return source.index_select(0, rows).to(device, non_blocking=True)
+    out = torch.empty((len(rows), *source.shape[1:]), dtype=source.dtype, pin_memory=True)
+    torch.index_select(source, 0, rows, out=out)
+    return out.to(device, non_blocking=True)
 
 
-def _scatter(out: torch.Tensor, lists: tuple, rows: torch.Tensor, value: int) -> None:
-    """Writes ``value`` at each of ``rows``' listed classes into ``out`` (B, L)."""
-    offsets, values = lists
-    starts = offsets[rows]
-    lengths = offsets[rows + 1] - starts
-    total = int(lengths.sum())
-    if total == 0:
-        return
-    local = torch.repeat_interleave(
-        torch.arange(len(rows), device=out.device), lengths, output_size=total
-    )
-    first = torch.cumsum(lengths, 0) - lengths  # where each row's entries start in the batch
-    flat = starts[local] + torch.arange(total, device=out.device) - first[local]
-    out[local, values[flat]] = value
+def check_rows(rows: np.ndarray, num_rows: int, what: str) -> None:
+    """Refuse rows outside ``0..num_rows - 1`` (a table that does not match its shards)."""
+    if len(rows) and (rows.min() < 0 or rows.max() >= num_rows):
+        bad = rows[(rows < 0) | (rows >= num_rows)][:5].tolist()
+        raise WsmlError(
+            f"{what}: row(s) {', '.join(map(str, bad))} outside its {num_rows} rows; "
+            "the shards and their label table disagree (run cli.py verify on the shard set)"
+        )
 
 
 class DeviceLabels:
-    """A split's ragged labels on ``device``; ``dense(rows)`` is the int8 (B, L) batch, equal to
-    the rows of the dense matrix (1 / 0 unknown / -1)."""
+    """A split's ragged labels (host memory) made dense on ``device``: ``dense(rows)`` is the
+    int8 (B, L) batch, equal to the rows of the dense matrix (1 / 0 unknown / -1). Rows on the
+    CPU cost no host sync; rows on a device are brought back first (once per epoch pass)."""
 
-    def __init__(self, labels: LabelLists, device: torch.device):
+    def __init__(self, labels: LabelLists, device: torch.device, what: str = "labels"):
         self.lists, self.device, self.num_classes = labels, device, labels.num_classes
-        self.positives = _on(labels.positives, device)
-        self.negatives = _on(labels.negatives, device)
+        self.what = what
         full = labels.full_rows()
-        self.all_negative = torch.from_numpy(full).to(device) if full.any() else None
+        self.all_negative = full if full.any() else None
 
     def __len__(self) -> int:
         return len(self.lists)
 
     def dense(self, rows: torch.Tensor) -> torch.Tensor:
-        rows = rows.to(self.device)
-        out = torch.zeros((len(rows), self.num_classes), dtype=torch.int8, device=self.device)
+        idx = rows.cpu().numpy().astype(np.int64, copy=False)
+        check_rows(idx, len(self), self.what)
+        part = self.lists.take(idx)
+        b, n_cls = len(idx), self.num_classes
+        # one int64 copy: the negatives' (row, class), the positives', the all-negative rows
+        entries = [_entries(part.negatives), _entries(part.positives)]
+        sizes = [len(e) for pair in entries for e in pair]
+        full = np.zeros(0, np.int64) if self.all_negative is None else self.all_negative[idx]
+        packed = np.concatenate([e for pair in entries for e in pair] + [full.astype(np.int64)])
+        on = host_to_device(torch.from_numpy(packed), self.device)
+        (neg_r, neg_c, pos_r, pos_c), all_neg = on[: sum(sizes)].split(sizes), on[sum(sizes) :]
+        out = torch.zeros((b, n_cls), dtype=torch.int8, device=self.device)
         if self.all_negative is not None:
-            out[self.all_negative[rows]] = -1
-        _scatter(out, self.negatives, rows, -1)
-        _scatter(out, self.positives, rows, 1)
+            out.masked_fill_(all_neg.bool().unsqueeze(1), -1)
+        out[neg_r, neg_c] = -1
+        out[pos_r, pos_c] = 1
         return out
+
+
+def _entries(lists) -> tuple[np.ndarray, np.ndarray]:
+    """(batch row, class) of every listed entry of a ``take``n part."""
+    rows = np.repeat(np.arange(len(lists), dtype=np.int64), np.diff(lists.offsets))
+    return rows, lists.values
 
 
 @dataclass
@@ -83,13 +104,15 @@ class RowTable:
     embedding: torch.Tensor | None = None  # (N, D) float16 over the cache's memory map (CPU)
 
     def join(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        rows = rows.to(self.device, non_blocking=True)
-        out = {"row": rows}
+        """The batch's per-row data on the device, from ``rows`` on the CPU (a loader's rows:
+        checked against the split here, and used where they are: nothing comes back)."""
+        rows = rows.cpu()
+        check_rows(rows.numpy(), self.num_rows, "the batch's rows")
+        out = {"row": host_to_device(rows, self.device)}
         if self.full is not None:
             out["observed"], out["full"] = self.observed.dense(rows), self.full.dense(rows)
         if self.embedding is not None:
-            picked = self.embedding.index_select(0, rows.cpu())
-            out["embedding"] = picked.to(self.device, non_blocking=True).float()
+            out["embedding"] = gather_rows(self.embedding, rows, self.device).float()
         return out
 
 
@@ -105,8 +128,9 @@ def read_row_table(
     rows = int(ss.split(split)["labels"]["rows"])
     table = RowTable(rows, device)
     if labels:
-        table.observed = DeviceLabels(ss.observed_lists(regime, split), device)
-        table.full = DeviceLabels(ss.full_lists(split), device)
+        where = f"split {split} of {ss.root}"
+        table.observed = DeviceLabels(ss.observed_lists(regime, split), device, where)
+        table.full = DeviceLabels(ss.full_lists(split), device, where)
         rows = len(table.full)
     if embeddings is not None:
         arr = emb.read_split(ss.root, embeddings, split)

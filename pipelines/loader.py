@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pipelines import sharding
+from pipelines.distributed import host_to_device
 from pipelines.labels import RowTable, read_row_table
 from pipelines.presets import Preset, get_preset
 from shards.errors import WsmlError
@@ -62,6 +63,7 @@ class Loader:
     counts: list[int] = field(default_factory=list)
     kept: dict = field(default_factory=dict, repr=False, compare=False)  # a reused DALI graph
     build_seconds: list[float] = field(default_factory=list, repr=False, compare=False)
+    walk: bool = False  # eval: reads shard after shard (set_rank), one DALI graph for them all
 
     @property
     def num_samples(self) -> int:
@@ -73,6 +75,12 @@ class Loader:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def set_rank(self, rank: int) -> None:
+        """Read shard ``rank`` next (a walking eval loader: the cache writer's chunks)."""
+        if not 0 <= rank < self.world_size:
+            raise WsmlError(f"rank {rank} is not in a world of size {self.world_size}")
+        self.rank = rank
 
     def share(self) -> tuple[int, int]:
         """This rank's [start, end) in the split's concatenated samples for the current epoch."""
@@ -96,7 +104,7 @@ class Loader:
                 images, rows, valid = _pad(images, rows, valid, self.batch_size)
             batch = self.table.join(rows)
             batch["image"] = images
-            batch["valid"] = valid.to(self.device)
+            batch["valid"] = host_to_device(valid, self.device)
             yield batch
             done += 1
         # a short eval share (the fallback stops when its samples do) still yields len(self)
@@ -106,7 +114,7 @@ class Loader:
             pad_images, pad_rows, valid = _pad(images[-1:], rows[-1:], none, self.batch_size)
             batch = self.table.join(pad_rows)
             batch["image"] = pad_images
-            batch["valid"] = valid.to(self.device)
+            batch["valid"] = host_to_device(valid, self.device)
             yield batch
             done += 1
 
@@ -140,19 +148,22 @@ class Loader:
 
     def _dali(self, shard: int, seed: int, buffer: int, steps: int):
         """DALI's batches. An eval loader whose epoch is exactly its reader's builds its graph
-        once and reads it epoch after epoch (same shard, nothing random; the reader sticks to
-        it); training rebuilds per epoch, from (seed, epoch, rank), so a resumed run sees the
-        same data (DALI's reader cannot take a new seed or shard)."""
+        once and reads it epoch after epoch: the same shard (nothing random; the reader sticks
+        to it), or, walking, the next shard each time (the reader moves on by itself).
+        Training rebuilds per epoch, from (seed, epoch, rank), so a resumed run sees the same
+        data: DALI's reader takes its seed and shard at build time only, and its shuffle and
+        shard position only ever advance."""
         from pipelines import dali_loader as dl
 
         ss = self.shard_set
         start, end = self.share()
         reuse = not self.train and steps == -(-(end - start) // self.batch_size)
         where = f"split {self.split} of {ss.root}"
-        kept = self.kept if reuse and self.kept.get("shard") == shard else {}
+        kept = self.kept if reuse and self.kept.get("next") == shard else {}
         if not kept.get("clean"):  # none yet, or the last epoch was left unfinished
-            kept = {"shard": shard, **self._dali_graph(shard, seed, buffer, reuse)}
+            kept = self._dali_graph(shard, seed, buffer, reuse and not self.walk)
         self.kept = kept if reuse else {}
+        kept["next"] = (shard + 1) % self.world_size if self.walk else shard
         kept["clean"] = False
         if kept["norm"] is not None:
             rng = np.random.default_rng(seed)
@@ -233,6 +244,7 @@ class LoaderOptions:
     hw_decoder_load: float = 0.65
     cpu_resize: str = "torch"
     verify_on_load: bool = False
+    walk_shards: bool = False  # eval: the loader then reads shards rank, rank + 1, … (set_rank)
 
     def check(self) -> None:
         if self.cpu_resize not in ("torch", "dali"):
@@ -301,6 +313,7 @@ def create_loader(
         options.cpu_resize,
         options.epoch,
         counts,
+        walk=options.walk_shards,
     )
 
 

@@ -200,6 +200,21 @@ def test_resume_after_kill(fresh, reference):
     assert sorted(p.name for p in folder.iterdir()) == sorted([*reference["arrays"], "meta.json"])
 
 
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_one_loader_reads_a_splits_chunks(fresh, reference, backend):
+    """Issue 23: the cache writer builds one DALI graph per split, not one per chunk (its
+    reader walks from chunk to chunk), and gives the same bytes."""
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali")
+    from models.cache import cache_clip
+
+    out = cache_clip(fresh, model="wsml-tiny-clip", pretrained="none", device="cpu",
+                     backend=backend, chunk_size=4)  # fmt: skip
+    assert out["chunks"] == 20 and out["graph_builds"] == (3 if backend == "dali" else 0)
+    if backend == reference["meta"]["loader"]:  # the reference: DALI where it is installed
+        assert arrays(fresh / "embeddings" / TAG) == reference["arrays"]
+
+
 def test_torchrun_two_processes_give_the_same_arrays(fresh, reference):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     cmd += ["cli.py", "cache-clip", "--shards", str(fresh), *TINY, "--pretrained", "none"]

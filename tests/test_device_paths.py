@@ -208,3 +208,76 @@ def test_an_eval_loader_builds_its_dali_graph_once(tmp_path_factory, cpu_resize,
             assert all(torch.equal(a[2], b[2]) for a, b in zip(later, epochs[0], strict=True))
         reused = not (world == 2 and rank == 0)
         assert (pipes[0] is not None and pipes[0] is pipes[1] is pipes[2]) == reused
+
+
+@pytest.mark.parametrize(
+    ("saved", "resumed"),
+    [
+        (torch.channels_last, torch.contiguous_format),  # a GPU checkpoint resumed on the CPU
+        (torch.contiguous_format, torch.channels_last),  # a CPU checkpoint resumed on a GPU
+    ],
+)
+def test_resumed_adam_moments_follow_the_parameters_layout(saved, resumed):
+    """Issue 23, item 2: a run resumed on another device has its model in that device's layout;
+    the fused Adam kernel walks memory in order, so moments kept in the saved layout paired the
+    wrong elements (silently wrong on the CPU). The resumed step equals the uninterrupted one."""
+    import copy
+
+    from train.optim import load_optimizer_state
+
+    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+
+    def create(layout) -> tuple[nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        model = nn.Conv2d(3, 8, 3).to(memory_format=layout)
+        return model, torch.optim.Adam(model.parameters(), lr=0.05, fused=True)
+
+    def step(model, opt) -> None:
+        opt.zero_grad()
+        model(x).sin().sum().backward()
+        opt.step()
+
+    run, opt = create(saved)
+    for _ in range(3):
+        step(run, opt)
+    ckpt = copy.deepcopy({"model": run.state_dict(), "optimizer": opt.state_dict()})
+    step(run, opt)  # the uninterrupted run's next step
+    again, opt2 = create(resumed)
+    again.load_state_dict(ckpt["model"])
+    load_optimizer_state(opt2, ckpt["optimizer"])
+    moments = opt2.state[again.weight]
+    assert moments["exp_avg"].stride() == again.weight.stride()
+    step(again, opt2)
+    torch.testing.assert_close(again.weight, run.weight, rtol=0, atol=1e-6)
+
+
+def test_bench_loader_resolves_its_device_in_the_one_place(tmp_path):
+    """Issue 23, item 8: ``bench loader --device`` goes through resolve_device (a GPU that is
+    not there fails before any work, naming the fix)."""
+    from click.testing import CliRunner
+
+    import cli
+
+    work = tmp_path / "work"
+    args = ["bench", "loader", "--device", "cuda", "--images", "16", "--workdir", str(work)]
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "no CUDA GPU" in result.output and "--device cpu" in result.output
+    assert not work.exists()
+
+
+def test_bench_loader_reports_dali_builds_apart_from_images_per_s(tmp_path):
+    """Issue 23, item 7: a DALI training epoch's images/s leaves out the graph build it began
+    with; the build's seconds are reported on their own."""
+    pytest.importorskip("nvidia.dali")
+    from pipelines.bench import LoaderBenchOptions, run_loader_bench
+
+    lines = []
+    opts = LoaderBenchOptions(preset="clip224", batch_size=8, threads=1, images=48, repeats=2,
+                              profile=False, device="cpu")  # fmt: skip
+    out = run_loader_bench(None, opts, workdir=str(tmp_path), echo=lines.append)
+    dali = [k for k in out["loaders"] if k.startswith("1")]
+    assert dali and all(k in out["dali_builds"] for k in dali)
+    assert all(out["dali_builds"][k] > 0 for k in dali)
+    assert any("per training epoch (apart)" in line for line in lines)
+    assert out["dali_builds"]["eval"]["build_s"][1:] == [0.0, 0.0]  # built once, read again

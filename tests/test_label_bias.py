@@ -19,7 +19,7 @@ from shards.errors import WsmlError
 from shards.lists import Lists
 from shards.regimes import Noisy, OfficialLabels, SinglePositive, binomial_ok, parse_regime_spec
 from tests.conftest import assert_refused, shard_cli
-from tests.raw_datasets import make_coco, real_voc2007
+from tests.raw_datasets import REAL_VOC2007, make_coco, real_voc2007
 from tests.raw_datasets import make_coco_fixed as make_coco_without_boxes
 
 
@@ -149,6 +149,7 @@ def test_views_are_deterministic_bytes_and_pass_the_audit(tmp_path):
     assert report["ok"] and set(report["checks"]["views"]) >= {*VIEWS, "single-positive-semantic"}
 
 
+@pytest.mark.skipif(not REAL_VOC2007.is_dir(), reason=f"no real VOC fixture at {REAL_VOC2007}")
 def test_real_voc2007_keeps_box_weights_and_size_bias_draws_from_them(tmp_path):
     raw = real_voc2007(tmp_path / "raw")
     out = tmp_path / "s"

@@ -17,7 +17,13 @@ from train.context import Context
 from train.data import read_clip_text
 from train.ema import Ema
 from train.methods import Method, MethodConfig
-from train.optim import Schedule, create_optimizer, create_schedule, param_groups
+from train.optim import (
+    Schedule,
+    create_optimizer,
+    create_schedule,
+    load_optimizer_state,
+    param_groups,
+)
 from train.plan import RunPlan
 from train.runfolder import RunFolder, rng_state, set_rng_state
 
@@ -212,7 +218,7 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
         raise WsmlError(f"{run.folder.path} holds a checkpoint of another format")
     run.model.load_state_dict(ckpt["model"])
     run.method.load_state_dict(ckpt["method"])
-    run.optimizer.load_state_dict(ckpt["optimizer"])
+    load_optimizer_state(run.optimizer, ckpt["optimizer"])
     if run.ema is not None:
         run.ema.load_state_dict(ckpt["ema"])
     run.tracks[0].state = LoopState(**ckpt["loop"])

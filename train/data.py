@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 
 from pipelines import sharding
-from pipelines.labels import DeviceLabels, mapped_tensor
+from pipelines.distributed import host_to_device
+from pipelines.labels import DeviceLabels, gather_rows, mapped_tensor
 from shards import embeddings as emb
 from shards.errors import WsmlError
 from shards.lists import LabelLists
@@ -126,7 +127,10 @@ class FeatureData:
             s: _as_array(d["embedding"]) for s, d in splits.items() if "embedding" in d
         }
         self.label_lists = {
-            s: {k: DeviceLabels(_as_lists(d[k]), ctx.device) for k in ("observed", "full")}
+            s: {
+                k: DeviceLabels(_as_lists(d[k]), ctx.device, f"{k} labels of split {s}")
+                for k in ("observed", "full")
+            }
             for s, d in splits.items()
         }
         dims = {tuple(f.shape[1:]) for f in self.features.values()}
@@ -193,20 +197,19 @@ class FeatureData:
         """The rows' features (and embeddings) from the memory maps, as float32 on the device:
         torch's index_select on a zero-copy view of the map (it reads only the rows' pages and
         releases the GIL, so the stacked sweep's groups gather side by side)."""
-        views = self.views
+        views, dev = self.views, self.ctx.device
         idx = rows.cpu()
-        out = {"input": views["input"][split].index_select(0, idx).to(self.ctx.device).float()}
+        out = {"input": gather_rows(views["input"][split], idx, dev).float()}
         if split in self.embeddings:
-            emb = views["embedding"][split].index_select(0, idx)
-            out["embedding"] = emb.to(self.ctx.device).float()
+            out["embedding"] = gather_rows(views["embedding"][split], idx, dev).float()
         return out
 
     def batch(self, split: str, rows: Tensor, gathered: dict | None = None) -> dict[str, Tensor]:
+        """The rows' (on the CPU) features, labels and rows on the device, with no host sync."""
         out = dict(gathered) if gathered is not None else self.gather(split, rows)
-        rows = rows.to(self.ctx.device)
         for k, labels in self.label_lists[split].items():
             out[k] = labels.dense(rows)
-        out["row"] = rows
+        out["row"] = host_to_device(rows, self.ctx.device)
         return out
 
     def train_batches(self, epoch: int) -> Iterator[dict[str, Tensor]]:

@@ -102,3 +102,22 @@ def create_optimizer(
     if config is not None and config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=config.momentum)
     return torch.optim.Adam(groups, lr=groups[0]["lr"], fused=True)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a checkpoint's optimiser state, each per-parameter tensor (Adam's moments, SGD's
+    momentum) laid out as its parameter is now. A run may resume on another device, and the
+    model's layout follows the device (channels-last on a GPU); torch keeps the saved strides,
+    and the fused Adam kernels walk memory in order: CUDA's refuses the mismatch, the CPU's
+    pairs the wrong elements and trains silently wrong."""
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            saved = optimizer.state.get(p, {})
+            for key, value in saved.items():
+                if (
+                    torch.is_tensor(value)
+                    and value.shape == p.shape
+                    and value.stride() != p.stride()
+                ):
+                    saved[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)

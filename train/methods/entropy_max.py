@@ -82,6 +82,7 @@ class EmAplConfig(EmConfig):
 # masks; and per pseudo-negative kept (theta of the unknowns by the last round): an int64 key
 # and a float32 target
 PASS_BYTES, PSEUDO_BYTES = 30, 12
+LOOKUP_ENTRIES = 1 << 20  # entries a pseudo-label lookup handles at once
 
 
 def entropy(p: Tensor) -> Tensor:
@@ -130,28 +131,29 @@ class EntropyMaxApl(EntropyMax):
 
     def stack_state(self, members: int) -> None:
         # member m's rows are m x rows + row: its keys shift by m x rows x L
-        shift = torch.arange(members).repeat_interleave(len(self.pseudo_keys))
+        keys = self.pseudo_keys
+        shift = torch.arange(members, device=keys.device).repeat_interleave(len(keys))
         span = self.num_rows // members * self.num_classes  # num_rows already counts all
-        self.pseudo_keys = self.pseudo_keys.repeat(members) + shift * span
+        self.pseudo_keys = keys.repeat(members) + shift * span
         self.pseudo_values = self.pseudo_values.repeat(members)
 
     def pseudo_rows(self, rows: Tensor) -> Tensor:
-        """(R, L) pseudo-label targets of ``rows``, NO_PSEUDO where an entry has none."""
-        keys, dev, n_cls = self.pseudo_keys, self.pseudo_keys.device, self.num_classes
-        rows = rows.to(dev)
-        out = torch.full((len(rows), n_cls), NO_PSEUDO, device=dev)
-        starts = torch.searchsorted(keys, rows * n_cls)
-        lengths = torch.searchsorted(keys, (rows + 1) * n_cls) - starts
-        total = int(lengths.sum())
-        if total:
-            local = torch.repeat_interleave(torch.arange(len(rows), device=dev), lengths)
-            at = (
-                starts[local]
-                + torch.arange(total, device=dev)
-                - (lengths.cumsum(0) - lengths)[local]
-            )
-            out[local, keys[at] - rows[local] * n_cls] = self.pseudo_values[at]
-        return out
+        """(R, L) pseudo-label targets of ``rows``, NO_PSEUDO where an entry has none: each
+        entry's key looked up in the sorted keys (no host sync: the sizes are known; a chunk of
+        rows at a time, so the epoch pass's lookup of every row stays small)."""
+        keys, n_cls = self.pseudo_keys, self.num_classes
+        rows = rows.to(keys.device)
+        if len(keys) == 0:
+            return torch.full((len(rows), n_cls), NO_PSEUDO, device=keys.device)
+        classes = torch.arange(n_cls, device=keys.device)
+        chunk = max(1, LOOKUP_ENTRIES // n_cls)
+        parts = []
+        for part in rows.split(chunk):
+            wanted = part.unsqueeze(1) * n_cls + classes  # (r, L) keys
+            at = torch.searchsorted(keys, wanted).clamp_(max=len(keys) - 1)
+            found = keys[at] == wanted
+            parts.append(torch.where(found, self.pseudo_values[at], NO_PSEUDO))
+        return torch.cat(parts) if len(parts) != 1 else parts[0]
 
     def add_pseudo(self, rows: Tensor, classes: Tensor, values: Tensor) -> None:
         """New pseudo-labels (entries that have none yet), kept sorted by key."""

@@ -44,10 +44,13 @@ cuts; a notice says so when the method is created.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -144,7 +147,7 @@ def find_keypoints(
         best = mean.floor().long()
     elif strategy not in ("max", "cmax"):
         raise WsmlError(f"keypoint must be one of {', '.join(KEYPOINTS)}, got {strategy!r}")
-    centre = torch.tensor([h // 2, w // 2], device=maps.device)
+    centre = torch.where(torch.arange(2, device=maps.device) == 0, h // 2, w // 2)  # no copy
     bad = ~found | (best == 0).any(1)
     return torch.where(bad[:, None], centre, best)
 
@@ -194,10 +197,19 @@ def plan_cuts(cam: Tensor, positive: Tensor, size: tuple[int, int], cfg: OassCon
 def nearest_index(position: Tensor, in_size: Tensor | int, out_size: Tensor | int) -> Tensor:
     """torch's "nearest" source index for output ``position``: floor(position * (in / out)) in
     float32 (as F.interpolate computes it), at most in - 1."""
-    in_size = torch.as_tensor(in_size, device=position.device)
-    out_size = torch.as_tensor(out_size, device=position.device)
-    scale = in_size.float() / out_size.float()
-    return torch.minimum((position.float() * scale).floor().long(), in_size - 1)
+    if isinstance(in_size, Tensor) or isinstance(out_size, Tensor):  # sizes stay where they are
+        size = in_size if isinstance(in_size, Tensor) else out_size
+        scale = torch.div(_float32(in_size, size), _float32(out_size, size))
+    else:  # a float32 quotient, as the tensors' (no host-to-device copy of a scalar)
+        scale = float(np.float32(in_size) / np.float32(out_size))
+    index = (position.float() * scale).floor().long()
+    if isinstance(in_size, Tensor):
+        return torch.minimum(index, in_size - 1)
+    return index.clamp_max(in_size - 1)
+
+
+def _float32(x: Tensor | int, like: Tensor) -> Tensor:
+    return x.float() if isinstance(x, Tensor) else torch.full_like(like, x, dtype=torch.float32)
 
 
 def crop_size(size: tuple[int, int]) -> tuple[int, int]:
@@ -245,6 +257,18 @@ def stitch(crop_cam: Tensor, points: Tensor, size: tuple[int, int], grid: tuple[
 # ---- losses, schedule, teacher -----------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def untuned_convolutions() -> Iterator[None]:
+    """cuDNN's benchmark off: it tunes every convolution once per input shape, and the
+    teacher's crop batch (4 per cut, cuts per positive label) changes size every step."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def mlsml(logits: Tensor, target: Tensor) -> Tensor:
     """MultiLabelSoftMarginLoss: -mean [y log sigmoid(z) + (1 - y) log sigmoid(-z)]."""
     return -(target * F.logsigmoid(logits) + (1 - target) * F.logsigmoid(-logits)).mean()
@@ -274,6 +298,7 @@ class Oass(Method):
         self.teacher = None
         self._pairs: list[tuple[Tensor, Tensor]] = []  # (teacher, student) parameters
         self.register_buffer("teacher_steps", torch.zeros((), dtype=torch.int64))
+        self._steps: int | None = None  # teacher_steps on the host (read once, then counted)
         main = get_rank() == 0
         if observed is not None and observed.has_unknown() and main:
             print(
@@ -296,12 +321,19 @@ class Oass(Method):
     def after_step(self) -> None:
         if not self._pairs:
             return
-        # teacher_decay in float64 on the device (the same bits, no host sync per step)
-        steps = self.teacher_steps.double()
-        decay = torch.clamp(1.0 - 1.0 / (steps + 1), max=self.config.teacher_decay)
+        # the decay as a Python float: a 0-dim device tensor as _foreach_lerp_'s weight is read
+        # back every step; the step count is read once (after creation or a restore)
+        if self._steps is None:
+            self._steps = int(self.teacher_steps)
+        decay = teacher_decay(self._steps, self.config.teacher_decay)
         teacher, student = zip(*self._pairs, strict=True)
-        torch._foreach_lerp_(list(teacher), list(student), (1.0 - decay).float())
+        torch._foreach_lerp_(list(teacher), list(student), 1.0 - decay)
         self.teacher_steps += 1
+        self._steps += 1
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._steps = None  # a restored count: read it again
 
     def training_step(self, net, batch, *, epoch, step, autocast):
         cfg = self.config
@@ -328,9 +360,9 @@ class Oass(Method):
         p_class = re = torch.zeros((), device=x.device)
         if len(cuts.image):
             crop_cam = out.get("crop_cam")
-            if not own:
+            if not own:  # 4 crops per cut: a batch size of its own every step
                 pieces = cut_crops(x, cuts.image, cuts.points, crop_size(size))
-                with torch.no_grad(), autocast():
+                with torch.no_grad(), autocast(), untuned_convolutions():
                     crop_cam = self.teacher.cam(pieces)
             stitched = stitch(crop_cam.float(), cuts.points, size, cam.shape[-2:])
             p_class = mlsml(stitched.mean((2, 3)), cuts.target)
@@ -343,8 +375,8 @@ class Oass(Method):
             "class_loss": class_loss.detach(),
             "p_class_loss": p_class.detach(),
             "re_loss": re.detach(),
-            "alpha_re": torch.tensor(alpha_re, device=x.device),
-            "cuts": torch.tensor(float(len(cuts.image)), device=x.device),
+            "alpha_re": torch.full((), alpha_re, device=x.device),  # a fill, not a copy
+            "cuts": torch.full((), float(len(cuts.image)), device=x.device),
         }
 
 
