@@ -151,7 +151,7 @@ def read_rgb(data: bytes) -> np.ndarray:
     that a shard of that image holds (JPEGs are stored as they are and decoded with their EXIF
     orientation by every loader; other formats are stored as a JPEG of these pixels). Raises
     BadImage naming the decoder's complaint."""
-    return _decoded(data, lambda im: np.asarray(rgb_image(im)))
+    return _decoded(data, lambda im: np.array(rgb_image(im)))  # writable: torch takes it as is
 
 
 def _decoded(data: bytes, then):
