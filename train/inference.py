@@ -95,14 +95,12 @@ def open_run_shards(config: RunConfig, given: str | None) -> ShardSet:
 
 
 def load_network(
-    run_dir: str | os.PathLike, options: NetworkOptions | str = NetworkOptions()
+    run_dir: str | os.PathLike, options: NetworkOptions = NetworkOptions()
 ) -> RunNetwork:
-    """The run's selected checkpoint as one network, built once (``options``: a device name
-    alone, or :class:`NetworkOptions`)."""
-    if isinstance(options, str):
-        options = NetworkOptions(device=options)
+    """The run's selected checkpoint (a sweep's pick, or ``options.member``) as one network,
+    built once."""
     folder, saved, config = read_run(run_dir)
-    home, member = _home(folder, saved, config, options.member)
+    home, member = _home(folder, config, options.member)
     ckpt_path = home.path / BEST
     if not ckpt_path.is_file():
         raise WsmlError(f"{run_dir} has no checkpoint ({BEST}): the run has not finished an epoch")
@@ -123,7 +121,7 @@ def load_network(
     return RunNetwork(net, preset, classes, config, saved, home, provenance, options.shards)
 
 
-def _home(folder: RunFolder, saved, config: RunConfig, member: str | None):
+def _home(folder: RunFolder, config: RunConfig, member: str | None):
     """(the folder of the network's checkpoint and predictions, the member's name or None)."""
     if member is not None and not config.sweep:
         raise WsmlError(f"--member picks a member of a --sweep run; {folder.path} is not one")
