@@ -14,8 +14,8 @@ DEMO_METHODS := an an-ls wan epr role em em-apl ll-r ll-ct ll-cp asl hill splc
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
-	$(PY) -c "import torch, torchvision, webdataset, pyarrow, timm, open_clip, click, tqdm, sklearn, nvidia.dali, matplotlib"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,onnx]" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+	$(PY) -c "import torch, torchvision, webdataset, pyarrow, timm, open_clip, click, tqdm, sklearn, nvidia.dali, matplotlib, onnx, onnxruntime"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -36,9 +36,9 @@ demo: $(STAMP)
 	# HSPNet smoke run: a tiny random-weight CLIP (no CLIP weights offline), 2 epochs at 32 px
 	$(PY) cli.py train --shards data/shards/digits --method hspnet --backbone wsml-tiny-clip --weights none -o image_size=32 --epochs 2 --batch-size 32 --out runs/demo/hspnet --overwrite
 	$(PY) cli.py leaderboard runs/demo
-	# Use a run: LL-Ct alone at the grid's pick (a sweep keeps no checkpoint), on four test images
-	$(PY) cli.py train --shards data/shards/digits --method ll-ct --features $(DEMO_FEATURES) --lr 1e-4 --batch-size 8 --out runs/use/ll-ct --overwrite
-	$(PY) cli.py predict --run runs/use/ll-ct $(addprefix data/raw/digits/val/digits_val_00000,1.jpg 2.jpg 3.jpg 4.jpg) --out runs/use/predictions.csv --threshold val-f1
+	# Use a run: the LL-Ct sweep's pick (the sweep keeps its weights), on four test images
+	mkdir -p runs/use
+	$(PY) cli.py predict --run runs/demo/ll-ct $(addprefix data/raw/digits/val/digits_val_00000,1.jpg 2.jpg 3.jpg 4.jpg) --out runs/use/predictions.csv --threshold val-f1
 	# The study's page: grouped leaderboard, curves, per class, PR curves, label state
 	$(PY) cli.py report runs/demo --out runs/demo/report
 

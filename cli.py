@@ -58,6 +58,7 @@ for command in (
     pipelines_commands.bench_loader,
     models_commands.bench_cache_clip,
     train_commands.bench_train,
+    use_commands.bench_predict,
 ):
     bench.add_command(command)
 

@@ -1,6 +1,8 @@
-"""Loose image files (``cli.py predict IMAGE|FOLDER …``) as normalised batches, with a preset's
-eval tensor operations (``pipelines/presets.py``) and the loaders' normalisation, so an image
-gives the same input here as from a shard set read by the PyTorch loader."""
+"""Loose image files (``cli.py predict IMAGE|FOLDER …``) as normalised batches: read by the one
+image reader (``shards.images.read_rgb``: the pixels a shard of the image holds), put through a
+preset's eval tensor operations (``pipelines/presets.py``) and the loaders' normalisation, so an
+image gives the same input here as from a shard set read by the PyTorch loader. Worker
+processes read whole batches; any failure of one image is that image's alone."""
 
 from __future__ import annotations
 
@@ -28,43 +30,75 @@ def list_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
                 f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
             )
             if not inside:
-                raise WsmlError(f"{p} holds no images ({', '.join(IMAGE_SUFFIXES)}, recursively)")
+                raise WsmlError(
+                    f"{shown_name(p)} holds no images ({', '.join(IMAGE_SUFFIXES)}, recursively)"
+                )
             found.extend(inside)
         elif p.is_file():
             found.append(p)
         else:
-            raise WsmlError(f"{p} does not exist (expected an image file or a folder)")
+            raise WsmlError(f"{shown_name(p)} does not exist (expected an image file or a folder)")
     return found
 
 
-class DecodedImages(torch.utils.data.Dataset):
-    """Image ``i`` decoded and put through the preset's eval operations, in a worker:
-    ``(i, uint8 (3, S, S) or None, why it failed)``."""
+def shown_name(path: str | os.PathLike) -> str:
+    """A path as text that can always be printed and written (UTF-8): bytes of a name that are
+    not UTF-8 (a latin-1 file name) as ``\\xNN`` escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
-    def __init__(self, paths: list[Path], preset: Preset):
-        self.paths, self.preset = paths, preset
+
+def read_image(path: Path, preset: Preset) -> torch.Tensor:
+    """One file through the reader and the preset's eval operations: uint8 (3, S, S). Raises
+    the reason it cannot (BadImage, OSError, or what the operations raise)."""
+    from shards.images import read_rgb
+
+    pixels = torch.from_numpy(read_rgb(path.read_bytes())).permute(2, 0, 1)
+    rng = np.random.default_rng(0)  # eval is deterministic; the ops take a generator
+    x, _ = preset.tensor(pixels.unsqueeze(0).contiguous(), False, rng)
+    return x[0]
+
+
+class ImageChunks(torch.utils.data.Dataset):
+    """Chunk ``j``: images ``[j b, (j + 1) b)`` read in one worker, as ``(first index, uint8
+    (k, 3, S, S) of those that could be read, {index: why} of those that could not)``."""
+
+    def __init__(self, paths: list[Path], preset: Preset, batch_size: int):
+        self.paths, self.preset, self.batch_size = paths, preset, batch_size
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return -(-len(self.paths) // self.batch_size)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
-        from torchvision.io import ImageReadMode, decode_image
+    def __getitem__(self, j: int) -> tuple[int, torch.Tensor, dict[int, str]]:
+        start = j * self.batch_size
+        size = self.preset.size
+        images = torch.empty((self.batch_size, 3, size, size), dtype=torch.uint8)
+        bad: dict[int, str] = {}
+        k = 0
+        for i in range(start, min(start + self.batch_size, len(self.paths))):
+            try:
+                images[k] = read_image(self.paths[i], self.preset)
+            except Exception as e:  # noqa: BLE001  every failure of one image is its own
+                bad[i] = _reason(e)
+                continue
+            k += 1
+        return start, images[:k], bad
 
-        try:
-            data = torch.frombuffer(bytearray(self.paths[i].read_bytes()), dtype=torch.uint8)
-            x = decode_image(data, mode=ImageReadMode.RGB)
-        except (RuntimeError, ValueError) as e:
-            return i, None, " ".join(str(e).split())[:200]
-        rng = np.random.default_rng(0)  # eval is deterministic; the ops take a generator
-        x, _ = self.preset.tensor(x.unsqueeze(0), False, rng)
-        return i, x[0], ""
+
+def _reason(e: Exception) -> str:
+    from shards.images import BadImage
+
+    if isinstance(e, OSError):
+        return f"cannot read file: {e.strerror or e}"
+    text = " ".join(str(e).split())[:200]
+    return text if isinstance(e, BadImage) else f"{type(e).__name__}: {text}"
 
 
 @dataclass
 class FolderBatches:
-    """Batches ``{"image": (B, 3, S, S) float normalised, "path": [str]}`` of ``paths`` in
-    order, decoded by ``workers`` processes (0: here); with ``on_bad="skip"`` an image that
-    cannot be decoded is left out and listed in ``skipped``."""
+    """Batches ``{"image": (B, 3, S, S) float normalised, "path": [Path]}`` of ``paths`` in
+    order, read by ``workers`` processes (0: here), a batch per worker task; with
+    ``on_bad="skip"`` an image that cannot be read is left out and listed in ``skipped``
+    (path, why), else the first one raises a WsmlError naming it."""
 
     paths: list[Path]
     preset: Preset
@@ -72,49 +106,42 @@ class FolderBatches:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     on_bad: str = "fail"
     workers: int = 0
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.on_bad not in ON_BAD:
             raise WsmlError(f"on_bad must be one of {', '.join(ON_BAD)}, got {self.on_bad!r}")
 
-    def _decoded(self) -> Iterator[tuple[int, torch.Tensor | None, str]]:
-        data = DecodedImages(self.paths, self.preset)
-        if not self.workers:
-            return (data[i] for i in range(len(data)))
+    def _chunks(self) -> Iterator[tuple[int, torch.Tensor, dict[int, str]]]:
+        data = ImageChunks(self.paths, self.preset, self.batch_size)
+        workers = min(self.workers, len(data) - 1)  # one chunk: a worker only adds its start
+        if workers <= 0:
+            return (data[j] for j in range(len(data)))
         return iter(
             torch.utils.data.DataLoader(
-                data, batch_size=None, num_workers=min(self.workers, len(data)),
-                prefetch_factor=4,
+                data, batch_size=None, num_workers=workers, prefetch_factor=2
             )
-        )  # fmt: skip
+        )
 
     def __iter__(self) -> Iterator[dict]:
         mean = torch.tensor(self.preset.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.preset.std).view(1, 3, 1, 1)
         scale, shift = 1 / (255 * std), -mean / std  # the loaders' (x / 255 - mean) / std
-        images: list[torch.Tensor] = []
-        names: list[str] = []
-        for i, x, why in self._decoded():
-            if x is None:
-                self._bad(self.paths[i], why)
+        for start, images, bad in self._chunks():
+            for i in sorted(bad):
+                self._bad(self.paths[i], bad[i])
+            if not len(images):
                 continue
-            images.append(x)
-            names.append(str(self.paths[i]))
-            if len(images) == self.batch_size:
-                yield self._batch(images, names, scale, shift)
-                images, names = [], []
-        if images:
-            yield self._batch(images, names, scale, shift)
-
-    def _batch(self, images, names, scale, shift) -> dict:
-        x = torch.addcmul(shift, torch.stack(images), scale)
-        return {"image": x.to(self.device), "path": names}
+            end = start + len(images) + len(bad)
+            names = [self.paths[i] for i in range(start, end) if i not in bad]
+            x = torch.addcmul(shift, images.to(memory_format=torch.channels_last).float(), scale)
+            yield {"image": x.to(self.device), "path": names}
 
     def _bad(self, path: Path, why: str) -> None:
         if self.on_bad == "skip":
-            self.skipped.append(str(path))
+            self.skipped.append((path, why))
             return
         raise WsmlError(
-            f"{path} cannot be decoded as an image ({why}); --on-bad skip goes on without it"
+            f"{shown_name(path)} cannot be read as an image ({why}); --on-bad skip goes on "
+            "without it"
         )

@@ -32,9 +32,28 @@ class Preset:
     summary: str
     dali: Callable  # (images HWC uint8, train, device) -> (images, crop args for normalize)
     tensor: Callable  # (uint8 (1,3,H,W), train, rng) -> (uint8 (1,3,size,size), mirror: bool)
+    geometry: dict | None = None  # the eval operations as data: export's sidecar (eval_geometry)
 
 
 PRESETS: Registry[Preset] = Registry("augmentation preset")
+KERNEL = (
+    "torchvision's antialiased uint8 resize (separable, horizontal pass first; per pass int16 "
+    "weights of the normalised filter, int32 sums rounded, shifted and clamped to uint8; "
+    "bicubic a = -0.5), which export's preprocess.py implements in numpy"
+)
+
+
+def exact_geometry(height: int, width: int, interp: str) -> dict:
+    """Eval geometry: a resize to ``height`` x ``width`` (aspect not kept), no crop."""
+    return {"resize": "exact", "height": height, "width": width, "interpolation": interp}
+
+
+def eval_geometry(preset: Preset) -> dict:
+    """The preset's eval operations as data an application can follow exactly (export's
+    sidecar and ``preprocess.py``): resize rule with its rounding, interpolation, crop."""
+    if preset.geometry is None:
+        raise WsmlError(f"preset {preset.name} does not describe its eval geometry")
+    return {**preset.geometry, "antialias": True, "kernel": KERNEL}
 
 
 def get_preset(name: str) -> Preset:
@@ -111,6 +130,7 @@ PRESETS.register(
         "resize to 448x448 (bilinear, antialiased, no crop), flip in training; ImageNet mean/std",
         _cole_dali,
         _cole_tensor,
+        exact_geometry(448, 448, "bilinear"),
     )
 )
 
@@ -154,6 +174,22 @@ def _center_tensor(size: int, interp: str):
     return ops
 
 
+def center_geometry(size: int, interp: str) -> dict:
+    """Eval geometry of a shorter-side resize and centre crop (torchvision's Resize(int) and
+    CenterCrop)."""
+    return {
+        "resize": "shorter",
+        "size": size,
+        "longer": "floor(size * longer / shorter), computed in float64",
+        "interpolation": interp,
+        "crop": {
+            "size": size,
+            "top": "round_half_even((height - size) / 2)",
+            "left": "round_half_even((width - size) / 2)",
+        },
+    }
+
+
 def center_crop_preset(
     size: int, mean=CLIP_MEAN, std=CLIP_STD, interpolation: str = "bicubic", name: str = ""
 ) -> Preset:
@@ -170,6 +206,7 @@ def center_crop_preset(
         f"{interpolation} resize of the shorter side to {size}, centre crop {size}",
         _center_dali(size, interp),
         _center_tensor(size, interp),
+        center_geometry(size, interpolation),
     )
 
 
@@ -182,6 +219,7 @@ PRESETS.register(
         "bicubic resize of the shorter side to 224, centre crop 224, CLIP mean/std (train = eval)",
         _center_dali(224, "cubic"),
         _center_tensor(224, "cubic"),
+        center_geometry(224, "bicubic"),
     )
 )
 
@@ -241,6 +279,7 @@ PRESETS.register(
         "resize 448, flip; eval: resize 448x448",
         _asl_dali,
         _asl_tensor,
+        exact_geometry(448, 448, "bilinear"),
     )
 )
 
@@ -293,5 +332,17 @@ PRESETS.register(
         "after normalisation; eval: longer side 512, centred and padded",
         _puzzle_dali,
         _puzzle_tensor,
+        {
+            "resize": "longer",
+            "size": 512,
+            "sides": "max(1, round_half_even(side * (size / longer))), in float64",
+            "interpolation": "bicubic",
+            "crop": {
+                "size": 512,
+                "top": "round_half_even((height - size) / 2), may be negative",
+                "left": "round_half_even((width - size) / 2), may be negative",
+                "pad": [round(255 * m) for m in IMAGENET_MEAN],
+            },
+        },
     )
 )

@@ -94,8 +94,10 @@ class ShareReader(torch.utils.data.IterableDataset):
         from torchvision.io import ImageReadMode, decode_jpeg
 
         try:
-            x = decode_jpeg(
-                torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB
+            x = decode_jpeg(  # turned by its EXIF orientation, as DALI's decoder does
+                torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                mode=ImageReadMode.RGB,
+                apply_exif_orientation=True,
             )
         except RuntimeError as e:
             raise WsmlError(f"{url}: the image of sample {key} cannot be decoded ({e})") from e

@@ -1,5 +1,7 @@
-"""Cheap image checks for conversion: JPEG structure and size without decoding, and the
-optional re-encode (``--max-side``, non-JPEG sources).
+"""Cheap image checks for conversion: JPEG structure and size without decoding, the optional
+re-encode (``--max-side``, non-JPEG sources), and the one image reader (:func:`read_rgb`) that
+every image file goes through: the shard writer's re-encode, ``predict`` on image files, and
+export's ``preprocess.py`` (a copy of its source).
 
 The structural check catches what real downloads get wrong (truncated files, HTML error
 pages saved as .jpg, empty files) at a fraction of a decode's cost; ``check="decode"``
@@ -13,7 +15,7 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 HEAD_BYTES = 1 << 13  # JPEG headers are small; files with a larger EXIF block are read whole
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -139,17 +141,47 @@ def _probe_full(data: bytes, size: int, check: str) -> Probe:
 
 
 def decode_check(data: bytes) -> tuple[int, int]:
-    """Decode fully with Pillow; raise BadImage naming the decoder's complaint."""
+    """Decode fully, as the reader does (:func:`read_rgb`); the stored (width, height), before
+    any EXIF turn. Raises BadImage naming the decoder's complaint."""
+    return _decoded(data, lambda im: (rgb_image(im).load(), im.size)[1])
+
+
+def read_rgb(data: bytes) -> np.ndarray:
+    """The one image reader: the RGB uint8 pixels (H, W, 3) of an image file's bytes, the same
+    that a shard of that image holds (JPEGs are stored as they are and decoded with their EXIF
+    orientation by every loader; other formats are stored as a JPEG of these pixels). Raises
+    BadImage naming the decoder's complaint."""
+    return _decoded(data, lambda im: np.array(rgb_image(im)))  # writable: torch takes it as is
+
+
+def _decoded(data: bytes, then):
     try:
         with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return im.size
+            return then(im)
     except UnidentifiedImageError:  # its message is only a BytesIO repr
         raise BadImage(
             "does not decode: not a JPEG (no SOI marker) nor a format Pillow reads"
         ) from None
     except Exception as e:  # Pillow raises many types for corrupt data
-        raise BadImage(f"does not decode: {e}") from None
+        raise BadImage(f"does not decode: {' '.join(str(e).split())[:200]}") from None
+
+
+EXIF_ORIENTATION = 0x0112
+
+
+def rgb_image(im: Image.Image) -> Image.Image:
+    """An opened image as 8-bit RGB by the readers' rules: EXIF orientation applied (as DALI's
+    and torchvision's JPEG decoders apply it); 16-bit samples to 8 bits by their high byte (as
+    Pillow reads 16-bit RGB); grey, palette and CMYK converted; alpha dropped, leaving the
+    colour under it (as ``convert("RGB")`` and torchvision's folder loaders do)."""
+    if im.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1):
+        im = ImageOps.exif_transpose(im)
+    if im.mode == "I" or im.mode.startswith("I;16"):  # 16-bit grey (PNG, TIFF)
+        high = np.clip(np.asarray(im).astype(np.int64), 0, 65535) >> 8
+        return Image.fromarray(high.astype(np.uint8), "L").convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:  # its alpha is dropped below
+        im = im.convert("RGBA")
+    return im if im.mode == "RGB" else im.convert("RGB")
 
 
 def target_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
@@ -161,14 +193,20 @@ def target_size(width: int, height: int, max_side: int | None) -> tuple[int, int
 
 
 def encode_jpeg(data: bytes, size: tuple[int, int], quality: int) -> bytes:
-    """Decode, convert to RGB, resize to ``size`` if needed and encode as baseline JPEG."""
-    with Image.open(io.BytesIO(data)) as im:
-        im = im.convert("RGB")
-        if im.size != size:
-            im = im.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    """The reader's pixels (:func:`read_rgb`), resized to ``size`` (the stored width and height
+    before an EXIF turn, which turns it too) if needed, as a baseline JPEG."""
+
+    def encode(raw: Image.Image) -> bytes:
+        im = rgb_image(raw)
+        turned = im.size != raw.size  # an EXIF turn by 90 or 270 degrees
+        want = (size[1], size[0]) if turned else size
+        if im.size != want:
+            im = im.resize(want, Image.Resampling.BICUBIC, reducing_gap=3.0)
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=quality, optimize=False, progressive=False)
         return buf.getvalue()
+
+    return _decoded(data, encode)
 
 
 PHASH_SIDE = 32  # pHash: DCT of a 32x32 grey image, signs of its 8x8 lowest frequencies

@@ -42,7 +42,7 @@ def write_one_shard(task: ShardTask) -> dict:
         for key, path, row, w, h, reencode in task.items:
             data = _read_image(path, key)
             if reencode:
-                data = encode_jpeg(data, (w, h), task.quality)
+                data = _reencoded(data, (w, h), task.quality, key, path)
             writer.add(key, (("jpg", data), ("row", struct.pack("<q", row))))
         sha, nbytes, index = writer.close()
     except BaseException:
@@ -77,6 +77,13 @@ def _read_image(path: str, key: str) -> bytes:
         except BadImage as e:  # the file changed after the check pass
             raise WsmlError(f"bad image {key!r} at {path}: {e}") from None
     return data
+
+
+def _reencoded(data: bytes, size: tuple[int, int], quality: int, key: str, path: str) -> bytes:
+    try:
+        return encode_jpeg(data, size, quality)
+    except BadImage as e:  # the file changed after the check pass
+        raise WsmlError(f"bad image {key!r} at {path}: {e}") from None
 
 
 def _read_all(fd: int) -> bytes:

@@ -238,7 +238,7 @@ def test_e2e_smoke_and_rescore(tmp_path_factory, tmp_path):
     from train.predict import PredictOptions, run_predict
 
     out = tmp_path / "p.parquet"
-    got = run_predict(tmp_path / "run", out, PredictOptions(), shards=config.shards).probs
+    got = run_predict(tmp_path / "run", out, PredictOptions(shards=config.shards)).probs
     want = np.load(tmp_path / "run" / "predictions" / "test.npy")
     np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
     path, _ = export_run(tmp_path / "run", "torchscript")

@@ -1,13 +1,14 @@
 """``cli.py predict`` and ``cli.py export`` on a tiny shard set with a real CLIP cache (the
-random-weight tiny CLIP): a linear run on it, a zero-shot run and an e2e run (tiny ResNet,
-32 px). Predictions equal the runs' own, loose JPEGs give what their shards give, exports give
-the network's probabilities, and every bad input is refused with nothing written."""
+random-weight tiny CLIP; tests/predict_runs.py): a linear run on it, a zero-shot run and an e2e
+run (tiny ResNet, 32 px). Predictions equal the runs' own, loose JPEGs give what their shards
+give, exports give the network's probabilities, and every bad input is refused with nothing
+written."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -15,80 +16,20 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 import torch
-from click.testing import CliRunner
 
-import cli
 from models.backbones import create_backbone
-from models.cache import cache_clip, cache_features
 from pipelines.folder import FolderBatches, list_images
-from shards.convert import convert
-from shards.demo import write_demo_data
-from shards.embeddings import write_cache
 from shards.shardset import open_shard_set
 from tests.conftest import assert_refused
-from train.config import RunConfig
+from tests.predict_runs import TAG, get_predict_setup, invoke, probs_of
 from train.export import run_exported
 from train.inference import load_network
-from train.loop import train
 from train.thresholds import best_f1_threshold
-
-TAG = "wsml-tiny-clip__none"
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli.main, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict[str, Path]:
-    """Shards (train 60, val 30, test 30 images), the tiny CLIP cache, a toy cache no encoder
-    made, three runs, and the test split's JPEGs as loose files."""
-    base = tmp_path_factory.mktemp("predict")
-    write_demo_data(base / "raw", n_train=60, n_val=30, size=32)
-    convert("coco", base / "raw", base / "shards", {}, {}, workers=1, fsync=False)
-    sh = base / "shards"
-    cache_clip(sh, model="wsml-tiny-clip", pretrained="none", device="cpu", backend="torch")
-    ss = open_shard_set(sh)
-    rng = np.random.default_rng(0)
-    toy = {s: rng.normal(size=(len(ss.full_labels(s)), 8)) for s in ss.splits}
-    write_cache(sh, "toy", toy, model="toy")
-    backbone, _ = create_backbone("test_resnet", weights="none")  # a local weights file
-    torch.save(backbone.state_dict(), base / "resnet.pt")
-    made = cache_features(
-        sh, backbone="test_resnet", weights=str(base / "resnet.pt"), preset="backbone",
-        image_size=32, device="cpu", backend="torch",
-    )  # fmt: skip
-    common = dict(shards=str(sh), loader="torch", overwrite=True)
-    opts = {"epochs": "2", "lr": "0.01"}
-    runs = {
-        "linear": RunConfig(method="an", features=TAG, method_options=opts, **common),
-        "zeroshot": RunConfig(method="clip-zeroshot", features=TAG, **common),
-        "toy": RunConfig(method="an", features="toy", method_options=opts, **common),
-        "file": RunConfig(method="an", features=made["tag"], method_options=opts, **common),
-        "e2e": RunConfig(
-            method="an",
-            setting="e2e",
-            backbone="test_resnet",
-            weights="none",
-            image_size=32,
-            method_options={"epochs": "1", "lr": "0.01", "batch_size": "16"},
-            **common,
-        ),  # fmt: skip
-    }
-    out = {"shards": sh, "images": base / "images", "weights": base / "resnet.pt"}
-    for name, config in runs.items():
-        out[name] = base / "runs" / name
-        train(RunConfig(**{**config.__dict__, "out": str(out[name])}))
-    with tarfile.open(sh / "test-000000.tar") as tar:
-        for m in tar.getmembers():
-            if m.name.endswith(".jpg"):
-                (out["images"] / "sub").mkdir(parents=True, exist_ok=True)
-                (out["images"] / "sub" / Path(m.name).name).write_bytes(tar.extractfile(m).read())
-    return out
-
-
-def probs_of(table) -> np.ndarray:
-    return np.stack([table.column(c).to_numpy() for c in table.column_names if c[:2] == "p_"], 1)
+    return get_predict_setup(tmp_path_factory)
 
 
 def test_predict_on_shards_equals_the_runs_predictions(setup, tmp_path):
@@ -129,25 +70,35 @@ def test_predict_on_a_folder_of_the_same_jpegs(setup, tmp_path):
     assert Path(paths[0]).name in result.output  # the first rows on the terminal
 
 
+def f1_of(scores: np.ndarray, positive: np.ndarray, threshold: float) -> float:
+    predicted = scores >= threshold
+    total = predicted.sum() + positive.sum()
+    return 2 * (positive & predicted).sum() / total if total else 0.0
+
+
 def test_val_f1_thresholds_stored_once_and_reported(setup, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(setup["linear"], run)
     result = invoke("predict", "--run", run, setup["images"], "--threshold", "val-f1",
                     "--out", tmp_path / "p.parquet")  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "on test: CF1" in result.output and "val positives" in result.output
+    assert "on test: CF1" in result.output and "fewer than 3 val positives" in result.output
     stored = json.loads((run / "thresholds.json").read_text())
     ss = open_shard_set(setup["shards"])
     val, labels = np.load(run / "predictions" / "val.npy"), ss.full_labels("val") == 1
+    assert stored["min_positives"] == 3 and stored["rule"] == "val-f1"
     for c, name in enumerate(ss.classes):
-        t = stored["thresholds"][name]
-        if labels[:, c].sum() < 2:
-            assert name in stored["global"] and t == 0.5
+        t, record = stored["thresholds"][name], stored["classes"][name]
+        f1_at = functools.partial(f1_of, val[:, c], labels[:, c])
+        assert record["val_positives"] == labels[:, c].sum() and record["threshold"] == t
+        assert record["val_f1"] == pytest.approx(100 * f1_at(t))
+        if labels[:, c].sum() < 3:
+            assert name in stored["global"] and t == 0.5 and record["fallback"]
+            assert name in result.output.split("val positives")[1].splitlines()[0]
             continue
-        f1 = [2 * (labels[:, c] & (val[:, c] >= u)).sum() / ((val[:, c] >= u).sum() + labels[:, c].sum()) for u in [*val[:, c], 2.0]]  # fmt: skip
-        assert 2 * (labels[:, c] & (val[:, c] >= t)).sum() / (
-            (val[:, c] >= t).sum() + labels[:, c].sum()
-        ) == pytest.approx(max(f1))
+        assert not record["fallback"] and t > val[:, c].min()  # never every val image
+        cuts = [u for u in np.unique(val[:, c]) if u > val[:, c].min()] + [2.0]
+        assert f1_at(t) == pytest.approx(max(f1_at(u) for u in cuts))
     before = (run / "thresholds.json").read_bytes()
     again = invoke("predict", "--run", run, setup["images"], "--threshold", "val-f1",
                    "--out", tmp_path / "p.parquet")  # fmt: skip
@@ -161,6 +112,10 @@ def test_best_f1_threshold_by_hand():
     # >= 0.6: tp 3, predicted 4, positives 3 -> F1 6/7 (>= 0.9: 2/4; >= 0.7: 4/6)
     t, f1 = best_f1_threshold(scores, positive)
     assert t == pytest.approx(0.4) and f1 == pytest.approx(6 / 7)
+    # every image positive would be best (F1 1): that cut is never taken; >= 0.6 gives 6/7
+    t, f1 = best_f1_threshold(scores, np.ones(5, bool))
+    assert t == pytest.approx(0.4) and f1 == pytest.approx(8 / 9)
+    assert best_f1_threshold(np.full(4, 0.3), np.array([True, False, True, True])) is None
 
 
 @pytest.mark.parametrize("name", ["linear", "e2e"])
@@ -207,7 +162,9 @@ def test_bad_input_is_refused_with_nothing_written(setup, tmp_path):
     bad = tmp_path / "imgs"
     shutil.copytree(setup["images"], bad)
     (bad / "sub" / "broken.jpg").write_bytes(b"not a jpeg")
-    run = setup["linear"]
+    run = tmp_path / "run"
+    shutil.copytree(setup["linear"], run)
+    (run / "thresholds.json").unlink(missing_ok=True)  # export writes them
     args = ("predict", "--run", run, bad, "--out", out, "--threshold", "val-f1")
     assert_refused(invoke(*args), "broken.jpg", "--on-bad")
     assert_refused(invoke(*args, "--batch-size", 8), "broken.jpg")  # from a worker
@@ -237,14 +194,18 @@ def test_bad_input_is_refused_with_nothing_written(setup, tmp_path):
     assert_refused(invoke("predict", "--run", setup["toy"], bad, "--out", out), "'toy'", "rebuilt")
     offline = tmp_path / "offline"  # a cache of pretrained weights this machine cannot get
     shutil.copytree(run, offline)
-    config = json.loads((offline / "config.json").read_text())
-    config["run"]["features"] = "vit"
-    (offline / "config.json").write_text(json.dumps(config))
     meta = json.loads((setup["shards"] / "embeddings" / TAG / "meta.json").read_text())
     meta.update(model="ViT-B-32", pretrained="laion2b_s34b_b79k", weights_sha256="0" * 64)
     vit = setup["shards"] / "embeddings" / "vit"
     vit.mkdir(exist_ok=True)
     (vit / "meta.json").write_text(json.dumps(meta))
+    config = json.loads((offline / "config.json").read_text())
+    config["run"]["features"] = "vit"
+    config["encoder"] = {k: v for k, v in meta.items() if k != "splits"}  # the run's recipe
+    (offline / "config.json").write_text(json.dumps(config))
+    assert_refused(invoke("predict", "--run", offline, bad, "--out", out), "--weights PATH")
+    del config["encoder"]  # a run from before runs kept the recipe: the cache's meta.json
+    (offline / "config.json").write_text(json.dumps(config))
     assert_refused(invoke("predict", "--run", offline, bad, "--out", out), "--weights PATH")
     no_val = tmp_path / "no-val"
     shutil.copytree(run, no_val)

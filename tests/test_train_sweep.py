@@ -3,17 +3,21 @@ configuration the metrics of a separate run with that batch size and lr (to 1e-5
 members (AN; EPR, whose regulariser is per batch; LL-Cp, whose top-k is per batch and whose
 corrections are per image), for methods with trainable per-image state (ROLE), an epoch pass and
 pseudo-labels (EM+APL), which train unstacked, and EMA with a OneCycle schedule (ASL); the pick
-is the best validation mAP."""
+is the best validation mAP. The sweep keeps its pick's head at its selected epoch (with
+``--keep-members``, every member's) equal to the separate run's selected checkpoint."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from tests.train_fixtures import FEAT, get_shards, read_metrics
 from train.config import RunConfig
 from train.loop import train
+from train.runfolder import BEST, RunFolder
 
 GRID = {"sweep_lrs": (1e-2, 1e-3), "sweep_batches": (8, 16)}
 CASES = {
@@ -44,8 +48,15 @@ def test_sweep_members_equal_separate_runs(tmp_path_factory, tmp_path, method):
     out = tmp_path / "sweep"
     summary = train(
         RunConfig(
-            shards, method, features=FEAT, out=str(out), sweep=True, method_options=opts, **GRID
-        )
+            shards,
+            method,
+            features=FEAT,
+            out=str(out),
+            sweep=True,
+            method_options=opts,
+            keep_members=True,
+            **GRID,
+        )  # fmt: skip
     )
     assert len(summary["members"]) == 4
     pick = max(summary["members"].items(), key=lambda kv: kv[1]["val_mAP"])
@@ -62,6 +73,18 @@ def test_sweep_members_equal_separate_runs(tmp_path_factory, tmp_path, method):
         s_theirs = json.loads((alone / "summary.json").read_text())
         assert s_mine["best_epoch"] == s_theirs["best_epoch"]
         close(s_mine["test_ap"], s_theirs["test_ap"], "test_ap")
+        home = out if name == summary["chosen"] else out / "members" / name
+        kept, own = (RunFolder(f).load_checkpoint(BEST) for f in (home, alone))
+        assert kept["epoch"] == own["epoch"] == s_theirs["best_epoch"]
+        weights = own["ema"] if own["loop"]["best_weights"] == "ema" else own["model"]
+        for key in ("head.weight", "head.bias"):
+            torch.testing.assert_close(kept["model"][key], weights[key], atol=1e-5, rtol=0)
+        for split in ("val", "test"):
+            np.testing.assert_allclose(
+                np.load(home / "predictions" / f"{split}.npy"),
+                np.load(alone / "predictions" / f"{split}.npy"),
+                atol=1e-5,
+            )
 
 
 def test_groups_side_by_side_give_the_same_numbers(tmp_path_factory, tmp_path):

@@ -42,6 +42,9 @@ def _methods():
 @click.option("--overwrite", is_flag=True, help="Start the run in --out again.")
 @click.option("--compile", is_flag=True, help="torch.compile the model.")
 @click.option("--sweep", is_flag=True, help="linear: Cole's lr x batch grid as one job.")
+@click.option(
+    "--keep-members", is_flag=True, help="--sweep: keep every member's weights (predict --member)."
+)
 @click.option("--tensorboard", is_flag=True, help="Also write TensorBoard logs in the run folder.")
 @click.option(
     "--stop-after-epochs", type=click.IntRange(min=0), hidden=True

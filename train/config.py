@@ -48,6 +48,7 @@ INVOCATION_FIELDS = (
     "device",
     "out",
     "tensorboard",
+    "keep_members",
 )
 
 
@@ -86,6 +87,7 @@ class RunConfig:
     sweep: bool = False  # linear: train the hyper-parameter grid at once (train/sweep.py)
     sweep_lrs: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-5)  # Cole's grid (METHODS.md §1.3)
     sweep_batches: tuple[int, ...] = (8, 16)
+    keep_members: bool = False  # a sweep keeps every member's weights, not only its pick's
     fraction: float = 0.1  # --regime partial: the partial view with this fraction observed
     groups: str = ""  # mAP by class-frequency group: "frequency", "none"; "": on OpenImages
 
@@ -105,6 +107,8 @@ class RunConfig:
             raise WsmlError("--features goes with --setting linear (e2e reads the images)")
         if self.sweep and self.setting != "linear":
             raise WsmlError("--sweep is for the linear setting")
+        if self.keep_members and not self.sweep:
+            raise WsmlError("--keep-members goes with --sweep (a run keeps its own weights)")
         check_device(self.device)
         if self.head not in HEADS:
             raise WsmlError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")

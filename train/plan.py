@@ -48,6 +48,7 @@ class RunPlan:
     world_size: int = 1
     shard_set: ShardSet | None = None
     data: dict[str, str] | None = None  # sha256 of what it reads (train/integrity.py)
+    encoder: dict[str, Any] | None = None  # linear: the cache's meta.json but its splits
 
     @property
     def num_classes(self) -> int:
@@ -76,6 +77,8 @@ class RunPlan:
             out["feature_dim"] = self.feature_dim
         if self.data is not None:
             out["data"] = dict(self.data)
+        if self.encoder is not None:  # what predict and export rebuild, with no shard set
+            out["encoder"] = dict(self.encoder)
         if self.config.sweep:
             out["sweep"] = {
                 "lrs": list(self.config.sweep_lrs),
@@ -128,7 +131,14 @@ def plan_run(config: RunConfig, world_size: int | None = None) -> RunPlan:
         world_size=world,
         shard_set=ss,
         data=data_identity(ss, view, config.features, clip),
+        encoder=_encoder_recipe(ss, config.features) if feature_dim is not None else None,
     )
+
+
+def _encoder_recipe(ss: ShardSet, tag: str) -> dict[str, Any]:
+    """What made the feature cache (its meta.json without the per-split entries): kept in the
+    run folder, so the encoder can be rebuilt for raw images after the data moved."""
+    return {k: v for k, v in emb.get_cache(ss.root, tag).items() if k != "splits"}
 
 
 def choose_view(

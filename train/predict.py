@@ -1,10 +1,12 @@
 """``cli.py predict``: a run's network on image files, folders or a shard set's split, streamed
 with the run's evaluation preprocessing; a table of every class's probability and the labels
 predicted at a threshold (global, per class from validation, or the top K), written at once
-(Parquet, or CSV) when every image is done."""
+(Parquet, or CSV) when every image is done, with where it came from: Parquet metadata, or a
+``<out>.json`` sidecar beside a CSV (:func:`provenance`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -16,13 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipelines.folder import list_images
+from pipelines.folder import list_images, shown_name
 from shards.errors import WsmlError
-from train.inference import RunNetwork, load_network
-from train.thresholds import VAL_F1, get_thresholds, store
+from shards.source import LABEL_SEPARATOR
+from train.inference import NetworkOptions, RunNetwork, load_network
+from train.thresholds import MIN_POSITIVES, VAL_F1, get_thresholds, store
 
 FORMATS = (".parquet", ".csv")
 SHOWN_ROWS = 5
+METADATA_KEY = b"wsml"  # the Parquet schema metadata entry holding the provenance (JSON)
 
 
 @dataclass(frozen=True)
@@ -34,27 +38,33 @@ class PredictOptions:
     on_bad: str = "fail"
     weights: str | None = None  # the feature cache's weights file, when it was made with one
     loader: str | None = None  # shard sets: None: the run's loader backend
+    min_positives: int = MIN_POSITIVES  # val-f1: fewer val positives keep the global threshold
+    shards: str | None = None  # the run's shard set (where it is now); alone: predict its split
+    member: str | None = None  # a sweep's member (lr=…,batch=…), kept with --keep-members
 
 
 @dataclass
 class Predictions:
     """What predict wrote: the table's columns before they became a file, and figures."""
 
-    names: list[str]  # image path or shard key per row
+    names: list[str]  # image path (as text that can be written) or shard key per row
     probs: np.ndarray  # (N, L) float32
     labels: list[list[str]]
     extra: dict[str, list] = field(default_factory=dict)  # row, clean_labels (shard sets)
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
     seconds: float = 0.0
     out: Path | None = None
+    notes: list[str] = field(default_factory=list)  # said after the table (thresholds)
 
 
 def check_out(out: str | os.PathLike) -> Path:
     path = Path(out)
     if path.suffix.lower() not in FORMATS:
-        raise WsmlError(f"--out {out}: expected a .parquet or .csv file name")
+        raise WsmlError(f"--out {shown_name(out)}: expected a .parquet or .csv file name")
     if not path.parent.is_dir():
-        raise WsmlError(f"--out {out}: folder {path.parent} does not exist")
+        raise WsmlError(f"--out {shown_name(out)}: folder {shown_name(path.parent)} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise WsmlError(f"--out {shown_name(out)}: folder {shown_name(path.parent)} is read-only")
     return path
 
 
@@ -76,36 +86,64 @@ def run_predict(
     options: PredictOptions,
     *,
     images: Sequence[str] = (),
-    shards: str | None = None,
     split: str = "test",
     echo: Callable[[str], None] = print,
 ) -> Predictions:
-    """Predict ``images`` (files and folders) or ``split`` of shard set ``shards``; writes
-    ``out`` (Parquet or CSV) once all are done. Bad input fails before any file is written."""
+    """Predict ``images`` (files and folders), or without them ``split`` of ``options.shards``;
+    writes ``out`` (Parquet or CSV) once all are done. Bad input fails before any work."""
     path, wanted = check_out(out), parse_threshold(options.threshold)
-    if bool(images) == bool(shards):
-        raise WsmlError("predict takes image files or folders, or --shards DIR (not both)")
-    if options.top_k < 0 or options.batch_size < 1:
-        raise WsmlError("--top-k must be >= 0 and --batch-size positive")
+    if not images and not options.shards:
+        raise WsmlError("predict takes image files or folders, or --shards DIR (a split of it)")
+    if options.top_k < 0 or options.batch_size < 1 or options.min_positives < 1:
+        raise WsmlError("--top-k must be >= 0, --batch-size and --min-positives positive")
     paths = list_images(images) if images else []
-    run = load_network(run_dir, options.device, options.weights)
+    network = NetworkOptions(options.device, options.weights, options.shards, options.member)
+    run = load_network(run_dir, network)
     if options.top_k > len(run.classes):
         raise WsmlError(f"--top-k {options.top_k}: the run has {len(run.classes)} classes")
     threshold, new = wanted or run.threshold, None
-    if wanted == VAL_F1:
-        threshold, new = get_thresholds(run)
+    if wanted == VAL_F1 and not options.top_k:
+        threshold, new = get_thresholds(run, options.min_positives)
     t0 = time.perf_counter()
-    if shards:
-        result = _predict_shards(run, shards, split, options)
-    else:
+    if paths:
         result = _predict_files(run, paths, options)
+    else:
+        result = _predict_shards(run, str(options.shards), split, options)
     result.seconds = time.perf_counter() - t0
     result.labels = label_names(result.probs, run.classes, threshold, options.top_k)
-    write_predictions(path, result, run.classes)
-    if new is not None:
-        store(run, new, echo)
+    source = {"images": len(paths)} if paths else {"shards": str(options.shards), "split": split}
+    record = provenance(run, threshold, options, source)
+    write_predictions(path, result, run.classes, record)
     result.out = path
+    if new is not None:
+        store(run, new, result.notes.append)
     return result
+
+
+def provenance(run: RunNetwork, threshold, options: PredictOptions, source: dict) -> dict:
+    """Where the predictions come from: the run (folder, config sha256, checkpoint sha256, a
+    sweep's member), the threshold kind and values, the classes, the label separator and the
+    wsml version."""
+    if options.top_k:
+        kind, values = "top-k", options.top_k
+    elif options.threshold == VAL_F1:
+        kind, values = VAL_F1, dict(zip(run.classes, map(float, threshold), strict=True))
+    else:
+        kind = "run" if options.threshold is None else "given"
+        values = float(threshold)
+    return {
+        "format": "wsml-predictions",
+        "version": 1,
+        **run.provenance,
+        "method": run.config.method,
+        "setting": run.config.setting,
+        "features": run.config.features,
+        "threshold": {"kind": kind, "values": values},
+        "classes": run.classes,
+        "label_separator": LABEL_SEPARATOR,
+        "preprocessing": run.preset.name,
+        "source": source,
+    }
 
 
 def _progress(total: int):
@@ -118,7 +156,8 @@ def _forward(run: RunNetwork, batches: Iterator[dict], total: int) -> Iterator[t
     bar = _progress(total)
     with torch.inference_mode():
         for batch in batches:
-            probs = torch.sigmoid(run.net(batch["image"]).float()).cpu()
+            x = batch["image"].contiguous(memory_format=torch.channels_last)
+            probs = torch.sigmoid(run.net(x).float()).cpu()
             bar.update(len(probs))
             yield batch, probs
     bar.close()
@@ -130,15 +169,19 @@ def _predict_files(run: RunNetwork, paths: list[Path], options: PredictOptions):
 
     reader = FolderBatches(
         paths, run.preset, options.batch_size, torch.device(options.device), options.on_bad,
-        workers=default_threads(1) if len(paths) > options.batch_size else 0,
+        workers=default_threads(1),
     )  # fmt: skip
     names, probs = [], []
     for batch, p in _forward(run, iter(reader), len(paths)):
-        names.extend(batch["path"])
+        names.extend(shown_name(p) for p in batch["path"])
         probs.append(p)
+    skipped = [(shown_name(p), why) for p, why in reader.skipped]
     if not names:
-        raise WsmlError(f"none of the {len(paths)} images could be decoded: {reader.skipped}")
-    return Predictions(names, torch.cat(probs).numpy(), [], skipped=reader.skipped)
+        raise WsmlError(
+            f"none of the {len(paths)} images could be read: "
+            + "; ".join(f"{p} ({why})" for p, why in skipped[:5])
+        )
+    return Predictions(names, torch.cat(probs).numpy(), [], skipped=skipped)
 
 
 def _predict_shards(run: RunNetwork, shards: str, split: str, options: PredictOptions):
@@ -181,11 +224,12 @@ def label_names(
     return [[classes[c] for c in row if above[i, c]] for i, row in enumerate(order)]
 
 
-def write_predictions(path: Path, result: Predictions, classes: list[str]) -> None:
-    """The table, written to a temporary name and renamed: never a half-written file."""
+def write_predictions(path: Path, result: Predictions, classes: list[str], record: dict) -> None:
+    """The table, written to a temporary name and renamed: never a half-written file. Parquet
+    carries ``record`` in its metadata; a CSV gets it as ``<out>.json``, written first."""
     import pyarrow as pa
 
-    from shards.fileio import tmp_path_for
+    from shards.fileio import tmp_path_for, write_bytes_atomic
 
     name = "key" if "row" in result.extra else "path"
     columns: dict[str, Any] = {name: result.names}
@@ -197,35 +241,59 @@ def write_predictions(path: Path, result: Predictions, classes: list[str]) -> No
     if "clean_labels" in result.extra:
         columns["clean_labels"] = result.extra["clean_labels"]
     table = pa.table(columns)
+    text = json.dumps(record, indent=1) + "\n"
     tmp = tmp_path_for(path)
-    if path.suffix.lower() == ".csv":
-        import pyarrow.csv as pcsv
+    try:
+        with open(tmp, "wb") as f:  # a Python file: any name the OS takes
+            if path.suffix.lower() == ".csv":
+                _write_csv(table, f)
+            else:
+                import pyarrow.parquet as pq
 
-        lists = [n for n in ("labels", "clean_labels") if n in columns]
-        for n in lists:
-            joined = [";".join(v) for v in columns[n]]
+                pq.write_table(table.replace_schema_metadata({METADATA_KEY: text}), f)
+        if path.suffix.lower() == ".csv":
+            write_bytes_atomic(Path(f"{path}.json"), text.encode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_csv(table, f) -> None:
+    """Label lists joined by the one label separator (``shards.source.LABEL_SEPARATOR``)."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    for n in ("labels", "clean_labels"):
+        if n in table.column_names:
+            joined = [LABEL_SEPARATOR.join(v) for v in table.column(n).to_pylist()]
             table = table.set_column(table.schema.get_field_index(n), n, pa.array(joined))
-        pcsv.write_csv(table, tmp)
-    else:
-        import pyarrow.parquet as pq
+    pcsv.write_csv(table, f)
 
-        pq.write_table(table, tmp)
-    os.replace(tmp, path)
+
+def read_provenance(path: str | os.PathLike) -> dict[str, Any]:
+    """The provenance a predictions file carries (Parquet metadata, or the CSV's sidecar)."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        return json.loads(Path(f"{path}.json").read_text())
+    import pyarrow.parquet as pq
+
+    return json.loads(pq.read_schema(path).metadata[METADATA_KEY])
 
 
 def predict_lines(result: Predictions) -> list[str]:
-    """A short table of the first rows, then the figures."""
+    """A short table of the first rows (labels joined as in the CSV), then the figures."""
     n = len(result.names)
     width = min(40, max(len(Path(x).name) for x in result.names[:SHOWN_ROWS]))
     lines = []
     for i in range(min(n, SHOWN_ROWS)):
-        shown = ", ".join(result.labels[i]) or "-"
+        shown = LABEL_SEPARATOR.join(result.labels[i]) or "-"
         lines.append(f"{Path(result.names[i]).name[-width:]:<{width}}  {shown}")
     if n > SHOWN_ROWS:
         lines.append(f"... {n - SHOWN_ROWS} more")
     rate = n / result.seconds if result.seconds else 0.0
-    lines.append(f"{n} images in {result.seconds:.1f}s ({rate:.1f} images/s) -> {result.out}")
+    out = shown_name(result.out) if result.out is not None else "-"
+    lines.append(f"{n} images in {result.seconds:.1f}s ({rate:.1f} images/s) -> {out}")
     if result.skipped:
-        lines.append(f"skipped {len(result.skipped)} that could not be decoded:")
-        lines.extend(f"  {p}" for p in result.skipped)
-    return lines
+        lines.append(f"skipped {len(result.skipped)} that could not be read:")
+        lines.extend(f"  {p} ({why})" for p, why in result.skipped)
+    return lines + result.notes

@@ -15,26 +15,31 @@ best epoch) is the sweep's pick; its test mAP is reported.
 
 Run folder: ``config.json``, ``metrics.jsonl`` (per epoch, every member's losses and mAPs),
 ``summary.json`` (the pick and a table of all members) and ``members/<name>/`` with each
-member's ``metrics.jsonl`` and ``summary.json`` as a separate run writes them. One process; no
-checkpoints (a sweep is restarted, not resumed).
+member's ``metrics.jsonl`` and ``summary.json`` as a separate run writes them; the pick's head at
+its selected epoch as ``checkpoint-best.pt`` and its val and test predictions, so ``predict``
+and ``export`` use the sweep as they use a run (with ``--keep-members``, every member's in its
+folder). One process; no resumable checkpoints (a sweep is restarted, not resumed).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import io
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from shards.errors import WsmlError
-from train.build import Run, Track, create_run_method, read_text_embeddings
+from shards.fileio import write_bytes_atomic
+from train.build import CHECKPOINT_FORMAT, Run, Track, create_run_method, read_text_embeddings
 from train.context import Context
 from train.ema import Ema
 from train.loop import final_fields, fit_epochs
 from train.methods import stack_members
 from train.optim import create_optimizer, create_schedule
 from train.plan import RunPlan
-from train.runfolder import RunFolder, TensorBoardLog, json_safe
+from train.runfolder import BEST, MEMBERS, RunFolder, TensorBoardLog, json_safe
 
 ADAM_BETA2, ADAM_EPS = 0.999, 1e-8  # torch.optim.Adam's defaults, as create_optimizer uses
 
@@ -159,12 +164,65 @@ def train_sweep(plan: RunPlan, ctx: Context) -> dict[str, Any]:
     folder.start(record)
     groups = create_groups(plan, data, folder, ctx)
     log = TensorBoardLog(folder.path) if config.tensorboard else None
+    kept = KeptHeads(groups, config.keep_members)
     try:
-        fit_epochs(groups, ctx, on_epoch=_sweep_line(folder, log))
+        fit_epochs(groups, ctx, on_epoch=_sweep_line(folder, log, kept))
     finally:
         if log is not None:
             log.close()
-    return finish(plan, folder, [t for g in groups for t in g.tracks])
+    summary = finish(plan, folder, [t for g in groups for t in g.tracks])
+    kept.write(folder, summary["chosen"], record)
+    return summary
+
+
+class KeptHeads:
+    """Each kept member's head (and val/test predictions) at its selected epoch, taken in the
+    epoch it improved: the leader's only (the member with the best val mAP so far, the first
+    on ties, as :func:`finish` picks), or every member's with ``--keep-members``."""
+
+    def __init__(self, groups: list[Run], keep_all: bool):
+        self.at = {t.name: (g, i) for g in groups for i, t in enumerate(g.tracks)}
+        self.tracks = [t for g in groups for t in g.tracks]
+        self.keep_all = keep_all
+        self.heads: dict[str, dict[str, Any]] = {}
+
+    def after_epoch(self, epoch: int, outcomes: list) -> None:
+        leader = max(self.tracks, key=lambda t: t.state.best_val)
+        for track, _, results in outcomes:
+            if track.state.best_epoch == epoch and (self.keep_all or track is leader):
+                self.heads[track.name] = self._take(track, results[track.state.best_weights])
+        if not self.keep_all:
+            self.heads = {k: v for k, v in self.heads.items() if k == leader.name}
+
+    def _take(self, track: Track, results: dict) -> dict[str, Any]:
+        group, i = self.at[track.name]
+        models = group.eval_models()
+        stacked = models[track.state.best_weights]
+        head = {"head.weight": stacked.weight[i].T.detach().cpu().clone(),
+                "head.bias": stacked.bias[i, 0].detach().cpu().clone()}  # fmt: skip
+        probs = {s: results[s]["probs"] for s in ("val", "test") if "probs" in results[s]}
+        return {"head": head, "probs": probs, "loop": dataclasses.asdict(track.state)}
+
+    def write(self, folder: RunFolder, chosen: str, record: dict) -> None:
+        """The pick's into the sweep's folder; the others' into their members' folders."""
+        for name, kept in self.heads.items():
+            home = folder if name == chosen else RunFolder(folder.path / MEMBERS / name)
+            for split, probs in kept["probs"].items():
+                if home is folder and split == "test":
+                    continue  # the sweep's own (keep_member_predictions), the same numbers
+                home.write_predictions(split, probs.numpy())
+            state = {
+                "format": CHECKPOINT_FORMAT,
+                "config": record,
+                "member": name,
+                "epoch": kept["loop"]["best_epoch"],
+                "model": kept["head"],
+                "ema": None,
+                "loop": {**kept["loop"], "best_weights": "model"},
+            }
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            write_bytes_atomic(home.path / BEST, buffer.getvalue())
 
 
 def create_groups(plan: RunPlan, data, folder: RunFolder, ctx: Context) -> list[Run]:
@@ -217,10 +275,12 @@ def create_group(members: list[RunPlan], data, folder: RunFolder, text, ctx: Con
     )
 
 
-def _sweep_line(folder: RunFolder, log: TensorBoardLog | None):
-    """The sweep's own metrics line per epoch: every active member's loss and mAPs."""
+def _sweep_line(folder: RunFolder, log: TensorBoardLog | None, kept: KeptHeads):
+    """The sweep's own metrics line per epoch: every active member's loss and mAPs (and the
+    kept members' heads taken)."""
 
     def hook(epoch: int, outcomes: list, seconds: float) -> None:
+        kept.after_epoch(epoch, outcomes)
         line: dict[str, Any] = {"epoch": epoch, "members": {}, "time": round(seconds, 3)}
         for track, record, results in outcomes:
             line["members"][track.name] = {
@@ -266,7 +326,6 @@ def finish(plan: RunPlan, folder: RunFolder, tracks: list[Track]) -> dict[str, A
             for name, s in table.items()
         },
     }
-    folder.keep_member_predictions(pick.name)  # for the report's precision-recall curves
     folder.keep_member_predictions(pick.name)  # for the report's precision-recall curves
     folder.write_summary(json_safe(summary))
     return summary

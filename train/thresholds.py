@@ -2,9 +2,12 @@
 
 For each class the threshold maximises that class's F1 on the validation predictions of the
 selected epoch (``predictions/val.npy``, clean labels); candidates are the midpoints between
-consecutive distinct scores. A class with fewer than ``MIN_POSITIVES`` validation positives
-keeps the run's global threshold. Computed once and stored as ``thresholds.json`` in the run
-folder, with the CF1/OF1 the thresholds give on the test split.
+consecutive distinct scores, except below the lowest (a threshold that labels every validation
+image positive says nothing). A class keeps the run's global threshold when its validation split
+has fewer than ``min_positives`` positives (default 3), or when no candidate is left (every
+score equal). Computed once and stored as ``thresholds.json`` in the run folder: per class the
+threshold, its val F1, its val positives and whether it fell back, and the CF1/OF1 they give on
+the test split.
 """
 
 from __future__ import annotations
@@ -19,89 +22,128 @@ from shards.fileio import write_bytes_atomic
 from train.evaluate import score
 
 THRESHOLDS = "thresholds.json"
-MIN_POSITIVES = 2  # fewer validation positives: the class keeps the global threshold
+MIN_POSITIVES = 3  # fewer validation positives: the class keeps the global threshold
 VAL_F1 = "val-f1"
+FEW = "few positives"
+FLAT = "no threshold labels fewer than every val image"
 
 
-def best_f1_threshold(scores: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
-    """(threshold, F1) maximising F1 of ``scores >= threshold`` for one class; ties: the
-    highest threshold (fewest positive predictions)."""
+def best_f1_threshold(scores: np.ndarray, positive: np.ndarray) -> tuple[float, float] | None:
+    """(threshold, F1) maximising F1 of ``scores >= threshold`` for one class, among the
+    midpoints between consecutive distinct scores (ties: the highest threshold, fewest positive
+    predictions); None when the scores hold one value (any cut labels all or none)."""
     order = np.argsort(-scores, kind="stable")
     s, y = scores[order].astype(np.float64), positive[order].astype(np.float64)
-    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # the last index of each distinct score
+    last = np.nonzero(np.diff(s))[0]  # the last index of each distinct score but the lowest
+    if not len(last):
+        return None
     tp = np.cumsum(y)[last]
-    predicted = last + 1.0
-    f1 = 2 * tp / (predicted + y.sum())
+    f1 = 2 * tp / (last + 1.0 + y.sum())
     k = int(np.argmax(f1))
-    below = s[last[k] + 1] if last[k] + 1 < len(s) else s[last[k]] - 1e-6
-    return float((s[last[k]] + below) / 2), float(f1[k])
+    return float((s[last[k]] + s[last[k] + 1]) / 2), float(f1[k])
+
+
+def f1_at(scores: np.ndarray, positive: np.ndarray, threshold: float) -> float:
+    predicted = scores >= threshold
+    total = predicted.sum() + positive.sum()
+    return float(2 * (predicted & positive).sum() / total) if total else 0.0
 
 
 def fit_thresholds(
-    probs: np.ndarray, labels: np.ndarray, classes: list[str], fallback: float
+    probs: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    fallback: float,
+    min_positives: int = MIN_POSITIVES,
 ) -> dict[str, Any]:
-    """Per-class thresholds (and which classes kept ``fallback``) from validation scores."""
-    values, kept = [], []
+    """Per-class thresholds and their record (val F1 in %, val positives, fallback and why)
+    from validation scores; unknown label entries (0) are left out."""
+    per_class: dict[str, dict[str, Any]] = {}
     for c, name in enumerate(classes):
         known = labels[:, c] != 0
-        pos = labels[known, c] == 1
-        if pos.sum() < MIN_POSITIVES:
-            values.append(fallback)
-            kept.append(name)
-            continue
-        values.append(best_f1_threshold(probs[known, c], pos)[0])
-    return {"thresholds": dict(zip(classes, values, strict=True)), "global": kept}
+        scores, pos = probs[known, c], labels[known, c] == 1
+        found = best_f1_threshold(scores, pos) if pos.sum() >= min_positives else None
+        why = None if found else (FEW if pos.sum() < min_positives else FLAT)
+        t = found[0] if found else fallback
+        per_class[name] = {
+            "threshold": t,
+            "val_f1": 100 * f1_at(scores, pos, t),
+            "val_positives": int(pos.sum()),
+            "fallback": why is not None,
+            **({"why": why} if why else {}),
+        }
+    return {
+        "thresholds": {name: r["threshold"] for name, r in per_class.items()},
+        "classes": per_class,
+        "global": [name for name, r in per_class.items() if r["fallback"]],
+    }
 
 
-def get_thresholds(run) -> tuple[np.ndarray, dict[str, Any] | None]:
+def get_thresholds(run, min_positives: int = MIN_POSITIVES) -> tuple[np.ndarray, dict | None]:
     """The run's per-class thresholds (L,), and the new record to store (:func:`store`) when
-    the run has none yet (stored only once the predictions are written)."""
+    the run has none yet, or one made by other rules (stored once the predictions are)."""
     path = run.folder.path / THRESHOLDS
-    if not path.is_file():
-        stored = create_thresholds(run)
-        return np.array(list(stored["thresholds"].values()), dtype=np.float32), stored
-    stored = json.loads(path.read_text())
-    if list(stored["thresholds"]) != run.classes:
+    stored = json.loads(path.read_text()) if path.is_file() else None
+    if stored is not None and list(stored["thresholds"]) != run.classes:
         raise WsmlError(f"{path} was made for other classes: delete it to compute it again")
-    return np.array([stored["thresholds"][c] for c in run.classes], dtype=np.float32), None
+    if stored is None or "classes" not in stored or stored["min_positives"] != min_positives:
+        stored = create_thresholds(run, min_positives)
+        return np.array(list(stored["thresholds"].values())), stored
+    return np.array([stored["thresholds"][c] for c in run.classes]), None
 
 
-def store(run, stored: dict[str, Any], echo) -> None:
-    """Write ``thresholds.json`` in the run folder and say what it holds."""
+def store(run, stored: dict[str, Any], echo) -> bool:
+    """Say what the thresholds are, then write ``thresholds.json`` in the run folder; on
+    storage that cannot be written, say so (they are computed again next time). Returns
+    whether it was written."""
     path = run.folder.path / THRESHOLDS
-    write_bytes_atomic(path, (json.dumps(stored, indent=1) + "\n").encode())
     for line in threshold_lines(stored, str(path)):
         echo(line)
+    try:
+        write_bytes_atomic(path, (json.dumps(stored, indent=1) + "\n").encode())
+    except OSError as e:
+        echo(
+            f"could not save {path} ({e.strerror or e}): the thresholds above were used, and "
+            "are computed again next time"
+        )
+        return False
+    return True
 
 
-def create_thresholds(run) -> dict[str, Any]:
+def create_thresholds(run, min_positives: int = MIN_POSITIVES) -> dict[str, Any]:
     """Fit on the run's validation predictions; score on its test predictions."""
     val = run.folder.path / "predictions" / "val.npy"
-    if "val" not in run.shards.splits or not val.is_file():
+    if not val.is_file():
         raise WsmlError(
-            f"--threshold {VAL_F1} needs the run's validation predictions ({val}) and a val "
-            f"split in {run.shards.root}; this run has none: pass a number, e.g. --threshold 0.5"
+            f"--threshold {VAL_F1} needs the run's validation predictions ({val}); this run "
+            "has none: pass a number, e.g. --threshold 0.5"
         )
-    stored = fit_thresholds(np.load(val), run.shards.full_labels("val"), run.classes, run.threshold)
+    ss = run.shards
+    if "val" not in ss.splits:
+        raise WsmlError(f"--threshold {VAL_F1} needs a val split in {ss.root}")
+    stored = fit_thresholds(
+        np.load(val), ss.full_labels("val"), run.classes, run.threshold, min_positives
+    )
     test = run.folder.path / "predictions" / "test.npy"
     if test.is_file():
         t = np.array(list(stored["thresholds"].values()))
-        labels = run.shards.full_labels("test")
+        labels = ss.full_labels("test")
         per_class = score(np.load(test), labels, t)
         plain = score(np.load(test), labels, run.threshold)
         stored["test"] = {k: per_class[k] for k in ("CF1", "OF1", "CP", "CR", "OP", "OR")}
         stored["test_global"] = {k: plain[k] for k in ("CF1", "OF1")}
-    stored.update(fallback=run.threshold, min_positives=MIN_POSITIVES, rule=VAL_F1)
+    stored.update(fallback=run.threshold, min_positives=min_positives, rule=VAL_F1)
     return stored
 
 
 def threshold_lines(stored: dict[str, Any], where: str) -> list[str]:
-    lines = [f"per-class thresholds (max F1 on val) written to {where}"]
-    if stored["global"]:
-        lines.append(
-            f"  fewer than {MIN_POSITIVES} val positives, global threshold "
-            f"{stored['fallback']:g} kept: {', '.join(stored['global'])}"
-        )
+    lines = [f"per-class thresholds (max F1 on val) for {where}"]
+    for why, said in ((FEW, f"fewer than {stored['min_positives']} val positives"), (FLAT, FLAT)):
+        names = [n for n, r in stored["classes"].items() if r.get("why") == why]
+        if names:
+            lines.append(
+                f"  {said}, global threshold {stored['fallback']:g} kept: {', '.join(names)}"
+            )
     if "test" in stored:
         t, g = stored["test"], stored["test_global"]
         lines.append(

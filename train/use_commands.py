@@ -7,14 +7,30 @@ import click
 
 from shards.clitools import expected_errors
 
+MIN_POSITIVES = click.option(
+    "--min-positives",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="val-f1 thresholds: a class with fewer val positives keeps the global threshold.",
+)
+MEMBER = click.option(
+    "--member", help="A --sweep run's member, e.g. lr=1e-4,batch=8 (train --keep-members)."
+)
+
 
 @click.command("predict")
 @click.argument("images", nargs=-1, type=click.Path())
 @click.option("--run", "run_dir", required=True, type=click.Path(), help="Run folder.")
-@click.option("--shards", type=click.Path(), help="A shard set instead of images.")
-@click.option("--split", default="test", show_default=True, help="With --shards.")
+@click.option(
+    "--shards",
+    type=click.Path(),
+    help="The run's shard set, where it is now; without IMAGES: predict its --split.",
+)
+@click.option("--split", default="test", show_default=True, help="With --shards, no IMAGES.")
 @click.option("--out", default="preds.parquet", show_default=True, help=".parquet or .csv")
 @click.option("--threshold", help="A probability, or val-f1 [default: the run's, 0.5].")
+@MIN_POSITIVES
 @click.option(
     "--top-k",
     type=click.IntRange(min=0),
@@ -25,19 +41,21 @@ from shards.clitools import expected_errors
 @click.option("--device", default="cpu", show_default=True)
 @click.option(
     "--on-bad", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
-    help="An image that cannot be decoded: stop, or go on and list it.",
+    help="An image that cannot be read: stop, or go on and list it.",
 )  # fmt: skip
 @click.option("--weights", type=click.Path(), help="Linear runs: the cache encoder's weights file.")
+@MEMBER
 @expected_errors
-def predict_command(images, run_dir, shards, split, out, **options):
-    """Label IMAGES (files, folders searched for JPEG/PNG) or a shard set's split with a run:
-    every class's probability and the predicted labels, in a Parquet or CSV table."""
+def predict_command(images, run_dir, split, out, **options):
+    """Label IMAGES (files, folders searched for JPEG/PNG) or a shard set's split with a run
+    (a --sweep run: its pick): every class's probability and the predicted labels, in a
+    Parquet or CSV table that records where it came from (CSV: OUT.json beside it). Label
+    lists are joined by ';' in the CSV and on the terminal."""
     from train.predict import PredictOptions, predict_lines, run_predict
 
     result = run_predict(
-        run_dir, out, PredictOptions(**options), images=images, shards=shards, split=split,
-        echo=click.echo,
-    )  # fmt: skip
+        run_dir, out, PredictOptions(**options), images=images, split=split, echo=click.echo
+    )
     for line in predict_lines(result):
         click.echo(line)
 
@@ -56,13 +74,40 @@ def predict_command(images, run_dir, shards, split, out, **options):
     help="Fail unless the run has this many.",
 )
 @click.option("--weights", type=click.Path(), help="Linear runs: the cache encoder's weights file.")
+@click.option("--shards", type=click.Path(), help="The run's shard set, where it is now.")
+@MEMBER
+@MIN_POSITIVES
 @expected_errors
-def export_command(run_dir, fmt, out, num_classes, weights):
-    """Export a run's whole network (normalised float NCHW in, logits out) with a JSON sidecar:
-    classes, preprocessing, thresholds."""
-    from train.export import export_run
+def export_command(run_dir, fmt, out, num_classes, **options):
+    """Export a run's whole network (normalised float NCHW in, logits out; a --sweep run: its
+    pick) with a JSON sidecar (classes, the whole preprocessing, per-class thresholds, where it
+    came from) and preprocess.py, the preprocessing in Pillow and numpy for an application."""
+    from train.export import ExportOptions, export_run
 
-    path, sidecar = export_run(run_dir, fmt, out, num_classes=num_classes, weights=weights)
+    options = ExportOptions(num_classes, **options)
+    path, sidecar = export_run(run_dir, fmt, out, options, echo=click.echo)
     pre = sidecar["preprocessing"]
     click.echo(f"{fmt} model of {len(sidecar['classes'])} classes: {path} (sidecar {path}.json)")
     click.echo(f"  input {pre['size']}x{pre['size']}: {pre['resize']}")
+    click.echo(f"  preprocessing for an application: {path.parent / sidecar['preprocess']}")
+
+
+@click.command("predict")
+@click.option("--shards", "shards_dir", type=click.Path(), help="A shard set [default: generated].")
+@click.option("--images", type=click.IntRange(min=64), default=320, show_default=True,
+              help="Photos in the generated set.")  # fmt: skip
+@click.option("--split", default="train", show_default=True)
+@click.option("--backbone", default="efficientnet-lite0", show_default=True)
+@click.option("--weights", help="A weights file, or none (random) [default: pretrained].")
+@click.option("--preset", default="backbone", show_default=True)
+@click.option("--image-size", type=click.IntRange(min=8), default=128, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--workdir", type=click.Path(), help="Keep the generated files here.")
+@expected_errors
+def bench_predict(shards_dir, workdir, **options):
+    """predict's images/s (a folder of JPEGs, a shard split) beside cache-features' for the
+    same encoder and images, and the exported ONNX model's under onnxruntime."""
+    from train.bench_predict import PredictBenchOptions, run_predict_bench
+
+    run_predict_bench(shards_dir, PredictBenchOptions(**options), workdir=workdir, echo=click.echo)
