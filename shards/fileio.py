@@ -87,6 +87,35 @@ def write_json_atomic(path: Path, obj: Any, durable: bool = True) -> None:
     write_bytes_atomic(path, dumps_json(obj).encode(), durable)
 
 
+PATH_KEYS = ("path", "tar", "index")  # where wsml's JSON files record their files
+SOURCE_KEYS = ("skipped", "source")  # where they record the raw dataset's files (never opened)
+
+
+def leaves_folder(name: str) -> bool:
+    """Whether a relative name read from a file (a JSON entry, a list line, a tar member) would
+    open something outside its folder: empty, absolute, with a ``..`` part or a NUL byte."""
+    return not name or name.startswith("/") or "\0" in name or ".." in name.split("/")
+
+
+def check_inside(doc: Any, root: Path, where: str) -> None:
+    """Every file a wsml JSON file ``doc`` records (the values under ``PATH_KEYS``, at any
+    depth, but for the raw dataset's under ``SOURCE_KEYS``) is a relative name inside ``root``:
+    a changed or hostile file opens nothing else."""
+    from shards.errors import WsmlError
+
+    items = (
+        doc.items() if isinstance(doc, dict) else enumerate(doc if isinstance(doc, list) else ())
+    )
+    for key, value in items:
+        if key in PATH_KEYS and not (isinstance(value, str) and not leaves_folder(value)):
+            raise WsmlError(
+                f"{where} records {key} {value!r}, not a relative path inside {root}: the file "
+                "was changed or not written by wsml"
+            )
+        if key not in SOURCE_KEYS:
+            check_inside(value, root, where)
+
+
 LOCK_SUFFIX = ".wsml-lock"
 
 

@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from shards import FORMAT_VERSION
 from shards.errors import WsmlError
+from shards.fileio import check_inside
 from shards.lists import LabelLists
 from shards.tables import from_arrow, read_checked_table, read_table
 
@@ -88,7 +89,8 @@ class ShardSet:
         """Complete observed views (those whose regime.json exists), by view name."""
         out = {}
         for meta in sorted((self.root / "observed").glob("*/regime.json")):
-            out[meta.parent.name] = json.loads(meta.read_text())
+            out[meta.parent.name] = doc = json.loads(meta.read_text())
+            check_inside(doc, self.root, str(meta))
         return out
 
     def observed_labels(self, view: str, split: str) -> np.ndarray:
@@ -145,6 +147,7 @@ def open_shard_set(path: str | Path) -> ShardSet:
             f"{manifest} is not a wsml shard set of format version {FORMAT_VERSION} "
             f"(found {m.get('format')} {m.get('format_version')})"
         )
+    check_inside(m, root, str(manifest))
     return ShardSet(root, m)
 
 
