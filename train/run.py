@@ -107,6 +107,7 @@ def evaluate_run(run_dir: str, split: str, which: str = "best") -> dict[str, Any
     saved = folder.read_config()
     if saved is None:
         raise WsmlError(f"{run_dir} holds no run (no config.json)")
+    folder.check_checkpointed(saved)
     ckpt = folder.load_checkpoint(BEST if which == "best" else LAST)
     ctx = Context.create()
     try:

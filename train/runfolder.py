@@ -170,6 +170,15 @@ class RunFolder:
                     os.replace(tmp_best, self.path / BEST)
             os.replace(tmp, last)
 
+    def check_checkpointed(self, saved: dict) -> None:
+        """A sweep keeps no checkpoint (its members' heads are trained stacked): say what to
+        do instead, as ``predict`` and ``export`` do, rather than that a file is missing."""
+        if saved["run"].get("sweep"):
+            raise WsmlError(
+                f"{self.path} is a --sweep run, which keeps no checkpoint: train its chosen "
+                "member alone (its lr and batch size are in summary.json) and use that run"
+            )
+
     def load_checkpoint(self, which: str = LAST) -> dict:
         """The checkpoint on the CPU, whatever device saved it: RNG states must be CPU byte
         tensors, and the saving machine may have had devices this one lacks."""

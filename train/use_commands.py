@@ -32,8 +32,11 @@ from shards.clitools import expected_errors
 def predict_command(images, run_dir, shards, split, out, **options):
     """Label IMAGES (files, folders searched for JPEG/PNG) or a shard set's split with a run:
     every class's probability and the predicted labels, in a Parquet or CSV table."""
+    from train.integrity import check_run_data
     from train.predict import PredictOptions, predict_lines, run_predict
 
+    if shards:
+        check_run_data(run_dir, "predict --shards")
     result = run_predict(
         run_dir, out, PredictOptions(**options), images=images, shards=shards, split=split,
         echo=click.echo,
@@ -61,7 +64,9 @@ def export_command(run_dir, fmt, out, num_classes, weights):
     """Export a run's whole network (normalised float NCHW in, logits out) with a JSON sidecar:
     classes, preprocessing, thresholds."""
     from train.export import export_run
+    from train.integrity import check_run_data
 
+    check_run_data(run_dir, "export")
     path, sidecar = export_run(run_dir, fmt, out, num_classes=num_classes, weights=weights)
     pre = sidecar["preprocessing"]
     click.echo(f"{fmt} model of {len(sidecar['classes'])} classes: {path} (sidecar {path}.json)")
