@@ -55,6 +55,13 @@ def _stand_in(n: int) -> np.ndarray:
 Observed = tuple[Lists, Lists]  # kept positives, kept negatives per row
 
 
+def exact(x: float) -> str:
+    """A number in a view's name: short (``0.1``, ``1e-09``) where that reads back as the same
+    number, else every digit (``0.1000000001``), so two views never share a name."""
+    short = f"{x:g}"
+    return short if float(short) == x else repr(float(x))
+
+
 @dataclass(frozen=True)
 class SinglePositive:
     """The field's generator: keep ``num_pos`` random positives and ``num_neg`` random negatives;
@@ -170,7 +177,7 @@ class Partial:
     seed: int = 0
 
     def view_name(self) -> str:
-        return f"partial-p{self.fraction:g}" + ("" if self.seed == 0 else f"-s{self.seed}")
+        return f"partial-p{exact(self.fraction)}" + ("" if self.seed == 0 else f"-s{self.seed}")
 
     def generate(self, labels: OfficialLabels) -> Observed:
         if not 0.0 < self.fraction <= 1.0:
@@ -212,7 +219,7 @@ class Noisy:
     seed: int = 0
 
     def view_name(self) -> str:
-        name = f"noisy-p{self.flip_pos:g}-q{self.flip_neg:g}"
+        name = f"noisy-p{exact(self.flip_pos)}-q{exact(self.flip_neg)}"
         return name + ("" if self.seed == 0 else f"-s{self.seed}")
 
     def generate(self, labels: OfficialLabels) -> Observed:

@@ -97,10 +97,20 @@ class ShardSet:
         """int8 (N, L) observed labels of a view in row order (1 / 0 unknown / -1)."""
         return self.observed_lists(view, split).dense()
 
+    @cached_property
+    def _observed(self) -> dict[tuple[str, str], LabelLists]:
+        return {}
+
     def observed_lists(self, view: str, split: str) -> LabelLists:
-        """The observed labels of a view in their ragged form."""
+        """The observed labels of a view in their ragged form (read once: the plan checks the
+        training split's, the run's data then holds the same)."""
         if view in ("full", "clean"):
             return self.full_lists(split)
+        if (view, split) not in self._observed:
+            self._observed[view, split] = self._read_observed(view, split)
+        return self._observed[view, split]
+
+    def _read_observed(self, view: str, split: str) -> LabelLists:
         if view not in self.regimes:
             have = ", ".join(["full", *self.regimes]) or "none"
             raise WsmlError(
