@@ -92,8 +92,11 @@ def leaderboard_command(runs_dir):
     """Rank the finished runs under DIR by test mAP; writes leaderboard.md and .json there."""
     from train.leaderboard import write_leaderboard
 
-    _, table = write_leaderboard(runs_dir)
+    unsaved: list[str] = []
+    _, table = write_leaderboard(runs_dir, unsaved)
     click.echo(table, nl=False)
+    for line in unsaved:  # the table is the result: printed, and exit 0
+        click.echo(f"Warning: {line}", err=True)
 
 
 @click.command("report")
