@@ -93,6 +93,9 @@ class ByteSize(click.ParamType):
         return int(float(m.group(1)) * SIZE_UNITS[unit])
 
 
+SEED_TYPE = click.IntRange(0, 2**32 - 1)  # options.SEED: what numpy's RandomState takes
+
+
 def parse_kv(pairs: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for pair in pairs:

@@ -11,6 +11,7 @@ import time
 import click
 
 from shards.clitools import (
+    SEED_TYPE,
     ByteSize,
     PartType,
     RegistryChoice,
@@ -48,7 +49,7 @@ def _regimes():
     show_default=True,
     help="Official train -> val fraction.",
 )
-@click.option("--split-seed", type=click.IntRange(min=0), default=1200, show_default=True)
+@click.option("--split-seed", type=SEED_TYPE, default=1200, show_default=True)
 @click.option(
     "--shuffle-seed",
     type=click.IntRange(min=0),
@@ -172,9 +173,7 @@ def shard(dataset, root, out, workers, fsync, part, finalize, resume, overwrite,
 @click.command()
 @click.argument("shards_dir", metavar="DIR", type=click.Path())
 @click.argument("regime", type=RegistryChoice("label regime"))
-@click.option(
-    "--seed", type=click.IntRange(min=0), help="RNG seed (single-positive: 1200, partial: 0)."
-)
+@click.option("--seed", type=SEED_TYPE, help="RNG seed (single-positive: 1200, partial: 0).")
 @click.option(
     "--fraction",
     type=click.FloatRange(0, 1, min_open=True),
@@ -355,7 +354,7 @@ def audit(shards_dir, workers, no_decode, near_bits):
 @click.option("--out", default="data/raw/digits", show_default=True, type=click.Path())
 @click.option("--train", "n_train", type=click.IntRange(min=1), default=3000, show_default=True)
 @click.option("--val", "n_val", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=SEED_TYPE, default=0, show_default=True)
 @expected_errors
 def demo_data(out, n_train, n_val, seed):
     """Write the embedded demo dataset (digit mosaics, COCO layout) from scikit-learn's digits."""

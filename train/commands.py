@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import click
 
-from shards.clitools import DeviceType, RegistryChoice, choices, expected_errors, parse_kv
+from shards.clitools import (
+    SEED_TYPE,
+    DeviceType,
+    RegistryChoice,
+    choices,
+    expected_errors,
+    parse_kv,
+)
 from shards.errors import WsmlError
 
 
@@ -35,7 +42,7 @@ def _methods():
 @click.option(
     "--batch-size", type=click.IntRange(min=1), help="Global batch (split over DDP ranks)."
 )
-@click.option("--seed", type=click.IntRange(min=0))
+@click.option("--seed", type=SEED_TYPE)
 @click.option("--seeds", help="Several seeds, e.g. 0,1,2: one run folder each, OUT-s0, OUT-s1, ….")
 @click.option("--out", type=click.Path(), help="Run folder [default: runs/METHOD-SETTING-SEED].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
