@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from shards.clitools import DeviceType, RegistryChoice, choices, expected_errors
+from shards.clitools import DeviceType, PathType, RegistryChoice, choices, expected_errors
 
 
 @choices("preset")
@@ -22,7 +22,7 @@ def _backends():
 
 
 @click.command("loader")
-@click.option("--shards", "shards_dir", type=click.Path(), help="Shard set (default: generated).")
+@click.option("--shards", "shards_dir", type=PathType(), help="Shard set (default: generated).")
 @click.option("--preset", default="cole448", show_default=True, type=RegistryChoice("preset"))
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option(
@@ -35,7 +35,7 @@ def _backends():
     show_default=True,
     help="Generated VOC-sized photos.",
 )
-@click.option("--workdir", type=click.Path(), help="Keep generated files here.")
+@click.option("--workdir", type=PathType(), help="Keep generated files here.")
 @click.option(
     "--repeats",
     type=click.IntRange(min=1),

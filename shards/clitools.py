@@ -4,6 +4,8 @@ backed choices, option types. Imports nothing heavy, so ``cli.py --help`` stays 
 from __future__ import annotations
 
 import functools
+import math
+import os
 import re
 import time
 from collections.abc import Callable
@@ -93,6 +95,17 @@ class ByteSize(click.ParamType):
         return int(float(m.group(1)) * SIZE_UNITS[unit])
 
 
+class FloatRange(click.FloatRange):
+    """``click.FloatRange`` that refuses NaN and infinities (click's range checks let NaN
+    through: every comparison with it is false)."""
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        return value
+
+
 SEED_TYPE = click.IntRange(0, 2**32 - 1)  # options.SEED: what numpy's RandomState takes
 
 
@@ -130,6 +143,22 @@ def check_device(device: str) -> str:
 
         raise WsmlError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
     return device
+
+
+class PathType(click.Path):
+    """A path option or argument (``click.Path``) that is valid UTF-8: wsml records paths in
+    its JSON files and tables and names them in its messages, which a name with an undecodable
+    byte cannot be; such a path is a usage error, before any work."""
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        text = os.fsdecode(value)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = text.encode("utf-8", "backslashreplace").decode()
+            self.fail(f"{shown!r} is not valid UTF-8 (an undecodable byte); rename it", param, ctx)
+        return value
 
 
 class DeviceType(click.ParamType):

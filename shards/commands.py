@@ -13,7 +13,9 @@ import click
 from shards.clitools import (
     SEED_TYPE,
     ByteSize,
+    FloatRange,
     PartType,
+    PathType,
     RegistryChoice,
     check_regime_specs,
     choices,
@@ -40,11 +42,11 @@ def _regimes():
 
 @click.command()
 @click.option("--dataset", required=True, type=RegistryChoice("dataset"), help="Source format.")
-@click.option("--root", required=True, type=click.Path(), help="Raw dataset folder.")
-@click.option("--out", required=True, type=click.Path(), help="Shard set folder to write.")
+@click.option("--root", required=True, type=PathType(), help="Raw dataset folder.")
+@click.option("--out", required=True, type=PathType(), help="Shard set folder to write.")
 @click.option(
     "--val-frac",
-    type=click.FloatRange(0, 1, max_open=True),
+    type=FloatRange(0, 1, max_open=True),
     default=0.2,
     show_default=True,
     help="Official train -> val fraction.",
@@ -87,7 +89,7 @@ def _regimes():
 @click.option("--on-bad", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
 @click.option(
     "--max-bad",
-    type=click.FloatRange(0, 1),
+    type=FloatRange(0, 1),
     default=0.01,
     show_default=True,
     help="With --on-bad skip: max fraction.",
@@ -171,12 +173,12 @@ def shard(dataset, root, out, workers, fsync, part, finalize, resume, overwrite,
 
 
 @click.command()
-@click.argument("shards_dir", metavar="DIR", type=click.Path())
+@click.argument("shards_dir", metavar="DIR", type=PathType())
 @click.argument("regime", type=RegistryChoice("label regime"))
 @click.option("--seed", type=SEED_TYPE, help="RNG seed (single-positive: 1200, partial: 0).")
 @click.option(
     "--fraction",
-    type=click.FloatRange(0, 1, min_open=True),
+    type=FloatRange(0, 1, min_open=True),
     help="partial: probability that an entry is observed.",
 )
 @click.option(
@@ -192,17 +194,17 @@ def shard(dataset, root, out, workers, fsync, part, finalize, resume, overwrite,
 )
 @click.option(
     "--class-weights",
-    type=click.Path(),
+    type=PathType(),
     help="--bias semantic: JSON object of class name -> weight.",
 )
 @click.option(
     "--flip-pos",
-    type=click.FloatRange(0, 1),
+    type=FloatRange(0, 1),
     help="noisy: probability that a positive turns negative.",
 )
 @click.option(
     "--flip-neg",
-    type=click.FloatRange(0, 1),
+    type=FloatRange(0, 1),
     help="noisy: probability that a negative turns positive.",
 )
 @expected_errors
@@ -236,7 +238,7 @@ def _classes_to_show(summary: dict, splits: list[str]) -> list[int]:
 
 
 @click.command()
-@click.argument("shards_dir", metavar="DIR", type=click.Path())
+@click.argument("shards_dir", metavar="DIR", type=PathType())
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @expected_errors
 def info(shards_dir, as_json):
@@ -285,7 +287,7 @@ def info(shards_dir, as_json):
 
 
 @click.command()
-@click.argument("shards_dir", metavar="DIR", type=click.Path())
+@click.argument("shards_dir", metavar="DIR", type=PathType())
 @click.option(
     "--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True
 )
@@ -311,7 +313,7 @@ def verify(shards_dir, workers, no_decode):
 
 
 @click.command()
-@click.argument("shards_dir", metavar="DIR", type=click.Path())
+@click.argument("shards_dir", metavar="DIR", type=PathType())
 @click.option(
     "--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True
 )
@@ -351,7 +353,7 @@ def audit(shards_dir, workers, no_decode, near_bits):
 
 
 @click.command("demo-data")
-@click.option("--out", default="data/raw/digits", show_default=True, type=click.Path())
+@click.option("--out", default="data/raw/digits", show_default=True, type=PathType())
 @click.option("--train", "n_train", type=click.IntRange(min=1), default=3000, show_default=True)
 @click.option("--val", "n_val", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--seed", type=SEED_TYPE, default=0, show_default=True)

@@ -107,7 +107,7 @@ def check_ranges(obj: Any) -> None:
     the field allows none); else a WsmlError naming the option, its range and the value."""
     for name, allowed in declared_ranges(type(obj)).items():
         value = getattr(obj, name)
-        items = value if isinstance(value, tuple) else (value,)
+        items = value if isinstance(value, tuple | list) else (value,)
         if any(v is not None and v not in allowed for v in items):
             raise WsmlError(f"{name} must be {allowed}, got {value!r}")
 

@@ -7,7 +7,7 @@ observed matrices of the reference code bases exactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 import numpy as np
@@ -311,7 +311,7 @@ Regime = SinglePositive | Partial | Noisy
 def create_regime(name: str, **params) -> Regime:
     """Build a regime from its name and parameters; unknown names or parameters fail listing choices."""
     info = REGIMES.get(name)
-    valid = set(info.params.__dataclass_fields__)
+    valid = {f.name for f in fields(info.params)}
     unknown = sorted(set(params) - valid)
     if unknown:
         raise WsmlError(

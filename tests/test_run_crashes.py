@@ -121,7 +121,7 @@ def test_a_finished_run_without_checkpoints_is_started_again_only_on_request(
     assert invoke("train", "--resume", "--out", out).exit_code == 0
     for name in ("checkpoint-last.pt", "checkpoint-best.pt"):
         (out / name).unlink()  # kept the results, dropped the weights
-    line = assert_refused(invoke(*train_args(shards, out)), "already holds a finished run")
+    line = assert_refused(invoke(*train_args(shards, out)), "already holds a run (finished)")
     assert "--resume" not in line and "pass --overwrite to start it again" in line
     line = assert_refused(invoke("train", "--resume", "--out", out), "finished run")
     assert "nothing to resume; add --overwrite" in line

@@ -91,7 +91,7 @@ class RunFolder:
         if not resume and (checkpoint or finished):
             way = "--resume to continue it or " if checkpoint else ""
             raise WsmlError(
-                f"{self.path} already holds a {'finished ' * finished}run; pass {way}"
+                f"{self.path} already holds a run{' (finished)' * finished}; pass {way}"
                 "--overwrite to start it again"
             )
         if resume:

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import click
 
-from shards.clitools import expected_errors
+from shards.clitools import DeviceType, PathType, expected_errors
 
 
 @click.command("predict")
-@click.argument("images", nargs=-1, type=click.Path())
-@click.option("--run", "run_dir", required=True, type=click.Path(), help="Run folder.")
-@click.option("--shards", type=click.Path(), help="A shard set instead of images.")
+@click.argument("images", nargs=-1, type=PathType())
+@click.option("--run", "run_dir", required=True, type=PathType(), help="Run folder.")
+@click.option("--shards", type=PathType(), help="A shard set instead of images.")
 @click.option("--split", default="test", show_default=True, help="With --shards.")
-@click.option("--out", default="preds.parquet", show_default=True, help=".parquet or .csv")
+@click.option(
+    "--out", default="preds.parquet", show_default=True, type=PathType(), help=".parquet or .csv"
+)
 @click.option("--threshold", help="A probability, or val-f1 [default: the run's, 0.5].")
 @click.option(
     "--top-k",
@@ -22,19 +24,21 @@ from shards.clitools import expected_errors
     help="Label each image with its K most probable classes.",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", type=DeviceType(), default="cpu", show_default=True)
 @click.option(
     "--on-bad", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
     help="An image that cannot be decoded: stop, or go on and list it.",
 )  # fmt: skip
-@click.option("--weights", type=click.Path(), help="Linear runs: the cache encoder's weights file.")
+@click.option("--weights", type=PathType(), help="Linear runs: the cache encoder's weights file.")
 @expected_errors
 def predict_command(images, run_dir, shards, split, out, **options):
     """Label IMAGES (files, folders searched for JPEG/PNG) or a shard set's split with a run:
     every class's probability and the predicted labels, in a Parquet or CSV table."""
+    from pipelines.distributed import resolve_device
     from train.integrity import check_run_data
     from train.predict import PredictOptions, predict_lines, run_predict
 
+    options["device"] = str(resolve_device(options["device"]))  # as every command's
     if shards:
         check_run_data(run_dir, "predict --shards")
     result = run_predict(
@@ -46,19 +50,19 @@ def predict_command(images, run_dir, shards, split, out, **options):
 
 
 @click.command("export")
-@click.option("--run", "run_dir", required=True, type=click.Path(), help="Run folder.")
+@click.option("--run", "run_dir", required=True, type=PathType(), help="Run folder.")
 @click.option(
     "--format", "fmt", type=click.Choice(["torchscript", "onnx"]), default="torchscript",
     show_default=True,
 )  # fmt: skip
-@click.option("--out", type=click.Path(), help="[default: RUN/model.pt or RUN/model.onnx]")
+@click.option("--out", type=PathType(), help="[default: RUN/model.pt or RUN/model.onnx]")
 @click.option(
     "--classes",
     "num_classes",
     type=click.IntRange(min=1),
     help="Fail unless the run has this many.",
 )
-@click.option("--weights", type=click.Path(), help="Linear runs: the cache encoder's weights file.")
+@click.option("--weights", type=PathType(), help="Linear runs: the cache encoder's weights file.")
 @expected_errors
 def export_command(run_dir, fmt, out, num_classes, weights):
     """Export a run's whole network (normalised float NCHW in, logits out) with a JSON sidecar:
