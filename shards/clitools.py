@@ -106,6 +106,32 @@ class FloatRange(click.FloatRange):
         return value
 
 
+class NumberList(click.ParamType):
+    """Comma-separated numbers (``int`` or ``float``), each in ``[lo, hi]`` (above ``lo`` when
+    ``lo_open``) and finite, ``count`` of them when given: a tuple, or a usage error."""
+
+    name = "numbers"
+
+    def __init__(self, cast: type, lo: float, hi: float, *, lo_open=False, count=None):
+        self.cast, self.lo, self.hi, self.lo_open, self.count = cast, lo, hi, lo_open, count
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        what = "integers" if self.cast is int else "numbers"
+        want = f"{self.count} " if self.count else ""
+        bound = f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
+        try:
+            items = tuple(self.cast(x) for x in str(value).split(","))
+        except ValueError:
+            items = ()
+        ok = [math.isfinite(x) and (x > self.lo if self.lo_open else x >= self.lo) and x <= self.hi
+              for x in items]  # fmt: skip
+        if not items or not all(ok) or (self.count and len(items) != self.count):
+            self.fail(f"{value!r}: expected {want}comma-separated {what} in {bound}", param, ctx)
+        return items
+
+
 SEED_TYPE = click.IntRange(0, 2**32 - 1)  # options.SEED: what numpy's RandomState takes
 
 

@@ -54,7 +54,7 @@ def _regimes():
 @click.option("--split-seed", type=SEED_TYPE, default=1200, show_default=True)
 @click.option(
     "--shuffle-seed",
-    type=click.IntRange(min=0),
+    type=SEED_TYPE,
     default=1200,
     show_default=True,
     help="Seed of the written order.",
@@ -62,14 +62,14 @@ def _regimes():
 @click.option("--shard-size", default="64MB", type=ByteSize(), show_default=True)
 @click.option(
     "--shard-samples",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 10**9),
     default=1000,
     show_default=True,
     help="Samples per shard at most.",
 )
 @click.option(
     "--max-side",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 65535),
     help="Re-encode images whose longer side exceeds this.",
 )
 @click.option(
@@ -104,7 +104,7 @@ def _regimes():
 )
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 1024),
     default=os.cpu_count() or 1,
     show_default=True,
     help="Processes.",
@@ -182,10 +182,10 @@ def shard(dataset, root, out, workers, fsync, part, finalize, resume, overwrite,
     help="partial: probability that an entry is observed.",
 )
 @click.option(
-    "--num-pos", type=click.IntRange(min=1), help="single-positive: positives kept per image."
+    "--num-pos", type=click.IntRange(1, 10**6), help="single-positive: positives kept per image."
 )
 @click.option(
-    "--num-neg", type=click.IntRange(min=0), help="single-positive: negatives kept per image."
+    "--num-neg", type=click.IntRange(0, 10**6), help="single-positive: negatives kept per image."
 )
 @click.option(
     "--bias",
@@ -289,7 +289,7 @@ def info(shards_dir, as_json):
 @click.command()
 @click.argument("shards_dir", metavar="DIR", type=PathType())
 @click.option(
-    "--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True
+    "--workers", type=click.IntRange(1, 1024), default=os.cpu_count() or 1, show_default=True
 )
 @click.option("--no-decode", is_flag=True, help="Skip decoding the images.")
 @expected_errors
@@ -315,7 +315,7 @@ def verify(shards_dir, workers, no_decode):
 @click.command()
 @click.argument("shards_dir", metavar="DIR", type=PathType())
 @click.option(
-    "--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True
+    "--workers", type=click.IntRange(1, 1024), default=os.cpu_count() or 1, show_default=True
 )
 @click.option("--no-decode", is_flag=True, help="Skip decoding the images (tars still checked).")
 @click.option(
@@ -354,8 +354,8 @@ def audit(shards_dir, workers, no_decode, near_bits):
 
 @click.command("demo-data")
 @click.option("--out", default="data/raw/digits", show_default=True, type=PathType())
-@click.option("--train", "n_train", type=click.IntRange(min=1), default=3000, show_default=True)
-@click.option("--val", "n_val", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--train", "n_train", type=click.IntRange(1, 10**7), default=3000, show_default=True)
+@click.option("--val", "n_val", type=click.IntRange(1, 10**7), default=1000, show_default=True)
 @click.option("--seed", type=SEED_TYPE, default=0, show_default=True)
 @expected_errors
 def demo_data(out, n_train, n_val, seed):

@@ -116,12 +116,10 @@ def bases(s: dict) -> dict[str, dict]:
 
 def hostile_values(p: click.Parameter, s: dict) -> list:
     t = p.type
-    if isinstance(t, click.IntRange):
-        out = [t.min - 1] if t.min is not None else []
-        return [*out, *([t.max + 1] if t.max is not None else []), HUGE]
+    if isinstance(t, click.IntRange):  # bounded (test_every_number_option_is_bounded)
+        return [t.min - 1, t.max + 1, HUGE]
     if isinstance(t, click.FloatRange):
-        out = [t.min - (0 if t.min_open else 1)] if t.min is not None else []
-        return [*out, *([t.max + 1] if t.max is not None else []), "nan", "inf", "-inf"]
+        return [t.min - (0 if t.min_open else 1), t.max * 10, "nan", "inf", "-inf"]
     if isinstance(t, click.Path):
         return [s["tmp"] / BAD_TEXT, s["latin"]]
     if isinstance(t, DeviceType):
@@ -142,6 +140,19 @@ def command_line(cmd: click.Command, values: dict) -> list[str]:
         else:
             args += [p.opts[0], str(v)]
     return args
+
+
+def test_every_number_option_is_bounded():
+    """Both ends: a huge count would fork a pool of that many workers or generate that many
+    images before anything could refuse it."""
+    unbounded = [
+        f"{name} {p.opts[0]}"
+        for name, cmd in COMMANDS.items()
+        for p in cmd.params
+        if isinstance(p.type, click.IntRange | click.FloatRange)
+        and (p.type.min is None or p.type.max is None)
+    ]
+    assert unbounded == []
 
 
 def test_every_command_has_a_base_invocation(setup):
@@ -173,7 +184,7 @@ def test_the_hostile_values_reach_each_kind_of_option(setup):
     """The values tried: a range's neighbours, NaN, a huge integer, an undecodable path."""
     train = COMMANDS["train"]
     by_name = {p.name: hostile_values(p, setup) for p in train.params}
-    assert by_name["epochs"] == [0, HUGE]
+    assert by_name["epochs"] == [0, 10_001, HUGE]
     assert by_name["lr"][-3:] == ["nan", "inf", "-inf"]
     assert by_name["out"][0].name == BAD_TEXT
     assert np.all([v in by_name["seeds"] for v in (BAD_TEXT, HUGE)])

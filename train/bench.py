@@ -370,8 +370,3 @@ def time_joins(loader, rows: list, device: torch.device, repeats: int = 5) -> fl
         _sync(device)
         best = min(best, (time.perf_counter() - t) / max(1, len(rows)))
     return 1e3 * best
-
-
-def parse_rows(text: str) -> dict[str, int]:
-    values = [int(x) for x in text.split(",")]
-    return dict(zip(("train", "val", "test"), values, strict=False))

@@ -9,6 +9,7 @@ from shards.clitools import (
     SEED_TYPE,
     DeviceType,
     FloatRange,
+    NumberList,
     PathType,
     RegistryChoice,
     choices,
@@ -39,10 +40,10 @@ def _methods():
     type=click.Choice(["linear", "cam"]),
     help="e2e: cam = CAM head (BoostLU with -o boostlu_alpha=5) [default: linear].",
 )
-@click.option("--epochs", type=click.IntRange(min=1))
-@click.option("--lr", type=FloatRange(min=0, min_open=True))
+@click.option("--epochs", type=click.IntRange(1, 10_000))
+@click.option("--lr", type=FloatRange(0, 1e3, min_open=True))
 @click.option(
-    "--batch-size", type=click.IntRange(min=1), help="Global batch (split over DDP ranks)."
+    "--batch-size", type=click.IntRange(1, 2**20), help="Global batch (split over DDP ranks)."
 )
 @click.option("--seed", type=SEED_TYPE)
 @click.option("--seeds", help="Several seeds, e.g. 0,1,2: one run folder each, OUT-s0, OUT-s1, ….")
@@ -53,7 +54,7 @@ def _methods():
 @click.option("--sweep", is_flag=True, help="linear: Cole's lr x batch grid as one job.")
 @click.option("--tensorboard", is_flag=True, help="Also write TensorBoard logs in the run folder.")
 @click.option(
-    "--stop-after-epochs", type=click.IntRange(min=0), hidden=True
+    "--stop-after-epochs", type=click.IntRange(0, 10_000), hidden=True
 )  # debug: an interruption
 @click.option("-o", "opts", multiple=True, metavar="KEY=VALUE", help="Method or run option.")
 @expected_errors
@@ -139,25 +140,29 @@ def methods_command():
 )
 @click.option("--method", "methods", default="an", show_default=True, help="Comma-separated.")
 @click.option(
-    "--rows", default="65665,16416,40137", show_default=True, help="linear: train,val,test rows."
+    "--rows",
+    type=NumberList(int, 1, 10**9, count=3),
+    default="65665,16416,40137",
+    show_default=True,
+    help="linear: train,val,test rows.",
 )
 @click.option(
     "--dim",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 2**16),
     default=2048,
     show_default=True,
     help="linear: feature dimension.",
 )
 @click.option(
     "--classes",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 10**6),
     default=80,
     show_default=True,
     help="linear: number of classes; e2e: of the generated photos' labels, with --annotations.",
 )
 @click.option(
     "--annotations",
-    type=FloatRange(min=0),
+    type=FloatRange(0, 1e4),
     default=0.0,
     help="OpenImages-shaped ragged labels, about this many an image (60% positive) over "
     "--classes; linear: features memory-mapped from disk; e2e: the generated photos in Open "
@@ -169,14 +174,26 @@ def methods_command():
     show_default=True,
     help="linear: the ways timed (papers, runs, sweep).",
 )
-@click.option("--lrs", default="1e-2,1e-3,1e-4,1e-5", show_default=True, help="linear: grid lrs.")
-@click.option("--batches", default="8,16", show_default=True, help="linear: grid batch sizes.")
-@click.option("--paper-steps", type=click.IntRange(min=0), default=0, help="linear: time this many steps of each papers'-way "
+@click.option(
+    "--lrs",
+    type=NumberList(float, 0, 1e3, lo_open=True),
+    default="1e-2,1e-3,1e-4,1e-5",
+    show_default=True,
+    help="linear: grid lrs.",
+)
+@click.option(
+    "--batches",
+    type=NumberList(int, 1, 2**20),
+    default="8,16",
+    show_default=True,
+    help="linear: grid batch sizes.",
+)
+@click.option("--paper-steps", type=click.IntRange(0, 10**9), default=0, help="linear: time this many steps of each papers'-way "
               "epoch and extrapolate (0: whole epochs).")  # fmt: skip
 @click.option("--shards", type=PathType(), help="e2e: a shard set [default: generated photos].")
 @click.option(
     "--images",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 10**8),
     default=256,
     show_default=True,
     help="e2e: photos to generate.",
@@ -185,16 +202,16 @@ def methods_command():
 @click.option("--preset", help="e2e: [default: the method's, else cole448].")
 @click.option(
     "--image-size",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, 8192),
     default=0,
     help="e2e: centre crop of this size instead of a preset.",
 )
 @click.option(
-    "--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="e2e."
+    "--batch-size", type=click.IntRange(1, 2**20), default=32, show_default=True, help="e2e."
 )
 @click.option(
     "--steps",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 10**9),
     default=20,
     show_default=True,
     help="e2e: timed steps per method.",
@@ -216,7 +233,7 @@ def bench_train(setting, methods, rows, dim, classes, paper_steps, opts, **e2e):
         get_method(name)  # unknown names fail here, listing the methods
     grid = {k: e2e.pop(k) for k in ("annotations", "ways", "lrs", "batches")}
     if setting == "linear":
-        from train.bench import LinearBenchOptions, parse_rows, run_linear_bench
+        from train.bench import LinearBenchOptions, run_linear_bench
 
         ways = tuple(w.strip() for w in grid["ways"].split(",") if w.strip())
         if not ways or set(ways) - {"papers", "runs", "sweep"}:
@@ -224,10 +241,10 @@ def bench_train(setting, methods, rows, dim, classes, paper_steps, opts, **e2e):
                 f"{grid['ways']!r}: choose from papers, runs, sweep", param_hint="--ways"
             )
         options = LinearBenchOptions(
-            names, rows=parse_rows(rows), dim=dim, classes=classes, paper_steps=paper_steps,
+            names, rows=dict(zip(("train", "val", "test"), rows, strict=True)), dim=dim, classes=classes, paper_steps=paper_steps,
             device=e2e["device"], annotations=grid["annotations"], ways=ways,
-            lrs=tuple(float(x) for x in grid["lrs"].split(",")),
-            batches=tuple(int(x) for x in grid["batches"].split(",")),
+            lrs=grid["lrs"],
+            batches=grid["batches"],
         )  # fmt: skip
         run_linear_bench(options, echo=click.echo)
         return

@@ -19,11 +19,11 @@ from shards.clitools import DeviceType, PathType, expected_errors
 @click.option("--threshold", help="A probability, or val-f1 [default: the run's, 0.5].")
 @click.option(
     "--top-k",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, 10**6),
     default=0,
     help="Label each image with its K most probable classes.",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 2**20), default=32, show_default=True)
 @click.option("--device", type=DeviceType(), default="cpu", show_default=True)
 @click.option(
     "--on-bad", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
@@ -59,7 +59,7 @@ def predict_command(images, run_dir, shards, split, out, **options):
 @click.option(
     "--classes",
     "num_classes",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 10**6),
     help="Fail unless the run has this many.",
 )
 @click.option("--weights", type=PathType(), help="Linear runs: the cache encoder's weights file.")
