@@ -10,7 +10,6 @@ import click
 from shards.clitools import (
     STARTED,
     DeviceType,
-    PathType,
     RegistryChoice,
     expected_errors,
     progress_factory,
@@ -76,7 +75,7 @@ def cache_options(fn):
     for option in reversed(options):
         fn = option(fn)
     shards = click.option(
-        "--shards", "shards_dir", required=True, type=PathType(), help="Shard set."
+        "--shards", "shards_dir", required=True, type=click.Path(), help="Shard set."
     )
     return shards(fn)
 
@@ -112,7 +111,7 @@ def run_cache_command(cache, **kwargs) -> None:
 @click.option("--file-tag", help="The open_clip tag a --pretrained file was published as.")
 @click.option(
     "--prompts",
-    type=PathType(exists=True, dir_okay=False),
+    type=click.Path(exists=True, dir_okay=False),
     help="File of prompt templates, one per line, each with one {} for the class name.",
 )
 @click.option("--template", "templates", multiple=True, help="A prompt template (repeatable).")
@@ -158,7 +157,7 @@ def cache_features_command(**kwargs):
 
 
 @click.command("cache-clip")
-@click.option("--shards", "shards_dir", type=PathType(), help="Shard set (default: generated).")
+@click.option("--shards", "shards_dir", type=click.Path(), help="Shard set (default: generated).")
 @click.option(
     "--images",
     type=click.IntRange(1, 10**8),
@@ -172,7 +171,7 @@ def cache_features_command(**kwargs):
 @click.option("--batch-size", type=click.IntRange(1, 2**20), default=64, show_default=True)
 @click.option("--loader", type=click.Choice(["auto", "dali", "torch"]), default="auto")
 @click.option("--device", type=DeviceType(), default="auto", show_default=True)
-@click.option("--workdir", type=PathType(), help="Keep generated files here.")
+@click.option("--workdir", type=click.Path(), help="Keep generated files here.")
 @expected_errors
 def bench_cache_clip(shards_dir, models, loader, workdir, **kwargs):
     """Image embedding: loader alone, model alone on a fixed batch, and the whole cache run."""

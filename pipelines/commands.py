@@ -7,7 +7,6 @@ import click
 from shards.clitools import (
     DeviceType,
     NumberList,
-    PathType,
     RegistryChoice,
     choices,
     expected_errors,
@@ -29,7 +28,7 @@ def _backends():
 
 
 @click.command("loader")
-@click.option("--shards", "shards_dir", type=PathType(), help="Shard set (default: generated).")
+@click.option("--shards", "shards_dir", type=click.Path(), help="Shard set (default: generated).")
 @click.option("--preset", default="cole448", show_default=True, type=RegistryChoice("preset"))
 @click.option("--batch-size", type=click.IntRange(1, 2**20), default=32, show_default=True)
 @click.option(
@@ -42,7 +41,7 @@ def _backends():
     show_default=True,
     help="Generated VOC-sized photos.",
 )
-@click.option("--workdir", type=PathType(), help="Keep generated files here.")
+@click.option("--workdir", type=click.Path(), help="Keep generated files here.")
 @click.option(
     "--repeats",
     type=click.IntRange(1, 1000),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import re
 import time
 from collections.abc import Callable
@@ -171,20 +170,22 @@ def check_device(device: str) -> str:
     return device
 
 
-class PathType(click.Path):
-    """A path option or argument (``click.Path``) that is valid UTF-8: wsml records paths in
-    its JSON files and tables and names them in its messages, which a name with an undecodable
-    byte cannot be; such a path is a usage error, before any work."""
-
-    def convert(self, value, param, ctx):
-        value = super().convert(value, param, ctx)
-        text = os.fsdecode(value)
+def check_text_args(args: list[str]) -> None:
+    """Every argument is valid UTF-8: wsml records paths and names in its JSON files and tables
+    and names them in its messages, which an undecodable byte (``\\udcXX`` in Python's argv)
+    cannot be in. A usage error naming the option, before any command runs."""
+    for i, arg in enumerate(args):
         try:
-            text.encode("utf-8")
+            arg.encode("utf-8")
         except UnicodeEncodeError:
-            shown = text.encode("utf-8", "backslashreplace").decode()
-            self.fail(f"{shown!r} is not valid UTF-8 (an undecodable byte); rename it", param, ctx)
-        return value
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            option = arg.split("=")[0] if arg.startswith("--") and "=" in arg else None
+            option = option or (args[i - 1] if i and args[i - 1].startswith("-") else None)
+            where = f" of {option}" if option else ""
+            raise click.UsageError(
+                f"the value{where}, '{shown}', is not valid UTF-8 (an undecodable byte); "
+                "rename the file or folder, or give the text in UTF-8"
+            ) from None
 
 
 class DeviceType(click.ParamType):

@@ -15,7 +15,6 @@ from shards.clitools import (
     ByteSize,
     FloatRange,
     PartType,
-    PathType,
     RegistryChoice,
     check_regime_specs,
     choices,
@@ -42,8 +41,8 @@ def _regimes():
 
 @click.command()
 @click.option("--dataset", required=True, type=RegistryChoice("dataset"), help="Source format.")
-@click.option("--root", required=True, type=PathType(), help="Raw dataset folder.")
-@click.option("--out", required=True, type=PathType(), help="Shard set folder to write.")
+@click.option("--root", required=True, type=click.Path(), help="Raw dataset folder.")
+@click.option("--out", required=True, type=click.Path(), help="Shard set folder to write.")
 @click.option(
     "--val-frac",
     type=FloatRange(0, 1, max_open=True),
@@ -173,7 +172,7 @@ def shard(dataset, root, out, workers, fsync, part, finalize, resume, overwrite,
 
 
 @click.command()
-@click.argument("shards_dir", metavar="DIR", type=PathType())
+@click.argument("shards_dir", metavar="DIR", type=click.Path())
 @click.argument("regime", type=RegistryChoice("label regime"))
 @click.option("--seed", type=SEED_TYPE, help="RNG seed (single-positive: 1200, partial: 0).")
 @click.option(
@@ -194,7 +193,7 @@ def shard(dataset, root, out, workers, fsync, part, finalize, resume, overwrite,
 )
 @click.option(
     "--class-weights",
-    type=PathType(),
+    type=click.Path(),
     help="--bias semantic: JSON object of class name -> weight.",
 )
 @click.option(
@@ -238,7 +237,7 @@ def _classes_to_show(summary: dict, splits: list[str]) -> list[int]:
 
 
 @click.command()
-@click.argument("shards_dir", metavar="DIR", type=PathType())
+@click.argument("shards_dir", metavar="DIR", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @expected_errors
 def info(shards_dir, as_json):
@@ -287,7 +286,7 @@ def info(shards_dir, as_json):
 
 
 @click.command()
-@click.argument("shards_dir", metavar="DIR", type=PathType())
+@click.argument("shards_dir", metavar="DIR", type=click.Path())
 @click.option(
     "--workers", type=click.IntRange(1, 1024), default=os.cpu_count() or 1, show_default=True
 )
@@ -313,7 +312,7 @@ def verify(shards_dir, workers, no_decode):
 
 
 @click.command()
-@click.argument("shards_dir", metavar="DIR", type=PathType())
+@click.argument("shards_dir", metavar="DIR", type=click.Path())
 @click.option(
     "--workers", type=click.IntRange(1, 1024), default=os.cpu_count() or 1, show_default=True
 )
@@ -353,7 +352,7 @@ def audit(shards_dir, workers, no_decode, near_bits):
 
 
 @click.command("demo-data")
-@click.option("--out", default="data/raw/digits", show_default=True, type=PathType())
+@click.option("--out", default="data/raw/digits", show_default=True, type=click.Path())
 @click.option("--train", "n_train", type=click.IntRange(1, 10**7), default=3000, show_default=True)
 @click.option("--val", "n_val", type=click.IntRange(1, 10**7), default=1000, show_default=True)
 @click.option("--seed", type=SEED_TYPE, default=0, show_default=True)

@@ -22,7 +22,7 @@ from tests.raw_datasets import make_coco, write_jpeg
 BAD_TEXT = os.fsdecode(b"bad-\xff")  # what Python makes of an undecodable byte in argv
 HUGE = "99999999999999999999"
 # cases another helper fixes (their branches add them after the merge): (command, option)
-LEFT_OUT: set[tuple[str, str]] = set()
+LEFT_OUT = {("report", "--out")}  # a file as --out: the #26 branch refuses what is no report
 
 
 def walk(cmd: click.Command, path: str = ""):
@@ -188,3 +188,41 @@ def test_the_hostile_values_reach_each_kind_of_option(setup):
     assert by_name["lr"][-3:] == ["nan", "inf", "-inf"]
     assert by_name["out"][0].name == BAD_TEXT
     assert np.all([v in by_name["seeds"] for v in (BAD_TEXT, HUGE)])
+
+
+@pytest.mark.parametrize("which", ["--root", "--out"])
+def test_shard_refuses_a_non_utf8_path_before_any_work(tmp_path, which):
+    raw, out = make_coco(tmp_path / "raw", n_train=4, n_val=2), tmp_path / "out"
+    bad = tmp_path / BAD_TEXT
+    if which == "--root":
+        raw.rename(bad)
+    args = ["shard", "--dataset", "coco", "--workers", "1"]
+    args += ["--root", bad if which == "--root" else raw, "--out", bad if which == "--out" else out]
+    result = CliRunner().invoke(cli.main, [str(a) for a in args])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert f"the value of {which}, '{tmp_path}/bad-\\xff', is not valid UTF-8" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["raw" if which == "--out" else BAD_TEXT]
+    )
+
+
+@pytest.mark.parametrize(
+    "device, code, said",
+    [
+        ("foo", 2, "not one of auto, cpu, cuda, cuda:N"),
+        ("cuda", 1, "no CUDA GPU; use --device cpu"),
+    ],
+)
+def test_predict_takes_a_device_as_every_command_does(tmp_path, device, code, said):
+    write_jpeg(tmp_path / "a.jpg")
+    args = ["predict", tmp_path / "a.jpg", "--run", tmp_path / "run", "--device", device]
+    result = CliRunner().invoke(cli.main, [str(a) for a in args])
+    assert result.exit_code == code and "Traceback" not in result.output, result.output
+    assert said in result.output
+
+
+def test_export_into_a_missing_folder_is_refused(setup):
+    out = setup["tmp"] / "missing" / "m.pt"
+    result = CliRunner().invoke(cli.main, ["export", "--run", str(setup["e2e"]), "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"folder {out.parent} does not exist" in result.output

@@ -10,7 +10,6 @@ from shards.clitools import (
     DeviceType,
     FloatRange,
     NumberList,
-    PathType,
     RegistryChoice,
     choices,
     expected_errors,
@@ -27,7 +26,7 @@ def _methods():
 
 
 @click.command("train")
-@click.option("--shards", type=PathType(), help="Shard set folder.")
+@click.option("--shards", type=click.Path(), help="Shard set folder.")
 @click.option("--method", type=RegistryChoice("method"), help="See `cli.py methods`.")
 @click.option("--setting", type=click.Choice(["linear", "e2e"]), help="[default: linear]")
 @click.option("--regime", help="Observed view [default: single-positive; full for bce].")
@@ -47,7 +46,7 @@ def _methods():
 )
 @click.option("--seed", type=SEED_TYPE)
 @click.option("--seeds", help="Several seeds, e.g. 0,1,2: one run folder each, OUT-s0, OUT-s1, ….")
-@click.option("--out", type=PathType(), help="Run folder [default: runs/METHOD-SETTING-SEED].")
+@click.option("--out", type=click.Path(), help="Run folder [default: runs/METHOD-SETTING-SEED].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Start the run in --out again.")
 @click.option("--compile", is_flag=True, help="torch.compile the model.")
@@ -80,7 +79,7 @@ def train_command(opts, seeds, **options):
 
 
 @click.command("eval")
-@click.option("--run", "run_dir", required=True, type=PathType())
+@click.option("--run", "run_dir", required=True, type=click.Path())
 @click.option("--split", default="test", show_default=True, type=click.Choice(["val", "test"]))
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best")
 @expected_errors
@@ -96,7 +95,7 @@ def eval_command(run_dir, split, checkpoint):
 
 
 @click.command("leaderboard")
-@click.argument("runs_dir", metavar="DIR", type=PathType())
+@click.argument("runs_dir", metavar="DIR", type=click.Path())
 @expected_errors
 def leaderboard_command(runs_dir):
     """Rank the finished runs under DIR by test mAP; writes leaderboard.md and .json there."""
@@ -110,8 +109,8 @@ def leaderboard_command(runs_dir):
 
 
 @click.command("report")
-@click.argument("runs_dirs", metavar="RUNS_DIR...", nargs=-1, required=True, type=PathType())
-@click.option("--out", default="report", show_default=True, type=PathType(), help="Folder.")
+@click.argument("runs_dirs", metavar="RUNS_DIR...", nargs=-1, required=True, type=click.Path())
+@click.option("--out", default="report", show_default=True, type=click.Path(), help="Folder.")
 @click.option("--paper-numbers/--no-paper-numbers", default=True, show_default=True,
               help="The papers' test mAP and the difference, where they match.")  # fmt: skip
 @expected_errors
@@ -190,7 +189,7 @@ def methods_command():
 )
 @click.option("--paper-steps", type=click.IntRange(0, 10**9), default=0, help="linear: time this many steps of each papers'-way "
               "epoch and extrapolate (0: whole epochs).")  # fmt: skip
-@click.option("--shards", type=PathType(), help="e2e: a shard set [default: generated photos].")
+@click.option("--shards", type=click.Path(), help="e2e: a shard set [default: generated photos].")
 @click.option(
     "--images",
     type=click.IntRange(1, 10**8),

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import click
 
-from shards.clitools import DeviceType, PathType, expected_errors
+from shards.clitools import DeviceType, expected_errors
 
 
 @click.command("predict")
-@click.argument("images", nargs=-1, type=PathType())
-@click.option("--run", "run_dir", required=True, type=PathType(), help="Run folder.")
-@click.option("--shards", type=PathType(), help="A shard set instead of images.")
+@click.argument("images", nargs=-1, type=click.Path())
+@click.option("--run", "run_dir", required=True, type=click.Path(), help="Run folder.")
+@click.option("--shards", type=click.Path(), help="A shard set instead of images.")
 @click.option("--split", default="test", show_default=True, help="With --shards.")
-@click.option(
-    "--out", default="preds.parquet", show_default=True, type=PathType(), help=".parquet or .csv"
-)
+@click.option("--out", default="preds.parquet", show_default=True, help=".parquet or .csv")
 @click.option("--threshold", help="A probability, or val-f1 [default: the run's, 0.5].")
 @click.option(
     "--top-k",
@@ -29,7 +27,7 @@ from shards.clitools import DeviceType, PathType, expected_errors
     "--on-bad", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
     help="An image that cannot be decoded: stop, or go on and list it.",
 )  # fmt: skip
-@click.option("--weights", type=PathType(), help="Linear runs: the cache encoder's weights file.")
+@click.option("--weights", type=click.Path(), help="Linear runs: the cache encoder's weights file.")
 @expected_errors
 def predict_command(images, run_dir, shards, split, out, **options):
     """Label IMAGES (files, folders searched for JPEG/PNG) or a shard set's split with a run:
@@ -50,19 +48,19 @@ def predict_command(images, run_dir, shards, split, out, **options):
 
 
 @click.command("export")
-@click.option("--run", "run_dir", required=True, type=PathType(), help="Run folder.")
+@click.option("--run", "run_dir", required=True, type=click.Path(), help="Run folder.")
 @click.option(
     "--format", "fmt", type=click.Choice(["torchscript", "onnx"]), default="torchscript",
     show_default=True,
 )  # fmt: skip
-@click.option("--out", type=PathType(), help="[default: RUN/model.pt or RUN/model.onnx]")
+@click.option("--out", type=click.Path(), help="[default: RUN/model.pt or RUN/model.onnx]")
 @click.option(
     "--classes",
     "num_classes",
     type=click.IntRange(1, 10**6),
     help="Fail unless the run has this many.",
 )
-@click.option("--weights", type=PathType(), help="Linear runs: the cache encoder's weights file.")
+@click.option("--weights", type=click.Path(), help="Linear runs: the cache encoder's weights file.")
 @expected_errors
 def export_command(run_dir, fmt, out, num_classes, weights):
     """Export a run's whole network (normalised float NCHW in, logits out) with a JSON sidecar:
