@@ -171,7 +171,7 @@ def cache_features_command(**kwargs):
 @click.option("--batch-size", type=click.IntRange(1, 2**20), default=64, show_default=True)
 @click.option("--loader", type=click.Choice(["auto", "dali", "torch"]), default="auto")
 @click.option("--device", type=DeviceType(), default="auto", show_default=True)
-@click.option("--workdir", type=click.Path(), help="Keep generated files here.")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Keep generated files here.")
 @expected_errors
 def bench_cache_clip(shards_dir, models, loader, workdir, **kwargs):
     """Image embedding: loader alone, model alone on a fixed batch, and the whole cache run."""

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipelines.distributed import resolve_device
 from pipelines.loader import LoaderOptions, check_files, create_loader, default_threads
 from pipelines.presets import Preset, get_preset
 from shards.benchkit import time_epochs
@@ -179,7 +180,7 @@ def run_loader_bench(
     preset, batch_size, images, repeats = opts.preset, opts.batch_size, opts.images, opts.repeats
     p = get_preset(preset)
     threads = opts.threads or default_threads(1)
-    device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(opts.device or "auto"))  # as every command's device
     own = workdir is None  # a folder of our own, removed at the end: nothing left in the cwd
     work = Path(tempfile.mkdtemp(prefix="wsml-bench-loader-")) if own else Path(workdir)
     torch.set_num_threads(threads)

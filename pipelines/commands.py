@@ -41,7 +41,7 @@ def _backends():
     show_default=True,
     help="Generated VOC-sized photos.",
 )
-@click.option("--workdir", type=click.Path(), help="Keep generated files here.")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Keep generated files here.")
 @click.option(
     "--repeats",
     type=click.IntRange(1, 1000),

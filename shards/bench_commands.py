@@ -18,7 +18,11 @@ from shards.clitools import NumberList, expected_errors
     show_default=True,
     help="JPEGs in the generated dataset.",
 )
-@click.option("--workdir", type=click.Path(), help="Where to generate (default: a temp folder).")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    help="Where to generate (default: a temp folder).",
+)
 @click.option(
     "--workers", type=click.IntRange(1, 1024), default=os.cpu_count() or 1, show_default=True
 )
@@ -54,7 +58,7 @@ def bench_shard(images, workdir, workers, rss_sizes):
     help="Human labels per image.",
 )
 @click.option("--classes", type=click.IntRange(1, 10**6), default=5000, show_default=True)
-@click.option("--workdir", type=click.Path(), help="Keep the generated files here.")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Keep the generated files here.")
 @click.option(
     "--version",
     type=click.Choice(["3", "6"]),

@@ -106,7 +106,7 @@ def bases(s: dict) -> dict[str, dict]:
         "bench loader": {"shards_dir": s["shards"], "batch_size": 4, "repeats": 1,
                          "no_profile": True, "threads": 1, "device": "cpu",
                          "preset": "clip224"},
-        "bench cache-clip": {"shards": s["shards"], "model": "wsml-tiny-clip",
+        "bench cache-clip": {"shards_dir": s["shards"], "models": "wsml-tiny-clip",
                              "pretrained": "none", "batch_size": 4, "device": "cpu",
                              "loader": "torch"},
         "bench train": {"setting": "linear", "rows": "64,16,16", "dim": 8, "classes": 4,
@@ -157,6 +157,8 @@ def test_every_number_option_is_bounded():
 
 def test_every_command_has_a_base_invocation(setup):
     assert sorted(COMMANDS) == sorted(bases(setup))
+    for name, base in bases(setup).items():
+        assert set(base) <= {p.name for p in COMMANDS[name].params}, name
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))

@@ -228,9 +228,10 @@ def _time_ways(methods, splits, data, ways, grid, paper_steps, echo) -> dict:
         } | {"peak_rss_gb": rss.gb()}
         total = {way: sum(t) for way, t in timed.items()}
         cells = [f"{total[w]:7.1f} ({t[0]:.1f}+{t[1]:.1f})" for w, t in timed.items()]
-        ratios = [f"{w}/sweep {total[w] / total['sweep']:.2f}x" for w in timed if w != "sweep"]
+        ratios = [f"{w}/sweep {total[w] / total['sweep']:.2f}x"
+                  for w in timed if w != "sweep" and "sweep" in timed]  # fmt: skip
         echo(f"{method:<8} " + " ".join(f"{c:>22}" for c in cells)
-             + f"  {', '.join(ratios) if 'sweep' in timed else '-'}  {rss.gb():.2f} GB")  # fmt: skip
+             + f"  {', '.join(ratios) or '-'}  {rss.gb():.2f} GB")  # fmt: skip
     return out
 
 
