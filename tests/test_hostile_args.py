@@ -87,9 +87,9 @@ def bases(s: dict) -> dict[str, dict]:
         "verify": {"shards_dir": s["shards"], "workers": 1, "no_decode": True},
         "audit": {"shards_dir": s["scratch"], "workers": 1, "no_decode": True},
         "demo-data": {"out": "{out}", "n_train": 4, "n_val": 2},
-        "cache-clip": {"shards": s["scratch"], "model": "wsml-tiny-clip", "pretrained": "none",
+        "cache-clip": {"shards_dir": s["scratch"], "model": "wsml-tiny-clip", "pretrained": "none",
                        "device": "cpu", "loader": "torch"},
-        "cache-features": {"shards": s["scratch"], "backbone": "test_resnet",
+        "cache-features": {"shards_dir": s["scratch"], "backbone": "test_resnet",
                            "weights": s["weights"], "preset": "backbone", "image_size": 32,
                            "device": "cpu", "loader": "torch"},
         "train": {"shards": s["shards"], "method": "an", "features": s["tag"], "epochs": 1,
@@ -120,8 +120,8 @@ def hostile_values(p: click.Parameter, s: dict) -> list:
         return [t.min - 1, t.max + 1, HUGE]
     if isinstance(t, click.FloatRange):
         return [t.min - (0 if t.min_open else 1), t.max * 10, "nan", "inf", "-inf"]
-    if isinstance(t, click.Path):
-        return [s["tmp"] / BAD_TEXT, s["latin"]]
+    if isinstance(t, click.Path):  # undecodable, a file in latin-1, nothing there
+        return [s["tmp"] / BAD_TEXT, s["latin"], s["tmp"] / "missing" / "x"]
     if isinstance(t, DeviceType):
         return ["foo", "cuda:7", "cuda"]
     return [BAD_TEXT, "nan", "-1", HUGE, "a=b=c"]
@@ -224,7 +224,7 @@ def test_predict_takes_a_device_as_every_command_does(tmp_path, device, code, sa
 
 
 def test_export_into_a_missing_folder_is_refused(setup):
-    out = setup["tmp"] / "missing" / "m.pt"
+    out = setup["tmp"] / "no-such-folder" / "m.pt"
     result = CliRunner().invoke(cli.main, ["export", "--run", str(setup["e2e"]), "--out", str(out)])
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert f"folder {out.parent} does not exist" in result.output
