@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.distributed import resolve_device
-from pipelines.loader import LoaderOptions, check_files, create_loader, default_threads
+from pipelines.loader import LoaderOptions, create_loader, default_threads
 from pipelines.presets import Preset, get_preset
 from shards.benchkit import time_epochs
 from shards.errors import WsmlError
@@ -79,6 +78,8 @@ def extract_folder(ss, split: str, folder: Path) -> list[Path]:
     reference loader's input). The tars are checked against the manifest first, and no name
     read from a tar becomes a path: a changed or hostile shard set writes nothing, anywhere."""
     import tarfile
+
+    from pipelines.loader import check_files
 
     check_files(ss, split, verify=True)
     rows = ss.split(split)["num_samples"]
@@ -180,7 +181,7 @@ def run_loader_bench(
     preset, batch_size, images, repeats = opts.preset, opts.batch_size, opts.images, opts.repeats
     p = get_preset(preset)
     threads = opts.threads or default_threads(1)
-    device = str(resolve_device(opts.device or "auto"))  # as every command's device
+    device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     own = workdir is None  # a folder of our own, removed at the end: nothing left in the cwd
     work = Path(tempfile.mkdtemp(prefix="wsml-bench-loader-")) if own else Path(workdir)
     torch.set_num_threads(threads)
