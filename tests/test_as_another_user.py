@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.report_runs import write_run
+from tests.test_os_errors import one_error
 from tests.train_fixtures import FEAT, get_shards
 
 PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
@@ -47,14 +48,6 @@ def run_bound(args: list) -> subprocess.CompletedProcess:
         [sys.executable, str(REPO / "cli.py"), *map(str, args)], cwd=REPO, env=env,
         capture_output=True, text=True, preexec_fn=_drop_override,
     )  # fmt: skip
-
-
-def one_error(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, proc.stderr
-    return errors[0]
 
 
 def test_an_unreadable_cache_file_is_reported_as_unreadable(tmp_path_factory, tmp_path):

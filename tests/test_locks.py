@@ -4,8 +4,6 @@ writer (``--overwrite`` included) is refused at once instead of interleaving its
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,37 +12,12 @@ from click.testing import CliRunner
 import cli
 from shards.errors import WsmlError
 from shards.fileio import folder_lock, lock_path_for
-from tests.conftest import REPO, assert_refused, shard_cli
+from tests import test_run_integrity
+from tests.conftest import assert_refused, shard_cli
 from tests.raw_datasets import make_coco
 from tests.train_fixtures import FEAT, get_shards
 
-HOLD = """
-import sys, time
-from pathlib import Path
-from shards.fileio import folder_lock
-with folder_lock(Path(sys.argv[1])):
-    print("held", flush=True)
-    time.sleep(60)
-"""
-
-
-@pytest.fixture
-def held():
-    """Another process holding the lock of a folder: returns its pid."""
-    procs = []
-
-    def hold(folder):
-        p = subprocess.Popen(
-            [sys.executable, "-c", HOLD, str(folder)], cwd=REPO, stdout=subprocess.PIPE, text=True
-        )
-        procs.append(p)
-        assert p.stdout.readline().strip() == "held"
-        return p.pid
-
-    yield hold
-    for p in procs:
-        p.kill()
-        p.wait()
+held = test_run_integrity.held  # the fixture: another process holding a folder's lock
 
 
 def aliases(tmp_path: Path) -> tuple[Path, list[Path]]:
