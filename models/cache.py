@@ -35,6 +35,7 @@ from pipelines.presets import PRESETS, Preset, center_crop_preset, get_preset
 from shards.embeddings import make_tag
 from shards.errors import WsmlError
 from shards.shardset import open_shard_set
+from shards.source import read_utf8
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -321,7 +322,9 @@ def check_templates(templates: Sequence[str]) -> None:
 
 def read_templates(path: str | Path) -> tuple[str, ...]:
     """Prompt templates from a file: one per line, blank lines and ``#`` comments skipped."""
-    lines = [ln.strip() for ln in Path(path).read_text().splitlines()]
+    if not Path(path).is_file():
+        raise WsmlError(f"prompt templates file {path} does not exist")
+    lines = [ln.strip() for ln in read_utf8(Path(path)).splitlines()]
     templates = tuple(ln for ln in lines if ln and not ln.startswith("#"))
     if not templates:
         raise WsmlError(f"{path} holds no prompt templates")

@@ -47,10 +47,10 @@ def cache_options(fn):
     """Options shared by the cache commands (applied in reverse: listed in this order)."""
     options = [
         click.option("--splits", help="Comma-separated splits [default: every split]."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
+        click.option("--batch-size", type=click.IntRange(1, 2**20), default=128, show_default=True),
         click.option(
             "--chunk-size",
-            type=click.IntRange(min=1),
+            type=click.IntRange(1, 2**24),
             default=4096,
             show_default=True,
             help="Rows per resumable chunk.",
@@ -144,7 +144,7 @@ def cache_clip_command(prompts, templates, **kwargs):
 )
 @click.option(
     "--image-size",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 8192),
     help="With --preset backbone [default: the backbone's].",
 )
 @click.option("--normalize", is_flag=True, help="L2-normalise the features (default: raw).")
@@ -160,7 +160,7 @@ def cache_features_command(**kwargs):
 @click.option("--shards", "shards_dir", type=click.Path(), help="Shard set (default: generated).")
 @click.option(
     "--images",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 10**8),
     default=128,
     show_default=True,
     help="Generated VOC-sized photos.",
@@ -168,10 +168,10 @@ def cache_features_command(**kwargs):
 @click.option("--model", "models", multiple=True, help="[default: wsml-tiny-clip, ViT-B-32]")
 @click.option("--pretrained", default="none", show_default=True)
 @click.option("--split", default="train", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 2**20), default=64, show_default=True)
 @click.option("--loader", type=click.Choice(["auto", "dali", "torch"]), default="auto")
 @click.option("--device", type=DeviceType(), default="auto", show_default=True)
-@click.option("--workdir", type=click.Path(), help="Keep generated files here.")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Keep generated files here.")
 @expected_errors
 def bench_cache_clip(shards_dir, models, loader, workdir, **kwargs):
     """Image embedding: loader alone, model alone on a fixed batch, and the whole cache run."""

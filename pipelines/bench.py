@@ -9,7 +9,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from pipelines.loader import LoaderOptions, create_loader, default_threads
 from pipelines.presets import Preset, get_preset
 from shards.benchkit import time_epochs
 from shards.errors import WsmlError
+from shards.plan import KEY
 from shards.shardset import open_shard_set
 
 
@@ -74,20 +75,44 @@ def create_bench_set(
 
 
 def extract_folder(ss, split: str, folder: Path) -> list[Path]:
-    """The split's images as a folder of JPEG files, named by row (the reference loader's input)."""
+    """The split's images as a folder of JPEG files named by row (``000000042.jpg``: the
+    reference loader's input). The tars are checked against the manifest first, and no name
+    read from a tar becomes a path: a changed or hostile shard set writes nothing, anywhere."""
     import tarfile
 
+    from pipelines.loader import check_files
+
+    check_files(ss, split, verify=True)
+    rows = ss.split(split)["num_samples"]
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     for tar in ss.shard_paths(split):
         with tarfile.open(tar) as tf:
-            for m in tf:
-                if m.name.endswith(".jpg"):
-                    path = folder / m.name
-                    if not path.is_file():
-                        path.write_bytes(tf.extractfile(m).read())
-                    files.append(path)
+            for key, jpg, row in _samples(tar, tf):
+                if not 0 <= row < rows:
+                    raise WsmlError(f"{tar}: sample {key} has row {row}, outside 0..{rows - 1}")
+                path = folder / f"{row:09d}.jpg"
+                if not path.is_file():
+                    path.write_bytes(jpg)
+                files.append(path)
     return sorted(files)
+
+
+def _samples(tar: Path, tf) -> Iterator[tuple[str, bytes, int]]:
+    """(key, JPEG bytes, row) of each sample of a shard set's tar, whose members are
+    ``<key>.jpg`` then ``<key>.row`` (keys of ``[A-Za-z0-9_-]``)."""
+    pending: dict[str, bytes] = {}
+    for m in tf:
+        key, _, ext = m.name.partition(".")
+        if not m.isfile() or not KEY.fullmatch(key) or ext not in ("jpg", "row"):
+            raise WsmlError(f"{tar}: member {m.name!r} is not a shard set's <key>.jpg or .row")
+        data = tf.extractfile(m).read()
+        if ext == "jpg":
+            pending[key] = data
+        elif key in pending and len(data) == 8:
+            yield key, pending.pop(key), int.from_bytes(data, "little", signed=True)
+        else:
+            raise WsmlError(f"{tar}: sample {key} has no .jpg before its .row, or a bad .row")
 
 
 class FolderDataset(torch.utils.data.Dataset):
@@ -158,8 +183,8 @@ def run_loader_bench(
     p = get_preset(preset)
     threads = opts.threads or default_threads(1)
     dev = resolve_device(opts.device or "auto")  # a bad device fails before any work
-    own = workdir is None and shards is None
-    work = Path(tempfile.mkdtemp(prefix="wsml-bench-loader-")) if own else Path(workdir or ".")
+    own = workdir is None  # a folder of our own, removed at the end: nothing left in the cwd
+    work = Path(tempfile.mkdtemp(prefix="wsml-bench-loader-")) if own else Path(workdir)
     torch.set_num_threads(threads)
     try:
         ss = open_shard_set(shards or create_bench_set(work, images))

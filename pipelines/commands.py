@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from shards.clitools import DeviceType, RegistryChoice, choices, expected_errors
+from shards.clitools import (
+    DeviceType,
+    NumberList,
+    RegistryChoice,
+    choices,
+    expected_errors,
+)
 
 
 @choices("preset")
@@ -24,21 +30,21 @@ def _backends():
 @click.command("loader")
 @click.option("--shards", "shards_dir", type=click.Path(), help="Shard set (default: generated).")
 @click.option("--preset", default="cole448", show_default=True, type=RegistryChoice("preset"))
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 2**20), default=32, show_default=True)
 @click.option(
-    "--threads", type=click.IntRange(min=1), help="CPU threads (DataLoader workers) per loader."
+    "--threads", type=click.IntRange(1, 1024), help="CPU threads (DataLoader workers) per loader."
 )
 @click.option(
     "--images",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 10**8),
     default=2000,
     show_default=True,
     help="Generated VOC-sized photos.",
 )
-@click.option("--workdir", type=click.Path(), help="Keep generated files here.")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Keep generated files here.")
 @click.option(
     "--repeats",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 1000),
     default=3,
     show_default=True,
     help="Epochs timed per loader.",
@@ -49,6 +55,7 @@ def _backends():
 )
 @click.option(
     "--hw-decoder-load",
+    type=NumberList(float, 0, 1),
     default="0.65",
     show_default=True,
     help="GPU only: comma-separated shares of the hardware JPEG decoder to compare.",
@@ -69,6 +76,6 @@ def bench_loader(
         repeats=repeats,
         profile=not no_profile,
         device=device,
-        hw_loads=tuple(float(x) for x in hw_decoder_load.split(",")),
+        hw_loads=hw_decoder_load,
     )
     run_loader_bench(shards_dir, options, workdir=workdir, echo=click.echo)

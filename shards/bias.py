@@ -19,6 +19,7 @@ its own); sources without boxes have neither.
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -95,8 +96,8 @@ def read_class_weights(path: str | Path, classes: list[str]) -> tuple[float, ...
     weights = []
     for c in classes:
         w = data[c]
-        if not isinstance(w, int | float) or w < 0:
-            raise WsmlError(f"{path}: the weight of {c!r} must be a number >= 0, got {w!r}")
+        if isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w < math.inf:
+            raise WsmlError(f"{path}: the weight of {c!r} must be a finite number >= 0, got {w!r}")
         weights.append(float(w))
     return tuple(weights)
 

@@ -4,6 +4,7 @@ backed choices, option types. Imports nothing heavy, so ``cli.py --help`` stays 
 from __future__ import annotations
 
 import functools
+import math
 import re
 import time
 from collections.abc import Callable
@@ -93,6 +94,46 @@ class ByteSize(click.ParamType):
         return int(float(m.group(1)) * SIZE_UNITS[unit])
 
 
+class FloatRange(click.FloatRange):
+    """``click.FloatRange`` that refuses NaN and infinities (click's range checks let NaN
+    through: every comparison with it is false)."""
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        return value
+
+
+class NumberList(click.ParamType):
+    """Comma-separated numbers (``int`` or ``float``), each in ``[lo, hi]`` (above ``lo`` when
+    ``lo_open``) and finite, ``count`` of them when given: a tuple, or a usage error."""
+
+    name = "numbers"
+
+    def __init__(self, cast: type, lo: float, hi: float, *, lo_open=False, count=None):
+        self.cast, self.lo, self.hi, self.lo_open, self.count = cast, lo, hi, lo_open, count
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        what = "integers" if self.cast is int else "numbers"
+        want = f"{self.count} " if self.count else ""
+        bound = f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
+        try:
+            items = tuple(self.cast(x) for x in str(value).split(","))
+        except ValueError:
+            items = ()
+        ok = [math.isfinite(x) and (x > self.lo if self.lo_open else x >= self.lo) and x <= self.hi
+              for x in items]  # fmt: skip
+        if not items or not all(ok) or (self.count and len(items) != self.count):
+            self.fail(f"{value!r}: expected {want}comma-separated {what} in {bound}", param, ctx)
+        return items
+
+
+SEED_TYPE = click.IntRange(0, 2**32 - 1)  # options.SEED: what numpy's RandomState takes
+
+
 def parse_kv(pairs: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for pair in pairs:
@@ -127,6 +168,24 @@ def check_device(device: str) -> str:
 
         raise WsmlError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
     return device
+
+
+def check_text_args(args: list[str]) -> None:
+    """Every argument is valid UTF-8: wsml records paths and names in its JSON files and tables
+    and names them in its messages, which an undecodable byte (``\\udcXX`` in Python's argv)
+    cannot be in. A usage error naming the option, before any command runs."""
+    for i, arg in enumerate(args):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            option = arg.split("=")[0] if arg.startswith("--") and "=" in arg else None
+            option = option or (args[i - 1] if i and args[i - 1].startswith("-") else None)
+            where = f" of {option}" if option else ""
+            raise click.UsageError(
+                f"the value{where}, '{shown}', is not valid UTF-8 (an undecodable byte); "
+                "rename the file or folder, or give the text in UTF-8"
+            ) from None
 
 
 class DeviceType(click.ParamType):

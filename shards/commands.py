@@ -11,7 +11,9 @@ import time
 import click
 
 from shards.clitools import (
+    SEED_TYPE,
     ByteSize,
+    FloatRange,
     PartType,
     RegistryChoice,
     check_regime_specs,
@@ -43,15 +45,15 @@ def _regimes():
 @click.option("--out", required=True, type=click.Path(), help="Shard set folder to write.")
 @click.option(
     "--val-frac",
-    type=click.FloatRange(0, 1, max_open=True),
+    type=FloatRange(0, 1, max_open=True),
     default=0.2,
     show_default=True,
     help="Official train -> val fraction.",
 )
-@click.option("--split-seed", type=click.IntRange(min=0), default=1200, show_default=True)
+@click.option("--split-seed", type=SEED_TYPE, default=1200, show_default=True)
 @click.option(
     "--shuffle-seed",
-    type=click.IntRange(min=0),
+    type=SEED_TYPE,
     default=1200,
     show_default=True,
     help="Seed of the written order.",
@@ -59,14 +61,14 @@ def _regimes():
 @click.option("--shard-size", default="64MB", type=ByteSize(), show_default=True)
 @click.option(
     "--shard-samples",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 10**9),
     default=1000,
     show_default=True,
     help="Samples per shard at most.",
 )
 @click.option(
     "--max-side",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 65535),
     help="Re-encode images whose longer side exceeds this.",
 )
 @click.option(
@@ -86,7 +88,7 @@ def _regimes():
 @click.option("--on-bad", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
 @click.option(
     "--max-bad",
-    type=click.FloatRange(0, 1),
+    type=FloatRange(0, 1),
     default=0.01,
     show_default=True,
     help="With --on-bad skip: max fraction.",
@@ -101,7 +103,7 @@ def _regimes():
 )
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 1024),
     default=os.cpu_count() or 1,
     show_default=True,
     help="Processes.",
@@ -179,19 +181,17 @@ def class_line(classes: list[str], shown: int = 10) -> str:
 @click.command()
 @click.argument("shards_dir", metavar="DIR", type=click.Path())
 @click.argument("regime", type=RegistryChoice("label regime"))
-@click.option(
-    "--seed", type=click.IntRange(min=0), help="RNG seed (single-positive: 1200, partial: 0)."
-)
+@click.option("--seed", type=SEED_TYPE, help="RNG seed (single-positive: 1200, partial: 0).")
 @click.option(
     "--fraction",
-    type=click.FloatRange(0, 1, min_open=True),
+    type=FloatRange(0, 1, min_open=True),
     help="partial: probability that an entry is observed.",
 )
 @click.option(
-    "--num-pos", type=click.IntRange(min=1), help="single-positive: positives kept per image."
+    "--num-pos", type=click.IntRange(1, 10**6), help="single-positive: positives kept per image."
 )
 @click.option(
-    "--num-neg", type=click.IntRange(min=0), help="single-positive: negatives kept per image."
+    "--num-neg", type=click.IntRange(0, 10**6), help="single-positive: negatives kept per image."
 )
 @click.option(
     "--bias",
@@ -205,12 +205,12 @@ def class_line(classes: list[str], shown: int = 10) -> str:
 )
 @click.option(
     "--flip-pos",
-    type=click.FloatRange(0, 1),
+    type=FloatRange(0, 1),
     help="noisy: probability that a positive turns negative.",
 )
 @click.option(
     "--flip-neg",
-    type=click.FloatRange(0, 1),
+    type=FloatRange(0, 1),
     help="noisy: probability that a negative turns positive.",
 )
 @expected_errors
@@ -295,7 +295,7 @@ def info(shards_dir, as_json):
 @click.command()
 @click.argument("shards_dir", metavar="DIR", type=click.Path())
 @click.option(
-    "--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True
+    "--workers", type=click.IntRange(1, 1024), default=os.cpu_count() or 1, show_default=True
 )
 @click.option("--no-decode", is_flag=True, help="Skip decoding the images.")
 @expected_errors
@@ -321,7 +321,7 @@ def verify(shards_dir, workers, no_decode):
 @click.command()
 @click.argument("shards_dir", metavar="DIR", type=click.Path())
 @click.option(
-    "--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True
+    "--workers", type=click.IntRange(1, 1024), default=os.cpu_count() or 1, show_default=True
 )
 @click.option(
     "--no-decode",
@@ -391,9 +391,9 @@ def audit(shards_dir, workers, no_decode, near_dup_bits, near_dup_fail_bits, nea
 
 @click.command("demo-data")
 @click.option("--out", default="data/raw/digits", show_default=True, type=click.Path())
-@click.option("--train", "n_train", type=click.IntRange(min=1), default=3000, show_default=True)
-@click.option("--val", "n_val", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--train", "n_train", type=click.IntRange(1, 10**7), default=3000, show_default=True)
+@click.option("--val", "n_val", type=click.IntRange(1, 10**7), default=1000, show_default=True)
+@click.option("--seed", type=SEED_TYPE, default=0, show_default=True)
 @expected_errors
 def demo_data(out, n_train, n_val, seed):
     """Write the embedded demo dataset (digit mosaics, COCO layout) from scikit-learn's digits."""

@@ -31,6 +31,7 @@ import numpy as np
 
 from shards.errors import WsmlError
 from shards.fileio import (
+    check_inside,
     dumps_json,
     fsync_dir,
     publish,
@@ -60,6 +61,7 @@ def list_caches(root: Path) -> dict[str, dict]:
         except ValueError:
             continue
         if isinstance(m, dict) and m.get("format") == FORMAT:
+            check_inside(m, meta.parent, str(meta))
             out[meta.parent.name] = m
     return out
 

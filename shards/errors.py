@@ -17,13 +17,21 @@ OS_ADVICE = {
 }
 
 
+READ_ADVICE = "permission denied; fix the file's permissions, or run as a user who may read it"
+
+
 def os_error_message(e: OSError) -> str | None:
     """One line for an operating-system failure the user can act on (read-only folder, no
-    permission, full disk), naming the path; None for others (they keep their traceback)."""
+    permission, full disk), naming the path and whether it could not be read or written; None
+    for others (they keep their traceback)."""
     import errno
+    import os
 
     name = errno.errorcode.get(e.errno or 0)
     if name not in OS_ADVICE:
         return None
     where = f" {e.filename}" if e.filename else ""
+    path = os.fsdecode(e.filename) if isinstance(e.filename, str | bytes) else ""
+    if name in ("EACCES", "EPERM") and os.path.exists(path) and not os.access(path, os.R_OK):
+        return f"cannot read{where}: {e.strerror or name} ({name}): {READ_ADVICE}"
     return f"cannot write{where}: {e.strerror or name} ({name}): {OS_ADVICE[name]}"

@@ -87,25 +87,61 @@ def write_json_atomic(path: Path, obj: Any, durable: bool = True) -> None:
     write_bytes_atomic(path, dumps_json(obj).encode(), durable)
 
 
+PATH_KEYS = ("path", "tar", "index")  # where wsml's JSON files record their files
+SOURCE_KEYS = ("skipped", "source")  # where they record the raw dataset's files (never opened)
+
+
+def leaves_folder(name: str) -> bool:
+    """Whether a relative name read from a file (a JSON entry, a list line, a tar member) would
+    open something outside its folder: empty, absolute, with a ``..`` part or a NUL byte."""
+    return not name or name.startswith("/") or "\0" in name or ".." in name.split("/")
+
+
+def check_inside(doc: Any, root: Path, where: str) -> None:
+    """Every file a wsml JSON file ``doc`` records (the values under ``PATH_KEYS``, at any
+    depth, but for the raw dataset's under ``SOURCE_KEYS``) is a relative name inside ``root``:
+    a changed or hostile file opens nothing else."""
+    from shards.errors import WsmlError
+
+    items = (
+        doc.items() if isinstance(doc, dict) else enumerate(doc if isinstance(doc, list) else ())
+    )
+    for key, value in items:
+        if key in PATH_KEYS and not (isinstance(value, str) and not leaves_folder(value)):
+            raise WsmlError(
+                f"{where} records {key} {value!r}, not a relative path inside {root}: the file "
+                "was changed or not written by wsml"
+            )
+        if key not in SOURCE_KEYS:
+            check_inside(value, root, where)
+
+
 LOCK_SUFFIX = ".wsml-lock"
 
 
 def lock_path_for(folder: Path) -> Path:
-    """The lock file of ``folder``: beside it, so it exists before the folder does and never
-    shows among the folder's files."""
-    folder = Path(folder).absolute()
+    """The lock file of ``folder``: beside the folder it resolves to (symlinks and ``..``
+    followed), so every name of one folder takes one lock; beside it, so it exists before the
+    folder does and never shows among the folder's files."""
+    folder = Path(os.path.realpath(folder))
     return folder.parent / f".{folder.name}{LOCK_SUFFIX}"
 
 
 @contextmanager
 def folder_lock(folder: Path) -> Iterator[None]:
     """One writer per folder: an exclusive ``flock`` held for the block by this process, with
-    its pid in the lock file. A second writer fails at once naming the folder and the holder."""
+    its pid in the lock file. A second writer fails at once naming the folder and the holder,
+    whatever name it gives the folder. A symlink to a folder not made yet gets its folder (its
+    writers go through the link)."""
     path = lock_path_for(folder)
-    made = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
+    target = path.parent / path.name[1 : -len(LOCK_SUFFIX)]
+    dangling = Path(folder).is_symlink() and not target.exists()
+    made = [p for p in [target] * dangling + list(target.parents) if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with _locked(path, folder):
+        with _locked(path, folder, target):
+            if dangling:
+                target.mkdir(exist_ok=True)
             yield
     finally:
         for p in made:  # folders made only to hold the lock, left empty by a failed command
@@ -116,7 +152,7 @@ def folder_lock(folder: Path) -> Iterator[None]:
 
 
 @contextmanager
-def _locked(path: Path, folder: Path) -> Iterator[None]:
+def _locked(path: Path, folder: Path, target: Path) -> Iterator[None]:
     from shards.errors import WsmlError
 
     while True:
@@ -128,8 +164,9 @@ def _locked(path: Path, folder: Path) -> Iterator[None]:
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise
             holder = _read_pid(path)
+            named = folder if Path(folder).absolute() == target else f"{folder} (that is {target})"
             raise WsmlError(
-                f"{folder} is being written by another process (pid {holder}); wait for it "
+                f"{named} is being written by another process (pid {holder}); wait for it "
                 "to finish or stop it, or choose another folder"
             ) from None
         try:

@@ -12,6 +12,7 @@ import numpy as np
 
 KEY_MAX = 80
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+KEY = re.compile(r"[A-Za-z0-9_-]+")  # a sample key: no dots, no slashes
 
 
 def field_split(n: int, val_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,12 +7,21 @@ observed matrices of the reference code bases exactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
 
 import numpy as np
 
 from shards.errors import WsmlError
 from shards.lists import Lists, ListsBuilder, concat, dense_rows, from_dense
+from shards.options import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    SEED,
+    UNIT,
+    Range,
+    check_ranges,
+)
 from shards.registry import Registry
 
 
@@ -55,6 +64,13 @@ def _stand_in(n: int) -> np.ndarray:
 Observed = tuple[Lists, Lists]  # kept positives, kept negatives per row
 
 
+def exact(x: float) -> str:
+    """A number in a view's name: short (``0.1``, ``1e-09``) where that reads back as the same
+    number, else every digit (``0.1000000001``), so two views never share a name."""
+    short = f"{x:g}"
+    return short if float(short) == x else repr(float(x))
+
+
 @dataclass(frozen=True)
 class SinglePositive:
     """The field's generator: keep ``num_pos`` random positives and ``num_neg`` random negatives;
@@ -66,6 +82,16 @@ class SinglePositive:
     num_neg: int = 0
     bias: str = "uniform"  # uniform | size | location | semantic
     class_weights: tuple[float, ...] = ()  # semantic: one weight per class
+
+    RANGES: ClassVar = {
+        "seed": SEED,
+        "num_pos": AT_LEAST_ONE,
+        "num_neg": NON_NEGATIVE,
+        "class_weights": NON_NEGATIVE,
+    }
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
     def view_name(self) -> str:
         name = "single-positive" + ("" if self.bias == "uniform" else f"-{self.bias}")
@@ -191,12 +217,15 @@ class Partial:
     fraction: float = 0.1
     seed: int = 0
 
+    RANGES: ClassVar = {"fraction": Range(0, 1, lo_open=True), "seed": SEED}
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
     def view_name(self) -> str:
-        return f"partial-p{self.fraction:g}" + ("" if self.seed == 0 else f"-s{self.seed}")
+        return f"partial-p{exact(self.fraction)}" + ("" if self.seed == 0 else f"-s{self.seed}")
 
     def generate(self, labels: OfficialLabels) -> Observed:
-        if not 0.0 < self.fraction <= 1.0:
-            raise WsmlError(f"partial: fraction must be in (0, 1], got {self.fraction}")
         fraction = self.fraction
         return draw_view(labels, self.seed, lambda full, u: np.where(u < fraction, full, 0))
 
@@ -236,14 +265,16 @@ class Noisy:
     flip_neg: float = 0.0
     seed: int = 0
 
+    RANGES: ClassVar = {"flip_pos": UNIT, "flip_neg": UNIT, "seed": SEED}
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
     def view_name(self) -> str:
-        name = f"noisy-p{self.flip_pos:g}-q{self.flip_neg:g}"
+        name = f"noisy-p{exact(self.flip_pos)}-q{exact(self.flip_neg)}"
         return name + ("" if self.seed == 0 else f"-s{self.seed}")
 
     def generate(self, labels: OfficialLabels) -> Observed:
-        for what, p in (("flip-pos", self.flip_pos), ("flip-neg", self.flip_neg)):
-            if not 0.0 <= p <= 1.0:
-                raise WsmlError(f"noisy: --{what} must be in [0, 1], got {p}")
         flip_pos, flip_neg = self.flip_pos, self.flip_neg
 
         def flip(full: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -311,7 +342,7 @@ Regime = SinglePositive | Partial | Noisy
 def create_regime(name: str, **params) -> Regime:
     """Build a regime from its name and parameters; unknown names or parameters fail listing choices."""
     info = REGIMES.get(name)
-    valid = set(info.params.__dataclass_fields__)
+    valid = {f.name for f in fields(info.params)}
     unknown = sorted(set(params) - valid)
     if unknown:
         raise WsmlError(

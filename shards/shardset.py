@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from shards import FORMAT_VERSION
 from shards.errors import WsmlError
+from shards.fileio import check_inside
 from shards.lists import LabelLists
 from shards.tables import from_arrow, read_checked_table, read_table
 
@@ -89,17 +90,28 @@ class ShardSet:
         """Complete observed views (those whose regime.json exists), by view name."""
         out = {}
         for meta in sorted((self.root / "observed").glob("*/regime.json")):
-            out[meta.parent.name] = json.loads(meta.read_text())
+            out[meta.parent.name] = doc = json.loads(meta.read_text())
+            check_inside(doc, self.root, str(meta))
         return out
 
     def observed_labels(self, view: str, split: str) -> np.ndarray:
         """int8 (N, L) observed labels of a view in row order (1 / 0 unknown / -1)."""
         return self.observed_lists(view, split).dense()
 
+    @cached_property
+    def _observed(self) -> dict[tuple[str, str], LabelLists]:
+        return {}
+
     def observed_lists(self, view: str, split: str) -> LabelLists:
-        """The observed labels of a view in their ragged form."""
+        """The observed labels of a view in their ragged form (read once: the plan checks the
+        training split's, the run's data then holds the same)."""
         if view in ("full", "clean"):
             return self.full_lists(split)
+        if (view, split) not in self._observed:
+            self._observed[view, split] = self._read_observed(view, split)
+        return self._observed[view, split]
+
+    def _read_observed(self, view: str, split: str) -> LabelLists:
         if view not in self.regimes:
             have = ", ".join(["full", *self.regimes]) or "none"
             raise WsmlError(
@@ -177,6 +189,7 @@ def open_shard_set(path: str | Path) -> ShardSet:
             f"{manifest} is not a wsml shard set of format version {FORMAT_VERSION} "
             f"(found {m.get('format')} {m.get('format_version')})"
         )
+    check_inside(m, root, str(manifest))
     return ShardSet(root, m)
 
 

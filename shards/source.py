@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from shards.errors import WsmlError
+from shards.fileio import leaves_folder
 from shards.lists import Lists
 from shards.options import parse_fields
 from shards.registry import Registry
@@ -215,7 +216,8 @@ def read_utf8(path: Path) -> str:
 
 def check_name(name: str, where: str) -> str:
     """A file name from a source's annotations that can be a path and a tar member name (a JSON
-    ``\\udcXX`` escape of a non-UTF-8 byte cannot)."""
+    ``\\udcXX`` escape of a non-UTF-8 byte cannot) and stays in its image folder (an absolute
+    name or one with ``..`` would read a file the dataset does not hold)."""
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
@@ -223,4 +225,9 @@ def check_name(name: str, where: str) -> str:
             f"{where}: file name {name.encode('utf-8', 'backslashreplace').decode()!r} is not "
             "valid UTF-8 (an undecodable byte); rename the file and fix the annotation"
         ) from None
+    if leaves_folder(name):
+        raise WsmlError(
+            f"{where}: file name {name!r} is absolute or leaves the image folder (..); name "
+            "the images relative to it"
+        )
     return name

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -164,9 +165,12 @@ def read_official_labels(path: Path, num_classes: int) -> tuple[OfficialLabels, 
 
 def write_regime_view(out: Path, regime: Regime, num_classes: int, durable: bool = True) -> dict:
     """Generate a regime on every official split and write ``observed/<view>/<split>.parquet``;
-    ``regime.json`` is written last and marks the view complete. Tars are never touched."""
-    view = regime.view_name()
-    splits = {}
+    ``regime.json`` is written last and marks the view complete. Tars are never touched.
+    Refused before anything is written: a name that holds a view of other parameters, and a
+    train split with no observed positive (a run on it would learn nothing)."""
+    view, kind, params = regime.view_name(), REGIME_KIND[type(regime)], asdict(regime)
+    check_view_name(out, view, params)
+    drawn = []  # (split, its rows of the official table, row column, positives, negatives)
     official = sorted((out / "labels" / "official").glob("*.parquet"))
     for path in [p for p in official if not p.stem.endswith("-missing")]:
         labels, table = read_official_labels(path, num_classes)
@@ -175,21 +179,60 @@ def write_regime_view(out: Path, regime: Regime, num_classes: int, durable: bool
         row_col = table["row"].to_numpy(zero_copy_only=False)
         for name in sorted({s for s in split_col.tolist() if s is not None}):
             at = np.flatnonzero(split_col == name)
-            at = at[np.argsort(row_col[at], kind="stable")]
-            rel = f"observed/{view}/{name}.parquet"
-            sha = write_table(out / rel, len(at), _view_columns(at, row_col, pos, neg), durable)
-            splits[name] = {"path": rel, "rows": len(at), "sha256": sha}
-    kind = REGIME_KIND[type(regime)]
+            drawn.append((name, at[np.argsort(row_col[at], kind="stable")], row_col, pos, neg))
+    for name, at, _, pos, neg in drawn:
+        if name == "train":
+            check_view_labels(out, view, _count(pos, at), _count(neg, at), len(at))
+    splits = {}
+    for name, at, row_col, pos, neg in drawn:
+        rel = f"observed/{view}/{name}.parquet"
+        sha = write_table(out / rel, len(at), _view_columns(at, row_col, pos, neg), durable)
+        splits[name] = {"path": rel, "rows": len(at), "sha256": sha}
     meta = {
         "view": view,
         "regime": kind,
         "trains_as": REGIMES.get(kind).trains_as or kind,
-        "params": asdict(regime),
+        "params": params,
         "splits": splits,
     }
     (out / "observed" / view).mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "observed" / view / "regime.json", meta, durable)
     return meta
+
+
+def _count(lists: Lists, at: np.ndarray) -> int:
+    return int((lists.offsets[at + 1] - lists.offsets[at]).sum())
+
+
+def check_view_name(out: Path, view: str, params: dict) -> None:
+    """A view's name must identify its parameters: a second view of other parameters under the
+    same name (another semantic bias's class weights) is refused, not written over the first."""
+    path = Path(out) / "observed" / view / "regime.json"
+    try:
+        held = json.loads(path.read_text()).get("params")
+    except (OSError, ValueError, AttributeError):
+        return  # none, or not a view: written afresh
+    ours = json.loads(json.dumps(params))
+    if held != ours:
+        differ = ", ".join(
+            k for k in sorted(set(held or {}) | set(ours)) if (held or {}).get(k) != ours.get(k)
+        )
+        raise WsmlError(
+            f"observed/{view} of {out} holds a view made with other parameters (differing: "
+            f"{differ}), which its name does not tell apart: remove that folder to replace "
+            "it, or give this view another --seed"
+        )
+
+
+def check_view_labels(root: Path, view: str, positives: int, negatives: int, rows: int) -> None:
+    """A view whose train split keeps no positive label trains nothing, yet a run on it would
+    end and be ranked: refused, as ``shard`` refuses a train split without positives."""
+    if positives == 0:
+        raise WsmlError(
+            f"view {view} of {root} keeps no positive label in its train split ({negatives} "
+            f"negatives over {rows} rows): a run on it would learn nothing; make a view that "
+            "keeps labels (a larger --fraction, or another regime)"
+        )
 
 
 def _view_columns(at: np.ndarray, row_col: np.ndarray, pos: Lists, neg: Lists):

@@ -109,8 +109,8 @@ def test_noisy_flips_at_its_rates_and_keeps_unknowns_unknown():
     assert not binomial_ok(counts["positive_to_negative"], counts["clean_positive"], 0.1, 4)
     again = regime.generate(OfficialLabels(pos, neg, 12))
     assert np.array_equal(again[0].values, obs_pos.values)
-    with pytest.raises(WsmlError, match="flip-pos"):
-        Noisy(flip_pos=1.5).generate(OfficialLabels(pos, neg, 12))
+    with pytest.raises(WsmlError, match=r"flip_pos must be in \[0, 1\], got 1.5"):
+        Noisy(flip_pos=1.5)  # refused when made, before any work
 
 
 def observe(out: Path, *args: str):

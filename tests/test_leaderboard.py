@@ -58,3 +58,26 @@ def test_no_finished_run_is_an_error(tmp_path):
     write_run(tmp_path / "killed", "ll-r", 70.0, finished=False)
     with pytest.raises(WsmlError, match="no finished run"):
         collect_runs(tmp_path)
+
+
+def test_a_folder_that_cannot_be_written_still_gets_its_table(tmp_path):
+    """Read-only storage (here a file size limit, which stops root too): the table is printed,
+    then one warning says what was not saved; exit 0, as the ranking was computed."""
+    from tests.test_os_errors import run_limited
+
+    write_run(tmp_path / "an-s0", "an", 50.0, seed=0)
+    proc = run_limited(["leaderboard", tmp_path], limit=100)
+    assert proc.returncode == 0, proc.stderr
+    assert "| an | single-positive | linear | feat-tag |" in proc.stdout
+    warnings = proc.stderr.strip().splitlines()
+    assert len(warnings) == 1 and "Traceback" not in proc.stderr
+    assert warnings[0].startswith("Warning: the leaderboard was not saved: cannot write")
+    assert str(tmp_path / "leaderboard.md") in warnings[0] and "EFBIG" in warnings[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["an-s0"]
+
+
+def test_nothing_computed_is_an_error(tmp_path):
+    from tests.test_os_errors import one_error, run_limited
+
+    line = one_error(run_limited(["leaderboard", tmp_path], limit=100))
+    assert "holds no run" in line

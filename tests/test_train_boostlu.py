@@ -55,7 +55,7 @@ def test_plain_cam_head_equals_the_linear_head():
     [
         ({"features": "tag", "head": "cam"}, "--setting e2e"),
         ({"setting": "e2e", "boostlu_alpha": 5.0}, "--head cam"),
-        ({"setting": "e2e", "head": "cam", "boostlu_alpha": 0.0}, "positive"),
+        ({"setting": "e2e", "head": "cam", "boostlu_alpha": 0.0}, "boostlu_alpha must be > 0"),
         ({"setting": "e2e", "head": "mlp"}, "linear, cam"),
     ],
 )

@@ -228,9 +228,10 @@ def _time_ways(methods, splits, data, ways, grid, paper_steps, echo) -> dict:
         } | {"peak_rss_gb": rss.gb()}
         total = {way: sum(t) for way, t in timed.items()}
         cells = [f"{total[w]:7.1f} ({t[0]:.1f}+{t[1]:.1f})" for w, t in timed.items()]
-        ratios = [f"{w}/sweep {total[w] / total['sweep']:.2f}x" for w in timed if w != "sweep"]
+        ratios = [f"{w}/sweep {total[w] / total['sweep']:.2f}x"
+                  for w in timed if w != "sweep" and "sweep" in timed]  # fmt: skip
         echo(f"{method:<8} " + " ".join(f"{c:>22}" for c in cells)
-             + f"  {', '.join(ratios) if 'sweep' in timed else '-'}  {rss.gb():.2f} GB")  # fmt: skip
+             + f"  {', '.join(ratios) or '-'}  {rss.gb():.2f} GB")  # fmt: skip
     return out
 
 
@@ -370,8 +371,3 @@ def time_joins(loader, rows: list, device: torch.device, repeats: int = 5) -> fl
         _sync(device)
         best = min(best, (time.perf_counter() - t) / max(1, len(rows)))
     return 1e3 * best
-
-
-def parse_rows(text: str) -> dict[str, int]:
-    values = [int(x) for x in text.split(",")]
-    return dict(zip(("train", "val", "test"), values, strict=False))

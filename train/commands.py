@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import click
 
-from shards.clitools import DeviceType, RegistryChoice, choices, expected_errors, parse_kv
+from shards.clitools import (
+    SEED_TYPE,
+    DeviceType,
+    FloatRange,
+    NumberList,
+    RegistryChoice,
+    choices,
+    expected_errors,
+    parse_kv,
+)
 from shards.errors import WsmlError
 
 
@@ -30,12 +39,12 @@ def _methods():
     type=click.Choice(["linear", "cam"]),
     help="e2e: cam = CAM head (BoostLU with -o boostlu_alpha=5) [default: linear].",
 )
-@click.option("--epochs", type=click.IntRange(min=1))
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True))
+@click.option("--epochs", type=click.IntRange(1, 10_000))
+@click.option("--lr", type=FloatRange(0, 1e3, min_open=True))
 @click.option(
-    "--batch-size", type=click.IntRange(min=1), help="Global batch (split over DDP ranks)."
+    "--batch-size", type=click.IntRange(1, 2**20), help="Global batch (split over DDP ranks)."
 )
-@click.option("--seed", type=click.IntRange(min=0))
+@click.option("--seed", type=SEED_TYPE)
 @click.option("--seeds", help="Several seeds, e.g. 0,1,2: one run folder each, OUT-s0, OUT-s1, ….")
 @click.option("--out", type=click.Path(), help="Run folder [default: runs/METHOD-SETTING-SEED].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
@@ -47,7 +56,7 @@ def _methods():
 )
 @click.option("--tensorboard", is_flag=True, help="Also write TensorBoard logs in the run folder.")
 @click.option(
-    "--stop-after-epochs", type=click.IntRange(min=0), hidden=True
+    "--stop-after-epochs", type=click.IntRange(0, 10_000), hidden=True
 )  # debug: an interruption
 @click.option("-o", "opts", multiple=True, metavar="KEY=VALUE", help="Method or run option.")
 @expected_errors
@@ -79,8 +88,10 @@ def train_command(opts, seeds, **options):
 @expected_errors
 def eval_command(run_dir, split, checkpoint):
     """Score a run's checkpoint on a split (clean labels)."""
+    from train.integrity import check_run_data
     from train.run import eval_lines, evaluate_run
 
+    check_run_data(run_dir, "eval")
     result = evaluate_run(run_dir, split, checkpoint)
     for line in eval_lines(result, split, run_dir):
         click.echo(line)
@@ -93,8 +104,11 @@ def leaderboard_command(runs_dir):
     """Rank the finished runs under DIR by test mAP; writes leaderboard.md and .json there."""
     from train.leaderboard import write_leaderboard
 
-    _, table = write_leaderboard(runs_dir)
+    unsaved: list[str] = []
+    _, table = write_leaderboard(runs_dir, unsaved)
     click.echo(table, nl=False)
+    for line in unsaved:  # the table is the result: printed, and exit 0
+        click.echo(f"Warning: {line}", err=True)
 
 
 @click.command("report")
@@ -128,25 +142,29 @@ def methods_command():
 )
 @click.option("--method", "methods", default="an", show_default=True, help="Comma-separated.")
 @click.option(
-    "--rows", default="65665,16416,40137", show_default=True, help="linear: train,val,test rows."
+    "--rows",
+    type=NumberList(int, 1, 10**9, count=3),
+    default="65665,16416,40137",
+    show_default=True,
+    help="linear: train,val,test rows.",
 )
 @click.option(
     "--dim",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 2**16),
     default=2048,
     show_default=True,
     help="linear: feature dimension.",
 )
 @click.option(
     "--classes",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 10**6),
     default=80,
     show_default=True,
     help="linear: number of classes; e2e: of the generated photos' labels, with --annotations.",
 )
 @click.option(
     "--annotations",
-    type=click.FloatRange(min=0),
+    type=FloatRange(0, 1e4),
     default=0.0,
     help="OpenImages-shaped ragged labels, about this many an image (60% positive) over "
     "--classes; linear: features memory-mapped from disk; e2e: the generated photos in Open "
@@ -158,14 +176,26 @@ def methods_command():
     show_default=True,
     help="linear: the ways timed (papers, runs, sweep).",
 )
-@click.option("--lrs", default="1e-2,1e-3,1e-4,1e-5", show_default=True, help="linear: grid lrs.")
-@click.option("--batches", default="8,16", show_default=True, help="linear: grid batch sizes.")
-@click.option("--paper-steps", type=click.IntRange(min=0), default=0, help="linear: time this many steps of each papers'-way "
+@click.option(
+    "--lrs",
+    type=NumberList(float, 0, 1e3, lo_open=True),
+    default="1e-2,1e-3,1e-4,1e-5",
+    show_default=True,
+    help="linear: grid lrs.",
+)
+@click.option(
+    "--batches",
+    type=NumberList(int, 1, 2**20),
+    default="8,16",
+    show_default=True,
+    help="linear: grid batch sizes.",
+)
+@click.option("--paper-steps", type=click.IntRange(0, 10**9), default=0, help="linear: time this many steps of each papers'-way "
               "epoch and extrapolate (0: whole epochs).")  # fmt: skip
 @click.option("--shards", type=click.Path(), help="e2e: a shard set [default: generated photos].")
 @click.option(
     "--images",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 10**8),
     default=256,
     show_default=True,
     help="e2e: photos to generate.",
@@ -174,16 +204,16 @@ def methods_command():
 @click.option("--preset", help="e2e: [default: the method's, else cole448].")
 @click.option(
     "--image-size",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, 8192),
     default=0,
     help="e2e: centre crop of this size instead of a preset.",
 )
 @click.option(
-    "--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="e2e."
+    "--batch-size", type=click.IntRange(1, 2**20), default=32, show_default=True, help="e2e."
 )
 @click.option(
     "--steps",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 10**9),
     default=20,
     show_default=True,
     help="e2e: timed steps per method.",
@@ -205,7 +235,7 @@ def bench_train(setting, methods, rows, dim, classes, paper_steps, opts, **e2e):
         get_method(name)  # unknown names fail here, listing the methods
     grid = {k: e2e.pop(k) for k in ("annotations", "ways", "lrs", "batches")}
     if setting == "linear":
-        from train.bench import LinearBenchOptions, parse_rows, run_linear_bench
+        from train.bench import LinearBenchOptions, run_linear_bench
 
         ways = tuple(w.strip() for w in grid["ways"].split(",") if w.strip())
         if not ways or set(ways) - {"papers", "runs", "sweep"}:
@@ -213,10 +243,10 @@ def bench_train(setting, methods, rows, dim, classes, paper_steps, opts, **e2e):
                 f"{grid['ways']!r}: choose from papers, runs, sweep", param_hint="--ways"
             )
         options = LinearBenchOptions(
-            names, rows=parse_rows(rows), dim=dim, classes=classes, paper_steps=paper_steps,
+            names, rows=dict(zip(("train", "val", "test"), rows, strict=True)), dim=dim, classes=classes, paper_steps=paper_steps,
             device=e2e["device"], annotations=grid["annotations"], ways=ways,
-            lrs=tuple(float(x) for x in grid["lrs"].split(",")),
-            batches=tuple(int(x) for x in grid["batches"].split(",")),
+            lrs=grid["lrs"],
+            batches=grid["batches"],
         )  # fmt: skip
         run_linear_bench(options, echo=click.echo)
         return

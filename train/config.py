@@ -12,11 +12,20 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from shards.clitools import check_device
 from shards.errors import WsmlError
-from shards.options import parse_value
+from shards.options import (
+    AT_LEAST_ONE,
+    EPOCHS,
+    POSITIVE,
+    SEED,
+    UNIT_OPEN,
+    Range,
+    check_ranges,
+    parse_value,
+)
 
 SETTINGS = ("linear", "e2e")
 HEADS = ("linear", "cam")
@@ -91,7 +100,21 @@ class RunConfig:
     fraction: float = 0.1  # --regime partial: the partial view with this fraction observed
     groups: str = ""  # mAP by class-frequency group: "frequency", "none"; "": on OpenImages
 
+    # every numeric field's range (tests/test_option_ranges.py checks that none is missing)
+    RANGES: ClassVar[dict[str, Range]] = {
+        "image_size": Range(0, 4096),
+        "boostlu_alpha": POSITIVE,
+        "seed": SEED,
+        "threshold": UNIT_OPEN,
+        "eval_batch_size": Range(0, 2**20),
+        "stop_after_epochs": Range(0, EPOCHS.hi),
+        "sweep_lrs": POSITIVE,
+        "sweep_batches": AT_LEAST_ONE,
+        "fraction": Range(0, 1, lo_open=True),
+    }
+
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.setting not in SETTINGS:
             raise WsmlError(f"setting must be one of {', '.join(SETTINGS)}, got {self.setting!r}")
         if self.setting == "linear" and not self.features:
@@ -119,12 +142,8 @@ class RunConfig:
             )
         if self.boostlu_alpha != 1.0 and self.head != "cam":
             raise WsmlError("boostlu_alpha scales a CAM: use it with --head cam")
-        if self.boostlu_alpha <= 0:
-            raise WsmlError(f"boostlu_alpha must be positive, got {self.boostlu_alpha}")
         if self.groups not in GROUPS:
             raise WsmlError(f"groups must be one of frequency, none, got {self.groups!r}")
-        if self.image_size < 0 or self.eval_batch_size < 0 or self.stop_after_epochs < 0:
-            raise WsmlError("image_size, eval_batch_size and stop_after_epochs must be >= 0")
 
     @property
     def run_dir(self) -> str:

@@ -77,6 +77,8 @@ def export_run(
     path = Path(out) if out is not None else run.folder.path / f"model{FORMATS[fmt]}"
     if path.suffix != FORMATS[fmt]:
         raise WsmlError(f"--out {path}: a {fmt} file ends in {FORMATS[fmt]}")
+    if not path.parent.is_dir():
+        raise WsmlError(f"--out {path}: folder {path.parent} does not exist")
     thresholds, new = thresholds_of(run, options.min_positives, echo)
     example = torch.zeros(2, 3, run.preset.size, run.preset.size)
     tmp = tmp_path_for(path)

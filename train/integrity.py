@@ -21,34 +21,72 @@ from shards.shardset import ShardSet
 def data_identity(ss: ShardSet, view: str, features: str | None, clip: str | None) -> dict:
     """The sha256 of what a run reads: the manifest (which holds the label tables' sha256),
     the view's ``regime.json`` and the caches' ``meta.json``; for the caches' arrays (too large
-    to hash at every start) their size and modification time."""
+    to hash at every start) their size and modification time. A file gone is ``missing``."""
     out: dict[str, Any] = {"manifest.json": sha256_file(ss.root / "manifest.json")}
     if view not in ("full", "clean"):
-        out[f"observed/{view}/regime.json"] = sha256_file(
-            ss.root / "observed" / view / "regime.json"
-        )
+        out[f"observed/{view}/regime.json"] = _sha256(ss.root / "observed" / view / "regime.json")
     for tag in dict.fromkeys(t for t in (features, clip) if t):
         folder = emb.cache_folder(ss.root, tag)
-        out[f"embeddings/{tag}/meta.json"] = sha256_file(folder / "meta.json")
-        for entry in emb.get_cache(ss.root, tag)["splits"].values():
-            st = (folder / entry["path"]).stat()
-            out[f"embeddings/{tag}/{entry['path']}"] = f"{st.st_size} bytes, mtime {st.st_mtime_ns}"
+        meta = emb.list_caches(ss.root).get(tag)
+        out[f"embeddings/{tag}/meta.json"] = _sha256(folder / "meta.json") if meta else MISSING
+        for entry in meta["splits"].values() if meta else ():
+            path = folder / entry["path"]
+            st = path.stat() if path.is_file() else None
+            size = f"{st.st_size} bytes, mtime {st.st_mtime_ns}" if st else MISSING
+            out[f"embeddings/{tag}/{entry['path']}"] = size
     return out
 
 
-def check_identity(run_dir: Path, saved: dict, config: dict) -> None:
-    """On ``--resume``: refuse when a file the run was trained on has changed since."""
+MISSING = "missing"
+
+
+def _sha256(path: Path) -> str:
+    return sha256_file(path) if path.is_file() else MISSING
+
+
+def check_identity(run_dir: Path, saved: dict, config: dict, command: str = "--resume") -> None:
+    """Refuse when a file the run was trained on has changed since: on ``--resume`` (``config``
+    the new run's), and in the commands that read a run (``check_run_data``)."""
     before, now = saved.get("data"), config.get("data")
     if before is None or now is None:  # a run recorded before identities were
         return
     changed = [name for name in sorted(before | now) if before.get(name) != now.get(name)]
-    if changed:
-        shards = config["run"]["shards"]
-        raise WsmlError(
-            f"--resume: {run_dir} was trained on other data: {', '.join(changed)} of {shards} "
-            "changed since (replaced or made again); start the run again with --overwrite or "
-            "choose another --out"
-        )
+    if not changed:
+        return
+    shards = saved["run"]["shards"]
+    way = (
+        "start the run again with --overwrite or choose another --out"
+        if command == "--resume"
+        else "its scores there would not be the run's: restore the data it was trained on, or "
+        "train a new run on this data"
+    )
+    raise WsmlError(
+        f"{command}: {run_dir} was trained on other data: {', '.join(changed)} of {shards} "
+        f"changed since (replaced or made again); {way}"
+    )
+
+
+def check_run_data(
+    run_dir: str | os.PathLike, command: str, shards: str | os.PathLike | None = None
+) -> None:
+    """``eval``, ``predict`` on a shard set and ``export``: refuse a run whose shard set, view
+    or caches changed since it trained (the identity ``config.json`` records), as ``--resume``
+    does. ``shards``: where the run's shard set is now (moved data), else where it was
+    recorded. Nothing to compare where the folder holds no run or its shard set is gone (the
+    command then says what it lacks)."""
+    from shards.shardset import open_shard_set
+    from train.runfolder import RunFolder
+
+    saved = RunFolder(run_dir).read_config()
+    if saved is None or "data" not in saved:
+        return
+    run = saved["run"]
+    where = Path(shards if shards is not None else run["shards"])
+    if not (where / "manifest.json").is_file():
+        return
+    view = saved.get("regime", {}).get("view", run.get("regime"))
+    now = data_identity(open_shard_set(where), view, run.get("features"), run.get("clip"))
+    check_identity(Path(run_dir), saved, {"data": now}, command)
 
 
 def check_steps(rows: int, batch_sizes: list[int], world_size: int) -> None:

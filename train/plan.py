@@ -15,6 +15,7 @@ import torch
 from shards import embeddings as emb
 from shards.errors import WsmlError
 from shards.shardset import ShardSet, open_shard_set
+from shards.views import check_view_labels
 from train.config import RunConfig, run_dict, split_options, with_run_options
 from train.data import cache_dim, read_clip_text
 from train.integrity import check_steps, data_identity
@@ -148,13 +149,13 @@ def choose_view(
     unknown entries (Open Images) count as partial. ``partial`` names the view of PU-MLC's
     partial labels with ``fraction`` (``cli.py observe DIR partial --fraction F``)."""
     if view == "partial":
-        from shards.regimes import Partial
+        from shards.regimes import Partial, exact
 
         view = Partial(fraction=fraction).view_name()
         if view not in ss.regimes:
             raise WsmlError(
-                f"{ss.root} has no partial view with fraction {fraction:g} ({view}): make it "
-                f"with `cli.py observe {ss.root} partial --fraction {fraction:g}` "
+                f"{ss.root} has no partial view with fraction {exact(fraction)} ({view}): make "
+                f"it with `cli.py observe {ss.root} partial --fraction {exact(fraction)}` "
                 f"(views: {', '.join(['full', *ss.regimes])})"
             )
     unknown = ss.has_unknown("train")  # read once: both the default and the kind need it
@@ -164,6 +165,9 @@ def choose_view(
         kind = "partial" if unknown else "full"
     elif view in ss.regimes:
         kind = ss.regimes[view].get("trains_as", ss.regimes[view]["regime"])
+        train = ss.observed_lists(view, "train")
+        positives, negatives = (len(x.values) for x in (train.positives, train.negatives))
+        check_view_labels(ss.root, view, positives, negatives, len(train))
     else:
         ss.observed_lists(view, "train")  # raises, listing the views
         raise AssertionError("unreachable")

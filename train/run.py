@@ -12,7 +12,7 @@ from typing import Any
 
 from shards.errors import WsmlError
 from train.config import RunConfig
-from train.runfolder import BEST, LAST, RunFolder
+from train.runfolder import BEST, LAST, RunFolder, nothing_to_resume
 
 # CLI option -> method option (a protocol field every method config has)
 METHOD_FLAGS = {"epochs": "epochs", "lr": "lr", "batch_size": "batch_size"}
@@ -33,7 +33,7 @@ def create_run_config(
     if opts.get("resume") and opts.get("out"):
         saved = RunFolder(opts["out"]).read_config()
         if saved is None:
-            raise WsmlError(f"--resume: {opts['out']} holds no run (no config.json)")
+            raise nothing_to_resume(opts["out"])
         base = {k: v for k, v in saved["run"].items() if k in RUN_FIELDS}
     method_opts = {**base.pop("method_options", {}), **given_method}
     values = {**base, **{k: v for k, v in opts.items() if v is not None and v is not False}}
@@ -107,6 +107,7 @@ def evaluate_run(run_dir: str, split: str, which: str = "best") -> dict[str, Any
     saved = folder.read_config()
     if saved is None:
         raise WsmlError(f"{run_dir} holds no run (no config.json)")
+    folder.check_checkpointed(saved)
     ckpt = folder.load_checkpoint(BEST if which == "best" else LAST)
     ctx = Context.create()
     try:

@@ -32,7 +32,9 @@ import torch
 from shards.embeddings import write_array
 from shards.errors import WsmlError
 from shards.fileio import (
+    TMP_SUFFIX,
     dumps_json,
+    remove_temporaries,
     removed_on_error,
     tmp_path_for,
     write_bytes_atomic,
@@ -71,8 +73,8 @@ class RunFolder:
         saved = self.read_config()
         if saved is None:
             if resume:
-                raise WsmlError(f"--resume: {self.path} holds no run (no {CONFIG})")
-            if self.path.exists() and any(self.path.iterdir()) and not overwrite:
+                raise nothing_to_resume(self.path)
+            if self.holds_files() and not overwrite:
                 raise WsmlError(f"{self.path} exists and is not a run folder; choose another --out")
             return None
         theirs = (saved.get("dataset"), saved.get("classes"))
@@ -85,29 +87,46 @@ class RunFolder:
             )
         if overwrite:
             return None
-        started = (self.path / LAST).is_file() or (self.path / SUMMARY).is_file()
-        if not resume:
-            if not started:  # killed before its first checkpoint: nothing to keep
-                return None
+        checkpoint, finished = (self.path / LAST).is_file(), self.finished()
+        if not resume and (checkpoint or finished):
+            way = "--resume to continue it or " if checkpoint else ""
             raise WsmlError(
-                f"{self.path} already holds a run; pass --resume to continue it or --overwrite "
-                "to start it again"
+                f"{self.path} already holds a run{' (finished)' * finished}; pass {way}"
+                "--overwrite to start it again"
             )
-        differ = [k for k in ("run", "method", "feature_dim") if saved.get(k) != config.get(k)]
-        if differ:
-            detail = _differences(saved, config, differ)
-            raise WsmlError(f"--resume: {self.path} was trained with other settings: {detail}")
-        check_identity(self.path, saved, config)
-        if not (self.path / LAST).is_file():
+        if resume:
+            differ = [k for k in ("run", "method", "feature_dim") if saved.get(k) != config.get(k)]
+            if differ:
+                detail = _differences(saved, config, differ)
+                raise WsmlError(f"--resume: {self.path} was trained with other settings: {detail}")
+            check_identity(self.path, saved, config)
+        if not checkpoint and finished:
             raise WsmlError(
-                f"--resume: {self.path} was stopped before its first checkpoint: nothing to "
-                "resume; run the same command without --resume to start it again"
+                f"--resume: {self.path} holds a finished run without its {LAST}: nothing to "
+                "resume; add --overwrite to start it again"
             )
-        return saved
+        # stopped before its first checkpoint (killed, a full disk): nothing to keep, and
+        # starting again is resuming from epoch 0, with or without --resume
+        return saved if checkpoint else None
+
+    def holds_files(self) -> bool:
+        """Whether the folder exists and holds files (a killed writer's temporaries aside)."""
+        if not self.path.is_dir():
+            return self.path.exists()
+        return any(not p.name.endswith(TMP_SUFFIX) for p in self.path.iterdir())
+
+    def finished(self) -> bool:
+        """Whether the folder holds a run that ended (a sweep's summary is written only then)."""
+        try:
+            summary = json.loads((self.path / SUMMARY).read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(summary, dict) and bool(summary.get("finished") or "chosen" in summary)
 
     def start(self, config: dict) -> None:
         """A fresh run: clear what a previous one left (--overwrite) and write config.json."""
         self.path.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(self.path)  # of a writer killed before
         for name in (METRICS, SUMMARY_CSV, SUMMARY, LAST, BEST):
             (self.path / name).unlink(missing_ok=True)
         for sub in (PREDICTIONS, MEMBERS):
@@ -129,7 +148,9 @@ class RunFolder:
         self.write_metrics([*self.read_metrics(), record])
 
     def keep_metrics(self, last_epoch: int) -> None:
-        """Drop lines of epochs after ``last_epoch`` (written before an interruption)."""
+        """Drop lines of epochs after ``last_epoch`` (written before an interruption), and the
+        temporary files of the writer that was interrupted."""
+        remove_temporaries(self.path)
         self.write_metrics([r for r in self.read_metrics() if r["epoch"] <= last_epoch])
 
     def write_summary(self, summary: dict) -> None:
@@ -170,6 +191,15 @@ class RunFolder:
                     os.replace(tmp_best, self.path / BEST)
             os.replace(tmp, last)
 
+    def check_checkpointed(self, saved: dict) -> None:
+        """A sweep keeps no checkpoint (its members' heads are trained stacked): say what to
+        do instead, as ``predict`` and ``export`` do, rather than that a file is missing."""
+        if saved["run"].get("sweep"):
+            raise WsmlError(
+                f"{self.path} is a --sweep run, which keeps no checkpoint: train its chosen "
+                "member alone (its lr and batch size are in summary.json) and use that run"
+            )
+
     def load_checkpoint(self, which: str = LAST) -> dict:
         """The checkpoint on the CPU, whatever device saved it: RNG states must be CPU byte
         tensors, and the saving machine may have had devices this one lacks."""
@@ -177,6 +207,14 @@ class RunFolder:
         if not path.is_file():
             raise WsmlError(f"{path} is missing")
         return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def nothing_to_resume(path: Path) -> WsmlError:
+    return WsmlError(
+        f"--resume: {path} holds no run (no {CONFIG}): it stopped before it started, or is not "
+        "a run folder; start it with the same command without --resume (--shards and --method "
+        "given)"
+    )
 
 
 def metrics_csv(records: list[dict]) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from shards.errors import WsmlError
+from shards.options import SEED
 from train.config import RunConfig
 
 
@@ -19,8 +20,8 @@ def parse_seeds(text: str | None) -> tuple[int, ...]:
         raise WsmlError(
             f"--seeds takes comma-separated integers like 0,1,2, got {text!r}"
         ) from None
-    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise WsmlError(f"--seeds takes distinct non-negative integers like 0,1,2, got {text!r}")
+    if not seeds or any(s not in SEED for s in seeds) or len(set(seeds)) != len(seeds):
+        raise WsmlError(f"--seeds takes distinct integers {SEED} like 0,1,2, got {text!r}")
     return seeds
 
 

@@ -155,8 +155,11 @@ def train_sweep(plan: RunPlan, ctx: Context) -> dict[str, Any]:
         raise WsmlError("--sweep runs in one process (its members are the parallel part)")
     if {"lr", "batch_size"} & set(config.method_options):
         raise WsmlError("--sweep takes lr and batch size from its grid: -o sweep_lrs=…,…")
-    if config.resume:
-        raise WsmlError("a sweep is not resumable; start it again with --overwrite")
+    if config.resume and not config.overwrite:
+        raise WsmlError(
+            f"--resume: {config.run_dir} is a sweep, which is not resumable; add --overwrite to "
+            "start it again (with its saved settings)"
+        )
     record = plan.to_json()
     folder = RunFolder(config.run_dir)
     folder.check_reuse(record, resume=False, overwrite=config.overwrite)

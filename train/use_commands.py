@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from shards.clitools import expected_errors
+from shards.clitools import DeviceType, expected_errors
 
 MIN_POSITIVES = click.option(
     "--min-positives",
@@ -33,12 +33,12 @@ MEMBER = click.option(
 @MIN_POSITIVES
 @click.option(
     "--top-k",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, 10**6),
     default=0,
     help="Label each image with its K most probable classes.",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 2**20), default=32, show_default=True)
+@click.option("--device", type=DeviceType(), default="cpu", show_default=True)
 @click.option(
     "--on-bad", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
     help="An image that cannot be read: stop, or go on and list it.",
@@ -51,8 +51,13 @@ def predict_command(images, run_dir, split, out, **options):
     (a --sweep run: its pick): every class's probability and the predicted labels, in a
     Parquet or CSV table that records where it came from (CSV: OUT.json beside it). Label
     lists are joined by ';' in the CSV and on the terminal."""
+    from pipelines.distributed import resolve_device
+    from train.integrity import check_run_data
     from train.predict import PredictOptions, predict_lines, run_predict
 
+    options["device"] = str(resolve_device(options["device"]))  # as every command's
+    if options["shards"] or not images:  # a shard set's rows: the data the run recorded
+        check_run_data(run_dir, "predict", shards=options["shards"])
     result = run_predict(
         run_dir, out, PredictOptions(**options), images=images, split=split, echo=click.echo
     )
@@ -70,7 +75,7 @@ def predict_command(images, run_dir, split, out, **options):
 @click.option(
     "--classes",
     "num_classes",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 10**6),
     help="Fail unless the run has this many.",
 )
 @click.option("--weights", type=click.Path(), help="Linear runs: the cache encoder's weights file.")
@@ -83,7 +88,9 @@ def export_command(run_dir, fmt, out, num_classes, **options):
     pick) with a JSON sidecar (classes, the whole preprocessing, per-class thresholds, where it
     came from) and preprocess.py, the preprocessing in Pillow and numpy for an application."""
     from train.export import ExportOptions, export_run
+    from train.integrity import check_run_data
 
+    check_run_data(run_dir, "export", shards=options["shards"])
     options = ExportOptions(num_classes, **options)
     path, sidecar = export_run(run_dir, fmt, out, options, echo=click.echo)
     pre = sidecar["preprocessing"]

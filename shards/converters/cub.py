@@ -16,6 +16,7 @@ from shards.source import (
     OfficialSplit,
     Record,
     Source,
+    check_name,
     fingerprint_files,
     register_converter,
     require_dir,
@@ -172,7 +173,7 @@ def read_images(path: Path) -> dict[int, str]:
     table = read_id_table(path, "image")
     if not table:
         raise WsmlError(f"{path} lists no image")
-    return {key: rel for key, (_, rel) in table.items()}
+    return {key: check_name(rel, f"{path}:{n}") for key, (n, rel) in table.items()}
 
 
 def _per_image(path: Path, ids: Sequence[int], images_path: Path) -> list[tuple[int, str]]:

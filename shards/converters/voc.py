@@ -21,6 +21,7 @@ from shards.source import (
     Record,
     Source,
     check_duplicates,
+    check_name,
     fingerprint_files,
     read_utf8,
     register_converter,
@@ -202,7 +203,7 @@ def _read_set(base, main, set_name, classes, used) -> dict[str, tuple[tuple, tup
 
 def _read_ids(path: Path) -> list[str]:
     ids = [line.split()[0] for line in read_utf8(path).splitlines() if line.strip()]
-    check_duplicates(ids, str(path))
+    check_duplicates([check_name(i, str(path)) for i in ids], str(path))
     return ids
 
 
@@ -223,7 +224,7 @@ def _from_class_lists(lists: list[Path]) -> dict[str, tuple[tuple, tuple]]:
                 pos.setdefault(parts[0], []).append(k)
             elif parts[-1] == "0":
                 diff.setdefault(parts[0], []).append(k)
-        check_duplicates(ids, str(path))
+        check_duplicates([check_name(i, str(path)) for i in ids], str(path))
         if first_ids is None:
             first_ids = ids
         elif set(ids) != set(first_ids):

@@ -12,10 +12,11 @@ loss = -sum over the batch of [y log max(p, eps) (1 - p)^gamma_pos
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from shards.errors import WsmlError
+from shards.options import BELOW_ONE, NON_NEGATIVE, UNIT_OPEN
 from train.methods import Method, MethodConfig, MethodInfo, observed_masks, register_method
 
 ASL = "Ridnik, Ben-Baruch et al., ICCV 2021, Asymmetric Loss for Multi-Label Classification"
@@ -47,10 +48,12 @@ class AslConfig(AslProtocol):
     eps: float = 1e-8
     focal_grad: bool = False
 
-    def check(self) -> None:
-        super().check()
-        if self.gamma_neg < 0 or self.gamma_pos < 0 or not 0.0 <= self.clip < 1.0:
-            raise WsmlError("gamma_neg and gamma_pos must be >= 0 and clip in [0, 1)")
+    RANGES: ClassVar = {
+        "gamma_neg": NON_NEGATIVE,
+        "gamma_pos": NON_NEGATIVE,
+        "clip": BELOW_ONE,
+        "eps": UNIT_OPEN,
+    }
 
 
 class AsymmetricLoss(Method):

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from shards.errors import WsmlError
+from shards.options import BELOW_ONE
 from train.methods import (
     Method,
     MethodConfig,
@@ -46,10 +47,7 @@ class ColeConfig(MethodConfig):
 class SmoothConfig(MethodConfig):
     ls_coef: float = 0.1  # label smoothing c
 
-    def check(self) -> None:
-        super().check()
-        if not 0.0 <= self.ls_coef < 1.0:
-            raise WsmlError(f"ls_coef must be in [0, 1), got {self.ls_coef}")
+    RANGES: ClassVar = {"ls_coef": BELOW_ONE}
 
 
 @dataclass(frozen=True)

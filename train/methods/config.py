@@ -5,9 +5,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from shards.errors import WsmlError
+from shards.options import (
+    AT_LEAST_ONE,
+    BELOW_ONE,
+    EPOCHS,
+    NON_NEGATIVE,
+    POSITIVE,
+    Range,
+    check_ranges,
+)
 
 SCHEDULES = ("constant", "onecycle", "poly")
 OPTIMIZERS = ("adam", "sgd")
@@ -36,13 +45,28 @@ class MethodConfig:
     stop_patience: int = 0
     stop_drop: float = 0.0
 
+    # every numeric field's range (a subclass declares its own fields'); tests/test_option_ranges.py
+    # checks that none is missing
+    RANGES: ClassVar[dict[str, Range]] = {
+        "lr": POSITIVE,
+        "batch_size": AT_LEAST_ONE,
+        "epochs": EPOCHS,
+        "head_lr_mult": NON_NEGATIVE,
+        "weight_decay": NON_NEGATIVE,
+        "momentum": BELOW_ONE,
+        "schedule_epochs": Range(0, EPOCHS.hi),
+        "ema": BELOW_ONE,
+        "stop_patience": NON_NEGATIVE,
+        "stop_drop": Range(0, 100),
+    }
+
     def __post_init__(self) -> None:
         self.check()
 
     def check(self) -> None:
-        """Raise WsmlError on values no run could use; subclasses extend it."""
-        if not self.lr > 0 or self.batch_size < 1 or self.epochs < 1:
-            raise WsmlError(f"lr, batch_size and epochs must be positive, got {self}")
+        """Raise WsmlError on values no run could use (first each field's range); subclasses
+        extend it."""
+        check_ranges(self)
         if self.schedule not in SCHEDULES:
             raise WsmlError(
                 f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
@@ -51,8 +75,6 @@ class MethodConfig:
             raise WsmlError(
                 f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
             )
-        if not 0.0 <= self.ema < 1.0:
-            raise WsmlError(f"ema must be in [0, 1), got {self.ema}")
 
 
 def config_dict(config: MethodConfig) -> dict[str, Any]:

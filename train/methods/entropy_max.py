@@ -15,12 +15,14 @@ revised and no positive pseudo-labels are made. Observed negatives (partial regi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from pipelines.labels import DeviceLabels
 from shards.errors import WsmlError
+from shards.options import NON_NEGATIVE, POSITIVE, UNIT
 from train.methods import (
     Method,
     MethodConfig,
@@ -63,6 +65,8 @@ class EmConfig(MethodConfig):
     batch_size: int = 16
     alpha: float = 0.1  # weight of the entropy term on unknowns
 
+    RANGES: ClassVar = {"alpha": NON_NEGATIVE}
+
 
 @dataclass(frozen=True)
 class EmAplConfig(EmConfig):
@@ -71,10 +75,12 @@ class EmAplConfig(EmConfig):
     warmup_epoch: int = 5  # first epoch after which pseudo-labels are made
     memory_budget_gb: float = 8.0  # the most its epoch pass and pseudo-labels may take
 
-    def check(self) -> None:
-        super().check()
-        if not 0.0 <= self.neg_proportion <= 1.0:
-            raise WsmlError(f"neg_proportion must be in [0, 1], got {self.neg_proportion}")
+    RANGES: ClassVar = {
+        "beta": NON_NEGATIVE,
+        "neg_proportion": UNIT,
+        "warmup_epoch": NON_NEGATIVE,
+        "memory_budget_gb": POSITIVE,
+    }
 
 
 # bytes per training entry (row x class) at the epoch pass's peak: the float32 probabilities,

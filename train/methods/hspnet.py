@@ -17,8 +17,9 @@ the loop selects on validation.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from shards.errors import WsmlError
+from shards.options import POSITIVE, UNIT, Range
 from train.methods import MethodInfo, ModelSpec, register_method
 from train.methods.robust_loss import Splc, SplcConfig
 
@@ -46,10 +47,8 @@ class HspnetConfig(SplcConfig):
     reweight_p: float = 0.2
     pretrained: str = "openai"
 
-    def check(self) -> None:
-        super().check()
-        if not self.gcn_lr > 0 or self.n_ctx < 1 or not 0.0 <= self.reweight_p <= 1.0:
-            raise WsmlError("gcn_lr must be positive, n_ctx >= 1 and reweight_p in [0, 1]")
+    # n_ctx: the prompt's context tokens and a class name fit CLIP's 77 tokens
+    RANGES: ClassVar = {"gcn_lr": POSITIVE, "n_ctx": Range(1, 64), "reweight_p": UNIT}
 
 
 def create_hspnet_model(spec: ModelSpec):

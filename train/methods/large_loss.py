@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pipelines.distributed import gather_batch, training_world
-from shards.errors import WsmlError
+from shards.options import Range
 from train.methods import Method, MethodConfig, MethodInfo, register_method
 
 LL = "Kim et al., CVPR 2022, Large Loss Matters in Weakly Supervised Multi-Label Classification"
@@ -54,10 +54,7 @@ class LargeLossConfig(MethodConfig):
     delta_rel: float = 0.2  # percent of a batch's entries per epoch
     released: bool = False  # the released code's selection and schedule (see module docstring)
 
-    def check(self) -> None:
-        super().check()
-        if not 0.0 <= self.delta_rel <= 100.0:
-            raise WsmlError(f"delta_rel is a percentage in [0, 100], got {self.delta_rel}")
+    RANGES: ClassVar = {"delta_rel": Range(0, 100)}  # a percentage
 
 
 @functools.lru_cache(maxsize=256)  # called every step with the same few arguments

@@ -49,6 +49,7 @@ import copy
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -58,6 +59,7 @@ from torch import Tensor
 from models.oass import create_oass_model, normalise_cam
 from pipelines.distributed import get_rank
 from shards.errors import WsmlError
+from shards.options import AT_LEAST_ONE, BELOW_ONE, NON_NEGATIVE, POSITIVE
 from train.methods import Method, MethodConfig, MethodInfo, register_method
 
 PAPER = "Xu et al., ICIP 2022, Object-Aware Self-Supervised Multi-Label Learning"
@@ -89,16 +91,22 @@ class OassConfig(MethodConfig):
     min_distance: float = 20.0  # px at 512 px
     radius: float = 128.0  # px at 512 px
 
+    RANGES: ClassVar = {
+        "alpha_p": NON_NEGATIVE,
+        "alpha_re": NON_NEGATIVE,
+        "alpha_schedule": NON_NEGATIVE,
+        "teacher_decay": BELOW_ONE,
+        "topk": AT_LEAST_ONE,
+        "min_distance": POSITIVE,
+        "radius": POSITIVE,
+    }
+
     def check(self) -> None:
         super().check()
         if self.keypoint not in KEYPOINTS:
             raise WsmlError(
                 f"keypoint must be one of {', '.join(KEYPOINTS)}, got {self.keypoint!r}"
             )
-        if self.topk < 1 or self.min_distance <= 0 or self.radius <= 0:
-            raise WsmlError("topk, min_distance and radius must be positive")
-        if not 0.0 <= self.teacher_decay < 1.0 or self.alpha_schedule < 0:
-            raise WsmlError("teacher_decay must be in [0, 1) and alpha_schedule >= 0")
 
 
 # ---- key points --------------------------------------------------------------------------------

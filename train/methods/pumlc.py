@@ -41,12 +41,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from shards.errors import WsmlError
+from shards.options import NON_NEGATIVE, POSITIVE
 from train.methods import Method, MethodInfo, ModelSpec, register_method
 from train.methods.asl import AslProtocol
 
@@ -73,10 +74,7 @@ class PuMlcConfig(AslProtocol):
     gamma: float = 0.55  # w_c = mean(s)^gamma
     mix_alpha: float = 0.3  # lambda ~ Beta(mix_alpha, mix_alpha); 0 turns the regulariser off
 
-    def check(self) -> None:
-        super().check()
-        if not self.alpha > 0 or self.gamma < 0 or self.mix_alpha < 0:
-            raise WsmlError("pu-mlc: alpha must be > 0, gamma and mix_alpha >= 0")
+    RANGES: ClassVar = {"alpha": POSITIVE, "gamma": NON_NEGATIVE, "mix_alpha": NON_NEGATIVE}
 
 
 def pu_weights(logits: Tensor, alpha: float, gamma: float) -> tuple[Tensor, Tensor]:

@@ -15,10 +15,12 @@ pt = (1 - p) y' + p (1 - y'). Observed negatives (partial regime) are never corr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from shards.options import NON_NEGATIVE, UNIT_OPEN
 from train.methods import Method, MethodInfo, observed_masks, register_method
 from train.methods.asl import AslProtocol
 
@@ -40,16 +42,22 @@ class AslSkeletonConfig(AslProtocol):
     margin: float = 1.0
     gamma: float = 2.0
 
+    RANGES: ClassVar = {"margin": NON_NEGATIVE, "gamma": NON_NEGATIVE}
+
 
 @dataclass(frozen=True)
 class HillConfig(AslSkeletonConfig):
     lamb: float = 1.5
+
+    RANGES: ClassVar = {"lamb": NON_NEGATIVE}
 
 
 @dataclass(frozen=True)
 class SplcConfig(AslSkeletonConfig):
     tau: float = 0.6
     change_epoch: int = 1  # corrections start after this many epochs
+
+    RANGES: ClassVar = {"tau": UNIT_OPEN, "change_epoch": NON_NEGATIVE}
 
 
 class Hill(Method):

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from pipelines.distributed import get_world_size
 from shards.errors import WsmlError
+from shards.options import POSITIVE
 from train.methods import Method, MethodConfig, expected_positive_reg, neg_log, register_method
 from train.methods.assume_negative import (
     EXPECTED_POSITIVES,
@@ -29,11 +31,15 @@ from train.methods.assume_negative import (
 class EprConfig(MethodConfig):
     expected_positives: float | None = None  # k; Cole's value for voc/coco/nus/cub
 
+    RANGES: ClassVar = {"expected_positives": POSITIVE}
+
 
 @dataclass(frozen=True)
 class RoleConfig(EprConfig):
     estimator_lr_mult: float = 10.0  # Cole train.py: estimator lr = lr x lr_mult
     memory_budget_gb: float = 8.0  # the most the estimator may take (see Role.check_size)
+
+    RANGES: ClassVar = {"estimator_lr_mult": POSITIVE, "memory_budget_gb": POSITIVE}
 
 
 ESTIMATOR_BYTES = 16  # per entry: float32 logits, their gradient and Adam's two moments

@@ -20,12 +20,14 @@ here the embeddings are whatever the cache holds (CLIP's own preprocessing).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from shards.errors import WsmlError
+from shards.options import NON_NEGATIVE, POSITIVE, UNIT
 from train.methods import (
     Method,
     MethodConfig,
@@ -62,10 +64,15 @@ class VlplConfig(MethodConfig):
     beta_neg: float = 0.0  # 0: the release's zero loss on pseudo-negatives
     warmup_epoch: int = 0  # pseudo-labels are used when epoch > warmup_epoch
 
-    def check(self) -> None:
-        super().check()
-        if not self.temperature > 0 or not 0.0 <= self.negative_fraction <= 1.0:
-            raise WsmlError("temperature must be > 0 and negative_fraction in [0, 1]")
+    RANGES: ClassVar = {
+        "alpha": NON_NEGATIVE,
+        "beta_pos": NON_NEGATIVE,
+        "temperature": POSITIVE,
+        "threshold": UNIT,
+        "negative_fraction": UNIT,
+        "beta_neg": NON_NEGATIVE,
+        "warmup_epoch": NON_NEGATIVE,
+    }
 
 
 def pseudo_labels(

@@ -14,9 +14,8 @@ Beside the scores, the run reports the quality of VLPL's pseudo-labels on the tr
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shards.errors import WsmlError
+from shards.options import POSITIVE, Range
 from train.methods import Method, MethodConfig, MethodInfo, neg_log, observed_masks, register_method
 from train.methods.vlpl import VlplConfig, pseudo_labels
 
@@ -39,13 +39,12 @@ class ZeroShotConfig(MethodConfig):
     epochs: int = 0  # trains nothing
     logit_scale: float = LOGIT_SCALE
 
+    RANGES: ClassVar = {"epochs": Range(0, 0), "logit_scale": POSITIVE}
+
     def check(self) -> None:
         if self.epochs != 0:
             raise WsmlError(f"clip-zeroshot trains nothing: epochs must be 0, got {self.epochs}")
-        base = {f.name: getattr(self, f.name) for f in dataclasses.fields(MethodConfig)}
-        MethodConfig(**{**base, "epochs": 1})  # the other protocol fields, checked as usual
-        if not self.logit_scale > 0:
-            raise WsmlError(f"logit_scale must be positive, got {self.logit_scale}")
+        super().check()
 
 
 class L2Normalize(nn.Module):
