@@ -24,7 +24,6 @@ HUGE = "99999999999999999999"
 # cases another helper fixes (their branches add them after the merge): (command, option)
 LEFT_OUT = {
     ("report", "--out"),  # a file as --out: the #26 branch refuses what is no report
-    ("bench loader", "--device"),  # resolve_device there: on main since 71b47f2
 }
 
 
@@ -112,6 +111,9 @@ def bases(s: dict) -> dict[str, dict]:
         "bench cache-clip": {"shards_dir": s["shards"], "models": "wsml-tiny-clip",
                              "pretrained": "none", "batch_size": 4, "device": "cpu",
                              "loader": "torch"},
+        "bench predict": {"shards_dir": s["shards"], "images": 64, "backbone": "test_resnet",
+                          "weights": s["weights"], "image_size": 32, "batch_size": 4,
+                          "repeats": 1},
         "bench train": {"setting": "linear", "rows": "64,16,16", "dim": 8, "classes": 4,
                         "ways": "runs", "lrs": "0.01", "batches": "8"},
     }  # fmt: skip

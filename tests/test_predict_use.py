@@ -238,11 +238,15 @@ def test_file_names_that_are_not_utf8(setup, tmp_path):
     with open(latin1, "wb") as f:
         f.write(src.read_bytes())
     shutil.copy(src, folder / "plain.jpg")
-    for out in (os.path.join(os.fsencode(tmp_path), b"pr\xe9ds.csv"), tmp_path / "p.parquet"):
-        result = invoke("predict", "--run", setup["linear"], folder, "--out", os.fsdecode(out))
-        assert result.exit_code == 0, result.output
-        assert "caf\\xe9.jpg" in result.output
-        assert os.path.isfile(out)
+    # an argument that is not UTF-8 is refused before any work, by the command group
+    bad_out = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"pr\xe9ds.csv"))
+    result = invoke("predict", "--run", setup["linear"], folder, "--out", bad_out)
+    assert result.exit_code == 2 and "--out" in result.output, result.output
+    out = tmp_path / "p.parquet"
+    result = invoke("predict", "--run", setup["linear"], folder, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "caf\\xe9.jpg" in result.output
+    assert os.path.isfile(out)
     table = pq.read_table(tmp_path / "p.parquet")
     assert [Path(p).name for p in table.column("path").to_pylist()] == ["caf\\xe9.jpg", "plain.jpg"]
     probs = probs_of(table)

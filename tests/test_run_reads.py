@@ -94,12 +94,16 @@ def test_a_shard_set_gone_is_said_by_the_command(fresh, tmp_path):
     assert str(shards) in line and "does not exist" in line
 
 
-def test_eval_on_a_sweep_says_what_predict_says(tmp_path_factory, tmp_path):
+def test_eval_on_a_sweep_scores_its_pick(tmp_path_factory, tmp_path):
+    """A sweep keeps its pick's selected checkpoint: ``eval`` scores it (the summary's test
+    figures), and a sweep's last epoch, which it does not keep, is refused by name."""
     shards, run = get_shards(tmp_path_factory), tmp_path / "sweep"
     args = ["train", "--shards", shards, "--method", "an", "--features", FEAT, "--out", run]
     sweep = ["--sweep", "-o", "sweep_lrs=0.01,0.1", "-o", "sweep_batches=16", "--epochs", 1]
     assert invoke(*args, *sweep).exit_code == 0
-    said = "is a --sweep run, which keeps no checkpoint: train its chosen member alone"
-    eval_line = assert_refused(invoke("eval", "--run", run), str(run), said)
-    predict = ["predict", "--run", run, "--shards", shards, "--out", tmp_path / "p.csv"]
-    assert assert_refused(invoke(*predict)) == eval_line
+    result = invoke("eval", "--run", run, "--split", "test")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run / "summary.json").read_text())
+    assert f"mAP {summary['test']['mAP']:.2f}" in result.output
+    (run / "checkpoint-best.pt").unlink()  # a sweep trained before sweeps kept their pick's
+    assert_refused(invoke("eval", "--run", run), str(run), "is a --sweep run that kept no weights")

@@ -107,8 +107,9 @@ def evaluate_run(run_dir: str, split: str, which: str = "best") -> dict[str, Any
     saved = folder.read_config()
     if saved is None:
         raise WsmlError(f"{run_dir} holds no run (no config.json)")
-    folder.check_checkpointed(saved)
-    ckpt = folder.load_checkpoint(BEST if which == "best" else LAST)
+    which = BEST if which == "best" else LAST
+    folder.check_checkpointed(saved, which)
+    ckpt = folder.load_checkpoint(which)
     ctx = Context.create()
     try:
         plan = plan_saved_run(run_dir, saved, ctx.world_size)

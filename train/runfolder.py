@@ -191,13 +191,19 @@ class RunFolder:
                     os.replace(tmp_best, self.path / BEST)
             os.replace(tmp, last)
 
-    def check_checkpointed(self, saved: dict) -> None:
-        """A sweep keeps no checkpoint (its members' heads are trained stacked): say what to
-        do instead, as ``predict`` and ``export`` do, rather than that a file is missing."""
-        if saved["run"].get("sweep"):
+    def check_checkpointed(self, saved: dict, which: str = BEST) -> None:
+        """A sweep keeps its pick's selected checkpoint only (its members' heads are trained
+        stacked): say what to do instead, as ``predict`` and ``export`` do, rather than that a
+        file is missing."""
+        if not saved["run"].get("sweep"):
+            return
+        if which != BEST:
+            raise WsmlError(f"{self.path} is a --sweep run: it keeps its pick's selected epoch only")
+        if not (self.path / BEST).is_file():
             raise WsmlError(
-                f"{self.path} is a --sweep run, which keeps no checkpoint: train its chosen "
-                "member alone (its lr and batch size are in summary.json) and use that run"
+                f"{self.path} is a --sweep run that kept no weights (trained before sweeps kept "
+                "their pick's): train its chosen member alone (its lr and batch size are in "
+                "summary.json) or the sweep again"
             )
 
     def load_checkpoint(self, which: str = LAST) -> dict:

@@ -9,7 +9,7 @@ from shards.clitools import DeviceType, expected_errors
 
 MIN_POSITIVES = click.option(
     "--min-positives",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 10**6),
     default=3,
     show_default=True,
     help="val-f1 thresholds: a class with fewer val positives keeps the global threshold.",
@@ -57,7 +57,11 @@ def predict_command(images, run_dir, split, out, **options):
 
     options["device"] = str(resolve_device(options["device"]))  # as every command's
     if options["shards"] or not images:  # a shard set's rows: the data the run recorded
-        check_run_data(run_dir, "predict", shards=options["shards"])
+        check_run_data(
+            run_dir,
+            "predict --shards" if options["shards"] else "predict",
+            shards=options["shards"],
+        )
     result = run_predict(
         run_dir, out, PredictOptions(**options), images=images, split=split, echo=click.echo
     )
@@ -101,16 +105,16 @@ def export_command(run_dir, fmt, out, num_classes, **options):
 
 @click.command("predict")
 @click.option("--shards", "shards_dir", type=click.Path(), help="A shard set [default: generated].")
-@click.option("--images", type=click.IntRange(min=64), default=320, show_default=True,
+@click.option("--images", type=click.IntRange(64, 10**7), default=320, show_default=True,
               help="Photos in the generated set.")  # fmt: skip
 @click.option("--split", default="train", show_default=True)
 @click.option("--backbone", default="efficientnet-lite0", show_default=True)
 @click.option("--weights", help="A weights file, or none (random) [default: pretrained].")
 @click.option("--preset", default="backbone", show_default=True)
-@click.option("--image-size", type=click.IntRange(min=8), default=128, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--workdir", type=click.Path(), help="Keep the generated files here.")
+@click.option("--image-size", type=click.IntRange(8, 4096), default=128, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 2**20), default=64, show_default=True)
+@click.option("--repeats", type=click.IntRange(1, 1000), default=3, show_default=True)
+@click.option("--workdir", type=click.Path(file_okay=False), help="Keep the generated files here.")
 @expected_errors
 def bench_predict(shards_dir, workdir, **options):
     """predict's images/s (a folder of JPEGs, a shard split) beside cache-features' for the
