@@ -323,7 +323,7 @@ def _cut_graph(tars, idx, preset: Preset, batch: tuple[int, int, int], upto: str
 
 def profile_dali(ss, split: str, preset: Preset, batch_size: int, threads: int, echo) -> dict:
     """DALI's graph cut after each stage (read, decode, resize, normalise, copy to torch)."""
-    from pipelines.dali_loader import create_dali_pipeline, iterate_dali
+    from pipelines.dali_loader import DaliGraph, create_dali_pipeline, iterate_dali
 
     n = sum(int(s["num_samples"]) for s in ss.split(split)["shards"])
     steps = n // batch_size
@@ -344,7 +344,7 @@ def profile_dali(ss, split: str, preset: Preset, batch_size: int, threads: int, 
             tars, idx, preset=preset, train=True, batch_size=batch_size, shard_id=0,
             num_shards=1, seed=1, num_threads=threads, device_id=None, shuffle_buffer=min(4096, n),
         )  # fmt: skip
-        return sum(len(r) for _, r in iterate_dali(pipe, steps, "bench"))
+        return sum(len(r) for _, r in iterate_dali(DaliGraph(pipe), steps, "bench"))
 
     out = {}
     echo(
