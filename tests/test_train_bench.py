@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torchvision  # noqa: F401  (imported once here, not in every loader worker)
 
+from pipelines.dali_loader import dali_available
 from tests.train_fixtures import get_shards
 from train.bench import E2EBenchOptions, LinearBenchOptions, run_e2e_bench, run_linear_bench
 from train.context import cpu_threads
@@ -38,6 +39,22 @@ def test_e2e_bench_on_the_tiny_shard_set(tmp_path_factory):
     assert 0 <= r["data_wait"] < 1
     assert r["images_per_s"] == pytest.approx(16 * 1e3 / r["ms_per_step"])
     assert lines[-1].split()[:3] == ["an", "test_resnet", "center32"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not dali_available(), reason="NVIDIA DALI is not installed")
+def test_e2e_bench_builds_the_dali_training_graph_once(tmp_path_factory):
+    """21 steps of 10 a epoch begin 3 epochs: one DALI build, in the warm-up, none timed."""
+    shards = get_shards(tmp_path_factory)
+    lines = []
+    with cpu_threads(1):
+        opts = E2EBenchOptions(
+            methods=("an",), backbone="test_resnet", image_size=32, batch_size=16, steps=20,
+            warmup=1, loader="dali",
+        )  # fmt: skip
+        r = run_e2e_bench(str(shards), opts, echo=lines.append)["an"]
+    assert r["dali_builds"] == [1, 3] and r["build_s"] == 0
+    assert lines[-1].endswith("(DALI graph built 1x in 3 epochs)")
 
 
 @pytest.mark.slow
