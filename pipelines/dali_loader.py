@@ -234,6 +234,11 @@ def iterate_dali_split(
         raise WsmlError(f"DALI failed reading {where}: {_first_line(e)}") from e
 
 
+def cuda_index(device: torch.device) -> int:
+    """``cuda`` without an index means the current device (torchrun sets it per rank)."""
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def build_dali(pipe, where: str) -> float:
     """Build a pipeline, naming the build (DALI's environment, codec or device) when it fails,
     so a broken installation is not reported as a broken shard set. Returns its seconds."""

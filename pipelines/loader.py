@@ -154,7 +154,7 @@ class Loader:
         reader's epoch; the rest (training's dropped partial batch) is read and dropped before
         the next, so the two stay aligned. A graph is built afresh where the epoch asked for is
         not the one it reads next (or the last was left unfinished)."""
-        where = f"split {self.split} of {self.shard_set.root}"
+        where = self._where()
         reads = ("epoch", self.epoch) if self.train else ("shard", self.rank)
         graph = self.graph
         if graph is None or graph.reads != reads or not graph.settle(where):
@@ -175,6 +175,9 @@ class Loader:
 
     def _next_shard(self) -> int:
         return (self.rank + 1) % self.world_size if self.walk else self.rank
+
+    def _where(self) -> str:
+        return f"split {self.split} of {self.shard_set.root}"
 
     def _dali_graph(self) -> dl.DaliGraph:
         """A new graph (built when first read): training's from (seed, epoch, rank), or, where
@@ -198,7 +201,7 @@ class Loader:
             num_shards=self.world_size,
             seed=sharding.epoch_seed(self.seed, start, self.rank),
             num_threads=self.num_threads,
-            device_id=_cuda_index(self.device) if gpu else None,
+            device_id=dl.cuda_index(self.device) if gpu else None,
             shuffle_buffer=min(self.shuffle_buffer, max(1, hi - lo)) if self.train else 1,
             hw_decoder_load=self.hw_decoder_load,
             stick_to_shard=not self.train and not self.walk,
@@ -218,11 +221,10 @@ class Loader:
         of it (its reader's position and shuffle, its random operators). They are None where
         there is nothing to go on from (the fallback, eval, no finished epoch): such a loader
         builds from (seed, epoch, rank). Drops what the last epoch left of the reader's."""
-        state = {"backend": self.backend, "rank": self.rank, "world_size": self.world_size}
-        state.update(seed=self.seed, epoch=None, start=None, dali=None)
+        state = dict(backend=self.backend, rank=self.rank, world_size=self.world_size,
+                     seed=self.seed, epoch=None, start=None, dali=None)  # fmt: skip
         graph = self.graph
-        where = f"split {self.split} of {self.shard_set.root}"
-        if self.train and graph is not None and graph.settle(where):
+        if self.train and graph is not None and graph.settle(self._where()):
             state.update(epoch=graph.reads[1], start=graph.start, dali=dl.checkpoint_dali(graph))
         return state
 
@@ -243,11 +245,6 @@ class Loader:
         if state.get("dali") is not None:
             self.resume = state
         return None
-
-
-def _cuda_index(device: torch.device) -> int:
-    """``cuda`` without an index means the current device (torchrun sets it per rank)."""
-    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def _pad(images, rows, valid, size: int):
