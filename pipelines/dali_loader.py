@@ -234,6 +234,14 @@ def iterate_dali_split(
         raise WsmlError(f"DALI failed reading {where}: {_first_line(e)}") from e
 
 
+def graph_kind(device: torch.device, cpu_resize: str) -> str:
+    """gpu (the whole preset on the GPU), cpu (all in DALI operators) or cpu-split (DALI
+    decodes and normalises, torchvision's kernels resize: the CPU's default)."""
+    if device.type == "cuda":
+        return "gpu"
+    return "cpu-split" if cpu_resize == "torch" else "cpu"
+
+
 def cuda_index(device: torch.device) -> int:
     """``cuda`` without an index means the current device (torchrun sets it per rank)."""
     return device.index if device.index is not None else torch.cuda.current_device()

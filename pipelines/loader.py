@@ -3,10 +3,8 @@
 It yields batch dicts: ``image`` (normalised float NCHW), ``row``, ``observed`` (int8 1/0/-1 of
 the regime's view), ``full`` (clean labels), ``valid`` (False on eval padding) and ``embedding``
 when a cache is named. ``set_epoch`` picks the epoch, as with PyTorch's DistributedSampler. The
-torch fallback builds every epoch from (seed, epoch, rank); DALI builds one graph per loader and
-reads it epoch after epoch, so a training loader's epoch follows from (seed, its first epoch,
-rank) and the epochs read since: ``state_dict``/``load_state_dict`` carry that state (DALI's
-checkpoint) to a resumed run, which then reads exactly what an uninterrupted one does.
+fallback builds each epoch from (seed, epoch, rank); DALI reads one graph epoch after epoch, so
+``state_dict``/``load_state_dict`` carry its state (DALI's checkpoint) to a resumed run.
 """
 
 from __future__ import annotations
@@ -148,12 +146,10 @@ class Loader:
         )
 
     def _dali(self, steps: int):
-        """DALI's batches, from one graph per loader read epoch after epoch: training's reader
-        moves on to the next shard each epoch (``sharding.shard_of``), an eval reader sticks to
-        its shard, a walking one moves on. A loader epoch hands out ``steps`` batches of the
-        reader's epoch; the rest (training's dropped partial batch) is read and dropped before
-        the next, so the two stay aligned. A graph is built afresh where the epoch asked for is
-        not the one it reads next (or the last was left unfinished)."""
+        """DALI's batches from one graph read epoch after epoch (training's and a walking reader
+        move on to the next shard, ``sharding.shard_of``; eval's sticks). ``steps`` batches of
+        the reader's epoch; the rest (training's dropped batch) is dropped before the next. A
+        graph is built afresh for another epoch than its next, or after an unfinished one."""
         where = self._where()
         reads = ("epoch", self.epoch) if self.train else ("shard", self.rank)
         graph = self.graph
@@ -176,6 +172,12 @@ class Loader:
     def _next_shard(self) -> int:
         return (self.rank + 1) % self.world_size if self.walk else self.rank
 
+    def _identity(self) -> dict:
+        """What a DALI checkpoint fits: the loader and the graph's kind (operators, arguments)."""
+        return dict(backend=self.backend, rank=self.rank, world_size=self.world_size,
+                    seed=self.seed, batch=self.batch_size, preset=self.preset.name,
+                    graph=dl.graph_kind(self.device, self.cpu_resize))  # fmt: skip
+
     def _where(self) -> str:
         return f"split {self.split} of {self.shard_set.root}"
 
@@ -187,8 +189,8 @@ class Loader:
         start, saved = self.epoch, None
         if self.train and resume is not None and resume["epoch"] == self.epoch:
             start, saved = resume["start"], resume["dali"]
-        ss, gpu = self.shard_set, self.device.type == "cuda"
-        split_graph = not gpu and self.cpu_resize == "torch"
+        ss, kind = self.shard_set, dl.graph_kind(self.device, self.cpu_resize)
+        gpu, split_graph = kind == "gpu", kind == "cpu-split"
         shard = sharding.shard_of(self.rank, self.world_size, start, self.train)
         lo, hi = sharding.shard_range(self.num_samples, shard, self.world_size)
         pipe = dl.create_dali_pipeline(
@@ -216,13 +218,11 @@ class Loader:
         return dl.DaliGraph(pipe, norm, batches, start=start)
 
     def state_dict(self) -> dict:
-        """Where a training loader's reading stands, for a run's checkpoint: ``epoch`` its DALI
-        graph reads next, ``start`` the epoch it was built for and ``dali`` DALI's checkpoint
-        of it (its reader's position and shuffle, its random operators). They are None where
-        there is nothing to go on from (the fallback, eval, no finished epoch): such a loader
-        builds from (seed, epoch, rank). Drops what the last epoch left of the reader's."""
-        state = dict(backend=self.backend, rank=self.rank, world_size=self.world_size,
-                     seed=self.seed, epoch=None, start=None, dali=None)  # fmt: skip
+        """A training loader's state for a run's checkpoint: ``epoch`` its DALI graph reads
+        next, ``start`` the epoch it was built for, ``dali`` DALI's checkpoint (reader position
+        and shuffle, random operators); None where there is nothing to go on from (fallback,
+        eval, no finished epoch): that loader builds from (seed, epoch, rank)."""
+        state = {**self._identity(), "epoch": None, "start": None, "dali": None}
         graph = self.graph
         if self.train and graph is not None and graph.settle(self._where()):
             state.update(epoch=graph.reads[1], start=graph.start, dali=dl.checkpoint_dali(graph))
@@ -238,10 +238,10 @@ class Loader:
             return None  # the fallback and eval need nothing: (seed, epoch, rank) decide
         if state is None:
             return "it holds no loader state (saved before loaders kept theirs)"
-        mine = (self.backend, self.rank, self.world_size, self.seed)
-        theirs = tuple(state.get(k) for k in ("backend", "rank", "world_size", "seed"))
-        if theirs != mine:
-            return "its loader state is of the {} loader of rank {} of {}, seed {}".format(*theirs)
+        differ = [f"{k} {state.get(k)} (here {v})" for k, v in self._identity().items()
+                  if state.get(k) != v]  # fmt: skip
+        if differ:  # DALI restores only the very graph it saved
+            return f"its loader state is another loader's: {', '.join(differ)}"
         if state.get("dali") is not None:
             self.resume = state
         return None

@@ -136,8 +136,13 @@ def test_states_that_do_not_fit_are_refused_with_the_reason(root):
     read(ldr, [1])
     state = ldr.state_dict()
     other = loader(root, rank=1, world_size=2, batch_size=4)
-    assert "rank 0 of 2" in other.load_state_dict(state)
+    assert other.load_state_dict(state).endswith("another loader's: rank 0 (here 1)")
     assert other.resume is None
+    # another graph (a checkpoint saved on the CPU, resumed on a GPU, say): DALI restores only
+    # the graph that saved it
+    whole = loader(root, rank=0, world_size=2, batch_size=4, cpu_resize="dali")
+    assert whole.load_state_dict(state).endswith("graph cpu-split (here cpu)")
+    assert whole.resume is None
     assert "no loader state" in other.load_state_dict(None)
     # the fallback and eval loaders need none: their epochs follow from (seed, epoch, rank)
     fallback = loader(root, rank=0, world_size=2, batch_size=4, backend="torch")
