@@ -14,7 +14,9 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,10 +48,15 @@ def create_dali_pipeline(
     hw_decoder_load: float = 0.65,
     prefetch: int = 2,
     stick_to_shard: bool = False,
+    checkpointing: bool = False,
+    checkpoint: bytes | None = None,
 ):
     """One rank's pipeline; ``device_id=None`` runs every operator on the CPU. Without a
     ``preset`` it ends after decoding (the split CPU graph). ``stick_to_shard`` keeps the reader
-    on ``shard_id`` epoch after epoch (a pipeline reused across epochs)."""
+    on ``shard_id`` epoch after epoch (an eval loader's); otherwise it reads the next shard each
+    epoch. ``checkpointing`` lets ``checkpoint_dali`` save the state of its reader and random
+    operators; a pipeline built with the same arguments and that ``checkpoint`` goes on exactly
+    from there (DALI's pipeline checkpointing)."""
     from nvidia.dali import fn, pipeline_def, types
 
     gpu = device_id is not None
@@ -61,6 +68,8 @@ def create_dali_pipeline(
         device_id=device_id,
         seed=seed,
         prefetch_queue_depth=prefetch,
+        enable_checkpointing=checkpointing or checkpoint is not None,
+        checkpoint=checkpoint,
     )
     def graph():
         jpegs, rows = fn.readers.webdataset(
@@ -95,28 +104,68 @@ def create_dali_pipeline(
     return graph()
 
 
+@dataclass(eq=False)
+class DaliGraph:
+    """One loader's DALI pipeline (and the split CPU graph's normalize pipeline), built on its
+    first read and read epoch after epoch. Its reader's epoch is ``epoch_batches`` batches on
+    every shard (DALI pads each shard to the longest one's batches, repeating its last sample).
+    ``reads`` names what its next epoch holds (training: the loader's epoch; eval: the shard);
+    ``start`` is the epoch a training graph was built for (its seed and first shard)."""
+
+    pipe: Any
+    norm: Any = None
+    epoch_batches: int = 0
+    reads: tuple = ()
+    start: int = 0
+    it: Any = None  # DALIGenericIterator over ``pipe`` (the graph all in DALI)
+    built: bool = False
+    build_s: float = 0.0  # the build with its first prefetched batches (handed out once)
+    left: int = 0  # batches of the reader's current epoch not read yet
+    pending: int = 0  # batches of the loader's current epoch not handed out yet
+
+    def settle(self, where: str) -> bool:
+        """Bring the reader to its next epoch: read and drop what the loader's last epoch left
+        of the reader's (training's last partial batch: one batch at most). False where that
+        epoch was left unfinished, or nothing was read: the graph cannot go on from there."""
+        if self.pending or not self.built:
+            return False
+        try:
+            for _ in range(self.left):
+                self.pipe.run() if self.it is None else next(self.it)
+        except RuntimeError as e:
+            raise WsmlError(f"DALI failed reading {where}: {_first_line(e)}") from e
+        self.left = 0
+        return True
+
+
+def checkpoint_dali(graph: DaliGraph) -> bytes:
+    """DALI's checkpoint of a graph built with ``checkpointing``: its reader's position and
+    shuffle and its random operators' states, at the batches handed out so far (not at what
+    the pipeline has prefetched)."""
+    return graph.pipe.checkpoint() if graph.it is None else graph.it.checkpoints()[0]
+
+
 def iterate_dali(
-    pipe, steps: int, where: str, kept: dict | None = None
+    graph: DaliGraph, steps: int, where: str
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``steps`` batches of (images, rows); the reader's own padding and epoch wrap are never
-    trusted: the caller masks samples beyond the rank's share. ``kept`` holds the iterator of
-    a pipeline read again next epoch (its reader's epoch must be exactly ``steps`` batches)."""
+    """``steps`` batches of (images, rows) of the graph (built on first use); the reader's own
+    padding and epoch wrap are never trusted: the caller masks samples beyond the rank's share.
+    """
     from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-    kept = {} if kept is None else kept
     if steps == 0:
         return
     try:
-        if kept.get("it") is None:
+        if graph.it is None:
             t0 = time.perf_counter()
-            build_dali(pipe, where)
+            build_dali(graph.pipe, where)
             # size=-1: the iterator never ends an epoch itself; the reader (pad_last_batch)
             # starts its next epoch right after the last batch of this one
-            kept["it"] = DALIGenericIterator(pipe, ["image", "row"], size=-1, auto_reset=False)
-            kept["build_s"] = time.perf_counter() - t0  # with the first batches it prefetches
-        it = kept["it"]
+            graph.it = DALIGenericIterator(graph.pipe, ["image", "row"], size=-1, auto_reset=False)
+            graph.build_s = time.perf_counter() - t0  # with the first batches it prefetches
+            graph.built = True
         for _ in range(steps):
-            (out,) = next(it)
+            (out,) = next(graph.it)
             yield out["image"], out["row"].reshape(-1)
     except RuntimeError as e:
         raise WsmlError(f"DALI failed reading {where}: {_first_line(e)}") from e
@@ -156,15 +205,15 @@ def normalize(images, preset: Preset, **kwargs):
 
 
 def iterate_dali_split(
-    decode, normalize, preset: Preset, train: bool, rng, steps: int, where: str, kept=None
+    graph: DaliGraph, preset: Preset, train: bool, rng, steps: int, where: str
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``steps`` batches from the split CPU graph: DALI decodes, torchvision resizes on the
-    decoded pixels in place (a channels-last view, no copy), DALI normalises. ``kept`` marks
-    pipelines already built (read again epoch after epoch)."""
-    kept = {} if kept is None else kept
-    if not kept.get("built"):
-        kept["build_s"] = build_dali(decode, where) + build_dali(normalize, where)
-        kept["built"] = True
+    """``steps`` batches from the split CPU graph (built on first use): DALI decodes,
+    torchvision resizes on the decoded pixels in place (a channels-last view, no copy), DALI
+    normalises."""
+    decode, normalize = graph.pipe, graph.norm
+    if not graph.built:
+        graph.build_s = build_dali(decode, where) + build_dali(normalize, where)
+        graph.built = True
     try:
         for _ in range(steps):
             images, rows = decode.run()
@@ -183,6 +232,19 @@ def iterate_dali_split(
             )
     except RuntimeError as e:
         raise WsmlError(f"DALI failed reading {where}: {_first_line(e)}") from e
+
+
+def graph_kind(device: torch.device, cpu_resize: str) -> str:
+    """gpu (the whole preset on the GPU), cpu (all in DALI operators) or cpu-split (DALI
+    decodes and normalises, torchvision's kernels resize: the CPU's default)."""
+    if device.type == "cuda":
+        return "gpu"
+    return "cpu-split" if cpu_resize == "torch" else "cpu"
+
+
+def cuda_index(device: torch.device) -> int:
+    """``cuda`` without an index means the current device (torchrun sets it per rank)."""
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def build_dali(pipe, where: str) -> float:

@@ -2,8 +2,9 @@
 
 It yields batch dicts: ``image`` (normalised float NCHW), ``row``, ``observed`` (int8 1/0/-1 of
 the regime's view), ``full`` (clean labels), ``valid`` (False on eval padding) and ``embedding``
-when a cache is named. ``set_epoch`` picks the epoch, as with PyTorch's DistributedSampler;
-every epoch is rebuilt from (seed, epoch, rank), so a run resumed at an epoch sees the same data.
+when a cache is named. ``set_epoch`` picks the epoch, as with PyTorch's DistributedSampler. The
+fallback builds each epoch from (seed, epoch, rank); DALI reads one graph epoch after epoch, so
+``state_dict``/``load_state_dict`` carry its state (DALI's checkpoint) to a resumed run.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipelines import dali_loader as dl
 from pipelines import sharding
 from pipelines.distributed import host_to_device
 from pipelines.labels import RowTable, read_row_table
@@ -61,9 +63,10 @@ class Loader:
     cpu_resize: str = "torch"
     epoch: int = 0
     counts: list[int] = field(default_factory=list)
-    kept: dict = field(default_factory=dict, repr=False, compare=False)  # a reused DALI graph
+    graph: dl.DaliGraph | None = field(default=None, repr=False, compare=False)  # DALI's, kept
     build_seconds: list[float] = field(default_factory=list, repr=False, compare=False)
     walk: bool = False  # eval: reads shard after shard (set_rank), one DALI graph for them all
+    resume: dict | None = field(default=None, repr=False, compare=False)  # load_state_dict's
 
     @property
     def num_samples(self) -> int:
@@ -119,72 +122,77 @@ class Loader:
             done += 1
 
     def _raw(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        ss, steps = self.shard_set, len(self)
-        tars = ss.shard_paths(self.split)
-        shard = sharding.shard_of(self.rank, self.world_size, self.epoch, self.train)
-        seed = sharding.epoch_seed(self.seed, self.epoch, self.rank)
-        start, end = self.share()
-        buffer = min(self.shuffle_buffer, max(1, end - start))
+        steps = len(self)
         if self.backend == "dali":
-            yield from self._dali(shard, seed, buffer, steps)
+            yield from self._dali(steps)
             return
         from pipelines.torch_loader import ShareReader, iterate_torch
 
+        start, end = self.share()
         reader = ShareReader(
-            tars,
+            self.shard_set.shard_paths(self.split),
             self.counts,
             start,
             end,
             preset=self.preset,
             train=self.train,
             batch_size=self.batch_size,
-            seed=seed,
-            shuffle_buffer=buffer,
+            seed=sharding.epoch_seed(self.seed, self.epoch, self.rank),
+            shuffle_buffer=min(self.shuffle_buffer, max(1, end - start)),
         )
         pinned = self.device.type == "cuda"
         yield from iterate_torch(
             reader, num_workers=self.num_threads, steps=steps, pin_memory=pinned
         )
 
-    def _dali(self, shard: int, seed: int, buffer: int, steps: int):
-        """DALI's batches. An eval loader whose epoch is exactly its reader's builds its graph
-        once and reads it epoch after epoch: the same shard (nothing random; the reader sticks
-        to it), or, walking, the next shard each time (the reader moves on by itself).
-        Training rebuilds per epoch, from (seed, epoch, rank), so a resumed run sees the same
-        data: DALI's reader takes its seed and shard at build time only, and its shuffle and
-        shard position only ever advance."""
-        from pipelines import dali_loader as dl
-
-        ss = self.shard_set
-        start, end = self.share()
-        reuse = not self.train and steps == -(-(end - start) // self.batch_size)
-        where = f"split {self.split} of {ss.root}"
-        kept = self.kept if reuse and self.kept.get("next") == shard else {}
-        if not kept.get("clean"):  # none yet, or the last epoch was left unfinished
-            kept = self._dali_graph(shard, seed, buffer, reuse and not self.walk)
-        self.kept = kept if reuse else {}
-        kept["next"] = (shard + 1) % self.world_size if self.walk else shard
-        kept["clean"] = False
-        if kept["norm"] is not None:
-            rng = np.random.default_rng(seed)
-            batches = dl.iterate_dali_split(
-                kept["pipe"], kept["norm"], self.preset, self.train, rng, steps, where, kept
-            )
+    def _dali(self, steps: int):
+        """DALI's batches from one graph read epoch after epoch (training's and a walking reader
+        move on to the next shard, ``sharding.shard_of``; eval's sticks). ``steps`` batches of
+        the reader's epoch; the rest (training's dropped batch) is dropped before the next. A
+        graph is built afresh for another epoch than its next, or after an unfinished one."""
+        where = self._where()
+        reads = ("epoch", self.epoch) if self.train else ("shard", self.rank)
+        graph = self.graph
+        if graph is None or graph.reads != reads or not graph.settle(where):
+            graph = self.graph = self._dali_graph()
+        graph.reads = ("epoch", self.epoch + 1) if self.train else ("shard", self._next_shard())
+        graph.left, graph.pending = graph.epoch_batches, steps
+        if graph.norm is not None:  # the split CPU graph: its geometry's draws per epoch
+            rng = np.random.default_rng(sharding.epoch_seed(self.seed, self.epoch, self.rank))
+            batches = dl.iterate_dali_split(graph, self.preset, self.train, rng, steps, where)
         else:
-            batches = dl.iterate_dali(kept["pipe"], steps, where, kept)
+            batches = dl.iterate_dali(graph, steps, where)
         for i, batch in enumerate(batches):
             if i == 0:  # built (or not: 0 s) by now
-                self.build_seconds.append(kept.pop("build_s", 0.0))
+                self.build_seconds.append(graph.build_s)
+                graph.build_s = 0.0
+            graph.left, graph.pending = graph.left - 1, graph.pending - 1
             yield batch
-        kept["clean"] = reuse
 
-    def _dali_graph(self, shard: int, seed: int, buffer: int, stick: bool) -> dict:
-        """DALI's pipeline (and, for the split CPU graph, its normalize pipeline), unbuilt."""
-        from pipelines import dali_loader as dl
+    def _next_shard(self) -> int:
+        return (self.rank + 1) % self.world_size if self.walk else self.rank
 
-        ss = self.shard_set
-        gpu = self.device.type == "cuda"
-        split_graph = not gpu and self.cpu_resize == "torch"
+    def _identity(self) -> dict:
+        """What a DALI checkpoint fits: the loader and the graph's kind (operators, arguments)."""
+        return dict(backend=self.backend, rank=self.rank, world_size=self.world_size,
+                    seed=self.seed, batch=self.batch_size, preset=self.preset.name,
+                    graph=dl.graph_kind(self.device, self.cpu_resize))  # fmt: skip
+
+    def _where(self) -> str:
+        return f"split {self.split} of {self.shard_set.root}"
+
+    def _dali_graph(self) -> dl.DaliGraph:
+        """A new graph (built when first read): training's from (seed, epoch, rank), or, where
+        ``load_state_dict`` saved one for this epoch, from the epoch it was first built for and
+        DALI's checkpoint; eval's on the rank's shard."""
+        resume, self.resume = self.resume, None
+        start, saved = self.epoch, None
+        if self.train and resume is not None and resume["epoch"] == self.epoch:
+            start, saved = resume["start"], resume["dali"]
+        ss, kind = self.shard_set, dl.graph_kind(self.device, self.cpu_resize)
+        gpu, split_graph = kind == "gpu", kind == "cpu-split"
+        shard = sharding.shard_of(self.rank, self.world_size, start, self.train)
+        lo, hi = sharding.shard_range(self.num_samples, shard, self.world_size)
         pipe = dl.create_dali_pipeline(
             ss.shard_paths(self.split),
             ss.index_paths(self.split),
@@ -193,22 +201,50 @@ class Loader:
             batch_size=self.batch_size,
             shard_id=shard,
             num_shards=self.world_size,
-            seed=seed,
+            seed=sharding.epoch_seed(self.seed, start, self.rank),
             num_threads=self.num_threads,
-            device_id=_cuda_index(self.device) if gpu else None,
-            shuffle_buffer=buffer if self.train else 1,
+            device_id=dl.cuda_index(self.device) if gpu else None,
+            shuffle_buffer=min(self.shuffle_buffer, max(1, hi - lo)) if self.train else 1,
             hw_decoder_load=self.hw_decoder_load,
-            stick_to_shard=stick,
+            stick_to_shard=not self.train and not self.walk,
+            checkpointing=self.train,
+            checkpoint=saved,
         )
         norm = None
         if split_graph:
             norm = dl.create_normalize_pipeline(self.preset, self.batch_size, self.num_threads)
-        return {"pipe": pipe, "norm": norm}
+        # every shard's reader epoch: the longest shard's batches (the eval epoch's length)
+        batches = sharding.num_batches(self.num_samples, self.batch_size, self.world_size, False)
+        return dl.DaliGraph(pipe, norm, batches, start=start)
 
+    def state_dict(self) -> dict:
+        """A training loader's state for a run's checkpoint: ``epoch`` its DALI graph reads
+        next, ``start`` the epoch it was built for, ``dali`` DALI's checkpoint (reader position
+        and shuffle, random operators); None where there is nothing to go on from (fallback,
+        eval, no finished epoch): that loader builds from (seed, epoch, rank)."""
+        state = {**self._identity(), "epoch": None, "start": None, "dali": None}
+        graph = self.graph
+        if self.train and graph is not None and graph.settle(self._where()):
+            state.update(epoch=graph.reads[1], start=graph.start, dali=dl.checkpoint_dali(graph))
+        return state
 
-def _cuda_index(device: torch.device) -> int:
-    """``cuda`` without an index means the current device (torchrun sets it per rank)."""
-    return device.index if device.index is not None else torch.cuda.current_device()
+    def load_state_dict(self, state: dict | None) -> str | None:
+        """Go on from ``state_dict()``'s state: the epoch it names is read from DALI's
+        checkpoint, exactly as the loader that saved it would have. Returns why a DALI training
+        loader cannot (no state, or another loader's), None otherwise; without the state it
+        builds from (seed, epoch, rank)."""
+        self.graph, self.resume = None, None
+        if self.backend != "dali" or not self.train:
+            return None  # the fallback and eval need nothing: (seed, epoch, rank) decide
+        if state is None:
+            return "it holds no loader state (saved before loaders kept theirs)"
+        differ = [f"{k} {state.get(k)} (here {v})" for k, v in self._identity().items()
+                  if state.get(k) != v]  # fmt: skip
+        if differ:  # DALI restores only the very graph it saved
+            return f"its loader state is another loader's: {', '.join(differ)}"
+        if state.get("dali") is not None:
+            self.resume = state
+        return None
 
 
 def _pad(images, rows, valid, size: int):
@@ -318,15 +354,13 @@ def create_loader(
 
 
 def choose_backend(name: str) -> str:
-    from pipelines.dali_loader import dali_available
-
     if name == "auto":
-        if dali_available():
+        if dl.dali_available():
             return "dali"
         print("notice: NVIDIA DALI is not installed; using the PyTorch loader", file=sys.stderr)
         return "torch"
     backend = BACKENDS.get(name).name
-    if backend == "dali" and not dali_available():
+    if backend == "dali" and not dl.dali_available():
         raise WsmlError(
             "the dali loader needs NVIDIA DALI (pip install nvidia-dali-cuda120, Linux x86_64 "
             "or aarch64); use --loader torch on this machine"

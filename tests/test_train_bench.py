@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torchvision  # noqa: F401  (imported once here, not in every loader worker)
 
+from pipelines.dali_loader import dali_available
 from tests.train_fixtures import get_shards
 from train.bench import E2EBenchOptions, LinearBenchOptions, run_e2e_bench, run_linear_bench
 from train.context import cpu_threads
@@ -25,19 +26,31 @@ def test_linear_bench_runs_the_three_ways():
 
 
 @pytest.mark.slow
-def test_e2e_bench_on_the_tiny_shard_set(tmp_path_factory):
+@pytest.mark.parametrize(
+    "loader",
+    [
+        "torch",
+        pytest.param("dali", marks=pytest.mark.skipif(not dali_available(), reason="no DALI")),
+    ],
+)
+def test_e2e_bench_on_the_tiny_shard_set(tmp_path_factory, loader):
+    """DALI: 21 steps of 10 an epoch begin 3 epochs, with one graph build, in the warm-up."""
     shards = get_shards(tmp_path_factory)
     lines = []
+    steps = {"torch": 3, "dali": 20}[loader]
     with cpu_threads(1):
         opts = E2EBenchOptions(
-            methods=("an",), backbone="test_resnet", image_size=32, batch_size=16, steps=3,
-            warmup=1, loader="torch",
+            methods=("an",), backbone="test_resnet", image_size=32, batch_size=16, steps=steps,
+            warmup=1, loader=loader,
         )  # fmt: skip
         out = run_e2e_bench(str(shards), opts, echo=lines.append)
     r = out["an"]
     assert 0 <= r["data_wait"] < 1
     assert r["images_per_s"] == pytest.approx(16 * 1e3 / r["ms_per_step"])
     assert lines[-1].split()[:3] == ["an", "test_resnet", "center32"]
+    want = {"torch": [0, 0], "dali": [1, 3]}[loader]  # (builds, epochs begun)
+    assert r["dali_builds"] == want and r["build_s"] == 0
+    assert lines[-1].endswith("(DALI graph built 1x in 3 epochs)") == (loader == "dali")
 
 
 @pytest.mark.slow

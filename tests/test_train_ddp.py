@@ -1,17 +1,21 @@
 """``torchrun --nproc_per_node=2 cli.py train`` (gloo on the CPU) gives the metrics of one
 process on the linear setting: the global batch and its order do not depend on the number of
 ranks (train/data.py), DDP averages the gradients, and EM+APL's pseudo-labels (made from an eval
-pass each rank runs on its share of the training split) are gathered across ranks."""
+pass each rank runs on its share of the training split) are gathered across ranks. End to end
+with DALI, each rank's loader state travels in the checkpoint and a resumed run reads on."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from pipelines.dali_loader import dali_available
 from tests.train_fixtures import FEAT, get_shards, read_metrics, read_summary
 from train.config import RunConfig
 from train.loop import train
@@ -53,3 +57,27 @@ def test_two_ranks_match_one_process(tmp_path_factory, tmp_path):
     assert s_ddp["test"]["mAP"] == pytest.approx(s_one["test"]["mAP"], abs=1e-6)
     config = (tmp_path / "ddp" / "config.json").read_text()
     assert '"world_size": 2' in config
+
+
+@pytest.mark.skipif(not dali_available(), reason="NVIDIA DALI is not installed")
+def test_two_ranks_resume_their_dali_loaders(tmp_path_factory, tmp_path):
+    """e2e over two ranks with DALI: the checkpoint holds each rank's loader state, and a run
+    stopped after epoch 1 and resumed takes on each rank the batches of an uninterrupted run,
+    and ends with its metrics (tests/ddp_resume_worker.py)."""
+    shards = get_shards(tmp_path_factory)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["tests/ddp_resume_worker.py", str(shards), str(tmp_path)]
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    ranks = [json.loads((tmp_path / f"rows-{r}.json").read_text()) for r in range(2)]
+    for seen in ranks:
+        assert [e for e, _ in seen["whole"]] == [1] * 6 + [2] * 6 + [3] * 6  # 80 rows, 12 a step
+        assert seen["part"] + seen["resumed"] == seen["whole"]
+    for epoch in (1, 2, 3):
+        mine = [{r for e, b in seen["whole"] if e == epoch for r in b} for seen in ranks]
+        assert not mine[0] & mine[1] and len(mine[0]) == len(mine[1]) == 72
+    assert read_metrics(tmp_path / "part") == read_metrics(tmp_path / "whole")
+    ckpt = torch.load(tmp_path / "part" / "checkpoint-last.pt", weights_only=False)
+    assert [(s["rank"], s["epoch"], s["start"]) for s in ckpt["loaders"]] == [(0, 4, 1), (1, 4, 1)]

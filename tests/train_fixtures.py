@@ -58,3 +58,59 @@ def read_metrics(run: Path, drop_time: bool = True) -> list[dict]:
 
 def read_summary(run: Path) -> dict:
     return json.loads((run / "summary.json").read_text())
+
+
+# -- e2e runs with DALI whose training batches are recorded (resume tests) ----------------------
+
+# 160 training rows in batches of 24: 6 steps of the reader's 7-batch epoch (one dropped); over
+# two ranks 80 rows each in local batches of 12: 6 of 7 as well
+E2E_DALI = {"epochs": "3", "lr": "1e-3", "batch_size": "24", "warmup_epoch": "1"}
+
+
+def dali_config(shards, out, **kw):
+    """EM+APL (label state and an eval pass over the training split each epoch) end to end on
+    test_resnet at 32 px, images from DALI's CPU graph."""
+    from train.config import RunConfig
+
+    opts = {**E2E_DALI, "stop_patience": "0"}
+    return RunConfig(
+        str(shards), "em-apl", setting="e2e", backbone="test_resnet", weights="none",
+        image_size=32, loader="dali", out=str(out), method_options=opts, **kw,
+    )  # fmt: skip
+
+
+def train_recording(config) -> tuple[dict, list, object]:
+    """``train(config)`` as cli.py runs it, recording (epoch, rows, images) of each training
+    batch as the loop takes it; returns (summary, batches, the run)."""
+    from train.build import start_run
+    from train.context import Context, cpu_threads
+    from train.loop import fit
+    from train.plan import plan_run
+
+    plan = plan_run(config)
+    ctx = Context.create(config.device)
+    seen = []
+    try:
+        run = start_run(plan, ctx)
+        batches = run.data.train_batches
+
+        def recorded(epoch):
+            for batch in batches(epoch):
+                seen.append((epoch, batch["row"].tolist(), batch["input"].clone()))
+                yield batch
+
+        run.data.train_batches = recorded
+        with cpu_threads(1):
+            summary = fit(run, ctx)
+    finally:
+        ctx.close()
+    return summary, seen, run
+
+
+def same_batches(a: list, b: list) -> bool:
+    """The same epochs, rows and pixels, batch by batch."""
+    import torch
+
+    return [x[:2] for x in a] == [x[:2] for x in b] and all(
+        torch.equal(x[2], y[2]) for x, y in zip(a, b, strict=True)
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,7 +109,9 @@ class Run:
             models["ema"] = self.ema.module
         return models
 
-    def checkpoint(self) -> dict[str, Any]:
+    def checkpoint(self, loaders: list | None = None) -> dict[str, Any]:
+        """What ``--resume`` continues from; ``loaders``: every rank's training loader state,
+        by rank (``data.state_dict()``; None where the data keep none)."""
         return {
             "format": CHECKPOINT_FORMAT,
             "config": self.record,
@@ -120,6 +123,7 @@ class Run:
             "ema": self.ema.state_dict() if self.ema else None,
             "loop": dataclasses.asdict(self.state),
             "rng": rng_state(),
+            "loaders": loaders,
         }
 
 
@@ -203,7 +207,9 @@ def start_run(plan: RunPlan, ctx: Context) -> Run:
     ctx.barrier()  # every rank has looked at the folder before rank 0 writes to it
     run = build_run(plan, ctx, model=model, record=record, folder=folder)
     if saved is not None:
-        restore(run, folder.load_checkpoint())  # to the CPU: RNG states must stay there
+        ckpt = folder.load_checkpoint()  # to the CPU: RNG states must stay there
+        restore(run, ckpt)
+        restore_loader(run, ckpt.get("loaders"), ctx)
         if ctx.is_main:
             folder.keep_metrics(run.state.epoch)
     elif ctx.is_main:
@@ -224,3 +230,20 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
     run.tracks[0].state = LoopState(**ckpt["loop"])
     run.step = run.state.step
     set_rng_state(ckpt["rng"])
+
+
+def restore_loader(run: Run, states: list | None, ctx: Context) -> None:
+    """This rank's training loader goes on from its saved state (a DALI graph from DALI's
+    checkpoint), or says why it cannot: a checkpoint from before loaders kept their state, or
+    from another number of ranks. It then builds from (seed, epoch, rank), as before."""
+    mine = states[ctx.rank] if states is not None and len(states) == ctx.world_size else None
+    why = run.data.load_state_dict(mine)
+    if why is not None and states is not None and len(states) != ctx.world_size:
+        why = f"it was saved by {len(states)} ranks, not {ctx.world_size}"
+    if why is not None and ctx.is_main:
+        print(
+            f"notice: {run.folder.path / 'checkpoint-last.pt'}: {why}; the training loader "
+            f"builds its DALI graph again from (seed, epoch {run.state.epoch + 1}, rank), so "
+            "from there on the run reads other batches than an uninterrupted one",
+            file=sys.stderr,
+        )

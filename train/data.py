@@ -221,6 +221,13 @@ class FeatureData:
             lo = s * b + r * self.local
             yield self.batch("train", perm[lo : lo + self.local])
 
+    def state_dict(self) -> None:
+        """Nothing: epoch ``e``'s order is a function of (seed, e)."""
+        return None
+
+    def load_state_dict(self, state: dict | None) -> None:
+        return None
+
     def eval_batches(self, split: str) -> Iterator[dict[str, Tensor]]:
         start, end = sharding.shard_range(self.num_rows(split), self.ctx.rank, self.ctx.world_size)
         for lo in range(start, end, self.eval_rows):
@@ -250,8 +257,9 @@ def _as_lists(x) -> LabelLists:
 
 
 class ImageData:
-    """Images through ``create_loader``: one loader per split, rebuilt per epoch by the loader
-    itself from (seed, epoch, rank)."""
+    """Images through ``create_loader``: one loader per split, each reading its DALI graph epoch
+    after epoch (the fallback builds each epoch from (seed, epoch, rank)); the training
+    loader's state goes into the run's checkpoints, so a resumed run reads on exactly."""
 
     groups = None  # classes of the frequency groups G1..G5 to report, or None
 
@@ -321,6 +329,14 @@ class ImageData:
 
     def train_batches(self, epoch: int) -> Iterator[dict[str, Tensor]]:
         return self._batches("train", epoch)
+
+    def state_dict(self) -> dict:
+        """The training loader's state (``Loader.state_dict``), for this rank's checkpoint."""
+        return self.loaders["train"].state_dict()
+
+    def load_state_dict(self, state: dict | None) -> str | None:
+        """Go on from this rank's saved state; returns why it cannot (None: it can)."""
+        return self.loaders["train"].load_state_dict(state)
 
     def eval_batches(self, split: str) -> Iterator[dict[str, Tensor]]:
         return self._batches(f"eval-{split}", 0)

@@ -209,8 +209,11 @@ def select_epoch(run: Run, ctx: Context, epoch: int, logged: list[dict], times) 
             if improved:
                 write_best(run, track, mine[track.state.best_weights])
         outcomes.append((track, record, mine))
-    if ctx.is_main and run.folder is not None:
-        run.folder.save_checkpoint(run.checkpoint(), best=run.state.best_epoch == epoch)
+    if run.folder is not None:
+        loaders = ctx.on_all(run.data.state_dict)  # every rank's, into rank 0's checkpoint
+        if ctx.is_main:
+            best = run.state.best_epoch == epoch
+            run.folder.save_checkpoint(run.checkpoint(loaders), best=best)
     ctx.barrier()
     return outcomes
 

@@ -10,7 +10,8 @@ runs/NAME/
                         per-class test APs
   predictions/{val,test}.npy   probabilities (N, L) float32 of the selected epoch, row order
   checkpoint-last.pt    model, method state, optimizer, EMA, epoch, step, RNG, loop state,
-                        config: what --resume continues from
+                        config, each rank's training loader state (e2e with DALI: DALI's
+                        checkpoint of its graph): what --resume continues from
   checkpoint-best.pt    the same at the selected epoch
 ```
 """
