@@ -46,9 +46,15 @@ def _scatter(out: torch.Tensor, lists: tuple, rows: torch.Tensor, value: int) ->
     out[local, values[flat]] = value
 
 
+DENSE_BYTES = 16 << 20  # a split's labels at most this large as int8 (N, L) are also kept dense
+
+
 class DeviceLabels:
     """A split's ragged labels on ``device``; ``dense(rows)`` is the int8 (B, L) batch, equal to
-    the rows of the dense matrix (1 / 0 unknown / -1)."""
+    the rows of the dense matrix (1 / 0 unknown / -1). A split whose dense matrix is at most
+    ``DENSE_BYTES`` (COCO's 65,665 x 80: 5 MB) keeps it too, made once, so a batch is one row
+    gather instead of a dozen small scatter ops (a linear step is a few small ops); larger
+    ones (Open Images) stay ragged only, so memory follows the annotations."""
 
     def __init__(self, labels: LabelLists, device: torch.device):
         self.lists, self.device, self.num_classes = labels, device, labels.num_classes
@@ -56,12 +62,20 @@ class DeviceLabels:
         self.negatives = _on(labels.negatives, device)
         full = labels.full_rows()
         self.all_negative = torch.from_numpy(full).to(device) if full.any() else None
+        self.matrix = None
+        if len(labels) * labels.num_classes <= DENSE_BYTES:
+            self.matrix = self._scattered(torch.arange(len(labels), device=device))
 
     def __len__(self) -> int:
         return len(self.lists)
 
     def dense(self, rows: torch.Tensor) -> torch.Tensor:
         rows = rows.to(self.device)
+        if self.matrix is not None:
+            return self.matrix.index_select(0, rows)
+        return self._scattered(rows)
+
+    def _scattered(self, rows: torch.Tensor) -> torch.Tensor:
         out = torch.zeros((len(rows), self.num_classes), dtype=torch.int8, device=self.device)
         if self.all_negative is not None:
             out[self.all_negative[rows]] = -1

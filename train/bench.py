@@ -31,7 +31,7 @@ import torch
 
 from shards.benchkit import PeakRSS
 from shards.errors import WsmlError
-from train.bench_papers import paper_epoch, synthetic_split
+from train.bench_papers import as_shard_labels, paper_epoch, synthetic_split
 from train.bench_sparse import create_sparse_splits
 from train.build import build_run
 from train.config import RunConfig
@@ -176,7 +176,8 @@ def run_linear_bench(
             g = torch.Generator().manual_seed(0)
             splits = {name: synthetic_split(n, dim, classes, g) for name, n in rows.items()}
         ctx = Context.create(opts.device)
-        data = FeatureData(splits, ctx, seed=0, batch_size=batches[0])
+        held = splits if annotations else {k: as_shard_labels(v) for k, v in splits.items()}
+        data = FeatureData(held, ctx, seed=0, batch_size=batches[0])
         grid = (batches, lrs)
         echo(_title(rows, dim, classes, annotations, grid, ctx.device, data))
         return _time_ways(methods, splits, data, ways, grid, opts.paper_steps, echo)
