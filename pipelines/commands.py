@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from shards.clitools import DeviceType, RegistryChoice, choices, expected_errors
+from shards.clitools import (
+    DeviceType,
+    RegistryChoice,
+    choices,
+    expected_errors,
+    markdown_option,
+)
 
 
 @choices("preset")
@@ -41,7 +47,7 @@ def _backends():
     type=click.IntRange(min=1),
     default=3,
     show_default=True,
-    help="Epochs timed per loader.",
+    help="Alternating rounds: epochs timed per loader (3 or more give a median and range).",
 )
 @click.option("--no-profile", is_flag=True, help="Skip the DALI per-stage profile.")
 @click.option(
@@ -53,13 +59,16 @@ def _backends():
     show_default=True,
     help="GPU only: comma-separated shares of the hardware JPEG decoder to compare.",
 )
+@markdown_option("loader")
 @expected_errors
 def bench_loader(
     shards_dir, preset, batch_size, threads, images, workdir, repeats, no_profile, device,
-    hw_decoder_load,
+    hw_decoder_load, markdown,
 ):  # fmt: skip
-    """DALI vs the torch fallback vs the papers' folder+PIL loader on the same images."""
-    from pipelines.bench import LoaderBenchOptions, run_loader_bench
+    """DALI vs the torch fallback vs the papers' folder+PIL loader on the same images,
+    alternating (each round runs every loader once): median images/s, each loader's ratio to
+    the papers' (median of the rounds' ratios, and their range)."""
+    from pipelines.bench import LoaderBenchOptions, loader_tables, run_loader_bench
 
     options = LoaderBenchOptions(
         preset=preset,
@@ -71,4 +80,6 @@ def bench_loader(
         device=device,
         hw_loads=tuple(float(x) for x in hw_decoder_load.split(",")),
     )
-    run_loader_bench(shards_dir, options, workdir=workdir, echo=click.echo)
+    result = run_loader_bench(shards_dir, options, workdir=workdir, echo=click.echo)
+    if markdown is not None:
+        markdown.write(loader_tables(result), gpu=result["gpu"])
