@@ -18,7 +18,9 @@ def test_linear_bench_runs_the_three_ways_in_alternating_rounds():
 
     lines = []
     rows = {"train": 320, "val": 40, "test": 60}
-    opts = LinearBenchOptions(("an", "role"), rows=rows, dim=16, classes=5, repeats=2)
+    opts = LinearBenchOptions(
+        ("an", "role"), rows=rows, dim=16, classes=5, repeats=2, profile_steps=5
+    )
     out = run_linear_bench(opts, echo=lines.append)
     ways = ("papers", "runs", "sweep")
     assert out["rows"] == rows and out["repeats"] == 2 and out["ways"] == ways
@@ -36,7 +38,19 @@ def test_linear_bench_runs_the_three_ways_in_alternating_rounds():
             assert ratio["runs"] == [round(x, 3) for x in each]
             assert ratio["low"] == min(each) <= ratio["median"] <= max(each) == ratio["high"]
         assert figures["peak_rss_gb"] > 0
-    assert lines[-1].startswith("role") and "papers/sweep" in lines[-1] and "–" in lines[-1]
+    ran = [line for line in lines if "papers/sweep" in line]
+    assert ran[-1].startswith("role") and "–" in ran[-1]
+    # the profile: each sweep group (AN stacks a batch size's 4 members; ROLE cannot stack:
+    # a group per member) timed part by part
+    from train.bench_profile import PARTS
+
+    an, role = (out["methods"][m]["profile"] for m in ("an", "role"))
+    assert [(g["batch_size"], g["members"]) for g in an] == [(8, 4), (16, 4)]
+    assert [(g["batch_size"], g["members"]) for g in role] == [(8, 1)] * 4 + [(16, 1)] * 4
+    for g in an + role:
+        assert all(g[p] >= 0 for p in PARTS) and g["optimizer"] > 0 and g["ms_per_step"] > 0
+        assert g["ms_per_step"] == pytest.approx(1e3 * sum(g[p] for p in PARTS) / 5)
+    assert lines[-1].startswith("role     sweep step, batch 16, 1 members")
 
 
 @pytest.mark.slow
