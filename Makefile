@@ -56,7 +56,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) cli.py bench shard
 
-# Every table of docs/performance.md, each by the bench that measures it (about 2 h on 2 cores;
+# Every table of docs/performance.md, each by the bench that measures it (about 1.5 h on 2 cores;
 # run it on a quiet machine). A few: make bench-docs TABLES=shard,loader
 TABLES ?= all
 bench-docs: $(STAMP)
