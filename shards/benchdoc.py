@@ -28,7 +28,7 @@ ORIGIN = re.compile(
     r"^_(?P<how>Generated|Measured by hand) (?P<date>\d{4}-\d\d-\d\d)"
     r"(?: at commit (?P<commit>\S+))? on (?P<machine>[^:]*):"
 )
-FIGURE = re.compile(r"^\**(-?\d[\d,]*(?:\.\d+)?)")  # a cell's leading number (bold allowed)
+FIGURE = re.compile(r"^\**([-+]?\d[\d,]*(?:\.\d+)?)")  # a cell's leading number (bold allowed)
 WAS = re.compile(r" \(was [^()]*\)$")
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,15 +97,18 @@ def keep_moved(new: Table, old: Table | None, threshold: float = MOVED) -> Table
     return replace(new, rows=tuple(rows))
 
 
-def describe_machine(load: float | None = None, gpu: str = "no GPU") -> str:
-    """CPU, cores, RAM, GPU and the 1-minute load average (``load``: the one when the bench
-    started, so other work on the machine shows)."""
+def describe_machine(load: float | None = None, gpu: str | None = None) -> str:
+    """CPU, cores, RAM, the GPU a bench ran on (``gpu``, "no GPU"; None: a bench that uses
+    none) and the 1-minute load average (``load``: the one when the bench started, so other
+    work on the machine shows)."""
     from shards.benchkit import machine_info
 
     m = machine_info()
     load = os.getloadavg()[0] if load is None and hasattr(os, "getloadavg") else load
-    busy = "" if load is None else f", load {load:.1f}"
-    return f"{m['cpu']}, {m['nproc']} cores, {m['ram_gb']:.0f} GB RAM, {gpu}{busy}"
+    parts = [m["cpu"], f"{m['nproc']} cores", f"{m['ram_gb']:.0f} GB RAM"]
+    parts += [gpu] if gpu else []
+    parts += [] if load is None else [f"load {load:.1f}"]
+    return ", ".join(parts)
 
 
 def current_commit() -> str:
@@ -128,8 +131,9 @@ def current_commit() -> str:
 
 def command_line() -> str:
     """This process's command line as a user types it (``python cli.py bench …``)."""
-    args = sys.argv[1:] if Path(sys.argv[0]).name == "cli.py" else ["…"]
-    return "python cli.py " + shlex.join(args)
+    if Path(sys.argv[0]).name != "cli.py":  # called in-process (a test, a notebook)
+        return "python cli.py bench … (in-process)"
+    return "python cli.py " + shlex.join(sys.argv[1:])
 
 
 @dataclass(frozen=True)
@@ -141,12 +145,12 @@ class MarkdownTarget:
     block: str
     load: float | None
 
-    def write(self, tables: Sequence[Table], *, gpu: str = "no GPU", note: str = "") -> None:
+    def write(self, tables: Sequence[Table], *, gpu: str | None = None) -> None:
         origin = (
             f"_Generated {time.strftime('%Y-%m-%d')} at commit {current_commit()} on "
             f"{describe_machine(self.load, gpu)}: `{command_line()}`_"
         )
-        write_block(self.doc, self.block, tables, origin, note)
+        write_block(self.doc, self.block, tables, origin)
 
 
 def open_target(spec: str, default_block: str) -> MarkdownTarget:
@@ -183,15 +187,15 @@ def find_block(text: str, name: str, doc: Path) -> tuple[int, int]:
     return begins[0].end(), ends[0].start()
 
 
-def write_block(doc: Path, name: str, tables: Sequence[Table], origin: str, note: str = "") -> None:
+def write_block(doc: Path, name: str, tables: Sequence[Table], origin: str) -> None:
     """Replace block ``name`` of ``doc`` by ``origin`` (where the figures come from), the
-    ``tables`` (old figures kept beside moved ones) and ``note``; refresh the index block.
+    ``tables`` (old figures kept beside moved ones); refresh the index block.
     Every other line of ``doc`` stays as it was; the file is replaced whole, at once."""
     text = _read(doc)
     start, end = find_block(text, name, doc)
     old = read_tables(text[start:end])
     kept = [keep_moved(t, old[i] if i < len(old) else None) for i, t in enumerate(tables)]
-    parts = [origin, *(t.render() for t in kept), *([note] if note else [])]
+    parts = [origin, *(t.render() for t in kept)]
     text = text[:start] + "\n" + "\n\n".join(parts) + "\n" + text[end:]
     if INDEX in list_blocks(text):
         start, end = find_block(text, INDEX, doc)
