@@ -206,7 +206,8 @@ def test_every_bench_regenerates_its_blocks_at_small_sizes(tmp_path):
 
 
 def body_of(text: str, name: str) -> str:
-    return text[text.index(f"bench:{name} begin") : text.index(f"bench:{name} end")]
+    begin = f"<!-- bench:{name} begin -->"
+    return text[text.index(begin) + len(begin) : text.index(f"<!-- bench:{name} end -->")]
 
 
 def test_bench_docs_dry_run_lists_the_commands(tmp_path):
