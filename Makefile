@@ -10,7 +10,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 DEMO_FEATURES := efficientnet-lite0__in1k__backbone128
 DEMO_METHODS := an an-ls wan epr role em em-apl ll-r ll-ct ll-cp asl hill splc
 
-.PHONY: setup demo test lint format bench clean-demo
+.PHONY: setup demo test lint format bench bench-docs clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,12 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) cli.py bench shard
+
+# Every table of docs/performance.md, each by the bench that measures it (about 1.5 h on 2 cores;
+# run it on a quiet machine). A few: make bench-docs TABLES=shard,loader
+TABLES ?= all
+bench-docs: $(STAMP)
+	$(PY) cli.py bench docs --tables $(TABLES)
 
 clean-demo:
 	rm -rf data/raw/digits data/shards/digits runs/demo runs/use

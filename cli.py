@@ -65,6 +65,7 @@ for command in (
 for command in (
     shards_bench.bench_shard,
     shards_bench.bench_openimages,
+    shards_bench.bench_docs,
     pipelines_commands.bench_loader,
     models_commands.bench_cache_clip,
     train_commands.bench_train,

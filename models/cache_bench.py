@@ -20,6 +20,7 @@ from models.cache_run import CacheOptions, Encoder, run_cache
 from pipelines.distributed import DistContext
 from pipelines.loader import LoaderOptions, choose_backend, create_loader, default_threads
 from shards import embeddings as emb
+from shards.benchdoc import Table
 from shards.benchkit import time_epochs
 from shards.embeddings import make_tag
 from shards.errors import WsmlError
@@ -80,23 +81,41 @@ def run_cache_clip_bench(
             f"{'serial':>10}   (images/s; serial = 1/(1/loader + 1/model))"
         )
         result = {"machine": m, "split": split, "images": n, "batch_size": batch_size}
+        result["repeats"] = opts.repeats
         result["backend"], result["device"], result["models"] = backend, str(ctx.device), {}
         for name in opts.models:
             enc = create_clip_encoder(name, pretrained, classes=ss.classes, device=ctx.device)
             enc = dataclasses.replace(enc, tag=make_tag("bench", enc.tag))
             r = _bench_one(ss, enc, ctx, split, batch_size, backend, opts.repeats)
             serial = 1 / (1 / r["loader"] + 1 / r["model"])
-            r["serial"] = serial
+            r.update(serial=serial, input=enc.preset.size, dim=enc.dim)
             echo(
                 f"{name:<16}{enc.dim:>5}{enc.preset.size:>6}px{r['loader']:>10.1f}"
                 f"{r['model']:>10.1f}{r['total']:>10.1f}{serial:>10.1f}"
             )
             result["models"][name] = r
+        result["gpu"] = torch.cuda.get_device_name(ctx.device) if where == "GPU" else "no GPU"
         return result
     finally:
         ctx.close()
         if own:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def cache_clip_tables(r: dict) -> list[Table]:
+    """The docs' table: per model images/s of the loader alone, the model alone on a fixed
+    batch, and the whole cache run."""
+    rows = tuple(
+        (f"`{name}`", f"{m['input']} px", str(m["dim"]), f"{m['loader']:,.1f}",
+         f"{m['model']:,.1f}", f"{m['total']:,.1f}")
+        for name, m in r["models"].items()
+    )  # fmt: skip
+    caption = (
+        f"Split {r['split']}: {r['images']:,} images, batch {r['batch_size']}, loader "
+        f"{r['backend']}, device {r['device']}, random weights; images/s, median of "
+        f"{r['repeats']}."
+    )
+    return [Table(("model", "input", "dim", "loader", "model alone", "total"), rows, caption)]
 
 
 def _bench_one(

@@ -12,6 +12,7 @@ from shards.clitools import (
     DeviceType,
     RegistryChoice,
     expected_errors,
+    markdown_option,
     progress_factory,
 )
 
@@ -172,11 +173,14 @@ def cache_features_command(**kwargs):
 @click.option("--loader", type=click.Choice(["auto", "dali", "torch"]), default="auto")
 @click.option("--device", type=DeviceType(), default="auto", show_default=True)
 @click.option("--workdir", type=click.Path(file_okay=False), help="Keep generated files here.")
+@markdown_option("cache-clip")
 @expected_errors
-def bench_cache_clip(shards_dir, models, loader, workdir, **kwargs):
+def bench_cache_clip(shards_dir, models, loader, workdir, markdown, **kwargs):
     """Image embedding: loader alone, model alone on a fixed batch, and the whole cache run."""
-    from models.cache_bench import ClipBenchOptions, run_cache_clip_bench
+    from models.cache_bench import ClipBenchOptions, cache_clip_tables, run_cache_clip_bench
 
     models = models or ("wsml-tiny-clip", "ViT-B-32")
     options = ClipBenchOptions(models=models, backend=loader, **kwargs)
-    run_cache_clip_bench(shards_dir, options, workdir=workdir, echo=click.echo)
+    result = run_cache_clip_bench(shards_dir, options, workdir=workdir, echo=click.echo)
+    if markdown is not None:
+        markdown.write(cache_clip_tables(result), gpu=result["gpu"])

@@ -19,7 +19,8 @@ import torch
 from pipelines.distributed import resolve_device
 from pipelines.loader import LoaderOptions, create_loader, default_threads
 from pipelines.presets import Preset, get_preset
-from shards.benchkit import time_epochs
+from shards.benchdoc import Table
+from shards.benchkit import format_ratio, summarize_ratios, time_epochs
 from shards.errors import WsmlError
 from shards.plan import KEY
 from shards.shardset import open_shard_set
@@ -209,15 +210,18 @@ def run_loader_bench(
             for label, run in loaders.items():
                 r = without_build(run, time_epochs(run, 1)["runs"][0])
                 result["loaders"].setdefault(label, {"runs": []})["runs"].append(r)
-        ref = statistics.median(result["loaders"][REFERENCE]["runs"])
-        echo(f"{'loader':<50}{'images/s':>10}{'vs reference':>14}   runs")
+        ref = result["loaders"][REFERENCE]["runs"]
+        echo(f"{'loader':<50}{'images/s':>10}  {'vs reference':<22}runs")
         for label, r in result["loaders"].items():
             r["images_per_s"] = statistics.median(r["runs"])
-            r["ratio"] = r["images_per_s"] / ref
-            echo(f"{label:<50}{r['images_per_s']:>10.0f}{r['ratio']:>13.2f}x   {r['runs']}")
+            # each round's ratio (the round ran every loader once): median and range
+            r["ratio"] = summarize_ratios([a / b for a, b in zip(r["runs"], ref, strict=True)])
+            shown = format_ratio(r["ratio"])
+            echo(f"{label:<50}{r['images_per_s']:>10.0f}  {shown:<22}{r['runs']}")
         result["dali_builds"] = report_builds(loaders, ss, p, batch_size, threads, dev, echo)
         if opts.profile and dev.type == "cpu":
             result["dali_stages"] = profile_dali(ss, "train", p, batch_size, threads, echo)
+        result["repeats"] = repeats
         return result
     finally:
         if own:
@@ -391,3 +395,36 @@ def profile_dali(ss, split: str, preset: Preset, batch_size: int, threads: int, 
         out[name] = rate
         prev = rate
     return out
+
+
+def loader_tables(r: dict) -> list[Table]:
+    """The docs' tables: images/s against the papers' loader (median of alternating rounds,
+    each round's ratio: median and range), DALI's builds, DALI's per-stage profile."""
+    caption = (
+        f"`{r['preset']}`, {r['images']:,} images, batch {r['batch_size']}, {r['threads']} CPU "
+        f"threads per loader, {r['gpu']}; median of {r['repeats']} alternating rounds."
+    )
+    rows = tuple((label, f"{x['images_per_s']:,.0f}", format_ratio(x["ratio"]))
+                 for label, x in r["loaders"].items())  # fmt: skip
+    tables = [Table(("loader", "images/s", "vs reference"), rows, caption)]
+    builds = dict(r.get("dali_builds") or {})
+    ev = builds.pop("eval", None)
+    if ev:
+        rows = [(f"{label}: training, {len(b['build_s'])} epochs", f"{b['builds']}x, "
+                 f"{sum(b['build_s']):.2f} s") for label, b in builds.items()]  # fmt: skip
+        rates = ev["images_per_s"]
+        rows.append(("DALI eval loader: epoch 1 (builds) / epochs 2, 3 (graph reused)",
+                     f"{ev['build_s'][0]:.2f} s",
+                     f"{rates[0]:,.0f} / {rates[1]:,.0f}, {rates[2]:,.0f}"))  # fmt: skip
+        rows = [row + ("",) * (3 - len(row)) for row in rows]
+        tables.append(Table(("DALI graph", "build", "eval images/s"), tuple(rows)))
+    stages = r.get("dali_stages")
+    if stages:
+        rows, prev = [], None
+        for name, rate in stages.items():
+            added = "—" if prev is None else f"{1e3 / rate - 1e3 / prev:.2f} ms"
+            rows.append((("+ " if prev else "") + name, f"{rate:,.0f}", added))
+            prev = rate
+        head = ("DALI graph cut after each stage", "images/s after it", "adds per image")
+        tables.append(Table(head, tuple(rows)))
+    return tables

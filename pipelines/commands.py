@@ -10,6 +10,7 @@ from shards.clitools import (
     RegistryChoice,
     choices,
     expected_errors,
+    markdown_option,
 )
 
 
@@ -47,7 +48,7 @@ def _backends():
     type=click.IntRange(1, 1000),
     default=3,
     show_default=True,
-    help="Epochs timed per loader.",
+    help="Alternating rounds: epochs timed per loader (3 or more give a median and range).",
 )
 @click.option("--no-profile", is_flag=True, help="Skip the DALI per-stage profile.")
 @click.option(
@@ -60,13 +61,16 @@ def _backends():
     show_default=True,
     help="GPU only: comma-separated shares of the hardware JPEG decoder to compare.",
 )
+@markdown_option("loader")
 @expected_errors
 def bench_loader(
     shards_dir, preset, batch_size, threads, images, workdir, repeats, no_profile, device,
-    hw_decoder_load,
+    hw_decoder_load, markdown,
 ):  # fmt: skip
-    """DALI vs the torch fallback vs the papers' folder+PIL loader on the same images."""
-    from pipelines.bench import LoaderBenchOptions, run_loader_bench
+    """DALI vs the torch fallback vs the papers' folder+PIL loader on the same images,
+    alternating (each round runs every loader once): median images/s, each loader's ratio to
+    the papers' (median of the rounds' ratios, and their range)."""
+    from pipelines.bench import LoaderBenchOptions, loader_tables, run_loader_bench
 
     options = LoaderBenchOptions(
         preset=preset,
@@ -78,4 +82,6 @@ def bench_loader(
         device=device,
         hw_loads=hw_decoder_load,
     )
-    run_loader_bench(shards_dir, options, workdir=workdir, echo=click.echo)
+    result = run_loader_bench(shards_dir, options, workdir=workdir, echo=click.echo)
+    if markdown is not None:
+        markdown.write(loader_tables(result), gpu=result["gpu"])

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shards.benchdoc import Table
 from shards.benchkit import machine_info, peak_rss
 
 HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
@@ -179,4 +180,18 @@ def run_openimages_bench(
         f"  goals at {big['images']:,} images: < 60 s ({'met' if big['seconds'] < 60 else 'NOT met'}), "
         f"< 2 GB ({'met' if big['peak_rss_mb'] < 2000 else 'NOT met'})"
     )
-    return {"machine": m, "runs": runs}
+    return {"machine": m, "runs": runs, "version": version, "labels": labels, "classes": classes}
+
+
+def openimages_tables(r: dict) -> list[Table]:
+    """The runs as the docs' table: one row per train-split size."""
+    rows = tuple(
+        (f"{x['images']:,}", f"{x['rows']:,}", f"{x['csv_mb']:.0f} MB", f"{x['seconds']:.1f} s",
+         f"{x['peak_rss_mb']:.0f} MB")
+        for x in r["runs"]
+    )  # fmt: skip
+    caption = (
+        f"Open Images V{r['version']} files, {r['classes']:,} classes, {r['labels']} human "
+        "labels an image; one core."
+    )
+    return [Table(("train images", "label rows", "CSV", "time", "peak RSS"), rows, caption)]

@@ -295,3 +295,41 @@ def time_epochs(run: Callable[[], int], repeats: int) -> dict:
         n = run()
         rates.append(n / (time.perf_counter() - t))
     return {"images_per_s": statistics.median(rates), "runs": [round(r, 1) for r in rates]}
+
+
+def summarize_ratios(ratios: Sequence[float]) -> dict:
+    """The median of per-round ratios (each taken within one round of alternating runs, so a
+    drift of a shared machine cancels out) and their range."""
+    return {
+        "median": statistics.median(ratios),
+        "low": min(ratios),
+        "high": max(ratios),
+        "runs": [round(r, 3) for r in ratios],
+    }
+
+
+def format_ratio(r: dict, unit: str = "×") -> str:
+    """``3.47× (3.20–3.69)``: the median and the range of the rounds (one round: the ratio)."""
+    if len(r["runs"]) == 1:
+        return f"{r['median']:.2f}{unit}"
+    return f"{r['median']:.2f}{unit} ({r['low']:.2f}–{r['high']:.2f})"
+
+
+def summarize_rounds(rounds: Sequence[dict[str, Sequence[float]]], base: str) -> dict:
+    """Rounds of alternating ways, each round ``{way: (train s, scoring s)}``: each way's
+    median over the rounds (``WAY_train``, ``WAY_eval``, ``WAY_total``, each its own median)
+    and, where ``base`` ran, each other way's total over ``base``'s in the same round: the
+    median and range of those ratios (``ratios["papers/sweep"]``)."""
+    ways = list(rounds[0])
+    out: dict = {"rounds": [{w: list(t) for w, t in r.items()} for r in rounds]}
+    for w in ways:
+        out[f"{w}_train"] = statistics.median(r[w][0] for r in rounds)
+        out[f"{w}_eval"] = statistics.median(r[w][1] for r in rounds)
+        out[f"{w}_total"] = statistics.median(sum(r[w]) for r in rounds)
+    if base in ways:
+        out["ratios"] = {
+            f"{w}/{base}": summarize_ratios([sum(r[w]) / sum(r[base]) for r in rounds])
+            for w in ways
+            if w != base
+        }
+    return out

@@ -214,3 +214,28 @@ def check_regime_specs(ctx, param, specs: tuple[str, ...]) -> tuple[str, ...]:
             except WsmlError as e:
                 raise click.BadParameter(str(e), ctx, param) from None
     return specs
+
+
+def markdown_option(default_block: str):
+    """``--markdown DOC[#BLOCK]`` of a bench command: also write its tables into block BLOCK
+    (default ``default_block``) of DOC, leaving the rest of DOC as it is; the doc and its
+    block are checked before the bench runs."""
+
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        from shards.benchdoc import open_target
+        from shards.errors import WsmlError
+
+        try:
+            return open_target(value, default_block)
+        except WsmlError as e:
+            raise click.BadParameter(str(e), ctx, param) from None
+
+    return click.option(
+        "--markdown",
+        callback=parse,
+        metavar="DOC[#BLOCK]",
+        help=f"Also write the tables into block BLOCK [default: {default_block}] of DOC, "
+        "e.g. docs/performance.md (make bench-docs runs them all).",
+    )

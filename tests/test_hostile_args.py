@@ -19,6 +19,7 @@ from shards.convert import convert
 from shards.demo import write_demo_data
 from tests.raw_datasets import make_coco, write_jpeg
 
+DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
 BAD_TEXT = os.fsdecode(b"bad-\xff")  # what Python makes of an undecodable byte in argv
 HUGE = "99999999999999999999"
 # cases another helper fixes (their branches add them after the merge): (command, option)
@@ -102,6 +103,7 @@ def bases(s: dict) -> dict[str, dict]:
         "methods": {},
         "predict": {"images": s["images"], "run_dir": s["e2e"], "out": "{out}.csv"},
         "export": {"run_dir": s["e2e"], "out": "{out}.pt"},
+        "bench docs": {"tables": "shard-3000", "doc": str(DOC), "dry_run": True},
         "bench shard": {"images": 8, "workers": 1, "rss_sizes": "0", "workdir": "{out}"},
         "bench openimages-labels": {"sizes": "50", "labels": 2, "classes": 10,
                                     "workdir": "{out}"},

@@ -87,6 +87,21 @@ def test_sparse_batches_give_the_dense_losses_and_state(name, regime, kind):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("dense_bytes", [0, 1 << 20])
+def test_device_labels_kept_ragged_or_dense_give_the_same_batches(monkeypatch, dense_bytes):
+    """A split too large to keep dense (Open Images) makes each batch from its ragged lists; a
+    small one (COCO) gathers rows of its dense matrix: the same batches."""
+    import pipelines.labels
+
+    monkeypatch.setattr(pipelines.labels, "DENSE_BYTES", dense_bytes)
+    y, _ = random_case(2)
+    labels = DeviceLabels(LabelLists.from_dense(y), torch.device("cpu"))
+    assert (labels.matrix is None) == (dense_bytes == 0)
+    rows = torch.tensor([5, 0, 59, 5, 31])
+    assert np.array_equal(labels.dense(rows).numpy(), y[rows.numpy()])
+    assert labels.dense(rows[:0]).shape == (0, 7)
+
+
 def test_null_negatives_rows_are_fully_annotated():
     """A Parquet row with null negatives (a fully annotated source) is negative everywhere
     it is not positive, on the host and on the device alike."""

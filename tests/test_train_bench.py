@@ -12,17 +12,46 @@ from train.bench import E2EBenchOptions, LinearBenchOptions, run_e2e_bench, run_
 from train.context import cpu_threads
 
 
-def test_linear_bench_runs_the_three_ways():
+def test_linear_bench_runs_the_three_ways_in_alternating_rounds():
+    """Every round runs every way once; each way's figure is the median of the rounds, and
+    each ratio to the sweep the median of the rounds' own ratios, with their range."""
+    import statistics
+
     lines = []
     rows = {"train": 320, "val": 40, "test": 60}
-    opts = LinearBenchOptions(("an", "role"), rows=rows, dim=16, classes=5)
+    opts = LinearBenchOptions(
+        ("an", "role"), rows=rows, dim=16, classes=5, repeats=2, profile_steps=5
+    )
     out = run_linear_bench(opts, echo=lines.append)
-    ways = {f"{w}_{p}" for w in ("papers", "runs", "sweep") for p in ("train", "eval")}
-    assert set(out) == {"an", "role"}
-    for figures in out.values():
-        assert set(figures) == ways | {"peak_rss_gb"}
-        assert all(v > 0 for v in figures.values())
-    assert lines[-1].startswith("role") and "x" in lines[-1]
+    ways = ("papers", "runs", "sweep")
+    assert out["rows"] == rows and out["repeats"] == 2 and out["ways"] == ways
+    assert set(out["methods"]) == {"an", "role"}
+    for figures in out["methods"].values():
+        rounds = figures["rounds"]
+        assert len(rounds) == 2 and all(list(r) == list(ways) for r in rounds)
+        for w in ways:
+            totals = [sum(r[w]) for r in rounds]
+            assert figures[f"{w}_total"] == statistics.median(totals) > 0
+            assert figures[f"{w}_train"] == statistics.median(r[w][0] for r in rounds)
+        for w in ("papers", "runs"):
+            ratio = figures["ratios"][f"{w}/sweep"]
+            each = [sum(r[w]) / sum(r["sweep"]) for r in rounds]
+            assert ratio["runs"] == [round(x, 3) for x in each]
+            assert ratio["low"] == min(each) <= ratio["median"] <= max(each) == ratio["high"]
+        assert figures["peak_rss_gb"] > 0
+    ran = [line for line in lines if "papers/sweep" in line]
+    assert ran[-1].startswith("role") and "–" in ran[-1]
+    # the profile: each sweep group (AN stacks a batch size's 4 members; ROLE cannot stack:
+    # a group per member) timed part by part
+    from train.bench_profile import PARTS
+
+    an, role = (out["methods"][m]["profile"] for m in ("an", "role"))
+    assert [(g["batch_size"], g["members"]) for g in an] == [(8, 4), (16, 4)]
+    assert [(g["batch_size"], g["members"]) for g in role] == [(8, 1)] * 4 + [(16, 1)] * 4
+    for g in an + role:
+        assert all(g[p] >= 0 for p in PARTS) and g["optimizer"] > 0 and g["ms_per_step"] > 0
+        assert g["ms_per_step"] == pytest.approx(1e3 * sum(g[p] for p in PARTS) / 5)
+    assert lines[-1].startswith("role     sweep step, batch 16, 1 members")
 
 
 @pytest.mark.slow
@@ -44,7 +73,13 @@ def test_e2e_bench_on_the_tiny_shard_set(tmp_path_factory, loader):
             warmup=1, loader=loader,
         )  # fmt: skip
         out = run_e2e_bench(str(shards), opts, echo=lines.append)
-    r = out["an"]
+    r = out["methods"]["an"]
+    assert (r["backbone"], r["input"], out["batch_size"], out["steps"]) == (
+        "test_resnet",
+        "center32",
+        16,
+        steps,
+    )
     assert 0 <= r["data_wait"] < 1
     assert r["images_per_s"] == pytest.approx(16 * 1e3 / r["ms_per_step"])
     assert lines[-1].split()[:3] == ["an", "test_resnet", "center32"]
@@ -79,7 +114,9 @@ def test_e2e_bench_on_generated_openimages_labels(tmp_path):
         )  # fmt: skip
         out = run_e2e_bench(None, opts, workdir=str(tmp_path), echo=lines.append)
     assert "300 classes" in lines[1] and lines[2].split()[-2:] == ["ms", "join"]
-    assert 0 < out["ll-ct"]["join_ms"] < out["ll-ct"]["ms_per_step"]
+    r = out["methods"]["ll-ct"]
+    assert out["classes"] == 300 and out["images"] == 40
+    assert 0 < r["join_ms"] < r["ms_per_step"]
 
 
 def test_linear_bench_with_openimages_shaped_labels():
@@ -89,10 +126,13 @@ def test_linear_bench_with_openimages_shaped_labels():
     lines = []
     rows = {"train": 300, "val": 40, "test": 60}
     opts = LinearBenchOptions(("ll-ct",), rows=rows, dim=8, classes=50, batches=(16,),
-                              lrs=(1e-3,), annotations=4, ways=("runs", "sweep"))  # fmt: skip
+                              lrs=(1e-3,), annotations=4, ways=("runs", "sweep"),
+                              repeats=1)  # fmt: skip
     out = run_linear_bench(opts, echo=lines.append)
-    timed = {f"{w}_{p}" for w in ("runs", "sweep") for p in ("train", "eval")}
-    assert set(out["ll-ct"]) == timed | {"peak_rss_gb"}
+    timed = {f"{w}_{p}" for w in ("runs", "sweep") for p in ("train", "eval", "total")}
+    assert set(out["methods"]["ll-ct"]) == timed | {"peak_rss_gb", "rounds", "ratios"}
+    assert set(out["methods"]["ll-ct"]["ratios"]) == {"runs/sweep"}
+    assert out["annotations"] > 300 and out["feature_mb"] == 400 * 8 * 2 / 1e6
     assert "memory-mapped" in lines[1] and lines[-1].endswith("GB")
     with pytest.raises(WsmlError, match="--ways runs,sweep"):
         run_linear_bench(LinearBenchOptions(rows=rows, annotations=4, ways=("papers",)))

@@ -29,9 +29,10 @@ from pathlib import Path
 
 import torch
 
-from shards.benchkit import PeakRSS
+from shards.benchkit import PeakRSS, format_ratio, summarize_rounds
 from shards.errors import WsmlError
-from train.bench_papers import paper_epoch, synthetic_split
+from train.bench_papers import as_shard_labels, paper_epoch, synthetic_split
+from train.bench_profile import profile_methods, sweep_plan
 from train.bench_sparse import create_sparse_splits
 from train.build import build_run
 from train.config import RunConfig
@@ -51,6 +52,10 @@ WAYS = ("papers", "runs", "sweep")
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def gpu_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
 
 
 def _header(echo: Callable[[str], None]) -> None:
@@ -116,13 +121,7 @@ def sweep_epoch(method: str, data: FeatureData, classes: int, lrs, batches) -> t
     from train.sweep import create_groups
 
     ctx = data.ctx
-    plan = synthetic_plan(method, data, classes)
-    plan = dataclasses.replace(
-        plan,
-        config=dataclasses.replace(
-            plan.config, sweep=True, sweep_lrs=tuple(lrs), sweep_batches=tuple(batches)
-        ),
-    )
+    plan = sweep_plan(synthetic_plan(method, data, classes), lrs, batches)
     folder = RunFolder(tempfile.mkdtemp(prefix="wsml-bench-sweep-"))
     groups = create_groups(plan, data, folder, ctx)  # as --sweep builds them
     t = time.perf_counter()
@@ -143,7 +142,8 @@ class LinearBenchOptions:
     COCO's by default) x ``dim`` over ``classes``; ``annotations`` K > 0: OpenImages-shaped
     ragged labels and memory-mapped features (``train.bench_sparse``); ``paper_steps`` > 0
     times that many steps of each papers'-way epoch and extrapolates; ``device`` auto: a GPU
-    where there is one."""
+    where there is one; ``repeats`` rounds of the ways, alternating; ``profile_steps`` > 0
+    then profiles that many steps of each sweep group (``train.bench_profile``)."""
 
     methods: tuple[str, ...] = ("an",)
     rows: dict[str, int] | None = None
@@ -155,13 +155,14 @@ class LinearBenchOptions:
     device: str = "cpu"
     annotations: float = 0
     ways: tuple[str, ...] = WAYS
+    repeats: int = 3
+    profile_steps: int = 0
 
 
-def run_linear_bench(
-    opts: LinearBenchOptions, *, echo: Callable[[str], None] = print
-) -> dict[str, dict[str, float]]:
-    """Seconds per way and method (train, then scoring), and each method's peak RSS."""
-    methods, dim, classes, annotations = opts.methods, opts.dim, opts.classes, opts.annotations
+def run_linear_bench(opts: LinearBenchOptions, *, echo: Callable[[str], None] = print) -> dict:
+    """Per method (``methods``): seconds per way (train, scoring; medians of the rounds), the
+    ratios to the sweep and the peak RSS; with what was timed (rows, features, grid, device)."""
+    dim, classes, annotations = opts.dim, opts.classes, opts.annotations
     batches, lrs, ways = opts.batches, opts.lrs, opts.ways
     if annotations and "papers" in ways:
         raise WsmlError("--annotations holds labels ragged; the papers' way needs dense (N, L) "
@@ -176,10 +177,26 @@ def run_linear_bench(
             g = torch.Generator().manual_seed(0)
             splits = {name: synthetic_split(n, dim, classes, g) for name, n in rows.items()}
         ctx = Context.create(opts.device)
-        data = FeatureData(splits, ctx, seed=0, batch_size=batches[0])
+        held = splits if annotations else {k: as_shard_labels(v) for k, v in splits.items()}
+        data = FeatureData(held, ctx, seed=0, batch_size=batches[0])
         grid = (batches, lrs)
         echo(_title(rows, dim, classes, annotations, grid, ctx.device, data))
-        return _time_ways(methods, splits, data, ways, grid, opts.paper_steps, echo)
+        labels = data.labels("train")
+        setup = {
+            "rows": rows, "dim": dim, "classes": classes, "device": str(ctx.device),
+            "batches": batches, "lrs": lrs, "ways": ways, "repeats": opts.repeats,
+            "annotations": len(labels.positives.values) + len(labels.negatives.values)
+            if annotations else 0,
+            "feature_mb": sum(rows.values()) * dim * 2 / 1e6,  # float16, every split once
+            "gpu": gpu_name(ctx.device),
+        }  # fmt: skip
+        out = {**setup, "methods": _time_ways(opts.methods, splits, data, opts, echo)}
+        if opts.profile_steps:
+            plans = {m: synthetic_plan(m, data, classes) for m in opts.methods}
+            profiles = profile_methods(plans, data, (lrs, batches), opts.profile_steps, echo)
+            for method, groups in profiles.items():
+                out["methods"][method]["profile"] = groups
+        return out
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -202,37 +219,39 @@ def _title(rows, dim, classes, annotations, grid, device, data) -> str:
     )
 
 
-def _time_ways(methods, splits, data, ways, grid, paper_steps, echo) -> dict:
-    batches, lrs = grid
-    classes, device = data.num_classes, str(data.ctx.device)
+def _time_ways(methods, splits, data, opts: LinearBenchOptions, echo) -> dict:
+    """Per method, ``opts.repeats`` rounds of every way, alternating (A B C A B C …, so a
+    drift of a shared machine hits every way alike): median seconds, ratios per round."""
     names = {"papers": "papers, one by one", "runs": "wsml runs, one by one", "sweep": "--sweep"}
-    echo(f"{'method':<8} " + " ".join(f"{names[w]:>22}" for w in ways)
-         + "  ratios  peak RSS")  # fmt: skip
+    echo(f"{'method':<8} " + " ".join(f"{names[w]:>22}" for w in opts.ways)
+         + "  ratios: median of the rounds (range)  peak RSS")  # fmt: skip
     out, rss = {}, PeakRSS()
     for method in methods:
         rss.reset()  # the input's generation is not the run's memory
-        timed = {}
-        for way in ways:
-            if way == "papers":
-                each = [paper_epoch(method, splits, b, lr, paper_steps, device)
-                        for b in batches for lr in lrs]  # fmt: skip
-            elif way == "runs":
-                each = [own_epoch(method, data, classes, b, lr) for b in batches for lr in lrs]
-            else:
-                each = [sweep_epoch(method, data, classes, lrs, batches)]
-            timed[way] = tuple(map(sum, zip(*each, strict=True)))
-        out[method] = {
-            f"{way}_{part}": v
-            for way, t in timed.items()
-            for part, v in zip(("train", "eval"), t, strict=True)
-        } | {"peak_rss_gb": rss.gb()}
-        total = {way: sum(t) for way, t in timed.items()}
-        cells = [f"{total[w]:7.1f} ({t[0]:.1f}+{t[1]:.1f})" for w, t in timed.items()]
-        ratios = [f"{w}/sweep {total[w] / total['sweep']:.2f}x"
-                  for w in timed if w != "sweep" and "sweep" in timed]  # fmt: skip
+        rounds = [
+            {way: _time_way(way, method, splits, data, opts) for way in opts.ways}
+            for _ in range(opts.repeats)
+        ]
+        out[method] = r = summarize_rounds(rounds, "sweep") | {"peak_rss_gb": rss.gb()}
+        cells = [f"{r[w + '_total']:7.1f} ({r[w + '_train']:.1f}+{r[w + '_eval']:.1f})"
+                 for w in opts.ways]  # fmt: skip
+        ratios = [f"{k} {format_ratio(v)}" for k, v in r.get("ratios", {}).items()]
         echo(f"{method:<8} " + " ".join(f"{c:>22}" for c in cells)
-             + f"  {', '.join(ratios) or '-'}  {rss.gb():.2f} GB")  # fmt: skip
+             + f"  {', '.join(ratios) or '-'}  {r['peak_rss_gb']:.2f} GB")  # fmt: skip
     return out
+
+
+def _time_way(way, method, splits, data, opts: LinearBenchOptions) -> tuple[float, float]:
+    """Seconds of one epoch of the whole grid one way: (training, scoring)."""
+    classes, device = data.num_classes, str(data.ctx.device)
+    grid = [(b, lr) for b in opts.batches for lr in opts.lrs]
+    if way == "papers":
+        each = [paper_epoch(method, splits, b, lr, opts.paper_steps, device) for b, lr in grid]
+    elif way == "runs":
+        each = [own_epoch(method, data, classes, b, lr) for b, lr in grid]
+    else:
+        each = [sweep_epoch(method, data, classes, opts.lrs, opts.batches)]
+    return tuple(map(sum, zip(*each, strict=True)))
 
 
 # ---------------------------------------------------------------------------------- e2e
@@ -267,10 +286,11 @@ def run_e2e_bench(
     *,
     workdir: str | None = None,
     echo: Callable[[str], None] = print,
-) -> dict[str, dict[str, float]]:
+) -> dict:
     """Training steps of each method on ``shards`` (or generated photos, in ``workdir`` or a
-    folder of our own): per method images/s, ms per step, the data-wait share, and what the
-    per-batch join of labels (ragged -> dense (B, L) on the device) and embeddings costs."""
+    folder of our own): per method (``methods``) images/s, ms per step, the data-wait share,
+    and what the per-batch join of labels (ragged -> dense (B, L) on the device) and
+    embeddings costs; with what was timed (images, classes, batch, steps, device)."""
     from pipelines.bench import create_bench_set
     from shards.shardset import open_shard_set
     from train.plan import plan_run
@@ -305,16 +325,21 @@ def run_e2e_bench(
             out[method] = r = time_steps(run, ctx, opts.steps, opts.warmup)
             config = run.plan.config
             shown = config.preset if not config.image_size else f"center{config.image_size}"
+            r.update(backbone=config.backbone, input=shown)
             echo(
                 f"{method:<8} {config.backbone:<18} {shown:<10} {r['images_per_s']:>9.1f} "
                 f"{r['ms_per_step']:>8.1f} {100 * r['data_wait']:>9.1f}% {r['join_ms']:>8.2f} "
                 f"{100 * r['join_ms'] / r['ms_per_step']:>6.2f}%{_build_note(r)}"
             )
+        images = sum(int(ss.split(s)["num_samples"]) for s in ss.splits)
+        setup = {"images": images, "classes": len(ss.classes), "device": str(ctx.device)}
+        setup["gpu"] = gpu_name(ctx.device)
     finally:
         ctx.close()
         if own:
             shutil.rmtree(work, ignore_errors=True)
-    return out
+    fields = ("batch_size", "steps", "warmup", "compile")
+    return {**setup, **{k: getattr(opts, k) for k in fields}, "methods": out}
 
 
 def _build_note(r: dict) -> str:

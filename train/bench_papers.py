@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from shards.lists import LabelLists
+from shards.lists import LabelLists, Lists, from_dense
 from train import metrics
 from train.context import cpu_threads
 from train.methods import dataset_family, get_method
@@ -35,6 +35,16 @@ def synthetic_split(rows: int, dim: int, classes: int, g: torch.Generator) -> di
         "observed": observed,
         "full": torch.where(full, 1, -1).to(torch.int8),
     }
+
+
+def as_shard_labels(split: dict) -> dict:
+    """The split with its clean labels as a COCO shard set holds them (what ``FeatureData``
+    reads in a real run): positives listed, every other class negative (a null negatives row),
+    not 77 negatives listed a row, which would make each batch's clean labels dearer to
+    densify than in a real run."""
+    full = split["full"].numpy()
+    clean = LabelLists(from_dense(full, 1), Lists.nulls(len(full)), full.shape[1])
+    return {**split, "full": clean}
 
 
 class PaperDataset(torch.utils.data.Dataset):

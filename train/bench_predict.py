@@ -187,3 +187,17 @@ def run_predict_bench(
     for r in rows:
         echo(f"{r['what']:<58}{r['images_per_s']:>10.1f}{r['vs_cache']:>9.2f}x   {r['runs']}")
     return rows
+
+
+def predict_tables(rows: list[dict[str, Any]], opts: PredictBenchOptions) -> list:
+    """The docs' table: each contender's images/s (median of the rounds) and its ratio to
+    cache-features."""
+    from shards.benchdoc import Table
+
+    size = f"{opts.preset} {opts.image_size}" if opts.image_size else opts.preset
+    caption = (
+        f"{opts.backbone} ({size} px), split {opts.split}, batch {opts.batch_size}, float32 on "
+        f"the CPU; median of {opts.repeats} alternating rounds."
+    )
+    cells = tuple((r["what"], f"{r['images_per_s']:,.1f}", f"{r['vs_cache']:.2f}×") for r in rows)
+    return [Table(("contender", "images/s", "vs cache-features"), cells, caption)]

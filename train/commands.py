@@ -13,6 +13,7 @@ from shards.clitools import (
     RegistryChoice,
     choices,
     expected_errors,
+    markdown_option,
     parse_kv,
 )
 from shards.errors import WsmlError
@@ -223,11 +224,29 @@ def methods_command():
 @click.option("--device", type=DeviceType(), default="auto", show_default=True)
 @click.option("--compile", is_flag=True, help="e2e: torch.compile the model.")
 @click.option("-o", "opts", multiple=True, metavar="KEY=VALUE", help="e2e: method options.")
+@click.option(
+    "--repeats",
+    type=click.IntRange(1, 1000),
+    default=3,
+    show_default=True,
+    help="linear: alternating rounds of the ways (3 or more give a median and range).",
+)
+@click.option(
+    "--profile-steps",
+    type=click.IntRange(0, 10**6),
+    default=0,
+    help="linear: then time the parts of this many steps of each sweep group (0: no profile).",
+)
+@markdown_option("train")
 @expected_errors
-def bench_train(setting, methods, rows, dim, classes, paper_steps, opts, **e2e):
+def bench_train(
+    setting, methods, rows, dim, classes, paper_steps, opts, repeats, profile_steps, markdown, **e2e
+):
     """Trainer figures side by side. linear: one epoch of Cole's lr x batch grid three ways
-    (papers' per-sample loop one by one, wsml runs one by one, --sweep). e2e: images/s, ms per
-    step and data-wait share of each method's training steps (random weights)."""
+    (papers' per-sample loop one by one, wsml runs one by one, --sweep), alternating, each
+    way's median and its ratio to the sweep (median of the rounds, range). e2e: images/s, ms
+    per step and data-wait share of each method's training steps (random weights)."""
+    from train.bench_tables import e2e_tables, linear_tables
     from train.methods import get_method
 
     names = tuple(m.strip() for m in methods.split(",") if m.strip())
@@ -245,14 +264,18 @@ def bench_train(setting, methods, rows, dim, classes, paper_steps, opts, **e2e):
         options = LinearBenchOptions(
             names, rows=dict(zip(("train", "val", "test"), rows, strict=True)), dim=dim, classes=classes, paper_steps=paper_steps,
             device=e2e["device"], annotations=grid["annotations"], ways=ways,
-            lrs=grid["lrs"],
-            batches=grid["batches"],
+            lrs=tuple(grid["lrs"]), batches=tuple(grid["batches"]), repeats=repeats,
+            profile_steps=profile_steps,
         )  # fmt: skip
-        run_linear_bench(options, echo=click.echo)
+        result = run_linear_bench(options, echo=click.echo)
+        if markdown is not None:
+            markdown.write(linear_tables(result), gpu=result["gpu"])
         return
     from train.bench import E2EBenchOptions, run_e2e_bench
 
     shards = e2e.pop("shards")
     shape = {"classes": classes, "annotations": grid["annotations"]}
     options = E2EBenchOptions(methods=names, method_options=parse_kv(opts), **shape, **e2e)
-    run_e2e_bench(shards, options, echo=click.echo)
+    result = run_e2e_bench(shards, options, echo=click.echo)
+    if markdown is not None:
+        markdown.write(e2e_tables(result), gpu=result["gpu"])

@@ -199,7 +199,9 @@ class RunFolder:
         if not saved["run"].get("sweep"):
             return
         if which != BEST:
-            raise WsmlError(f"{self.path} is a --sweep run: it keeps its pick's selected epoch only")
+            raise WsmlError(
+                f"{self.path} is a --sweep run: it keeps its pick's selected epoch only"
+            )
         if not (self.path / BEST).is_file():
             raise WsmlError(
                 f"{self.path} is a --sweep run that kept no weights (trained before sweeps kept "

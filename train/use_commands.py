@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from shards.clitools import DeviceType, expected_errors
+from shards.clitools import DeviceType, expected_errors, markdown_option
 
 MIN_POSITIVES = click.option(
     "--min-positives",
@@ -115,10 +115,14 @@ def export_command(run_dir, fmt, out, num_classes, **options):
 @click.option("--batch-size", type=click.IntRange(1, 2**20), default=64, show_default=True)
 @click.option("--repeats", type=click.IntRange(1, 1000), default=3, show_default=True)
 @click.option("--workdir", type=click.Path(file_okay=False), help="Keep the generated files here.")
+@markdown_option("predict")
 @expected_errors
-def bench_predict(shards_dir, workdir, **options):
+def bench_predict(shards_dir, workdir, markdown, **options):
     """predict's images/s (a folder of JPEGs, a shard split) beside cache-features' for the
     same encoder and images, and the exported ONNX model's under onnxruntime."""
-    from train.bench_predict import PredictBenchOptions, run_predict_bench
+    from train.bench_predict import PredictBenchOptions, predict_tables, run_predict_bench
 
-    run_predict_bench(shards_dir, PredictBenchOptions(**options), workdir=workdir, echo=click.echo)
+    opts = PredictBenchOptions(**options)
+    rows = run_predict_bench(shards_dir, opts, workdir=workdir, echo=click.echo)
+    if markdown is not None:
+        markdown.write(predict_tables(rows, opts))
