@@ -30,7 +30,7 @@ def data_identity(ss: ShardSet, view: str, features: str | None, clip: str | Non
     for tag in dict.fromkeys(t for t in (features, clip) if t):
         folder = emb.cache_folder(ss.root, tag)
         out[f"embeddings/{tag}/meta.json"] = sha256_file(folder / "meta.json")
-        for entry in emb.get_cache(ss.root, tag)["splits"].values():
+        for entry in emb.list_arrays(emb.get_cache(ss.root, tag)).values():
             st = (folder / entry["path"]).stat()
             out[f"embeddings/{tag}/{entry['path']}"] = f"{st.st_size} bytes, mtime {st.st_mtime_ns}"
     return out
