@@ -73,14 +73,15 @@ class DeviceLabels:
 @dataclass
 class RowTable:
     """Per-row data of one split: ``observed`` (regime view) and ``full`` (clean) labels, ragged,
-    and ``embedding``; without labels (``labels=False``: encoders that only need images) just
-    the row count."""
+    ``embedding`` and ``crops`` (its tiles' embeddings); without labels (``labels=False``:
+    encoders that only need images) just the row count."""
 
     num_rows: int
     device: torch.device
     observed: DeviceLabels | None = None
     full: DeviceLabels | None = None
     embedding: torch.Tensor | None = None  # (N, D) float16 over the cache's memory map (CPU)
+    crops: torch.Tensor | None = None  # (N, K, D) float16, likewise
 
     def join(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         rows = rows.to(self.device, non_blocking=True)
@@ -90,6 +91,9 @@ class RowTable:
         if self.embedding is not None:
             picked = self.embedding.index_select(0, rows.cpu())
             out["embedding"] = picked.to(self.device, non_blocking=True).float()
+        if self.crops is not None:
+            picked = self.crops.index_select(0, rows.cpu())
+            out["crops"] = picked.to(self.device, non_blocking=True).float()
         return out
 
 
@@ -100,8 +104,10 @@ def read_row_table(
     device: torch.device,
     embeddings: str | None = None,
     labels: bool = True,
+    crops: bool = False,
 ) -> RowTable:
-    """Reads the split's label tables (and embeddings) and puts them on ``device``."""
+    """Reads the split's label tables (and embeddings, and with ``crops`` their tiles') and
+    puts them on ``device``."""
     rows = int(ss.split(split)["labels"]["rows"])
     table = RowTable(rows, device)
     if labels:
@@ -116,4 +122,6 @@ def read_row_table(
                 f"its label table has {rows}: cache them again"
             )
         table.embedding = mapped_tensor(arr)  # each batch reads its rows from the map
+        if crops:
+            table.crops = mapped_tensor(emb.read_crops(ss.root, embeddings, split))
     return table
