@@ -23,27 +23,14 @@ from pipelines.loader import LoaderOptions, create_loader
 from pipelines.tiles import tile_boxes, tiles_preset
 from shards import embedding_writer as writer
 from shards import embeddings as emb
-from shards.convert import convert
+from tests import test_cache
 from tests.conftest import REPO
 from tests.pipelines_data import HAVE_DALI
-from tests.raw_datasets import make_coco
 from tests.test_cache import ENV, TAG, TINY, arrays, assert_error, cache_tiny, tar_images
 
-CROPS = ("--crops", "grid2")  # 48 training rows: 12 chunks of 4 tiles' rows (4 // 4 = 1 row)
+shard_set, fresh = test_cache.shard_set, test_cache.fresh  # the cache tests' fixtures
 
-
-@pytest.fixture(scope="module")
-def shard_set(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("crops")
-    make_coco(root / "raw", n_train=60, n_val=20)
-    convert("coco", root / "raw", root / "set", {}, {}, workers=1)
-    return root / "set"
-
-
-@pytest.fixture
-def fresh(shard_set: Path, tmp_path: Path) -> Path:
-    ignore = shutil.ignore_patterns("embeddings")
-    return Path(shutil.copytree(shard_set, tmp_path / "set", ignore=ignore))
+CROPS = ("--crops", "grid2")  # 48 training rows, chunks of 4 // 4 = 1 row: 48 tile chunks
 
 
 @pytest.fixture(scope="module")

@@ -255,6 +255,14 @@ def test_aevlp_linear_logs_pseudo_label_precision_and_recall(shards, tmp_path):
     assert want["changed"] > 20 and 0 < want["recall"] < 100
     aevlp_run(shards, tmp_path / "run", features=FEAT, clip=CLIP)
     assert_epoch_counts(tmp_path / "run", want)
+    # the report's label-state figure reads both
+    from train.report.runs import read_runs
+    from train.report.write import label_series
+
+    series = label_series({"aevlp": read_runs([tmp_path]).finished})
+    points = series["aevlp: pseudo_positive"]
+    assert [p[0] for p in points] == [1, 2]
+    assert points[0][1:] == pytest.approx((want["precision"], want["changed"], want["recall"]))
 
 
 @pytest.mark.slow
@@ -277,3 +285,25 @@ def test_aevlp_needs_crops_on_its_grid_before_any_work(shards, tmp_path):
     with pytest.raises(WsmlError, match=r"no crops of split 'train'.*--crops grid4"):
         read_crops(shards, FEAT)
     assert not any(tmp_path.iterdir())
+
+
+def test_paper_rows_match_runs_of_their_dataset_and_name_their_baseline():
+    from train.report.tables import get_paper_number, read_papers
+
+    row = {"regime": "single-positive", "setting": "e2e"}
+    got = {
+        (m, d): get_paper_number({**row, "method": m, "dataset": d, "classes": c})["mAP"]
+        for m in ("gr-loss", "aevlp")
+        for d, c in (("voc2007", 20), ("coco2014", 80), ("nuswide", 81), ("cub", 312))
+    }
+    assert [got["gr-loss", d] for d in ("voc2007", "coco2014", "nuswide", "cub")] == [
+        89.83, 73.17, 49.08, 21.64,
+    ]  # fmt: skip
+    assert [got["aevlp", d] for d in ("voc2007", "coco2014", "nuswide", "cub")] == [
+        90.46, 73.54, 50.70, 24.89,
+    ]  # fmt: skip
+    assert get_paper_number({**row, "method": "aevlp", "dataset": "coco", "classes": 10}) is None
+    mine = [p for p in read_papers() if p["method"] in ("gr-loss", "aevlp", "mime", "smile")]
+    assert len(mine) == 16 and all("baseline: Zhou's" in p["source"] for p in mine)
+    boost = {p["family"]: p["mAP"] for p in read_papers() if p["method"] == "ll-r+boostlu"}
+    assert boost == {"voc": 89.29, "coco": 72.89, "nus": 49.59, "cub": 19.80}
