@@ -307,3 +307,11 @@ def test_paper_rows_match_runs_of_their_dataset_and_name_their_baseline():
     assert len(mine) == 16 and all("baseline: Zhou's" in p["source"] for p in mine)
     boost = {p["family"]: p["mAP"] for p in read_papers() if p["method"] == "ll-r+boostlu"}
     assert boost == {"voc": 89.29, "coco": 72.89, "nus": 49.59, "cub": 19.80}
+
+
+def test_a_clip_cache_of_its_own_is_an_input_of_the_leaderboard(shards, tmp_path):
+    from train.report.runs import read_runs
+
+    aevlp_run(shards, tmp_path / "a", features=FEAT, clip=CLIP)
+    (run,) = read_runs([tmp_path]).finished
+    assert run.key()["inputs"] == f"{FEAT} + {CLIP}"
