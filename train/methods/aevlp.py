@@ -26,7 +26,11 @@ so the pseudo-labels are fixed (cache with ``--model ViT-B-16 --pretrained opena
 features, a three-layer GCN over a label-relation matrix whose weights are random and never
 trained (its output is detached, its relation files are not published); here the pseudo-labels
 use the plain CLIP class-text embeddings: a seeded random perturbation would make the labels
-depend on the seed and on files no one can rebuild, for no learned signal.
+depend on the seed and on files no one can rebuild, for no learned signal. Its effect, measured
+once on the tests' toy CLIP cache (not real CLIP; a scratch script with the release's layer
+sizes, init and LeakyReLU, adjacency from text similarities): it moves the class texts by ~7.5 %
+of their norm and the pseudo-positives' precision by +0.5 points (std 0.5-0.9 over 20 seeds),
+recall by +1-2 (std 1.6-1.8): within the spread between seeds.
 """
 
 from __future__ import annotations
