@@ -5,9 +5,9 @@ A diagnostic only. ``Method.forward`` takes ``full`` out of the batch before ``c
 (unless the method's ``needs_full`` says it trains on clean labels), the method marks what it
 changed with ``note_labels(kind, mask)`` (with ``among=``, the entries it could have changed,
 its recall too: right / those of them the clean labels give that label, e.g. AEVLP's
-pseudo-positives against every unknown clean positive), and the counts are made after the loss, under
-``no_grad``, in non-persistent state (checkpoints do not carry them; an epoch's counts start at
-zero). ``read_label_counts`` sums them over ranks and members stay apart, as in ``reduce``.
+pseudo-positives against every unknown clean positive), and the counts are made after the loss,
+under ``no_grad``, in non-persistent state (checkpoints do not carry them; an epoch's counts
+start at zero). ``read_label_counts`` sums them over ranks and members stay apart, as in ``reduce``.
 """
 
 from __future__ import annotations
