@@ -8,7 +8,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 # The demo's linear setting: EfficientNet-Lite0 features, Cole et al.'s lr x batch grid per method.
 DEMO_FEATURES := efficientnet-lite0__in1k__backbone128
-DEMO_METHODS := an an-ls wan epr role em em-apl ll-r ll-ct ll-cp asl hill splc
+DEMO_METHODS := an an-ls wan epr role em em-apl ll-r ll-ct ll-cp asl hill splc gr-loss
 
 .PHONY: setup demo test lint format bench bench-docs clean-demo
 
@@ -35,6 +35,9 @@ demo: $(STAMP)
 	$(PY) cli.py train --shards data/shards/digits --method pu-mlc --backbone efficientnet-lite0 --regime partial -o fraction=0.1 -o image_size=64 --epochs 2 --batch-size 32 --lr 1e-4 -o schedule_epochs=0 --out runs/demo/pu-mlc --overwrite
 	# HSPNet smoke run: a tiny random-weight CLIP (no CLIP weights offline), 2 epochs at 32 px
 	$(PY) cli.py train --shards data/shards/digits --method hspnet --backbone wsml-tiny-clip --weights none -o image_size=32 --epochs 2 --batch-size 32 --out runs/demo/hspnet --overwrite
+	# AEVLP smoke run: DAMP pseudo-labels from the tiny random-weight CLIP's embeddings of each image and its 4x4 tiles, GPR loss on the demo's features
+	$(PY) cli.py cache-clip --shards data/shards/digits --model wsml-tiny-clip --pretrained none --crops grid4 --batch-size 1024
+	$(PY) cli.py train --shards data/shards/digits --method aevlp --features $(DEMO_FEATURES) --clip wsml-tiny-clip__none --out runs/demo/aevlp --overwrite
 	$(PY) cli.py leaderboard runs/demo
 	# Use a run: the LL-Ct sweep's pick (the sweep keeps its weights), on four test images
 	mkdir -p runs/use

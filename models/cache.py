@@ -63,16 +63,21 @@ def cache_clip(
     pretrained: str | None = None,
     file_tag: str | None = None,
     templates: Sequence[str] | None = None,
+    crops: str | None = None,
     device: str = "auto",
     progress: Progress | None = None,
     log=None,
     **options,
 ) -> dict:
     """CLIP image embeddings of ``options['splits']`` (default all) and class-text embeddings
-    into ``embeddings/<model>__<pretrained>/``; options are ``CacheOptions`` fields."""
+    into ``embeddings/<model>__<pretrained>/``, with ``crops`` (``gridG``) the training split's
+    G x G tiles too (``models/cache_crops.py``); options are ``CacheOptions`` fields."""
+    from models.cache_crops import create_crops, parse_crops
+
     ss = open_shard_set(shards)
     opts = CacheOptions(**options)
     opts.check(ss)
+    grid = parse_crops(crops) if crops is not None else None
     templates = tuple(templates or DEFAULT_TEMPLATES)
     check_templates(templates)
     ctx = DistContext.create(device)
@@ -85,7 +90,8 @@ def cache_clip(
             device=ctx.device,
             file_tag=file_tag,
         )
-        return run_cache(ss, encoder, opts, ctx, progress=progress, log=log)
+        tiles = create_crops(encoder, grid) if grid is not None else None
+        return run_cache(ss, encoder, opts, ctx, progress=progress, log=log, crops=tiles)
     finally:
         ctx.close()
 
@@ -337,6 +343,9 @@ def summary_lines(r: dict) -> list[str]:
     rows = ", ".join(f"{s} {n}" for s, n in r["splits"].items())
     norm = "L2-normalised" if r["normalized"] else "not normalised"
     lines = [f"{r['folder']}: {rows} rows, dim {r['dim']} (float16, {norm})"]
+    if r.get("crops"):
+        g = r["crops"]
+        lines.append(f"with the {g}x{g} tiles of every training image ({g * g} embeddings a row)")
     if r["status"] == "cached":
         return lines + [
             "already complete with these settings: nothing to do (--overwrite redoes it)"

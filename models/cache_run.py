@@ -10,7 +10,8 @@ reads a split's consecutive chunks as the shards of one walking DALI graph (buil
 reader moving on to the next chunk by itself); rank 0 prepares the folder (reserving
 the arrays' space) and, when every chunk is done, assembles the arrays from the chunks and
 writes ``meta.json`` last (``shards.embedding_writer``, the only writer: this module holds the
-chunk loop).
+chunk loop). With ``crops`` (``cache-clip --crops``, ``models/cache_crops.py``) a second pass
+over the training split writes its tiles' embeddings the same way, to arrays of their own.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +37,9 @@ from shards import embedding_writer as writer
 from shards import embeddings as emb
 from shards.errors import WsmlError
 from shards.shardset import ShardSet
+
+if TYPE_CHECKING:
+    from models.cache_crops import Crops
 
 DEFAULT_CHUNK = 4096  # rows per chunk: a few minutes of work at most, lost when killed
 Progress = Callable[[str, int], Callable[[int], Any]]  # (description, total) -> tick(n)
@@ -95,13 +99,18 @@ def run_cache(
     *,
     progress: Progress | None = None,
     log: Callable[[str], Any] | None = None,
+    crops: Crops | None = None,
 ) -> dict:
-    """Write (or finish, or find complete) the cache of ``encoder`` over ``opts.splits``."""
+    """Write (or finish, or find complete) the cache of ``encoder`` over ``opts.splits`` (and
+    with ``crops`` the training split's tiles)."""
     opts.check(ss)
     log = log if log is not None and ctx.rank == 0 else (lambda message: None)
     backend = choose_backend(opts.backend)
     plan = make_plan(ss, list(opts.splits or ss.splits), opts.chunk_size)
-    settings = json.loads(json.dumps({**encoder.identity, "loader": backend, "splits": plan}))
+    settings = {**encoder.identity, "loader": backend, "splits": plan}
+    if crops is not None:
+        settings["crops"] = crops.settings(ss, opts, plan)
+    settings = json.loads(json.dumps(settings))
     folder = emb.cache_folder(ss.root, encoder.tag)
     summary = {
         "tag": encoder.tag,
@@ -110,9 +119,10 @@ def run_cache(
         "dim": encoder.dim,
         "normalized": encoder.identity["normalized"],
         "splits": {s: p["rows"] for s, p in plan.items()},
-        "chunks": sum(p["chunks"] for p in plan.values()),
+        "chunks": sum(p["chunks"] for p in writer.plan_arrays(settings).values()),
         "rank": ctx.rank,
         "world_size": ctx.world_size,
+        "crops": settings["crops"]["grid"] if crops is not None else None,
     }
     with contextlib.ExitStack() as held:
         state = ctx.on_zero(lambda: writer.prepare_cache(folder, settings, opts.overwrite, held))
@@ -121,8 +131,12 @@ def run_cache(
         if state["resumed"]:
             log(f"resuming {folder}: {state['resumed']} of {summary['chunks']} chunks done")
         t0 = time.perf_counter()
-        work = _Work(ss, encoder, opts, ctx, backend, folder, plan)
-        counts = ctx.on_all(lambda: work.run(state["done"], progress))
+        works = [_Work(ss, encoder, opts, ctx, backend, folder, plan)]
+        if crops is not None:
+            tiles = settings["crops"]["splits"]
+            works.append(_Work(ss, crops.encoder, crops.options(opts), ctx, backend, folder,
+                               tiles, emb.crops_name))  # fmt: skip
+        counts = ctx.on_all(lambda: sum(w.run(state["done"], progress) for w in works))
         seconds = time.perf_counter() - t0
         produced = {
             "batch_size": opts.batch_size,
@@ -155,13 +169,14 @@ class _Work:
     folder: os.PathLike
     plan: dict
     builds: int = 0  # DALI graphs built (one per split read, when its chunks follow each other)
+    array: Callable[[str], str] = lambda split: split  # the array a split's rows go to
 
     def run(self, done: dict[str, list[int]], progress: Progress | None) -> int:
         todo = [
             (split, c)
             for split, p in self.plan.items()
             for c in range(p["chunks"])
-            if c not in done.get(split, ())
+            if c not in done.get(self.array(split), ())
         ]
         mine = todo[slice(*split_range(0, len(todo), self.ctx.world_size, self.ctx.rank))]
         total = sum(_chunk_rows(self.plan[s]["rows"], c, self.plan[s]["chunks"]) for s, c in mine)
@@ -209,9 +224,8 @@ class _Work:
                 f"chunk {chunk} of split {split}: expected {end - start} distinct rows, the "
                 f"loader gave {len(got)} ({len(np.unique(got))} distinct)"
             )
-        dim = self.encoder.dim
-        writer.write_chunk(self.folder, split, chunk, got, np.concatenate(parts) if parts else
-                        np.zeros((0, dim), np.float16))  # fmt: skip
+        arr = np.concatenate(parts) if parts else np.zeros((0, self.encoder.dim), np.float16)
+        writer.write_chunk(self.folder, self.array(split), chunk, got, arr)
         return len(got)
 
 
@@ -226,6 +240,10 @@ def _finish(ss: ShardSet, encoder: Encoder, folder, settings: dict, produced: di
     meta = {k: v for k, v in settings.items() if k not in ("splits", "text")}
     meta.update(tag=encoder.tag, dtype="float16", **encoder.record, produced=produced)
     meta["splits"] = {s: {"path": f"{s}.npy", **p} for s, p in settings["splits"].items()}
+    if "crops" in settings:
+        tiles = settings["crops"]["splits"]
+        meta["crops"] = {**settings["crops"], "splits": {
+            s: {"path": f"{emb.crops_name(s)}.npy", **p} for s, p in tiles.items()}}  # fmt: skip
     if encoder.text is not None:
         text = encoder.text()
         if text.shape[1] != encoder.dim:

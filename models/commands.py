@@ -35,6 +35,22 @@ class ModelName(click.ParamType):
         return value
 
 
+class CropsType(click.ParamType):
+    """``gridG``: a grid of G x G tiles (a bad value is a usage error, exit 2)."""
+
+    name = "gridG"
+
+    def convert(self, value, param, ctx):
+        from models.cache_crops import parse_crops
+        from shards.errors import WsmlError
+
+        try:
+            parse_crops(value)
+        except WsmlError as e:
+            self.fail(str(e), param, ctx)
+        return value
+
+
 class FeaturePreset(RegistryChoice):
     """A registered preset, or ``backbone``: the backbone's own eval preprocessing."""
 
@@ -116,6 +132,12 @@ def run_cache_command(cache, **kwargs) -> None:
     help="File of prompt templates, one per line, each with one {} for the class name.",
 )
 @click.option("--template", "templates", multiple=True, help="A prompt template (repeatable).")
+@click.option(
+    "--crops",
+    type=CropsType(),
+    help="gridG: also one embedding per tile of a G x G grid of every training image "
+    "(AEVLP's pseudo-labels: grid4).",
+)
 @expected_errors
 def cache_clip_command(prompts, templates, **kwargs):
     """CLIP image and class-text embeddings beside the shards (resumable; DDP under torchrun)."""

@@ -109,14 +109,15 @@ def _entries(lists) -> tuple[np.ndarray, np.ndarray]:
 @dataclass
 class RowTable:
     """Per-row data of one split: ``observed`` (regime view) and ``full`` (clean) labels, ragged,
-    and ``embedding``; without labels (``labels=False``: encoders that only need images) just
-    the row count."""
+    ``embedding`` and ``crops`` (its tiles' embeddings); without labels (``labels=False``:
+    encoders that only need images) just the row count."""
 
     num_rows: int
     device: torch.device
     observed: DeviceLabels | None = None
     full: DeviceLabels | None = None
     embedding: torch.Tensor | None = None  # (N, D) float16 over the cache's memory map (CPU)
+    crops: torch.Tensor | None = None  # (N, K, D) float16, likewise
 
     def join(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         """The batch's per-row data on the device, from ``rows`` on the CPU (a loader's rows:
@@ -128,6 +129,8 @@ class RowTable:
             out["observed"], out["full"] = self.observed.dense(rows), self.full.dense(rows)
         if self.embedding is not None:
             out["embedding"] = gather_rows(self.embedding, rows, self.device).float()
+        if self.crops is not None:
+            out["crops"] = gather_rows(self.crops, rows, self.device).float()
         return out
 
 
@@ -138,8 +141,10 @@ def read_row_table(
     device: torch.device,
     embeddings: str | None = None,
     labels: bool = True,
+    crops: bool = False,
 ) -> RowTable:
-    """Reads the split's label tables (and embeddings) and puts them on ``device``."""
+    """Reads the split's label tables (and embeddings, and with ``crops`` their tiles') and
+    puts them on ``device``."""
     rows = int(ss.split(split)["labels"]["rows"])
     table = RowTable(rows, device)
     if labels:
@@ -155,4 +160,6 @@ def read_row_table(
                 f"its label table has {rows}: cache them again"
             )
         table.embedding = mapped_tensor(arr)  # each batch reads its rows from the map
+        if crops:
+            table.crops = mapped_tensor(emb.read_crops(ss.root, embeddings, split))
     return table

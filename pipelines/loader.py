@@ -299,6 +299,7 @@ def create_loader(
     train: bool | None = None,
     embeddings: str | None = None,
     labels: bool = True,
+    crops: bool = False,
     options: LoaderOptions = LoaderOptions(),
 ) -> Loader:
     """A loader over ``split`` of a shard set: ``regime``'s observed labels, ``batch_size``
@@ -306,8 +307,8 @@ def create_loader(
 
     ``train`` (default: split == "train") shuffles, augments and drops the last partial batch;
     otherwise every row is yielded once across ranks. ``embeddings`` (a cache's tag) adds each
-    row's ``embedding``; ``labels=False`` leaves ``observed``/``full`` out (encoders caching
-    images need none).
+    row's ``embedding`` (and with ``crops`` its tiles', ``crops``: ``cache-clip --crops``);
+    ``labels=False`` leaves ``observed``/``full`` out (encoders caching images need none).
     """
     options.check()
     if batch_size < 1:
@@ -324,7 +325,7 @@ def create_loader(
         )
     check_files(ss, split, options.verify_on_load)
     dev = torch.device(options.device)
-    table = read_row_table(ss, split, regime, dev, embeddings, labels=labels)
+    table = read_row_table(ss, split, regime, dev, embeddings, labels=labels, crops=crops)
     if table.num_rows != sum(counts):
         raise WsmlError(
             f"{ss.root}: split {split} has {sum(counts)} samples in its shards but "

@@ -3,8 +3,9 @@
 A preset is written twice, side by side: as DALI operators (``dali``, CPU or GPU) and as
 operations on uint8 image tensors (``tensor``: torchvision's antialiased uint8 kernels), used by
 the PyTorch fallback and by DALI on a CPU, whose own resampling is 6x slower (see the README).
-Both end in a ``size`` x ``size`` RGB image; the loaders normalise it with ``mean``/``std``
-(0-1 scale). Eval is deterministic.
+Both end in a ``size`` x ``size`` RGB image (``views`` of them side by side: a grid of tiles,
+``pipelines/tiles.py``); the loaders normalise it with ``mean``/``std`` (0-1 scale). Eval is
+deterministic.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Preset:
     dali: Callable  # (images HWC uint8, train, device) -> (images, crop args for normalize)
     tensor: Callable  # (uint8 (1,3,H,W), train, rng) -> (uint8 (1,3,size,size), mirror: bool)
     geometry: dict | None = None  # the eval operations as data: export's sidecar (eval_geometry)
+    views: int = 1  # square images side by side: outputs are size x (views x size)
 
 
 PRESETS: Registry[Preset] = Registry("augmentation preset")

@@ -77,7 +77,7 @@ class ShareReader(torch.utils.data.IterableDataset):
 
     def _batches(self, samples, rng: np.random.Generator):
         size, b = self.preset.size, self.batch_size
-        images = torch.empty((b, 3, size, size), dtype=torch.uint8)
+        images = torch.empty((b, 3, size, size * self.preset.views), dtype=torch.uint8)
         rows = torch.empty(b, dtype=torch.int64)
         n = 0
         for url, key, data, row in samples:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.embeddings import list_caches, remove_cache, write_meta
+from shards.embeddings import crops_name, list_caches, remove_cache, write_meta
 from shards.errors import WsmlError
 from shards.fileio import (
     folder_lock,
@@ -193,15 +193,24 @@ def finish_cache(folder: Path) -> None:
     fsync_dir(folder)
 
 
+def plan_arrays(settings: dict) -> dict[str, dict]:
+    """Every array of a cache being written, by name, with its ``rows``, ``chunks`` and ``dim``:
+    each split's, then (``crops``) the tiles' of a split (``shards.embeddings.crops_name``)."""
+    out = {s: {**p, "dim": settings["dim"]} for s, p in settings["splits"].items()}
+    for split, p in (settings.get("crops") or {}).get("splits", {}).items():
+        out[crops_name(split)] = p
+    return out
+
+
 def prepare_cache(folder: Path, settings: dict, overwrite: bool, held) -> dict:
     """One process (rank 0): lock the folder (held in ``held``, an ExitStack); find a complete
-    cache, a resumable one (its chunk files), or start afresh with every split's array
-    reserved on disk. ``settings`` carry ``dim`` and per split ``rows``."""
+    cache, a resumable one (its chunk files), or start afresh with every array reserved on
+    disk. ``settings`` carry ``dim`` and per split ``rows`` (and maybe ``crops``)."""
     held.enter_context(writer_lock(folder))  # before the folder: a refusal leaves none
     folder.mkdir(parents=True, exist_ok=True)
     meta = list_caches(folder.parent.parent).get(folder.name)
     if meta is not None and not overwrite:
-        want = {**settings, "splits": {s: _strip_chunks(p) for s, p in settings["splits"].items()}}
+        want = _complete(settings)
         differ = differences(want, meta)
         if not differ:
             return {"complete": True}
@@ -219,12 +228,13 @@ def prepare_cache(folder: Path, settings: dict, overwrite: bool, held) -> dict:
         )
     if meta is not None or progress is None or progress["settings"] != settings:
         remove_cache(folder)  # nothing to resume: start from an empty folder
-    for split, p in settings["splits"].items():
-        (folder / f"{split}.npy").unlink(missing_ok=True)  # a finish that was killed
-        create_partial(folder, split, p["rows"], settings["dim"])
+    arrays = plan_arrays(settings)
+    for name, p in arrays.items():
+        (folder / f"{name}.npy").unlink(missing_ok=True)  # a finish that was killed
+        create_partial(folder, name, p["rows"], p["dim"])
     write_progress(folder, settings)
     fsync_dir(folder)
-    done = {s: c for s, c in list_done_chunks(folder).items() if s in settings["splits"]}
+    done = {s: c for s, c in list_done_chunks(folder).items() if s in arrays}
     return {"complete": False, "done": done, "resumed": sum(len(c) for c in done.values())}
 
 
@@ -233,7 +243,7 @@ def finish_chunked(root: Path, folder: Path, settings: dict, meta: dict) -> None
     its chunks (``settings["splits"][split]``: ``rows``, ``chunks``), publish ``meta.json``
     last, tidy up."""
     done = list_done_chunks(folder)
-    plan = settings["splits"]
+    plan = plan_arrays(settings)
     missing = {s: sorted(set(range(p["chunks"])) - set(done.get(s, ()))) for s, p in plan.items()}
     missing = {s: c for s, c in missing.items() if c}
     if missing:
@@ -250,6 +260,18 @@ def finish_chunked(root: Path, folder: Path, settings: dict, meta: dict) -> None
 def _strip_chunks(plan: dict) -> dict:
     """A complete cache matches whatever chunk size made it."""
     return {k: v for k, v in plan.items() if k != "chunks"}
+
+
+def _complete(settings: dict) -> dict:
+    """What a complete cache's meta must match: the settings but for chunk counts."""
+    out = {**settings, "splits": {s: _strip_chunks(p) for s, p in settings["splits"].items()}}
+    if "crops" in settings:
+        tiles = settings["crops"]["splits"]
+        out["crops"] = {
+            **settings["crops"],
+            "splits": {s: _strip_chunks(p) for s, p in tiles.items()},
+        }
+    return out
 
 
 def differences(want: dict, have: dict) -> list[str]:

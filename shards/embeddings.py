@@ -6,6 +6,9 @@ embeddings/<tag>/
   meta.json        written last: what produced the arrays, their dimension and splits
   <split>.npy      (N, D) float16, L2-normalised where meta says so, row i = label-table row i
   text.npy         (L, D) float16 class-text embeddings (CLIP caches), with the prompts in meta
+  <split>.crops.npy  (N, K x D) float16: K tiles of every image (``cache-clip --crops gridG``,
+                   K = G x G, the training split), each embedded as the whole image is; meta's
+                   ``crops`` holds the grid, the tile geometry and these arrays' entries
 ```
 
 A folder without ``meta.json`` is an unfinished cache and is never read. While a cache is being
@@ -42,6 +45,7 @@ from shards.fileio import (
 FORMAT = "wsml-embeddings"
 VERSION = 1
 TAG_RE = re.compile(r"^[A-Za-z0-9_.@+-]+$")
+CROPS_SUFFIX = ".crops"  # <split>.crops.npy: the split's tiles (``crops_name``)
 
 
 def make_tag(*parts: str) -> str:
@@ -95,6 +99,38 @@ def read_split(root: Path, tag: str, split: str, *, mmap: bool = True) -> np.nda
     return arr
 
 
+def crops_name(split: str) -> str:
+    """The array (and chunk) name of a split's crop embeddings."""
+    return f"{split}{CROPS_SUFFIX}"
+
+
+def list_arrays(meta: dict) -> dict[str, dict]:
+    """Every array a cache holds by name (its splits, then its splits' crops), each entry with
+    ``path`` and ``rows``."""
+    crops = (meta.get("crops") or {}).get("splits", {})
+    return {**meta["splits"], **{crops_name(s): e for s, e in crops.items()}}
+
+
+def read_crops(root: Path, tag: str, split: str = "train") -> np.ndarray:
+    """(N, K, D) embeddings of the K tiles of every image of ``split`` (a view of the memory
+    map), checked against the cache's meta."""
+    meta = get_cache(root, tag)
+    entry = (meta.get("crops") or {}).get("splits", {}).get(split)
+    if entry is None:
+        raise WsmlError(
+            f"cached embeddings {tag!r} of {root} have no crops of split {split!r}: make them "
+            f"with `cli.py cache-clip --shards {root} --crops grid4` (the cache's own --model "
+            "and --pretrained; --overwrite to replace a cache made without crops)"
+        )
+    views, dim = int(meta["crops"]["views"]), int(meta["dim"])
+    path = Path(root) / "embeddings" / tag / entry["path"]
+    arr = _load(path, mmap=True)
+    if arr.shape != (entry["rows"], views * dim):
+        raise WsmlError(f"{path} has shape {arr.shape}, its meta.json says "
+                        f"({entry['rows']}, {views} x {dim})")  # fmt: skip
+    return arr.reshape(entry["rows"], views, dim)
+
+
 def read_text(root: Path, tag: str) -> np.ndarray:
     """(L, D) class-text embeddings of a CLIP cache."""
     meta = get_cache(root, tag)
@@ -124,9 +160,9 @@ def write_meta(root: Path, tag: str, meta: dict, durable: bool = True) -> Path:
     """Publish ``meta.json`` last: from then on the cache counts as complete."""
     folder = Path(root) / "embeddings" / tag
     full = {"format": FORMAT, "format_version": VERSION, **meta}
-    for split, entry in full["splits"].items():
+    for name, entry in list_arrays(full).items():
         if not (folder / entry["path"]).is_file():
-            raise WsmlError(f"cannot publish {folder}: split {split} has no {entry['path']}")
+            raise WsmlError(f"cannot publish {folder}: array {name} has no {entry['path']}")
     path = folder / "meta.json"
     write_bytes_atomic(path, dumps_json(full).encode(), durable)
     return path
@@ -139,9 +175,11 @@ def write_cache(
     *,
     text: np.ndarray | None = None,
     normalized: bool = True,
+    crops: dict[str, np.ndarray] | None = None,
     **meta,
 ) -> Path:
-    """Write a whole cache at once (float16 arrays, then meta.json); returns the folder."""
+    """Write a whole cache at once (float16 arrays, then meta.json); returns the folder.
+    ``crops`` maps a split to its tiles' embeddings (N, G^2, D) (``cache-clip --crops``)."""
     folder = Path(root) / "embeddings" / tag
     folder.mkdir(parents=True, exist_ok=True)
     dims = {a.shape[1] for a in splits.values()} | ({text.shape[1]} if text is not None else set())
@@ -155,8 +193,25 @@ def write_cache(
     if text is not None:
         write_array(folder / "text.npy", text.astype(np.float16))
         info["text"] = {"path": "text.npy", "rows": int(text.shape[0]), **meta.pop("text", {})}
+    if crops:
+        info["crops"] = _write_crops(folder, crops, info["dim"])
     write_meta(root, tag, {**info, **meta})
     return folder
+
+
+def _write_crops(folder: Path, crops: dict[str, np.ndarray], dim: int) -> dict:
+    """Each split's (N, G^2, D) tiles as ``<split>.crops.npy``; their meta entry."""
+    views = {a.shape[1] for a in crops.values()}
+    grid = int(round(next(iter(views)) ** 0.5))
+    if len(views) != 1 or grid * grid not in views or {a.shape[2] for a in crops.values()} != {dim}:
+        raise WsmlError(f"crops must be (N, G^2, {dim}) arrays of one grid, got "
+                        f"{[a.shape for a in crops.values()]}")  # fmt: skip
+    entries = {}
+    for split, arr in crops.items():
+        name = f"{crops_name(split)}.npy"
+        write_array(folder / name, arr.reshape(len(arr), -1).astype(np.float16))
+        entries[split] = {"path": name, "rows": len(arr), "dim": grid * grid * dim}
+    return {"grid": grid, "views": grid * grid, "splits": entries}
 
 
 def cache_folder(root: Path, tag: str) -> Path:

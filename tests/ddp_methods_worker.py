@@ -31,13 +31,16 @@ OPTS = {"epochs": "2", "lr": "0.01", "stop_patience": "0", "stop_drop": "0"}
 
 
 def method_config(shards: str, method: str, out: Path) -> RunConfig:
-    """The contract's run of ``method``: 2 epochs on the tiny set (CLIP cache for VLPL)."""
+    """The contract's run of ``method``: 2 epochs on the tiny set (CLIP cache for VLPL; its
+    2 x 2 tiles for AEVLP)."""
     from train.methods import get_method
 
     info = get_method(method)
     names = {f.name for f in dataclasses.fields(info.config)}
     opts = {k: v for k, v in OPTS.items() if k in names}
     clip = CLIP if info.needs_clip else None
+    if info.needs_crops:
+        opts["grid"] = "2"
     return RunConfig(
         shards, method, features=FEAT, clip=clip, out=str(out / method), method_options=opts
     )

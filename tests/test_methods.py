@@ -63,12 +63,13 @@ def make_data(regime: str, seed: int = 0) -> dict[str, torch.Tensor]:
         "observed": observed,
         "embedding": torch.randn(ROWS, D, generator=g),
         "text": torch.randn(L, D, generator=g),
+        "crops": torch.randn(ROWS, 16, D, generator=g),  # a 4 x 4 grid of tiles (aevlp)
     }
 
 
 def batch_of(data, rows) -> dict[str, torch.Tensor]:
     rows = torch.as_tensor(rows, dtype=torch.int64, device=data["full"].device)
-    out = {k: data[k][rows] for k in ("full", "observed", "embedding")}
+    out = {k: data[k][rows] for k in ("full", "observed", "embedding", "crops")}
     out["row"] = rows
     return out
 
@@ -287,13 +288,16 @@ def test_registry_names_and_flags():
     assert set(METHODS.names()) == {
         "bce", "bce-ls", "an", "an-ls", "wan", "epr", "role", "iun", "iu", "pr",
         "em", "em-apl", "vlpl", "ll-r", "ll-ct", "ll-cp", "asl", "hill", "splc", "hspnet",
-        "pu-mlc", "oass", "clip-zeroshot",
+        "pu-mlc", "oass", "clip-zeroshot", "gr-loss", "aevlp",
     }  # fmt: skip
     own = {i.name for i in METHODS if i.create_model is not None}
     assert own == {"hspnet", "pu-mlc", "oass"}
     assert all(get_method(n).settings == ("e2e",) for n in own)
     assert get_method("bce").regimes == ("full",) and get_method("iu").regimes == ("partial",)
     assert get_method("vlpl").needs_clip and get_method("iun").needs_full
+    assert [i.name for i in METHODS if i.needs_crops] == ["aevlp"] and get_method(
+        "aevlp"
+    ).needs_clip
     assert [i.name for i in METHODS if not i.trains] == ["clip-zeroshot"]
     assert [i.name for i in METHODS if i.needs_full] == ["bce", "bce-ls", "iun"]
     assert get_method("em-apl").epoch_pass and get_method("ll-cp").per_sample_state
@@ -515,6 +519,19 @@ def test_vlpl_pseudo_labels_and_loss_by_hand():
     assert loss_of("vlpl", negative_fraction=0.34) == approx(released)
 
 
+def test_vlpl_em_pl_asl_by_hand():
+    """The release's EM_PL_ASL (gamma+ 2, gamma- 4, gamma_unknown 4): no alpha, no beta."""
+    unknown = lambda p: -((1 - p) ** 4) * H(p)  # noqa: E731
+    focus = lambda p: (1 - p) ** 2 * nl(p)  # noqa: E731
+    want = mean6(focus(0.75), focus(0.5), unknown(0.25), focus(0.2), focus(0.8), unknown(0.5))
+    assert loss_of("vlpl", loss="em_pl_asl") == approx(want)
+    # (0, 2) a pseudo-negative: p^4 (-log(1 - p))
+    want = mean6(focus(0.75), focus(0.5), 0.25**4 * nl(0.75), focus(0.2), focus(0.8), unknown(0.5))
+    assert loss_of("vlpl", loss="em_pl_asl", negative_fraction=0.34) == approx(want)
+    with pytest.raises(WsmlError, match="loss must be one of em_pl, em_pl_asl"):
+        create_config("vlpl", None, {"loss": "asl"})
+
+
 def test_asl_hill_splc_by_hand():
     # ASL (gamma+ 0, gamma- 4, clip .05): p_m = min(1 - p + .05, 1) on negatives, summed
     asl = math.log(0.75) + math.log(0.8) + 2 * math.log(0.55) * 0.45**4
@@ -527,6 +544,7 @@ def test_asl_hill_splc_by_hand():
     )
     hill_neg = 1.0 * 0.25 + 1.25 * 0.0625 + 1.3 * 0.04 + 1.0 * 0.25
     assert loss_of("hill") == pytest.approx(hill_pos + hill_neg, rel=1e-6)
+    assert loss_of("hill", reduction="mean") == pytest.approx((hill_pos + hill_neg) / 6, rel=1e-6)
     # SPLC (tau .6, margin 1, gamma 2); (1,2) has p = .8 > .6: a negative in epoch 1 (before
     # change_epoch has passed), a positive (no margin) from epoch 2 on
     z = Z.clone()

@@ -39,6 +39,7 @@ def feature_data(data: dict[str, torch.Tensor]) -> FeatureData:
         "embedding": data["embedding"].to(torch.float16),
     }
     splits = {s: split for s in ("train", "val", "test")}
+    splits["train"] = {**split, "crops": data["crops"].to(torch.float16)}  # aevlp's tiles
     return FeatureData(splits, Context.create("cpu"), seed=0, batch_size=4)
 
 
@@ -47,6 +48,7 @@ def dense_batch(data, rows) -> dict[str, torch.Tensor]:
     rows = torch.as_tensor(rows)
     out = {k: data[k][rows] for k in ("full", "observed")}
     out["embedding"] = data["embedding"].to(torch.float16)[rows].float()
+    out["crops"] = data["crops"].to(torch.float16)[rows].float()
     out["row"] = rows
     return out
 

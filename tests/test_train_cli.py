@@ -47,15 +47,18 @@ def test_train_resume_and_eval(shards, tmp_path):
 def test_methods_lists_every_method_with_regimes_and_paper():
     result = invoke("methods")
     assert result.exit_code == 0
-    for name in ("an", "role", "em-apl", "vlpl", "ll-cp", "bce", "asl"):
+    for name in ("an", "role", "em-apl", "vlpl", "ll-cp", "bce", "asl", "gr-loss", "aevlp"):
         assert any(line.startswith(name + " ") for line in result.output.splitlines()), name
     assert "single-positive" in result.output and "Cole et al., CVPR 2021" in result.output
+    # where a release differs from its paper, and what -o released=true switches
+    assert "release: negative pseudo-labels written as 0" in result.output
+    assert "[needs_clip, needs_crops]" in result.output
 
 
 def test_unknown_method_is_a_usage_error_listing_the_choices(shards, tmp_path):
     result = invoke(*train_args(shards, tmp_path / "r", "rolle", "--features", FEAT))
     assert result.exit_code == 2
-    assert "Did you mean role" in result.output and "Choices: an, an-ls" in result.output
+    assert "Did you mean role" in result.output and "Choices: aevlp, an, an-ls" in result.output
     assert not (tmp_path / "r").exists()
 
 

@@ -2,8 +2,9 @@
 configuration the metrics of a separate run with that batch size and lr (to 1e-5): for stacked
 members (AN; EPR, whose regulariser is per batch; LL-Cp, whose top-k is per batch and whose
 corrections are per image), for methods with trainable per-image state (ROLE), an epoch pass and
-pseudo-labels (EM+APL), which train unstacked, and EMA with a OneCycle schedule (ASL); the pick
-is the best validation mAP. The sweep keeps its pick's head at its selected epoch (with
+pseudo-labels (EM+APL), which train unstacked, EMA with a OneCycle schedule (ASL), epoch
+schedules (GR-Loss) and per-batch CLIP pseudo-labels from cached tiles (AEVLP); the pick is the
+best validation mAP. The sweep keeps its pick's head at its selected epoch (with
 ``--keep-members``, every member's) equal to the separate run's selected checkpoint."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.train_fixtures import FEAT, get_shards, read_metrics
+from tests.train_fixtures import CLIP, FEAT, get_shards, read_metrics
 from train.config import RunConfig
 from train.loop import train
 from train.runfolder import BEST, RunFolder
@@ -27,7 +28,10 @@ CASES = {
     "role": {},
     "em-apl": {"warmup_epoch": "1"},
     "asl": {"ema": "0.8", "schedule_epochs": "3"},
+    "gr-loss": {},
+    "aevlp": {"grid": "2", "threshold": "0.2"},
 }
+RUN = {"aevlp": {"clip": CLIP}}  # run options a method needs
 
 
 def close(a, b, where):
@@ -56,6 +60,7 @@ def test_sweep_members_equal_separate_runs(tmp_path_factory, tmp_path, method):
             method_options=opts,
             keep_members=True,
             **GRID,
+            **RUN.get(method, {}),
         )  # fmt: skip
     )
     assert len(summary["members"]) == 4
@@ -64,7 +69,8 @@ def test_sweep_members_equal_separate_runs(tmp_path_factory, tmp_path, method):
     for name, member in summary["members"].items():
         options = {**opts, "lr": repr(member["lr"]), "batch_size": str(member["batch_size"])}
         alone = tmp_path / name
-        train(RunConfig(shards, method, features=FEAT, out=str(alone), method_options=options))
+        train(RunConfig(shards, method, features=FEAT, out=str(alone), method_options=options,
+                        **RUN.get(method, {})))  # fmt: skip
         mine, theirs = read_metrics(out / "members" / name), read_metrics(alone)
         assert len(mine) == len(theirs) == 3
         for a, b in zip(mine, theirs, strict=True):

@@ -1,6 +1,7 @@
 """The tiny shard set the training tests share: the embedded digits demo (train 160, val 40,
 test 60 images, 10 classes) converted by the real converter, with cached "features" that carry
-the labels (no encoder runs), a CLIP-like cache with class-text embeddings, a cache of another
+the labels (no encoder runs), a CLIP-like cache with class-text embeddings (and a 2 x 2 grid of
+tiles of every training image, as ``cache-clip --crops grid2`` stores them), a cache of another
 dimension and one of NaNs."""
 
 from __future__ import annotations
@@ -43,7 +44,12 @@ def add_caches(root: Path) -> None:
             x = y @ proj + 1.5 * rng.normal(size=(len(y), dim))
             arrays[split] = x / np.linalg.norm(x, axis=1, keepdims=True)
         text = proj + 0.3 * rng.normal(size=proj.shape) if tag == CLIP else None
-        write_cache(root, tag, arrays, text=text, model=f"toy-{tag}")
+        crops = None
+        if tag == CLIP:  # each tile sees the image's labels, or none of them (own generator)
+            tiles = np.random.default_rng(1)
+            seen = (tiles.random((len(arrays["train"]), 4, 1)) < 0.6) * arrays["train"][:, None]
+            crops = {"train": seen + 0.5 * tiles.normal(size=seen.shape)}
+        write_cache(root, tag, arrays, text=text, model=f"toy-{tag}", crops=crops)
     broken = {s: np.full((len(ss.full_labels(s)), 4), np.nan) for s in ss.splits}
     write_cache(root, NAN, broken, model="toy-nan")
 

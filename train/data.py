@@ -1,7 +1,7 @@
 """Batches for the loop, one interface for both settings: ``train_batches(epoch)`` yields this
 rank's part of every step's global batch, ``eval_batches(split)`` this rank's share of a split
 (``valid`` False marks padding), each a dict with ``input``, ``row``, ``observed``, ``full`` and,
-for methods that need CLIP, ``embedding``.
+for methods that need CLIP, ``embedding`` (and the training split's ``crops``: AEVLP).
 
 Linear (:class:`FeatureData`): the cached features of every split in memory. Epoch ``e``
 shuffles the training rows with a permutation drawn from a generator seeded by (seed, e); step
@@ -59,6 +59,29 @@ def read_features(ss: ShardSet, tag: str, split: str, what: str = "features") ->
     return arr
 
 
+def read_crops(ss: ShardSet, tag: str) -> np.ndarray:
+    """(N, K, D) CLIP embeddings of the K tiles of every training image (``--crops``)."""
+    arr = emb.read_crops(ss.root, tag, "train")
+    if arr.shape[0] != int(ss.split("train")["num_samples"]):
+        raise WsmlError(f"crops of {tag!r} have {arr.shape[0]} rows for split train, its label "
+                        "table has others: cache them again")  # fmt: skip
+    check_finite_rows(arr, f"crop embeddings {tag!r} of {ss.root}, split train")
+    return arr
+
+
+def check_crops(ss: ShardSet, tag: str, grid: int, method: str) -> None:
+    """Before any work: the CLIP cache ``tag`` holds the training split's tiles on ``grid``."""
+    crops = emb.get_cache(ss.root, tag).get("crops") or {}
+    if "train" not in crops.get("splits", {}):
+        emb.read_crops(ss.root, tag, "train")  # raises, saying how to make them
+    if int(crops["grid"]) != grid:
+        raise WsmlError(
+            f"method {method} takes a grid of {grid} x {grid} tiles; cache {tag!r} holds "
+            f"grid{crops['grid']} crops: pass -o grid={crops['grid']} or cache again with "
+            f"--crops grid{grid}"
+        )
+
+
 def cache_dim(ss: ShardSet, tag: str, what: str) -> int:
     meta = emb.get_cache(ss.root, tag)
     missing = [s for s in ("train", "val", "test") if s not in meta["splits"]]
@@ -106,7 +129,8 @@ class FeatureData:
     memory maps a batch at a time (float16, converted per batch; never a second full copy),
     and its observed and full labels kept ragged on the device, each batch made dense (B, L)
     there. ``splits[split]`` holds ``input`` (N, D), ``observed`` and ``full`` (LabelLists,
-    or int8 (N, L) matrices, made ragged) and optionally ``embedding`` (N, E)."""
+    or int8 (N, L) matrices, made ragged) and optionally ``embedding`` (N, E) and ``crops``
+    (N, K, E)."""
 
     groups = None  # classes of the frequency groups G1..G5 to report, or None
 
@@ -126,6 +150,7 @@ class FeatureData:
         self.embeddings = {
             s: _as_array(d["embedding"]) for s, d in splits.items() if "embedding" in d
         }
+        self.crops = {s: _as_array(d["crops"]) for s, d in splits.items() if "crops" in d}
         self.label_lists = {
             s: {
                 k: DeviceLabels(_as_lists(d[k]), ctx.device, f"{k} labels of split {s}")
@@ -144,10 +169,19 @@ class FeatureData:
 
     @classmethod
     def read(
-        cls, ss: ShardSet, features: str, view: str, ctx: Context, *, clip: str | None = None, **kw
+        cls,
+        ss: ShardSet,
+        features: str,
+        view: str,
+        ctx: Context,
+        *,
+        clip: str | None = None,
+        crops: bool = False,
+        **kw,
     ) -> FeatureData:
-        """The cache ``features`` (and ``clip``'s image embeddings) of every split, memory-mapped,
-        with the observed labels of ``view`` and the clean labels, ragged."""
+        """The cache ``features`` (and ``clip``'s image embeddings, with ``crops`` the training
+        split's tiles' too) of every split, memory-mapped, with the observed labels of ``view``
+        and the clean labels, ragged."""
         splits = {}
         for split in SPLITS:
             data = {
@@ -157,6 +191,8 @@ class FeatureData:
             }
             if clip is not None:
                 data["embedding"] = read_features(ss, clip, split, "CLIP embeddings")
+            if crops and split == "train":
+                data["crops"] = read_crops(ss, clip)
             splits[split] = data
         return cls(splits, ctx, **kw)
 
@@ -167,6 +203,7 @@ class FeatureData:
         return {
             "input": {s: mapped_tensor(a) for s, a in self.features.items()},
             "embedding": {s: mapped_tensor(a) for s, a in self.embeddings.items()},
+            "crops": {s: mapped_tensor(a) for s, a in self.crops.items()},
         }
 
     def with_batch_size(self, batch_size: int) -> FeatureData:
@@ -200,8 +237,9 @@ class FeatureData:
         views, dev = self.views, self.ctx.device
         idx = rows.cpu()
         out = {"input": gather_rows(views["input"][split], idx, dev).float()}
-        if split in self.embeddings:
-            out["embedding"] = gather_rows(views["embedding"][split], idx, dev).float()
+        for key in ("embedding", "crops"):
+            if split in views[key]:
+                out[key] = gather_rows(views[key][split], idx, dev).float()
         return out
 
     def batch(self, split: str, rows: Tensor, gathered: dict | None = None) -> dict[str, Tensor]:
@@ -273,6 +311,7 @@ class ImageData:
         seed: int,
         batch_size: int,
         clip: str | None = None,
+        crops: bool = False,
         backend: str = "auto",
         eval_batch: int = 0,
     ):
@@ -286,8 +325,10 @@ class ImageData:
             rank=ctx.rank, world_size=ctx.world_size, device=ctx.device, seed=seed, backend=backend
         )
         common = dict(regime=view, preset=preset, embeddings=clip, options=reading)
-        self.loaders = {
-            "train": create_loader(ss, "train", batch_size=self.local, train=True, **common)
+        self.loaders = {  # the training split's tiles (crops) where the method asks for them
+            "train": create_loader(
+                ss, "train", batch_size=self.local, train=True, crops=crops, **common
+            )
         }
         for split in SPLITS:  # the training split once more, in eval mode (epoch passes)
             self.loaders[f"eval-{split}"] = create_loader(

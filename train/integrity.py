@@ -29,7 +29,7 @@ def data_identity(ss: ShardSet, view: str, features: str | None, clip: str | Non
         folder = emb.cache_folder(ss.root, tag)
         meta = emb.list_caches(ss.root).get(tag)
         out[f"embeddings/{tag}/meta.json"] = _sha256(folder / "meta.json") if meta else MISSING
-        for entry in meta["splits"].values() if meta else ():
+        for entry in emb.list_arrays(meta).values() if meta else ():
             path = folder / entry["path"]
             st = path.stat() if path.is_file() else None
             size = f"{st.st_size} bytes, mtime {st.st_mtime_ns}" if st else MISSING

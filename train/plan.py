@@ -17,7 +17,7 @@ from shards.errors import WsmlError
 from shards.shardset import ShardSet, open_shard_set
 from shards.views import check_view_labels
 from train.config import RunConfig, run_dict, split_options, with_run_options
-from train.data import cache_dim, read_clip_text
+from train.data import cache_dim, check_crops, read_clip_text
 from train.integrity import check_steps, data_identity
 from train.methods import MethodConfig, MethodInfo, config_dict, get_method
 from train.runfolder import require_tensorboard
@@ -117,6 +117,8 @@ def plan_run(config: RunConfig, world_size: int | None = None) -> RunPlan:
     clip = clip_tag(ss, info, config)
     if clip is not None:
         read_clip_text(ss, clip, info.name)
+        if info.needs_crops:
+            check_crops(ss, clip, mcfg.grid, info.name)
     feature_dim = setting.check(config, ss)
     return RunPlan(
         config=dataclasses.replace(config, regime=view, clip=clip),

@@ -166,13 +166,14 @@ def eval_lines(result: dict[str, Any], split: str, run_dir: str) -> list[str]:
 
 
 def methods_lines() -> list[str]:
-    """One line per registered method: name, regimes, summary; then its paper."""
+    """One line per registered method: name, regimes, summary; then its paper and, where noted,
+    how it differs from the paper's release."""
     from train.methods import METHODS
 
     lines = []
     width = max(len(m.name) for m in METHODS)
     for m in METHODS:
-        flags = [f for f in ("needs_clip", "needs_full") if getattr(m, f)]
+        flags = [f for f in ("needs_clip", "needs_crops", "needs_full") if getattr(m, f)]
         if m.create_model is not None:
             flags.append("own model")
         if m.dense_state:
@@ -182,4 +183,6 @@ def methods_lines() -> list[str]:
         extra = f" [{', '.join(flags)}]" if flags else ""
         lines.append(f"{m.name:<{width}}  {', '.join(m.regimes):<25} {m.summary}{extra}")
         lines.append(f"{'':<{width}}  {m.paper}")
+        if m.release_notes:
+            lines.append(f"{'':<{width}}  release: {m.release_notes}")
     return lines

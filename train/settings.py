@@ -78,6 +78,7 @@ class LinearSetting(Setting):
             seed=config.seed,
             batch_size=plan.method.batch_size,
             clip=config.clip,
+            crops=plan.info.needs_crops,
             eval_rows=config.eval_batch_size,
         )
         return with_groups(data, plan)
@@ -141,6 +142,7 @@ class E2ESetting(Setting):
             seed=config.seed,
             batch_size=plan.method.batch_size,
             clip=config.clip,
+            crops=plan.info.needs_crops,
             backend=config.loader,
             eval_batch=config.eval_batch_size,
         )

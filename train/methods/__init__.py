@@ -101,6 +101,8 @@ _MODULES = (
     "oass",
     "pumlc",
     "zeroshot",
+    "gr_loss",
+    "aevlp",
 )
 
 

@@ -83,14 +83,16 @@ class Method(nn.Module):
         audit.end(self)
         return {k: (v if k == "loss" else v.detach()) for k, v in out.items()}
 
-    def note_labels(self, kind: str, changed: Tensor) -> None:
+    def note_labels(self, kind: str, changed: Tensor, among: Tensor | None = None) -> None:
         """Diagnostics: ``changed`` (N, L) bool marks the entries whose label this step set to
-        ``label_changes[kind]``; counted against the clean labels after the loss is computed."""
-        note_labels(self, kind, changed)
+        ``label_changes[kind]``; counted against the clean labels after the loss is computed.
+        ``among`` (N, L) bool, the entries the change could have touched, adds its recall."""
+        note_labels(self, kind, changed, among)
 
     def read_label_counts(self) -> dict[str, Any]:
         """The epoch's label-change counts (summed over ranks) as scalars, then reset: per kind
-        ``labels/KIND/changed``, ``…/right``, ``…/precision``; a list per member when stacked."""
+        ``labels/KIND/changed``, ``…/right``, ``…/precision`` (and ``…/recall`` where noted
+        ``among``); a list per member when stacked."""
         return read_label_counts(self)
 
     def check_finite(self, loss: Tensor, *logits: Tensor, epoch: int, step: int) -> None:

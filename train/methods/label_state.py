@@ -3,9 +3,11 @@ and how many of those were right by the clean training labels (``batch["full"]``
 
 A diagnostic only. ``Method.forward`` takes ``full`` out of the batch before ``compute`` sees it
 (unless the method's ``needs_full`` says it trains on clean labels), the method marks what it
-changed with ``note_labels(kind, mask)``, and the counts are made after the loss, under
-``no_grad``, in non-persistent state (checkpoints do not carry them; an epoch's counts start at
-zero). ``read_label_counts`` sums them over ranks and members stay apart, as in ``reduce``.
+changed with ``note_labels(kind, mask)`` (with ``among=``, the entries it could have changed,
+its recall too: right / those of them the clean labels give that label, e.g. AEVLP's
+pseudo-positives against every unknown clean positive), and the counts are made after the loss,
+under ``no_grad``, in non-persistent state (checkpoints do not carry them; an epoch's counts
+start at zero). ``read_label_counts`` sums them over ranks and members stay apart, as in ``reduce``.
 """
 
 from __future__ import annotations
@@ -46,25 +48,31 @@ class LabelAudit:
             return
         with torch.no_grad():
             counts = method.__dict__.setdefault("_label_counts", {})
-            for kind, changed in noted:
+            for kind, changed, among in noted:
                 target = method.label_changes[kind]
                 truth = self.truth.to(changed.device)
                 right = changed & (truth == target)
                 wrong = changed & (truth == -target)  # unknown truth (0) counts as neither
-                new = torch.stack([_per_member(method, m) for m in (changed, right, wrong)], 1)
-                counts[kind] = counts[kind] + new if kind in counts else new  # (M, 3)
+                # the entries it could have got right: recall's denominator, where noted
+                found = right if among is None else among & (truth == target)
+                masks = (changed, right, wrong, found)
+                new = torch.stack([_per_member(method, m) for m in masks], 1)  # (M, 4)
+                counts[kind] = counts[kind] + new if kind in counts else new
 
 
 def _per_member(method, mask: Tensor) -> Tensor:
     return method.by_member(mask).reshape(method.members, -1).sum(1)
 
 
-def note_labels(method, kind: str, changed: Tensor) -> None:
+def note_labels(method, kind: str, changed: Tensor, among: Tensor | None = None) -> None:
     if kind not in method.label_changes:
         raise KeyError(f"method {method.name}: {kind!r} is not in its label_changes")
     noted = method.__dict__.get("_noted")
     if noted is not None:
-        noted.append((kind, changed.detach().bool()))
+        if among is not None:  # this kind reports its recall from now on
+            method.__dict__.setdefault("_label_recall", set()).add(kind)
+            among = among.detach().bool()
+        noted.append((kind, changed.detach().bool(), among))
 
 
 def read_label_counts(method) -> dict[str, Any]:
@@ -75,8 +83,8 @@ def read_label_counts(method) -> dict[str, Any]:
     m = method.members
     device = next(iter(counts.values())).device if counts else torch.device("cpu")
     table = torch.stack(
-        [counts.get(k, torch.zeros(m, 3, dtype=torch.int64)).to(device) for k in kinds]
-    )  # (K, M, 3): changed, right, wrong
+        [counts.get(k, torch.zeros(m, 4, dtype=torch.int64)).to(device) for k in kinds]
+    )  # (K, M, 4): changed, right, wrong, could have been right
     table = sum_over_ranks(table)
     out: dict[str, Any] = {}
     for kind, rows in zip(kinds, table.cpu().tolist(), strict=True):
@@ -85,6 +93,8 @@ def read_label_counts(method) -> dict[str, Any]:
             "right": [r[1] for r in rows],
             "precision": [100.0 * r[1] / (r[1] + r[2]) if r[1] + r[2] else math.nan for r in rows],
         }
+        if kind in method.__dict__.get("_label_recall", ()):
+            values["recall"] = [100.0 * r[1] / r[3] if r[3] else math.nan for r in rows]
         for name, v in values.items():
             out[f"{PREFIX}{kind}/{name}"] = v if m > 1 else v[0]
     return out

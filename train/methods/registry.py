@@ -60,6 +60,7 @@ class MethodInfo:
     defaults_source: str = ""
     needs_full: bool = False  # reads batch["full"] (clean labels)
     needs_clip: bool = False  # reads batch["embedding"]; create() needs text_embeddings
+    needs_crops: bool = False  # reads batch["crops"] (N, K, D): the CLIP cache's tiles (--crops)
     needs_observed: bool = False  # create() needs the training split's observed labels (ragged)
     dense_state: bool = False  # rows x classes memory (state, epoch pass): not for large L
     per_sample_state: bool = False  # label state indexed by batch["row"]
@@ -70,6 +71,7 @@ class MethodInfo:
     create_model: Callable[[ModelSpec], nn.Module] | None = None  # the method's own model
     run_defaults: Mapping[str, Any] = field(default_factory=dict)  # e.g. backbone, preset
     instead: str = ""  # what trains this method's loss on labels it does not take (said then)
+    release_notes: str = ""  # where wsml and the release differ (``-o released=true`` switches)
 
     def create_config(self, dataset: str | None = None, overrides: Mapping[str, str] | None = None):
         """The config for ``dataset`` (a name or family) with string overrides applied."""

@@ -4,6 +4,8 @@ negatives until corrected.
 
 Hill: positives -(1 - sigmoid(z - m))^gamma log sigmoid(z - m); all other entries
 (lambda - p) p^2 with p = sigmoid(z) (lambda 1.5, m 1, gamma 2).
+Hill's ``-o reduction=mean`` averages over the batch's N x L entries instead (the reference
+value some papers report; the release sums).
 SPLC: z' = z - m on observed positives, z elsewhere; once ``change_epoch`` epochs have passed
 (the release counts epochs from 0 and corrects when epoch >= change_epoch, i.e. from the second
 epoch with change_epoch 1), an unknown entry with sigmoid(z') > tau counts as positive for that
@@ -20,6 +22,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from shards.errors import WsmlError
 from shards.options import NON_NEGATIVE, UNIT_OPEN
 from train.methods import Method, MethodInfo, observed_masks, register_method
 from train.methods.asl import AslProtocol
@@ -48,6 +51,12 @@ class AslSkeletonConfig(AslProtocol):
 @dataclass(frozen=True)
 class HillConfig(AslSkeletonConfig):
     lamb: float = 1.5
+    reduction: str = "sum"  # or mean: over the batch's N x L entries
+
+    def check(self) -> None:
+        super().check()
+        if self.reduction not in ("sum", "mean"):
+            raise WsmlError(f"reduction must be sum or mean, got {self.reduction!r}")
 
     RANGES: ClassVar = {"lamb": NON_NEGATIVE}
 
@@ -68,7 +77,7 @@ class Hill(Method):
         positive = -((1 - torch.sigmoid(shifted)) ** cfg.gamma) * F.logsigmoid(shifted)
         p = torch.sigmoid(logits)
         negative = (cfg.lamb - p) * p**2
-        return {"loss": self.reduce(pos * positive + (1 - pos) * negative, "sum")}
+        return {"loss": self.reduce(pos * positive + (1 - pos) * negative, cfg.reduction)}
 
 
 class Splc(Method):

@@ -13,6 +13,12 @@ other unknowns -alpha * H(p) (Zhou's EM term); pseudo-negative beta_neg * [0.1(-
 out): that is ``beta_neg = 0``, the default. During warm-up the loss is EM. Observed negatives
 (partial regime) get -log(1 - p + eps); the release would give them zero loss.
 
+``-o loss=em_pl_asl``: the release's EM_PL_ASL variant (not its default), ASL-style focusing
+with weights that keep their gradient, no alpha and no beta: observed and pseudo-positives
+(1 - p)^gamma_pos (-log p); other unknowns -(1 - p)^gamma_unknown H(p); pseudo-negatives
+p^gamma_neg (-log(1 - p)) (gamma_pos 2, gamma_neg 4, gamma_unknown 4, main_clip.py); warm-up is
+EM as above.
+
 The release feeds CLIP the ImageNet-normalised 448 px training tensor resized to 336 px (§12.8);
 here the embeddings are whatever the cache holds (CLIP's own preprocessing).
 """
@@ -44,8 +50,10 @@ VLPL = (
 )
 SOURCE = (
     "VLPL main_clip.py:L299-392 (METHODS.md §3.3): batch 8, lr 1e-5 (CUB 1e-4), alpha per "
-    "dataset, beta_pos 0.7, warm-up 0, T 0.01, threshold 0.3, partial 0; 10 epochs, no early stop"
+    "dataset, beta_pos 0.7, warm-up 0, T 0.01, threshold 0.3, partial 0; 10 epochs, no early "
+    "stop; EM_PL_ASL's positive 2, negative 4, unknown 4"
 )
+LOSSES = ("em_pl", "em_pl_asl")
 DEFAULTS = {
     "voc": {"lr": 1e-5, "alpha": 0.2},
     "coco": {"lr": 1e-5, "alpha": 0.1},
@@ -63,6 +71,10 @@ class VlplConfig(MethodConfig):
     negative_fraction: float = 0.0  # share of classes (lowest s) made pseudo-negatives
     beta_neg: float = 0.0  # 0: the release's zero loss on pseudo-negatives
     warmup_epoch: int = 0  # pseudo-labels are used when epoch > warmup_epoch
+    loss: str = "em_pl"  # or em_pl_asl: the release's ASL-focused variant
+    gamma_pos: float = 2.0  # em_pl_asl's focusing exponents
+    gamma_neg: float = 4.0
+    gamma_unknown: float = 4.0
 
     RANGES: ClassVar = {
         "alpha": NON_NEGATIVE,
@@ -72,7 +84,15 @@ class VlplConfig(MethodConfig):
         "negative_fraction": UNIT,
         "beta_neg": NON_NEGATIVE,
         "warmup_epoch": NON_NEGATIVE,
+        "gamma_pos": NON_NEGATIVE,
+        "gamma_neg": NON_NEGATIVE,
+        "gamma_unknown": NON_NEGATIVE,
     }
+
+    def check(self) -> None:
+        super().check()
+        if self.loss not in LOSSES:
+            raise WsmlError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
 
 
 def pseudo_labels(
@@ -120,10 +140,22 @@ class EmPseudoLabel(Method):
         self.note_labels("pseudo_positive", ppos > 0)
         self.note_labels("pseudo_negative", pneg > 0)
         rest = unk - ppos - pneg
-        pseudo_pos = cfg.beta_pos * (0.9 * neg_log(p) + 0.1 * neg_log(1 - p))
-        pseudo_neg = cfg.beta_neg * (0.1 * neg_log(p) + 0.9 * neg_log(1 - p))
+        if cfg.loss == "em_pl_asl":
+            known, em, pseudo_pos, pseudo_neg = asl_terms(p, pos, neg, cfg)
+        else:
+            pseudo_pos = cfg.beta_pos * (0.9 * neg_log(p) + 0.1 * neg_log(1 - p))
+            pseudo_neg = cfg.beta_neg * (0.1 * neg_log(p) + 0.9 * neg_log(1 - p))
         loss = self.reduce(known + rest * em + ppos * pseudo_pos + pneg * pseudo_neg)
         return {"loss": loss, "pseudo_positives": self.reduce(ppos.sum(1))}
+
+
+def asl_terms(p: Tensor, pos: Tensor, neg: Tensor, cfg: VlplConfig):
+    """EM_PL_ASL's (observed, unknown, pseudo-positive, pseudo-negative) entries; its focusing
+    weights keep their gradient, as the release computes them from the predictions."""
+    focus = (1 - p) ** cfg.gamma_pos * neg_log(p)
+    known = pos * focus + neg * neg_log(1 - p)
+    em = -((1 - p) ** cfg.gamma_unknown) * entropy(p)
+    return known, em, focus, p**cfg.gamma_neg * neg_log(1 - p)
 
 
 register_method(

@@ -134,9 +134,10 @@ def plot_precision_recall(
     return True
 
 
-def plot_label_state(series: dict[str, list[tuple[int, float | None, float]]], path: Path) -> bool:
+def plot_label_state(series: dict[str, list[tuple]], path: Path) -> bool:
     """Per epoch, for each method and kind of label change: the share of changed entries that
-    the clean labels confirm (precision) and how many entries were changed."""
+    the clean labels confirm (precision; dashed: recall, where the method reports it) and how
+    many entries were changed. Points are (epoch, precision, changed[, recall])."""
     if not series:
         return False
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
@@ -144,9 +145,12 @@ def plot_label_state(series: dict[str, list[tuple[int, float | None, float]]], p
         epochs = [p[0] for p in points]
         left.plot(epochs, [np.nan if p[1] is None else p[1] for p in points], marker="o", ms=3,
                   color=color, label=label)  # fmt: skip
+        recall = [p[3] if len(p) > 3 and p[3] is not None else np.nan for p in points]
+        if not np.isnan(recall).all():
+            left.plot(epochs, recall, ls="--", marker="x", ms=3, color=color)
         right.plot(epochs, [p[2] for p in points], marker="o", ms=3, color=color, label=label)
     left.set(xlabel="epoch", ylabel="right by the clean labels (%)", ylim=(0, 102),
-             title="precision of the label changes")  # fmt: skip
+             title="precision (dashed: recall) of the label changes")  # fmt: skip
     right.set(xlabel="epoch", ylabel="entries changed in the epoch", title="label changes")
     right.set_yscale("symlog")
     left.legend(fontsize=7)

@@ -59,6 +59,8 @@ class RunInfo:
         inputs = run.get("features") if linear else run.get("backbone")
         if not linear and run.get("weights") == "none":
             inputs = f"{inputs} (random init)"
+        if run.get("clip") and run.get("clip") != run.get("features"):
+            inputs = f"{inputs} + {run['clip']}"  # a CLIP cache of its own (vlpl, aevlp)
         saved = self.config.get("regime")  # the resolved view, {"view", "kind"}
         regime = s.get("regime") or (saved or {}).get("view") or run.get("regime") or "?"
         return {

@@ -149,7 +149,8 @@ def mean_ap(runs: list[RunInfo]) -> dict[str, float]:
 
 
 def label_series(groups: dict[str, list[RunInfo]]) -> dict[str, list[tuple]]:
-    """{"method: kind": [(epoch, precision, changed)]} from the first run of each group."""
+    """{"method: kind": [(epoch, precision, changed, recall or None)]} from the first run of
+    each group."""
     series: dict[str, list[tuple]] = {}
     for label, runs in groups.items():
         for line in runs[0].curve_metrics:
@@ -158,8 +159,9 @@ def label_series(groups: dict[str, list[RunInfo]]) -> dict[str, list[tuple]]:
                 if key.startswith("labels/") and key.endswith("/changed"):
                     kind = key.split("/")[1]
                     precision = train.get(f"labels/{kind}/precision")
+                    recall = train.get(f"labels/{kind}/recall")
                     series.setdefault(f"{label}: {kind}", []).append(
-                        (line["epoch"], precision, changed)
+                        (line["epoch"], precision, changed, recall)
                     )
     return series
 
