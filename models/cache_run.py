@@ -135,7 +135,7 @@ def run_cache(
         if crops is not None:
             tiles = settings["crops"]["splits"]
             works.append(_Work(ss, crops.encoder, crops.options(opts), ctx, backend, folder,
-                               tiles, emb.crops_name))  # fmt: skip
+                               tiles, array=emb.crops_name))  # fmt: skip
         counts = ctx.on_all(lambda: sum(w.run(state["done"], progress) for w in works))
         seconds = time.perf_counter() - t0
         produced = {
@@ -150,7 +150,7 @@ def run_cache(
         **summary,
         "status": "written",
         "images": images,
-        "graph_builds": work.builds,
+        "graph_builds": sum(w.builds for w in works),
         "seconds": seconds,
         "images_per_s": images / seconds if seconds > 0 else 0.0,
         "resumed_chunks": state["resumed"],

@@ -74,6 +74,8 @@ class Range:
         return above and (x < self.hi if self.hi_open else x <= self.hi)
 
     def __str__(self) -> str:
+        if self.lo == -math.inf and self.hi == math.inf:
+            return "a finite number"
         if self.hi == math.inf:
             return f"{'>' if self.lo_open else '>='} {_number(self.lo)}"
         left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
@@ -84,6 +86,7 @@ def _number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
+FINITE = Range(-math.inf)  # any real number (never NaN or infinite)
 POSITIVE = Range(0, lo_open=True)
 NON_NEGATIVE = Range(0)
 AT_LEAST_ONE = Range(1)

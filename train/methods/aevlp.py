@@ -37,12 +37,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from shards.errors import WsmlError
+from shards.options import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT, Range
 from train.methods import MethodInfo, expected_positive_reg, observed_masks, register_method
 from train.methods.gr_loss import (
     GeneralizedRobust,
@@ -95,6 +97,19 @@ class AevlpConfig(GrConfig):
     negative_ratio: float = 0.3
     released: bool = False  # True: negative pseudo-labels written as 0 (no effect), as released
 
+    RANGES: ClassVar = {
+        "lam": UNIT,
+        "rho": UNIT,
+        "reg": NON_NEGATIVE,
+        "expected_positives": POSITIVE,
+        "temperature": POSITIVE,
+        "eta": UNIT,
+        "threshold": UNIT,
+        "top_k": AT_LEAST_ONE,
+        "grid": Range(1, 64),
+        "negative_ratio": UNIT,
+    }
+
     @property
     def views(self) -> int:
         """Tiles per image: grid x grid."""
@@ -106,10 +121,6 @@ class AevlpConfig(GrConfig):
             raise WsmlError(
                 f"lam takes lambda1,lambda2 with 1 >= lambda1 >= lambda2 >= 0: {self.lam}"
             )
-        if not (self.temperature > 0 and self.top_k >= 1 and self.grid >= 1):
-            raise WsmlError("temperature must be > 0, top_k and grid >= 1")
-        if not (0.0 <= self.rho <= 1.0 and 0.0 <= self.negative_ratio <= 1.0 and self.reg >= 0):
-            raise WsmlError("rho and negative_ratio must be in [0, 1], reg >= 0")
 
 
 def damp_scores(cos_global: Tensor, cos_crops: Tensor, observed: Tensor, cfg: AevlpConfig):

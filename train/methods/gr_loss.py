@@ -23,11 +23,13 @@ code; here they are ``-o beta=w0,wT,b0,bT``, ``-o alpha=mu0,sigma0,muT,sigmaT``,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from shards.errors import WsmlError
+from shards.options import EPOCHS, FINITE, POSITIVE, Range
 from train.methods import Method, MethodConfig, MethodInfo, observed_masks, register_method
 
 GR_LOSS = (
@@ -58,6 +60,13 @@ class GrConfig(MethodConfig):
     alpha: tuple[float, ...] = (0.5, 2.0, 0.8, 0.5)
     q: tuple[float, ...] = (0.01, 1.0)
     linear_init: int = 0
+
+    RANGES: ClassVar = {
+        "beta": FINITE,
+        "alpha": FINITE,  # the sigmas are checked positive below
+        "q": POSITIVE,
+        "linear_init": Range(0, EPOCHS.hi),
+    }
 
     def check(self) -> None:
         super().check()
