@@ -27,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from shards.errors import WsmlError
-from train.build import Run, Track, create_run_method, read_text_embeddings
+from train.bootstrap import write_test_ci
+from train.build import Run, Track, create_run_method, read_text_embeddings, with_provenance
 from train.context import Context
 from train.ema import Ema
 from train.loop import final_fields, fit_epochs
@@ -156,7 +157,7 @@ def train_sweep(plan: RunPlan, ctx: Context) -> dict[str, Any]:
     folder = RunFolder(config.run_dir)
     folder.check_reuse(record, resume=False, overwrite=config.overwrite)
     data = plan.setting.create_data(plan.with_method(batch_size=1), ctx, nn.Identity())
-    folder.start(record)
+    folder.start(with_provenance(record, plan))
     groups = create_groups(plan, data, folder, ctx)
     log = TensorBoardLog(folder.path) if config.tensorboard else None
     try:
@@ -164,7 +165,10 @@ def train_sweep(plan: RunPlan, ctx: Context) -> dict[str, Any]:
     finally:
         if log is not None:
             log.close()
-    return finish(plan, folder, [t for g in groups for t in g.tracks])
+    summary = finish(plan, folder, [t for g in groups for t in g.tracks])
+    summary.update(write_test_ci(folder.path, data.labels("test")))
+    folder.write_summary(json_safe(summary))
+    return summary
 
 
 def create_groups(plan: RunPlan, data, folder: RunFolder, ctx: Context) -> list[Run]:
@@ -266,7 +270,6 @@ def finish(plan: RunPlan, folder: RunFolder, tracks: list[Track]) -> dict[str, A
             for name, s in table.items()
         },
     }
-    folder.keep_member_predictions(pick.name)  # for the report's precision-recall curves
     folder.keep_member_predictions(pick.name)  # for the report's precision-recall curves
     folder.write_summary(json_safe(summary))
     return summary

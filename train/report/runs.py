@@ -48,6 +48,47 @@ class RunInfo:
     def predictions_dir(self) -> Path:
         return self.path / "predictions"
 
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return self.config.get("provenance") or {}
+
+    @property
+    def data_id(self) -> str:
+        """The identity of the shard set it trained on (its manifest's sha256, the same for a
+        copy in another folder); a run recorded before identities: its dataset's name."""
+        manifest = (self.config.get("data") or {}).get("manifest.json")
+        return manifest or f"dataset {self.config.get('dataset')}"
+
+    @property
+    def table_title(self) -> str:
+        """The shard set's own name and its converter, e.g. ``digits (coco)``."""
+        saved = self.provenance.get("shard_set") or {}
+        shards = (self.config.get("run") or {}).get("shards")
+        name = saved.get("name") or (Path(shards).name if shards else None)
+        converter = self.config.get("dataset")
+        if not name or name == converter:
+            return str(converter)
+        return f"{name} ({converter})"
+
+    def identity(self) -> str:
+        """What makes two folders the same run: the data's hashes, the run's settings (its
+        seed included, its folder and the shard set's path not), method config and view."""
+        run = {
+            k: v for k, v in (self.config.get("run") or {}).items() if k not in ("out", "shards")
+        }
+        data = {k: v for k, v in (self.config.get("data") or {}).items() if k.endswith(".json")}
+        parts = [data or self.data_id, run, self.config.get("method"), self.config.get("regime")]
+        return json.dumps(parts, sort_keys=True, default=str)
+
+    def lrs_used(self) -> dict[str, float] | None:
+        """The lr of each optimiser group at the selected epoch, as logged (a sweep: its chosen
+        member's); {} for a method that trains nothing; None when not logged."""
+        best = (self.summary or {}).get("best_epoch")
+        for line in self.curve_metrics:
+            if line.get("epoch") == best and isinstance(line.get("lr"), dict):
+                return {k: v for k, v in line["lr"].items() if isinstance(v, (int, float))}
+        return None
+
     def key(self) -> dict[str, Any]:
         """The fields seeds are grouped by, and the run's own (seed, lr, batch)."""
         s, run = self.summary or {}, self.config.get("run", {})
@@ -62,8 +103,11 @@ class RunInfo:
         saved = self.config.get("regime")  # the resolved view, {"view", "kind"}
         regime = s.get("regime") or (saved or {}).get("view") or run.get("regime") or "?"
         return {
+            "data": self.data_id,
+            "table": self.table_title,
             "dataset": s.get("dataset") or self.config.get("dataset"),
             "regime": regime,
+            "kind": (saved or {}).get("kind") or ("full" if regime == "full" else regime),
             "setting": setting,
             "inputs": inputs,
             "method": s.get("method") or run.get("method"),
