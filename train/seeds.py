@@ -59,15 +59,17 @@ def create_grid_configs(
     configs = []
     for (seed, draw), folder in folders.items():
         opts = {**options, "out": folder, "seed": options.get("seed") if seed is None else seed}
+        mine = dict(method_options)
         fresh = saved[(seed, draw)] is None
         if fresh:
             opts["resume"] = False
             if sibling is not None:  # settings the command left out: a sibling run's
-                skip = {"out", "seed", "regime"} if draws else {"out", "seed"}
+                skip = {"out", "seed", "method_options", *(("regime",) if draws else ())}
                 for key, value in sibling["run"].items():
                     if key in RUN_FIELDS and key not in skip and opts.get(key) is None:
                         opts[key] = value
-        config = create_run_config(opts, method_options, progress=True)
+                mine = {**sibling["run"].get("method_options", {}), **mine}
+        config = create_run_config(opts, mine, progress=True)
         if fresh and draw is not None:
             config = with_view_draw(config, draw)
         configs.append(config)

@@ -197,12 +197,16 @@ def by_table(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[dict[str, A
     titles: dict[str, str] = {}
     for row in rows:
         titles.setdefault(row["data"], row["table"])
-    taken = list(titles.values())
+    for title in set(titles.values()):
+        same = [d for d, t in titles.items() if t == title]
+        width = 8
+        while len(same) > 1 and len({d[:width] for d in same}) < len(same):
+            width += 4
+        for d in same if len(same) > 1 else ():
+            titles[d] = f"{title} [{d[:width]}]"
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for row in rows:
         title = titles[row["data"]]
-        if taken.count(title) > 1:
-            title = f"{title} [{str(row['data']).removeprefix('dataset ')[:8]}]"
         part = "full" if row["kind"] == "full" else "main"
         out.setdefault(title, {"main": [], "full": []})[part].append(row)
     return out
