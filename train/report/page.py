@@ -26,6 +26,7 @@ body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1180p
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 13px; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 th { background: #f2f2f2; } td.text { text-align: left; } td[title] { cursor: help; }
+td.num { white-space: nowrap; } td.text:last-child { font-size: 12px; color: #555; }
 tr.unfinished td { color: #8a6d00; background: #fff8e0; }
 figure { margin: 1em 0 2em; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption, .small { font-size: 13px; color: #555; } .note { color: #8a4b00; }
@@ -48,7 +49,7 @@ PAPERS = (
 def write_pages(report, out: Path) -> Path:
     """Write index.html and report.md into ``out``; returns index.html's path."""
     write_bytes_atomic(out / "report.md", markdown(report).encode())
-    write_bytes_atomic(out / "index.html", html(report).encode())
+    write_bytes_atomic(out / "index.html", html(report, out).encode())
     return out / "index.html"
 
 
@@ -73,7 +74,7 @@ def html_table(rows: list[dict], columns: list[str], row_class: str = "leaderboa
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def html(report) -> str:
+def html(report, out: Path | None = None) -> str:
     parts = [f"<h1>wsml report</h1><p>{escape(_intro(report))}</p>"]
     for title, table in by_table(report.rows).items():
         parts.append(f"<h2>Leaderboard: {escape(title)}</h2>")
@@ -102,7 +103,7 @@ def html(report) -> str:
             links = " · ".join(f'<a href="{escape(f)}">{escape(f.rsplit(".", 1)[1].upper())}</a>'
                                for f in others)  # fmt: skip
             parts.append(
-                f'<figure><img src="{escape(png)}" alt="{escape(caption)}">'
+                f'<figure><img src="{escape(png)}"{_width(out, png)} alt="{escape(caption)}">'
                 f"<figcaption>{escape(caption)} {links}</figcaption></figure>"
             )
     if report.problems:
@@ -114,6 +115,23 @@ def html(report) -> str:
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>wsml report</title><style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n"
     )
+
+
+SCREEN_DPI = 140  # a figure's inches shown at this many pixels each (a 7 in figure: 980 px)
+
+
+def _width(out: Path | None, png: str) -> str:
+    """The figure's display width from its PNG's size (300 dpi), so a one-column figure shows
+    at half the width of a two-column one."""
+    from train.report.style import DPI
+
+    try:
+        head = (out / png).read_bytes()[:24] if out is not None else b""
+    except OSError:
+        return ""
+    if len(head) < 24 or not head.startswith(b"\x89PNG"):
+        return ""
+    return f' width="{int.from_bytes(head[16:20], "big") * SCREEN_DPI // DPI}"'
 
 
 PAIRED = ("Paired comparisons on the same test images (bootstrap, 1,000 draws): row minus "

@@ -125,17 +125,17 @@ def value_axis(ax, values: list[float], label: str) -> str:
     if len(v) == 0:
         return "linear"
     small = np.abs(v[v != 0]).min() if (v != 0).any() else 1.0
-    wide = np.abs(v).max() / small >= 30
+    decades = np.log10(np.abs(v).max() / small) if (v != 0).any() else 0.0
+    subs = (1.0, 2.0, 5.0) if decades <= 3 else (1.0,)  # over 3 decades: powers of ten only
     fmt = FuncFormatter(lambda x, _: f"{x:g}")
-    if wide and v.min() > 0:
+    if decades >= 1.5 and v.min() > 0:
         ax.set_yscale("log")
-        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
         scale = "log"
-    elif wide:
+    elif decades >= 1.5:
         thresh = float(10 ** np.floor(np.log10(small)))
         ax.set_yscale("symlog", linthresh=thresh)
-        ax.yaxis.set_major_locator(SymmetricalLogLocator(base=10, linthresh=thresh,
-                                                         subs=(1, 2, 5)))  # fmt: skip
+        ax.yaxis.set_major_locator(SymmetricalLogLocator(base=10, linthresh=thresh, subs=subs))
         scale = "symlog"
     else:
         ax.yaxis.set_major_locator(MaxNLocator(nbins=5, min_n_ticks=2))
