@@ -32,6 +32,8 @@ def describe(protocol: dict[str, Any] | None) -> str:
     """``resnet50 448 px, e2e, val 20% of official train, seed 1200``; "not recorded" parts
     where a field is missing."""
     p = protocol or {}
+    if not any(p.get(k) for k in PROTOCOL):
+        return "not recorded"
     size = f"{p['resolution']} px" if p.get("resolution") else "? px"
     return (f"{p.get('backbone') or '?'} {size}, {p.get('setting') or '?'}, "
             f"val {p.get('val_split') or 'not recorded'}")  # fmt: skip
