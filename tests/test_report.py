@@ -130,23 +130,31 @@ def page_text(out: Path) -> str:
     return (out / "index.html").read_text()
 
 
+def set_lrs(run: Path, lrs: list[dict]) -> None:
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    for line, lr in zip(lines, lrs, strict=True):
+        line["lr"] = lr
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
 def test_full_labels_apart_and_lrs_used(tmp_path):
     runs = tmp_path / "runs"
     write_run(runs / "bce", "bce", 70.0)
-    write_run(runs / "an", "an", 60.0)
+    write_run(runs / "ll-ct", "ll-ct", 60.0)  # base lr 1e-3
+    write_run(runs / "asl", "asl", 50.0, setting="e2e")
     config = json.loads((runs / "bce" / "config.json").read_text())
     config["regime"] = {"view": "full", "kind": "full"}
     (runs / "bce" / "config.json").write_text(json.dumps(config))
-    lines = (runs / "an" / "metrics.jsonl").read_text().splitlines()
-    last = json.loads(lines[-1])
-    last["lr"] = {"head": 1e-2, "head-no-decay": 1e-2, "backbone": 1e-3}  # LL: head x 10
-    (runs / "an" / "metrics.jsonl").write_text("\n".join([*lines[:-1], json.dumps(last)]) + "\n")
+    set_lrs(runs / "ll-ct", [{"head": 1e-2, "head-no-decay": 1e-2}] * 3)  # LL: the head x 10
+    set_lrs(runs / "asl", [{"head": 5e-4 * e, "backbone": 5e-5 * e, "backbone-no-decay": 5e-5 * e}
+                           for e in (1, 2, 1)])  # a schedule  # fmt: skip
     out = tmp_path / "report"
     assert invoke("report", runs, "--out", out).exit_code == 0
     md = (out / "report.md").read_text()
     main, full = md.split("### Full labels (the reference)")
-    assert "| an |" in main and "| bce |" not in main and "| bce |" in full  # bce ranks apart
-    assert "| head 0.01, backbone 1e-03 (base 1e-03) |" in main
+    assert "| ll-ct |" in main and "| bce |" not in main and "| bce |" in full  # bce ranks apart
+    assert "| ll-ct | single-positive | linear | feat-tag | 0.01 (base 1e-03) | 16 |" in main
+    assert "| asl | single-positive | e2e | resnet50 | 1e-03 scheduled (head x10) | 16 |" in main
 
 
 def test_bad_input(tmp_path):

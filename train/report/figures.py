@@ -15,6 +15,7 @@ import numpy as np
 from train.report.style import epoch_axis, new_figure, save, value_axis
 
 MAX_BARS = 60  # classes; more are drawn as lines
+MARKS = 10  # markers on a curve at most (about: every k-th epoch)
 
 
 @dataclass
@@ -46,7 +47,7 @@ def draw_curve(ax, curve: Curve, label: bool = True) -> list[float]:
     if not curve.finished:
         style["linestyle"] = ":"
     ax.plot(epochs, mean, label=curve.label if label else None, gid=f"curve:{curve.label}",
-            **style)  # fmt: skip
+            markevery=max(1, len(epochs) // MARKS), **style)  # fmt: skip
     if len(curve.runs) > 1 and (std > 0).any():
         ax.fill_between(epochs, mean - std, mean + std, color=style["color"], alpha=0.18, lw=0)
     return [*(mean - std).tolist(), *(mean + std).tolist()]
@@ -86,14 +87,18 @@ def plot_per_class(
     for k, (label, (style, ap)) in enumerate(series.items()):
         values = [ap.get(c) if ap.get(c) is not None else np.nan for c in classes]
         if len(classes) <= MAX_BARS:
-            bars.bar(x + k * width, values, width, color=style["color"], label=label,
-                     gid=f"bars:{label}")  # fmt: skip
+            hatch = style.get("hatch")
+            bars.bar(x + k * width, values, width, label=label, gid=f"bars:{label}", hatch=hatch,
+                     color="white" if hatch else style["color"], edgecolor=style["color"],
+                     linewidth=0.6)  # fmt: skip
         else:  # thousands of bars draw slowly and read as noise: one line per method
             bars.plot(x, values, lw=0.8, color=style["color"], label=label, gid=f"line:{label}")
         if frequency:
             f = [frequency.get(c, 0) for c in classes]
-            axes[1].scatter(f, values, s=12, color=style["color"], marker=style["marker"],
-                            alpha=0.85, gid=f"points:{label}")  # fmt: skip
+            hollow = style.get("markerfacecolor") == "none"
+            axes[1].scatter(f, values, s=12, marker=style["marker"], edgecolors=style["color"],
+                            facecolors="none" if hollow else style["color"], alpha=0.85,
+                            gid=f"points:{label}")  # fmt: skip
     bars.set(ylabel="test AP (%)", title="AP per class (sorted by the first)")
     if len(classes) <= 30:
         bars.set_xticks(x + 0.4 - width / 2, classes, rotation=90)

@@ -22,22 +22,26 @@ from train.report.tables import (
 )
 
 STYLE = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1180px; color: #222; }
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1400px; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 13px; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 th { background: #f2f2f2; } td.text { text-align: left; } td[title] { cursor: help; }
-td.num { white-space: nowrap; } td.text:last-child { font-size: 12px; color: #555; }
+td { white-space: nowrap; } td.wrap { white-space: normal; }
+td.wrap:last-child { font-size: 11px; color: #555; min-width: 14em; }
 tr.unfinished td { color: #8a6d00; background: #fff8e0; }
 figure { margin: 1em 0 2em; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption, .small { font-size: 13px; color: #555; } .note { color: #8a4b00; }
 footer { margin-top: 3em; border-top: 1px solid #ccc; font-size: 13px; color: #444; }
 footer dt { font-weight: 600; } footer dd { margin: 0 0 0.4em 1.5em; font-family: monospace; }
 """
+WRAP = {"inputs", "lr used", "protocol", "run"}  # long texts wrap; names and numbers do not
 INTRO = (
     "Test mAP (%) of the epoch chosen on validation mAP, mean over seeds (n, ± sample standard "
     "deviation); val mAP is the mean of the values that chose the epochs. 95% CI: bootstrap "
-    "over test images (1,000 draws; for several seeds, of their mean). lr used: each optimiser "
-    "group's lr at the selected epoch. Full-label rows are apart, as the reference."
+    "over test images (1,000 draws; for several seeds, of their mean). lr used: the lr of each "
+    "optimiser group (a method that scales its base lr, e.g. LL's head x 10, shows it; under a "
+    "schedule: the base lr and how the groups scale it). Full-label rows are apart, as the "
+    "reference."
 )
 PAPERS = (
     " Paper: the published number where dataset, regime, setting and protocol (backbone, "
@@ -63,7 +67,7 @@ def html_table(rows: list[dict], columns: list[str], row_class: str = "leaderboa
     for r in rows:
         cells = []
         for c in columns:
-            kind = "text" if c in TEXT else "num"
+            kind = ("text wrap" if c in WRAP else "text") if c in TEXT else "num"
             hover = (
                 f' title="{escape(r["paper note"])}"'
                 if c == "paper" and r.get("paper note")

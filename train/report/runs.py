@@ -80,14 +80,17 @@ class RunInfo:
         parts = [data or self.data_id, run, self.config.get("method"), self.config.get("regime")]
         return json.dumps(parts, sort_keys=True, default=str)
 
-    def lrs_used(self) -> dict[str, float] | None:
-        """The lr of each optimiser group at the selected epoch, as logged (a sweep: its chosen
-        member's); {} for a method that trains nothing; None when not logged."""
-        best = (self.summary or {}).get("best_epoch")
+    def lrs_used(self) -> list[dict[str, float]] | None:
+        """Each logged epoch's lr per optimiser group (a sweep: its chosen member's); [] for a
+        method that trains nothing (epoch 0 logs none); None when the lines log no lr."""
+        out = []
         for line in self.curve_metrics:
-            if line.get("epoch") == best and isinstance(line.get("lr"), dict):
-                return {k: v for k, v in line["lr"].items() if isinstance(v, (int, float))}
-        return None
+            lrs = line.get("lr")
+            if isinstance(lrs, dict):
+                out.append({k: v for k, v in lrs.items() if isinstance(v, (int, float))})
+        if not out:
+            return None
+        return [] if not any(out) else [x for x in out if x]
 
     def key(self) -> dict[str, Any]:
         """The fields seeds are grouped by, and the run's own (seed, lr, batch)."""

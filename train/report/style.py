@@ -48,6 +48,9 @@ RC = {
 }  # fmt: skip
 
 
+matplotlib.rcParams.update(RC)  # this module owns matplotlib in the report's process
+
+
 @cache
 def method_order() -> dict[str, int]:
     """Method name -> its place in the registry (registration order)."""
@@ -69,9 +72,8 @@ def method_style(method: str, linear: bool = True) -> dict[str, Any]:
 
 
 def new_figure(panels: int = 1, height: float = 2.7, width: float = WIDTH):
-    with plt.rc_context(RC):
-        fig, axes = plt.subplots(1, panels, figsize=(width, height), layout="constrained",
-                                 squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(1, panels, figsize=(width, height), layout="constrained",
+                             squeeze=False)  # fmt: skip
     return fig, list(axes[0])
 
 
@@ -79,17 +81,14 @@ def save(fig, stem: Path, legend: bool = True) -> list[str]:
     """Write ``stem``.png (300 dpi), .svg and .pdf (no dates inside: the same figure gives the
     same bytes); returns the files' names. ``legend``: the axes' labelled artists in one legend
     below the panels."""
-    with plt.rc_context(RC):
-        if legend:
-            add_legend(fig)
-        names = []
-        for fmt in FORMATS:
-            path = stem.with_suffix(f".{fmt}")
-            meta = {"png": {"Software": None}, "svg": {"Date": None}}.get(
-                fmt, {"CreationDate": None}
-            )
-            fig.savefig(path, dpi=DPI, metadata=meta)
-            names.append(path.name)
+    if legend:
+        add_legend(fig)
+    names = []
+    for fmt in FORMATS:
+        path = stem.with_suffix(f".{fmt}")
+        meta = {"png": {"Software": None}, "svg": {"Date": None}}.get(fmt, {"CreationDate": None})
+        fig.savefig(path, dpi=DPI, metadata=meta)
+        names.append(path.name)
     plt.close(fig)
     return names
 
@@ -101,8 +100,10 @@ def add_legend(fig) -> None:
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    if handles:
-        ncol = min(len(labels), 6)
+    if handles:  # as many columns as fit the figure's width (7 pt text: ~3.9 pt a character)
+        width = fig.get_figwidth() * 72
+        column = max(len(lab) for lab in labels) * 3.9 + 36  # text, handle and spacing (pt)
+        ncol = max(1, min(len(labels), 6, int(width // column)))
         fig.legend(handles, labels, loc="outside lower center", ncol=ncol, handlelength=2.2,
                    columnspacing=1.2)  # fmt: skip
 

@@ -6,6 +6,7 @@ the report share it; report.md and leaderboard.md are formatted here."""
 
 from __future__ import annotations
 
+import re
 import statistics
 from html import escape
 from typing import Any
@@ -21,7 +22,7 @@ COLUMNS = (
 PAPER_COLUMNS = ("paper", "Δ")
 UNFINISHED_COLUMNS = ("run", "method", "regime", "setting", "epoch", "val mAP", "test mAP")
 GROUPS = ("G1", "G2", "G3", "G4", "G5")  # OpenImages' frequency groups (summary "groups")
-TEXT = {"method", "regime", "setting", "inputs", "run", "dataset", "lr used", "protocol", "95% CI"}
+TEXT = {"method", "regime", "setting", "inputs", "run", "dataset", "lr used", "protocol"}
 
 
 def mean(values: list[float]) -> float:
@@ -90,7 +91,8 @@ def _group_row(members: list[RunInfo], paper_numbers: bool) -> dict[str, Any]:
     row["protocol"] = describe(row["protocol_fields"])
     used = [_lrs_used(m, k["lr"]) for m, k in zip(members, keys, strict=True)]
     row["lr used"] = _same([u[0] for u in used])
-    if used[0][0] not in (None, cell(row["lr"])) and isinstance(row["lr"], float):
+    text = str(row["lr used"])
+    if isinstance(row["lr"], float) and used[0][0] and cell(row["lr"]) not in text:
         row["lr used"] += f" (base {cell(row['lr'])})"  # a method that scales its lr
     if not used[0][1]:  # a method that trains nothing has no lr or batch
         row["batch"] = None
@@ -119,20 +121,25 @@ def add_paper_number(row: dict[str, Any]) -> None:
 
 
 def _lrs_used(run: RunInfo, base: Any) -> tuple[str | None, bool]:
-    """(the lrs the run's optimiser groups used at its selected epoch, e.g. ``1e-04`` or
-    ``head 1e-03, backbone 1e-04``; whether the method trains at all)."""
-    lrs = run.lrs_used()
-    if lrs == {}:
+    """(the lrs the run's optimiser groups used, e.g. ``1e-03`` or ``head 0.01, role-estimator
+    0.10``; under a schedule, the base lr and how the groups scale it; whether the method trains
+    at all)."""
+    epochs = run.lrs_used()
+    if epochs == []:
         return None, False
-    if not lrs:
+    if not epochs:
         return None if base is None else cell(base), True
-    by_group: dict[str, float] = {}
-    for name, value in lrs.items():
-        by_group.setdefault(name.removesuffix("-no-decay"), value)
-    values = sorted(set(by_group.values()), reverse=True)
-    if len(values) == 1:
-        return cell(values[0]), True
-    return ", ".join(f"{name} {cell(v)}" for name, v in by_group.items()), True
+    groups: dict[str, float] = {}
+    for name, value in epochs[0].items():  # weight decay or not: one group's lr
+        groups.setdefault(re.sub(r"-?(no-)?decay$", "", name) or "model", value)
+    if any(e != epochs[0] for e in epochs):  # a schedule: the groups' ratios stay
+        low = min(groups.values()) or 1.0
+        scaled = [f"{n} x{v / low:g}" for n, v in groups.items() if abs(v / low - 1) > 1e-6]
+        text = f"{cell(base)} scheduled" if isinstance(base, float) else "scheduled"
+        return text + (f" ({', '.join(scaled)})" if scaled else ""), True
+    if len(set(groups.values())) == 1:
+        return cell(next(iter(groups.values()))), True
+    return ", ".join(f"{name} {cell(v)}" for name, v in groups.items()), True
 
 
 def _same(values: list) -> Any:

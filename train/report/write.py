@@ -92,9 +92,7 @@ def list_sections(runs: list[RunInfo]) -> list[tuple[tuple[str, str], list[RunIn
 def draw_section(figures, section: Section, out: Path, slug: str, runs, rows, finished) -> None:
     """The figures of one (shard set, regime) from its runs; ``rows`` (every table's) and
     ``finished`` give the baselines trained in another regime (bce)."""
-    groups: dict[str, list[RunInfo]] = {}
-    for run in sorted(runs, key=lambda r: (str(r.key()["method"]), str(r.key()["seed"]))):
-        groups.setdefault(_label(run.key()), []).append(run)
+    groups = figure_groups(runs)
     seeds = max(len(g) for g in groups.values())
     band = f" Mean ± one standard deviation over seeds (up to {seeds})." if seeds > 1 else ""
     val, loss = learning_curves(groups)
@@ -120,8 +118,11 @@ def draw_section(figures, section: Section, out: Path, slug: str, runs, rows, fi
         for row in rows:
             same = row["data"] == key["data"] and row["method"] == name and row is not best
             label = _label(row) + ("" if row["regime"] == key["regime"] else f" ({row['regime']})")
-            if same and label not in series:
-                series[label] = (style_of(row), mean_ap([finished[p] for p in row["paths"]]))
+            if same and label not in series:  # another regime: hatched, hollow
+                style = style_of(row)
+                if row["regime"] != key["regime"]:
+                    style = {**style, "hatch": "////", "markerfacecolor": "none"}
+                series[label] = (style, mean_ap([finished[p] for p in row["paths"]]))
     first = finished[best["paths"][0]]
     frequency, labels = shard_set_labels(first, section.notes)
     _draw(section, out, f"{slug}-per-class", f"Per class: test AP of the best method "
@@ -129,6 +130,32 @@ def draw_section(figures, section: Section, out: Path, slug: str, runs, rows, fi
           + ("; AP against the class's training frequency." if frequency else "."),
           lambda p: figures.plot_per_class(series, frequency, p))  # fmt: skip
     _draw_pr(figures, section, out, slug, first, labels, _label(best))
+
+
+def figure_groups(runs: list[RunInfo]) -> dict[str, list[RunInfo]]:
+    """The section's runs by leaderboard group (method, setting, inputs), seeds together, each
+    named by its method, with its setting (then inputs) where two groups share a method."""
+    by_key: dict[tuple[str, str, str], list[RunInfo]] = {}
+    for run in sorted(runs, key=lambda r: (str(r.key()["method"]), str(r.key()["seed"]))):
+        k = run.key()
+        by_key.setdefault((str(k["method"]), str(k["setting"]), str(k["inputs"])), []).append(run)
+    out = {}
+    for (method, setting, inputs), members in by_key.items():
+        label = _label(members[0].key())
+        if sum(m == method for m, _, _ in by_key) > 1:
+            same = sum(m == method and s == setting for m, s, _ in by_key) > 1
+            label = f"{method} ({setting}{', ' + inputs if same else ''})"
+        out[label] = members
+    return out
+
+
+def group_style(groups: dict[str, list[RunInfo]], label: str) -> dict[str, Any]:
+    """A group's style: its method's; a second group of the method (another setting or
+    inputs) hollow."""
+    key = groups[label][0].key()
+    before = [g for g in groups if g != label and groups[g][0].key()["method"] == key["method"]]
+    first = not before or list(groups).index(label) < list(groups).index(before[0])
+    return style_of(key) if first else {**style_of(key), "markerfacecolor": "none"}
 
 
 def _draw(section: Section, out: Path, stem: str, caption: str, draw) -> None:
@@ -150,7 +177,7 @@ def learning_curves(groups: dict[str, list[RunInfo]]):
 
     val, loss = [], []
     for label, runs in groups.items():
-        style = style_of(runs[0].key())
+        style = group_style(groups, label)
         for done, mine in ((True, [r for r in runs if r.finished]),
                            (False, [r for r in runs if not r.finished])):  # fmt: skip
             for part in [mine] if done else [[r] for r in mine]:
@@ -182,7 +209,7 @@ def label_curves(groups: dict[str, list[RunInfo]], make) -> list:
         kinds = sorted({k.split("/")[1] for r in done for x in r.curve_metrics
                         for k in (x.get("train") or {}) if k.startswith("labels/")})  # fmt: skip
         for i, kind in enumerate(kinds):
-            style = style_of(runs[0].key())
+            style = group_style(groups, label)
             if i:
                 style = {**style, "linestyle": "--", "markerfacecolor": "none"}
             lines = [r.curve_metrics for r in done]
