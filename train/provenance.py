@@ -17,6 +17,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from shards.errors import WsmlError
+
 CHECKOUT = Path(__file__).resolve().parents[1]
 
 
@@ -38,7 +40,10 @@ def create_provenance(plan) -> dict[str, Any]:
                    "params": regime.get("params")}  # fmt: skip
     tags = dict.fromkeys(t for t in (plan.config.features, plan.config.clip) if t)
     out["caches"] = {t: {"meta_sha256": data.get(f"embeddings/{t}/meta.json")} for t in tags}
-    out["protocol"] = describe_protocol(plan)
+    try:
+        out["protocol"] = describe_protocol(plan)
+    except (WsmlError, OSError, KeyError, ValueError):  # never the reason a run fails
+        out["protocol"] = None
     return out
 
 
