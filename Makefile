@@ -10,7 +10,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 DEMO_FEATURES := efficientnet-lite0__in1k__backbone128
 DEMO_METHODS := an an-ls wan epr role em em-apl ll-r ll-ct ll-cp asl hill splc gr-loss
 
-.PHONY: setup demo test lint format bench bench-docs clean-demo
+.PHONY: setup demo demo-draws test lint format bench bench-docs clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,14 @@ demo: $(STAMP)
 	# The study's page: grouped leaderboard, curves, per class, PR curves, label state
 	$(PY) cli.py report runs/demo --out runs/demo/report
 
+# After `make demo`: training seeds against draws of the single positives (AN at its grid pick,
+# lr 1e-3, batch 8: 2 seeds x 2 draws, draw 1 = Cole's generator at seed 1201), and the report
+# again with its seeds x label draws section
+demo-draws: $(STAMP)
+	$(PY) cli.py observe data/shards/digits single-positive --seed 1201
+	$(PY) cli.py train --shards data/shards/digits --method an --features $(DEMO_FEATURES) --lr 1e-3 --batch-size 8 --seeds 0,1 --view-seeds 0,1 --out runs/draws/an --overwrite
+	$(PY) cli.py report runs/demo runs/draws --out runs/demo/report
+
 test: $(STAMP)
 	$(PY) -m pytest -q
 
@@ -66,4 +74,4 @@ bench-docs: $(STAMP)
 	$(PY) cli.py bench docs --tables $(TABLES)
 
 clean-demo:
-	rm -rf data/raw/digits data/shards/digits runs/demo runs/use
+	rm -rf data/raw/digits data/shards/digits runs/demo runs/use runs/draws

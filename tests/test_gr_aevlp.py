@@ -256,13 +256,17 @@ def test_aevlp_linear_logs_pseudo_label_precision_and_recall(shards, tmp_path):
     aevlp_run(shards, tmp_path / "run", features=FEAT, clip=CLIP)
     assert_epoch_counts(tmp_path / "run", want)
     # the report's label-state figure reads both
+    from train.report.figures import LabelCurves
     from train.report.runs import read_runs
-    from train.report.write import label_series
+    from train.report.write import label_curves
 
-    series = label_series({"aevlp": read_runs([tmp_path]).finished})
-    points = series["aevlp: pseudo_positive"]
-    assert [p[0] for p in points] == [1, 2]
-    assert points[0][1:] == pytest.approx((want["precision"], want["changed"], want["recall"]))
+    (curve,) = label_curves({"aevlp": read_runs([tmp_path]).finished}, LabelCurves)
+    assert curve.label == "aevlp: pseudo_positive"
+    assert [list(c) for c in (curve.precision[0], curve.changed[0], curve.recall[0])] == [
+        [1, 2]
+    ] * 3
+    got = (curve.precision[0][1], curve.changed[0][1], curve.recall[0][1])
+    assert got == pytest.approx((want["precision"], want["changed"], want["recall"]))
 
 
 @pytest.mark.slow

@@ -213,10 +213,18 @@ def start_run(plan: RunPlan, ctx: Context) -> Run:
         if ctx.is_main:
             folder.keep_metrics(run.state.epoch)
     elif ctx.is_main:
-        folder.start(record)
+        folder.start(with_provenance(record, plan))
     ctx.barrier()
     run.net = ctx.wrap(run.model, compile=config.compile)
     return run
+
+
+def with_provenance(record: dict[str, Any], plan: RunPlan) -> dict[str, Any]:
+    """config.json's content: the run's record and where it comes from (train/provenance.py;
+    not part of the record a resumed run must match)."""
+    from train.provenance import create_provenance
+
+    return {**record, "provenance": create_provenance(plan)}
 
 
 def restore(run: Run, ckpt: dict[str, Any]) -> None:

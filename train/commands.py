@@ -47,6 +47,8 @@ def _methods():
 )
 @click.option("--seed", type=SEED_TYPE)
 @click.option("--seeds", help="Several seeds, e.g. 0,1,2: one run folder each, OUT-s0, OUT-s1, ….")
+@click.option("--view-seeds", help="Several draws of the observed labels, e.g. 0,1 (draw 0: the "
+              "view itself): one run folder each, OUT-v0, OUT-v1, ….")  # fmt: skip
 @click.option("--out", type=click.Path(), help="Run folder [default: runs/METHOD-SETTING-SEED].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Start the run in --out again.")
@@ -61,7 +63,7 @@ def _methods():
 )  # debug: an interruption
 @click.option("-o", "opts", multiple=True, metavar="KEY=VALUE", help="Method or run option.")
 @expected_errors
-def train_command(opts, seeds, **options):
+def train_command(opts, seeds, view_seeds, **options):
     """Train a method on a shard set (torchrun for DDP); prints the selected epoch's scores.
 
     -o takes the method's options (`cli.py methods`; lr, batch_size, epochs, schedule, ema,
@@ -69,16 +71,23 @@ def train_command(opts, seeds, **options):
     image_size, loader, threshold, eval_batch_size, device, sweep_lrs, sweep_batches.
     """
     from train.run import create_run_config, run_train
-    from train.seeds import create_seed_configs, parse_seeds
+    from train.seeds import create_grid_configs, parse_seeds
 
-    try:
-        many = parse_seeds(seeds)
-    except WsmlError as e:
-        raise click.BadParameter(str(e), param_hint="--seeds") from None
-    if many and options.get("seed") is not None:
+    grid = {}
+    for name, text in (("--seeds", seeds), ("--view-seeds", view_seeds)):
+        try:
+            grid[name] = parse_seeds(text)
+        except WsmlError as e:
+            raise click.BadParameter(str(e).replace("--seeds", name), param_hint=name) from None
+    if grid["--seeds"] and options.get("seed") is not None:
         raise click.UsageError("give --seed or --seeds, not both")
-    config = create_run_config(options, parse_kv(opts), progress=True)
-    for one in create_seed_configs(config, many) if many else [config]:
+    if not grid["--seeds"] and not grid["--view-seeds"]:
+        configs = [create_run_config(options, parse_kv(opts), progress=True)]
+    else:
+        configs = create_grid_configs(
+            options, parse_kv(opts), grid["--seeds"], grid["--view-seeds"]
+        )
+    for one in configs:
         run_train(one, echo=click.echo)
 
 
@@ -117,14 +126,18 @@ def leaderboard_command(runs_dir):
 @click.option("--out", default="report", show_default=True, type=click.Path(), help="Folder.")
 @click.option("--paper-numbers/--no-paper-numbers", default=True, show_default=True,
               help="The papers' test mAP and the difference, where they match.")  # fmt: skip
+@click.option("--overwrite", is_flag=True,
+              help="Write into an --out folder that holds no wsml report (its files are kept).")  # fmt: skip
 @expected_errors
-def report_command(runs_dirs, out, paper_numbers):
-    """A static page of the runs under RUNS_DIR...: grouped leaderboard, learning curves, per-class
-    AP, precision-recall curves and label state against the truth; writes OUT/index.html (PNGs
-    beside it) and OUT/report.md, and prints the page's path."""
+def report_command(runs_dirs, out, paper_numbers, overwrite):
+    """A static page of the runs under RUNS_DIR...: grouped leaderboard with confidence
+    intervals and paired comparisons, learning curves, per-class AP, precision-recall curves,
+    label state against the truth, seeds against label draws, provenance; writes
+    OUT/index.html (figures beside it as PNG, SVG and PDF) and OUT/report.md into a new folder
+    swapped in at the end, and prints the page's path."""
     from train.report.write import write_report
 
-    path = write_report(list(runs_dirs), out, paper_numbers)
+    path = write_report(list(runs_dirs), out, paper_numbers, overwrite)
     click.echo(str(path))
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from pipelines.distributed import all_reduce_mean
+from train.bootstrap import write_test_ci
 from train.build import Run, Track, start_run
 from train.config import RunConfig
 from train.context import Context, cpu_threads
@@ -62,6 +63,7 @@ def fit(run: Run, ctx: Context) -> dict[str, Any]:
         return {"interrupted_after_epoch": stopped, "run": str(run.folder.path)}
     summary = {**run.folder.read_summary(), **final_fields(run.tracks[0])}
     if ctx.is_main:
+        summary.update(write_test_ci(run.folder.path, run.data.labels("test")))
         run.folder.write_summary(summary)
     return summary
 

@@ -32,7 +32,15 @@ from torch import Tensor, nn
 
 from shards.errors import WsmlError
 from shards.fileio import write_bytes_atomic
-from train.build import CHECKPOINT_FORMAT, Run, Track, create_run_method, read_text_embeddings
+from train.bootstrap import write_test_ci
+from train.build import (
+    CHECKPOINT_FORMAT,
+    Run,
+    Track,
+    create_run_method,
+    read_text_embeddings,
+    with_provenance,
+)
 from train.context import Context
 from train.ema import Ema
 from train.loop import final_fields, fit_epochs
@@ -164,7 +172,7 @@ def train_sweep(plan: RunPlan, ctx: Context) -> dict[str, Any]:
     folder = RunFolder(config.run_dir)
     folder.check_reuse(record, resume=False, overwrite=config.overwrite)
     data = plan.setting.create_data(plan.with_method(batch_size=1), ctx, nn.Identity())
-    folder.start(record)
+    folder.start(with_provenance(record, plan))
     groups = create_groups(plan, data, folder, ctx)
     log = TensorBoardLog(folder.path) if config.tensorboard else None
     kept = KeptHeads(groups, config.keep_members)
@@ -175,6 +183,8 @@ def train_sweep(plan: RunPlan, ctx: Context) -> dict[str, Any]:
             log.close()
     summary = finish(plan, folder, [t for g in groups for t in g.tracks])
     kept.write(folder, summary["chosen"], record)
+    summary.update(write_test_ci(folder.path, data.labels("test")))
+    folder.write_summary(json_safe(summary))
     return summary
 
 

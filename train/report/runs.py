@@ -48,6 +48,50 @@ class RunInfo:
     def predictions_dir(self) -> Path:
         return self.path / "predictions"
 
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return self.config.get("provenance") or {}
+
+    @property
+    def data_id(self) -> str:
+        """The identity of the shard set it trained on (its manifest's sha256, the same for a
+        copy in another folder); a run recorded before identities: its dataset's name."""
+        manifest = (self.config.get("data") or {}).get("manifest.json")
+        return manifest or f"dataset {self.config.get('dataset')}"
+
+    @property
+    def table_title(self) -> str:
+        """The shard set's own name and its converter, e.g. ``digits (coco)``."""
+        saved = self.provenance.get("shard_set") or {}
+        shards = (self.config.get("run") or {}).get("shards")
+        name = saved.get("name") or (Path(shards).name if shards else None)
+        converter = self.config.get("dataset")
+        if not name or name == converter:
+            return str(converter)
+        return f"{name} ({converter})"
+
+    def identity(self) -> str:
+        """What makes two folders the same run: the data's hashes, the run's settings (its
+        seed included, its folder and the shard set's path not), method config and view."""
+        run = {
+            k: v for k, v in (self.config.get("run") or {}).items() if k not in ("out", "shards")
+        }
+        data = {k: v for k, v in (self.config.get("data") or {}).items() if k.endswith(".json")}
+        parts = [data or self.data_id, run, self.config.get("method"), self.config.get("regime")]
+        return json.dumps(parts, sort_keys=True, default=str)
+
+    def lrs_used(self) -> list[dict[str, float]] | None:
+        """Each logged epoch's lr per optimiser group (a sweep: its chosen member's); [] for a
+        method that trains nothing (epoch 0 logs none); None when the lines log no lr."""
+        out = []
+        for line in self.curve_metrics:
+            lrs = line.get("lr")
+            if isinstance(lrs, dict):
+                out.append({k: v for k, v in lrs.items() if isinstance(v, (int, float))})
+        if not out:
+            return None
+        return [] if not any(out) else [x for x in out if x]
+
     def key(self) -> dict[str, Any]:
         """The fields seeds are grouped by, and the run's own (seed, lr, batch)."""
         s, run = self.summary or {}, self.config.get("run", {})
@@ -64,8 +108,11 @@ class RunInfo:
         saved = self.config.get("regime")  # the resolved view, {"view", "kind"}
         regime = s.get("regime") or (saved or {}).get("view") or run.get("regime") or "?"
         return {
+            "data": self.data_id,
+            "table": self.table_title,
             "dataset": s.get("dataset") or self.config.get("dataset"),
             "regime": regime,
+            "kind": (saved or {}).get("kind") or ("full" if regime == "full" else regime),
             "setting": setting,
             "inputs": inputs,
             "method": s.get("method") or run.get("method"),
