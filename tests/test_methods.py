@@ -244,10 +244,12 @@ def test_contract_stacked_members_equal_their_own_runs(name, regime):
                 assert torch.equal(mine[i], solo[i].state_dict()[key]), key
 
 
-@pytest.mark.parametrize(("name", "full"), [("an", False), ("bce", True), ("em-apl", True)])
+@pytest.mark.parametrize(
+    ("name", "full"), [("an", False), ("bce", True), ("em-apl", True), ("aevlp", True)]
+)
 def test_stacked_members_copy_only_what_their_loss_reads(name, full):
     """The stacked batch: every member's copy of the labels, rows offset per member; never the
-    model's input, and the clean labels only for a method that trains on them (BCE) or counts
+    model's input, the CLIP tiles only for a method that reads them (AEVLP), and the clean labels only for a method that trains on them (BCE) or counts
     its label changes against them (EM+APL's pseudo-negatives)."""
     from train.methods import stack_members
 
@@ -255,7 +257,8 @@ def test_stacked_members_copy_only_what_their_loss_reads(name, full):
     data = make_data("single-positive")
     batch = {**batch_of(data, [4, 1]), "input": torch.ones(2, D)}
     out = stacked.stack_batch(batch)
-    assert set(out) == {"observed", "embedding", "row"} | ({"full"} if full else set())
+    crops = {"crops"} if get_method(name).needs_crops else set()  # AEVLP's tiles
+    assert set(out) == {"observed", "embedding", "row"} | ({"full"} if full else set()) | crops
     assert out["row"].tolist() == [4, 1, 4 + ROWS, 1 + ROWS, 4 + 2 * ROWS, 1 + 2 * ROWS]
     assert torch.equal(out["observed"], batch["observed"].repeat(3, 1))
 

@@ -126,13 +126,16 @@ class Method(nn.Module):
     def stack_batch(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """A batch of B training rows as the stacked members see it: every member's copy of
         the labels (and embeddings), member-major (M B, ...), rows offset by ``member x rows``.
-        What the loss never reads is not copied: the model's input, and the clean labels of
-        a method that neither trains on them nor counts its label changes against them."""
+        What the loss never reads is not copied: the model's input, the CLIP tiles of a method
+        that does not read them, and the clean labels of a method that neither trains on them
+        nor counts its label changes against them."""
         m = self.members
         n = self.num_rows // m  # one member's training rows
         unread = {"row", "input"}
         if not (self.info.needs_full or self.label_changes):
             unread.add("full")
+        if not self.info.needs_crops:
+            unread.add("crops")  # (B, K, D) tiles: only a method that reads them gets copies
         out = {k: v.repeat(m, *([1] * (v.dim() - 1))) for k, v in batch.items() if k not in unread}
         offsets = torch.arange(m, device=batch["row"].device).unsqueeze(1) * n
         out["row"] = (offsets + batch["row"]).reshape(-1)
