@@ -20,14 +20,14 @@ from models import commands as models_commands  # noqa: E402
 from pipelines import commands as pipelines_commands  # noqa: E402
 from shards import bench_commands as shards_bench  # noqa: E402
 from shards import commands as shards_commands  # noqa: E402
-from shards.clitools import check_text_args  # noqa: E402
+from shards.base.clitools import check_text_args  # noqa: E402
 from train import commands as train_commands  # noqa: E402
 from train import use_commands  # noqa: E402
 
 
 class Main(click.Group):
     """The command group: every argument is checked to be valid UTF-8 before any command
-    parses it (``shards.clitools.check_text_args``)."""
+    parses it (``shards.base.clitools.check_text_args``)."""
 
     def parse_args(self, ctx, args):
         check_text_args(args)

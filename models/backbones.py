@@ -19,8 +19,8 @@ from models.weights import (
     read_state_dict,
     weights_unavailable,
 )
-from shards.errors import WsmlError
-from shards.registry import Registry
+from shards.base.errors import WsmlError
+from shards.base.registry import Registry
 
 WEIGHTS_HINT = "--weights /path/to/pytorch_model.bin (weights=PATH in Python)"
 

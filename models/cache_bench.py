@@ -20,10 +20,10 @@ from models.cache_run import CacheOptions, Encoder, run_cache
 from pipelines.distributed import DistContext
 from pipelines.loader import LoaderOptions, choose_backend, create_loader, default_threads
 from shards import embeddings as emb
+from shards.base.errors import WsmlError
 from shards.benchdoc import Table
 from shards.benchkit import time_epochs
 from shards.embeddings import make_tag
-from shards.errors import WsmlError
 from shards.shardset import ShardSet, open_shard_set
 
 MIN_SECONDS = 0.5  # the model alone repeats its batch at least this long

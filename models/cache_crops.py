@@ -18,7 +18,7 @@ import torch
 
 from models.cache_run import CacheOptions, Encoder, make_plan
 from pipelines.tiles import split_tiles, tiles_preset
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from shards.shardset import ShardSet
 
 GRID_RE = re.compile(r"^grid([1-9][0-9]?)$")

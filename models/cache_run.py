@@ -35,7 +35,7 @@ from pipelines.presets import Preset
 from pipelines.sharding import shard_range, split_range
 from shards import embedding_writer as writer
 from shards import embeddings as emb
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from shards.shardset import ShardSet
 
 if TYPE_CHECKING:

@@ -27,8 +27,8 @@ from models.weights import (
     looks_like_path,
     weights_unavailable,
 )
-from shards.errors import WsmlError
-from shards.registry import Registry
+from shards.base.errors import WsmlError
+from shards.base.registry import Registry
 
 __all__ = [
     "DEFAULT_TEMPLATES",

@@ -7,7 +7,7 @@ import time
 
 import click
 
-from shards.clitools import (
+from shards.base.clitools import (
     STARTED,
     DeviceType,
     RegistryChoice,
@@ -26,7 +26,7 @@ class ModelName(click.ParamType):
 
     def convert(self, value, param, ctx):
         from models.cache import check_model_name
-        from shards.errors import WsmlError
+        from shards.base.errors import WsmlError
 
         try:
             check_model_name(self.kind, value)
@@ -42,7 +42,7 @@ class CropsType(click.ParamType):
 
     def convert(self, value, param, ctx):
         from models.cache_crops import parse_crops
-        from shards.errors import WsmlError
+        from shards.base.errors import WsmlError
 
         try:
             parse_crops(value)

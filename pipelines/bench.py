@@ -19,9 +19,9 @@ import torch
 from pipelines.distributed import resolve_device
 from pipelines.loader import LoaderOptions, create_loader, default_threads
 from pipelines.presets import Preset, get_preset
+from shards.base.errors import WsmlError
 from shards.benchdoc import Table
 from shards.benchkit import format_ratio, summarize_ratios, time_epochs
-from shards.errors import WsmlError
 from shards.plan import KEY
 from shards.shardset import open_shard_set
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from shards.clitools import (
+from shards.base.clitools import (
     DeviceType,
     NumberList,
     RegistryChoice,

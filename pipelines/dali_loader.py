@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from pipelines.presets import Preset
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 
 
 def dali_available() -> bool:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pipelines.presets import Preset
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 ON_BAD = ("fail", "skip")

@@ -16,7 +16,7 @@ import torch
 
 from pipelines.distributed import host_to_device
 from shards import embeddings as emb
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from shards.lists import LabelLists
 from shards.shardset import ShardSet
 

@@ -7,7 +7,7 @@ import os
 
 import click
 
-from shards.clitools import NumberList, expected_errors, markdown_option
+from shards.base.clitools import NumberList, expected_errors, markdown_option
 
 
 @click.command("shard")

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from shards.errors import WsmlError
-from shards.registry import Registry
+from shards.base.errors import WsmlError
+from shards.base.registry import Registry
 
 CLI = Path(__file__).resolve().parents[1] / "cli.py"
 DOC = Path("docs/performance.md")

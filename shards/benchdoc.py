@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from shards.errors import WsmlError
-from shards.fileio import write_bytes_atomic
+from shards.base.errors import WsmlError
+from shards.base.fileio import write_bytes_atomic
 
 MOVED = 0.2  # a figure that moved by more than this share keeps its old value beside it
 INDEX = "index"

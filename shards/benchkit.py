@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from shards.base.errors import WsmlError
 from shards.coco_layout import write_coco_split
-from shards.errors import WsmlError
 
 CLASSES = ("person", "dog", "cat", "car", "bicycle", "bird", "boat", "bottle", "chair", "sofa")
 VAL_FRACTION = 0.2

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from shards.fileio import write_bytes_atomic
+from shards.base.fileio import write_bytes_atomic
 
 
 def write_coco_split(

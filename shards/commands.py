@@ -10,7 +10,7 @@ import time
 
 import click
 
-from shards.clitools import (
+from shards.base.clitools import (
     SEED_TYPE,
     ByteSize,
     FloatRange,

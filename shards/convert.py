@@ -6,7 +6,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import shards.converters  # noqa: F401  (registers the converters)
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from shards.scan import Workers
 from shards.source import CONVERTERS, parse_options
 from shards.writer import ShardOptions, write_shard_set

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from shards.base.errors import WsmlError
+from shards.base.fileio import read_json
 from shards.coco_layout import write_coco_json
 from shards.demo_paint import NAMES, Painter, sample_labels, split_digits
-from shards.errors import WsmlError
-from shards.fileio import read_json
 
 GENERATOR_VERSION = 1
 JPEG_QUALITY = 90

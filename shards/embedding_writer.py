@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.embeddings import crops_name, list_caches, remove_cache, write_meta
-from shards.errors import WsmlError
-from shards.fileio import (
+from shards.base.errors import WsmlError
+from shards.base.fileio import (
     folder_lock,
     fsync_dir,
     publish,
@@ -26,6 +25,7 @@ from shards.fileio import (
     tmp_path_for,
     write_json_atomic,
 )
+from shards.embeddings import crops_name, list_caches, remove_cache, write_meta
 
 PROGRESS = "progress.json"
 PROGRESS_FORMAT = "wsml-embeddings-progress"

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.errors import WsmlError
-from shards.fileio import (
+from shards.base.errors import WsmlError
+from shards.base.fileio import (
     check_inside,
     dumps_json,
     fsync_dir,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.fileio import publish, removed_on_error, tmp_path_for
+from shards.base.fileio import publish, removed_on_error, tmp_path_for
 from shards.images import perceptual_hashes
 
 HASH_DIR = "image-hashes"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 
 _NAME = re.compile(r"[0-9a-f]{16}\.jpg")
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from shards.lists import Lists
 
 ANNOTATION_COLUMNS = ["ImageID", "Source", "LabelName", "Confidence"]

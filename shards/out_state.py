@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from shards import FORMAT_VERSION
-from shards.errors import WsmlError
-from shards.fileio import (
+from shards.base.errors import WsmlError
+from shards.base.fileio import (
     dumps_json,
     publish,
     read_json,

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shards.errors import WsmlError
-from shards.fileio import leaves_folder
+from shards.base.errors import WsmlError
+from shards.base.fileio import leaves_folder
+from shards.base.options import parse_fields
+from shards.base.registry import Registry
 from shards.lists import Lists
-from shards.options import parse_fields
-from shards.registry import Registry
 
 
 @dataclass(frozen=True, slots=True)

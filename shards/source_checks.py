@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.errors import WsmlError
-from shards.fileio import publish, removed_on_error, tmp_path_for
+from shards.base.errors import WsmlError
+from shards.base.fileio import publish, removed_on_error, tmp_path_for
 
 CHUNK = 4096  # records read at a time (large sources hold their records in arrays)
 

@@ -11,7 +11,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from shards.source import read_utf8, require_file
 
 Cell = str | tuple[str, ...]

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from shards.fileio import publish, removed_on_error, tmp_path_for
+from shards.base.fileio import publish, removed_on_error, tmp_path_for
 from shards.lists import Lists, dense_rows
 
 INDEX_LIST = pa.list_(pa.int32())
@@ -115,7 +115,7 @@ def read_checked_table(root: Path, entry: dict, num_classes: int, recorded_in: s
     """A label table or view read only if its bytes match the sha256 ``recorded_in`` gives,
     its rows are ``0..rows-1`` once each and its class indices lie in ``[0, num_classes)``:
     a changed or corrupted table is never trained on."""
-    from shards.errors import WsmlError
+    from shards.base.errors import WsmlError
 
     path = Path(root) / entry["path"]
     try:
@@ -138,7 +138,7 @@ def read_checked_table(root: Path, entry: dict, num_classes: int, recorded_in: s
 
 def check_rows(path: Path, table: pa.Table, rows: int, num_classes: int) -> None:
     """Rows ``0..rows-1`` each once, in order; class indices in range."""
-    from shards.errors import WsmlError
+    from shards.base.errors import WsmlError
 
     if table.num_rows != rows:
         raise WsmlError(f"{path} has {table.num_rows} rows, its record says {rows}")

@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from shards.base.errors import WsmlError
+from shards.base.fileio import write_json_atomic
 from shards.bias import BOX_COLUMNS
-from shards.errors import WsmlError
-from shards.fileio import write_json_atomic
 from shards.images import target_size
 from shards.lists import Lists
 from shards.regimes import REGIME_KIND, REGIMES, OfficialLabels, Regime

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from shards import FORMAT_VERSION, __version__
-from shards.errors import WsmlError
-from shards.fileio import (
+from shards.base.errors import WsmlError
+from shards.base.fileio import (
     folder_lock,
     fsync_dir,
     read_json,

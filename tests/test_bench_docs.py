@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
+from shards.base.errors import WsmlError
 from shards.bench_docs import DOC_TABLES, list_runs, run_bench_docs
 from shards.benchdoc import (
     MARKER,
@@ -25,7 +26,6 @@ from shards.benchdoc import (
     render_index,
     write_block,
 )
-from shards.errors import WsmlError
 from tests.conftest import assert_refused
 from tests.raw_datasets import REPO
 

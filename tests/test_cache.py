@@ -24,8 +24,8 @@ from click.testing import CliRunner, Result
 import cli
 from shards import embedding_writer as writer
 from shards import embeddings as emb
+from shards.base.errors import WsmlError
 from shards.convert import convert
-from shards.errors import WsmlError
 from shards.shardset import open_shard_set
 from tests.conftest import REPO
 from tests.raw_datasets import make_coco
@@ -309,7 +309,7 @@ import resource, signal, sys
 from pathlib import Path
 import numpy as np
 from shards import embedding_writer as writer
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
 folder = Path(sys.argv[1])

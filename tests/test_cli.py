@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 import cli
-from shards.fileio import TarShardWriter
+from shards.base.fileio import TarShardWriter
 from tests.raw_datasets import (
     COCO_CATEGORIES,
     REAL_COCO_JSON,

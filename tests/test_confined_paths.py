@@ -18,8 +18,8 @@ from click.testing import CliRunner
 
 import cli
 from pipelines.bench import extract_folder
+from shards.base.errors import WsmlError
 from shards.convert import convert
-from shards.errors import WsmlError
 from shards.shardset import open_shard_set
 from tests.raw_datasets import make_coco
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from click.testing import Result
 
+from shards.base.errors import WsmlError
 from shards.convert import convert
 from shards.converters.cub import (
     CubOptions,
@@ -22,7 +23,6 @@ from shards.converters.cub import (
     read_species,
     read_split,
 )
-from shards.errors import WsmlError
 from shards.shardset import open_shard_set
 from tests.conftest import REAL, shard_cli
 from tests.conftest import assert_refused as refused

@@ -147,7 +147,7 @@ def test_the_loader_join_stays_on_the_host_side(tmp_path_factory):
     device from one non-blocking copy, rows never brought back (issue 23, item 5); a row
     outside the split fails there, before any device op (item 4)."""
     from pipelines.labels import read_row_table
-    from shards.errors import WsmlError
+    from shards.base.errors import WsmlError
     from shards.shardset import open_shard_set
     from tests.pipelines_data import REGIME, TAG, get_shard_set
 

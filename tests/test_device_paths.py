@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from pipelines.distributed import DistContext, autocast, resolve_device
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from shards.shardset import open_shard_set
 from tests.pipelines_data import get_shard_set
 from tests.train_fixtures import FEAT, get_shards, read_metrics

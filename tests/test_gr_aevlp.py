@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
+from shards.base.errors import WsmlError
 from shards.embeddings import read_crops, read_split, read_text
-from shards.errors import WsmlError
 from shards.shardset import open_shard_set
 from tests.train_fixtures import CLIP, FEAT, get_shards, read_metrics
 from train.config import RunConfig

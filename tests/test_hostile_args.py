@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from shards.clitools import DeviceType
+from shards.base.clitools import DeviceType
 from shards.convert import convert
 from shards.demo import write_demo_data
 from tests.raw_datasets import make_coco, write_jpeg

@@ -21,7 +21,7 @@ from models.hspnet import (
     create_hspnet,
     hierarchy_adjacency,
 )
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from tests.train_fixtures import get_shards, read_metrics, read_summary
 from train.config import RunConfig
 from train.context import cpu_threads

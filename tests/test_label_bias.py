@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 import cli
+from shards.base.errors import WsmlError
 from shards.bias import object_weights
-from shards.errors import WsmlError
 from shards.lists import Lists
 from shards.regimes import Noisy, OfficialLabels, SinglePositive, binomial_ok, parse_regime_spec
 from tests.conftest import assert_refused, shard_cli

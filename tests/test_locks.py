@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from shards.errors import WsmlError
-from shards.fileio import folder_lock, lock_path_for
+from shards.base.errors import WsmlError
+from shards.base.fileio import folder_lock, lock_path_for
 from tests import test_run_integrity
 from tests.conftest import assert_refused, shard_cli
 from tests.raw_datasets import make_coco

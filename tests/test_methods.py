@@ -11,9 +11,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from pipelines.distributed import gather_cat
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
+from shards.base.registry import UnknownNameError
 from shards.lists import LabelLists
-from shards.registry import UnknownNameError
 from train.methods import (
     METHODS,
     Method,

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 import cli
+from shards.base.errors import WsmlError
 from shards.convert import convert
 from shards.converters.nuswide import (
     NUS_CONCEPTS,
@@ -20,7 +21,6 @@ from shards.converters.nuswide import (
     _read_label_lines,
     open_nuswide,
 )
-from shards.errors import WsmlError
 from shards.shardset import open_shard_set
 from shards.views import read_official_labels
 from tests.conftest import assert_refused as refused

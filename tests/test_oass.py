@@ -19,7 +19,7 @@ import torchvision  # noqa: F401  (imported once here, not in every epoch's load
 from torch import nn
 
 from models.oass import OassNet
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from shards.lists import LabelLists
 from tests.train_fixtures import get_shards, read_metrics, read_summary
 from train.config import RunConfig

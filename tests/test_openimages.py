@@ -187,7 +187,7 @@ def test_parts_and_finalize(tmp_path):
 
 
 def test_class_groups_need_a_hierarchy(tmp_path):
-    from shards.errors import WsmlError
+    from shards.base.errors import WsmlError
 
     root = openimages_layout(tmp_path / "raw")
     convert("openimages-v3", root, tmp_path / "a", {}, {}, workers=1)

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from shards.errors import WsmlError
-from shards.options import Range, declared_ranges, numeric_fields
+from shards.base.errors import WsmlError
+from shards.base.options import Range, declared_ranges, numeric_fields
 from shards.regimes import REGIMES, create_regime
 from tests.conftest import assert_refused
 from tests.train_fixtures import FEAT, get_shards

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shards.base.errors import WsmlError
 from shards.embeddings import write_cache
-from shards.errors import WsmlError
 from tests.pipelines_data import BACKENDS, REGIME, TAG, TINY_PRESET, get_shard_set, open_loader
 
 
@@ -156,7 +156,7 @@ class NoDali(importlib.abc.MetaPathFinder):  # a machine where DALI does not ins
 sys.meta_path.insert(0, NoDali())
 from pipelines.loader import LoaderOptions, create_loader
 from pipelines.presets import center_crop_preset
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 
 preset = center_crop_preset(int(sys.argv[3]), interpolation="bilinear")
 args = dict(regime=sys.argv[2], batch_size=4, preset=preset)

@@ -21,7 +21,7 @@ import torch
 
 import shards
 from pipelines.folder import FolderBatches, list_images
-from shards.fileio import sha256_file
+from shards.base.fileio import sha256_file
 from shards.shardset import open_shard_set
 from shards.source import LABEL_SEPARATOR
 from tests.conftest import assert_refused

@@ -125,7 +125,7 @@ def test_repeated_row_ids_are_refused_even_with_a_matching_sha256(copy, tmp_path
 HOLD = """
 import sys, time
 from pathlib import Path
-from shards.fileio import folder_lock
+from shards.base.fileio import folder_lock
 with folder_lock(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(60)

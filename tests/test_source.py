@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from shards.errors import WsmlError
-from shards.registry import Registry
+from shards.base.errors import WsmlError
+from shards.base.registry import Registry
 from shards.source import parse_options
 
 

@@ -202,7 +202,7 @@ def test_frequency_groups_in_a_run_and_the_leaderboard(shards, tmp_path):
 
 
 def test_role_above_its_budget_refuses_before_any_work(shards, tmp_path):
-    from shards.errors import WsmlError
+    from shards.base.errors import WsmlError
     from tests.train_fixtures import FEAT
     from train.config import RunConfig
     from train.loop import train
@@ -217,7 +217,7 @@ def test_role_above_its_budget_refuses_before_any_work(shards, tmp_path):
 
 
 def test_em_apl_above_its_budget_refuses_before_any_work(shards, tmp_path):
-    from shards.errors import WsmlError
+    from shards.base.errors import WsmlError
     from tests.train_fixtures import FEAT
     from train.config import RunConfig
     from train.loop import train
@@ -313,8 +313,8 @@ def test_bad_sizes_fail_before_any_work(shards, tmp_path):
     import json
     import shutil
 
+    from shards.base.errors import WsmlError
     from shards.embeddings import write_cache
-    from shards.errors import WsmlError
     from train.config import RunConfig
     from train.loop import train
 

@@ -121,7 +121,7 @@ def test_e2e_bench_on_generated_openimages_labels(tmp_path):
 
 def test_linear_bench_with_openimages_shaped_labels():
     """--annotations: ragged labels and memory-mapped features; the chosen ways only."""
-    from shards.errors import WsmlError
+    from shards.base.errors import WsmlError
 
     lines = []
     rows = {"train": 300, "val": 40, "test": 60}

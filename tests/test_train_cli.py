@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from tests.conftest import assert_refused
 from tests.train_fixtures import CLIP, FEAT, NAN, WIDE, get_shards
 from train.context import Context

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from tests.train_fixtures import FEAT, get_shards
 from train.config import RunConfig
 from train.loop import train

@@ -59,7 +59,7 @@ def test_zeroshot_resume_is_a_no_op_and_needs_a_clip_cache(shards, tmp_path):
     again = zeroshot(shards, tmp_path / "zs", resume=True)
     assert again["test"] == first["test"]
     assert len(read_metrics(tmp_path / "zs")) == 1
-    from shards.errors import WsmlError
+    from shards.base.errors import WsmlError
 
     with pytest.raises(WsmlError, match="no class-text embeddings"):
         zeroshot(shards, tmp_path / "feat", features=FEAT)

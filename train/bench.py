@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
+from shards.base.errors import WsmlError
 from shards.benchkit import PeakRSS, format_ratio, summarize_rounds
-from shards.errors import WsmlError
 from train.bench_papers import as_shard_labels, paper_epoch, synthetic_split
 from train.bench_profile import profile_methods, sweep_plan
 from train.bench_sparse import create_sparse_splits

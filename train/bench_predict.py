@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 
 CACHE = "cache-features (shard split)"
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from train.context import Context
 from train.data import read_clip_text
 from train.ema import Ema

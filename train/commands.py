@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from shards.clitools import (
+from shards.base.clitools import (
     SEED_TYPE,
     DeviceType,
     FloatRange,
@@ -16,7 +16,7 @@ from shards.clitools import (
     markdown_option,
     parse_kv,
 )
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 
 
 @choices("method")

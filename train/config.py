@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from shards.clitools import check_device
-from shards.errors import WsmlError
-from shards.options import (
+from shards.base.clitools import check_device
+from shards.base.errors import WsmlError
+from shards.base.options import (
     AT_LEAST_ONE,
     EPOCHS,
     POSITIVE,

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from pipelines.distributed import DistContext
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from train.integrity import end_with_launcher
 
 

@@ -29,7 +29,7 @@ from pipelines import sharding
 from pipelines.distributed import host_to_device
 from pipelines.labels import DeviceLabels, gather_rows, mapped_tensor
 from shards import embeddings as emb
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from shards.lists import LabelLists
 from shards.shardset import ShardSet
 from train.context import Context

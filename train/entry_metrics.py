@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from shards.lists import LabelLists
 from train import metrics
 

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from shards.errors import WsmlError
-from shards.fileio import tmp_path_for, write_bytes_atomic
+from shards.base.errors import WsmlError
+from shards.base.fileio import tmp_path_for, write_bytes_atomic
 from shards.source import LABEL_SEPARATOR
 from train.inference import NetworkOptions, RunNetwork, describe_preprocessing, load_network
 from train.thresholds import MIN_POSITIVES, THRESHOLDS, VAL_F1, get_thresholds, store

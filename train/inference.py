@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from pipelines.presets import Preset
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from shards.shardset import ShardSet, open_shard_set
 from train.config import RunConfig
 from train.runfolder import BEST, CONFIG, MEMBERS, RunFolder
@@ -155,7 +155,7 @@ class MemberChoice:
 
 def find_member(summary: dict[str, Any], text: str) -> str:
     """The name of the member ``text`` (``lr=1e-4,batch=8``) names in a sweep's summary."""
-    from shards.options import parse_fields
+    from shards.base.options import parse_fields
 
     pairs = dict(p.split("=", 1) if "=" in p else (p, "") for p in text.split(",") if p)
     try:
@@ -181,7 +181,7 @@ def find_member(summary: dict[str, Any], text: str) -> str:
 def _provenance(folder: RunFolder, ckpt_path: Path, member: str | None, ckpt) -> dict[str, Any]:
     """Where the network comes from, for predictions' metadata and export's sidecar."""
     import shards
-    from shards.fileio import sha256_file
+    from shards.base.fileio import sha256_file
 
     return {
         "run": str(folder.path.resolve()),

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from shards import embeddings as emb
-from shards.errors import WsmlError
-from shards.fileio import folder_lock, sha256_file
+from shards.base.errors import WsmlError
+from shards.base.fileio import folder_lock, sha256_file
 from shards.shardset import ShardSet
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 
 STYLES = ("sklearn", "asl")
 _CHUNK_ENTRIES = 1 << 22  # entries sorted at once; classes are processed in column chunks

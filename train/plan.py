@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from shards import embeddings as emb
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from shards.shardset import ShardSet, open_shard_set
 from shards.views import check_view_labels
 from train.config import RunConfig, run_dict, split_options, with_run_options

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pipelines.folder import list_images, shown_name
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from shards.source import LABEL_SEPARATOR
 from train.inference import NetworkOptions, RunNetwork, load_network
 from train.thresholds import MIN_POSITIVES, VAL_F1, get_thresholds, store
@@ -229,7 +229,7 @@ def write_predictions(path: Path, result: Predictions, classes: list[str], recor
     carries ``record`` in its metadata; a CSV gets it as ``<out>.json``, written first."""
     import pyarrow as pa
 
-    from shards.fileio import tmp_path_for, write_bytes_atomic
+    from shards.base.fileio import tmp_path_for, write_bytes_atomic
 
     name = "key" if "row" in result.extra else "path"
     columns: dict[str, Any] = {name: result.names}

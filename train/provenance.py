@@ -17,7 +17,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from train.config import RunConfig
 from train.runfolder import BEST, LAST, RunFolder, nothing_to_resume
 

@@ -30,9 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from shards.embeddings import write_array
-from shards.errors import WsmlError
-from shards.fileio import (
+from shards.base.errors import WsmlError
+from shards.base.fileio import (
     TMP_SUFFIX,
     dumps_json,
     remove_temporaries,
@@ -41,6 +40,7 @@ from shards.fileio import (
     write_bytes_atomic,
     write_json_atomic,
 )
+from shards.embeddings import write_array
 from train.integrity import check_identity
 
 FORMAT = "wsml-run"

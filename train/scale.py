@@ -5,7 +5,7 @@ split."""
 from __future__ import annotations
 
 from shards import embeddings as emb
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from shards.shardset import ShardSet
 from train.methods import MethodConfig, MethodInfo
 

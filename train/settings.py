@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from shards.errors import WsmlError
-from shards.registry import Registry
+from shards.base.errors import WsmlError
+from shards.base.registry import Registry
 from train.config import DEFAULT_BACKBONE, DEFAULT_PRESET, RunConfig
 from train.data import FeatureData, ImageData, cache_dim, e2e_preset
 

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from shards.errors import WsmlError
-from shards.fileio import write_bytes_atomic
+from shards.base.errors import WsmlError
+from shards.base.fileio import write_bytes_atomic
 from train.bootstrap import write_test_ci
 from train.build import (
     CHECKPOINT_FORMAT,

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from shards.errors import WsmlError
-from shards.fileio import write_bytes_atomic
+from shards.base.errors import WsmlError
+from shards.base.fileio import write_bytes_atomic
 from train.evaluate import score
 
 THRESHOLDS = "thresholds.json"

@@ -13,7 +13,7 @@ from train.runfolder import json_safe
 def check_untrained(info, config) -> None:
     """A method that trains nothing has no lr x batch grid to sweep: refused before any work."""
     if not info.trains and config.sweep:
-        from shards.errors import WsmlError
+        from shards.base.errors import WsmlError
 
         raise WsmlError(f"method {info.name} trains nothing: --sweep does not apply")
 

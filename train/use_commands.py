@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from shards.clitools import DeviceType, expected_errors, markdown_option
+from shards.base.clitools import DeviceType, expected_errors, markdown_option
 
 MIN_POSITIVES = click.option(
     "--min-positives",

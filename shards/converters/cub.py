@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from shards.source import (
     ConverterInfo,
     OfficialSplit,

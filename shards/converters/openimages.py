@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from shards.lists import Lists
 from shards.oi_images import ImageFolders, list_image_folders
 from shards.source import (

@@ -28,8 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from shards.base.errors import WsmlError
 from shards.converters.openimages import OpenImagesRecords, _groups, read_trainable
-from shards.errors import WsmlError
 from shards.oi_images import ImageFolders, list_image_folders
 from shards.source import (
     ConverterInfo,

@@ -13,8 +13,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from shards.base.errors import WsmlError
 from shards.bias import object_weights
-from shards.errors import WsmlError
 from shards.source import (
     ConverterInfo,
     OfficialSplit,

@@ -16,7 +16,7 @@ the valid ones). Every config carries the protocol fields of :class:`MethodConfi
   ``batch["observed"]`` int8 (N, L): 1 positive, 0 unknown, -1 negative; ``batch["full"]`` the
   clean labels (1 positive, anything else negative) when ``info.needs_full``;
   ``batch["embedding"]`` (N, D) CLIP image embeddings when ``info.needs_clip``. Epochs count from
-  1. A non-finite loss raises :class:`~shards.errors.WsmlError` naming method, epoch and step.
+  1. A non-finite loss raises :class:`~shards.base.errors.WsmlError` naming method, epoch and step.
   Label state changes only in train mode with grad enabled, under ``no_grad``, after that check.
 - ``extra_parameters()`` -> optimiser param groups the method owns (``params``, ``lr_mult``,
   ``lr`` = config.lr x lr_mult, ``weight_decay``, ``name``); the loop adds them to its optimiser.

@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from shards.options import BELOW_ONE
+from shards.base.options import BELOW_ONE
 from train.methods import (
     Method,
     MethodConfig,

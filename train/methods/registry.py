@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
+from shards.base.options import parse_value
+from shards.base.registry import Registry
 from shards.lists import LabelLists
-from shards.options import parse_value
-from shards.registry import Registry
 from shards.source import dataset_family
 from train.methods.config import MethodConfig
 

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from pipelines.distributed import get_world_size
-from shards.errors import WsmlError
-from shards.options import POSITIVE
+from shards.base.errors import WsmlError
+from shards.base.options import POSITIVE
 from train.methods import Method, MethodConfig, expected_positive_reg, neg_log, register_method
 from train.methods.assume_negative import (
     EXPECTED_POSITIVES,

@@ -10,7 +10,7 @@ import difflib
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 
 T = TypeVar("T")
 

@@ -101,7 +101,7 @@ def check_inside(doc: Any, root: Path, where: str) -> None:
     """Every file a wsml JSON file ``doc`` records (the values under ``PATH_KEYS``, at any
     depth, but for the raw dataset's under ``SOURCE_KEYS``) is a relative name inside ``root``:
     a changed or hostile file opens nothing else."""
-    from shards.errors import WsmlError
+    from shards.base.errors import WsmlError
 
     items = (
         doc.items() if isinstance(doc, dict) else enumerate(doc if isinstance(doc, list) else ())
@@ -153,7 +153,7 @@ def folder_lock(folder: Path) -> Iterator[None]:
 
 @contextmanager
 def _locked(path: Path, folder: Path, target: Path) -> Iterator[None]:
-    from shards.errors import WsmlError
+    from shards.base.errors import WsmlError
 
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

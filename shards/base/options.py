@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 
 _CASTS = {"int": (int, "an integer"), "float": (float, "a number")}
 

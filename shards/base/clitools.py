@@ -37,7 +37,7 @@ def expected_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from shards.errors import WsmlError, os_error_message
+        from shards.base.errors import WsmlError, os_error_message
 
         try:
             return fn(*args, **kwargs)
@@ -164,7 +164,7 @@ DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 def check_device(device: str) -> str:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; anything else fails naming the choices."""
     if not DEVICE_RE.fullmatch(device):
-        from shards.errors import WsmlError
+        from shards.base.errors import WsmlError
 
         raise WsmlError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
     return device
@@ -194,7 +194,7 @@ class DeviceType(click.ParamType):
     name = "device"
 
     def convert(self, value, param, ctx):
-        from shards.errors import WsmlError
+        from shards.base.errors import WsmlError
 
         try:
             return check_device(str(value))
@@ -204,7 +204,7 @@ class DeviceType(click.ParamType):
 
 def check_regime_specs(ctx, param, specs: tuple[str, ...]) -> tuple[str, ...]:
     """Click callback: every ``--regime`` spec parses (or is ``none``), else a usage error."""
-    from shards.errors import WsmlError
+    from shards.base.errors import WsmlError
     from shards.regimes import parse_regime_spec
 
     for spec in specs:
@@ -224,8 +224,8 @@ def markdown_option(default_block: str):
     def parse(ctx, param, value):
         if value is None:
             return None
+        from shards.base.errors import WsmlError
         from shards.benchdoc import open_target
-        from shards.errors import WsmlError
 
         try:
             return open_target(value, default_block)
