@@ -16,7 +16,6 @@ from shards.base.clitools import (
     FloatRange,
     PartType,
     RegistryChoice,
-    check_regime_specs,
     choices,
     expected_errors,
     parse_kv,
@@ -37,6 +36,20 @@ def _regimes():
     from shards.regimes import REGIMES
 
     return REGIMES
+
+
+def check_regime_specs(ctx, param, specs: tuple[str, ...]) -> tuple[str, ...]:
+    """Click callback: every ``--regime`` spec parses (or is ``none``), else a usage error."""
+    from shards.base.errors import WsmlError
+    from shards.regimes import parse_regime_spec
+
+    for spec in specs:
+        if spec != "none":
+            try:
+                parse_regime_spec(spec)
+            except WsmlError as e:
+                raise click.BadParameter(str(e), ctx, param) from None
+    return specs
 
 
 @click.command()

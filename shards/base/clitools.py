@@ -202,20 +202,6 @@ class DeviceType(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
-def check_regime_specs(ctx, param, specs: tuple[str, ...]) -> tuple[str, ...]:
-    """Click callback: every ``--regime`` spec parses (or is ``none``), else a usage error."""
-    from shards.base.errors import WsmlError
-    from shards.regimes import parse_regime_spec
-
-    for spec in specs:
-        if spec != "none":
-            try:
-                parse_regime_spec(spec)
-            except WsmlError as e:
-                raise click.BadParameter(str(e), ctx, param) from None
-    return specs
-
-
 def markdown_option(default_block: str):
     """``--markdown DOC[#BLOCK]`` of a bench command: also write its tables into block BLOCK
     (default ``default_block``) of DOC, leaving the rest of DOC as it is; the doc and its
