@@ -1,5 +1,5 @@
 """The commands over raw datasets and shard sets: shard, observe, info, verify, audit and
-demo-data (their benchmarks are ``shards/bench_commands.py``'s)."""
+demo-data (their benchmarks are ``bench/commands.py``'s)."""
 
 from __future__ import annotations
 

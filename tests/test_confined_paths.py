@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from pipelines.bench import extract_folder
+from bench.loader import extract_folder
 from shards.base.errors import WsmlError
 from shards.convert import convert
 from shards.shardset import open_shard_set

@@ -271,7 +271,7 @@ def test_bench_loader_reports_dali_builds_apart_from_images_per_s(tmp_path):
     """Issue 23, item 7: a DALI training loader builds its graph once, in its first epoch,
     whose images/s leaves the build out; the build's seconds are reported on their own."""
     pytest.importorskip("nvidia.dali")
-    from pipelines.bench import LoaderBenchOptions, run_loader_bench
+    from bench.loader import LoaderBenchOptions, run_loader_bench
 
     lines = []
     opts = LoaderBenchOptions(preset="clip224", batch_size=8, threads=1, images=48, repeats=2,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from shards.base.clitools import DeviceType, expected_errors, markdown_option
+from shards.base.clitools import DeviceType, expected_errors
 
 MIN_POSITIVES = click.option(
     "--min-positives",
@@ -101,28 +101,3 @@ def export_command(run_dir, fmt, out, num_classes, **options):
     click.echo(f"{fmt} model of {len(sidecar['classes'])} classes: {path} (sidecar {path}.json)")
     click.echo(f"  input {pre['size']}x{pre['size']}: {pre['resize']}")
     click.echo(f"  preprocessing for an application: {path.parent / sidecar['preprocess']}")
-
-
-@click.command("predict")
-@click.option("--shards", "shards_dir", type=click.Path(), help="A shard set [default: generated].")
-@click.option("--images", type=click.IntRange(64, 10**7), default=320, show_default=True,
-              help="Photos in the generated set.")  # fmt: skip
-@click.option("--split", default="train", show_default=True)
-@click.option("--backbone", default="efficientnet-lite0", show_default=True)
-@click.option("--weights", help="A weights file, or none (random) [default: pretrained].")
-@click.option("--preset", default="backbone", show_default=True)
-@click.option("--image-size", type=click.IntRange(8, 4096), default=128, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, 2**20), default=64, show_default=True)
-@click.option("--repeats", type=click.IntRange(1, 1000), default=3, show_default=True)
-@click.option("--workdir", type=click.Path(file_okay=False), help="Keep the generated files here.")
-@markdown_option("predict")
-@expected_errors
-def bench_predict(shards_dir, workdir, markdown, **options):
-    """predict's images/s (a folder of JPEGs, a shard split) beside cache-features' for the
-    same encoder and images, and the exported ONNX model's under onnxruntime."""
-    from train.bench_predict import PredictBenchOptions, predict_tables, run_predict_bench
-
-    opts = PredictBenchOptions(**options)
-    rows = run_predict_bench(shards_dir, opts, workdir=workdir, echo=click.echo)
-    if markdown is not None:
-        markdown.write(predict_tables(rows, opts))

@@ -200,28 +200,3 @@ class DeviceType(click.ParamType):
             return check_device(str(value))
         except WsmlError as e:
             self.fail(str(e), param, ctx)
-
-
-def markdown_option(default_block: str):
-    """``--markdown DOC[#BLOCK]`` of a bench command: also write its tables into block BLOCK
-    (default ``default_block``) of DOC, leaving the rest of DOC as it is; the doc and its
-    block are checked before the bench runs."""
-
-    def parse(ctx, param, value):
-        if value is None:
-            return None
-        from shards.base.errors import WsmlError
-        from shards.benchdoc import open_target
-
-        try:
-            return open_target(value, default_block)
-        except WsmlError as e:
-            raise click.BadParameter(str(e), ctx, param) from None
-
-    return click.option(
-        "--markdown",
-        callback=parse,
-        metavar="DOC[#BLOCK]",
-        help=f"Also write the tables into block BLOCK [default: {default_block}] of DOC, "
-        "e.g. docs/performance.md (make bench-docs runs them all).",
-    )

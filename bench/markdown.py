@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import click
+
 from shards.base.errors import WsmlError
 from shards.base.fileio import write_bytes_atomic
 
@@ -101,7 +103,7 @@ def describe_machine(load: float | None = None, gpu: str | None = None) -> str:
     """CPU, cores, RAM, the GPU a bench ran on (``gpu``, "no GPU"; None: a bench that uses
     none) and the 1-minute load average (``load``: the one when the bench started, so other
     work on the machine shows)."""
-    from shards.benchkit import machine_info
+    from bench.harness import machine_info
 
     m = machine_info()
     load = os.getloadavg()[0] if load is None and hasattr(os, "getloadavg") else load
@@ -217,3 +219,25 @@ def render_index(text: str) -> Table:
         how = "generated" if m["how"] == "Generated" else "by hand"
         rows.append((f"`{name}`", m["date"], m["commit"] or "—", f"{how}, {m['machine']}"))
     return Table(("table", "figures of", "commit", "how, where"), tuple(rows))
+
+
+def markdown_option(default_block: str):
+    """``--markdown DOC[#BLOCK]`` of a bench command: also write its tables into block BLOCK
+    (default ``default_block``) of DOC, leaving the rest of DOC as it is; the doc and its
+    block are checked before the bench runs."""
+
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return open_target(value, default_block)
+        except WsmlError as e:
+            raise click.BadParameter(str(e), ctx, param) from None
+
+    return click.option(
+        "--markdown",
+        callback=parse,
+        metavar="DOC[#BLOCK]",
+        help=f"Also write the tables into block BLOCK [default: {default_block}] of DOC, "
+        "e.g. docs/performance.md (make bench-docs runs them all).",
+    )

@@ -3,8 +3,8 @@ linear grid's ways side by side, and the end-to-end steps per method."""
 
 from __future__ import annotations
 
-from shards.benchdoc import Table
-from shards.benchkit import format_ratio
+from bench.harness import format_ratio
+from bench.markdown import Table
 
 WAY_NAMES = {"papers": "papers, one by one", "runs": "wsml runs, one by one", "sweep": "`--sweep`"}
 
@@ -35,7 +35,7 @@ def linear_tables(r: dict) -> list[Table]:
 
 def profile_table(profiled: dict[str, list[dict]]) -> Table:
     """Each part's share of a sweep step, per method and group, and the step's thread CPU."""
-    from train.bench_profile import PARTS
+    from bench.train_profile import PARTS
 
     columns = [(m, g) for m, groups in profiled.items() for g in groups]
     head = ("part of a sweep step (thread CPU time)",

@@ -13,9 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from shards.base.errors import WsmlError
-from shards.benchdoc import Table
-from shards.benchkit import (
+from bench.harness import (
     format_ratio,
     jpeg_pool,
     machine_info,
@@ -24,6 +22,8 @@ from shards.benchkit import (
     warm_page_cache,
     write_coco_dataset,
 )
+from bench.markdown import Table
+from shards.base.errors import WsmlError
 
 CLI = Path(__file__).resolve().parents[1] / "cli.py"
 GOAL_RATIO = 0.7  # shard throughput / tar throughput, default options

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import torch
 
+from bench.harness import PeakRSS, format_ratio, summarize_rounds
+from bench.papers import as_shard_labels, paper_epoch, synthetic_split
+from bench.sparse import create_sparse_splits
+from bench.train_profile import profile_methods, sweep_plan
 from shards.base.errors import WsmlError
-from shards.benchkit import PeakRSS, format_ratio, summarize_rounds
-from train.bench_papers import as_shard_labels, paper_epoch, synthetic_split
-from train.bench_profile import profile_methods, sweep_plan
-from train.bench_sparse import create_sparse_splits
 from train.build import build_run
 from train.config import RunConfig
 from train.context import Context
@@ -59,7 +59,7 @@ def gpu_name(device: torch.device) -> str:
 
 
 def _header(echo: Callable[[str], None]) -> None:
-    from shards.benchkit import machine_info
+    from bench.harness import machine_info
 
     m = machine_info()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -140,10 +140,10 @@ class LinearBenchOptions:
     """What ``bench train`` (linear) times: one epoch of the ``batches`` x ``lrs`` grid for each
     of ``methods``, the chosen ``ways``, on synthetic features of ``rows`` (train, val, test;
     COCO's by default) x ``dim`` over ``classes``; ``annotations`` K > 0: OpenImages-shaped
-    ragged labels and memory-mapped features (``train.bench_sparse``); ``paper_steps`` > 0
+    ragged labels and memory-mapped features (``bench.sparse``); ``paper_steps`` > 0
     times that many steps of each papers'-way epoch and extrapolates; ``device`` auto: a GPU
     where there is one; ``repeats`` rounds of the ways, alternating; ``profile_steps`` > 0
-    then profiles that many steps of each sweep group (``train.bench_profile``)."""
+    then profiles that many steps of each sweep group (``bench.train_profile``)."""
 
     methods: tuple[str, ...] = ("an",)
     rows: dict[str, int] | None = None
@@ -291,7 +291,7 @@ def run_e2e_bench(
     folder of our own): per method (``methods``) images/s, ms per step, the data-wait share,
     and what the per-batch join of labels (ragged -> dense (B, L) on the device) and
     embeddings costs; with what was timed (images, classes, batch, steps, device)."""
-    from pipelines.bench import create_bench_set
+    from bench.loader import create_bench_set
     from shards.shardset import open_shard_set
     from train.plan import plan_run
 

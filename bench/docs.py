@@ -1,6 +1,6 @@
 """``make bench-docs`` (``cli.py bench docs``): every table of ``docs/performance.md`` regenerated
 by the bench command that measures it, at the docs' sizes, each into its own block
-(``shards/benchdoc.py``); ``TABLES=shard,loader`` regenerates a few. Each command runs as its
+(``bench/markdown.py``); ``TABLES=shard,loader`` regenerates a few. Each command runs as its
 own process, as a user runs it, so one bench's threads, caches and memory never weigh on the
 next; ``--small`` runs every command at tiny sizes (a check that each still runs and writes its
 block, not a measurement)."""
@@ -144,7 +144,7 @@ def run_bench_docs(
     """Run the bench commands of ``names`` one after another, each writing its block of
     ``doc``; stop at the first that fails (the blocks written before it stay, each whole).
     Returns each run's block and seconds."""
-    from shards.benchdoc import find_block
+    from bench.markdown import find_block
 
     runs = list_runs(names)
     text = Path(doc).read_text(encoding="utf-8") if Path(doc).is_file() else None

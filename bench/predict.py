@@ -42,7 +42,7 @@ def predict_bench_rows(
     shards: str | None, opts: PredictBenchOptions, work: Path, echo: Callable[[str], None]
 ) -> list[dict[str, Any]]:
     """One row per contender: ``what``, ``images_per_s`` (median), ``runs``, ``vs_cache``."""
-    from pipelines.bench import create_bench_set, extract_folder
+    from bench.loader import create_bench_set, extract_folder
     from shards.shardset import open_shard_set
 
     ss = open_shard_set(shards or create_bench_set(work, opts.images, val_frac=0.2))
@@ -166,7 +166,7 @@ def run_predict_bench(
     """Print the rows with the machine they ran on; the predict rows' ratio to cache-features."""
     import torch
 
-    from shards.benchkit import machine_info
+    from bench.harness import machine_info
 
     own = workdir is None
     work = Path(tempfile.mkdtemp(prefix="wsml-bench-predict-")) if own else Path(workdir)
@@ -192,7 +192,7 @@ def run_predict_bench(
 def predict_tables(rows: list[dict[str, Any]], opts: PredictBenchOptions) -> list:
     """The docs' table: each contender's images/s (median of the rounds) and its ratio to
     cache-features."""
-    from shards.benchdoc import Table
+    from bench.markdown import Table
 
     size = f"{opts.preset} {opts.image_size}" if opts.image_size else opts.preset
     caption = (

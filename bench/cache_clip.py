@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 
+from bench.harness import time_epochs
+from bench.markdown import Table
 from models.cache import create_clip_encoder
 from models.cache_run import CacheOptions, Encoder, run_cache
 from pipelines.distributed import DistContext
 from pipelines.loader import LoaderOptions, choose_backend, create_loader, default_threads
 from shards import embeddings as emb
 from shards.base.errors import WsmlError
-from shards.benchdoc import Table
-from shards.benchkit import time_epochs
 from shards.embeddings import make_tag
 from shards.shardset import ShardSet, open_shard_set
 
@@ -54,8 +54,8 @@ def run_cache_clip_bench(
     echo: Callable[[str], None] = print,
 ) -> dict:
     """Images/s of each model's embedding, its loader and the two in series (one table)."""
-    from pipelines.bench import create_bench_set
-    from shards.benchkit import machine_info
+    from bench.harness import machine_info
+    from bench.loader import create_bench_set
 
     split, batch_size, pretrained = opts.split, opts.batch_size, opts.pretrained
     own = workdir is None and shards is None

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.benchdoc import Table
-from shards.benchkit import machine_info, peak_rss
+from bench.harness import machine_info, peak_rss
+from bench.markdown import Table
 
 HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
 CHILD = (
     "import os, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
     "import pyarrow as pa; pa.set_cpu_count(1); pa.set_io_thread_count(1)\n"
-    "from shards.bench_openimages import build_label_tables\n"
+    "from bench.openimages import build_label_tables\n"
     "build_label_tables(sys.argv[1], sys.argv[2], sys.argv[3])\n"
 )
 

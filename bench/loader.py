@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.harness import format_ratio, summarize_ratios, time_epochs
+from bench.markdown import Table
 from pipelines.distributed import resolve_device
 from pipelines.loader import LoaderOptions, create_loader, default_threads
 from pipelines.presets import Preset, get_preset
 from shards.base.errors import WsmlError
-from shards.benchdoc import Table
-from shards.benchkit import format_ratio, summarize_ratios, time_epochs
 from shards.plan import KEY
 from shards.shardset import open_shard_set
 
@@ -56,7 +56,7 @@ def create_bench_set(
     """A COCO-layout folder of ``images`` photos, sharded with ``val_frac`` of them in val (0:
     all in train; the trainer needs a val split); with ``annotations`` K > 0, an Open Images
     V3 one instead (about K human labels an image over ``classes``, ragged, with unknowns)."""
-    from shards.benchkit import write_coco_dataset, write_openimages_dataset
+    from bench.harness import write_coco_dataset, write_openimages_dataset
     from shards.convert import convert
 
     tag = "" if not val_frac else f"-val{val_frac:g}"
@@ -178,7 +178,7 @@ def run_loader_bench(
     echo: Callable[[str], None] = print,
 ) -> dict:
     """Time the loaders on the same images (alternating epochs); print images/s and ratios."""
-    from shards.benchkit import machine_info, warm_page_cache
+    from bench.harness import machine_info, warm_page_cache
 
     preset, batch_size, images, repeats = opts.preset, opts.batch_size, opts.images, opts.repeats
     p = get_preset(preset)
