@@ -22,7 +22,7 @@ from pipelines.distributed import resolve_device
 from pipelines.loader import LoaderOptions, create_loader, default_threads
 from pipelines.presets import Preset, get_preset
 from shards.base.errors import WsmlError
-from shards.plan import KEY
+from shards.convert.plan import KEY
 from shards.shardset import open_shard_set
 
 
@@ -56,8 +56,8 @@ def create_bench_set(
     """A COCO-layout folder of ``images`` photos, sharded with ``val_frac`` of them in val (0:
     all in train; the trainer needs a val split); with ``annotations`` K > 0, an Open Images
     V3 one instead (about K human labels an image over ``classes``, ragged, with unknowns)."""
-    from bench.harness import write_coco_dataset, write_openimages_dataset
-    from shards.convert import convert
+    from shards.convert.convert import convert
+    from shards.synth.photos import write_coco_dataset, write_openimages_dataset
 
     tag = "" if not val_frac else f"-val{val_frac:g}"
     tag += f"-oi{classes}x{annotations:g}" if annotations else ""

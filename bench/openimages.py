@@ -111,10 +111,10 @@ def _write_image_list(folder: Path, split: str, ids: np.ndarray) -> None:
 
 def build_label_tables(root: str, out: str, version: str = "3") -> None:
     """What the benchmark times: read the metadata (streamed CSVs) and write every label table."""
+    from shards.convert.plan import assign_rows
+    from shards.convert.scan import ScanResult
     from shards.converters.openimages import OpenImagesOptions, open_openimages
     from shards.converters.openimages_v6 import OpenImagesV6Options, open_openimages_v6
-    from shards.plan import assign_rows
-    from shards.scan import ScanResult
     from shards.views import write_official_and_label_tables
 
     if version == "3":

@@ -15,15 +15,14 @@ from pathlib import Path
 
 from bench.harness import (
     format_ratio,
-    jpeg_pool,
     machine_info,
     peak_rss,
     summarize_ratios,
     warm_page_cache,
-    write_coco_dataset,
 )
 from bench.markdown import Table
 from shards.base.errors import WsmlError
+from shards.synth.photos import jpeg_pool, write_coco_dataset
 
 CLI = Path(__file__).resolve().parents[1] / "cli.py"
 GOAL_RATIO = 0.7  # shard throughput / tar throughput, default options

@@ -33,9 +33,9 @@ from models.weights import NO_WEIGHTS
 from pipelines.distributed import DistContext, autocast, seeded
 from pipelines.presets import PRESETS, Preset, center_crop_preset, get_preset
 from shards.base.errors import WsmlError
+from shards.convert.source import read_utf8
 from shards.embeddings import make_tag
 from shards.shardset import open_shard_set
-from shards.source import read_utf8
 
 __all__ = [
     "DEFAULT_CHUNK",

@@ -26,7 +26,7 @@ from shards.base.clitools import (
 @choices("dataset")
 def _converters():
     import shards.converters  # noqa: F401  (registers them)
-    from shards.source import CONVERTERS
+    from shards.convert.source import CONVERTERS
 
     return CONVERTERS
 
@@ -143,7 +143,7 @@ def shard(dataset, root, out, workers, fsync, part, finalize, resume, overwrite,
     """Convert a raw dataset into a shard set (tars + DALI indexes + Parquet labels + manifest)."""
     from pathlib import Path
 
-    from shards.convert import convert
+    from shards.convert.convert import convert
 
     if part and finalize:
         raise click.UsageError("--part and --finalize go in separate runs")
@@ -410,7 +410,7 @@ def audit(shards_dir, workers, no_decode, near_dup_bits, near_dup_fail_bits, nea
 @expected_errors
 def demo_data(out, n_train, n_val, seed):
     """Write the embedded demo dataset (digit mosaics, COCO layout) from scikit-learn's digits."""
-    from shards.demo import write_demo_data
+    from shards.synth.digits import write_demo_data
 
     s = write_demo_data(out, n_train=n_train, n_val=n_val, seed=seed, progress=sys.stderr.isatty())
     click.echo(json.dumps(s))

@@ -1,4 +1,4 @@
-"""Image files of the kinds users have (the reader's cases, shards/images.py ``read_rgb``), made
+"""Image files of the kinds users have (the reader's cases, shards/convert/images.py ``read_rgb``), made
 from one RGB picture: 16-bit PNGs (grey and RGB), a palette PNG with transparency, RGBA, grey
 and CMYK JPEGs, and JPEGs in each EXIF orientation, stored turned so that they show the
 picture upright. Each kind comes with the pixels a reader must give for it."""

@@ -6,7 +6,7 @@
   ``VOCdevkit/VOC<year>`` with XML labels) that the CLI and bad-input tests point into by id;
 - the real fixtures of ../shared/fixtures/real (``real_voc2007``, ``real_coco2014``), the ways a
   downloaded JPEG goes wrong (``CORRUPTIONS``) and ``tree_digest``. Every dataset is written
-  through ``shards.coco_layout`` or plain files; none is a second writer of shard sets."""
+  through ``shards.synth.coco_layout`` or plain files; none is a second writer of shard sets."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from shards import coco_layout
+from shards.synth import coco_layout
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "fixtures" / "real"

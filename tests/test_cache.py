@@ -25,7 +25,7 @@ import cli
 from shards import embedding_writer as writer
 from shards import embeddings as emb
 from shards.base.errors import WsmlError
-from shards.convert import convert
+from shards.convert.convert import convert
 from shards.shardset import open_shard_set
 from tests.conftest import REPO
 from tests.raw_datasets import make_coco

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 import cli
-from shards.base.fileio import TarShardWriter
+from shards.convert.tar_writer import TarShardWriter
 from tests.raw_datasets import (
     COCO_CATEGORIES,
     REAL_COCO_JSON,
@@ -559,7 +559,7 @@ def test_converters_do_not_load_pyarrow_before_the_pool_forks():
 
     from tests.conftest import REPO
 
-    code = "import sys, shards.convert; assert 'pyarrow' not in sys.modules"
+    code = "import sys, shards.convert.convert; assert 'pyarrow' not in sys.modules"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 

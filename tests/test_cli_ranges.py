@@ -69,7 +69,7 @@ def test_train_refuses_a_bad_device_option(tmp_path_factory, tmp_path):
 @pytest.mark.parametrize("options", [{"max_side": -5}, {"jpeg_quality": 1000}, {"max_bad": 2.0}])
 def test_the_library_refuses_the_same_values(tmp_path, options):
     from shards.base.errors import WsmlError
-    from shards.convert import convert
+    from shards.convert.convert import convert
 
     root = make_coco(tmp_path / "coco", n_train=4, n_val=2)
     with pytest.raises(WsmlError, match=next(iter(options)).replace("_", "-")):

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 import cli
 from bench.loader import extract_folder
 from shards.base.errors import WsmlError
-from shards.convert import convert
+from shards.convert.convert import convert
 from shards.shardset import open_shard_set
 from tests.raw_datasets import make_coco
 

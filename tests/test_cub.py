@@ -12,7 +12,7 @@ import pytest
 from click.testing import Result
 
 from shards.base.errors import WsmlError
-from shards.convert import convert
+from shards.convert.convert import convert
 from shards.converters.cub import (
     CubOptions,
     attribute_part,

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from shards.base.errors import WsmlError
-from shards.demo import write_demo_data
-from shards.demo_paint import NAMES, SCENES
+from shards.synth.digits import write_demo_data
+from shards.synth.paint import NAMES, SCENES
 
 SPLITS = ("train", "val")
 

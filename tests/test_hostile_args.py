@@ -15,8 +15,8 @@ from click.testing import CliRunner
 
 import cli
 from shards.base.clitools import DeviceType
-from shards.convert import convert
-from shards.demo import write_demo_data
+from shards.convert.convert import convert
+from shards.synth.digits import write_demo_data
 from tests.raw_datasets import make_coco, write_jpeg
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"

@@ -5,7 +5,7 @@ import io
 import pytest
 from PIL import Image
 
-from shards.images import BadImage, encode_jpeg, probe_bytes, probe_file, target_size
+from shards.convert.images import BadImage, encode_jpeg, probe_bytes, probe_file, target_size
 from tests.raw_datasets import jpeg_bytes
 
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 
 import cli
 from shards.base.errors import WsmlError
-from shards.convert import convert
+from shards.convert.convert import convert
 from shards.converters.nuswide import (
     NUS_CONCEPTS,
     NUS_GROUPS,

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from shards.convert import convert
+from shards.convert.convert import convert
+from shards.converters.oi_labels import hex_ids
 from shards.converters.openimages import OpenImagesOptions, open_openimages
-from shards.oi_labels import hex_ids
 from shards.shardset import open_shard_set
 from tests.conftest import assert_refused, shard_cli
 from tests.layouts_openimages import openimages_layout

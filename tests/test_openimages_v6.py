@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from shards.convert import convert
+from shards.convert.convert import convert
 from shards.converters.openimages_v6 import FILES
 from shards.shardset import open_shard_set
 from tests.conftest import assert_refused, shard_cli

@@ -22,8 +22,8 @@ import torch
 import shards
 from pipelines.folder import FolderBatches, list_images
 from shards.base.fileio import sha256_file
+from shards.convert.source import LABEL_SEPARATOR
 from shards.shardset import open_shard_set
-from shards.source import LABEL_SEPARATOR
 from tests.conftest import assert_refused
 from tests.image_kinds import png16, reencoded
 from tests.predict_runs import get_predict_setup, invoke, probs_of, resized_photos

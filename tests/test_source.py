@@ -8,7 +8,7 @@ import pytest
 
 from shards.base.errors import WsmlError
 from shards.base.registry import Registry
-from shards.source import parse_options
+from shards.convert.source import parse_options
 
 
 @dataclass(frozen=True)

@@ -271,7 +271,7 @@ def test_two_ranks_match_one_process_on_partial_labels(tmp_path):
     import subprocess
     import sys
 
-    from shards.convert import convert
+    from shards.convert.convert import convert
     from shards.embeddings import write_cache
     from shards.shardset import open_shard_set
     from tests.layouts_openimages import openimages_layout

@@ -257,7 +257,7 @@ def test_bad_box_cells_are_refused(tmp_path, bad, names):
 
 
 def test_a_class_holding_the_label_separator_is_refused_for_every_converter(tmp_path):
-    """shards.source.LABEL_SEPARATOR (';') joins labels written as text: refused at shard
+    """shards.convert.source.LABEL_SEPARATOR (';') joins labels written as text: refused at shard
     time wherever the class comes from (here a class column, and a COCO category)."""
     raw = photos(tmp_path / "raw")
     write_csv(raw, ["path", "cat;dog"], [[p, "1"] for p, _ in ROWS])

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from shards.base.errors import WsmlError
-from shards.convert import convert
-from shards.images import probe_bytes
+from shards.convert.convert import convert
+from shards.convert.images import probe_bytes
 from shards.shardset import open_shard_set
 from tests.conftest import REPO
 from tests.raw_datasets import jpeg_bytes, make_coco
@@ -160,7 +160,7 @@ def test_no_fsync_gives_the_same_bytes(tmp_path, coco_root):
 
 
 def test_tar_headers_equal_tarfiles():
-    from shards.base.fileio import _tarfile_header, tar_header
+    from shards.convert.tar_writer import _tarfile_header, tar_header
 
     names = ["a.jpg", "COCO_train2014_000000480023.row", "x" * 95 + ".jpg", "é.jpg", "k-_9.row"]
     for name in names:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.convert import convert
-from shards.demo import write_demo_data
+from shards.convert.convert import convert
 from shards.embeddings import write_cache
 from shards.shardset import open_shard_set
+from shards.synth.digits import write_demo_data
 
 FEAT, CLIP, WIDE = "feat", "clip", "wide"  # cache tags
 DIMS = {FEAT: 24, CLIP: 16, WIDE: 40}

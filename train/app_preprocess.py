@@ -11,7 +11,7 @@ SPEC is the sidecar's ``preprocessing``: the reader's rules, the resize rule wit
 and interpolation, the crop, the scale, mean and std. The resize is torchvision's antialiased
 uint8 kernel (the one wsml runs), written here in numpy so that the pixels are the same.
 (This file is written by ``cli.py export`` from wsml's ``train/app_preprocess.py`` and the image
-reader of ``shards/images.py``; it imports nothing of wsml.)
+reader of ``shards/convert/images.py``; it imports nothing of wsml.)
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import torch
 
 from shards.base.errors import WsmlError
 from shards.base.fileio import tmp_path_for, write_bytes_atomic
-from shards.source import LABEL_SEPARATOR
+from shards.convert.source import LABEL_SEPARATOR
 from train.inference import NetworkOptions, RunNetwork, describe_preprocessing, load_network
 from train.thresholds import MIN_POSITIVES, THRESHOLDS, VAL_F1, get_thresholds, store
 
@@ -125,11 +125,11 @@ def thresholds_of(run: RunNetwork, min_positives: int, echo) -> tuple[dict[str, 
 
 def app_preprocess(sidecar: dict[str, Any]) -> str:
     """``preprocess.py``: train/app_preprocess.py with the sidecar's preprocessing and the
-    image reader's source (``shards.images.rgb_image``) filled in; it imports nothing of wsml."""
+    image reader's source (``shards.convert.images.rgb_image``) filled in; it imports nothing of wsml."""
     import inspect
     import pprint
 
-    from shards import images
+    from shards.convert import images
     from train import app_preprocess as template
 
     reader = f"EXIF_ORIENTATION = {images.EXIF_ORIENTATION:#06x}\n\n\n" + inspect.getsource(

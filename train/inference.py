@@ -256,7 +256,7 @@ def _check_classes(net: nn.Module, preset: Preset, num_classes: int, run_dir) ->
 
 
 READER_RULES = (
-    "RGB uint8 by wsml's image reader (shards/images.py rgb_image, copied into "
+    "RGB uint8 by wsml's image reader (shards/convert/images.py rgb_image, copied into "
     "preprocess.py): EXIF orientation applied; 16-bit samples to 8 bits by their high byte; "
     "grey, palette and CMYK converted to RGB; alpha dropped (the colour under it kept)"
 )

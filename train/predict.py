@@ -20,7 +20,7 @@ import torch
 
 from pipelines.folder import list_images, shown_name
 from shards.base.errors import WsmlError
-from shards.source import LABEL_SEPARATOR
+from shards.convert.source import LABEL_SEPARATOR
 from train.inference import NetworkOptions, RunNetwork, load_network
 from train.thresholds import MIN_POSITIVES, VAL_F1, get_thresholds, store
 
@@ -259,7 +259,7 @@ def write_predictions(path: Path, result: Predictions, classes: list[str], recor
 
 
 def _write_csv(table, f) -> None:
-    """Label lists joined by the one label separator (``shards.source.LABEL_SEPARATOR``)."""
+    """Label lists joined by the one label separator (``shards.convert.source.LABEL_SEPARATOR``)."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
 

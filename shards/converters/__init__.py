@@ -1,4 +1,4 @@
 """Converters: each reads one raw layout, checks it, and yields records. Importing this package
-registers them all in :data:`shards.source.CONVERTERS`."""
+registers them all in :data:`shards.convert.source.CONVERTERS`."""
 
 from shards.converters import coco, cub, nuswide, openimages, openimages_v6, table, voc  # noqa: F401

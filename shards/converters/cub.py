@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from shards.base.errors import WsmlError
-from shards.source import (
+from shards.convert.source import (
     ConverterInfo,
     OfficialSplit,
     Record,

@@ -14,9 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from shards.base.errors import WsmlError
-from shards.lists import Lists
-from shards.oi_images import ImageFolders, list_image_folders
-from shards.source import (
+from shards.convert.source import (
     ConverterInfo,
     OfficialSplit,
     Record,
@@ -26,13 +24,17 @@ from shards.source import (
     require_dir,
     require_file,
 )
+from shards.converters.oi_images import ImageFolders, list_image_folders
+from shards.lists import Lists
 
 SPLITS = (("train", "train"), ("validation", "val"), ("test", "test"))
 
 
 @dataclass(frozen=True)
 class OpenImagesOptions:
-    images: str = ""  # folders of <ImageID>.jpg for every split: a,b or a glob (shards.oi_images)
+    images: str = (
+        ""  # folders of <ImageID>.jpg for every split: a,b or a glob (shards.converters.oi_images)
+    )
     classes: str = "classes-trainable.txt"  # the class list, relative to the metadata folder
     hierarchy: str = ""  # optional V4-style hierarchy json: groups = top-level categories
 
@@ -87,8 +89,8 @@ class OpenImagesRecords:
 
 def open_openimages(root: Path, opts: OpenImagesOptions) -> Source:
     # pyarrow is imported only now: a process that has loaded it cannot fork its worker pool
-    # (shards.scan.Workers), and every converter module is imported by every conversion.
-    from shards.oi_labels import read_descriptions, read_human_labels, read_image_ids
+    # (shards.convert.scan.Workers), and every converter module is imported by every conversion.
+    from shards.converters.oi_labels import read_descriptions, read_human_labels, read_image_ids
 
     require_dir(root, "the dataset root")
     meta = _metadata_folder(root)

@@ -37,7 +37,7 @@ import numpy as np
 
 from shards.base.errors import WsmlError
 from shards.bias import BOX_COLUMNS
-from shards.source import (
+from shards.convert.source import (
     ConverterInfo,
     OfficialSplit,
     Record,

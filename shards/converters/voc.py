@@ -15,7 +15,7 @@ from pathlib import Path
 
 from shards.base.errors import WsmlError
 from shards.bias import object_weights
-from shards.source import (
+from shards.convert.source import (
     ConverterInfo,
     OfficialSplit,
     Record,

@@ -44,7 +44,7 @@ Forward is for training-split batches only (``row`` indexes the training split).
 
 from __future__ import annotations
 
-from shards.source import FAMILIES, dataset_family
+from shards.convert.source import FAMILIES, dataset_family
 from train.methods.base import (
     LOG_EPSILON,
     Method,

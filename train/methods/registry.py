@@ -15,8 +15,8 @@ from torch import Tensor, nn
 from shards.base.errors import WsmlError
 from shards.base.options import parse_value
 from shards.base.registry import Registry
+from shards.convert.source import dataset_family
 from shards.lists import LabelLists
-from shards.source import dataset_family
 from train.methods.config import MethodConfig
 
 if TYPE_CHECKING:

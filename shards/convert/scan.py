@@ -18,7 +18,7 @@ from multiprocessing import get_context
 
 import numpy as np
 
-from shards.images import BadImage, probe_file
+from shards.convert.images import BadImage, probe_file
 
 OK, MISSING, BAD = 0, 1, 2
 CHUNK = 256

@@ -1,4 +1,4 @@
-"""The demo dataset's content (``shards.demo`` writes it): each image's digit classes, drawn
+"""The demo dataset's content (``shards.synth.digits`` writes it): each image's digit classes, drawn
 from a latent scene type with structured co-occurrence, and its mosaic of real handwritten
 digit scans (scikit-learn's load_digits) over a gradient and noise background, with each
 digit's ink box. Changing anything here changes the demo's bytes and its leaderboard."""

@@ -3,7 +3,7 @@ observed views + manifest (written last).
 
 Resumable per shard: each shard is published atomically with a done-marker under ``_progress/``;
 a rerun with the same source and options skips finished shards and ends with the same bytes.
-The ``--out`` folder's state (whose it is, fresh / resume / complete) is ``shards.out_state``'s.
+The ``--out`` folder's state (whose it is, fresh / resume / complete) is ``shards.convert.out_state``'s.
 """
 
 from __future__ import annotations
@@ -27,14 +27,20 @@ from shards.base.fileio import (
     read_json,
     write_json_atomic,
 )
-from shards.images import target_size
-from shards.out_state import MANIFEST, inspect_out, output_identity, scan_split, start_output
-from shards.plan import ShardPlan, assign_rows, plan_shards
+from shards.convert.images import target_size
+from shards.convert.out_state import (
+    MANIFEST,
+    inspect_out,
+    output_identity,
+    scan_split,
+    start_output,
+)
+from shards.convert.plan import ShardPlan, assign_rows, plan_shards
+from shards.convert.scan import BAD, MISSING, OK, ScanResult, Workers
+from shards.convert.shardwork import PROGRESS, ShardTask, write_one_shard
+from shards.convert.source import Source
+from shards.convert.source_checks import report_source
 from shards.regimes import parse_regime_spec
-from shards.scan import BAD, MISSING, OK, ScanResult, Workers
-from shards.shardwork import PROGRESS, ShardTask, write_one_shard
-from shards.source import Source
-from shards.source_checks import report_source
 
 MISSING_LISTED = 1000  # missing images named in the manifest; all in labels/official/*-missing
 

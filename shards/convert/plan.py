@@ -127,7 +127,7 @@ def assign_rows(splits, scans, val_frac: float, seed: int) -> list[SplitRows]:
     """Official train -> train/val by the field's rule (on every present record, so that the
     split of the remaining ones matches the reference), unless the source has a val split of
     its own; official val -> val, test -> test; records whose image is bad are dropped."""
-    from shards.scan import MISSING, OK
+    from shards.convert.scan import MISSING, OK
 
     has_val = any(s.role == "val" for s in splits)
     out = []

@@ -23,20 +23,20 @@ from shards.base.fileio import (
     tmp_path_for,
     write_json_atomic,
 )
+from shards.convert.scan import ScanResult, Workers, scan_images
+from shards.convert.shardwork import PROGRESS
+from shards.convert.source import Source
+from shards.convert.source_checks import check_unchanged, write_seen
 from shards.image_hashes import HASH_DIR
-from shards.scan import ScanResult, Workers, scan_images
-from shards.shardwork import PROGRESS
-from shards.source import Source
-from shards.source_checks import check_unchanged, write_seen
 
 if TYPE_CHECKING:
-    from shards.writer import ShardOptions
+    from shards.convert.writer import ShardOptions
 
 MANIFEST = "manifest.json"
 
 
 if TYPE_CHECKING:
-    from shards.writer import ShardOptions
+    from shards.convert.writer import ShardOptions
 
 MANIFEST = "manifest.json"
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 from shards.base.errors import WsmlError
 from shards.base.fileio import (
-    TarShardWriter,
     publish,
     tmp_path_for,
     write_bytes_atomic,
     write_json_atomic,
 )
-from shards.images import BadImage, encode_jpeg, probe_bytes
+from shards.convert.images import BadImage, encode_jpeg, probe_bytes
+from shards.convert.tar_writer import TarShardWriter
 
 PROGRESS = "_progress"
 

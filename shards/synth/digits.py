@@ -17,8 +17,8 @@ from PIL import Image
 
 from shards.base.errors import WsmlError
 from shards.base.fileio import read_json
-from shards.coco_layout import write_coco_json
-from shards.demo_paint import NAMES, Painter, sample_labels, split_digits
+from shards.synth.coco_layout import write_coco_json
+from shards.synth.paint import NAMES, Painter, sample_labels, split_digits
 
 GENERATOR_VERSION = 1
 JPEG_QUALITY = 90

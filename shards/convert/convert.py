@@ -7,9 +7,9 @@ from pathlib import Path
 
 import shards.converters  # noqa: F401  (registers the converters)
 from shards.base.errors import WsmlError
-from shards.scan import Workers
-from shards.source import CONVERTERS, parse_options
-from shards.writer import ShardOptions, write_shard_set
+from shards.convert.scan import Workers
+from shards.convert.source import CONVERTERS, parse_options
+from shards.convert.writer import ShardOptions, write_shard_set
 
 DEFAULT_REGIMES = ("single-positive",)
 
