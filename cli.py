@@ -1,7 +1,7 @@
 """wsml command line: each command parses, calls one library function, prints a short summary.
 
 The commands live beside what they drive (``shards/commands.py``, ``models/commands.py``,
-``train/commands.py``, ``train/use_commands.py``; the benchmarks' in ``bench/commands.py``);
+``train/commands.py``, ``train/use/commands.py``; the benchmarks' in ``bench/commands.py``);
 this file gathers them. ``--help`` imports neither torch nor DALI; expected failures print
 ``Error: ...`` and exit 1.
 """
@@ -22,7 +22,7 @@ from models import commands as models_commands  # noqa: E402
 from shards import commands as shards_commands  # noqa: E402
 from shards.base.clitools import check_text_args  # noqa: E402
 from train import commands as train_commands  # noqa: E402
-from train import use_commands  # noqa: E402
+from train.use import commands as use_commands  # noqa: E402
 
 
 class Main(click.Group):

@@ -76,7 +76,7 @@ def _train_head(ss, opts: PredictBenchOptions, work: Path) -> Path:
     """A linear run on the encoder's cache (every split cached, one epoch): what predict uses."""
     from models.cache import cache_features
     from train.config import RunConfig
-    from train.loop import train
+    from train.run import train
 
     made = cache_features(
         ss.root, backbone=opts.backbone, weights=opts.weights, preset=opts.preset,
@@ -94,7 +94,7 @@ def _contenders(ss, opts: PredictBenchOptions, run_dir: Path, folder: Path, work
     from models.cache_run import CacheOptions, run_cache
     from pipelines.distributed import DistContext
     from shards.embeddings import make_tag
-    from train.predict import PredictOptions, run_predict
+    from train.use.predict import PredictOptions, run_predict
 
     enc = create_feature_encoder(opts.backbone, weights=opts.weights, preset=opts.preset,
                                  image_size=opts.image_size, device="cpu")  # fmt: skip
@@ -138,8 +138,8 @@ def _onnx_contender(run_dir: Path, folder: Path, batch_size: int, work: Path):
         return None
     from pipelines.folder import FolderBatches, list_images
     from pipelines.loader import default_threads
-    from train.export import export_run
-    from train.inference import load_network
+    from train.use.export import export_run
+    from train.use.inference import load_network
 
     path, _ = export_run(run_dir, "onnx", work / "model.onnx", echo=lambda s: None)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from tests.train_fixtures import CLIP, FEAT
 from train.config import RunConfig
-from train.loop import train
+from train.run import train
 
 OPTS = {"epochs": "2", "lr": "0.01", "stop_patience": "0", "stop_drop": "0"}
 

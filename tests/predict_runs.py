@@ -26,7 +26,7 @@ from shards.shardset import open_shard_set
 from shards.synth.digits import write_demo_data
 from tests.image_kinds import image_kinds
 from train.config import RunConfig
-from train.loop import train
+from train.run import train
 
 TAG = "wsml-tiny-clip__none"
 SWEEP = {"sweep_lrs": (1e-2, 1e-3), "sweep_batches": (8, 16)}

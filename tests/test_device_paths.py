@@ -121,7 +121,7 @@ def test_linear_runs_and_scoring_ignore_forced_bf16(shards, tmp_path):
 
 
 def test_minus_o_device_is_honoured(shards, tmp_path):
-    from train.loop import train
+    from train.run import train
 
     config = RunConfig(
         shards=str(shards), method="an", features=FEAT, out=str(tmp_path / "r"),

@@ -48,7 +48,7 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     from models.backbones import create_backbone
     from models.cache import cache_clip
     from train.config import RunConfig
-    from train.loop import train
+    from train.run import train
 
     base = tmp_path_factory.mktemp("hostile")
     raw = make_coco(base / "raw", n_train=8, n_val=4)

@@ -22,9 +22,9 @@ from pipelines.folder import FolderBatches, list_images
 from shards.shardset import open_shard_set
 from tests.conftest import assert_refused
 from tests.predict_runs import TAG, get_predict_setup, invoke, probs_of
-from train.export import run_exported
-from train.inference import load_network
-from train.thresholds import best_f1_threshold
+from train.use.export import run_exported
+from train.use.inference import load_network
+from train.use.thresholds import best_f1_threshold
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,8 @@ from shards.shardset import open_shard_set
 from tests.conftest import assert_refused
 from tests.image_kinds import png16, reencoded
 from tests.predict_runs import get_predict_setup, invoke, probs_of, resized_photos
-from train.inference import load_network
-from train.predict import read_provenance
+from train.use.inference import load_network
+from train.use.predict import read_provenance
 
 RECODED_ATOL = 2e-3  # a PNG's shard holds the JPEG (q90) of its pixels: JPEG's loss, no more
 

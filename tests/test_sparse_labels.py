@@ -184,7 +184,7 @@ def test_frequency_groups_in_a_run_and_the_leaderboard(shards, tmp_path):
     from tests.train_fixtures import FEAT, read_metrics, read_summary
     from train.config import RunConfig
     from train.leaderboard import write_leaderboard
-    from train.loop import train
+    from train.run import train
 
     out = tmp_path / "runs" / "an"
     opts = {"epochs": "1", "lr": "0.01", "groups": "frequency"}
@@ -205,7 +205,7 @@ def test_role_above_its_budget_refuses_before_any_work(shards, tmp_path):
     from shards.base.errors import WsmlError
     from tests.train_fixtures import FEAT
     from train.config import RunConfig
-    from train.loop import train
+    from train.run import train
 
     opts = {"epochs": "1", "memory_budget_gb": "1e-6"}
     config = RunConfig(shards=str(shards), method="role", features=FEAT,
@@ -220,7 +220,7 @@ def test_em_apl_above_its_budget_refuses_before_any_work(shards, tmp_path):
     from shards.base.errors import WsmlError
     from tests.train_fixtures import FEAT
     from train.config import RunConfig
-    from train.loop import train
+    from train.run import train
 
     opts = {"epochs": "1", "memory_budget_gb": "1e-6", "neg_proportion": "0.5"}
     config = RunConfig(shards=str(shards), method="em-apl", features=FEAT,
@@ -234,8 +234,8 @@ def test_em_apl_above_its_budget_refuses_before_any_work(shards, tmp_path):
 def test_chunked_entry_evaluation_equals_the_in_memory_scores(tmp_path):
     """A partially labelled split scored a chunk at a time from the memory map, keeping only
     annotated entries (a run's model, the sweep's heads) equals scoring the whole matrix."""
+    from models.heads import StackedHeads
     from train.evaluate import evaluate_splits
-    from train.sweep import StackedHeads
 
     y, _ = random_case(2, rows=50, classes=L)
     data = source("partial-p0.5", "partial")
@@ -277,7 +277,7 @@ def test_two_ranks_match_one_process_on_partial_labels(tmp_path):
     from tests.layouts_openimages import openimages_layout
     from tests.train_fixtures import read_metrics
     from train.config import RunConfig
-    from train.loop import train
+    from train.run import train
 
     openimages_layout(tmp_path / "raw")
     convert("openimages-v3", tmp_path / "raw", tmp_path / "set", {}, {}, workers=1)
@@ -316,7 +316,7 @@ def test_bad_sizes_fail_before_any_work(shards, tmp_path):
     from shards.base.errors import WsmlError
     from shards.embeddings import write_cache
     from train.config import RunConfig
-    from train.loop import train
+    from train.run import train
 
     root = Path(shutil.copytree(shards, tmp_path / "set"))
     arrays = {"train": np.ones((10, 4)), "val": np.ones((60, 4)), "test": np.ones((60, 4))}

@@ -10,7 +10,7 @@ from tests.conftest import shard_cli
 from tests.raw_datasets import make_coco
 from tests.train_fixtures import FEAT, add_caches
 from train.config import RunConfig
-from train.loop import train
+from train.run import train
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,7 @@ from shards.base.errors import WsmlError
 from tests.train_fixtures import get_shards, read_summary
 from train.config import RunConfig
 from train.context import cpu_threads
-from train.loop import train
-from train.run import evaluate_run
+from train.run import evaluate_run, train
 
 
 class Maps(nn.Module):

@@ -18,7 +18,7 @@ import torch
 from pipelines.dali_loader import dali_available
 from tests.train_fixtures import FEAT, get_shards, read_metrics, read_summary
 from train.config import RunConfig
-from train.loop import train
+from train.run import train
 
 REPO = Path(__file__).resolve().parents[1]
 OPTS = {"epochs": "3", "lr": "0.01", "warmup_epoch": "1", "stop_patience": "0"}

@@ -18,8 +18,8 @@ from shards.shardset import open_shard_set
 from shards.views import write_regime_view
 from tests.ddp_methods_worker import method_config
 from tests.train_fixtures import get_shards, read_metrics, read_summary
-from train.loop import train
 from train.methods import METHODS
+from train.run import train
 
 REPO = Path(__file__).resolve().parents[1]
 STACKABLE = [m.name for m in METHODS if m.method_class.stackable and "linear" in m.settings]

@@ -24,8 +24,7 @@ from tests.train_fixtures import (
 )
 from train.config import RunConfig
 from train.context import cpu_threads
-from train.loop import train
-from train.run import evaluate_run
+from train.run import evaluate_run, train
 
 pytestmark = pytest.mark.slow
 

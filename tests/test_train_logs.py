@@ -8,7 +8,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.train_fixtures import FEAT, get_shards, read_metrics
 from train.config import RunConfig
-from train.loop import train
+from train.run import train
 from train.runfolder import TENSORBOARD_DIR
 
 

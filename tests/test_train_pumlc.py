@@ -20,9 +20,8 @@ from shards.views import write_regime_view
 from tests.train_fixtures import get_shards, read_metrics, read_summary
 from train.config import RunConfig
 from train.context import cpu_threads
-from train.loop import train
 from train.methods import ModelSpec, get_method
-from train.run import evaluate_run
+from train.run import evaluate_run, train
 
 pytestmark = pytest.mark.slow
 

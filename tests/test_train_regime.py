@@ -12,7 +12,7 @@ from cli import main
 from shards.base.errors import WsmlError
 from tests.train_fixtures import FEAT, get_shards
 from train.config import RunConfig
-from train.loop import train
+from train.run import train
 
 
 def test_partial_regime_by_fraction(tmp_path_factory, tmp_path):

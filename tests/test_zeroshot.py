@@ -12,8 +12,8 @@ from shards.shardset import open_shard_set
 from tests.train_fixtures import CLIP, FEAT, get_shards, read_metrics, read_summary
 from train.config import RunConfig
 from train.leaderboard import write_leaderboard
-from train.loop import train
 from train.methods.vlpl import pseudo_labels
+from train.run import train
 
 
 @pytest.fixture(scope="module")

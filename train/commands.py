@@ -95,8 +95,8 @@ def train_command(opts, seeds, view_seeds, **options):
 @expected_errors
 def eval_command(run_dir, split, checkpoint):
     """Score a run's checkpoint on a split (clean labels)."""
-    from train.integrity import check_run_data
     from train.run import eval_lines, evaluate_run
+    from train.runfolder import check_run_data
 
     check_run_data(run_dir, "eval")
     result = evaluate_run(run_dir, split, checkpoint)

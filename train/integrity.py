@@ -66,29 +66,6 @@ def check_identity(run_dir: Path, saved: dict, config: dict, command: str = "--r
     )
 
 
-def check_run_data(
-    run_dir: str | os.PathLike, command: str, shards: str | os.PathLike | None = None
-) -> None:
-    """``eval``, ``predict`` on a shard set and ``export``: refuse a run whose shard set, view
-    or caches changed since it trained (the identity ``config.json`` records), as ``--resume``
-    does. ``shards``: where the run's shard set is now (moved data), else where it was
-    recorded. Nothing to compare where the folder holds no run or its shard set is gone (the
-    command then says what it lacks)."""
-    from shards.shardset import open_shard_set
-    from train.runfolder import RunFolder
-
-    saved = RunFolder(run_dir).read_config()
-    if saved is None or "data" not in saved:
-        return
-    run = saved["run"]
-    where = Path(shards if shards is not None else run["shards"])
-    if not (where / "manifest.json").is_file():
-        return
-    view = saved.get("regime", {}).get("view", run.get("regime"))
-    now = data_identity(open_shard_set(where), view, run.get("features"), run.get("clip"))
-    check_identity(Path(run_dir), saved, {"data": now}, command)
-
-
 def check_steps(rows: int, batch_sizes: list[int], world_size: int) -> None:
     """Fail before any work when an epoch would have no optimisation step (each rank drops
     its last incomplete batch)."""

@@ -23,7 +23,6 @@ from train.methods import MethodConfig, MethodInfo, config_dict, get_method
 from train.runfolder import require_tensorboard
 from train.scale import check_scale
 from train.settings import Setting, get_setting
-from train.untrained import check_untrained
 
 RUN_FORMAT, RUN_VERSION = "wsml-run", 1
 SPLITS = ("train", "val", "test")
@@ -96,7 +95,7 @@ def plan_run(config: RunConfig, world_size: int | None = None) -> RunPlan:
     config = dataclasses.replace(config, shards=str(ss.root.resolve()))
     info = get_method(config.method)
     info.check_setting(config.setting)
-    check_untrained(info, config)  # train/untrained.py: clip-zeroshot and --sweep
+    check_untrained(info, config)  # clip-zeroshot and --sweep
     if config.tensorboard:
         require_tensorboard()
     names = [f.name for f in dataclasses.fields(info.config)]
@@ -219,3 +218,11 @@ def clip_tag(ss: ShardSet, info: MethodInfo, config: RunConfig) -> str | None:
         )
     cache_dim(ss, tag, "CLIP embeddings")
     return tag
+
+
+def check_untrained(info, config) -> None:
+    """A method that trains nothing has no lr x batch grid to sweep: refused before any work."""
+    if not info.trains and config.sweep:
+        from shards.base.errors import WsmlError
+
+        raise WsmlError(f"method {info.name} trains nothing: --sweep does not apply")

@@ -52,7 +52,6 @@ def create_run_config(
 
 def run_train(config: RunConfig, echo: Callable[[str], None]) -> dict[str, Any]:
     from pipelines.distributed import is_main_process
-    from train.loop import train
 
     summary = train(config)
     if not is_main_process():
@@ -80,7 +79,6 @@ def run_train(config: RunConfig, echo: Callable[[str], None]) -> dict[str, Any]:
             f"  {split:>4} mAP {m['mAP']:6.2f}  CF1 {m['CF1']:6.2f}  OF1 {m['OF1']:6.2f}  "
             f"CP {m['CP']:6.2f}  CR {m['CR']:6.2f}"
         )
-    from train.untrained import report_lines  # a method that trains nothing reports more
 
     for line in report_lines(summary):
         echo(line)
@@ -186,3 +184,36 @@ def methods_lines() -> list[str]:
         if m.release_notes:
             lines.append(f"{'':<{width}}  release: {m.release_notes}")
     return lines
+
+
+def train(config: RunConfig) -> dict[str, Any]:
+    """Train (or resume) the run ``config`` describes; returns its summary."""
+    from train.build import start_run
+    from train.context import Context
+    from train.integrity import run_folder_lock
+    from train.loop import fit
+    from train.plan import plan_run
+
+    plan = plan_run(config)
+    ctx = Context.create(plan.config.device, config.progress)
+    try:
+        with run_folder_lock(plan.config.run_dir, ctx.is_main):
+            if plan.config.sweep:
+                from train.sweep import train_sweep
+
+                return train_sweep(plan, ctx)
+            return fit(start_run(plan, ctx), ctx)
+    finally:
+        ctx.close()
+
+
+def report_lines(summary: dict[str, Any]) -> list[str]:
+    """What train prints of an untrained run's report (clip-zeroshot's pseudo-label quality)."""
+    q = summary.get("vlpl_pseudo_labels")
+    if not q:
+        return []
+    return [
+        f"  VLPL pseudo-positives on train (s > {q['threshold']:g}, T {q['temperature']:g}): "
+        f"{q['pseudo_positives']} made, {q['clean_positives']} clean positives; precision "
+        f"{q['precision']:.2f}  recall {q['recall']:.2f}"
+    ]

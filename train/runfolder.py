@@ -41,7 +41,7 @@ from shards.base.fileio import (
     write_json_atomic,
 )
 from shards.embeddings import write_array
-from train.integrity import check_identity
+from train.integrity import check_identity, data_identity
 
 FORMAT = "wsml-run"
 VERSION = 1
@@ -349,3 +349,25 @@ def _numbers(obj: Any, prefix: str):
             yield from _numbers(value, f"{prefix}{key}/")
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             yield f"{prefix}{key}", float(value)
+
+
+def check_run_data(
+    run_dir: str | os.PathLike, command: str, shards: str | os.PathLike | None = None
+) -> None:
+    """``eval``, ``predict`` on a shard set and ``export``: refuse a run whose shard set, view
+    or caches changed since it trained (the identity ``config.json`` records), as ``--resume``
+    does. ``shards``: where the run's shard set is now (moved data), else where it was
+    recorded. Nothing to compare where the folder holds no run or its shard set is gone (the
+    command then says what it lacks)."""
+    from shards.shardset import open_shard_set
+
+    saved = RunFolder(run_dir).read_config()
+    if saved is None or "data" not in saved:
+        return
+    run = saved["run"]
+    where = Path(shards if shards is not None else run["shards"])
+    if not (where / "manifest.json").is_file():
+        return
+    view = saved.get("regime", {}).get("view", run.get("regime"))
+    now = data_identity(open_shard_set(where), view, run.get("features"), run.get("clip"))
+    check_identity(Path(run_dir), saved, {"data": now}, command)

@@ -1,5 +1,5 @@
 """The commands that use a trained run: ``predict`` and ``export`` (their logic lives in
-train/predict.py and train/export.py)."""
+train/use/predict.py and train/use/export.py)."""
 
 from __future__ import annotations
 
@@ -52,8 +52,8 @@ def predict_command(images, run_dir, split, out, **options):
     Parquet or CSV table that records where it came from (CSV: OUT.json beside it). Label
     lists are joined by ';' in the CSV and on the terminal."""
     from pipelines.distributed import resolve_device
-    from train.integrity import check_run_data
-    from train.predict import PredictOptions, predict_lines, run_predict
+    from train.runfolder import check_run_data
+    from train.use.predict import PredictOptions, predict_lines, run_predict
 
     options["device"] = str(resolve_device(options["device"]))  # as every command's
     if options["shards"] or not images:  # a shard set's rows: the data the run recorded
@@ -91,8 +91,8 @@ def export_command(run_dir, fmt, out, num_classes, **options):
     """Export a run's whole network (normalised float NCHW in, logits out; a --sweep run: its
     pick) with a JSON sidecar (classes, the whole preprocessing, per-class thresholds, where it
     came from) and preprocess.py, the preprocessing in Pillow and numpy for an application."""
-    from train.export import ExportOptions, export_run
-    from train.integrity import check_run_data
+    from train.runfolder import check_run_data
+    from train.use.export import ExportOptions, export_run
 
     check_run_data(run_dir, "export", shards=options["shards"])
     options = ExportOptions(num_classes, **options)

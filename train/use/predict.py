@@ -21,8 +21,8 @@ import torch
 from pipelines.folder import list_images, shown_name
 from shards.base.errors import WsmlError
 from shards.convert.source import LABEL_SEPARATOR
-from train.inference import NetworkOptions, RunNetwork, load_network
-from train.thresholds import MIN_POSITIVES, VAL_F1, get_thresholds, store
+from train.use.inference import NetworkOptions, RunNetwork, load_network
+from train.use.thresholds import MIN_POSITIVES, VAL_F1, get_thresholds, store
 
 FORMATS = (".parquet", ".csv")
 SHOWN_ROWS = 5

@@ -25,8 +25,8 @@ import torch
 from shards.base.errors import WsmlError
 from shards.base.fileio import tmp_path_for, write_bytes_atomic
 from shards.convert.source import LABEL_SEPARATOR
-from train.inference import NetworkOptions, RunNetwork, describe_preprocessing, load_network
-from train.thresholds import MIN_POSITIVES, THRESHOLDS, VAL_F1, get_thresholds, store
+from train.use.inference import NetworkOptions, RunNetwork, describe_preprocessing, load_network
+from train.use.thresholds import MIN_POSITIVES, THRESHOLDS, VAL_F1, get_thresholds, store
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
 PREPROCESS = "preprocess.py"  # written beside the model
@@ -124,13 +124,13 @@ def thresholds_of(run: RunNetwork, min_positives: int, echo) -> tuple[dict[str, 
 
 
 def app_preprocess(sidecar: dict[str, Any]) -> str:
-    """``preprocess.py``: train/app_preprocess.py with the sidecar's preprocessing and the
+    """``preprocess.py``: train/use/app_preprocess.py with the sidecar's preprocessing and the
     image reader's source (``shards.convert.images.rgb_image``) filled in; it imports nothing of wsml."""
     import inspect
     import pprint
 
     from shards.convert import images
-    from train import app_preprocess as template
+    from train.use import app_preprocess as template
 
     reader = f"EXIF_ORIENTATION = {images.EXIF_ORIENTATION:#06x}\n\n\n" + inspect.getsource(
         images.rgb_image
@@ -143,7 +143,7 @@ def app_preprocess(sidecar: dict[str, Any]) -> str:
         "# {READER}: the reader's rgb_image(im) -> an 8-bit RGB PIL image (filled in by export)"
     )
     if marker not in text or "SPEC: dict = {}" in text:
-        raise AssertionError("train/app_preprocess.py lost its placeholders")
+        raise AssertionError("train/use/app_preprocess.py lost its placeholders")
     return text.replace(marker, reader.rstrip())
 
 

@@ -10,7 +10,7 @@ NCHW, RGB), the same numbers ``cli.py predict`` gives the network. Needs only Pi
 SPEC is the sidecar's ``preprocessing``: the reader's rules, the resize rule with its rounding
 and interpolation, the crop, the scale, mean and std. The resize is torchvision's antialiased
 uint8 kernel (the one wsml runs), written here in numpy so that the pixels are the same.
-(This file is written by ``cli.py export`` from wsml's ``train/app_preprocess.py`` and the image
+(This file is written by ``cli.py export`` from wsml's ``train/use/app_preprocess.py`` and the image
 reader of ``shards/convert/images.py``; it imports nothing of wsml.)
 """
 
