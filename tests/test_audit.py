@@ -20,8 +20,8 @@ from PIL import Image
 import cli
 from shards.base.fileio import sha256_file
 from shards.image_hashes import HASH_DIR
-from tests.conftest import shard_cli
-from tests.raw_datasets import REAL_COCO, make_coco
+from tests.support.cli_checks import shard_cli
+from tests.support.raw_datasets import REAL_COCO, make_coco
 
 
 def audit(out: Path, *extra: str):

@@ -26,8 +26,8 @@ from bench.markdown import (
     write_block,
 )
 from shards.base.errors import WsmlError
-from tests.conftest import assert_refused
-from tests.raw_datasets import REPO
+from tests.support.cli_checks import assert_refused
+from tests.support.raw_datasets import REPO
 
 DOC = """# Speed
 

@@ -27,8 +27,7 @@ from shards import embeddings as emb
 from shards.base.errors import WsmlError
 from shards.convert.convert import convert
 from shards.shardset import open_shard_set
-from tests.conftest import REPO
-from tests.raw_datasets import make_coco
+from tests.support.raw_datasets import REPO, make_coco
 
 TAG = "wsml-tiny-clip__none"
 TINY = ("--model", "wsml-tiny-clip", "--chunk-size", "4")  # 12 + 3 + 5 chunks

@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from tests.conftest import shard_cli
-from tests.raw_datasets import make_coco
-from tests.train_fixtures import FEAT, get_shards
+from tests.support.cli_checks import shard_cli
+from tests.support.raw_datasets import make_coco
+from tests.support.train_fixtures import FEAT, get_shards
 
 
 def numeric_options(cmd: click.Command, path: str = ""):

@@ -24,8 +24,8 @@ from pipelines.tiles import tile_boxes, tiles_preset
 from shards import embedding_writer as writer
 from shards import embeddings as emb
 from tests import test_cache
-from tests.conftest import REPO
-from tests.pipelines_data import HAVE_DALI
+from tests.support.pipelines_data import HAVE_DALI
+from tests.support.raw_datasets import REPO
 from tests.test_cache import ENV, TAG, TINY, arrays, assert_error, cache_tiny, tar_images
 
 shard_set, fresh = test_cache.shard_set, test_cache.fresh  # the cache tests' fixtures

@@ -149,7 +149,7 @@ def test_the_loader_join_stays_on_the_host_side(tmp_path_factory):
     from pipelines.labels import read_row_table
     from shards.base.errors import WsmlError
     from shards.shardset import open_shard_set
-    from tests.pipelines_data import REGIME, TAG, get_shard_set
+    from tests.support.pipelines_data import REGIME, TAG, get_shard_set
 
     ss = open_shard_set(get_shard_set(tmp_path_factory))
     with stand_in() as check:

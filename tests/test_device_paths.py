@@ -17,8 +17,8 @@ from torch import nn
 from pipelines.distributed import DistContext, autocast, resolve_device
 from shards.base.errors import WsmlError
 from shards.shardset import open_shard_set
-from tests.pipelines_data import get_shard_set
-from tests.train_fixtures import FEAT, get_shards, read_metrics
+from tests.support.pipelines_data import get_shard_set
+from tests.support.train_fixtures import FEAT, get_shards, read_metrics
 from train.build import start_run
 from train.config import RunConfig
 from train.context import Context
@@ -190,7 +190,7 @@ def test_an_eval_loader_builds_its_dali_graph_once(tmp_path_factory, cpu_resize,
     the longest one's batches, so its epoch is the loader's there too)."""
     pytest.importorskip("nvidia.dali")
     from pipelines.loader import LoaderOptions, create_loader
-    from tests.pipelines_data import TINY_PRESET
+    from tests.support.pipelines_data import TINY_PRESET
 
     root = get_shard_set(tmp_path_factory)
     for rank in range(world):

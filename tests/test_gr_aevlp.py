@@ -20,7 +20,7 @@ import torch
 from shards.base.errors import WsmlError
 from shards.embeddings import read_crops, read_split, read_text
 from shards.shardset import open_shard_set
-from tests.train_fixtures import CLIP, FEAT, get_shards, read_metrics
+from tests.support.train_fixtures import CLIP, FEAT, get_shards, read_metrics
 from train.config import RunConfig
 from train.methods import create_config, expected_positive_reg, get_method
 from train.methods.aevlp import clip_similarities, damp_labels, gpr_terms

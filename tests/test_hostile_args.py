@@ -17,7 +17,7 @@ import cli
 from shards.base.clitools import DeviceType
 from shards.convert.convert import convert
 from shards.synth.digits import write_demo_data
-from tests.raw_datasets import make_coco, write_jpeg
+from tests.support.raw_datasets import make_coco, write_jpeg
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
 BAD_TEXT = os.fsdecode(b"bad-\xff")  # what Python makes of an undecodable byte in argv

@@ -22,7 +22,7 @@ from models.hspnet import (
     hierarchy_adjacency,
 )
 from shards.base.errors import WsmlError
-from tests.train_fixtures import get_shards, read_metrics, read_summary
+from tests.support.train_fixtures import get_shards, read_metrics, read_summary
 from train.config import RunConfig
 from train.context import cpu_threads
 from train.methods import create_config, get_method

@@ -21,9 +21,9 @@ from pipelines.presets import Preset
 from shards.convert.convert import convert
 from shards.convert.images import BadImage, encode_jpeg, read_rgb
 from shards.shardset import open_shard_set
-from tests.image_kinds import image_kinds, jpeg_turned, picture, png16, reencoded
-from tests.pipelines_data import BACKENDS
-from tests.raw_datasets import make_coco
+from tests.support.image_kinds import image_kinds, jpeg_turned, picture, png16, reencoded
+from tests.support.pipelines_data import BACKENDS
+from tests.support.raw_datasets import make_coco
 
 SIDE = 40  # every kind is SIDE x SIDE, so that the loaders can batch them untouched
 

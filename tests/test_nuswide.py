@@ -23,9 +23,9 @@ from shards.converters.nuswide import (
 )
 from shards.shardset import open_shard_set
 from shards.views import read_official_labels
-from tests.conftest import assert_refused as refused
-from tests.conftest import shard_cli
-from tests.layouts_nuswide import (
+from tests.support.cli_checks import assert_refused as refused
+from tests.support.cli_checks import shard_cli
+from tests.support.layouts_nuswide import (
     REAL_CONCEPTS,
     REAL_NUS,
     Rows,

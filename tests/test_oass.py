@@ -21,7 +21,7 @@ from torch import nn
 from models.oass import OassNet
 from shards.base.errors import WsmlError
 from shards.lists import LabelLists
-from tests.train_fixtures import get_shards, read_metrics, read_summary
+from tests.support.train_fixtures import get_shards, read_metrics, read_summary
 from train.config import RunConfig
 from train.context import cpu_threads
 from train.methods import create_config, get_method

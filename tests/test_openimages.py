@@ -16,8 +16,8 @@ from shards.convert.convert import convert
 from shards.converters.oi_labels import hex_ids
 from shards.converters.openimages import OpenImagesOptions, open_openimages
 from shards.shardset import open_shard_set
-from tests.conftest import assert_refused, shard_cli
-from tests.layouts_openimages import openimages_layout
+from tests.support.cli_checks import assert_refused, shard_cli
+from tests.support.layouts_openimages import openimages_layout
 
 
 def annotations(root: Path, split: str = "train") -> list[list[str]]:

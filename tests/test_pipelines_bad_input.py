@@ -15,7 +15,14 @@ import pytest
 
 from shards.base.errors import WsmlError
 from shards.embeddings import write_cache
-from tests.pipelines_data import BACKENDS, REGIME, TAG, TINY_PRESET, get_shard_set, open_loader
+from tests.support.pipelines_data import (
+    BACKENDS,
+    REGIME,
+    TAG,
+    TINY_PRESET,
+    get_shard_set,
+    open_loader,
+)
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +182,7 @@ def test_auto_falls_back_to_torch_without_dali(root):
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.support.raw_datasets import REPO
 
     out = subprocess.run(
         [sys.executable, "-c", WITHOUT_DALI, str(root), REGIME, str(TINY_PRESET.size)],

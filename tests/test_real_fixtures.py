@@ -13,7 +13,7 @@ from shards.convert.source import CONVERTERS
 from shards.converters.coco import CocoOptions, open_coco
 from shards.converters.voc import VOC_CLASSES, VocOptions, VocPresetOptions, open_voc
 from shards.shardset import open_shard_set
-from tests.raw_datasets import jpeg_bytes
+from tests.support.raw_datasets import jpeg_bytes
 
 
 def labels_by_id(ss, split):

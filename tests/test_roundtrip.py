@@ -18,7 +18,7 @@ from shards.convert.convert import convert
 from shards.convert.plan import shuffle_order
 from shards.convert.source import CONVERTERS
 from shards.shardset import open_shard_set
-from tests.layouts import LAYOUTS
+from tests.support.layouts import LAYOUTS
 
 OPTIONS = dict(shard_samples=7, regimes=("single-positive", "partial:fraction=0.5"))
 

@@ -20,9 +20,9 @@ from click.testing import CliRunner
 
 import cli
 from shards.embeddings import write_cache
-from tests.conftest import REPO, assert_refused, shard_cli
-from tests.raw_datasets import make_coco
-from tests.train_fixtures import FEAT, get_shards
+from tests.support.cli_checks import assert_refused, shard_cli
+from tests.support.raw_datasets import REPO, make_coco
+from tests.support.train_fixtures import FEAT, get_shards
 
 
 @pytest.fixture(scope="module")

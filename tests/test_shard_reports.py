@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import os
 
-from tests.conftest import assert_refused, shard_cli
-from tests.raw_datasets import make_coco
+from tests.support.cli_checks import assert_refused, shard_cli
+from tests.support.raw_datasets import make_coco
 
 
 def _edit_json(path, fn):

@@ -174,14 +174,14 @@ def test_memory_mapped_features_give_the_in_memory_batches(tmp_path):
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from tests.train_fixtures import get_shards
+    from tests.support.train_fixtures import get_shards
 
     return get_shards(tmp_path_factory)
 
 
 def test_frequency_groups_in_a_run_and_the_leaderboard(shards, tmp_path):
     from shards.shardset import open_shard_set
-    from tests.train_fixtures import FEAT, read_metrics, read_summary
+    from tests.support.train_fixtures import FEAT, read_metrics, read_summary
     from train.config import RunConfig
     from train.leaderboard import write_leaderboard
     from train.run import train
@@ -203,7 +203,7 @@ def test_frequency_groups_in_a_run_and_the_leaderboard(shards, tmp_path):
 
 def test_role_above_its_budget_refuses_before_any_work(shards, tmp_path):
     from shards.base.errors import WsmlError
-    from tests.train_fixtures import FEAT
+    from tests.support.train_fixtures import FEAT
     from train.config import RunConfig
     from train.run import train
 
@@ -218,7 +218,7 @@ def test_role_above_its_budget_refuses_before_any_work(shards, tmp_path):
 
 def test_em_apl_above_its_budget_refuses_before_any_work(shards, tmp_path):
     from shards.base.errors import WsmlError
-    from tests.train_fixtures import FEAT
+    from tests.support.train_fixtures import FEAT
     from train.config import RunConfig
     from train.run import train
 
@@ -274,8 +274,8 @@ def test_two_ranks_match_one_process_on_partial_labels(tmp_path):
     from shards.convert.convert import convert
     from shards.embeddings import write_cache
     from shards.shardset import open_shard_set
-    from tests.layouts_openimages import openimages_layout
-    from tests.train_fixtures import read_metrics
+    from tests.support.layouts_openimages import openimages_layout
+    from tests.support.train_fixtures import read_metrics
     from train.config import RunConfig
     from train.run import train
 

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from shards.shardset import open_shard_set
-from tests.conftest import assert_refused, shard_cli
-from tests.raw_datasets import jpeg_bytes
+from tests.support.cli_checks import assert_refused, shard_cli
+from tests.support.raw_datasets import jpeg_bytes
 
 ROWS = [  # path, class names
     ("a/1.jpg", ["traffic light", "car"]),
@@ -263,7 +263,7 @@ def test_a_class_holding_the_label_separator_is_refused_for_every_converter(tmp_
     write_csv(raw, ["path", "cat;dog"], [[p, "1"] for p, _ in ROWS])
     out = tmp_path / "s"
     assert_refused(shard_cli(raw, out, dataset="table"), "class 'cat;dog'", "';'", out=out)
-    from tests.raw_datasets import make_coco
+    from tests.support.raw_datasets import make_coco
 
     coco = make_coco(tmp_path / "coco")
     path = coco / "annotations" / "instances_train.json"

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from shards.shardset import open_shard_set
-from tests.train_fixtures import CLIP, FEAT, get_shards, read_metrics, read_summary
+from tests.support.train_fixtures import CLIP, FEAT, get_shards, read_metrics, read_summary
 from train import metrics
 from train.build import LoopState
 from train.config import RunConfig

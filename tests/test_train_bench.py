@@ -8,7 +8,7 @@ import torchvision  # noqa: F401  (imported once here, not in every loader worke
 
 from bench.train import E2EBenchOptions, LinearBenchOptions, run_e2e_bench, run_linear_bench
 from pipelines.dali_loader import dali_available
-from tests.train_fixtures import get_shards
+from tests.support.train_fixtures import get_shards
 from train.context import cpu_threads
 
 

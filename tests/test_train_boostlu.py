@@ -10,7 +10,7 @@ from torch import nn
 
 from models.heads import CamClassifier, Classifier
 from shards.base.errors import WsmlError
-from tests.train_fixtures import get_shards, read_summary
+from tests.support.train_fixtures import get_shards, read_summary
 from train.config import RunConfig
 from train.context import cpu_threads
 from train.run import evaluate_run, train

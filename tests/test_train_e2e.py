@@ -14,7 +14,7 @@ import torchvision  # noqa: F401  (imported once here, not again in every epoch'
 
 from pipelines.dali_loader import dali_available
 from pipelines.loader import LoaderOptions, create_loader
-from tests.train_fixtures import (
+from tests.support.train_fixtures import (
     dali_config,
     get_shards,
     read_metrics,

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from cli import main
 from shards.base.errors import WsmlError
-from tests.train_fixtures import FEAT, get_shards
+from tests.support.train_fixtures import FEAT, get_shards
 from train.config import RunConfig
 from train.run import train
 

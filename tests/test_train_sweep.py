@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.train_fixtures import CLIP, FEAT, get_shards, read_metrics
+from tests.support.train_fixtures import CLIP, FEAT, get_shards, read_metrics
 from train.config import RunConfig
 from train.run import train
 from train.runfolder import BEST, RunFolder

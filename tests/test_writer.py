@@ -16,8 +16,7 @@ from shards.base.errors import WsmlError
 from shards.convert.convert import convert
 from shards.convert.images import probe_bytes
 from shards.shardset import open_shard_set
-from tests.conftest import REPO
-from tests.raw_datasets import jpeg_bytes, make_coco
+from tests.support.raw_datasets import REPO, jpeg_bytes, make_coco
 
 
 def tree_bytes(folder: Path) -> dict[str, bytes]:

@@ -9,7 +9,7 @@ import torch
 
 from shards.embeddings import read_split, read_text
 from shards.shardset import open_shard_set
-from tests.train_fixtures import CLIP, FEAT, get_shards, read_metrics, read_summary
+from tests.support.train_fixtures import CLIP, FEAT, get_shards, read_metrics, read_summary
 from train.config import RunConfig
 from train.leaderboard import write_leaderboard
 from train.methods.vlpl import pseudo_labels

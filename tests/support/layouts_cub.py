@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.conftest import REAL
-from tests.raw_datasets import jpeg_bytes
+from tests.support.raw_datasets import REAL, jpeg_bytes
 
 SPECIES = ("001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross")
 PER_SPECIES = 6

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.conftest import REAL
-from tests.raw_datasets import jpeg_bytes
+from tests.support.raw_datasets import REAL, jpeg_bytes
 
 OI_REAL = REAL / "openimages" / "2017_11"
 IMAGES_HEADER = (

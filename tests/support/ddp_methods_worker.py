@@ -9,7 +9,7 @@ with ``pthread_exit``; its forced unwind through a ``noexcept`` frame is ``std::
 "terminate called without an active exception" (SIGABRT) on a rank, the more likely the later
 those threads run, i.e. on a loaded machine (issue 23).
 
-usage: torchrun --standalone --nproc_per_node=2 tests/ddp_methods_worker.py SHARDS OUT METHOD…
+usage: torchrun --standalone --nproc_per_node=2 tests/support/ddp_methods_worker.py SHARDS OUT METHOD…
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from tests.train_fixtures import CLIP, FEAT
+from tests.support.train_fixtures import CLIP, FEAT
 from train.config import RunConfig
 from train.run import train
 

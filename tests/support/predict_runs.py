@@ -1,6 +1,6 @@
 """The runs ``predict`` and ``export`` are tested on, built once per session (read-only: copy a
 run before changing it): a tiny digits shard set whose test split holds one image of every
-kind a user has (tests/image_kinds.py: 16-bit and palette PNGs, CMYK, each EXIF orientation),
+kind a user has (tests/support/image_kinds.py: 16-bit and palette PNGs, CMYK, each EXIF orientation),
 a real CLIP cache of the random-weight tiny CLIP, a backbone cache made from a local weights
 file, and runs on them: linear, zero-shot, a toy cache no encoder made, e2e (tiny ResNet, 32
 px) and a linear --sweep that keeps every member."""
@@ -24,7 +24,7 @@ from shards.convert.convert import convert
 from shards.embeddings import write_cache
 from shards.shardset import open_shard_set
 from shards.synth.digits import write_demo_data
-from tests.image_kinds import image_kinds
+from tests.support.image_kinds import image_kinds
 from train.config import RunConfig
 from train.run import train
 

@@ -2,7 +2,7 @@
 reads the tiny shard set with both backends in lockstep, as a DDP loop would, and rank 0 writes
 what every rank saw to a JSON file.
 
-usage: torchrun --standalone --nproc_per_node=2 tests/ddp_loader_worker.py SHARDS OUT.json
+usage: torchrun --standalone --nproc_per_node=2 tests/support/ddp_loader_worker.py SHARDS OUT.json
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from pipelines.loader import LoaderOptions, create_loader
-from tests.pipelines_data import BACKENDS, REGIME, TAG, TINY_PRESET
+from tests.support.pipelines_data import BACKENDS, REGIME, TAG, TINY_PRESET
 
 SEED = 11
 # name: (split, batch size, epochs in the order set_epoch is called; epoch 0 again = a resume)

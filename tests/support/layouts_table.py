@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from tests.raw_datasets import jpeg_bytes
+from tests.support.raw_datasets import jpeg_bytes
 
 CLASSES = ("cat", "dog", "car", "tree")
 

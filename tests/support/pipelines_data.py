@@ -22,8 +22,8 @@ from pipelines.dali_loader import dali_available
 from pipelines.loader import LoaderOptions, create_loader
 from pipelines.presets import center_crop_preset
 from shards.embeddings import write_cache
-from tests.conftest import shard_cli
-from tests.raw_datasets import jpeg_bytes, make_coco
+from tests.support.cli_checks import shard_cli
+from tests.support.raw_datasets import jpeg_bytes, make_coco
 
 # official train 61 -> train 49 + val 12; official val 19 -> test 19; 9 samples a shard
 N_TRAIN, N_VAL, N_TEST = 49, 12, 19

@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from shards.converters.voc import VOC_CLASSES
-from tests.layouts_cub import cub_layout
-from tests.layouts_nuswide import nuswide_official
-from tests.layouts_openimages import openimages_layout, openimages_v6_layout
-from tests.layouts_table import table_layout
-from tests.raw_datasets import make_coco, make_voc
+from tests.support.layouts_cub import cub_layout
+from tests.support.layouts_nuswide import nuswide_official
+from tests.support.layouts_openimages import openimages_layout, openimages_v6_layout
+from tests.support.layouts_table import table_layout
+from tests.support.raw_datasets import make_coco, make_voc
 
 
 def _voc_labels(ids, classes, offset):

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from shards.converters.nuswide import NUS_CONCEPTS
-from tests.conftest import REAL
-from tests.raw_datasets import jpeg_bytes
+from tests.support.raw_datasets import REAL, jpeg_bytes
 
 REAL_NUS = REAL / "nuswide"
 REAL_CONCEPTS = REAL_NUS / "ConceptsList" / "Concepts81.txt"

@@ -21,7 +21,7 @@ from PIL import Image
 
 from shards.synth import coco_layout
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REAL = REPO.parent / "shared" / "fixtures" / "real"
 
 REAL_VOC2007 = REAL / "voc" / "VOCdevkit" / "VOC2007"

@@ -3,7 +3,7 @@ process group an e2e run with DALI trains uninterrupted into ``OUT/whole``, then
 ``OUT/part`` stops after epoch 1 and is resumed; rank r writes the (epoch, rows) of every
 training batch it took to ``OUT/rows-r.json``. Ends with ``os._exit`` (ddp_methods_worker.py).
 
-usage: torchrun --standalone --nproc_per_node=2 tests/ddp_resume_worker.py SHARDS OUT
+usage: torchrun --standalone --nproc_per_node=2 tests/support/ddp_resume_worker.py SHARDS OUT
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from tests.ddp_methods_worker import end
-from tests.train_fixtures import dali_config, train_recording
+from tests.support.ddp_methods_worker import end
+from tests.support.train_fixtures import dali_config, train_recording
 
 
 def main() -> None:
