@@ -7,6 +7,7 @@ cycle. Imports under ``if TYPE_CHECKING:`` never run and are left out (annotatio
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,51 @@ def test_what_never_runs_or_stays_below_passes(tmp_path):
         "shards/base/options.py": "from shards.base.errors import WsmlError\n",
     }
     assert find_violations(_package(tmp_path, files)) == []
+
+
+def _plant(root: Path, package: str, modules: dict[str, str]) -> None:
+    """A package ``package`` under ``root`` that discovers its modules as the registries do."""
+    (root / package).mkdir()
+    (root / package / "__init__.py").write_text(
+        "from shards.base.registry import import_modules\n\n"
+        "FOUND = []\nMODULES = import_modules(__name__, __path__)\n"
+    )
+    for name, source in modules.items():
+        (root / package / f"{name}.py").write_text(source)
+
+
+def test_discovery_imports_every_module_of_the_package(tmp_path, monkeypatch):
+    registers = "from {0} import FOUND\nFOUND.append(__name__)\n"
+    _plant(tmp_path, "wsml_found", {m: registers.format("wsml_found") for m in ("b", "a", "c")})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import wsml_found
+
+    assert wsml_found.MODULES == ["a", "b", "c"]
+    assert wsml_found.FOUND == ["wsml_found.a", "wsml_found.b", "wsml_found.c"]
+
+
+@pytest.mark.parametrize(
+    ("source", "why"),
+    [("import wsml_no_such_module\n", "ModuleNotFoundError"), ("x = 1 +\n", "SyntaxError"),
+     ("raise RuntimeError('half-written')\n", "RuntimeError: half-written")],
+)  # fmt: skip
+def test_a_broken_module_stops_discovery_naming_itself(tmp_path, monkeypatch, source, why):
+    """A misspelt import, a syntax error or a failing registration: the package fails to
+    import, naming the broken module (never skipped silently)."""
+    package = f"wsml_broken_{why[:3].lower()}"
+    _plant(tmp_path, package, {"good": "", "broken": source})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ImportError, match=rf"^{package}\.broken failed to import: {why}"):
+        importlib.import_module(package)
+
+
+def test_the_registries_hold_every_module_of_their_packages():
+    """Every file of train/methods and shards/converters is imported by its package."""
+    import sys
+
+    import shards.converters
+    import train.methods
+
+    for package in (shards.converters, train.methods):
+        files = sorted(p.stem for p in Path(package.__path__[0]).glob("[!_]*.py"))
+        assert files and all(f"{package.__name__}.{f}" in sys.modules for f in files)

@@ -1,13 +1,17 @@
 """One small registry pattern for every extension point (converters, regimes, methods, presets).
 
 An entry is a frozen dataclass with a ``name``; registering a name twice is an error and an
-unknown name fails at once with close matches and the full list of choices.
+unknown name fails at once with close matches and the full list of choices. A package of
+entries (methods, converters) registers them by importing all its modules
+(:func:`import_modules`): a new file is found without a list to update.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
+import importlib
+import pkgutil
+from collections.abc import Iterable, Iterator
 from typing import Generic, TypeVar
 
 from shards.base.errors import WsmlError
@@ -56,3 +60,16 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[T]:
         return iter(self._entries[n] for n in self.names())
+
+
+def import_modules(package: str, path: Iterable[str]) -> list[str]:
+    """Import every module of ``package`` (``path``: its ``__path__``), sorted by name, so each
+    registers its entries; returns their names. A module that fails to import stops everything,
+    naming itself: it is never skipped."""
+    names = sorted(m.name for m in pkgutil.iter_modules(path))
+    for name in names:
+        try:
+            importlib.import_module(f"{package}.{name}")
+        except Exception as e:
+            raise ImportError(f"{package}.{name} failed to import: {type(e).__name__}: {e}") from e
+    return names

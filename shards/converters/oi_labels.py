@@ -4,14 +4,16 @@ every bad row named by its line number."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
 from shards.base.errors import WsmlError
 from shards.lists import Lists
+
+if TYPE_CHECKING:  # pyarrow is imported where it is used: a conversion's workers fork without it
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
 
 ANNOTATION_COLUMNS = ["ImageID", "Source", "LabelName", "Confidence"]
 BLOCK = 1 << 24  # bytes of CSV parsed at a time
@@ -19,6 +21,8 @@ BLOCK = 1 << 24  # bytes of CSV parsed at a time
 
 def read_descriptions(path: Path, header: bool = False) -> dict[str, str]:
     """MID -> description of class-descriptions.csv (V3: no header; V6/V7: a header line)."""
+    import pyarrow.csv as pacsv
+
     opts = pacsv.ReadOptions(
         column_names=["mid", "name"], use_threads=False, skip_rows=1 if header else 0
     )
@@ -27,6 +31,9 @@ def read_descriptions(path: Path, header: bool = False) -> dict[str, str]:
 
 
 def _read_csv(path: Path, read: pacsv.ReadOptions, **convert) -> pa.Table:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
     bad: list = []
     parse = pacsv.ParseOptions(invalid_row_handler=lambda row: bad.append(row) or "skip")
     try:
@@ -48,6 +55,8 @@ def _read_csv(path: Path, read: pacsv.ReadOptions, **convert) -> pa.Table:
 
 def hex_ids(col: pa.Array, path: Path, first_line: int) -> np.ndarray:
     """16-hex-digit ImageIDs -> uint64 (vectorised: no Python string per row)."""
+    import pyarrow as pa
+
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if col.null_count:
         k = int(np.flatnonzero(~col.is_valid().to_numpy(zero_copy_only=False))[0])
@@ -77,6 +86,9 @@ _NIBBLE[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
 def _batches(path: Path, columns: list[str]):
     """(first line number, record batch) of a CSV with a header, streamed; a malformed row
     fails with its line number."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
     bad: list = []
     parse = pacsv.ParseOptions(invalid_row_handler=lambda row: bad.append(row) or "skip")
     read = pacsv.ReadOptions(use_threads=False, block_size=BLOCK)
@@ -116,6 +128,9 @@ def read_human_labels(path: Path, mids: list[str], known: dict, listed: np.ndarr
     """(image ids, positives, negatives) of the images with a human label on a trainable class,
     in ascending ImageID order; a class both verified and rejected counts as positive.
     ``listed``: the split's image list that every ImageID must be in (None: no such list)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     trainable = pa.array(mids)
     all_mids = pa.array(list(known))
     ids_parts, cls_parts, pos_parts = [], [], []
@@ -133,6 +148,9 @@ def read_human_labels(path: Path, mids: list[str], known: dict, listed: np.ndarr
 
 
 def _check_batch(path, line, ids, labels, conf, listed, all_mids) -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     ok_conf = pc.is_in(conf, value_set=pa.array(["0", "1", "0.0", "1.0"])).to_numpy(
         zero_copy_only=False
     )

@@ -44,6 +44,7 @@ Forward is for training-split batches only (``row`` indexes the training split).
 
 from __future__ import annotations
 
+from shards.base.registry import import_modules
 from shards.convert.source import FAMILIES, dataset_family
 from train.methods.base import (
     LOG_EPSILON,
@@ -88,32 +89,4 @@ __all__ = [
     "stack_members",
 ]
 
-# method modules, each registering its methods; `cli.py methods` lists by name
-_MODULES = (
-    "assume_negative",
-    "role",
-    "entropy_max",
-    "vlpl",
-    "large_loss",
-    "asl",
-    "robust_loss",
-    "hspnet",
-    "oass",
-    "pumlc",
-    "zeroshot",
-    "gr_loss",
-    "aevlp",
-)
-
-
-def _register_all() -> None:
-    """Import every method module of this package (each registers its methods)."""
-    import importlib
-    import pkgutil
-
-    found = {m.name for m in pkgutil.iter_modules(__path__)}
-    for module in [m for m in _MODULES if m in found]:
-        importlib.import_module(f"{__name__}.{module}")
-
-
-_register_all()
+import_modules(__name__, __path__)  # every module of the package: each registers its methods
