@@ -23,7 +23,7 @@ from pipelines.distributed import DistContext
 from pipelines.loader import LoaderOptions, choose_backend, create_loader, default_threads
 from shards import embeddings as emb
 from shards.base.errors import WsmlError
-from shards.embeddings import make_tag
+from shards.embeddings import create_tag
 from shards.shardset import ShardSet, open_shard_set
 
 MIN_SECONDS = 0.5  # the model alone repeats its batch at least this long
@@ -85,7 +85,7 @@ def run_cache_clip_bench(
         result["backend"], result["device"], result["models"] = backend, str(ctx.device), {}
         for name in opts.models:
             enc = create_clip_encoder(name, pretrained, classes=ss.classes, device=ctx.device)
-            enc = dataclasses.replace(enc, tag=make_tag("bench", enc.tag))
+            enc = dataclasses.replace(enc, tag=create_tag("bench", enc.tag))
             r = _bench_one(ss, enc, ctx, split, batch_size, backend, opts.repeats)
             serial = 1 / (1 / r["loader"] + 1 / r["model"])
             r.update(serial=serial, input=enc.preset.size, dim=enc.dim)

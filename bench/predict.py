@@ -93,12 +93,12 @@ def _contenders(ss, opts: PredictBenchOptions, run_dir: Path, folder: Path, work
     from models.cache import create_feature_encoder
     from models.cache_run import CacheOptions, run_cache
     from pipelines.distributed import DistContext
-    from shards.embeddings import make_tag
+    from shards.embeddings import create_tag
     from train.use.predict import PredictOptions, run_predict
 
     enc = create_feature_encoder(opts.backbone, weights=opts.weights, preset=opts.preset,
                                  image_size=opts.image_size, device="cpu")  # fmt: skip
-    enc = dataclasses.replace(enc, tag=make_tag("bench", enc.tag))  # beside the run's own cache
+    enc = dataclasses.replace(enc, tag=create_tag("bench", enc.tag))  # beside the run's own cache
     ctx = DistContext.create("cpu")
     cache_opts = CacheOptions(splits=(opts.split,), batch_size=opts.batch_size, overwrite=True)
     predicting = PredictOptions(batch_size=opts.batch_size)

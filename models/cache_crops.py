@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from models.cache_run import CacheOptions, Encoder, make_plan
+from models.cache_run import CacheOptions, Encoder, create_cache_plan
 from pipelines.tiles import split_tiles, tiles_preset
 from shards.base.errors import WsmlError
 from shards.shardset import ShardSet
@@ -42,7 +42,7 @@ class Crops:
                 f"--crops embeds the tiles of split {self.split}: include it in --splits"
             )
         views = int(self.record["views"])
-        tiles = make_plan(ss, [self.split], max(1, opts.chunk_size // views))
+        tiles = create_cache_plan(ss, [self.split], max(1, opts.chunk_size // views))
         return {
             **self.record,
             "splits": {s: {**p, "dim": self.encoder.dim} for s, p in tiles.items()},

@@ -80,7 +80,7 @@ class CacheOptions:
 # ---- the plan, the settings and the run ----
 
 
-def make_plan(ss: ShardSet, splits: list[str], chunk_size: int) -> dict[str, dict]:
+def create_cache_plan(ss: ShardSet, splits: list[str], chunk_size: int) -> dict[str, dict]:
     """Rows, chunks and the shards' identity of each split."""
     out = {}
     for split in splits:
@@ -106,7 +106,7 @@ def run_cache(
     opts.check(ss)
     log = log if log is not None and ctx.rank == 0 else (lambda message: None)
     backend = choose_backend(opts.backend)
-    plan = make_plan(ss, list(opts.splits or ss.splits), opts.chunk_size)
+    plan = create_cache_plan(ss, list(opts.splits or ss.splits), opts.chunk_size)
     settings = {**encoder.identity, "loader": backend, "splits": plan}
     if crops is not None:
         settings["crops"] = crops.settings(ss, opts, plan)
@@ -131,10 +131,10 @@ def run_cache(
         if state["resumed"]:
             log(f"resuming {folder}: {state['resumed']} of {summary['chunks']} chunks done")
         t0 = time.perf_counter()
-        works = [_Work(ss, encoder, opts, ctx, backend, folder, plan)]
+        works = [ChunkShare(ss, encoder, opts, ctx, backend, folder, plan)]
         if crops is not None:
             tiles = settings["crops"]["splits"]
-            works.append(_Work(ss, crops.encoder, crops.options(opts), ctx, backend, folder,
+            works.append(ChunkShare(ss, crops.encoder, crops.options(opts), ctx, backend, folder,
                                tiles, array=emb.crops_name))  # fmt: skip
         counts = ctx.on_all(lambda: sum(w.run(state["done"], progress) for w in works))
         seconds = time.perf_counter() - t0
@@ -158,7 +158,7 @@ def run_cache(
 
 
 @dataclass
-class _Work:
+class ChunkShare:
     """One process's share of the chunks still to do."""
 
     ss: ShardSet

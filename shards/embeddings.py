@@ -48,7 +48,7 @@ TAG_RE = re.compile(r"^[A-Za-z0-9_.@+-]+$")
 CROPS_SUFFIX = ".crops"  # <split>.crops.npy: the split's tiles (``crops_name``)
 
 
-def make_tag(*parts: str) -> str:
+def create_tag(*parts: str) -> str:
     """A folder-safe cache tag, e.g. ``ViT-B-32__laion2b_s34b_b79k``."""
     tag = "__".join(re.sub(r"[^A-Za-z0-9_.@+-]+", "-", p).strip("-") for p in parts if p)
     if not tag or not TAG_RE.match(tag):

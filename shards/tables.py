@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shards.base.fileio import publish, removed_on_error, tmp_path_for
-from shards.lists import Lists, dense_rows
+from shards.lists import Lists
 
 INDEX_LIST = pa.list_(pa.int32())
 
@@ -97,18 +97,6 @@ def write_table(
 
 def read_table(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
     return pq.read_table(path, columns=list(columns) if columns else None)
-
-
-def dense_labels(
-    positives: pa.ChunkedArray | pa.Array,
-    negatives: pa.ChunkedArray | pa.Array,
-    num_classes: int,
-    fill: int,
-) -> np.ndarray:
-    """int8 (N, L) matrix: 1 at positives, -1 at negatives, ``fill`` elsewhere; a null
-    negatives entry makes every other class of that row -1 (a fully annotated source)."""
-    pos, neg = from_arrow(positives), from_arrow(negatives)
-    return dense_rows(pos, neg, num_classes, 0, len(pos), fill)
 
 
 def read_checked_table(root: Path, entry: dict, num_classes: int, recorded_in: str) -> pa.Table:

@@ -17,6 +17,7 @@ from torch import nn
 from pipelines.distributed import DistContext, autocast, resolve_device
 from shards.base.errors import WsmlError
 from shards.shardset import open_shard_set
+from tests.support.methods import create_method
 from tests.support.pipelines_data import get_shard_set
 from tests.support.train_fixtures import FEAT, get_shards, read_metrics
 from train.build import start_run
@@ -24,7 +25,6 @@ from train.config import RunConfig
 from train.context import Context
 from train.data import ImageData, use_fixed_size_cuda
 from train.loop import fit
-from train.methods import create_method
 from train.plan import plan_run
 from train.runfolder import rng_state, set_rng_state
 from train.settings import get_setting

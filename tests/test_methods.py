@@ -14,11 +14,11 @@ from pipelines.distributed import gather_cat
 from shards.base.errors import WsmlError
 from shards.base.registry import UnknownNameError
 from shards.lists import LabelLists
+from tests.support.methods import create_method
 from train.methods import (
     METHODS,
     Method,
     create_config,
-    create_method,
     dataset_family,
     get_method,
 )

@@ -87,7 +87,7 @@ class Run:
     model: nn.Module  # the plain module (checkpoints, EMA)
     net: nn.Module  # what trains: compiled and/or DDP-wrapped
     method: Method
-    optimizer: Any  # torch.optim.Optimizer, or the sweep's MemberAdam
+    optimizer: Any  # torch.optim.Optimizer, or the sweep's train.optim.MemberOptimizer
     schedule: Schedule
     tracks: list[Track]
     folder: RunFolder | None = None  # checkpoints (None: a sweep's group, not resumable)

@@ -35,12 +35,6 @@ if TYPE_CHECKING:
 MANIFEST = "manifest.json"
 
 
-if TYPE_CHECKING:
-    from shards.convert.writer import ShardOptions
-
-MANIFEST = "manifest.json"
-
-
 def start_output(out: Path, state: str, identity: str, source: Source, scans, clean: bool) -> None:
     """Mark ``out`` as ours (and whose); ``clean`` removes temporaries of killed writers, which
     a part must not do: other parts may be writing theirs."""

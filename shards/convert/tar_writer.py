@@ -14,7 +14,7 @@ RECORD = 20 * BLOCK  # GNU tar's default record size; tarfile pads the archive t
 WRITEBACK = 8 << 20  # start the disk writing every 8 MiB of a shard
 
 
-def _tarfile_header(name: str, size: int) -> bytes:
+def tarfile_header(name: str, size: int) -> bytes:
     info = tarfile.TarInfo(name)
     info.size = size
     info.mtime = 0
@@ -24,7 +24,7 @@ def _tarfile_header(name: str, size: int) -> bytes:
     return info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
 
 
-_TEMPLATE = bytearray(_tarfile_header("x", 0))
+_TEMPLATE = bytearray(tarfile_header("x", 0))
 _TEMPLATE[0:100] = bytes(100)
 _TEMPLATE[148:156] = b" " * 8  # the checksum is computed with its own field as spaces
 _TEMPLATE[124:136] = bytes(12)
@@ -36,7 +36,7 @@ def tar_header(name: str, size: int) -> bytes:
     Byte-identical to ``tarfile``'s, filled in from a template (5x faster per sample)."""
     raw = name.encode()
     if len(raw) > 100 or size >= 8**11:
-        return _tarfile_header(name, size)
+        return tarfile_header(name, size)
     size_field = b"%011o\0" % size
     h = bytearray(_TEMPLATE)
     h[0 : len(raw)] = raw

@@ -114,7 +114,7 @@ def open_openimages(root: Path, opts: OpenImagesOptions) -> Source:
         folders = given or _images_folder(root, meta, folder_name)
         splits.append(OfficialSplit(folder_name, role, OpenImagesRecords(ids, pos, neg, folders)))
         files += [images_csv, ann_csv]
-    groups = _groups(meta, opts.hierarchy, mids, known) if opts.hierarchy else None
+    groups = read_class_groups(meta, opts.hierarchy, mids, known) if opts.hierarchy else None
     return Source(
         dataset="openimages-v3",
         root=str(root.resolve()),
@@ -170,7 +170,7 @@ def read_trainable(path: Path, desc: dict, desc_name: str) -> tuple[list[str], l
     return mids, [desc[m] for m in mids]
 
 
-def _groups(meta: Path, name: str, mids: list[str], known: dict) -> tuple[str, ...]:
+def read_class_groups(meta: Path, name: str, mids: list[str], known: dict) -> tuple[str, ...]:
     """Top-level category of each class from a V4-style hierarchy json
     (``{"LabelName": root, "Subcategory": [...]}``); classes outside it: ``other``."""
     path = require_file(meta / name, "the class hierarchy (-o hierarchy=)")

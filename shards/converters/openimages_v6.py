@@ -39,7 +39,7 @@ from shards.convert.source import (
     require_file,
 )
 from shards.converters.oi_images import ImageFolders, list_image_folders
-from shards.converters.openimages import OpenImagesRecords, _groups, read_trainable
+from shards.converters.openimages import OpenImagesRecords, read_class_groups, read_trainable
 
 FILES = {
     "6": {
@@ -96,7 +96,7 @@ def open_openimages_v6(root: Path, opts: OpenImagesV6Options) -> Source:
         splits=tuple(splits),
         fingerprint=fingerprint_files(files, [version, hierarchy]),
         complete_labels=False,
-        groups=_groups(folder, hierarchy, mids, known) if hierarchy else None,
+        groups=read_class_groups(folder, hierarchy, mids, known) if hierarchy else None,
         notes={"mids": mids, "metadata": str(folder), "version": version},
         default_regimes=(),  # the human labels are the observed labels (real unknowns)
     )

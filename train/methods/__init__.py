@@ -8,8 +8,8 @@ Interface (what a generic loop uses; it never branches on a method's name):
 ``config = create_config(name, dataset, overrides)``: the method's config dataclass with the
 paper's defaults for the dataset's family, then ``key=value`` overrides (unknown keys fail listing
 the valid ones). Every config carries the protocol fields of :class:`MethodConfig` for the loop.
-``method = info.create(num_rows, num_classes, config, observed=…, text_embeddings=…)``, or
-``create_method(...)`` which also resolves and checks the regime, is a ``torch.nn.Module``:
+``method = info.create(num_rows, num_classes, config, observed=…, text_embeddings=…)`` is a
+``torch.nn.Module``:
 
 - ``method(logits, batch, epoch=e, step=s) -> {"loss": scalar, other 0-d detached scalars}``;
   ``logits`` (N, L); ``batch["row"]`` int64 (N,) index into the training split (0..num_rows-1),
@@ -61,9 +61,7 @@ from train.methods.registry import (
     MethodInfo,
     ModelSpec,
     create_config,
-    create_method,
     get_method,
-    list_methods,
     register_method,
 )
 
@@ -77,11 +75,9 @@ __all__ = [
     "ModelSpec",
     "REGIMES",
     "config_dict",
-    "create_method",
     "dataset_family",
     "expected_positive_reg",
     "get_method",
-    "list_methods",
     "neg_log",
     "observed_masks",
     "register_method",

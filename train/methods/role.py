@@ -22,7 +22,7 @@ from train.methods.assume_negative import (
     K_DEFAULTS,
     SP,
     ColeLoss,
-    _info,
+    create_cole_info,
     observed_terms,
 )
 
@@ -155,7 +155,7 @@ class Role(ColeLoss):
 
 
 for _entry in (
-    _info(
+    create_cole_info(
         "epr",
         "observed positives + expected-positive regulariser",
         SP,
@@ -163,7 +163,7 @@ for _entry in (
         ExpectedPositive,
         K_DEFAULTS,
     ),
-    _info(
+    create_cole_info(
         "role",
         "regularised online label estimation (trainable per-image label estimator)",
         SP,
