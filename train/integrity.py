@@ -66,6 +66,15 @@ def check_identity(run_dir: Path, saved: dict, config: dict, command: str = "--r
     )
 
 
+def check_global_batch(batch_size: int, world_size: int) -> None:
+    """A batch size is the global batch: it must divide evenly over the ranks."""
+    if batch_size % world_size:
+        raise WsmlError(
+            f"batch_size {batch_size} is the global batch and must divide evenly over "
+            f"{world_size} ranks"
+        )
+
+
 def check_steps(rows: int, batch_sizes: list[int], world_size: int) -> None:
     """Fail before any work when an epoch would have no optimisation step (each rank drops
     its last incomplete batch)."""

@@ -18,7 +18,7 @@ from shards.shardset import ShardSet, open_shard_set
 from shards.views import check_view_labels
 from train.config import RunConfig, run_dict, split_options, with_run_options
 from train.data import cache_dim, check_crops, read_clip_text
-from train.integrity import check_steps, data_identity
+from train.integrity import check_global_batch, check_steps, data_identity
 from train.methods import MethodConfig, MethodInfo, config_dict, get_method
 from train.runfolder import require_tensorboard
 from train.scale import check_scale
@@ -106,11 +106,7 @@ def plan_run(config: RunConfig, world_size: int | None = None) -> RunPlan:
     view, kind = choose_view(ss, info, config.regime, config.fraction)
     mcfg = info.create_config(ss.manifest["dataset"], method_opts)
     check_scale(ss, info, mcfg, view, config.features)
-    if mcfg.batch_size % world:
-        raise WsmlError(
-            f"batch_size {mcfg.batch_size} is the global batch and must divide evenly over "
-            f"{world} ranks"
-        )
+    check_global_batch(mcfg.batch_size, world)
     batches = list(config.sweep_batches) if config.sweep else [mcfg.batch_size]
     check_steps(int(ss.split("train")["num_samples"]), batches, world)
     clip = clip_tag(ss, info, config)
