@@ -18,6 +18,7 @@ from shards.base.clitools import (
     expected_errors,
     parse_kv,
 )
+from train.config import SETTINGS
 
 
 @click.command("shard")
@@ -223,9 +224,7 @@ def bench_cache_clip(shards_dir, models, loader, workdir, markdown, **kwargs):
 
 
 @click.command("train")
-@click.option(
-    "--setting", type=click.Choice(["linear", "e2e"]), default="linear", show_default=True
-)
+@click.option("--setting", type=click.Choice(SETTINGS), default="linear", show_default=True)
 @click.option("--method", "methods", default="an", show_default=True, help="Comma-separated.")
 @click.option(
     "--rows",

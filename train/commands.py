@@ -14,6 +14,7 @@ from shards.base.clitools import (
     parse_kv,
 )
 from shards.base.errors import WsmlError
+from train.config import SETTINGS
 
 
 @choices("method")
@@ -26,7 +27,7 @@ def _methods():
 @click.command("train")
 @click.option("--shards", type=click.Path(), help="Shard set folder.")
 @click.option("--method", type=RegistryChoice("method"), help="See `cli.py methods`.")
-@click.option("--setting", type=click.Choice(["linear", "e2e"]), help="[default: linear]")
+@click.option("--setting", type=click.Choice(SETTINGS), help="[default: linear]")
 @click.option("--regime", help="Observed view [default: single-positive; full for bce].")
 @click.option("--features", help="linear: cached features or embeddings tag.")
 @click.option("--clip", help="CLIP cache (image + class-text embeddings) for vlpl.")

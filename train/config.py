@@ -27,6 +27,7 @@ from shards.base.options import (
     parse_value,
 )
 
+# The setting names, declared once (their objects: train/settings.py's registry)
 SETTINGS = ("linear", "e2e")
 HEADS = ("linear", "cam")
 GROUPS = ("", "frequency", "none")  # -o groups=…: "" is frequency on OpenImages, else none

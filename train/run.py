@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shards.base.errors import WsmlError
-from train.config import RunConfig
+from train.config import SETTINGS, RunConfig
 from train.runfolder import BEST, LAST, RunFolder, nothing_to_resume
 
 # CLI option -> method option (a protocol field every method config has)
@@ -176,7 +176,7 @@ def methods_lines() -> list[str]:
             flags.append("own model")
         if m.dense_state:
             flags.append("needs rows x classes memory: not for large label spaces")
-        if tuple(m.settings) != ("linear", "e2e"):
+        if tuple(m.settings) != SETTINGS:
             flags.append(f"{'/'.join(m.settings)} only")
         extra = f" [{', '.join(flags)}]" if flags else ""
         lines.append(f"{m.name:<{width}}  {', '.join(m.regimes):<25} {m.summary}{extra}")

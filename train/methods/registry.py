@@ -17,13 +17,13 @@ from shards.base.options import parse_value
 from shards.base.registry import Registry
 from shards.convert.source import dataset_family
 from shards.lists import LabelLists
+from train.config import SETTINGS
 from train.methods.config import MethodConfig
 
 if TYPE_CHECKING:
     from train.methods.base import Method
 
 REGIMES = ("full", "single-positive", "partial")
-SETTINGS = ("linear", "e2e")
 
 
 @dataclass(frozen=True)
