@@ -218,6 +218,12 @@ class RunFolder:
         return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def selected_weights(ckpt: dict) -> dict:
+    """The checkpoint's weights that were selected: its EMA's, or the plain model's (what
+    ``eval``, ``predict`` and ``export`` load)."""
+    return ckpt["ema"] if ckpt["loop"]["best_weights"] == "ema" else ckpt["model"]
+
+
 def nothing_to_resume(path: Path) -> WsmlError:
     return WsmlError(
         f"--resume: {path} holds no run (no {CONFIG}): it stopped before it started, or is not "

@@ -24,7 +24,7 @@ from pipelines.presets import Preset
 from shards.base.errors import WsmlError
 from shards.shardset import ShardSet, open_shard_set
 from train.config import RunConfig
-from train.runfolder import BEST, CONFIG, MEMBERS, RunFolder
+from train.runfolder import BEST, CONFIG, MEMBERS, RunFolder, selected_weights
 
 
 class EncoderHead(nn.Module):
@@ -194,24 +194,13 @@ def _provenance(folder: RunFolder, ckpt_path: Path, member: str | None, ckpt) ->
     }
 
 
-def _state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
-    return ckpt["ema"] if ckpt["loop"]["best_weights"] == "ema" else ckpt["model"]
-
-
 def _e2e_network(config, saved, ckpt, ss: ShardSet) -> tuple[nn.Module, Preset]:
     from train.data import e2e_preset
-    from train.run import plan_saved_run
+    from train.run import create_trained_model, plan_saved_run
 
     moved = {**saved, "run": {**saved["run"], "shards": str(ss.root)}}
     plan = plan_saved_run(config.run_dir, moved)  # the run as planned, against its shard set
-    model, _ = plan.setting.create_model(plan, weights="none")
-    try:
-        model.load_state_dict(_state(ckpt))
-    except RuntimeError as e:  # shapes that differ: another number of classes, another model
-        raise WsmlError(
-            f"the checkpoint does not fit the model of the run's config.json "
-            f"({len(saved['classes'])} classes): {' '.join(str(e).split())[:300]}"
-        ) from e
+    model = create_trained_model(plan, saved, ckpt)
     preset = e2e_preset(config.preset, config.image_size, model.pretrained_cfg)
     return model, preset
 
@@ -232,7 +221,7 @@ def _linear_network(config, saved, ckpt, options: NetworkOptions) -> tuple[nn.Mo
 
     meta = encoder_recipe(saved, config, options.shards)
     encoder, preset = create_cache_encoder(meta, config.features, options.weights)
-    state = {k: v for k, v in _state(ckpt).items() if k.startswith("head.")}
+    state = {k: v for k, v in selected_weights(ckpt).items() if k.startswith("head.")}
     rows, dim = state["head.weight"].shape
     if dim != int(meta["dim"]):
         raise WsmlError(
