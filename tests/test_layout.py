@@ -240,6 +240,7 @@ def test_discovery_imports_every_module_of_the_package(tmp_path, monkeypatch):
     ("source", "why"),
     [("import wsml_no_such_module\n", "ModuleNotFoundError"), ("x = 1 +\n", "SyntaxError"),
      ("raise RuntimeError('half-written')\n", "RuntimeError: half-written")],
+    ids=["misspelt import", "syntax error", "failing registration"],
 )  # fmt: skip
 def test_a_broken_module_stops_discovery_naming_itself(tmp_path, monkeypatch, source, why):
     """A misspelt import, a syntax error or a failing registration: the package fails to
