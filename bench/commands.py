@@ -18,7 +18,7 @@ from shards.base.clitools import (
     expected_errors,
     parse_kv,
 )
-from train.config import SETTINGS
+from train.setting_names import SETTINGS
 
 
 @click.command("shard")

@@ -14,7 +14,7 @@ from shards.base.clitools import (
     parse_kv,
 )
 from shards.base.errors import WsmlError
-from train.config import SETTINGS
+from train.setting_names import SETTINGS
 
 
 @choices("method")

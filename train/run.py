@@ -11,8 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 from shards.base.errors import WsmlError
-from train.config import SETTINGS, RunConfig
+from train.config import RunConfig
 from train.runfolder import BEST, LAST, RunFolder, nothing_to_resume, selected_weights
+from train.setting_names import SETTINGS
 
 # CLI option -> method option (a protocol field every method config has)
 METHOD_FLAGS = {"epochs": "epochs", "lr": "lr", "batch_size": "batch_size"}

@@ -17,8 +17,8 @@ from shards.base.options import parse_value
 from shards.base.registry import Registry
 from shards.convert.source import dataset_family
 from shards.lists import LabelLists
-from train.config import SETTINGS
 from train.methods.config import MethodConfig
+from train.setting_names import SETTINGS
 
 if TYPE_CHECKING:
     from train.methods.base import Method
