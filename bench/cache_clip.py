@@ -21,9 +21,9 @@ from models.cache import create_clip_encoder
 from models.cache_run import CacheOptions, Encoder, run_cache
 from pipelines.distributed import DistContext
 from pipelines.loader import LoaderOptions, choose_backend, create_loader, default_threads
-from shards import embeddings as emb
+from shards import caches
 from shards.base.errors import WsmlError
-from shards.embeddings import create_tag
+from shards.caches import create_tag
 from shards.shardset import ShardSet, open_shard_set
 
 MIN_SECONDS = 0.5  # the model alone repeats its batch at least this long
@@ -161,8 +161,8 @@ def _bench_one(
     out["total"] = statistics.median(
         run_cache(ss, no_text, opts, ctx)["images_per_s"] for _ in range(repeats)
     )
-    folder = emb.cache_folder(ss.root, enc.tag)
-    emb.remove_cache(folder)
+    folder = caches.cache_folder(ss.root, enc.tag)
+    caches.remove_cache(folder)
     folder.rmdir()
     if not any(folder.parent.iterdir()):
         folder.parent.rmdir()

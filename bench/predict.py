@@ -58,11 +58,11 @@ def predict_bench_rows(
             for name, once in contenders.items():
                 runs[name].append(round(once(), 1))
     finally:  # the timed cache, beside the run's own
-        from shards import embeddings as emb
+        from shards import caches
 
-        timed = emb.cache_folder(ss.root, tag)
+        timed = caches.cache_folder(ss.root, tag)
         if timed.is_dir():
-            emb.remove_cache(timed)  # its meta.json first: no reader sees half of it
+            caches.remove_cache(timed)  # its meta.json first: no reader sees half of it
             shutil.rmtree(timed, ignore_errors=True)
     cache = statistics.median(runs[CACHE])
     rows = []
@@ -93,7 +93,7 @@ def _contenders(ss, opts: PredictBenchOptions, run_dir: Path, folder: Path, work
     from models.cache import create_feature_encoder
     from models.cache_run import CacheOptions, run_cache
     from pipelines.distributed import DistContext
-    from shards.embeddings import create_tag
+    from shards.caches import create_tag
     from train.use.predict import PredictOptions, run_predict
 
     enc = create_feature_encoder(opts.backbone, weights=opts.weights, preset=opts.preset,

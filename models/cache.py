@@ -33,8 +33,8 @@ from models.weights import NO_WEIGHTS
 from pipelines.distributed import DistContext, autocast, seeded
 from pipelines.presets import PRESETS, Preset, center_crop_preset, get_preset
 from shards.base.errors import WsmlError
+from shards.caches import create_tag
 from shards.convert.source import read_utf8
-from shards.embeddings import create_tag
 from shards.shardset import open_shard_set
 
 __all__ = [

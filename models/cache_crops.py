@@ -3,7 +3,7 @@ embedding per tile of a G x G grid of every training image (AEVLP's DAMP pseudo-
 each tile against the class texts; its release runs CLIP on them at every step, here they are
 embedded once). The tiles and their geometry are ``pipelines/tiles.py``; each tile is embedded
 exactly as a whole image is (the model's own preprocessing), G^2 tiles of an image in one
-row of G^2 x D (``shards.embeddings.read_crops`` gives (N, G^2, D)). The chunked, resumable
+row of G^2 x D (``shards.caches.read_crops`` gives (N, G^2, D)). The chunked, resumable
 writing is the global embeddings' own (``models.cache_run``), with ``--batch-size`` and
 ``--chunk-size`` counted in tiles, so a forward and a chunk hold about as many images as without
 crops."""

@@ -156,7 +156,7 @@ def test_a_view_naming_a_file_outside_is_refused(copy):
 def test_a_cache_naming_a_file_outside_is_refused(copy):
     import numpy as np
 
-    from shards.embeddings import read_split, write_cache
+    from shards.caches import read_split, write_cache
 
     ss = open_shard_set(copy)
     arrays = {s: np.ones((ss.split(s)["num_samples"], 4)) for s in ss.splits}

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from shards.base.errors import WsmlError
-from shards.embeddings import read_crops, read_split, read_text
+from shards.caches import read_crops, read_split, read_text
 from shards.shardset import open_shard_set
 from tests.support.train_fixtures import CLIP, FEAT, get_shards, read_metrics
 from train.config import RunConfig

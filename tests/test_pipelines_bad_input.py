@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from shards.base.errors import WsmlError
-from shards.embeddings import write_cache
+from shards.caches import write_cache
 from tests.support.pipelines_data import (
     BACKENDS,
     REGIME,

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from shards.embeddings import write_cache
+from shards.caches import write_cache
 from tests.support.cli_checks import assert_refused, shard_cli
 from tests.support.raw_datasets import REPO, make_coco
 from tests.support.train_fixtures import FEAT, get_shards

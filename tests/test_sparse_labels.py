@@ -271,8 +271,8 @@ def test_two_ranks_match_one_process_on_partial_labels(tmp_path):
     import subprocess
     import sys
 
+    from shards.caches import write_cache
     from shards.convert.convert import convert
-    from shards.embeddings import write_cache
     from shards.shardset import open_shard_set
     from tests.support.layouts_openimages import openimages_layout
     from tests.support.train_fixtures import read_metrics
@@ -314,7 +314,7 @@ def test_bad_sizes_fail_before_any_work(shards, tmp_path):
     import shutil
 
     from shards.base.errors import WsmlError
-    from shards.embeddings import write_cache
+    from shards.caches import write_cache
     from train.config import RunConfig
     from train.run import train
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from shards.embeddings import read_split, read_text
+from shards.caches import read_split, read_text
 from shards.shardset import open_shard_set
 from tests.support.train_fixtures import CLIP, FEAT, get_shards, read_metrics, read_summary
 from train.config import RunConfig

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from shards import embeddings as emb
+from shards import caches
 from shards.base.errors import WsmlError
 from shards.base.fileio import folder_lock, sha256_file
 from shards.shardset import ShardSet
@@ -26,10 +26,10 @@ def data_identity(ss: ShardSet, view: str, features: str | None, clip: str | Non
     if view not in ("full", "clean"):
         out[f"observed/{view}/regime.json"] = _sha256(ss.root / "observed" / view / "regime.json")
     for tag in dict.fromkeys(t for t in (features, clip) if t):
-        folder = emb.cache_folder(ss.root, tag)
-        meta = emb.list_caches(ss.root).get(tag)
+        folder = caches.cache_folder(ss.root, tag)
+        meta = caches.list_caches(ss.root).get(tag)
         out[f"embeddings/{tag}/meta.json"] = _sha256(folder / "meta.json") if meta else MISSING
-        for entry in emb.list_arrays(meta).values() if meta else ():
+        for entry in caches.list_arrays(meta).values() if meta else ():
             path = folder / entry["path"]
             st = path.stat() if path.is_file() else None
             size = f"{st.st_size} bytes, mtime {st.st_mtime_ns}" if st else MISSING

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from shards import embeddings as emb
+from shards import caches
 from shards.base.errors import WsmlError
 from shards.shardset import ShardSet, open_shard_set
 from shards.views import check_view_labels
@@ -136,7 +136,7 @@ def plan_run(config: RunConfig, world_size: int | None = None) -> RunPlan:
 def _encoder_recipe(ss: ShardSet, tag: str) -> dict[str, Any]:
     """What made the feature cache (its meta.json without the per-split entries): kept in the
     run folder, so the encoder can be rebuilt for raw images after the data moved."""
-    return {k: v for k, v in emb.get_cache(ss.root, tag).items() if k != "splits"}
+    return {k: v for k, v in caches.get_cache(ss.root, tag).items() if k != "splits"}
 
 
 def choose_view(
@@ -210,7 +210,7 @@ def clip_tag(ss: ShardSet, info: MethodInfo, config: RunConfig) -> str | None:
         raise WsmlError(
             f"method {info.name} needs a CLIP cache (image and class-text embeddings): make "
             f"one with `cli.py cache-clip --shards {ss.root}` and pass --clip TAG "
-            f"(caches here: {', '.join(emb.list_caches(ss.root)) or 'none'})"
+            f"(caches here: {', '.join(caches.list_caches(ss.root)) or 'none'})"
         )
     cache_dim(ss, tag, "CLIP embeddings")
     return tag

@@ -40,7 +40,7 @@ from shards.base.fileio import (
     write_bytes_atomic,
     write_json_atomic,
 )
-from shards.embeddings import write_array
+from shards.caches import write_array
 from train.integrity import check_identity, data_identity
 
 FORMAT = "wsml-run"

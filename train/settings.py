@@ -73,7 +73,7 @@ class LinearSetting(Setting):
         if not config.features:
             from pathlib import Path
 
-            from shards.embeddings import list_caches
+            from shards.caches import list_caches
 
             have = ", ".join(list_caches(Path(config.shards))) if config.shards else ""
             raise WsmlError(

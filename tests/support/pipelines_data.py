@@ -21,7 +21,7 @@ import torchvision  # noqa: F401
 from pipelines.dali_loader import dali_available
 from pipelines.loader import LoaderOptions, create_loader
 from pipelines.presets import center_crop_preset
-from shards.embeddings import write_cache
+from shards.caches import write_cache
 from tests.support.cli_checks import shard_cli
 from tests.support.raw_datasets import jpeg_bytes, make_coco
 

@@ -20,8 +20,8 @@ from PIL import Image
 import cli
 from models.backbones import create_backbone
 from models.cache import cache_clip, cache_features
+from shards.caches import write_cache
 from shards.convert.convert import convert
-from shards.embeddings import write_cache
 from shards.shardset import open_shard_set
 from shards.synth.digits import write_demo_data
 from tests.support.image_kinds import image_kinds

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from shards.caches import write_cache
 from shards.convert.convert import convert
-from shards.embeddings import write_cache
 from shards.shardset import open_shard_set
 from shards.synth.digits import write_demo_data
 

@@ -210,9 +210,9 @@ def encoder_recipe(saved: dict[str, Any], config: RunConfig, shards: str | None)
     cache's meta.json in the shard set."""
     if "encoder" in saved:
         return saved["encoder"]
-    from shards import embeddings as emb
+    from shards import caches
 
-    return emb.get_cache(open_run_shards(config, shards).root, config.features)
+    return caches.get_cache(open_run_shards(config, shards).root, config.features)
 
 
 def _linear_network(config, saved, ckpt, options: NetworkOptions) -> tuple[nn.Module, Preset]:

@@ -1,4 +1,4 @@
-"""The resumable writer of an embedding cache (``shards.embeddings`` holds the format and the
+"""The resumable writer of an embedding cache (``shards.caches`` holds the format and the
 readers): the split arrays reserved on disk up front, one file per chunk done (so processes on
 several machines sharing a plain NFS or object-store-backed folder never write one file), the
 progress file and the writer's lock, and the finish that assembles the chunks and publishes
@@ -25,7 +25,7 @@ from shards.base.fileio import (
     tmp_path_for,
     write_json_atomic,
 )
-from shards.embeddings import crops_name, list_caches, remove_cache, write_meta
+from shards.caches import crops_name, list_caches, remove_cache, write_meta
 
 PROGRESS = "progress.json"
 PROGRESS_FORMAT = "wsml-embeddings-progress"
@@ -195,7 +195,7 @@ def finish_cache(folder: Path) -> None:
 
 def plan_arrays(settings: dict) -> dict[str, dict]:
     """Every array of a cache being written, by name, with its ``rows``, ``chunks`` and ``dim``:
-    each split's, then (``crops``) the tiles' of a split (``shards.embeddings.crops_name``)."""
+    each split's, then (``crops``) the tiles' of a split (``shards.caches.crops_name``)."""
     out = {s: {**p, "dim": settings["dim"]} for s, p in settings["splits"].items()}
     for split, p in (settings.get("crops") or {}).get("splits", {}).items():
         out[crops_name(split)] = p

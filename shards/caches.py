@@ -19,7 +19,7 @@ whole by the process that made it and published by rename: a chunk is done once 
 exists), ``<split>.npy.partial`` (the assembled array, its space reserved up front so a full
 disk fails before any work) and lock files. Finishing (one process) copies the chunks into the
 arrays, renames them, writes ``meta.json`` and removes the rest. This module holds the format,
-the readers and the whole-cache ``write_cache``; ``shards.embedding_writer`` is the resumable
+the readers and the whole-cache ``write_cache``; ``shards.cache_writer`` is the resumable
 writer, and the chunk loop that drives it lives in ``models/cache_run.py``.
 """
 
