@@ -1,9 +1,9 @@
 """wsml command line: each command parses, calls one library function, prints a short summary.
 
-The commands live beside what they drive (``shards/commands.py`` and ``bench_commands.py``,
-``models/commands.py``, ``pipelines/commands.py``, ``train/commands.py``); this file gathers
-them. ``--help`` imports neither torch nor DALI; expected failures print ``Error: ...`` and
-exit 1.
+The commands live beside what they drive (``shards/commands.py``, ``models/commands.py``,
+``train/commands.py``, ``train/use/commands.py``; the benchmarks' in ``bench/commands.py``);
+this file gathers them. ``--help`` imports neither torch nor DALI; expected failures print
+``Error: ...`` and exit 1.
 """
 
 from __future__ import annotations
@@ -16,18 +16,18 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import click  # noqa: E402
 
+import pipelines.commands  # noqa: E402, F401  (registers the preset and loader choices)
+from bench import commands as bench_commands  # noqa: E402
 from models import commands as models_commands  # noqa: E402
-from pipelines import commands as pipelines_commands  # noqa: E402
-from shards import bench_commands as shards_bench  # noqa: E402
 from shards import commands as shards_commands  # noqa: E402
-from shards.clitools import check_text_args  # noqa: E402
+from shards.base.clitools import check_text_args  # noqa: E402
 from train import commands as train_commands  # noqa: E402
-from train import use_commands  # noqa: E402
+from train.use import commands as use_commands  # noqa: E402
 
 
 class Main(click.Group):
     """The command group: every argument is checked to be valid UTF-8 before any command
-    parses it (``shards.clitools.check_text_args``)."""
+    parses it (``shards.base.clitools.check_text_args``)."""
 
     def parse_args(self, ctx, args):
         check_text_args(args)
@@ -62,15 +62,7 @@ for command in (
     use_commands.export_command,
 ):
     main.add_command(command)
-for command in (
-    shards_bench.bench_shard,
-    shards_bench.bench_openimages,
-    shards_bench.bench_docs,
-    pipelines_commands.bench_loader,
-    models_commands.bench_cache_clip,
-    train_commands.bench_train,
-    use_commands.bench_predict,
-):
+for command in bench_commands.COMMANDS:
     bench.add_command(command)
 
 

@@ -19,8 +19,8 @@ from models.weights import (
     read_state_dict,
     weights_unavailable,
 )
-from shards.errors import WsmlError
-from shards.registry import Registry
+from shards.base.errors import WsmlError
+from shards.base.registry import Registry
 
 WEIGHTS_HINT = "--weights /path/to/pytorch_model.bin (weights=PATH in Python)"
 
@@ -80,7 +80,7 @@ def create_backbone(
     for pretrained weights (bundled, else the hub), ``"none"`` for random, or a local file."""
     import timm
 
-    timm_name = BACKBONES.get(name).timm_name if name in BACKBONES else _check_timm_name(name)
+    timm_name = BACKBONES.get(name).timm_name if name in BACKBONES else check_timm_name(name)
     if not pretrained:
         if weights is not None and weights != NO_WEIGHTS:
             raise WsmlError(f"pretrained=False contradicts weights={os.fspath(weights)!r}")
@@ -104,7 +104,7 @@ def create_backbone(
     return model.eval(), _info(name, timm_name, model, source, sha256)
 
 
-def _check_timm_name(name: str) -> str:
+def check_timm_name(name: str) -> str:
     import timm
 
     if timm.is_model(name):

@@ -32,10 +32,10 @@ from models.clip import (
 from models.weights import NO_WEIGHTS
 from pipelines.distributed import DistContext, autocast, seeded
 from pipelines.presets import PRESETS, Preset, center_crop_preset, get_preset
-from shards.embeddings import make_tag
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
+from shards.caches import create_tag
+from shards.convert.source import read_utf8
 from shards.shardset import open_shard_set
-from shards.source import read_utf8
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -187,7 +187,7 @@ def create_clip_encoder(
         with torch.inference_mode(), autocast(dev, dtype):
             return encode_class_texts(model, clip.tokenizer, classnames, templates).numpy()
 
-    tag = make_tag(model_name, weights.get(prov.pretrained, prov.pretrained))
+    tag = create_tag(model_name, weights.get(prov.pretrained, prov.pretrained))
     return Encoder("clip", tag, preset, dim, identity, record, encode, text)
 
 
@@ -248,7 +248,7 @@ def create_feature_encoder(
         return (F.normalize(x, dim=-1) if normalize else x).cpu()
 
     wpart = f"file-{info.weights_sha256[:12]}" if pretrained == "file" else pretrained
-    tag = make_tag(backbone, wpart, p.name, "l2" if normalize else "")
+    tag = create_tag(backbone, wpart, p.name, "l2" if normalize else "")
     return Encoder("features", tag, p, info.feature_dim, identity, record, encode)
 
 
@@ -310,14 +310,14 @@ def check_model_name(kind: str, name: str) -> None:
     """An unknown CLIP model ("clip") or backbone ("backbone") fails listing close matches and
     the choices."""
     if kind == "clip":
-        from models.clip import _check_model_name
+        from models.clip import check_clip_name
 
-        _check_model_name(name)
+        check_clip_name(name)
         return
-    from models.backbones import BACKBONES, _check_timm_name
+    from models.backbones import BACKBONES, check_timm_name
 
     if name not in BACKBONES:
-        _check_timm_name(name)
+        check_timm_name(name)
 
 
 def check_templates(templates: Sequence[str]) -> None:

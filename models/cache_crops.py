@@ -3,7 +3,7 @@ embedding per tile of a G x G grid of every training image (AEVLP's DAMP pseudo-
 each tile against the class texts; its release runs CLIP on them at every step, here they are
 embedded once). The tiles and their geometry are ``pipelines/tiles.py``; each tile is embedded
 exactly as a whole image is (the model's own preprocessing), G^2 tiles of an image in one
-row of G^2 x D (``shards.embeddings.read_crops`` gives (N, G^2, D)). The chunked, resumable
+row of G^2 x D (``shards.caches.read_crops`` gives (N, G^2, D)). The chunked, resumable
 writing is the global embeddings' own (``models.cache_run``), with ``--batch-size`` and
 ``--chunk-size`` counted in tiles, so a forward and a chunk hold about as many images as without
 crops."""
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from models.cache_run import CacheOptions, Encoder, make_plan
+from models.cache_run import CacheOptions, Encoder, create_cache_plan
 from pipelines.tiles import split_tiles, tiles_preset
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from shards.shardset import ShardSet
 
 GRID_RE = re.compile(r"^grid([1-9][0-9]?)$")
@@ -42,7 +42,7 @@ class Crops:
                 f"--crops embeds the tiles of split {self.split}: include it in --splits"
             )
         views = int(self.record["views"])
-        tiles = make_plan(ss, [self.split], max(1, opts.chunk_size // views))
+        tiles = create_cache_plan(ss, [self.split], max(1, opts.chunk_size // views))
         return {
             **self.record,
             "splits": {s: {**p, "dim": self.encoder.dim} for s, p in tiles.items()},

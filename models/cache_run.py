@@ -3,13 +3,13 @@
 Each split is cut into C contiguous chunks with the loader's own rank sharding (chunk c is
 ``create_loader(train=False)`` with ``LoaderOptions(rank=c, world_size=C)``, about
 ``chunk_size`` rows). A chunk's embeddings, in row order, go to a file of their own
-(``shards.embedding_writer.write_chunk``), so no two processes, or machines, ever write one
+(``shards.cache_writer.write_chunk``), so no two processes, or machines, ever write one
 file; a chunk is done once its file exists, and a rerun with the same settings skips those.
 Under torchrun rank r takes its contiguous W-th of the chunks still to do, so one loader
 reads a split's consecutive chunks as the shards of one walking DALI graph (built once, its
 reader moving on to the next chunk by itself); rank 0 prepares the folder (reserving
 the arrays' space) and, when every chunk is done, assembles the arrays from the chunks and
-writes ``meta.json`` last (``shards.embedding_writer``, the only writer: this module holds the
+writes ``meta.json`` last (``shards.cache_writer``, the only writer: this module holds the
 chunk loop). With ``crops`` (``cache-clip --crops``, ``models/cache_crops.py``) a second pass
 over the training split writes its tiles' embeddings the same way, to arrays of their own.
 """
@@ -33,9 +33,9 @@ from pipelines.distributed import DistContext
 from pipelines.loader import LoaderOptions, choose_backend, create_loader, default_threads
 from pipelines.presets import Preset
 from pipelines.sharding import shard_range, split_range
-from shards import embedding_writer as writer
-from shards import embeddings as emb
-from shards.errors import WsmlError
+from shards import cache_writer as writer
+from shards import caches
+from shards.base.errors import WsmlError
 from shards.shardset import ShardSet
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ class CacheOptions:
 # ---- the plan, the settings and the run ----
 
 
-def make_plan(ss: ShardSet, splits: list[str], chunk_size: int) -> dict[str, dict]:
+def create_cache_plan(ss: ShardSet, splits: list[str], chunk_size: int) -> dict[str, dict]:
     """Rows, chunks and the shards' identity of each split."""
     out = {}
     for split in splits:
@@ -106,12 +106,12 @@ def run_cache(
     opts.check(ss)
     log = log if log is not None and ctx.rank == 0 else (lambda message: None)
     backend = choose_backend(opts.backend)
-    plan = make_plan(ss, list(opts.splits or ss.splits), opts.chunk_size)
+    plan = create_cache_plan(ss, list(opts.splits or ss.splits), opts.chunk_size)
     settings = {**encoder.identity, "loader": backend, "splits": plan}
     if crops is not None:
         settings["crops"] = crops.settings(ss, opts, plan)
     settings = json.loads(json.dumps(settings))
-    folder = emb.cache_folder(ss.root, encoder.tag)
+    folder = caches.cache_folder(ss.root, encoder.tag)
     summary = {
         "tag": encoder.tag,
         "folder": str(folder),
@@ -131,11 +131,11 @@ def run_cache(
         if state["resumed"]:
             log(f"resuming {folder}: {state['resumed']} of {summary['chunks']} chunks done")
         t0 = time.perf_counter()
-        works = [_Work(ss, encoder, opts, ctx, backend, folder, plan)]
+        works = [ChunkShare(ss, encoder, opts, ctx, backend, folder, plan)]
         if crops is not None:
             tiles = settings["crops"]["splits"]
-            works.append(_Work(ss, crops.encoder, crops.options(opts), ctx, backend, folder,
-                               tiles, array=emb.crops_name))  # fmt: skip
+            works.append(ChunkShare(ss, crops.encoder, crops.options(opts), ctx, backend, folder,
+                               tiles, array=caches.crops_name))  # fmt: skip
         counts = ctx.on_all(lambda: sum(w.run(state["done"], progress) for w in works))
         seconds = time.perf_counter() - t0
         produced = {
@@ -158,7 +158,7 @@ def run_cache(
 
 
 @dataclass
-class _Work:
+class ChunkShare:
     """One process's share of the chunks still to do."""
 
     ss: ShardSet
@@ -236,18 +236,18 @@ def _chunk_rows(rows: int, chunk: int, chunks: int) -> int:
 
 def _finish(ss: ShardSet, encoder: Encoder, folder, settings: dict, produced: dict) -> None:
     """Rank 0, once every rank is done: class texts, then the arrays assembled from their
-    chunks and ``meta.json`` last (``shards.embedding_writer.finish_chunked``)."""
+    chunks and ``meta.json`` last (``shards.cache_writer.finish_chunked``)."""
     meta = {k: v for k, v in settings.items() if k not in ("splits", "text")}
     meta.update(tag=encoder.tag, dtype="float16", **encoder.record, produced=produced)
     meta["splits"] = {s: {"path": f"{s}.npy", **p} for s, p in settings["splits"].items()}
     if "crops" in settings:
         tiles = settings["crops"]["splits"]
         meta["crops"] = {**settings["crops"], "splits": {
-            s: {"path": f"{emb.crops_name(s)}.npy", **p} for s, p in tiles.items()}}  # fmt: skip
+            s: {"path": f"{caches.crops_name(s)}.npy", **p} for s, p in tiles.items()}}  # fmt: skip
     if encoder.text is not None:
         text = encoder.text()
         if text.shape[1] != encoder.dim:
             raise WsmlError(f"{encoder.tag}: text embeddings of dimension {text.shape[1]}")
-        emb.write_array(folder / "text.npy", text.astype(np.float16))
+        caches.write_array(folder / "text.npy", text.astype(np.float16))
         meta["text"] = {"path": "text.npy", "rows": int(text.shape[0]), **settings["text"]}
     writer.finish_chunked(ss.root, folder, settings, meta)

@@ -27,8 +27,8 @@ from models.weights import (
     looks_like_path,
     weights_unavailable,
 )
-from shards.errors import WsmlError
-from shards.registry import Registry
+from shards.base.errors import WsmlError
+from shards.base.registry import Registry
 
 __all__ = [
     "DEFAULT_TEMPLATES",
@@ -153,7 +153,7 @@ def create_clip(
     local file was published under (sets its preprocessing and QuickGELU)."""
     import open_clip
 
-    _check_model_name(model_name)
+    check_clip_name(model_name)
     tokenizer = _tokenizer(model_name)  # before the model: it may need the hub, fail early
     path, provenance, tag_cfg = _resolve_weights(model_name, pretrained, file_tag)
     try:
@@ -219,7 +219,7 @@ def _tokenizer(model_name: str) -> Callable[[Sequence[str]], torch.Tensor]:
         ) from e
 
 
-def _check_model_name(model_name: str) -> None:
+def check_clip_name(model_name: str) -> None:
     import open_clip
 
     if model_name in CLIP_CONFIGS:

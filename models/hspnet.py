@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 
 LOGIT_SCALE = 10.0  # the release's fixed scale of the cosine similarities
 KEEP = 0.75  # fraction of each adjacency row kept (the diagonal included) before normalising

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")  # a timm ResNet's; layer4 trains
 BN_INIT_STD = 1e-4

@@ -22,7 +22,7 @@ from torch import nn
 from models.weights import NO_WEIGHTS, WeightsUnavailableError
 from pipelines.distributed import seeded
 from pipelines.presets import PRESETS, Preset, center_crop_preset, get_preset
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 
 INIT_SEED = 0  # models.cache.INIT_SEED: random weights ("none") are seeded the same way
 WEIGHTS_HINT = "pass the weights file the cache was made with: --weights PATH"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from shards.errors import WsmlError
-from shards.fileio import sha256_file
+from shards.base.errors import WsmlError
+from shards.base.fileio import sha256_file
 
 NO_WEIGHTS = "none"  # the only spelling that asks for random initialisation
 WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".safetensors", ".npz")

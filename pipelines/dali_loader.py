@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from pipelines.presets import Preset
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 
 
 def dali_available() -> bool:
@@ -158,7 +158,7 @@ def iterate_dali(
     try:
         if graph.it is None:
             t0 = time.perf_counter()
-            build_dali(graph.pipe, where)
+            prepare_pipeline(graph.pipe, where)
             # size=-1: the iterator never ends an epoch itself; the reader (pad_last_batch)
             # starts its next epoch right after the last batch of this one
             graph.it = DALIGenericIterator(graph.pipe, ["image", "row"], size=-1, auto_reset=False)
@@ -212,7 +212,7 @@ def iterate_dali_split(
     normalises."""
     decode, normalize = graph.pipe, graph.norm
     if not graph.built:
-        graph.build_s = build_dali(decode, where) + build_dali(normalize, where)
+        graph.build_s = prepare_pipeline(decode, where) + prepare_pipeline(normalize, where)
         graph.built = True
     try:
         for _ in range(steps):
@@ -247,9 +247,10 @@ def cuda_index(device: torch.device) -> int:
     return device.index if device.index is not None else torch.cuda.current_device()
 
 
-def build_dali(pipe, where: str) -> float:
-    """Build a pipeline, naming the build (DALI's environment, codec or device) when it fails,
-    so a broken installation is not reported as a broken shard set. Returns its seconds."""
+def prepare_pipeline(pipe, where: str) -> float:
+    """Build a pipeline (DALI's ``pipe.build()``), naming the build (DALI's environment, codec
+    or device) when it fails, so a broken installation is not reported as a broken shard set.
+    Returns its seconds."""
     t0 = time.perf_counter()
     try:
         pipe.build()

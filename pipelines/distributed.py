@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from pipelines import stand_in
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 
 DEVICES = "auto, cpu, cuda or cuda:N"
 

@@ -1,5 +1,5 @@
 """Loose image files (``cli.py predict IMAGE|FOLDER …``) as normalised batches: read by the one
-image reader (``shards.images.read_rgb``: the pixels a shard of the image holds), put through a
+image reader (``shards.convert.images.read_rgb``: the pixels a shard of the image holds), put through a
 preset's eval tensor operations (``pipelines/presets.py``) and the loaders' normalisation, so an
 image gives the same input here as from a shard set read by the PyTorch loader. Worker
 processes read whole batches; any failure of one image is that image's alone."""
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pipelines.presets import Preset
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 ON_BAD = ("fail", "skip")
@@ -50,7 +50,7 @@ def shown_name(path: str | os.PathLike) -> str:
 def read_image(path: Path, preset: Preset) -> torch.Tensor:
     """One file through the reader and the preset's eval operations: uint8 (3, S, S). Raises
     the reason it cannot (BadImage, OSError, or what the operations raise)."""
-    from shards.images import read_rgb
+    from shards.convert.images import read_rgb
 
     pixels = torch.from_numpy(read_rgb(path.read_bytes())).permute(2, 0, 1)
     rng = np.random.default_rng(0)  # eval is deterministic; the ops take a generator
@@ -85,7 +85,7 @@ class ImageChunks(torch.utils.data.Dataset):
 
 
 def _reason(e: Exception) -> str:
-    from shards.images import BadImage
+    from shards.convert.images import BadImage
 
     if isinstance(e, OSError):
         return f"cannot read file: {e.strerror or e}"

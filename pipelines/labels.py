@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from pipelines.distributed import host_to_device
-from shards import embeddings as emb
-from shards.errors import WsmlError
+from shards import caches
+from shards.base.errors import WsmlError
 from shards.lists import LabelLists
 from shards.shardset import ShardSet
 
@@ -153,7 +153,7 @@ def read_row_table(
         table.full = DeviceLabels(ss.full_lists(split), device, where)
         rows = len(table.full)
     if embeddings is not None:
-        arr = emb.read_split(ss.root, embeddings, split)
+        arr = caches.read_split(ss.root, embeddings, split)
         if arr.shape[0] != rows:
             raise WsmlError(
                 f"cached embeddings {embeddings!r} have {arr.shape[0]} rows for split {split}, "
@@ -161,5 +161,5 @@ def read_row_table(
             )
         table.embedding = mapped_tensor(arr)  # each batch reads its rows from the map
         if crops:
-            table.crops = mapped_tensor(emb.read_crops(ss.root, embeddings, split))
+            table.crops = mapped_tensor(caches.read_crops(ss.root, embeddings, split))
     return table

@@ -23,9 +23,9 @@ from pipelines import sharding
 from pipelines.distributed import host_to_device
 from pipelines.labels import RowTable, read_row_table
 from pipelines.presets import Preset, get_preset
-from shards.errors import WsmlError
-from shards.fileio import sha256_file
-from shards.registry import Registry
+from shards.base.errors import WsmlError
+from shards.base.fileio import sha256_file
+from shards.base.registry import Registry
 from shards.shardset import ShardSet, open_shard_set
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shards.errors import WsmlError
-from shards.registry import Registry
+from shards.base.errors import WsmlError
+from shards.base.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

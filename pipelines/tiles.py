@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pipelines.presets import Preset
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 
 
 def tile_boxes(height: int, width: int, grid: int) -> list[tuple[int, int, int, int]]:

@@ -15,7 +15,7 @@ import webdataset as wds
 
 from pipelines.presets import Preset
 from pipelines.sharding import split_range, tars_covering
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 
 
 class ShareReader(torch.utils.data.IterableDataset):

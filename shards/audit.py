@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from shards.base.errors import os_error_message
+from shards.base.fileio import write_json_atomic
 from shards.duplicates import NearLimits, find_duplicates, summarize_pairs
-from shards.errors import os_error_message
-from shards.fileio import write_json_atomic
 from shards.image_hashes import (
     HASH_DIR,
     ShardHashes,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from shards.lists import Lists, ListsBuilder
 
 BIASES = ("uniform", "size", "location", "semantic")

@@ -1,5 +1,5 @@
 """The commands over raw datasets and shard sets: shard, observe, info, verify, audit and
-demo-data (their benchmarks are ``shards/bench_commands.py``'s)."""
+demo-data (their benchmarks are ``bench/commands.py``'s)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,12 @@ import time
 
 import click
 
-from shards.clitools import (
+from shards.base.clitools import (
     SEED_TYPE,
     ByteSize,
     FloatRange,
     PartType,
     RegistryChoice,
-    check_regime_specs,
     choices,
     expected_errors,
     parse_kv,
@@ -27,7 +26,7 @@ from shards.clitools import (
 @choices("dataset")
 def _converters():
     import shards.converters  # noqa: F401  (registers them)
-    from shards.source import CONVERTERS
+    from shards.convert.source import CONVERTERS
 
     return CONVERTERS
 
@@ -37,6 +36,20 @@ def _regimes():
     from shards.regimes import REGIMES
 
     return REGIMES
+
+
+def check_regime_specs(ctx, param, specs: tuple[str, ...]) -> tuple[str, ...]:
+    """Click callback: every ``--regime`` spec parses (or is ``none``), else a usage error."""
+    from shards.base.errors import WsmlError
+    from shards.regimes import parse_regime_spec
+
+    for spec in specs:
+        if spec != "none":
+            try:
+                parse_regime_spec(spec)
+            except WsmlError as e:
+                raise click.BadParameter(str(e), ctx, param) from None
+    return specs
 
 
 @click.command()
@@ -130,7 +143,7 @@ def shard(dataset, root, out, workers, fsync, part, finalize, resume, overwrite,
     """Convert a raw dataset into a shard set (tars + DALI indexes + Parquet labels + manifest)."""
     from pathlib import Path
 
-    from shards.convert import convert
+    from shards.convert.convert import convert
 
     if part and finalize:
         raise click.UsageError("--part and --finalize go in separate runs")
@@ -397,7 +410,7 @@ def audit(shards_dir, workers, no_decode, near_dup_bits, near_dup_fail_bits, nea
 @expected_errors
 def demo_data(out, n_train, n_val, seed):
     """Write the embedded demo dataset (digit mosaics, COCO layout) from scikit-learn's digits."""
-    from shards.demo import write_demo_data
+    from shards.synth.digits import write_demo_data
 
     s = write_demo_data(out, n_train=n_train, n_val=n_val, seed=seed, progress=sys.stderr.isatty())
     click.echo(json.dumps(s))

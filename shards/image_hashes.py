@@ -1,5 +1,5 @@
 """Each image's hashes for ``audit``'s duplicate checks: the sha256 of its stored bytes and its
-64- and 256-bit perceptual hashes (``shards.images.perceptual_hashes``).
+64- and 256-bit perceptual hashes (``shards.convert.images.perceptual_hashes``).
 
 ``shard`` does not compute them: decoding every image for its perceptual hash cost 4x the rest of
 a conversion, which every user runs and few audit. ``audit`` computes them from the tars instead,
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.fileio import publish, removed_on_error, tmp_path_for
-from shards.images import perceptual_hashes
+from shards.base.fileio import publish, removed_on_error, tmp_path_for
+from shards.convert.images import perceptual_hashes
 
 HASH_DIR = "image-hashes"
 HASH_VERSION = 1  # bump when perceptual_hashes changes: cached hashes are then computed again

@@ -12,9 +12,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from shards.errors import WsmlError
-from shards.lists import Lists, ListsBuilder, concat, dense_rows, from_dense
-from shards.options import (
+from shards.base.errors import WsmlError
+from shards.base.options import (
     AT_LEAST_ONE,
     NON_NEGATIVE,
     SEED,
@@ -22,7 +21,8 @@ from shards.options import (
     Range,
     check_ranges,
 )
-from shards.registry import Registry
+from shards.base.registry import Registry
+from shards.lists import Lists, ListsBuilder, concat, dense_rows, from_dense
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 
 from shards import FORMAT_VERSION
-from shards.errors import WsmlError
-from shards.fileio import check_inside
+from shards.base.errors import WsmlError
+from shards.base.fileio import check_inside
 from shards.lists import LabelLists
 from shards.tables import from_arrow, read_checked_table, read_table
 

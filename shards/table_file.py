@@ -11,8 +11,8 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from shards.errors import WsmlError
-from shards.source import read_utf8, require_file
+from shards.base.errors import WsmlError
+from shards.convert.source import read_utf8, require_file
 
 Cell = str | tuple[str, ...]
 DEFAULT_FILES = ("labels.csv", "labels.tsv", "labels.parquet")

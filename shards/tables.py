@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from shards.fileio import publish, removed_on_error, tmp_path_for
-from shards.lists import Lists, dense_rows
+from shards.base.fileio import publish, removed_on_error, tmp_path_for
+from shards.lists import Lists
 
 INDEX_LIST = pa.list_(pa.int32())
 
@@ -99,23 +99,11 @@ def read_table(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
     return pq.read_table(path, columns=list(columns) if columns else None)
 
 
-def dense_labels(
-    positives: pa.ChunkedArray | pa.Array,
-    negatives: pa.ChunkedArray | pa.Array,
-    num_classes: int,
-    fill: int,
-) -> np.ndarray:
-    """int8 (N, L) matrix: 1 at positives, -1 at negatives, ``fill`` elsewhere; a null
-    negatives entry makes every other class of that row -1 (a fully annotated source)."""
-    pos, neg = from_arrow(positives), from_arrow(negatives)
-    return dense_rows(pos, neg, num_classes, 0, len(pos), fill)
-
-
 def read_checked_table(root: Path, entry: dict, num_classes: int, recorded_in: str) -> pa.Table:
     """A label table or view read only if its bytes match the sha256 ``recorded_in`` gives,
     its rows are ``0..rows-1`` once each and its class indices lie in ``[0, num_classes)``:
     a changed or corrupted table is never trained on."""
-    from shards.errors import WsmlError
+    from shards.base.errors import WsmlError
 
     path = Path(root) / entry["path"]
     try:
@@ -138,7 +126,7 @@ def read_checked_table(root: Path, entry: dict, num_classes: int, recorded_in: s
 
 def check_rows(path: Path, table: pa.Table, rows: int, num_classes: int) -> None:
     """Rows ``0..rows-1`` each once, in order; class indices in range."""
-    from shards.errors import WsmlError
+    from shards.base.errors import WsmlError
 
     if table.num_rows != rows:
         raise WsmlError(f"{path} has {table.num_rows} rows, its record says {rows}")

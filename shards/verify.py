@@ -17,9 +17,9 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from shards.fileio import sha256_file
+from shards.base.fileio import sha256_file
+from shards.convert.scan import Workers
 from shards.image_hashes import ShardHashes, hash_images
-from shards.scan import Workers
 from shards.shardset import ShardSet, list_unlisted_files
 
 

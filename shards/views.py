@@ -12,14 +12,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from shards.base.errors import WsmlError
+from shards.base.fileio import write_json_atomic
 from shards.bias import BOX_COLUMNS
-from shards.errors import WsmlError
-from shards.fileio import write_json_atomic
-from shards.images import target_size
+from shards.convert.images import target_size
+from shards.convert.scan import MISSING
+from shards.convert.source import EXTRA_TYPES
 from shards.lists import Lists
 from shards.regimes import REGIME_KIND, REGIMES, OfficialLabels, Regime
-from shards.scan import MISSING
-from shards.source import EXTRA_TYPES
 from shards.tables import from_arrow, label_columns, read_table, to_arrow, write_table
 
 OFFICIAL_EXTRAS = tuple(BOX_COLUMNS.values())  # extra columns the official tables carry too

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny real-layout datasets built in tmp_path, and the real raw-format files
-in ../shared/fixtures/real."""
+in ../shared/fixtures/real; the GPU tests' selection. Helpers the tests import are
+``tests/support/``'s."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.raw_datasets import REAL, REPO, make_coco  # noqa: F401  (REPO: for the tests)
+from tests.support.raw_datasets import REAL, make_coco
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -23,33 +24,6 @@ def real() -> Path:
     if not REAL.is_dir():
         pytest.skip(f"real fixtures not found at {REAL}")
     return REAL
-
-
-def shard_cli(root: Path, out: Path, *extra: str, dataset: str = "coco"):
-    """``cli.py shard`` through click's CliRunner, one worker."""
-    from click.testing import CliRunner
-
-    import cli
-
-    args = ["shard", "--dataset", dataset, "--root", str(root), "--out", str(out)]
-    return CliRunner().invoke(cli.main, [*args, "--workers", "1", *extra])
-
-
-def assert_refused(result, *names: str, out: Path | None = None, fresh: bool = True) -> str:
-    """exit 1 with a one-line ``Error:`` naming ``names``, no traceback; ``out`` holds no
-    manifest, and a fresh ``out`` is not left behind at all. Returns the error line."""
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)  # not a crash
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    for name in names:
-        assert name in errors[0], f"{name!r} not named in: {errors[0]}"
-    if out is not None:
-        assert not (out / "manifest.json").exists()
-        if fresh:
-            assert not out.exists(), f"left behind: {sorted(p.name for p in out.rglob('*'))}"
-    return errors[0]
 
 
 def gpu_selected(config) -> bool:

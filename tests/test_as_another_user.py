@@ -13,10 +13,10 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
-from tests.report_runs import write_run
+from tests.support.raw_datasets import REPO
+from tests.support.report_runs import write_run
+from tests.support.train_fixtures import FEAT, get_shards
 from tests.test_os_errors import one_error
-from tests.train_fixtures import FEAT, get_shards
 
 PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
 

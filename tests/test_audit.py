@@ -18,10 +18,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 import cli
-from shards.fileio import sha256_file
+from shards.base.fileio import sha256_file
 from shards.image_hashes import HASH_DIR
-from tests.conftest import shard_cli
-from tests.raw_datasets import REAL_COCO, make_coco
+from tests.support.cli_checks import shard_cli
+from tests.support.raw_datasets import REAL_COCO, make_coco
 
 
 def audit(out: Path, *extra: str):

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 import cli
-from tests.conftest import assert_refused, shard_cli
-from tests.raw_datasets import (
+from tests.support.cli_checks import assert_refused, shard_cli
+from tests.support.raw_datasets import (
     CORRUPTIONS,
     REAL_COCO_JSON,
     REAL_VOC2007,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from shards.bench import DATA, RSS_DATA, SHARD_OUT, TAR_OUT, jpeg_pool, run_shard_bench
+from bench.shard import DATA, RSS_DATA, SHARD_OUT, TAR_OUT, jpeg_pool, run_shard_bench
 
 
 def test_bench_shard_smoke(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from shards.bench_docs import DOC_TABLES, list_runs, run_bench_docs
-from shards.benchdoc import (
+from bench.docs import DOC_TABLES, list_runs, run_bench_docs
+from bench.markdown import (
     MARKER,
     Table,
     figure,
@@ -25,9 +25,9 @@ from shards.benchdoc import (
     render_index,
     write_block,
 )
-from shards.errors import WsmlError
-from tests.conftest import assert_refused
-from tests.raw_datasets import REPO
+from shards.base.errors import WsmlError
+from tests.support.cli_checks import assert_refused
+from tests.support.raw_datasets import REPO
 
 DOC = """# Speed
 

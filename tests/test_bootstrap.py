@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from tests.train_fixtures import FEAT, get_shards, read_summary
+from tests.support.train_fixtures import FEAT, get_shards, read_summary
 from train import metrics
 from train.bootstrap import FILE, bootstrap_map, compare, interval
 

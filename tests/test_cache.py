@@ -22,13 +22,12 @@ import torch
 from click.testing import CliRunner, Result
 
 import cli
-from shards import embedding_writer as writer
-from shards import embeddings as emb
-from shards.convert import convert
-from shards.errors import WsmlError
+from shards import cache_writer as writer
+from shards import caches
+from shards.base.errors import WsmlError
+from shards.convert.convert import convert
 from shards.shardset import open_shard_set
-from tests.conftest import REPO
-from tests.raw_datasets import make_coco
+from tests.support.raw_datasets import REPO, make_coco
 
 TAG = "wsml-tiny-clip__none"
 TINY = ("--model", "wsml-tiny-clip", "--chunk-size", "4")  # 12 + 3 + 5 chunks
@@ -77,7 +76,7 @@ def reference(shard_set: Path, tmp_path_factory) -> dict:
     result = cache_tiny(copy)
     assert result.exit_code == 0, result.output
     folder = copy / "embeddings" / TAG
-    return {"root": copy, "output": result.output, "meta": emb.get_cache(copy, TAG)} | {
+    return {"root": copy, "output": result.output, "meta": caches.get_cache(copy, TAG)} | {
         "arrays": arrays(folder)
     }
 
@@ -98,20 +97,20 @@ def test_cache_clip_whole_command(reference):
     assert len(meta["text"]["templates"]) == 10
     for split, n in ROWS.items():
         assert meta["splits"][split]["rows"] == n
-        a = emb.read_split(root, TAG, split)
+        a = caches.read_split(root, TAG, split)
         assert a.dtype == np.float16 and a.shape == (n, 32)
         assert np.allclose(np.linalg.norm(a.astype(np.float32), axis=1), 1, atol=2e-3)
-    text = emb.read_text(root, TAG)
+    text = caches.read_text(root, TAG)
     assert text.shape == (4, 32) and text.dtype == np.float16
 
     again = cache_tiny(root)  # same settings: nothing to do
     assert again.exit_code == 0 and "already complete" in again.output, again.output
     other = cache_tiny(root, "--template", "a blurry {}.")
     assert_error(other, "other settings", "text", "--overwrite")
-    assert emb.get_cache(root, TAG)["text"]["templates"] == meta["text"]["templates"]
+    assert caches.get_cache(root, TAG)["text"]["templates"] == meta["text"]["templates"]
     redo = cache_tiny(root, "--template", "a blurry {}.", "--splits", "val", "--overwrite")
     assert redo.exit_code == 0, redo.output
-    meta2 = emb.get_cache(root, TAG)
+    meta2 = caches.get_cache(root, TAG)
     assert meta2["text"]["templates"] == ["a blurry {}."] and list(meta2["splits"]) == ["val"]
     assert not (root / "embeddings" / TAG / "train.npy").exists()
 
@@ -146,7 +145,7 @@ def test_local_checkpoint_file_and_row_alignment(fresh, reference, tmp_path):
     result = run("cache-clip", "--shards", fresh, *TINY, "--pretrained", ckpt)
     assert result.exit_code == 0, result.output
     tag = f"wsml-tiny-clip__file-{sha[:12]}"
-    meta = emb.get_cache(fresh, tag)
+    meta = caches.get_cache(fresh, tag)
     assert meta["pretrained"] == "file" and meta["weights_sha256"] == sha
     assert meta["weights_source"] == str(ckpt)
     assert arrays(fresh / "embeddings" / tag) == reference["arrays"]  # the same embeddings
@@ -159,7 +158,7 @@ def test_local_checkpoint_file_and_row_alignment(fresh, reference, tmp_path):
     images = tar_images(fresh, "train")
     batch = [transform(Image.open(io.BytesIO(images[i])).convert("RGB")) for i in range(48)]
     direct = encode_images(tiny.model, torch.stack(batch)).numpy()
-    cached = emb.read_split(fresh, tag, "train").astype(np.float32)
+    cached = caches.read_split(fresh, tag, "train").astype(np.float32)
     sims = direct @ cached.T  # (48, 48) cosine similarities
     assert (sims.argmax(axis=1) == np.arange(48)).all()
     assert np.diag(sims).min() > 0.98
@@ -183,10 +182,10 @@ def test_resume_after_kill(fresh, reference):
     assert 1 <= done < 20
 
     # nothing half-written is read
-    assert not (folder / "meta.json").exists() and TAG not in emb.list_caches(fresh)
+    assert not (folder / "meta.json").exists() and TAG not in caches.list_caches(fresh)
     assert {p.name for p in folder.glob("*.npy")} == set()
     with pytest.raises(WsmlError, match="no cached embeddings"):
-        emb.read_split(fresh, TAG, "train")
+        caches.read_split(fresh, TAG, "train")
     from pipelines.loader import create_loader
 
     with pytest.raises(WsmlError, match="no cached embeddings"):
@@ -221,7 +220,7 @@ def test_torchrun_two_processes_give_the_same_arrays(fresh, reference):
     done = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("embedded 80 images") == 1 and "2 processes" in done.stdout
-    assert emb.get_cache(fresh, TAG)["produced"]["world_size"] == 2
+    assert caches.get_cache(fresh, TAG)["produced"]["world_size"] == 2
     assert arrays(fresh / "embeddings" / TAG) == reference["arrays"]
 
 
@@ -242,11 +241,11 @@ def test_cache_features_efficientnet_lite0_offline(fresh):
     embedded, whole = re.findall(r"(\d+\.\d)s", result.output)  # the embedding, the command
     assert float(whole) >= float(embedded) and "with loading the model" in result.output
     tag = "efficientnet-lite0__in1k__backbone64"
-    meta = emb.get_cache(fresh, tag)
+    meta = caches.get_cache(fresh, tag)
     assert meta["kind"] == "features" and meta["dim"] == 1280 and not meta["normalized"]
     assert meta["weights_sha256"] == hashlib.sha256(get_weights_file().read_bytes()).hexdigest()
     assert meta["preprocess"]["mean"] == [0.5, 0.5, 0.5] and meta["preprocess"]["size"] == 64
-    a = emb.read_split(fresh, tag, "val").astype(np.float32)
+    a = caches.read_split(fresh, tag, "val").astype(np.float32)
     assert a.shape == (12, 1280) and np.isfinite(a).all() and (a >= 0).all() and a.std() > 0
     assert "text" not in meta
 
@@ -254,7 +253,7 @@ def test_cache_features_efficientnet_lite0_offline(fresh):
     args = ("--backbone", "resnet18", "--weights", "none", "--preset", "clip224", "--normalize")
     result = run("cache-features", "--shards", fresh, *args, "--splits", "val")
     assert result.exit_code == 0, result.output
-    meta = emb.get_cache(fresh, "resnet18__none__clip224__l2")
+    meta = caches.get_cache(fresh, "resnet18__none__clip224__l2")
     assert meta["dim"] == 512 and meta["normalized"] and meta["preprocess"]["size"] == 224
     assert meta["preprocess"]["mean"] == [0.485, 0.456, 0.406]
 
@@ -308,8 +307,8 @@ FULL_DISK = """
 import resource, signal, sys
 from pathlib import Path
 import numpy as np
-from shards import embedding_writer as writer
-from shards.errors import WsmlError
+from shards import cache_writer as writer
+from shards.base.errors import WsmlError
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
 folder = Path(sys.argv[1])

@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 import cli
-from shards.fileio import TarShardWriter
-from tests.raw_datasets import (
+from shards.convert.tar_writer import TarShardWriter
+from tests.support.raw_datasets import (
     COCO_CATEGORIES,
     REAL_COCO_JSON,
     REAL_VOC2007,
@@ -546,7 +546,7 @@ def test_help_imports_neither_torch_nor_dali():
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.support.raw_datasets import REPO
 
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -557,16 +557,16 @@ def test_converters_do_not_load_pyarrow_before_the_pool_forks():
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.support.raw_datasets import REPO
 
-    code = "import sys, shards.convert; assert 'pyarrow' not in sys.modules"
+    code = "import sys, shards.convert.convert; assert 'pyarrow' not in sys.modules"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
 
 def test_parts_through_the_cli(tmp_path):
-    from tests.conftest import shard_cli
-    from tests.raw_datasets import make_coco
+    from tests.support.cli_checks import shard_cli
+    from tests.support.raw_datasets import make_coco
 
     root = make_coco(tmp_path / "raw")
     out = tmp_path / "out"

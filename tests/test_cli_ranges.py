@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from tests.conftest import shard_cli
-from tests.raw_datasets import make_coco
-from tests.train_fixtures import FEAT, get_shards
+from tests.support.cli_checks import shard_cli
+from tests.support.raw_datasets import make_coco
+from tests.support.train_fixtures import FEAT, get_shards
 
 
 def numeric_options(cmd: click.Command, path: str = ""):
@@ -68,8 +68,8 @@ def test_train_refuses_a_bad_device_option(tmp_path_factory, tmp_path):
 
 @pytest.mark.parametrize("options", [{"max_side": -5}, {"jpeg_quality": 1000}, {"max_bad": 2.0}])
 def test_the_library_refuses_the_same_values(tmp_path, options):
-    from shards.convert import convert
-    from shards.errors import WsmlError
+    from shards.base.errors import WsmlError
+    from shards.convert.convert import convert
 
     root = make_coco(tmp_path / "coco", n_train=4, n_val=2)
     with pytest.raises(WsmlError, match=next(iter(options)).replace("_", "-")):

@@ -17,11 +17,11 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from pipelines.bench import extract_folder
-from shards.convert import convert
-from shards.errors import WsmlError
+from bench.loader import extract_folder
+from shards.base.errors import WsmlError
+from shards.convert.convert import convert
 from shards.shardset import open_shard_set
-from tests.raw_datasets import make_coco
+from tests.support.raw_datasets import make_coco
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_a_view_naming_a_file_outside_is_refused(copy):
 def test_a_cache_naming_a_file_outside_is_refused(copy):
     import numpy as np
 
-    from shards.embeddings import read_split, write_cache
+    from shards.caches import read_split, write_cache
 
     ss = open_shard_set(copy)
     arrays = {s: np.ones((ss.split(s)["num_samples"], 4)) for s in ss.splits}
@@ -174,21 +174,21 @@ def test_a_cache_naming_a_file_outside_is_refused(copy):
 @pytest.fixture
 def outside(tmp_path) -> Path:
     """An image beside the raw dataset, which no annotation may reach."""
-    from tests.raw_datasets import write_jpeg
+    from tests.support.raw_datasets import write_jpeg
 
     return write_jpeg(tmp_path / "secret.jpg")
 
 
 def shard(root: Path, out: Path, dataset: str):
-    from tests.conftest import shard_cli
+    from tests.support.cli_checks import shard_cli
 
     return shard_cli(root, out, dataset=dataset)
 
 
 @pytest.mark.parametrize("absolute", [False, True])
 def test_a_coco_file_name_outside_the_image_folder_is_refused(tmp_path, outside, absolute):
-    from tests.conftest import assert_refused
-    from tests.raw_datasets import make_coco_fixed
+    from tests.support.cli_checks import assert_refused
+    from tests.support.raw_datasets import make_coco_fixed
 
     root = make_coco_fixed(tmp_path / "raw", n_train=6, n_test=3)
     name = str(outside) if absolute else "../../secret.jpg"
@@ -200,8 +200,8 @@ def test_a_coco_file_name_outside_the_image_folder_is_refused(tmp_path, outside,
 
 
 def test_a_voc_id_outside_the_image_folder_is_refused(tmp_path, outside):
-    from tests.conftest import assert_refused
-    from tests.raw_datasets import make_voc_devkit
+    from tests.support.cli_checks import assert_refused
+    from tests.support.raw_datasets import make_voc_devkit
 
     base = make_voc_devkit(tmp_path / "raw", [f"tv{i:02d}" for i in range(6)], ["te00", "te01"])
     (base / "Annotations" / "tv00.xml").rename(tmp_path / "secret.xml")
@@ -214,8 +214,8 @@ def test_a_voc_id_outside_the_image_folder_is_refused(tmp_path, outside):
 
 
 def test_a_cub_image_outside_the_image_folder_is_refused(tmp_path, outside):
-    from tests.conftest import assert_refused
-    from tests.layouts_cub import cub_base, cub_layout
+    from tests.support.cli_checks import assert_refused
+    from tests.support.layouts_cub import cub_base, cub_layout
 
     root = cub_layout(tmp_path / "raw")
     images = cub_base(root) / "images.txt"

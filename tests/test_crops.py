@@ -21,11 +21,11 @@ import torch
 
 from pipelines.loader import LoaderOptions, create_loader
 from pipelines.tiles import tile_boxes, tiles_preset
-from shards import embedding_writer as writer
-from shards import embeddings as emb
+from shards import cache_writer as writer
+from shards import caches
 from tests import test_cache
-from tests.conftest import REPO
-from tests.pipelines_data import HAVE_DALI
+from tests.support.pipelines_data import HAVE_DALI
+from tests.support.raw_datasets import REPO
 from tests.test_cache import ENV, TAG, TINY, arrays, assert_error, cache_tiny, tar_images
 
 shard_set, fresh = test_cache.shard_set, test_cache.fresh  # the cache tests' fixtures
@@ -55,11 +55,11 @@ def test_global_embeddings_are_unchanged_by_crops(made):
     for name, data in plain["arrays"].items():
         assert crops["arrays"][name] == data, name  # byte for byte
     assert "with the 2x2 tiles of every training image (4 embeddings a row)" in crops["output"]
-    meta = emb.get_cache(crops["root"], TAG)
+    meta = caches.get_cache(crops["root"], TAG)
     assert (meta["crops"]["grid"], meta["crops"]["views"], meta["crops"]["overlap"]) == (2, 4, 0.0)
     assert "H // 2" in meta["crops"]["geometry"] and meta["crops"]["splits"]["train"]["rows"] == 48
-    assert "crops" not in emb.get_cache(plain["root"], TAG)
-    tiles = emb.read_crops(crops["root"], TAG)
+    assert "crops" not in caches.get_cache(plain["root"], TAG)
+    tiles = caches.read_crops(crops["root"], TAG)
     assert tiles.shape == (48, 4, 32) and tiles.dtype == np.float16
     assert np.allclose(np.linalg.norm(tiles.astype(np.float32), axis=2), 1, atol=2e-3)
     # asked again without crops: complete; with another grid: made otherwise
@@ -94,7 +94,7 @@ def test_crops_are_the_tiles_through_the_models_transform(made):
         assert boxes == [(lf, t, r, b) for t, lf, b, r in tile_boxes(h, w, 2)]
         tiles += [transform(image.crop(box)) for box in boxes]
     direct = encode_images(tiny.model, torch.stack(tiles)).numpy()  # (48 x 4, 32)
-    cached = emb.read_crops(root, TAG).astype(np.float32).reshape(-1, 32)
+    cached = caches.read_crops(root, TAG).astype(np.float32).reshape(-1, 32)
     sims = direct @ cached.T
     assert (sims.argmax(axis=1) == np.arange(len(direct))).all()
     assert np.diag(sims).min() > 0.98

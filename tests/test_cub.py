@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from click.testing import Result
 
-from shards.convert import convert
+from shards.base.errors import WsmlError
+from shards.convert.convert import convert
 from shards.converters.cub import (
     CubOptions,
     attribute_part,
@@ -22,17 +23,17 @@ from shards.converters.cub import (
     read_species,
     read_split,
 )
-from shards.errors import WsmlError
 from shards.shardset import open_shard_set
-from tests.conftest import REAL, shard_cli
-from tests.conftest import assert_refused as refused
-from tests.layouts_cub import (
+from tests.support.cli_checks import assert_refused as refused
+from tests.support.cli_checks import shard_cli
+from tests.support.layouts_cub import (
     SPECIES,
     attribute_names,
     cub_base,
     cub_layout,
     write_attribute_labels,
 )
+from tests.support.raw_datasets import REAL
 
 REAL_CUB = REAL / "cub"
 REAL_BASE = REAL_CUB / "CUB_200_2011"

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shards.demo import write_demo_data
-from shards.demo_paint import NAMES, SCENES
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
+from shards.synth.digits import write_demo_data
+from shards.synth.paint import NAMES, SCENES
 
 SPLITS = ("train", "val")
 

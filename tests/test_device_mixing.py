@@ -102,7 +102,7 @@ def test_the_sweep_bench_runs_em_apl_on_the_device():
     """``bench train --method em-apl --ways sweep`` on the stand-in: group creation (members
     made, moved, stacked), an epoch of steps and the scoring; before issue 23 it failed in
     em-apl's stack_state ("found cpu and meta")."""
-    from train.bench import LinearBenchOptions, run_linear_bench
+    from bench.train import LinearBenchOptions, run_linear_bench
 
     rows = {"train": 64, "val": 16, "test": 16}
     opts = LinearBenchOptions(
@@ -118,8 +118,8 @@ def test_linear_training_syncs_per_epoch_not_per_step():
     """A sweep epoch of 12 steps (two groups) makes each group's two end-of-epoch reads
     (finiteness checks, logged means) and no blocking copy: the batches' features, labels and
     rows go over without the host waiting."""
-    from train.bench import synthetic_plan
-    from train.bench_papers import synthetic_split
+    from bench.papers import synthetic_split
+    from bench.train import synthetic_plan
     from train.context import Context
     from train.data import FeatureData
     from train.loop import train_runs
@@ -147,9 +147,9 @@ def test_the_loader_join_stays_on_the_host_side(tmp_path_factory):
     device from one non-blocking copy, rows never brought back (issue 23, item 5); a row
     outside the split fails there, before any device op (item 4)."""
     from pipelines.labels import read_row_table
-    from shards.errors import WsmlError
+    from shards.base.errors import WsmlError
     from shards.shardset import open_shard_set
-    from tests.pipelines_data import REGIME, TAG, get_shard_set
+    from tests.support.pipelines_data import REGIME, TAG, get_shard_set
 
     ss = open_shard_set(get_shard_set(tmp_path_factory))
     with stand_in() as check:

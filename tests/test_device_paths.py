@@ -15,16 +15,16 @@ import torch
 from torch import nn
 
 from pipelines.distributed import DistContext, autocast, resolve_device
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from shards.shardset import open_shard_set
-from tests.pipelines_data import get_shard_set
-from tests.train_fixtures import FEAT, get_shards, read_metrics
+from tests.support.methods import create_method
+from tests.support.pipelines_data import get_shard_set
+from tests.support.train_fixtures import FEAT, get_shards, read_metrics
 from train.build import start_run
 from train.config import RunConfig
 from train.context import Context
 from train.data import ImageData, use_fixed_size_cuda
 from train.loop import fit
-from train.methods import create_method
 from train.plan import plan_run
 from train.runfolder import rng_state, set_rng_state
 from train.settings import get_setting
@@ -121,7 +121,7 @@ def test_linear_runs_and_scoring_ignore_forced_bf16(shards, tmp_path):
 
 
 def test_minus_o_device_is_honoured(shards, tmp_path):
-    from train.loop import train
+    from train.run import train
 
     config = RunConfig(
         shards=str(shards), method="an", features=FEAT, out=str(tmp_path / "r"),
@@ -190,7 +190,7 @@ def test_an_eval_loader_builds_its_dali_graph_once(tmp_path_factory, cpu_resize,
     the longest one's batches, so its epoch is the loader's there too)."""
     pytest.importorskip("nvidia.dali")
     from pipelines.loader import LoaderOptions, create_loader
-    from tests.pipelines_data import TINY_PRESET
+    from tests.support.pipelines_data import TINY_PRESET
 
     root = get_shard_set(tmp_path_factory)
     for rank in range(world):
@@ -271,7 +271,7 @@ def test_bench_loader_reports_dali_builds_apart_from_images_per_s(tmp_path):
     """Issue 23, item 7: a DALI training loader builds its graph once, in its first epoch,
     whose images/s leaves the build out; the build's seconds are reported on their own."""
     pytest.importorskip("nvidia.dali")
-    from pipelines.bench import LoaderBenchOptions, run_loader_bench
+    from bench.loader import LoaderBenchOptions, run_loader_bench
 
     lines = []
     opts = LoaderBenchOptions(preset="clip224", batch_size=8, threads=1, images=48, repeats=2,

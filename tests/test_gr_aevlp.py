@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 import torch
 
-from shards.embeddings import read_crops, read_split, read_text
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
+from shards.caches import read_crops, read_split, read_text
 from shards.shardset import open_shard_set
-from tests.train_fixtures import CLIP, FEAT, get_shards, read_metrics
+from tests.support.train_fixtures import CLIP, FEAT, get_shards, read_metrics
 from train.config import RunConfig
-from train.loop import train
 from train.methods import create_config, expected_positive_reg, get_method
 from train.methods.aevlp import clip_similarities, damp_labels, gpr_terms
 from train.methods.gr_loss import epoch_weights
+from train.run import train
 
 LOGITS = torch.tensor([[2.0, -1.0, 0.5, -3.0], [0.0, 1.5, -0.5, 2.5], [-2.0, 0.3, 3.0, -0.7]])
 OBSERVED = torch.tensor([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]], dtype=torch.int8)

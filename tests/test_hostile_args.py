@@ -14,10 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from shards.clitools import DeviceType
-from shards.convert import convert
-from shards.demo import write_demo_data
-from tests.raw_datasets import make_coco, write_jpeg
+from shards.base.clitools import DeviceType
+from shards.convert.convert import convert
+from shards.synth.digits import write_demo_data
+from tests.support.raw_datasets import make_coco, write_jpeg
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
 BAD_TEXT = os.fsdecode(b"bad-\xff")  # what Python makes of an undecodable byte in argv
@@ -48,7 +48,7 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     from models.backbones import create_backbone
     from models.cache import cache_clip
     from train.config import RunConfig
-    from train.loop import train
+    from train.run import train
 
     base = tmp_path_factory.mktemp("hostile")
     raw = make_coco(base / "raw", n_train=8, n_val=4)

@@ -21,14 +21,13 @@ from models.hspnet import (
     create_hspnet,
     hierarchy_adjacency,
 )
-from shards.errors import WsmlError
-from tests.train_fixtures import get_shards, read_metrics, read_summary
+from shards.base.errors import WsmlError
+from tests.support.train_fixtures import get_shards, read_metrics, read_summary
 from train.config import RunConfig
 from train.context import cpu_threads
-from train.loop import train
 from train.methods import create_config, get_method
 from train.optim import create_optimizer
-from train.run import evaluate_run
+from train.run import evaluate_run, train
 
 CLASSES = ["dog", "cat", "car", "bus", "person"]
 GROUPS = ["animal", "animal", "vehicle", "vehicle", "person"]
@@ -233,9 +232,9 @@ def test_e2e_smoke_and_rescore(tmp_path_factory, tmp_path):
     assert torch.allclose(ckpt["model"]["parent_adj"], torch.tensor([[0.8, 0.0], [0.0, 0.8]]))
     # used: predict gives the run's test predictions; the export (class features folded) the
     # network's probabilities
-    from train.export import export_run, run_exported
-    from train.inference import load_network
-    from train.predict import PredictOptions, run_predict
+    from train.use.export import export_run, run_exported
+    from train.use.inference import load_network
+    from train.use.predict import PredictOptions, run_predict
 
     out = tmp_path / "p.parquet"
     got = run_predict(tmp_path / "run", out, PredictOptions(shards=config.shards)).probs

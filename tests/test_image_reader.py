@@ -1,4 +1,4 @@
-"""The one image reader (shards/images.py ``read_rgb``) gives, for every kind of file a user has,
+"""The one image reader (shards/convert/images.py ``read_rgb``) gives, for every kind of file a user has,
 the pixels a shard of that image holds: JPEGs (grey, CMYK, each EXIF orientation) are stored
 as they are and decoded, by the PyTorch loader and by DALI alike, to exactly the reader's
 pixels; other kinds (16-bit, palette with transparency, alpha) are stored as the JPEG of the
@@ -18,12 +18,12 @@ from PIL import Image
 
 from pipelines.loader import LoaderOptions, create_loader
 from pipelines.presets import Preset
-from shards.convert import convert
-from shards.images import BadImage, encode_jpeg, read_rgb
+from shards.convert.convert import convert
+from shards.convert.images import BadImage, encode_jpeg, read_rgb
 from shards.shardset import open_shard_set
-from tests.image_kinds import image_kinds, jpeg_turned, picture, png16, reencoded
-from tests.pipelines_data import BACKENDS
-from tests.raw_datasets import make_coco
+from tests.support.image_kinds import image_kinds, jpeg_turned, picture, png16, reencoded
+from tests.support.pipelines_data import BACKENDS
+from tests.support.raw_datasets import make_coco
 
 SIDE = 40  # every kind is SIDE x SIDE, so that the loaders can batch them untouched
 

@@ -5,8 +5,8 @@ import io
 import pytest
 from PIL import Image
 
-from shards.images import BadImage, encode_jpeg, probe_bytes, probe_file, target_size
-from tests.raw_datasets import jpeg_bytes
+from shards.convert.images import BadImage, encode_jpeg, probe_bytes, probe_file, target_size
+from tests.support.raw_datasets import jpeg_bytes
 
 
 def write(tmp_path, name, data):

@@ -14,13 +14,13 @@ import pytest
 from click.testing import CliRunner
 
 import cli
+from shards.base.errors import WsmlError
 from shards.bias import object_weights
-from shards.errors import WsmlError
 from shards.lists import Lists
 from shards.regimes import Noisy, OfficialLabels, SinglePositive, binomial_ok, parse_regime_spec
-from tests.conftest import assert_refused, shard_cli
-from tests.raw_datasets import REAL_VOC2007, make_coco, real_voc2007
-from tests.raw_datasets import make_coco_fixed as make_coco_without_boxes
+from tests.support.cli_checks import assert_refused, shard_cli
+from tests.support.raw_datasets import REAL_VOC2007, make_coco, real_voc2007
+from tests.support.raw_datasets import make_coco_fixed as make_coco_without_boxes
 
 
 def labels_with_weights(rows: list[list[int]], weights: list[list[float]], num_classes: int):

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from shards.errors import WsmlError
-from tests.report_runs import write_run
+from shards.base.errors import WsmlError
+from tests.support.report_runs import write_run
 from train.leaderboard import collect_runs, write_leaderboard
 
 

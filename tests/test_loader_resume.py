@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pipelines.loader import create_loader
-from tests.pipelines_data import (
+from tests.support.pipelines_data import (
     HAVE_DALI,
     REGIME,
     TINY_PRESET,

@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from shards.errors import WsmlError
-from shards.fileio import folder_lock, lock_path_for
+from shards.base.errors import WsmlError
+from shards.base.fileio import folder_lock, lock_path_for
 from tests import test_run_integrity
-from tests.conftest import assert_refused, shard_cli
-from tests.raw_datasets import make_coco
-from tests.train_fixtures import FEAT, get_shards
+from tests.support.cli_checks import assert_refused, shard_cli
+from tests.support.raw_datasets import make_coco
+from tests.support.train_fixtures import FEAT, get_shards
 
 held = test_run_integrity.held  # the fixture: another process holding a folder's lock
 

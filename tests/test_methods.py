@@ -11,14 +11,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from pipelines.distributed import gather_cat
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
+from shards.base.registry import UnknownNameError
 from shards.lists import LabelLists
-from shards.registry import UnknownNameError
+from tests.support.methods import create_method
 from train.methods import (
     METHODS,
     Method,
     create_config,
-    create_method,
     dataset_family,
     get_method,
 )

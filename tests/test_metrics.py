@@ -6,7 +6,7 @@ import torch
 from sklearn.metrics import average_precision_score
 
 import train.metrics as metrics
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from train.metrics import average_precision, evaluate, mean_average_precision, threshold_metrics
 
 # 6 images x 3 classes. Class 0: no ties; class 1: a three-way tie; class 2: no positive.

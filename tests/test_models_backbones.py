@@ -10,7 +10,7 @@ import torch
 
 from models.backbones import create_backbone, list_backbones
 from models.weights import WeightsUnavailableError
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 
 
 def _features(model: torch.nn.Module, size: int = 64) -> torch.Tensor:

@@ -19,7 +19,7 @@ from models.clip import (
     register_tiny_clip,
 )
 from models.weights import WeightsUnavailableError
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 
 CLASSES = ["person", "dog", "potted plant", "bird with a curved (up or down) bill"]
 

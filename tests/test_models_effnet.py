@@ -78,7 +78,7 @@ def test_features_match_classifier_pre_logits(classifier):
 
 
 def test_only_imagenet_head_or_features():
-    from shards.errors import WsmlError
+    from shards.base.errors import WsmlError
 
     with pytest.raises(WsmlError, match="1000-class head"):
         effnet.create_efficientnet_lite0(num_classes=20)

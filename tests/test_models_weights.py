@@ -16,7 +16,7 @@ from models.weights import (
     read_state_dict,
     weights_unavailable,
 )
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 import cli
-from shards.convert import convert
+from shards.base.errors import WsmlError
+from shards.convert.convert import convert
 from shards.converters.nuswide import (
     NUS_CONCEPTS,
     NUS_GROUPS,
@@ -20,12 +21,11 @@ from shards.converters.nuswide import (
     _read_label_lines,
     open_nuswide,
 )
-from shards.errors import WsmlError
 from shards.shardset import open_shard_set
 from shards.views import read_official_labels
-from tests.conftest import assert_refused as refused
-from tests.conftest import shard_cli
-from tests.layouts_nuswide import (
+from tests.support.cli_checks import assert_refused as refused
+from tests.support.cli_checks import shard_cli
+from tests.support.layouts_nuswide import (
     REAL_CONCEPTS,
     REAL_NUS,
     Rows,

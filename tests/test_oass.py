@@ -19,12 +19,11 @@ import torchvision  # noqa: F401  (imported once here, not in every epoch's load
 from torch import nn
 
 from models.oass import OassNet
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from shards.lists import LabelLists
-from tests.train_fixtures import get_shards, read_metrics, read_summary
+from tests.support.train_fixtures import get_shards, read_metrics, read_summary
 from train.config import RunConfig
 from train.context import cpu_threads
-from train.loop import train
 from train.methods import create_config, get_method
 from train.methods.oass import (
     alpha_re_at,
@@ -35,7 +34,7 @@ from train.methods.oass import (
     stitch,
     teacher_decay,
 )
-from train.run import evaluate_run
+from train.run import evaluate_run, train
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,12 +12,12 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from shards.convert import convert
+from shards.convert.convert import convert
+from shards.converters.oi_labels import hex_ids
 from shards.converters.openimages import OpenImagesOptions, open_openimages
-from shards.oi_labels import hex_ids
 from shards.shardset import open_shard_set
-from tests.conftest import assert_refused, shard_cli
-from tests.layouts_openimages import openimages_layout
+from tests.support.cli_checks import assert_refused, shard_cli
+from tests.support.layouts_openimages import openimages_layout
 
 
 def annotations(root: Path, split: str = "train") -> list[list[str]]:
@@ -187,7 +187,7 @@ def test_parts_and_finalize(tmp_path):
 
 
 def test_class_groups_need_a_hierarchy(tmp_path):
-    from shards.errors import WsmlError
+    from shards.base.errors import WsmlError
 
     root = openimages_layout(tmp_path / "raw")
     convert("openimages-v3", root, tmp_path / "a", {}, {}, workers=1)

@@ -11,11 +11,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from shards.convert import convert
+from shards.convert.convert import convert
 from shards.converters.openimages_v6 import FILES
 from shards.shardset import open_shard_set
-from tests.conftest import assert_refused, shard_cli
-from tests.layouts_openimages import openimages_layout, openimages_v6_layout
+from tests.support.cli_checks import assert_refused, shard_cli
+from tests.support.layouts_openimages import openimages_layout, openimages_v6_layout
 
 
 @pytest.mark.parametrize("version", ["6", "7"])

@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from shards.errors import WsmlError
-from shards.options import Range, declared_ranges, numeric_fields
+from shards.base.errors import WsmlError
+from shards.base.options import Range, declared_ranges, numeric_fields
 from shards.regimes import REGIMES, create_regime
-from tests.conftest import assert_refused
-from tests.train_fixtures import FEAT, get_shards
+from tests.support.cli_checks import assert_refused
+from tests.support.train_fixtures import FEAT, get_shards
 from train.config import RunConfig
 from train.methods import METHODS
 
@@ -126,8 +126,8 @@ def test_a_regime_parameter_out_of_range_is_refused(regime, params):
 
 
 def test_shard_refuses_a_regime_seed_out_of_range(tmp_path):
-    from tests.conftest import shard_cli
-    from tests.raw_datasets import make_coco
+    from tests.support.cli_checks import shard_cli
+    from tests.support.raw_datasets import make_coco
 
     root = make_coco(tmp_path / "coco", n_train=4, n_val=2)
     result = shard_cli(root, tmp_path / "out", "--regime", "partial:seed=99999999999999999999")

@@ -13,9 +13,8 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
-from tests.raw_datasets import make_coco
-from tests.train_fixtures import FEAT, get_shards
+from tests.support.raw_datasets import REPO, make_coco
+from tests.support.train_fixtures import FEAT, get_shards
 
 
 def run_limited(args: list[str], limit: int) -> subprocess.CompletedProcess:

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from shards.shardset import open_shard_set
-from tests.pipelines_data import (
+from tests.support.pipelines_data import (
     BACKENDS,
     EMB_DIM,
     HAVE_DALI,

@@ -13,9 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shards.embeddings import write_cache
-from shards.errors import WsmlError
-from tests.pipelines_data import BACKENDS, REGIME, TAG, TINY_PRESET, get_shard_set, open_loader
+from shards.base.errors import WsmlError
+from shards.caches import write_cache
+from tests.support.pipelines_data import (
+    BACKENDS,
+    REGIME,
+    TAG,
+    TINY_PRESET,
+    get_shard_set,
+    open_loader,
+)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +163,7 @@ class NoDali(importlib.abc.MetaPathFinder):  # a machine where DALI does not ins
 sys.meta_path.insert(0, NoDali())
 from pipelines.loader import LoaderOptions, create_loader
 from pipelines.presets import center_crop_preset
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 
 preset = center_crop_preset(int(sys.argv[3]), interpolation="bilinear")
 args = dict(regime=sys.argv[2], batch_size=4, preset=preset)
@@ -175,7 +182,7 @@ def test_auto_falls_back_to_torch_without_dali(root):
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.support.raw_datasets import REPO
 
     out = subprocess.run(
         [sys.executable, "-c", WITHOUT_DALI, str(root), REGIME, str(TINY_PRESET.size)],

@@ -1,5 +1,5 @@
 """``create_loader`` under torchrun: two gloo processes on the CPU read the tiny shard set with
-both backends in one launch (tests/ddp_loader_worker.py); the ranks stay in lockstep, training
+both backends in one launch (tests/support/ddp_loader_worker.py); the ranks stay in lockstep, training
 ranks read disjoint rows, eval scores every row once, and each rank sees exactly what the same
 loader built in this process for that rank sees."""
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.loader import LoaderOptions, create_loader
-from tests.ddp_loader_worker import CONFIGS, SEED
-from tests.pipelines_data import (
+from tests.support.ddp_loader_worker import CONFIGS, SEED
+from tests.support.pipelines_data import (
     BACKENDS,
     N_TEST,
     REGIME,
@@ -28,7 +28,7 @@ from tests.pipelines_data import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-WORKER = Path(__file__).with_name("ddp_loader_worker.py")
+WORKER = Path(__file__).parent / "support" / "ddp_loader_worker.py"
 WORLD = 2
 
 pytestmark = pytest.mark.slow

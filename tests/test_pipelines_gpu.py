@@ -13,8 +13,8 @@ pytestmark = pytest.mark.gpu
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    from shards.convert import convert
-    from shards.demo import write_demo_data
+    from shards.convert.convert import convert
+    from shards.synth.digits import write_demo_data
 
     work = tmp_path_factory.mktemp("gpu")
     write_demo_data(work / "raw", n_train=120, n_val=40, seed=0, progress=False)

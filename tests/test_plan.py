@@ -4,7 +4,7 @@ import re
 
 import numpy as np
 
-from shards.plan import create_keys, cut_shards, field_split, shuffle_order
+from shards.convert.plan import create_keys, cut_shards, field_split, shuffle_order
 
 
 def test_field_split_follows_cole():

@@ -1,5 +1,5 @@
 """``cli.py predict`` and ``cli.py export`` on a tiny shard set with a real CLIP cache (the
-random-weight tiny CLIP; tests/predict_runs.py): a linear run on it, a zero-shot run and an e2e
+random-weight tiny CLIP; tests/support/predict_runs.py): a linear run on it, a zero-shot run and an e2e
 run (tiny ResNet, 32 px). Predictions equal the runs' own, loose JPEGs give what their shards
 give, exports give the network's probabilities, and every bad input is refused with nothing
 written."""
@@ -20,11 +20,11 @@ import torch
 from models.backbones import create_backbone
 from pipelines.folder import FolderBatches, list_images
 from shards.shardset import open_shard_set
-from tests.conftest import assert_refused
-from tests.predict_runs import TAG, get_predict_setup, invoke, probs_of
-from train.export import run_exported
-from train.inference import load_network
-from train.thresholds import best_f1_threshold
+from tests.support.cli_checks import assert_refused
+from tests.support.predict_runs import TAG, get_predict_setup, invoke, probs_of
+from train.use.export import run_exported
+from train.use.inference import load_network
+from train.use.thresholds import best_f1_threshold
 
 
 @pytest.fixture(scope="module")

@@ -21,14 +21,14 @@ import torch
 
 import shards
 from pipelines.folder import FolderBatches, list_images
-from shards.fileio import sha256_file
+from shards.base.fileio import sha256_file
+from shards.convert.source import LABEL_SEPARATOR
 from shards.shardset import open_shard_set
-from shards.source import LABEL_SEPARATOR
-from tests.conftest import assert_refused
-from tests.image_kinds import png16, reencoded
-from tests.predict_runs import get_predict_setup, invoke, probs_of, resized_photos
-from train.inference import load_network
-from train.predict import read_provenance
+from tests.support.cli_checks import assert_refused
+from tests.support.image_kinds import png16, reencoded
+from tests.support.predict_runs import get_predict_setup, invoke, probs_of, resized_photos
+from train.use.inference import load_network
+from train.use.predict import read_provenance
 
 RECODED_ATOL = 2e-3  # a PNG's shard holds the JPEG (q90) of its pixels: JPEG's loss, no more
 

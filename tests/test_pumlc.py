@@ -15,7 +15,7 @@ from torch import nn
 
 from models.backbones import create_backbone
 from models.lgc import GlobalBranch, LgcNet, LocalGlobalConv, create_lgc_net
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from train.methods import ModelSpec, create_config, get_method
 from train.methods.pumlc import mixup_inputs, mixup_regularizer, pu_weights, vpu_loss
 from train.optim import param_groups

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.convert import convert
+from shards.convert.convert import convert
+from shards.convert.source import CONVERTERS
 from shards.converters.coco import CocoOptions, open_coco
 from shards.converters.voc import VOC_CLASSES, VocOptions, VocPresetOptions, open_voc
 from shards.shardset import open_shard_set
-from shards.source import CONVERTERS
-from tests.raw_datasets import jpeg_bytes
+from tests.support.raw_datasets import jpeg_bytes
 
 
 def labels_by_id(ss, split):

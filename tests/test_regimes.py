@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from shards.lists import Lists
 from shards.regimes import (
     REGIMES,

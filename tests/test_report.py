@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from tests.report_runs import write_run
-from tests.train_fixtures import FEAT, get_shards
+from tests.support.report_runs import write_run
+from tests.support.train_fixtures import FEAT, get_shards
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

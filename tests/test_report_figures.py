@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from tests.report_runs import write_run
+from tests.support.report_runs import write_run
 from train.report.style import method_style, new_figure, save, value_axis
 
 SVG = "{http://www.w3.org/2000/svg}"

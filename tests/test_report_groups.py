@@ -19,8 +19,8 @@ from click.testing import CliRunner
 
 import cli
 import train.report.figures
-from tests.report_runs import write_run
-from tests.train_fixtures import FEAT, get_shards
+from tests.support.report_runs import write_run
+from tests.support.train_fixtures import FEAT, get_shards
 from train.leaderboard import collect_runs
 from train.report.tables import by_table
 

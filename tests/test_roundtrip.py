@@ -14,11 +14,11 @@ import webdataset as wds
 from PIL import Image
 
 import shards.converters  # noqa: F401
-from shards.convert import convert
-from shards.plan import shuffle_order
+from shards.convert.convert import convert
+from shards.convert.plan import shuffle_order
+from shards.convert.source import CONVERTERS
 from shards.shardset import open_shard_set
-from shards.source import CONVERTERS
-from tests.layouts import LAYOUTS
+from tests.support.layouts import LAYOUTS
 
 OPTIONS = dict(shard_samples=7, regimes=("single-positive", "partial:fraction=0.5"))
 

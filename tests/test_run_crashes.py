@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from tests.conftest import assert_refused
+from tests.support.cli_checks import assert_refused
+from tests.support.train_fixtures import FEAT, get_shards
 from tests.test_os_errors import one_error, run_limited, temporaries
-from tests.train_fixtures import FEAT, get_shards
 
 
 def invoke(*args):

@@ -19,10 +19,10 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from shards.embeddings import write_cache
-from tests.conftest import REPO, assert_refused, shard_cli
-from tests.raw_datasets import make_coco
-from tests.train_fixtures import FEAT, get_shards
+from shards.caches import write_cache
+from tests.support.cli_checks import assert_refused, shard_cli
+from tests.support.raw_datasets import REPO, make_coco
+from tests.support.train_fixtures import FEAT, get_shards
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_repeated_row_ids_are_refused_even_with_a_matching_sha256(copy, tmp_path
 HOLD = """
 import sys, time
 from pathlib import Path
-from shards.fileio import folder_lock
+from shards.base.fileio import folder_lock
 with folder_lock(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(60)

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from tests.conftest import assert_refused
-from tests.train_fixtures import FEAT, get_shards
+from tests.support.cli_checks import assert_refused
+from tests.support.train_fixtures import FEAT, get_shards
 
 
 def invoke(*args):

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import os
 
-from tests.conftest import assert_refused, shard_cli
-from tests.raw_datasets import make_coco
+from tests.support.cli_checks import assert_refused, shard_cli
+from tests.support.raw_datasets import make_coco
 
 
 def _edit_json(path, fn):
@@ -49,7 +49,7 @@ def test_one_file_under_two_ids_is_reported(tmp_path):
 
 
 def test_resume_refuses_a_source_changed_since(tmp_path):
-    from shards.convert import convert
+    from shards.convert.convert import convert
 
     root = make_coco(tmp_path / "coco", n_train=6, n_val=3)
     out = tmp_path / "out"

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from shards.errors import WsmlError
-from shards.registry import Registry
-from shards.source import parse_options
+from shards.base.errors import WsmlError
+from shards.base.registry import Registry
+from shards.convert.source import parse_options
 
 
 @dataclass(frozen=True)

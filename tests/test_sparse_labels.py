@@ -174,17 +174,17 @@ def test_memory_mapped_features_give_the_in_memory_batches(tmp_path):
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from tests.train_fixtures import get_shards
+    from tests.support.train_fixtures import get_shards
 
     return get_shards(tmp_path_factory)
 
 
 def test_frequency_groups_in_a_run_and_the_leaderboard(shards, tmp_path):
     from shards.shardset import open_shard_set
-    from tests.train_fixtures import FEAT, read_metrics, read_summary
+    from tests.support.train_fixtures import FEAT, read_metrics, read_summary
     from train.config import RunConfig
     from train.leaderboard import write_leaderboard
-    from train.loop import train
+    from train.run import train
 
     out = tmp_path / "runs" / "an"
     opts = {"epochs": "1", "lr": "0.01", "groups": "frequency"}
@@ -202,10 +202,10 @@ def test_frequency_groups_in_a_run_and_the_leaderboard(shards, tmp_path):
 
 
 def test_role_above_its_budget_refuses_before_any_work(shards, tmp_path):
-    from shards.errors import WsmlError
-    from tests.train_fixtures import FEAT
+    from shards.base.errors import WsmlError
+    from tests.support.train_fixtures import FEAT
     from train.config import RunConfig
-    from train.loop import train
+    from train.run import train
 
     opts = {"epochs": "1", "memory_budget_gb": "1e-6"}
     config = RunConfig(shards=str(shards), method="role", features=FEAT,
@@ -217,10 +217,10 @@ def test_role_above_its_budget_refuses_before_any_work(shards, tmp_path):
 
 
 def test_em_apl_above_its_budget_refuses_before_any_work(shards, tmp_path):
-    from shards.errors import WsmlError
-    from tests.train_fixtures import FEAT
+    from shards.base.errors import WsmlError
+    from tests.support.train_fixtures import FEAT
     from train.config import RunConfig
-    from train.loop import train
+    from train.run import train
 
     opts = {"epochs": "1", "memory_budget_gb": "1e-6", "neg_proportion": "0.5"}
     config = RunConfig(shards=str(shards), method="em-apl", features=FEAT,
@@ -234,8 +234,8 @@ def test_em_apl_above_its_budget_refuses_before_any_work(shards, tmp_path):
 def test_chunked_entry_evaluation_equals_the_in_memory_scores(tmp_path):
     """A partially labelled split scored a chunk at a time from the memory map, keeping only
     annotated entries (a run's model, the sweep's heads) equals scoring the whole matrix."""
+    from models.heads import StackedHeads
     from train.evaluate import evaluate_splits
-    from train.sweep import StackedHeads
 
     y, _ = random_case(2, rows=50, classes=L)
     data = source("partial-p0.5", "partial")
@@ -271,13 +271,13 @@ def test_two_ranks_match_one_process_on_partial_labels(tmp_path):
     import subprocess
     import sys
 
-    from shards.convert import convert
-    from shards.embeddings import write_cache
+    from shards.caches import write_cache
+    from shards.convert.convert import convert
     from shards.shardset import open_shard_set
-    from tests.layouts_openimages import openimages_layout
-    from tests.train_fixtures import read_metrics
+    from tests.support.layouts_openimages import openimages_layout
+    from tests.support.train_fixtures import read_metrics
     from train.config import RunConfig
-    from train.loop import train
+    from train.run import train
 
     openimages_layout(tmp_path / "raw")
     convert("openimages-v3", tmp_path / "raw", tmp_path / "set", {}, {}, workers=1)
@@ -313,10 +313,10 @@ def test_bad_sizes_fail_before_any_work(shards, tmp_path):
     import json
     import shutil
 
-    from shards.embeddings import write_cache
-    from shards.errors import WsmlError
+    from shards.base.errors import WsmlError
+    from shards.caches import write_cache
     from train.config import RunConfig
-    from train.loop import train
+    from train.run import train
 
     root = Path(shutil.copytree(shards, tmp_path / "set"))
     arrays = {"train": np.ones((10, 4)), "val": np.ones((60, 4)), "test": np.ones((60, 4))}

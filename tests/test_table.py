@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import assert_refused, shard_cli
-from tests.layouts_table import table_layout
-from tests.raw_datasets import make_coco
+from tests.support.cli_checks import assert_refused, shard_cli
+from tests.support.layouts_table import table_layout
+from tests.support.raw_datasets import make_coco
 
 SAME = ("row", "positives", "negatives", "width", "height")
 

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from shards.shardset import open_shard_set
-from tests.conftest import assert_refused, shard_cli
-from tests.raw_datasets import jpeg_bytes
+from tests.support.cli_checks import assert_refused, shard_cli
+from tests.support.raw_datasets import jpeg_bytes
 
 ROWS = [  # path, class names
     ("a/1.jpg", ["traffic light", "car"]),
@@ -257,13 +257,13 @@ def test_bad_box_cells_are_refused(tmp_path, bad, names):
 
 
 def test_a_class_holding_the_label_separator_is_refused_for_every_converter(tmp_path):
-    """shards.source.LABEL_SEPARATOR (';') joins labels written as text: refused at shard
+    """shards.convert.source.LABEL_SEPARATOR (';') joins labels written as text: refused at shard
     time wherever the class comes from (here a class column, and a COCO category)."""
     raw = photos(tmp_path / "raw")
     write_csv(raw, ["path", "cat;dog"], [[p, "1"] for p, _ in ROWS])
     out = tmp_path / "s"
     assert_refused(shard_cli(raw, out, dataset="table"), "class 'cat;dog'", "';'", out=out)
-    from tests.raw_datasets import make_coco
+    from tests.support.raw_datasets import make_coco
 
     coco = make_coco(tmp_path / "coco")
     path = coco / "annotations" / "instances_train.json"

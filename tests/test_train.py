@@ -12,14 +12,13 @@ import pytest
 import torch
 
 from shards.shardset import open_shard_set
-from tests.train_fixtures import CLIP, FEAT, get_shards, read_metrics, read_summary
+from tests.support.train_fixtures import CLIP, FEAT, get_shards, read_metrics, read_summary
 from train import metrics
 from train.build import LoopState
 from train.config import RunConfig
-from train.loop import train
 from train.methods import create_config
 from train.optim import create_schedule
-from train.run import evaluate_run
+from train.run import evaluate_run, train
 
 FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoint-last.pt", "checkpoint-best.pt")
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torchvision  # noqa: F401  (imported once here, not in every loader worker)
 
+from bench.train import E2EBenchOptions, LinearBenchOptions, run_e2e_bench, run_linear_bench
 from pipelines.dali_loader import dali_available
-from tests.train_fixtures import get_shards
-from train.bench import E2EBenchOptions, LinearBenchOptions, run_e2e_bench, run_linear_bench
+from tests.support.train_fixtures import get_shards
 from train.context import cpu_threads
 
 
@@ -43,7 +43,7 @@ def test_linear_bench_runs_the_three_ways_in_alternating_rounds():
     assert ran[-1].startswith("role") and "–" in ran[-1]
     # the profile: each sweep group (AN stacks a batch size's 4 members; ROLE cannot stack:
     # a group per member) timed part by part
-    from train.bench_profile import PARTS
+    from bench.train_profile import PARTS
 
     an, role = (out["methods"][m]["profile"] for m in ("an", "role"))
     assert [(g["batch_size"], g["members"]) for g in an] == [(8, 4), (16, 4)]
@@ -93,7 +93,7 @@ def test_e2e_bench_on_generated_openimages_labels(tmp_path):
     """--annotations in e2e: the photos get Open Images V3 labels over --classes (ragged, with
     unknowns, sharded by the real converter); the method trains on them without --regime and
     the per-batch join is reported."""
-    from pipelines.bench import create_bench_set
+    from bench.loader import create_bench_set
     from shards.shardset import open_shard_set
 
     root = create_bench_set(tmp_path, 40, val_frac=0.1, classes=300, annotations=6)
@@ -121,7 +121,7 @@ def test_e2e_bench_on_generated_openimages_labels(tmp_path):
 
 def test_linear_bench_with_openimages_shaped_labels():
     """--annotations: ragged labels and memory-mapped features; the chosen ways only."""
-    from shards.errors import WsmlError
+    from shards.base.errors import WsmlError
 
     lines = []
     rows = {"train": 300, "val": 40, "test": 60}
@@ -141,7 +141,7 @@ def test_linear_bench_with_openimages_shaped_labels():
 def test_synthetic_labels_have_openimages_shape():
     import numpy as np
 
-    from train.bench_sparse import synthetic_labels
+    from bench.sparse import synthetic_labels
 
     labels = synthetic_labels(20_000, 500, 8, np.random.default_rng(0))
     pos, annotated = labels.class_counts()
@@ -155,7 +155,7 @@ def test_synthetic_features_are_a_read_only_map(tmp_path):
     import numpy as np
     import torch
 
-    from train.bench_sparse import synthetic_features, synthetic_labels
+    from bench.sparse import synthetic_features, synthetic_labels
 
     labels = synthetic_labels(70_000, 30, 3, np.random.default_rng(0))  # > one chunk
     x = synthetic_features(
@@ -169,7 +169,7 @@ def test_synthetic_features_are_a_read_only_map(tmp_path):
 def test_peak_rss_counts_from_its_reset():
     import numpy as np
 
-    from shards.benchkit import PeakRSS
+    from bench.harness import PeakRSS
 
     rss = PeakRSS()
     big = np.ones(64 * 2**20 // 8)  # 64 MB touched

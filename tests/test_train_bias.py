@@ -6,11 +6,11 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from tests.conftest import shard_cli
-from tests.raw_datasets import make_coco
-from tests.train_fixtures import FEAT, add_caches
+from tests.support.cli_checks import shard_cli
+from tests.support.raw_datasets import make_coco
+from tests.support.train_fixtures import FEAT, add_caches
 from train.config import RunConfig
-from train.loop import train
+from train.run import train
 
 
 @pytest.fixture(scope="module")

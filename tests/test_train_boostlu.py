@@ -9,12 +9,11 @@ import torchvision  # noqa: F401  (imported once here, not in every epoch's load
 from torch import nn
 
 from models.heads import CamClassifier, Classifier
-from shards.errors import WsmlError
-from tests.train_fixtures import get_shards, read_summary
+from shards.base.errors import WsmlError
+from tests.support.train_fixtures import get_shards, read_summary
 from train.config import RunConfig
 from train.context import cpu_threads
-from train.loop import train
-from train.run import evaluate_run
+from train.run import evaluate_run, train
 
 
 class Maps(nn.Module):

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from shards.errors import WsmlError
-from tests.conftest import assert_refused
-from tests.train_fixtures import CLIP, FEAT, NAN, WIDE, get_shards
+from shards.base.errors import WsmlError
+from tests.support.cli_checks import assert_refused
+from tests.support.train_fixtures import CLIP, FEAT, NAN, WIDE, get_shards
 from train.context import Context
 
 

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from pipelines.dali_loader import dali_available
-from tests.train_fixtures import FEAT, get_shards, read_metrics, read_summary
+from tests.support.train_fixtures import FEAT, get_shards, read_metrics, read_summary
 from train.config import RunConfig
-from train.loop import train
+from train.run import train
 
 REPO = Path(__file__).resolve().parents[1]
 OPTS = {"epochs": "3", "lr": "0.01", "warmup_epoch": "1", "stop_patience": "0"}
@@ -63,10 +63,10 @@ def test_two_ranks_match_one_process(tmp_path_factory, tmp_path):
 def test_two_ranks_resume_their_dali_loaders(tmp_path_factory, tmp_path):
     """e2e over two ranks with DALI: the checkpoint holds each rank's loader state, and a run
     stopped after epoch 1 and resumed takes on each rank the batches of an uninterrupted run,
-    and ends with its metrics (tests/ddp_resume_worker.py)."""
+    and ends with its metrics (tests/support/ddp_resume_worker.py)."""
     shards = get_shards(tmp_path_factory)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd += ["tests/ddp_resume_worker.py", str(shards), str(tmp_path)]
+    cmd += ["tests/support/ddp_resume_worker.py", str(shards), str(tmp_path)]
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)

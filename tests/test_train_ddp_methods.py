@@ -16,10 +16,10 @@ import pytest
 from shards.regimes import Partial
 from shards.shardset import open_shard_set
 from shards.views import write_regime_view
-from tests.ddp_methods_worker import method_config
-from tests.train_fixtures import get_shards, read_metrics, read_summary
-from train.loop import train
+from tests.support.ddp_methods_worker import method_config
+from tests.support.train_fixtures import get_shards, read_metrics, read_summary
 from train.methods import METHODS
+from train.run import train
 
 REPO = Path(__file__).resolve().parents[1]
 STACKABLE = [m.name for m in METHODS if m.method_class.stackable and "linear" in m.settings]
@@ -37,7 +37,7 @@ def ddp_runs(tmp_path_factory):
     write_regime_view(shards, Partial(fraction=0.1), len(ss.classes), durable=False)
     out = tmp_path_factory.mktemp("ddp")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd += ["tests/ddp_methods_worker.py", str(shards), str(out), *STACKABLE]
+    cmd += ["tests/support/ddp_methods_worker.py", str(shards), str(out), *STACKABLE]
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     # 30 minutes: a CI machine with load 8 on 2 cores took several times its quiet 2 minutes

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.support.train_fixtures import read_metrics
 from tests.test_train_pumlc import VIEW, partial_shards, run_config, weights_file
-from tests.train_fixtures import read_metrics
 from train.build import start_run
 from train.context import Context, cpu_threads
 from train.data import ImageData, e2e_preset

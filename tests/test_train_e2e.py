@@ -14,7 +14,7 @@ import torchvision  # noqa: F401  (imported once here, not again in every epoch'
 
 from pipelines.dali_loader import dali_available
 from pipelines.loader import LoaderOptions, create_loader
-from tests.train_fixtures import (
+from tests.support.train_fixtures import (
     dali_config,
     get_shards,
     read_metrics,
@@ -24,8 +24,7 @@ from tests.train_fixtures import (
 )
 from train.config import RunConfig
 from train.context import cpu_threads
-from train.loop import train
-from train.run import evaluate_run
+from train.run import evaluate_run, train
 
 pytestmark = pytest.mark.slow
 

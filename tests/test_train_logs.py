@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.train_fixtures import FEAT, get_shards, read_metrics
+from tests.support.train_fixtures import FEAT, get_shards, read_metrics
 from train.config import RunConfig
-from train.loop import train
+from train.run import train
 from train.runfolder import TENSORBOARD_DIR
 
 

@@ -17,12 +17,11 @@ import torchvision  # noqa: F401  (imported once here, not again in every epoch'
 from shards.regimes import create_regime
 from shards.shardset import open_shard_set
 from shards.views import write_regime_view
-from tests.train_fixtures import get_shards, read_metrics, read_summary
+from tests.support.train_fixtures import get_shards, read_metrics, read_summary
 from train.config import RunConfig
 from train.context import cpu_threads
-from train.loop import train
 from train.methods import ModelSpec, get_method
-from train.run import evaluate_run
+from train.run import evaluate_run, train
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +31,7 @@ _built: dict[str, Path] = {}
 
 
 def partial_shards(tmp_path_factory) -> Path:
-    """The tiny shard set (tests/train_fixtures.py) plus the view ``partial-p0.5``, and next
+    """The tiny shard set (tests/support/train_fixtures.py) plus the view ``partial-p0.5``, and next
     to it ``test_resnet.pth``: "pretrained" test_resnet weights (random, but every BatchNorm
     weight 1: timm zero-initialises the last one of each block, which, frozen, would cut every
     residual branch and its global branches off from the loss)."""

@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from shards.errors import WsmlError
-from tests.train_fixtures import FEAT, get_shards
+from shards.base.errors import WsmlError
+from tests.support.train_fixtures import FEAT, get_shards
 from train.config import RunConfig
-from train.loop import train
+from train.run import train
 
 
 def test_partial_regime_by_fraction(tmp_path_factory, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from tests.train_fixtures import FEAT, get_shards, read_metrics, read_summary
+from tests.support.train_fixtures import FEAT, get_shards, read_metrics, read_summary
 from train.report.tables import cell
 
 BASE = ["--features", FEAT, "--method", "an", "--epochs", 2]

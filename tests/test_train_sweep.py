@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.train_fixtures import CLIP, FEAT, get_shards, read_metrics
+from tests.support.train_fixtures import CLIP, FEAT, get_shards, read_metrics
 from train.config import RunConfig
-from train.loop import train
+from train.run import train
 from train.runfolder import BEST, RunFolder
 
 GRID = {"sweep_lrs": (1e-2, 1e-3), "sweep_batches": (8, 16)}

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from shards.convert import convert
-from shards.errors import WsmlError
-from shards.images import probe_bytes
+from shards.base.errors import WsmlError
+from shards.convert.convert import convert
+from shards.convert.images import probe_bytes
 from shards.shardset import open_shard_set
-from tests.conftest import REPO
-from tests.raw_datasets import jpeg_bytes, make_coco
+from tests.support.raw_datasets import REPO, jpeg_bytes, make_coco
 
 
 def tree_bytes(folder: Path) -> dict[str, bytes]:
@@ -160,14 +159,14 @@ def test_no_fsync_gives_the_same_bytes(tmp_path, coco_root):
 
 
 def test_tar_headers_equal_tarfiles():
-    from shards.fileio import _tarfile_header, tar_header
+    from shards.convert.tar_writer import tar_header, tarfile_header
 
     names = ["a.jpg", "COCO_train2014_000000480023.row", "x" * 95 + ".jpg", "é.jpg", "k-_9.row"]
     for name in names:
         for size in (0, 1, 511, 512, 123456, 8**11 - 1):
-            assert tar_header(name, size) == _tarfile_header(name, size)
+            assert tar_header(name, size) == tarfile_header(name, size)
     long = "d" * 60 + "/" + "x" * 60 + ".jpg"  # > 100 bytes: tarfile splits prefix/name
-    assert tar_header(long, 5) == _tarfile_header(long, 5)
+    assert tar_header(long, 5) == tarfile_header(long, 5)
 
 
 def test_parts_then_finalize_equal_a_single_run(tmp_path, coco_root):

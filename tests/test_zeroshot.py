@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from shards.embeddings import read_split, read_text
+from shards.caches import read_split, read_text
 from shards.shardset import open_shard_set
-from tests.train_fixtures import CLIP, FEAT, get_shards, read_metrics, read_summary
+from tests.support.train_fixtures import CLIP, FEAT, get_shards, read_metrics, read_summary
 from train.config import RunConfig
 from train.leaderboard import write_leaderboard
-from train.loop import train
 from train.methods.vlpl import pseudo_labels
+from train.run import train
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_zeroshot_resume_is_a_no_op_and_needs_a_clip_cache(shards, tmp_path):
     again = zeroshot(shards, tmp_path / "zs", resume=True)
     assert again["test"] == first["test"]
     assert len(read_metrics(tmp_path / "zs")) == 1
-    from shards.errors import WsmlError
+    from shards.base.errors import WsmlError
 
     with pytest.raises(WsmlError, match="no class-text embeddings"):
         zeroshot(shards, tmp_path / "feat", features=FEAT)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from shards.fileio import write_bytes_atomic
+from shards.base.fileio import write_bytes_atomic
 
 DRAWS, SEED, LEVEL = 1000, 0, 95.0
 FILE = "bootstrap-test.npy"  # a run folder's per-draw test mAPs (float64, DRAWS,)

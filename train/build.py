@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from train.context import Context
 from train.data import read_clip_text
 from train.ema import Ema
@@ -87,7 +87,7 @@ class Run:
     model: nn.Module  # the plain module (checkpoints, EMA)
     net: nn.Module  # what trains: compiled and/or DDP-wrapped
     method: Method
-    optimizer: Any  # torch.optim.Optimizer, or the sweep's MemberAdam
+    optimizer: Any  # torch.optim.Optimizer, or the sweep's train.optim.MemberOptimizer
     schedule: Schedule
     tracks: list[Track]
     folder: RunFolder | None = None  # checkpoints (None: a sweep's group, not resumable)

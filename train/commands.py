@@ -1,22 +1,20 @@
 """The training commands: ``train``, ``eval``, ``leaderboard``, ``methods`` and
-``bench train`` (their logic lives in train/run.py and train/bench.py)."""
+``bench train`` (their logic lives in train/run.py and bench/train.py)."""
 
 from __future__ import annotations
 
 import click
 
-from shards.clitools import (
+from shards.base.clitools import (
     SEED_TYPE,
-    DeviceType,
     FloatRange,
-    NumberList,
     RegistryChoice,
     choices,
     expected_errors,
-    markdown_option,
     parse_kv,
 )
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
+from train.setting_names import SETTINGS
 
 
 @choices("method")
@@ -29,7 +27,7 @@ def _methods():
 @click.command("train")
 @click.option("--shards", type=click.Path(), help="Shard set folder.")
 @click.option("--method", type=RegistryChoice("method"), help="See `cli.py methods`.")
-@click.option("--setting", type=click.Choice(["linear", "e2e"]), help="[default: linear]")
+@click.option("--setting", type=click.Choice(SETTINGS), help="[default: linear]")
 @click.option("--regime", help="Observed view [default: single-positive; full for bce].")
 @click.option("--features", help="linear: cached features or embeddings tag.")
 @click.option("--clip", help="CLIP cache (image + class-text embeddings) for vlpl.")
@@ -98,8 +96,8 @@ def train_command(opts, seeds, view_seeds, **options):
 @expected_errors
 def eval_command(run_dir, split, checkpoint):
     """Score a run's checkpoint on a split (clean labels)."""
-    from train.integrity import check_run_data
     from train.run import eval_lines, evaluate_run
+    from train.runfolder import check_run_data
 
     check_run_data(run_dir, "eval")
     result = evaluate_run(run_dir, split, checkpoint)
@@ -148,147 +146,3 @@ def methods_command():
 
     for line in methods_lines():
         click.echo(line)
-
-
-@click.command("train")
-@click.option(
-    "--setting", type=click.Choice(["linear", "e2e"]), default="linear", show_default=True
-)
-@click.option("--method", "methods", default="an", show_default=True, help="Comma-separated.")
-@click.option(
-    "--rows",
-    type=NumberList(int, 1, 10**9, count=3),
-    default="65665,16416,40137",
-    show_default=True,
-    help="linear: train,val,test rows.",
-)
-@click.option(
-    "--dim",
-    type=click.IntRange(1, 2**16),
-    default=2048,
-    show_default=True,
-    help="linear: feature dimension.",
-)
-@click.option(
-    "--classes",
-    type=click.IntRange(1, 10**6),
-    default=80,
-    show_default=True,
-    help="linear: number of classes; e2e: of the generated photos' labels, with --annotations.",
-)
-@click.option(
-    "--annotations",
-    type=FloatRange(0, 1e4),
-    default=0.0,
-    help="OpenImages-shaped ragged labels, about this many an image (60% positive) over "
-    "--classes; linear: features memory-mapped from disk; e2e: the generated photos in Open "
-    "Images V3 format.",
-)
-@click.option(
-    "--ways",
-    default="papers,runs,sweep",
-    show_default=True,
-    help="linear: the ways timed (papers, runs, sweep).",
-)
-@click.option(
-    "--lrs",
-    type=NumberList(float, 0, 1e3, lo_open=True),
-    default="1e-2,1e-3,1e-4,1e-5",
-    show_default=True,
-    help="linear: grid lrs.",
-)
-@click.option(
-    "--batches",
-    type=NumberList(int, 1, 2**20),
-    default="8,16",
-    show_default=True,
-    help="linear: grid batch sizes.",
-)
-@click.option("--paper-steps", type=click.IntRange(0, 10**9), default=0, help="linear: time this many steps of each papers'-way "
-              "epoch and extrapolate (0: whole epochs).")  # fmt: skip
-@click.option("--shards", type=click.Path(), help="e2e: a shard set [default: generated photos].")
-@click.option(
-    "--images",
-    type=click.IntRange(1, 10**8),
-    default=256,
-    show_default=True,
-    help="e2e: photos to generate.",
-)
-@click.option("--backbone", help="e2e: [default: the method's, else resnet50].")
-@click.option("--preset", help="e2e: [default: the method's, else cole448].")
-@click.option(
-    "--image-size",
-    type=click.IntRange(0, 8192),
-    default=0,
-    help="e2e: centre crop of this size instead of a preset.",
-)
-@click.option(
-    "--batch-size", type=click.IntRange(1, 2**20), default=32, show_default=True, help="e2e."
-)
-@click.option(
-    "--steps",
-    type=click.IntRange(1, 10**9),
-    default=20,
-    show_default=True,
-    help="e2e: timed steps per method.",
-)
-@click.option("--regime", help="e2e: observed view [default: the method's].")
-@click.option("--loader", default="auto", show_default=True, help="e2e: dali, torch or auto.")
-@click.option("--device", type=DeviceType(), default="auto", show_default=True)
-@click.option("--compile", is_flag=True, help="e2e: torch.compile the model.")
-@click.option("-o", "opts", multiple=True, metavar="KEY=VALUE", help="e2e: method options.")
-@click.option(
-    "--repeats",
-    type=click.IntRange(1, 1000),
-    default=3,
-    show_default=True,
-    help="linear: alternating rounds of the ways (3 or more give a median and range).",
-)
-@click.option(
-    "--profile-steps",
-    type=click.IntRange(0, 10**6),
-    default=0,
-    help="linear: then time the parts of this many steps of each sweep group (0: no profile).",
-)
-@markdown_option("train")
-@expected_errors
-def bench_train(
-    setting, methods, rows, dim, classes, paper_steps, opts, repeats, profile_steps, markdown, **e2e
-):
-    """Trainer figures side by side. linear: one epoch of Cole's lr x batch grid three ways
-    (papers' per-sample loop one by one, wsml runs one by one, --sweep), alternating, each
-    way's median and its ratio to the sweep (median of the rounds, range). e2e: images/s, ms
-    per step and data-wait share of each method's training steps (random weights)."""
-    from train.bench_tables import e2e_tables, linear_tables
-    from train.methods import get_method
-
-    names = tuple(m.strip() for m in methods.split(",") if m.strip())
-    for name in names:
-        get_method(name)  # unknown names fail here, listing the methods
-    grid = {k: e2e.pop(k) for k in ("annotations", "ways", "lrs", "batches")}
-    if setting == "linear":
-        from train.bench import LinearBenchOptions, run_linear_bench
-
-        ways = tuple(w.strip() for w in grid["ways"].split(",") if w.strip())
-        if not ways or set(ways) - {"papers", "runs", "sweep"}:
-            raise click.BadParameter(
-                f"{grid['ways']!r}: choose from papers, runs, sweep", param_hint="--ways"
-            )
-        options = LinearBenchOptions(
-            names, rows=dict(zip(("train", "val", "test"), rows, strict=True)), dim=dim, classes=classes, paper_steps=paper_steps,
-            device=e2e["device"], annotations=grid["annotations"], ways=ways,
-            lrs=tuple(grid["lrs"]), batches=tuple(grid["batches"]), repeats=repeats,
-            profile_steps=profile_steps,
-        )  # fmt: skip
-        result = run_linear_bench(options, echo=click.echo)
-        if markdown is not None:
-            markdown.write(linear_tables(result), gpu=result["gpu"])
-        return
-    from train.bench import E2EBenchOptions, run_e2e_bench
-
-    shards = e2e.pop("shards")
-    shape = {"classes": classes, "annotations": grid["annotations"]}
-    options = E2EBenchOptions(methods=names, method_options=parse_kv(opts), **shape, **e2e)
-    result = run_e2e_bench(shards, options, echo=click.echo)
-    if markdown is not None:
-        markdown.write(e2e_tables(result), gpu=result["gpu"])

@@ -11,12 +11,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
-from shards.clitools import check_device
-from shards.errors import WsmlError
-from shards.options import (
+from shards.base.clitools import check_device
+from shards.base.errors import WsmlError
+from shards.base.options import (
     AT_LEAST_ONE,
     EPOCHS,
     POSITIVE,
@@ -26,12 +25,10 @@ from shards.options import (
     check_ranges,
     parse_value,
 )
+from train.setting_names import SETTINGS
 
-SETTINGS = ("linear", "e2e")
 HEADS = ("linear", "cam")
 GROUPS = ("", "frequency", "none")  # -o groups=…: "" is frequency on OpenImages, else none
-DEFAULT_BACKBONE = "resnet50"  # e2e, unless the method's protocol names another
-DEFAULT_PRESET = "cole448"
 # run options that may also come as -o key=value (method fields take precedence)
 RUN_OPTIONS = (
     "head",
@@ -117,29 +114,14 @@ class RunConfig:
         check_ranges(self)
         if self.setting not in SETTINGS:
             raise WsmlError(f"setting must be one of {', '.join(SETTINGS)}, got {self.setting!r}")
-        if self.setting == "linear" and not self.features:
-            from shards.embeddings import list_caches
+        from train.settings import get_setting
 
-            have = ", ".join(list_caches(Path(self.shards))) if self.shards else ""
-            raise WsmlError(
-                "the linear setting trains on cached features: pass --features TAG "
-                f"(caches of {self.shards}: {have or 'none'}; make them with cli.py "
-                "cache-features or cache-clip)"
-            )
-        if self.setting == "e2e" and self.features:
-            raise WsmlError("--features goes with --setting linear (e2e reads the images)")
-        if self.sweep and self.setting != "linear":
-            raise WsmlError("--sweep is for the linear setting")
+        get_setting(self.setting).check_config(self)  # the setting's own rules
         if self.keep_members and not self.sweep:
             raise WsmlError("--keep-members goes with --sweep (a run keeps its own weights)")
         check_device(self.device)
         if self.head not in HEADS:
             raise WsmlError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
-        if self.head == "cam" and self.setting != "e2e":
-            raise WsmlError(
-                "--head cam needs the backbone's feature map: use it with --setting e2e "
-                "(cached features are already pooled)"
-            )
         if self.boostlu_alpha != 1.0 and self.head != "cam":
             raise WsmlError("boostlu_alpha scales a CAM: use it with --head cam")
         if self.groups not in GROUPS:

@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 from pipelines.distributed import DistContext
-from shards.errors import WsmlError
-from train.integrity import end_with_launcher
+from train.integrity import check_global_batch, end_with_launcher
 
 
 @dataclass
@@ -32,11 +31,7 @@ class Context(DistContext):
 
     def local_batch(self, batch_size: int) -> int:
         """Each rank's share of the global batch."""
-        if batch_size % self.world_size:
-            raise WsmlError(
-                f"batch_size {batch_size} is the global batch and must divide evenly over "
-                f"{self.world_size} ranks"
-            )
+        check_global_batch(batch_size, self.world_size)
         return batch_size // self.world_size
 
     def bar(self, total: int, desc: str):

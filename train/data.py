@@ -28,8 +28,8 @@ from torch import Tensor
 from pipelines import sharding
 from pipelines.distributed import host_to_device
 from pipelines.labels import DeviceLabels, gather_rows, mapped_tensor
-from shards import embeddings as emb
-from shards.errors import WsmlError
+from shards import caches
+from shards.base.errors import WsmlError
 from shards.lists import LabelLists
 from shards.shardset import ShardSet
 from train.context import Context
@@ -48,7 +48,7 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def read_features(ss: ShardSet, tag: str, split: str, what: str = "features") -> np.ndarray:
-    arr = emb.read_split(ss.root, tag, split)
+    arr = caches.read_split(ss.root, tag, split)
     rows = int(ss.split(split)["num_samples"])
     if arr.shape[0] != rows:
         raise WsmlError(
@@ -61,7 +61,7 @@ def read_features(ss: ShardSet, tag: str, split: str, what: str = "features") ->
 
 def read_crops(ss: ShardSet, tag: str) -> np.ndarray:
     """(N, K, D) CLIP embeddings of the K tiles of every training image (``--crops``)."""
-    arr = emb.read_crops(ss.root, tag, "train")
+    arr = caches.read_crops(ss.root, tag, "train")
     if arr.shape[0] != int(ss.split("train")["num_samples"]):
         raise WsmlError(f"crops of {tag!r} have {arr.shape[0]} rows for split train, its label "
                         "table has others: cache them again")  # fmt: skip
@@ -71,9 +71,9 @@ def read_crops(ss: ShardSet, tag: str) -> np.ndarray:
 
 def check_crops(ss: ShardSet, tag: str, grid: int, method: str) -> None:
     """Before any work: the CLIP cache ``tag`` holds the training split's tiles on ``grid``."""
-    crops = emb.get_cache(ss.root, tag).get("crops") or {}
+    crops = caches.get_cache(ss.root, tag).get("crops") or {}
     if "train" not in crops.get("splits", {}):
-        emb.read_crops(ss.root, tag, "train")  # raises, saying how to make them
+        caches.read_crops(ss.root, tag, "train")  # raises, saying how to make them
     if int(crops["grid"]) != grid:
         raise WsmlError(
             f"method {method} takes a grid of {grid} x {grid} tiles; cache {tag!r} holds "
@@ -83,7 +83,7 @@ def check_crops(ss: ShardSet, tag: str, grid: int, method: str) -> None:
 
 
 def cache_dim(ss: ShardSet, tag: str, what: str) -> int:
-    meta = emb.get_cache(ss.root, tag)
+    meta = caches.get_cache(ss.root, tag)
     missing = [s for s in ("train", "val", "test") if s not in meta["splits"]]
     if missing:
         raise WsmlError(f"{what} {tag!r} of {ss.root} lack split(s) {', '.join(missing)}")
@@ -108,14 +108,14 @@ def check_finite_rows(arr: np.ndarray, what: str, chunk: int = 65536) -> None:
 
 def read_clip_text(ss: ShardSet, tag: str, method: str) -> np.ndarray:
     """(L, D) class-text embeddings of a CLIP cache, for a method that needs them."""
-    meta = emb.get_cache(ss.root, tag)
+    meta = caches.get_cache(ss.root, tag)
     if "text" not in meta:
         raise WsmlError(
             f"method {method} needs a CLIP cache (image and class-text embeddings); cache "
             f"{tag!r} has no class-text embeddings: make one with `cli.py cache-clip --shards "
             f"{ss.root}` and pass it with --clip TAG (or --features TAG)"
         )
-    text = emb.read_text(ss.root, tag)
+    text = caches.read_text(ss.root, tag)
     if text.shape != (len(ss.classes), meta["dim"]):
         raise WsmlError(
             f"class-text embeddings of {tag!r} have shape {text.shape}, expected "

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from shards.lists import LabelLists
 from train import metrics
 
@@ -119,12 +119,12 @@ def _threshold_metrics(s, cls, positive, bounds, threshold) -> dict[str, float]:
     n_gt = np.bincount(cls[positive], minlength=n_cls)
     n_tp = np.bincount(cls[pred & positive], minlength=n_cls)
     keep = np.diff(bounds) > 0
-    ratio = metrics._ratio
+    ratio = metrics.safe_ratio
     cp = float(ratio(n_tp, n_pred)[keep].mean()) if keep.any() else 0.0
     cr = float(ratio(n_tp, n_gt)[keep].mean()) if keep.any() else 0.0
     op = float(ratio(n_tp.sum(), n_pred.sum()))
     orr = float(ratio(n_tp.sum(), n_gt.sum()))
-    f1 = metrics._f1
+    f1 = metrics.f1_score
     out = {"CP": cp, "CR": cr, "CF1": f1(cp, cr), "OP": op, "OR": orr, "OF1": f1(op, orr)}
     return {k: 100.0 * v for k, v in out.items()}
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from pipelines.distributed import gather_cat
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from shards.lists import LabelLists
 from train import metrics
 from train.context import Context, evaluating

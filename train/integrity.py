@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from shards import embeddings as emb
-from shards.errors import WsmlError
-from shards.fileio import folder_lock, sha256_file
+from shards import caches
+from shards.base.errors import WsmlError
+from shards.base.fileio import folder_lock, sha256_file
 from shards.shardset import ShardSet
 
 
@@ -26,10 +26,10 @@ def data_identity(ss: ShardSet, view: str, features: str | None, clip: str | Non
     if view not in ("full", "clean"):
         out[f"observed/{view}/regime.json"] = _sha256(ss.root / "observed" / view / "regime.json")
     for tag in dict.fromkeys(t for t in (features, clip) if t):
-        folder = emb.cache_folder(ss.root, tag)
-        meta = emb.list_caches(ss.root).get(tag)
+        folder = caches.cache_folder(ss.root, tag)
+        meta = caches.list_caches(ss.root).get(tag)
         out[f"embeddings/{tag}/meta.json"] = _sha256(folder / "meta.json") if meta else MISSING
-        for entry in emb.list_arrays(meta).values() if meta else ():
+        for entry in caches.list_arrays(meta).values() if meta else ():
             path = folder / entry["path"]
             st = path.stat() if path.is_file() else None
             size = f"{st.st_size} bytes, mtime {st.st_mtime_ns}" if st else MISSING
@@ -66,27 +66,13 @@ def check_identity(run_dir: Path, saved: dict, config: dict, command: str = "--r
     )
 
 
-def check_run_data(
-    run_dir: str | os.PathLike, command: str, shards: str | os.PathLike | None = None
-) -> None:
-    """``eval``, ``predict`` on a shard set and ``export``: refuse a run whose shard set, view
-    or caches changed since it trained (the identity ``config.json`` records), as ``--resume``
-    does. ``shards``: where the run's shard set is now (moved data), else where it was
-    recorded. Nothing to compare where the folder holds no run or its shard set is gone (the
-    command then says what it lacks)."""
-    from shards.shardset import open_shard_set
-    from train.runfolder import RunFolder
-
-    saved = RunFolder(run_dir).read_config()
-    if saved is None or "data" not in saved:
-        return
-    run = saved["run"]
-    where = Path(shards if shards is not None else run["shards"])
-    if not (where / "manifest.json").is_file():
-        return
-    view = saved.get("regime", {}).get("view", run.get("regime"))
-    now = data_identity(open_shard_set(where), view, run.get("features"), run.get("clip"))
-    check_identity(Path(run_dir), saved, {"data": now}, command)
+def check_global_batch(batch_size: int, world_size: int) -> None:
+    """A batch size is the global batch: it must divide evenly over the ranks."""
+    if batch_size % world_size:
+        raise WsmlError(
+            f"batch_size {batch_size} is the global batch and must divide evenly over "
+            f"{world_size} ranks"
+        )
 
 
 def check_steps(rows: int, batch_sizes: list[int], world_size: int) -> None:

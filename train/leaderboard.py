@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shards.errors import WsmlError, os_error_message
-from shards.fileio import dumps_json, write_bytes_atomic
+from shards.base.errors import WsmlError, os_error_message
+from shards.base.fileio import dumps_json, write_bytes_atomic
 from train.report.runs import read_runs
 from train.report.tables import group_runs, leaderboard_markdown, unfinished_rows
 

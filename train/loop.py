@@ -1,4 +1,5 @@
-"""The one training loop, for every method, both settings and sweeps: ``train(config) -> summary``.
+"""The one training loop, for every method, both settings and sweeps (``train.run.train(config)``
+enters it).
 
 Per epoch: train on the regime's observed labels, let the method end its epoch (with an eval
 pass over the training split when it asks for one), score val (clean labels) and test, keep the
@@ -20,32 +21,13 @@ import torch
 
 from pipelines.distributed import all_reduce_mean
 from train.bootstrap import write_test_ci
-from train.build import Run, Track, start_run
-from train.config import RunConfig
+from train.build import Run, Track
 from train.context import Context, cpu_threads
 from train.evaluate import epoch_record, evaluate_splits, predict, selected_summary
-from train.integrity import run_folder_lock
-from train.plan import plan_run
 from train.runfolder import TensorBoardLog, json_safe
-from train.untrained import score_untrained
 
 # (epoch, [(track, logged scalars, {weights: {split: scores}})], seconds) after every epoch
 EpochHook = Callable[[int, list[tuple[Track, dict, dict]], float], None]
-
-
-def train(config: RunConfig) -> dict[str, Any]:
-    """Train (or resume) the run ``config`` describes; returns its summary."""
-    plan = plan_run(config)
-    ctx = Context.create(plan.config.device, config.progress)
-    try:
-        with run_folder_lock(plan.config.run_dir, ctx.is_main):
-            if plan.config.sweep:
-                from train.sweep import train_sweep
-
-                return train_sweep(plan, ctx)
-            return fit(start_run(plan, ctx), ctx)
-    finally:
-        ctx.close()
 
 
 def fit(run: Run, ctx: Context) -> dict[str, Any]:
@@ -251,3 +233,26 @@ def final_fields(track: Track) -> dict[str, Any]:
     state = track.state
     done = state.stopped is not None or state.epoch >= track.config.epochs
     return {"epochs_trained": state.epoch, "stopped": state.stopped, "finished": done}
+
+
+def score_untrained(run, ctx) -> None:
+    """Score val and test as epoch 0, record it, write the predictions, summary (with the
+    method's ``untrained_report``) and the checkpoint; a no-op once done (resume)."""
+    track = run.tracks[0]
+    state = track.state
+    if run.plan.info.trains or state.best_val > -float("inf"):
+        return
+    t0 = time.perf_counter()
+    results = evaluate_splits(
+        run.eval_models(), run.data, ctx, ("val", "test"), run.plan.config.threshold
+    )
+    mine = {name: per[0] for name, per in results.items()}  # {weights: {split: scores}}
+    state.update(0, {name: r["val"]["mAP"] for name, r in mine.items()}, track.config)
+    report: dict[str, Any] = run.method.untrained_report(run.data)
+    record = epoch_record(0, state, {}, report, mine, (0.0, time.perf_counter() - t0))
+    if ctx.is_main:
+        run.folder.append_metrics(json_safe(record))
+        write_best(run, track, mine[state.best_weights])
+        run.folder.write_summary(json_safe({**run.folder.read_summary(), **report}))
+        run.folder.save_checkpoint(run.checkpoint(), best=True)
+    ctx.barrier()

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 
 STYLES = ("sklearn", "asl")
 _CHUNK_ENTRIES = 1 << 22  # entries sorted at once; classes are processed in column chunks
@@ -111,11 +111,11 @@ def mean_average_precision(
     return float(100.0 * kept.mean())
 
 
-def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def safe_ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(a, b, out=np.zeros(np.shape(a)), where=np.asarray(b) > 0)
 
 
-def _f1(p: float, r: float) -> float:
+def f1_score(p: float, r: float) -> float:
     return 2 * p * r / (p + r) if p + r > 0 else 0.0
 
 
@@ -129,11 +129,18 @@ def threshold_metrics(
     gt = (y == 1) & scored
     n_pred, n_gt, n_tp = pred.sum(0), gt.sum(0), (pred & gt).sum(0)
     keep = scored.any(0)
-    cp = float(_ratio(n_tp, n_pred)[keep].mean()) if keep.any() else 0.0
-    cr = float(_ratio(n_tp, n_gt)[keep].mean()) if keep.any() else 0.0
-    op = float(_ratio(n_tp.sum(), n_pred.sum()))
-    orr = float(_ratio(n_tp.sum(), n_gt.sum()))
-    out = {"CP": cp, "CR": cr, "CF1": _f1(cp, cr), "OP": op, "OR": orr, "OF1": _f1(op, orr)}
+    cp = float(safe_ratio(n_tp, n_pred)[keep].mean()) if keep.any() else 0.0
+    cr = float(safe_ratio(n_tp, n_gt)[keep].mean()) if keep.any() else 0.0
+    op = float(safe_ratio(n_tp.sum(), n_pred.sum()))
+    orr = float(safe_ratio(n_tp.sum(), n_gt.sum()))
+    out = {
+        "CP": cp,
+        "CR": cr,
+        "CF1": f1_score(cp, cr),
+        "OP": op,
+        "OR": orr,
+        "OF1": f1_score(op, orr),
+    }
     return {k: 100.0 * v for k, v in out.items()}
 
 

@@ -7,9 +7,13 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from models.heads import StackedHeads
 from train.methods import MethodConfig
+
+ADAM_BETA2, ADAM_EPS = 0.999, 1e-8  # torch.optim.Adam's defaults, as create_optimizer uses
+
 
 # ASL's OneCycleLR(pct_start=0.2) with torch's other defaults
 ONECYCLE = {"pct_start": 0.2, "div_factor": 25.0, "final_div_factor": 1e4}
@@ -121,3 +125,83 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
                     and value.stride() != p.stride()
                 ):
                     saved[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
+class MemberOptimizer:
+    """The members' Adam: torch's fused Adam kernel (what ``torch.optim.Adam(fused=True)`` runs
+    for a separate run) on each member's blocks of the stacked parameters, with the member's own
+    lr, step counts and moments; weight decay on the weight only, as a run's param groups have
+    it. ``param_groups`` holds one group per member (lr, betas: the loop's schedule sets them),
+    then the method's own groups (a separate torch Adam, as a run has them). A member whose
+    track has stopped is left alone."""
+
+    def __init__(self, heads: StackedHeads, tracks: list, extra: list[dict]):
+        self.tracks = tracks
+        cfg = tracks[0].config
+        self.params = [heads.weight, heads.bias]
+        self.decays = [cfg.weight_decay, 0.0]
+        m = heads.members
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        self.blocks = [self._blocks(t, m) for t in (self.params, self.exp_avg, self.exp_avg_sq)]
+        self.steps = [
+            [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
+            for _ in range(m)
+        ]
+        self.member_groups = [
+            {"lr": lr, "initial_lr": lr, "betas": (0.9, ADAM_BETA2), "name": t.name}
+            for t, lr in ((t, t.config.lr * t.config.head_lr_mult) for t in tracks)
+        ]
+        self.extra = create_optimizer(extra, cfg) if extra else None
+
+    @staticmethod
+    def _blocks(tensors: list[Tensor], members: int) -> list[list[Tensor]]:
+        """[member][param] views."""
+        per_param = [t.view(members, -1).unbind(0) for t in tensors]
+        return [list(blocks) for blocks in zip(*per_param, strict=True)]
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.member_groups + (self.extra.param_groups if self.extra else [])
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+        if self.extra is not None:
+            self.extra.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        params, avgs, sqs = self.blocks
+        grads = self._blocks([p.grad for p in self.params], len(self.tracks))
+        live = [i for i, t in enumerate(self.tracks) if t.active]
+        torch._foreach_add_([s for i in live for s in self.steps[i]], 1)
+        for i in live:
+            group = self.member_groups[i]
+            for wd in sorted(set(self.decays)):  # one call per weight decay
+                js = [j for j, d in enumerate(self.decays) if d == wd]
+                torch._fused_adam_(
+                    [params[i][j] for j in js],
+                    [grads[i][j] for j in js],
+                    [avgs[i][j] for j in js],
+                    [sqs[i][j] for j in js],
+                    [],
+                    [self.steps[i][j] for j in js],
+                    amsgrad=False,
+                    lr=group["lr"],
+                    beta1=group["betas"][0],
+                    beta2=ADAM_BETA2,
+                    weight_decay=wd,
+                    eps=ADAM_EPS,
+                    maximize=False,
+                )
+        if self.extra is not None:
+            self.extra.step()
+
+    def track_lrs(self, i: int) -> dict[str, float]:
+        """The lr of each optimiser group member ``i``'s separate run would log."""
+        lr = self.member_groups[i]["lr"]
+        out = {"head-no-decay": lr, "head": lr}
+        if self.extra is not None:
+            out.update({g["name"]: g["lr"] for g in self.extra.param_groups})
+        return out

@@ -12,18 +12,17 @@ from typing import Any
 
 import torch
 
-from shards import embeddings as emb
-from shards.errors import WsmlError
+from shards import caches
+from shards.base.errors import WsmlError
 from shards.shardset import ShardSet, open_shard_set
 from shards.views import check_view_labels
 from train.config import RunConfig, run_dict, split_options, with_run_options
 from train.data import cache_dim, check_crops, read_clip_text
-from train.integrity import check_steps, data_identity
+from train.integrity import check_global_batch, check_steps, data_identity
 from train.methods import MethodConfig, MethodInfo, config_dict, get_method
 from train.runfolder import require_tensorboard
 from train.scale import check_scale
 from train.settings import Setting, get_setting
-from train.untrained import check_untrained
 
 RUN_FORMAT, RUN_VERSION = "wsml-run", 1
 SPLITS = ("train", "val", "test")
@@ -96,7 +95,7 @@ def plan_run(config: RunConfig, world_size: int | None = None) -> RunPlan:
     config = dataclasses.replace(config, shards=str(ss.root.resolve()))
     info = get_method(config.method)
     info.check_setting(config.setting)
-    check_untrained(info, config)  # train/untrained.py: clip-zeroshot and --sweep
+    check_untrained(info, config)  # clip-zeroshot and --sweep
     if config.tensorboard:
         require_tensorboard()
     names = [f.name for f in dataclasses.fields(info.config)]
@@ -107,11 +106,7 @@ def plan_run(config: RunConfig, world_size: int | None = None) -> RunPlan:
     view, kind = choose_view(ss, info, config.regime, config.fraction)
     mcfg = info.create_config(ss.manifest["dataset"], method_opts)
     check_scale(ss, info, mcfg, view, config.features)
-    if mcfg.batch_size % world:
-        raise WsmlError(
-            f"batch_size {mcfg.batch_size} is the global batch and must divide evenly over "
-            f"{world} ranks"
-        )
+    check_global_batch(mcfg.batch_size, world)
     batches = list(config.sweep_batches) if config.sweep else [mcfg.batch_size]
     check_steps(int(ss.split("train")["num_samples"]), batches, world)
     clip = clip_tag(ss, info, config)
@@ -141,7 +136,7 @@ def plan_run(config: RunConfig, world_size: int | None = None) -> RunPlan:
 def _encoder_recipe(ss: ShardSet, tag: str) -> dict[str, Any]:
     """What made the feature cache (its meta.json without the per-split entries): kept in the
     run folder, so the encoder can be rebuilt for raw images after the data moved."""
-    return {k: v for k, v in emb.get_cache(ss.root, tag).items() if k != "splits"}
+    return {k: v for k, v in caches.get_cache(ss.root, tag).items() if k != "splits"}
 
 
 def choose_view(
@@ -215,7 +210,15 @@ def clip_tag(ss: ShardSet, info: MethodInfo, config: RunConfig) -> str | None:
         raise WsmlError(
             f"method {info.name} needs a CLIP cache (image and class-text embeddings): make "
             f"one with `cli.py cache-clip --shards {ss.root}` and pass --clip TAG "
-            f"(caches here: {', '.join(emb.list_caches(ss.root)) or 'none'})"
+            f"(caches here: {', '.join(caches.list_caches(ss.root)) or 'none'})"
         )
     cache_dim(ss, tag, "CLIP embeddings")
     return tag
+
+
+def check_untrained(info, config) -> None:
+    """A method that trains nothing has no lr x batch grid to sweep: refused before any work."""
+    if not info.trains and config.sweep:
+        from shards.base.errors import WsmlError
+
+        raise WsmlError(f"method {info.name} trains nothing: --sweep does not apply")

@@ -17,7 +17,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 
@@ -61,11 +61,11 @@ def describe_invocation() -> dict[str, Any]:
 def describe_protocol(plan) -> dict[str, Any]:
     """Backbone, input resolution, setting and validation split: what a paper's number must
     share with the run to be compared (train/report/papers.csv has the same fields)."""
-    from shards import embeddings as emb
+    from shards import caches
 
     config, ss = plan.config, plan.shard_set
     if config.features:
-        meta = emb.get_cache(ss.root, config.features)
+        meta = caches.get_cache(ss.root, config.features)
         backbone, size = meta.get("model"), (meta.get("preprocess") or {}).get("size")
     else:
         from pipelines.presets import PRESETS

@@ -10,9 +10,10 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from train.config import RunConfig
-from train.runfolder import BEST, LAST, RunFolder, nothing_to_resume
+from train.runfolder import BEST, LAST, RunFolder, nothing_to_resume, selected_weights
+from train.setting_names import SETTINGS
 
 # CLI option -> method option (a protocol field every method config has)
 METHOD_FLAGS = {"epochs": "epochs", "lr": "lr", "batch_size": "batch_size"}
@@ -52,7 +53,6 @@ def create_run_config(
 
 def run_train(config: RunConfig, echo: Callable[[str], None]) -> dict[str, Any]:
     from pipelines.distributed import is_main_process
-    from train.loop import train
 
     summary = train(config)
     if not is_main_process():
@@ -80,7 +80,6 @@ def run_train(config: RunConfig, echo: Callable[[str], None]) -> dict[str, Any]:
             f"  {split:>4} mAP {m['mAP']:6.2f}  CF1 {m['CF1']:6.2f}  OF1 {m['OF1']:6.2f}  "
             f"CP {m['CP']:6.2f}  CR {m['CR']:6.2f}"
         )
-    from train.untrained import report_lines  # a method that trains nothing reports more
 
     for line in report_lines(summary):
         echo(line)
@@ -146,13 +145,25 @@ def plan_saved_run(run_dir: str, saved: dict, world_size: int = 1):
     return plan
 
 
+def create_trained_model(plan, saved: dict, ckpt: dict):
+    """The run's model as its plan and setting build it, with the checkpoint's selected
+    weights (its EMA's when those were selected): what ``eval``, ``predict`` and ``export``
+    load."""
+    model, _ = plan.setting.create_model(plan, weights="none")
+    try:
+        model.load_state_dict(selected_weights(ckpt))
+    except RuntimeError as e:  # shapes that differ: another number of classes, another model
+        raise WsmlError(
+            f"the checkpoint does not fit the model of the run's config.json "
+            f"({len(saved['classes'])} classes): {' '.join(str(e).split())[:300]}"
+        ) from e
+    return model
+
+
 def load_model(plan, saved: dict, ckpt: dict, ctx):
     """The checkpoint's model (its EMA weights when those were selected) on the device, and
     the run's data."""
-    model, _ = plan.setting.create_model(plan, weights="none")
-    weights = ckpt["loop"]["best_weights"]
-    model.load_state_dict(ckpt["ema"] if weights == "ema" else ckpt["model"])
-    model = plan.setting.place(model, ctx)
+    model = plan.setting.place(create_trained_model(plan, saved, ckpt), ctx)
     return model, plan.setting.create_data(plan, ctx, model)
 
 
@@ -178,7 +189,7 @@ def methods_lines() -> list[str]:
             flags.append("own model")
         if m.dense_state:
             flags.append("needs rows x classes memory: not for large label spaces")
-        if tuple(m.settings) != ("linear", "e2e"):
+        if tuple(m.settings) != SETTINGS:
             flags.append(f"{'/'.join(m.settings)} only")
         extra = f" [{', '.join(flags)}]" if flags else ""
         lines.append(f"{m.name:<{width}}  {', '.join(m.regimes):<25} {m.summary}{extra}")
@@ -186,3 +197,36 @@ def methods_lines() -> list[str]:
         if m.release_notes:
             lines.append(f"{'':<{width}}  release: {m.release_notes}")
     return lines
+
+
+def train(config: RunConfig) -> dict[str, Any]:
+    """Train (or resume) the run ``config`` describes; returns its summary."""
+    from train.build import start_run
+    from train.context import Context
+    from train.integrity import run_folder_lock
+    from train.loop import fit
+    from train.plan import plan_run
+
+    plan = plan_run(config)
+    ctx = Context.create(plan.config.device, config.progress)
+    try:
+        with run_folder_lock(plan.config.run_dir, ctx.is_main):
+            if plan.config.sweep:
+                from train.sweep import train_sweep
+
+                return train_sweep(plan, ctx)
+            return fit(start_run(plan, ctx), ctx)
+    finally:
+        ctx.close()
+
+
+def report_lines(summary: dict[str, Any]) -> list[str]:
+    """What train prints of an untrained run's report (clip-zeroshot's pseudo-label quality)."""
+    q = summary.get("vlpl_pseudo_labels")
+    if not q:
+        return []
+    return [
+        f"  VLPL pseudo-positives on train (s > {q['threshold']:g}, T {q['temperature']:g}): "
+        f"{q['pseudo_positives']} made, {q['clean_positives']} clean positives; precision "
+        f"{q['precision']:.2f}  recall {q['recall']:.2f}"
+    ]

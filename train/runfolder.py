@@ -30,9 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from shards.embeddings import write_array
-from shards.errors import WsmlError
-from shards.fileio import (
+from shards.base.errors import WsmlError
+from shards.base.fileio import (
     TMP_SUFFIX,
     dumps_json,
     remove_temporaries,
@@ -41,7 +40,8 @@ from shards.fileio import (
     write_bytes_atomic,
     write_json_atomic,
 )
-from train.integrity import check_identity
+from shards.caches import write_array
+from train.integrity import check_identity, data_identity
 
 FORMAT = "wsml-run"
 VERSION = 1
@@ -218,6 +218,12 @@ class RunFolder:
         return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def selected_weights(ckpt: dict) -> dict:
+    """The checkpoint's weights that were selected: its EMA's, or the plain model's (what
+    ``eval``, ``predict`` and ``export`` load)."""
+    return ckpt["ema"] if ckpt["loop"]["best_weights"] == "ema" else ckpt["model"]
+
+
 def nothing_to_resume(path: Path) -> WsmlError:
     return WsmlError(
         f"--resume: {path} holds no run (no {CONFIG}): it stopped before it started, or is not "
@@ -349,3 +355,25 @@ def _numbers(obj: Any, prefix: str):
             yield from _numbers(value, f"{prefix}{key}/")
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             yield f"{prefix}{key}", float(value)
+
+
+def check_run_data(
+    run_dir: str | os.PathLike, command: str, shards: str | os.PathLike | None = None
+) -> None:
+    """``eval``, ``predict`` on a shard set and ``export``: refuse a run whose shard set, view
+    or caches changed since it trained (the identity ``config.json`` records), as ``--resume``
+    does. ``shards``: where the run's shard set is now (moved data), else where it was
+    recorded. Nothing to compare where the folder holds no run or its shard set is gone (the
+    command then says what it lacks)."""
+    from shards.shardset import open_shard_set
+
+    saved = RunFolder(run_dir).read_config()
+    if saved is None or "data" not in saved:
+        return
+    run = saved["run"]
+    where = Path(shards if shards is not None else run["shards"])
+    if not (where / "manifest.json").is_file():
+        return
+    view = saved.get("regime", {}).get("view", run.get("regime"))
+    now = data_identity(open_shard_set(where), view, run.get("features"), run.get("clip"))
+    check_identity(Path(run_dir), saved, {"data": now}, command)

@@ -4,8 +4,8 @@ split."""
 
 from __future__ import annotations
 
-from shards import embeddings as emb
-from shards.errors import WsmlError
+from shards import caches
+from shards.base.errors import WsmlError
 from shards.shardset import ShardSet
 from train.methods import MethodConfig, MethodInfo
 
@@ -19,7 +19,7 @@ def check_scale(
     rows = int(ss.split("train")["num_samples"])
     info.method_class.check_size(rows, len(ss.classes), mcfg)
     if features is not None:
-        cached = emb.get_cache(ss.root, features)["splits"]
+        cached = caches.get_cache(ss.root, features)["splits"]
         for split in (s for s in SPLITS if s in cached):
             want = int(ss.split(split)["num_samples"])
             if int(cached[split]["rows"]) != want:

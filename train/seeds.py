@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from shards.errors import WsmlError
-from shards.options import SEED
+from shards.base.errors import WsmlError
+from shards.base.options import SEED
 from train.config import RunConfig
 from train.runfolder import RunFolder
 

@@ -12,27 +12,36 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from shards.errors import WsmlError
-from shards.registry import Registry
-from train.config import DEFAULT_BACKBONE, DEFAULT_PRESET, RunConfig
+from shards.base.errors import WsmlError
+from shards.base.registry import Registry
 from train.data import FeatureData, ImageData, cache_dim, e2e_preset
 
 if TYPE_CHECKING:
     from shards.shardset import ShardSet
+    from train.config import RunConfig
     from train.context import Context
     from train.methods import MethodInfo
     from train.plan import RunPlan
 
 
+DEFAULT_BACKBONE = "resnet50"  # e2e, unless the method's protocol names another
+DEFAULT_PRESET = "cole448"
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
-    """Base: ``complete`` fills the setting's defaults into a config, ``check`` checks it before
-    any work (returning the feature dimension where the data fixes it), ``create_model`` and
+    """Base: ``check_config`` holds the setting's rules on a config's options (``RunConfig``
+    applies them as it is made), ``complete`` fills the setting's defaults into a config,
+    ``check`` checks it against the shard set before any work (returning the feature dimension
+    where the data fixes it), ``create_model`` and
     ``create_data`` build the run's model and batches, ``place`` puts the model on the device,
     ``autocast`` is the precision of the model's forward passes."""
 
     name: str
     summary: str
+
+    def check_config(self, config: RunConfig) -> None:
+        """The options this setting refuses, each with what to do instead."""
 
     def complete(self, config: RunConfig, info: MethodInfo) -> RunConfig:
         return config
@@ -60,6 +69,24 @@ class Setting:
 
 @dataclasses.dataclass(frozen=True)
 class LinearSetting(Setting):
+    def check_config(self, config: RunConfig) -> None:
+        if not config.features:
+            from pathlib import Path
+
+            from shards.caches import list_caches
+
+            have = ", ".join(list_caches(Path(config.shards))) if config.shards else ""
+            raise WsmlError(
+                "the linear setting trains on cached features: pass --features TAG "
+                f"(caches of {config.shards}: {have or 'none'}; make them with cli.py "
+                "cache-features or cache-clip)"
+            )
+        if config.head == "cam":
+            raise WsmlError(
+                "--head cam needs the backbone's feature map: use it with --setting e2e "
+                "(cached features are already pooled)"
+            )
+
     def check(self, config: RunConfig, ss: ShardSet) -> int:
         return cache_dim(ss, config.features, "features")
 
@@ -90,6 +117,12 @@ class LinearSetting(Setting):
 
 @dataclasses.dataclass(frozen=True)
 class E2ESetting(Setting):
+    def check_config(self, config: RunConfig) -> None:
+        if config.features:
+            raise WsmlError("--features goes with --setting linear (e2e reads the images)")
+        if config.sweep:
+            raise WsmlError("--sweep is for the linear setting")
+
     def complete(self, config: RunConfig, info: MethodInfo) -> RunConfig:
         """The method's protocol picks backbone and preset when they are not given."""
         return dataclasses.replace(

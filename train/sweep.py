@@ -5,10 +5,10 @@ from its seed), its own method state and Adam state, its schedule, selection and
 
 The members of a batch size form a group, which is a :class:`~train.build.Run` of the one loop
 (train/loop.py) with one :class:`~train.build.Track` per member: its model is
-:class:`StackedHeads` (the members' heads as one (M, D, L) parameter, one batched matmul giving
+:class:`~models.heads.StackedHeads` (the members' heads as one (M, D, L) parameter, one batched matmul giving
 member-major logits), its method one copy standing for all members (``stack_members``: each
 member's loss is its own run's, per-row state kept per member), and its optimiser
-:class:`MemberOptimizer` (torch's fused Adam kernel per member block, with the member's own lr;
+:class:`~train.optim.MemberOptimizer` (torch's fused Adam kernel per member block, with the member's own lr;
 a stopped member is left alone). A method that cannot stack (ROLE's trainable per-image
 estimator) gives one group per member. The configuration with the best validation mAP (at its
 best epoch) is the sweep's pick; its test mAP is reported.
@@ -28,10 +28,11 @@ import io
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from shards.errors import WsmlError
-from shards.fileio import write_bytes_atomic
+from models.heads import StackedHeads
+from shards.base.errors import WsmlError
+from shards.base.fileio import write_bytes_atomic
 from train.bootstrap import write_test_ci
 from train.build import (
     CHECKPOINT_FORMAT,
@@ -45,116 +46,9 @@ from train.context import Context
 from train.ema import Ema
 from train.loop import final_fields, fit_epochs
 from train.methods import stack_members
-from train.optim import create_optimizer, create_schedule
+from train.optim import MemberOptimizer, create_schedule
 from train.plan import RunPlan
 from train.runfolder import BEST, MEMBERS, RunFolder, TensorBoardLog, json_safe
-
-ADAM_BETA2, ADAM_EPS = 0.999, 1e-8  # torch.optim.Adam's defaults, as create_optimizer uses
-
-
-class StackedHeads(nn.Module):
-    """M linear heads on the same features: ``weight`` (M, D, L) holds member i's head
-    transposed, ``bias`` (M, 1, L). A batch of B feature rows gives (M B, L) logits,
-    member-major: training with one batched matmul, evaluation with one matmul against the
-    heads side by side (the layouts each is fastest in; every member's logits are its own
-    head's)."""
-
-    def __init__(self, heads: list[nn.Linear]):
-        super().__init__()
-        self.weight = nn.Parameter(torch.stack([h.weight.detach().T for h in heads]).contiguous())
-        self.bias = nn.Parameter(torch.stack([h.bias.detach() for h in heads]).unsqueeze(1))
-
-    @property
-    def members(self) -> int:
-        return self.weight.shape[0]
-
-    def forward(self, x: Tensor) -> Tensor:  # (B, D) -> (M B, L)
-        m, classes = self.members, self.weight.shape[2]
-        if self.training:
-            return torch.baddbmm(self.bias, x.expand(m, *x.shape), self.weight).view(-1, classes)
-        weight = torch.cat([self.weight[i].T for i in range(m)])  # (M L, D)
-        logits = torch.addmm(self.bias.reshape(-1), x, weight.T)  # (B, M L)
-        return logits.view(len(x), m, classes).transpose(0, 1).reshape(-1, classes)
-
-
-class MemberOptimizer:
-    """The members' Adam: torch's fused Adam kernel (what ``torch.optim.Adam(fused=True)`` runs
-    for a separate run) on each member's blocks of the stacked parameters, with the member's own
-    lr, step counts and moments; weight decay on the weight only, as a run's param groups have
-    it. ``param_groups`` holds one group per member (lr, betas: the loop's schedule sets them),
-    then the method's own groups (a separate torch Adam, as a run has them). A member whose
-    track has stopped is left alone."""
-
-    def __init__(self, heads: StackedHeads, tracks: list[Track], extra: list[dict]):
-        self.tracks = tracks
-        cfg = tracks[0].config
-        self.params = [heads.weight, heads.bias]
-        self.decays = [cfg.weight_decay, 0.0]
-        m = heads.members
-        self.exp_avg = [torch.zeros_like(p) for p in self.params]
-        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
-        self.blocks = [self._blocks(t, m) for t in (self.params, self.exp_avg, self.exp_avg_sq)]
-        self.steps = [
-            [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
-            for _ in range(m)
-        ]
-        self.member_groups = [
-            {"lr": lr, "initial_lr": lr, "betas": (0.9, ADAM_BETA2), "name": t.name}
-            for t, lr in ((t, t.config.lr * t.config.head_lr_mult) for t in tracks)
-        ]
-        self.extra = create_optimizer(extra, cfg) if extra else None
-
-    @staticmethod
-    def _blocks(tensors: list[Tensor], members: int) -> list[list[Tensor]]:
-        """[member][param] views."""
-        per_param = [t.view(members, -1).unbind(0) for t in tensors]
-        return [list(blocks) for blocks in zip(*per_param, strict=True)]
-
-    @property
-    def param_groups(self) -> list[dict]:
-        return self.member_groups + (self.extra.param_groups if self.extra else [])
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.params:
-            p.grad = None
-        if self.extra is not None:
-            self.extra.zero_grad(set_to_none=set_to_none)
-
-    @torch.no_grad()
-    def step(self) -> None:
-        params, avgs, sqs = self.blocks
-        grads = self._blocks([p.grad for p in self.params], len(self.tracks))
-        live = [i for i, t in enumerate(self.tracks) if t.active]
-        torch._foreach_add_([s for i in live for s in self.steps[i]], 1)
-        for i in live:
-            group = self.member_groups[i]
-            for wd in sorted(set(self.decays)):  # one call per weight decay
-                js = [j for j, d in enumerate(self.decays) if d == wd]
-                torch._fused_adam_(
-                    [params[i][j] for j in js],
-                    [grads[i][j] for j in js],
-                    [avgs[i][j] for j in js],
-                    [sqs[i][j] for j in js],
-                    [],
-                    [self.steps[i][j] for j in js],
-                    amsgrad=False,
-                    lr=group["lr"],
-                    beta1=group["betas"][0],
-                    beta2=ADAM_BETA2,
-                    weight_decay=wd,
-                    eps=ADAM_EPS,
-                    maximize=False,
-                )
-        if self.extra is not None:
-            self.extra.step()
-
-    def track_lrs(self, i: int) -> dict[str, float]:
-        """The lr of each optimiser group member ``i``'s separate run would log."""
-        lr = self.member_groups[i]["lr"]
-        out = {"head-no-decay": lr, "head": lr}
-        if self.extra is not None:
-            out.update({g["name"]: g["lr"] for g in self.extra.param_groups})
-        return out
 
 
 def train_sweep(plan: RunPlan, ctx: Context) -> dict[str, Any]:

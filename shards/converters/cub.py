@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.errors import WsmlError
-from shards.source import (
+from shards.base.errors import WsmlError
+from shards.convert.source import (
     ConverterInfo,
     OfficialSplit,
     Record,

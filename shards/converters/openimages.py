@@ -13,10 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.errors import WsmlError
-from shards.lists import Lists
-from shards.oi_images import ImageFolders, list_image_folders
-from shards.source import (
+from shards.base.errors import WsmlError
+from shards.convert.source import (
     ConverterInfo,
     OfficialSplit,
     Record,
@@ -26,13 +24,17 @@ from shards.source import (
     require_dir,
     require_file,
 )
+from shards.converters.oi_images import ImageFolders, list_image_folders
+from shards.lists import Lists
 
 SPLITS = (("train", "train"), ("validation", "val"), ("test", "test"))
 
 
 @dataclass(frozen=True)
 class OpenImagesOptions:
-    images: str = ""  # folders of <ImageID>.jpg for every split: a,b or a glob (shards.oi_images)
+    images: str = (
+        ""  # folders of <ImageID>.jpg for every split: a,b or a glob (shards.converters.oi_images)
+    )
     classes: str = "classes-trainable.txt"  # the class list, relative to the metadata folder
     hierarchy: str = ""  # optional V4-style hierarchy json: groups = top-level categories
 
@@ -87,8 +89,8 @@ class OpenImagesRecords:
 
 def open_openimages(root: Path, opts: OpenImagesOptions) -> Source:
     # pyarrow is imported only now: a process that has loaded it cannot fork its worker pool
-    # (shards.scan.Workers), and every converter module is imported by every conversion.
-    from shards.oi_labels import read_descriptions, read_human_labels, read_image_ids
+    # (shards.convert.scan.Workers), and every converter module is imported by every conversion.
+    from shards.converters.oi_labels import read_descriptions, read_human_labels, read_image_ids
 
     require_dir(root, "the dataset root")
     meta = _metadata_folder(root)
@@ -112,7 +114,7 @@ def open_openimages(root: Path, opts: OpenImagesOptions) -> Source:
         folders = given or _images_folder(root, meta, folder_name)
         splits.append(OfficialSplit(folder_name, role, OpenImagesRecords(ids, pos, neg, folders)))
         files += [images_csv, ann_csv]
-    groups = _groups(meta, opts.hierarchy, mids, known) if opts.hierarchy else None
+    groups = read_class_groups(meta, opts.hierarchy, mids, known) if opts.hierarchy else None
     return Source(
         dataset="openimages-v3",
         root=str(root.resolve()),
@@ -168,7 +170,7 @@ def read_trainable(path: Path, desc: dict, desc_name: str) -> tuple[list[str], l
     return mids, [desc[m] for m in mids]
 
 
-def _groups(meta: Path, name: str, mids: list[str], known: dict) -> tuple[str, ...]:
+def read_class_groups(meta: Path, name: str, mids: list[str], known: dict) -> tuple[str, ...]:
     """Top-level category of each class from a V4-style hierarchy json
     (``{"LabelName": root, "Subcategory": [...]}``); classes outside it: ``other``."""
     path = require_file(meta / name, "the class hierarchy (-o hierarchy=)")

@@ -20,7 +20,7 @@ a trainable class would have no observed label. Same streaming columnar reading.
 Images: ``<ImageID>.jpg`` in ``images/<split>/``, ``<split>/``, ``<split>/data/``, the CVDF
 tarballs' folders (``train_0/`` … ``train_f/``, ``validation/``, ``test/``: the train folders are
 searched together) or ``images/``; or ``-o images=`` naming folders for every split, several
-comma-separated or as a glob (``train_*,validation,test``; ``shards.oi_images``).
+comma-separated or as a glob (``train_*,validation,test``; ``shards.converters.oi_images``).
 """
 
 from __future__ import annotations
@@ -28,10 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from shards.converters.openimages import OpenImagesRecords, _groups, read_trainable
-from shards.errors import WsmlError
-from shards.oi_images import ImageFolders, list_image_folders
-from shards.source import (
+from shards.base.errors import WsmlError
+from shards.convert.source import (
     ConverterInfo,
     OfficialSplit,
     Source,
@@ -40,6 +38,8 @@ from shards.source import (
     require_dir,
     require_file,
 )
+from shards.converters.oi_images import ImageFolders, list_image_folders
+from shards.converters.openimages import OpenImagesRecords, read_class_groups, read_trainable
 
 FILES = {
     "6": {
@@ -64,12 +64,14 @@ HIERARCHY = "bbox_labels_600_hierarchy.json"
 @dataclass(frozen=True)
 class OpenImagesV6Options:
     version: str = ""  # 6 or 7 (default: the one whose class descriptions are there)
-    images: str = ""  # folders of <ImageID>.jpg for every split: a,b or a glob (shards.oi_images)
+    images: str = (
+        ""  # folders of <ImageID>.jpg for every split: a,b or a glob (shards.converters.oi_images)
+    )
     hierarchy: str = ""  # default: bbox_labels_600_hierarchy.json when present
 
 
 def open_openimages_v6(root: Path, opts: OpenImagesV6Options) -> Source:
-    from shards.oi_labels import read_descriptions, read_human_labels
+    from shards.converters.oi_labels import read_descriptions, read_human_labels
 
     require_dir(root, "the dataset root")
     folder, version = _labels_folder(root, opts.version)
@@ -94,7 +96,7 @@ def open_openimages_v6(root: Path, opts: OpenImagesV6Options) -> Source:
         splits=tuple(splits),
         fingerprint=fingerprint_files(files, [version, hierarchy]),
         complete_labels=False,
-        groups=_groups(folder, hierarchy, mids, known) if hierarchy else None,
+        groups=read_class_groups(folder, hierarchy, mids, known) if hierarchy else None,
         notes={"mids": mids, "metadata": str(folder), "version": version},
         default_regimes=(),  # the human labels are the observed labels (real unknowns)
     )

@@ -35,9 +35,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from shards.base.errors import WsmlError
 from shards.bias import BOX_COLUMNS
-from shards.errors import WsmlError
-from shards.source import (
+from shards.convert.source import (
     ConverterInfo,
     OfficialSplit,
     Record,

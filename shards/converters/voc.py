@@ -13,9 +13,9 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from shards.base.errors import WsmlError
 from shards.bias import object_weights
-from shards.errors import WsmlError
-from shards.source import (
+from shards.convert.source import (
     ConverterInfo,
     OfficialSplit,
     Record,

@@ -8,15 +8,15 @@ Interface (what a generic loop uses; it never branches on a method's name):
 ``config = create_config(name, dataset, overrides)``: the method's config dataclass with the
 paper's defaults for the dataset's family, then ``key=value`` overrides (unknown keys fail listing
 the valid ones). Every config carries the protocol fields of :class:`MethodConfig` for the loop.
-``method = info.create(num_rows, num_classes, config, observed=…, text_embeddings=…)``, or
-``create_method(...)`` which also resolves and checks the regime, is a ``torch.nn.Module``:
+``method = info.create(num_rows, num_classes, config, observed=…, text_embeddings=…)`` is a
+``torch.nn.Module``:
 
 - ``method(logits, batch, epoch=e, step=s) -> {"loss": scalar, other 0-d detached scalars}``;
   ``logits`` (N, L); ``batch["row"]`` int64 (N,) index into the training split (0..num_rows-1),
   ``batch["observed"]`` int8 (N, L): 1 positive, 0 unknown, -1 negative; ``batch["full"]`` the
   clean labels (1 positive, anything else negative) when ``info.needs_full``;
   ``batch["embedding"]`` (N, D) CLIP image embeddings when ``info.needs_clip``. Epochs count from
-  1. A non-finite loss raises :class:`~shards.errors.WsmlError` naming method, epoch and step.
+  1. A non-finite loss raises :class:`~shards.base.errors.WsmlError` naming method, epoch and step.
   Label state changes only in train mode with grad enabled, under ``no_grad``, after that check.
 - ``extra_parameters()`` -> optimiser param groups the method owns (``params``, ``lr_mult``,
   ``lr`` = config.lr x lr_mult, ``weight_decay``, ``name``); the loop adds them to its optimiser.
@@ -44,7 +44,8 @@ Forward is for training-split batches only (``row`` indexes the training split).
 
 from __future__ import annotations
 
-from shards.source import FAMILIES, dataset_family
+from shards.base.registry import import_modules
+from shards.convert.source import FAMILIES, dataset_family
 from train.methods.base import (
     LOG_EPSILON,
     Method,
@@ -60,9 +61,7 @@ from train.methods.registry import (
     MethodInfo,
     ModelSpec,
     create_config,
-    create_method,
     get_method,
-    list_methods,
     register_method,
 )
 
@@ -76,11 +75,9 @@ __all__ = [
     "ModelSpec",
     "REGIMES",
     "config_dict",
-    "create_method",
     "dataset_family",
     "expected_positive_reg",
     "get_method",
-    "list_methods",
     "neg_log",
     "observed_masks",
     "register_method",
@@ -88,32 +85,4 @@ __all__ = [
     "stack_members",
 ]
 
-# method modules, each registering its methods; `cli.py methods` lists by name
-_MODULES = (
-    "assume_negative",
-    "role",
-    "entropy_max",
-    "vlpl",
-    "large_loss",
-    "asl",
-    "robust_loss",
-    "hspnet",
-    "oass",
-    "pumlc",
-    "zeroshot",
-    "gr_loss",
-    "aevlp",
-)
-
-
-def _register_all() -> None:
-    """Import every method module of this package (each registers its methods)."""
-    import importlib
-    import pkgutil
-
-    found = {m.name for m in pkgutil.iter_modules(__path__)}
-    for module in [m for m in _MODULES if m in found]:
-        importlib.import_module(f"{__name__}.{module}")
-
-
-_register_all()
+import_modules(__name__, __path__)  # every module of the package: each registers its methods

@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from shards.errors import WsmlError
-from shards.options import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT, Range
+from shards.base.errors import WsmlError
+from shards.base.options import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT, Range
 from train.methods import MethodInfo, expected_positive_reg, observed_masks, register_method
 from train.methods.gr_loss import (
     GeneralizedRobust,

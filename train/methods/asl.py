@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import torch
 
-from shards.options import BELOW_ONE, NON_NEGATIVE, UNIT_OPEN
+from shards.base.options import BELOW_ONE, NON_NEGATIVE, UNIT_OPEN
 from train.methods import Method, MethodConfig, MethodInfo, observed_masks, register_method
 
 ASL = "Ridnik, Ben-Baruch et al., ICCV 2021, Asymmetric Loss for Multi-Label Classification"

@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from shards.options import BELOW_ONE
+from shards.base.options import BELOW_ONE
 from train.methods import (
     Method,
     MethodConfig,
@@ -163,7 +163,9 @@ class PairwiseRanking(ColeLoss):
         return torch.zeros_like(p).index_put((n, i), hinge.sum(1))
 
 
-def _info(name, summary, regimes, config, method_class, defaults=None, **flags) -> MethodInfo:
+def create_cole_info(
+    name, summary, regimes, config, method_class, defaults=None, **flags
+) -> MethodInfo:
     return MethodInfo(
         name=name,
         paper=COLE,
@@ -178,7 +180,7 @@ def _info(name, summary, regimes, config, method_class, defaults=None, **flags) 
 
 
 for _entry in (
-    _info(
+    create_cole_info(
         "bce",
         "BCE on the full clean labels (upper bound)",
         ("full",),
@@ -188,7 +190,7 @@ for _entry in (
         instead="On a view's observed labels, iu (BCE on the observed entries) and an (unknown "
         "entries as negatives) train BCE; where no entry is unknown (a noisy view) both are BCE",
     ),
-    _info(
+    create_cole_info(
         "bce-ls",
         "BCE with label smoothing on full labels",
         ("full",),
@@ -198,10 +200,16 @@ for _entry in (
         instead="On a view's observed labels, an-ls trains BCE with label smoothing (unknown "
         "entries as negatives); where no entry is unknown (a noisy view) it is bce-ls",
     ),
-    _info("an", "assume negative: unknowns are negatives", SP, ColeConfig, AssumeNegative),
-    _info("an-ls", "assume negative + label smoothing", SP, SmoothConfig, AssumeNegativeLs),
-    _info("wan", "weak assume negative: 1/(L-1) weight", SP, ColeConfig, WeakAssumeNegative),
-    _info(
+    create_cole_info(
+        "an", "assume negative: unknowns are negatives", SP, ColeConfig, AssumeNegative
+    ),
+    create_cole_info(
+        "an-ls", "assume negative + label smoothing", SP, SmoothConfig, AssumeNegativeLs
+    ),
+    create_cole_info(
+        "wan", "weak assume negative: 1/(L-1) weight", SP, ColeConfig, WeakAssumeNegative
+    ),
+    create_cole_info(
         "iun",
         "observed positives + all true negatives (oracle)",
         SP,
@@ -209,7 +217,7 @@ for _entry in (
         Iun,
         needs_full=True,
     ),
-    _info("iu", "observed positives and negatives only", ("partial",), ColeConfig, Iu),
-    _info("pr", "pairwise ranking hinge", SP, ColeConfig, PairwiseRanking),
+    create_cole_info("iu", "observed positives and negatives only", ("partial",), ColeConfig, Iu),
+    create_cole_info("pr", "pairwise ranking hinge", SP, ColeConfig, PairwiseRanking),
 ):
     register_method(_entry)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from pipelines.distributed import all_sum, ddp_scaled, gather_cat, global_sum, training_world
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from train.methods.config import MethodConfig
 from train.methods.label_state import LabelAudit, note_labels, read_label_counts
 from train.methods.registry import MethodInfo

@@ -7,8 +7,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from shards.errors import WsmlError
-from shards.options import (
+from shards.base.errors import WsmlError
+from shards.base.options import (
     AT_LEAST_ONE,
     BELOW_ONE,
     EPOCHS,

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 
 from pipelines.labels import DeviceLabels
-from shards.errors import WsmlError
-from shards.options import NON_NEGATIVE, POSITIVE, UNIT
+from shards.base.errors import WsmlError
+from shards.base.options import NON_NEGATIVE, POSITIVE, UNIT
 from train.methods import (
     Method,
     MethodConfig,

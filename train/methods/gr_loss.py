@@ -28,8 +28,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from shards.errors import WsmlError
-from shards.options import EPOCHS, FINITE, POSITIVE, Range
+from shards.base.errors import WsmlError
+from shards.base.options import EPOCHS, FINITE, POSITIVE, Range
 from train.methods import Method, MethodConfig, MethodInfo, observed_masks, register_method
 
 GR_LOSS = (

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from shards.options import POSITIVE, UNIT, Range
+from shards.base.options import POSITIVE, UNIT, Range
 from train.methods import MethodInfo, ModelSpec, register_method
 from train.methods.robust_loss import Splc, SplcConfig
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pipelines.distributed import gather_batch, training_world
-from shards.options import Range
+from shards.base.options import Range
 from train.methods import Method, MethodConfig, MethodInfo, register_method
 
 LL = "Kim et al., CVPR 2022, Large Loss Matters in Weakly Supervised Multi-Label Classification"

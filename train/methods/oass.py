@@ -58,8 +58,8 @@ from torch import Tensor
 
 from models.oass import create_oass_model, normalise_cam
 from pipelines.distributed import get_rank
-from shards.errors import WsmlError
-from shards.options import AT_LEAST_ONE, BELOW_ONE, NON_NEGATIVE, POSITIVE
+from shards.base.errors import WsmlError
+from shards.base.options import AT_LEAST_ONE, BELOW_ONE, NON_NEGATIVE, POSITIVE
 from train.methods import Method, MethodConfig, MethodInfo, register_method
 
 PAPER = "Xu et al., ICIP 2022, Object-Aware Self-Supervised Multi-Label Learning"

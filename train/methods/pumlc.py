@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from shards.options import NON_NEGATIVE, POSITIVE
+from shards.base.options import NON_NEGATIVE, POSITIVE
 from train.methods import Method, MethodInfo, ModelSpec, register_method
 from train.methods.asl import AslProtocol
 

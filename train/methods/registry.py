@@ -12,18 +12,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
+from shards.base.options import parse_value
+from shards.base.registry import Registry
+from shards.convert.source import dataset_family
 from shards.lists import LabelLists
-from shards.options import parse_value
-from shards.registry import Registry
-from shards.source import dataset_family
 from train.methods.config import MethodConfig
+from train.setting_names import SETTINGS
 
 if TYPE_CHECKING:
     from train.methods.base import Method
 
 REGIMES = ("full", "single-positive", "partial")
-SETTINGS = ("linear", "e2e")
 
 
 @dataclass(frozen=True)
@@ -160,39 +160,8 @@ def get_method(name: str) -> MethodInfo:
     return METHODS.get(name)
 
 
-def list_methods() -> list[str]:
-    return METHODS.names()
-
-
 def create_config(
     name: str, dataset: str | None = None, overrides: Mapping[str, str] | None = None
 ) -> MethodConfig:
     """The config of method ``name`` for ``dataset`` with ``key=value`` overrides."""
     return get_method(name).create_config(dataset, overrides)
-
-
-def create_method(
-    name: str,
-    *,
-    num_rows: int,
-    num_classes: int,
-    dataset: str | None = None,
-    regime: str | None = None,
-    overrides: Mapping[str, str] | None = None,
-    observed: Tensor | None = None,
-    text_embeddings: Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> Method:
-    """Resolve, check the regime and create in one call (what the loop does before any work)."""
-    info = get_method(name)
-    config = info.create_config(dataset, overrides)
-    if regime is not None:
-        info.check_regime(regime)
-    return info.create(
-        num_rows,
-        num_classes,
-        config,
-        observed=observed,
-        text_embeddings=text_embeddings,
-        generator=generator,
-    )

@@ -22,8 +22,8 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from shards.errors import WsmlError
-from shards.options import NON_NEGATIVE, UNIT_OPEN
+from shards.base.errors import WsmlError
+from shards.base.options import NON_NEGATIVE, UNIT_OPEN
 from train.methods import Method, MethodInfo, observed_masks, register_method
 from train.methods.asl import AslProtocol
 

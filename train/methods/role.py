@@ -14,15 +14,15 @@ import torch
 from torch import Tensor, nn
 
 from pipelines.distributed import get_world_size
-from shards.errors import WsmlError
-from shards.options import POSITIVE
+from shards.base.errors import WsmlError
+from shards.base.options import POSITIVE
 from train.methods import Method, MethodConfig, expected_positive_reg, neg_log, register_method
 from train.methods.assume_negative import (
     EXPECTED_POSITIVES,
     K_DEFAULTS,
     SP,
     ColeLoss,
-    _info,
+    create_cole_info,
     observed_terms,
 )
 
@@ -155,7 +155,7 @@ class Role(ColeLoss):
 
 
 for _entry in (
-    _info(
+    create_cole_info(
         "epr",
         "observed positives + expected-positive regulariser",
         SP,
@@ -163,7 +163,7 @@ for _entry in (
         ExpectedPositive,
         K_DEFAULTS,
     ),
-    _info(
+    create_cole_info(
         "role",
         "regularised online label estimation (trainable per-image label estimator)",
         SP,

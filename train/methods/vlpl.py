@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from shards.errors import WsmlError
-from shards.options import NON_NEGATIVE, POSITIVE, UNIT
+from shards.base.errors import WsmlError
+from shards.base.options import NON_NEGATIVE, POSITIVE, UNIT
 from train.methods import (
     Method,
     MethodConfig,

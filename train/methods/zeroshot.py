@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from shards.errors import WsmlError
-from shards.options import POSITIVE, Range
+from shards.base.errors import WsmlError
+from shards.base.options import POSITIVE, Range
 from train.methods import Method, MethodConfig, MethodInfo, neg_log, observed_masks, register_method
 from train.methods.vlpl import VlplConfig, pseudo_labels
 

@@ -14,8 +14,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from shards.errors import WsmlError
-from shards.fileio import write_json_atomic
+from shards.base.errors import WsmlError
+from shards.base.fileio import write_json_atomic
 
 MARKER = "report.json"  # {"format": "wsml-report", "files": [what the report wrote]}
 FORMAT = "wsml-report"

@@ -8,7 +8,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from shards.fileio import write_bytes_atomic
+from shards.base.fileio import write_bytes_atomic
 from train.report.stats import SeedDrawTable
 from train.report.tables import (
     TEXT,

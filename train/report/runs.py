@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 
 FORMAT = "wsml-run"
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from shards.errors import WsmlError
+from shards.base.errors import WsmlError
 from train.report.outdir import check_out, staged
 from train.report.runs import RunInfo, read_runs
 from train.report.stats import paired_matrix, seed_draw_tables
