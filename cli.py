@@ -9,6 +9,7 @@ this file gathers them. ``--help`` imports neither torch nor DALI; expected fail
 from __future__ import annotations
 
 import os
+import sys
 
 # PyTorch reads this once, at its first allocation: transparent huge pages for large tensors
 # (batches of images), 4x cheaper to touch than 4 KiB pages. See pipelines/__init__.py.
@@ -66,5 +67,22 @@ for command in bench_commands.COMMANDS:
     bench.add_command(command)
 
 
+def end_rank(code) -> None:
+    """A torchrun rank exits without the interpreter's finalization: gloo keeps its run-loop
+    threads alive past ``destroy_process_group``, and one that runs into finalization ends the
+    process with ``std::terminate`` (SIGABRT, "terminate called without an active exception"),
+    so a finished DDP run could exit non-zero (tests/support/ddp_methods_worker.py says how)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+
+
 if __name__ == "__main__":
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        try:
+            main()
+        except SystemExit as e:  # click's standalone mode always ends here
+            if e.code not in (None, 0) and not isinstance(e.code, int):
+                print(e.code, file=sys.stderr)
+            end_rank(e.code)
     main()

@@ -214,8 +214,11 @@ def train(config: RunConfig) -> dict[str, Any]:
             if plan.config.sweep:
                 from train.sweep import train_sweep
 
-                return train_sweep(plan, ctx)
-            return fit(start_run(plan, ctx), ctx)
+                summary = train_sweep(plan, ctx)
+            else:
+                summary = fit(start_run(plan, ctx), ctx)
+        ctx.barrier()  # done: no rank tears its connections down while another still talks
+        return summary
     finally:
         ctx.close()
 
