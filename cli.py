@@ -78,7 +78,7 @@ def end_rank(code) -> None:
 
 
 if __name__ == "__main__":
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1"):  # a torchrun rank
         try:
             main()
         except SystemExit as e:  # click's standalone mode always ends here
