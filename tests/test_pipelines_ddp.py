@@ -13,14 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.loader import LoaderOptions, create_loader
-from tests.support.ddp_loader_worker import CONFIGS, SEED
+from tests.support.ddp_loader_worker import CONFIGS, create_rank_loader
 from tests.support.pipelines_data import (
     BACKENDS,
     N_TEST,
-    REGIME,
-    TAG,
-    TINY_PRESET,
     check_eval_epoch,
     check_train_epoch,
     get_shard_set,
@@ -104,18 +100,7 @@ def test_torchrun_ranks_match_in_process_loaders(ddp, root, backend):
     order depends only on (seed, epoch, rank), not on the process or its environment."""
     for name, (split, batch, _) in CONFIGS.items():
         for rank in range(WORLD):
-            opts = LoaderOptions(
-                rank=rank, world_size=WORLD, seed=SEED, backend=backend, num_threads=1
-            )
-            loader = create_loader(
-                root,
-                split,
-                regime=REGIME,
-                batch_size=batch,
-                preset=TINY_PRESET,
-                embeddings=TAG,
-                options=opts,
-            )
+            loader = create_rank_loader(root, split, batch, rank, WORLD, backend)
             done = set()
             for epoch, ranks in epochs(ddp, backend, name):
                 if epoch in done or epoch > 1:  # (2 reads epoch 0's shard again)

@@ -23,6 +23,13 @@ SEED = 11
 CONFIGS = {"train": ("train", 4, [0, 1, 2, 0]), "eval": ("test", 3, [0, 1])}
 
 
+def create_rank_loader(root, split: str, batch: int, rank: int, world: int, backend: str):
+    """The loader a rank of the launch reads (the single-process test builds the same)."""
+    opts = LoaderOptions(rank=rank, world_size=world, seed=SEED, backend=backend, num_threads=1)
+    return create_loader(root, split, regime=REGIME, batch_size=batch, preset=TINY_PRESET,
+                         embeddings=TAG, options=opts)  # fmt: skip
+
+
 def read_epoch(loader, world: int) -> dict:
     """One epoch. Every step the ranks first tell each other whether they still have a batch:
     where DDP's gradient all-reduce would hang on a rank that ran out, this stops and says so."""
@@ -55,18 +62,7 @@ def main(root: str, out: str) -> None:
     mine = {}
     for backend in BACKENDS:
         for name, (split, batch, epochs) in CONFIGS.items():
-            opts = LoaderOptions(
-                rank=rank, world_size=world, seed=SEED, backend=backend, num_threads=1
-            )
-            loader = create_loader(
-                root,
-                split,
-                regime=REGIME,
-                batch_size=batch,
-                preset=TINY_PRESET,
-                embeddings=TAG,
-                options=opts,
-            )
+            loader = create_rank_loader(root, split, batch, rank, world, backend)
             for i, epoch in enumerate(epochs):
                 loader.set_epoch(epoch)
                 mine[f"{backend}/{name}/{i}"] = {"epoch": epoch, **read_epoch(loader, world)}
