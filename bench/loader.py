@@ -145,7 +145,9 @@ def reference_transform(preset: Preset) -> Callable:
     rng = np.random.default_rng(0)  # the preset's own tensor operations: the same work
 
     def apply(img):
-        x, mirror = preset.tensor(T.functional.pil_to_tensor(img).unsqueeze(0), True, rng)
+        x = T.functional.pil_to_tensor(img).unsqueeze(0)
+        x = x.contiguous(memory_format=torch.channels_last)  # as wsml's loaders resize
+        x, mirror = preset.tensor(x, True, rng)
         x = x[0].flip(-1) if mirror else x[0]
         return T.functional.normalize(x.float() / 255, preset.mean, preset.std)
 

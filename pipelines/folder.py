@@ -52,9 +52,11 @@ def read_image(path: Path, preset: Preset) -> torch.Tensor:
     the reason it cannot (BadImage, OSError, or what the operations raise)."""
     from shards.convert.images import read_rgb
 
+    # (1, 3, H, W) over the HWC pixels is channels-last: the layout torch's uint8 resize is
+    # ~20x faster in (same pixels as the default layout); no copy into (3, H, W) planes
     pixels = torch.from_numpy(read_rgb(path.read_bytes())).permute(2, 0, 1)
     rng = np.random.default_rng(0)  # eval is deterministic; the ops take a generator
-    x, _ = preset.tensor(pixels.unsqueeze(0).contiguous(), False, rng)
+    x, _ = preset.tensor(pixels.unsqueeze(0), False, rng)
     return x[0]
 
 

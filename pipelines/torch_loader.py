@@ -101,7 +101,9 @@ class ShareReader(torch.utils.data.IterableDataset):
             )
         except RuntimeError as e:
             raise WsmlError(f"{url}: the image of sample {key} cannot be decoded ({e})") from e
-        x, mirror = self.preset.tensor(x.unsqueeze(0), self.train, rng)
+        # channels-last: torch's uint8 resize is ~20x faster there, to the same pixels
+        x = x.unsqueeze(0).contiguous(memory_format=torch.channels_last)
+        x, mirror = self.preset.tensor(x, self.train, rng)
         return x[0].flip(-1) if mirror else x[0]
 
 
