@@ -1,7 +1,8 @@
 """The heads every loss-based method trains: a backbone giving pooled features (the identity on
 cached features) and one linear layer to the classes (Cole et al.'s model, METHODS.md §0.4); or,
 end to end, a CAM head with BoostLU (Kim et al. 2023); a sweep's members' heads stacked as one
-parameter (``StackedHeads``)."""
+parameter (``StackedHeads``); a linear run's head behind the encoder that made its features
+(``EncoderHead``: the whole network ``predict`` and ``export`` use)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,17 @@ class Classifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # (N, ...) -> (N, L) logits
         return self.head(self.backbone(x))
+
+
+class EncoderHead(nn.Module):
+    """A linear run's whole network: the cache's encoder, then the trained classifier."""
+
+    def __init__(self, encoder: nn.Module, classifier: nn.Module):
+        super().__init__()
+        self.encoder, self.classifier = encoder, classifier
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, 3, H, W) -> (N, L)
+        return self.classifier(self.encoder(x))
 
 
 class CamClassifier(nn.Module):

@@ -18,12 +18,15 @@ import pytest
 import torch
 
 from models.backbones import create_backbone
+from models.heads import EncoderHead
 from pipelines.folder import FolderBatches, list_images
 from shards.shardset import open_shard_set
 from tests.support.cli_checks import assert_refused
 from tests.support.predict_runs import TAG, get_predict_setup, invoke, probs_of
+from train.runfolder import BEST, selected_weights
+from train.settings import get_setting
 from train.use.export import run_exported
-from train.use.inference import load_network
+from train.use.inference import NetworkOptions, TrainedRun, load_network, read_run
 from train.use.thresholds import best_f1_threshold
 
 
@@ -50,6 +53,31 @@ def test_predict_on_shards_equals_the_runs_predictions(setup, tmp_path):
         ]
         at_half = [sorted(ss.classes[c] for c in np.nonzero(p >= 0.5)[0]) for p in probs_of(table)]
         assert [sorted(x) for x in table.column("labels").to_pylist()] == at_half
+
+
+@pytest.mark.parametrize("name", ["linear", "e2e"])
+def test_each_setting_rebuilds_its_finished_run(setup, tmp_path, name):
+    """Setting.create_network: the checkpoint's selected weights in the setting's network. A
+    linear run's needs no shard set (its encoder from config.json's recipe; --shards points
+    nowhere); an e2e run's is planned against the shard set where it is now."""
+    folder, saved, config = read_run(setup[name])
+    ckpt = folder.load_checkpoint(BEST)
+    shards = setup["shards"] if name == "e2e" else tmp_path / "nowhere"
+    trained = TrainedRun(config, saved, ckpt, NetworkOptions(shards=str(shards)))
+    net, preset = get_setting(config.setting).create_network(trained)
+    if name == "linear":
+        assert isinstance(net, EncoderHead) and "shard_set" not in vars(trained)
+        got = net.classifier.state_dict()
+    else:
+        assert trained.plan.config.shards == str(open_shard_set(shards).root)
+        assert preset.size == 32
+        got = net.state_dict()
+    want = selected_weights(ckpt)
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    with torch.no_grad():
+        out = net.eval()(torch.zeros(2, 3, preset.size, preset.size))
+    assert tuple(out.shape) == (2, len(saved["classes"]))
 
 
 def test_predict_on_a_folder_of_the_same_jpegs(setup, tmp_path):

@@ -180,16 +180,43 @@ def build_run(
     else:
         groups = param_groups(model, model.head, mcfg)
     groups += method.extra_parameters()
+    return create_run(
+        plan,
+        data,
+        model,
+        method,
+        create_optimizer(groups, mcfg),
+        [Track("", mcfg, folder)],
+        record=record if record is not None else plan.to_json(),
+        folder=folder,
+    )
+
+
+def create_run(
+    plan: RunPlan,
+    data: Any,
+    model: nn.Module,
+    method: Method,
+    optimizer: Any,
+    tracks: list[Track],
+    *,
+    record: dict[str, Any],
+    folder: RunFolder | None = None,
+) -> Run:
+    """The one place a :class:`Run`'s fields are filled (``build_run``'s runs and a sweep's
+    groups): it trains ``model`` unwrapped until ``start_run`` wraps it, on the schedule of
+    ``plan``'s method config, with an EMA of the model when that config asks."""
+    mcfg = plan.method
     return Run(
         plan=plan,
-        record=record if record is not None else plan.to_json(),
+        record=record,
         data=data,
         model=model,
         net=model,
         method=method,
-        optimizer=create_optimizer(groups, mcfg),
+        optimizer=optimizer,
         schedule=create_schedule(mcfg, data.steps_per_epoch),
-        tracks=[Track("", mcfg, folder)],
+        tracks=tracks,
         folder=folder,
         ema=Ema(model, mcfg.ema) if mcfg.ema else None,
     )

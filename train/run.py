@@ -12,7 +12,7 @@ from typing import Any
 
 from shards.base.errors import WsmlError
 from train.config import RunConfig
-from train.runfolder import BEST, LAST, RunFolder, nothing_to_resume, selected_weights
+from train.runfolder import BEST, LAST, RunFolder, nothing_to_resume
 from train.setting_names import SETTINGS
 
 # CLI option -> method option (a protocol field every method config has)
@@ -145,25 +145,10 @@ def plan_saved_run(run_dir: str, saved: dict, world_size: int = 1):
     return plan
 
 
-def create_trained_model(plan, saved: dict, ckpt: dict):
-    """The run's model as its plan and setting build it, with the checkpoint's selected
-    weights (its EMA's when those were selected): what ``eval``, ``predict`` and ``export``
-    load."""
-    model, _ = plan.setting.create_model(plan, weights="none")
-    try:
-        model.load_state_dict(selected_weights(ckpt))
-    except RuntimeError as e:  # shapes that differ: another number of classes, another model
-        raise WsmlError(
-            f"the checkpoint does not fit the model of the run's config.json "
-            f"({len(saved['classes'])} classes): {' '.join(str(e).split())[:300]}"
-        ) from e
-    return model
-
-
 def load_model(plan, saved: dict, ckpt: dict, ctx):
-    """The checkpoint's model (its EMA weights when those were selected) on the device, and
-    the run's data."""
-    model = plan.setting.place(create_trained_model(plan, saved, ckpt), ctx)
+    """The checkpoint's model (its EMA weights when those were selected, as the setting's
+    ``create_trained_model`` loads it) on the device, and the run's data."""
+    model = plan.setting.place(plan.setting.create_trained_model(plan, saved, ckpt), ctx)
     return model, plan.setting.create_data(plan, ctx, model)
 
 

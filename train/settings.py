@@ -15,13 +15,16 @@ from torch import nn
 from shards.base.errors import WsmlError
 from shards.base.registry import Registry
 from train.data import FeatureData, ImageData, cache_dim, e2e_preset
+from train.runfolder import selected_weights
 
 if TYPE_CHECKING:
+    from pipelines.presets import Preset
     from shards.shardset import ShardSet
     from train.config import RunConfig
     from train.context import Context
     from train.methods import MethodInfo
     from train.plan import RunPlan
+    from train.use.inference import TrainedRun
 
 
 DEFAULT_BACKBONE = "resnet50"  # e2e, unless the method's protocol names another
@@ -33,9 +36,10 @@ class Setting:
     """Base: ``check_config`` holds the setting's rules on a config's options (``RunConfig``
     applies them as it is made), ``complete`` fills the setting's defaults into a config,
     ``check`` checks it against the shard set before any work (returning the feature dimension
-    where the data fixes it), ``create_model`` and
-    ``create_data`` build the run's model and batches, ``place`` puts the model on the device,
-    ``autocast`` is the precision of the model's forward passes."""
+    where the data fixes it), ``create_model`` and ``create_data`` build the run's model and
+    batches, ``place`` puts the model on the device, ``autocast`` is the precision of the
+    model's forward passes; ``create_trained_model`` (``eval``) and ``create_network``
+    (``predict``, ``export``) rebuild a finished run."""
 
     name: str
     summary: str
@@ -54,6 +58,24 @@ class Setting:
         raise NotImplementedError
 
     def create_data(self, plan: RunPlan, ctx: Context, model: nn.Module):
+        raise NotImplementedError
+
+    def create_trained_model(self, plan: RunPlan, saved: dict, ckpt: dict) -> nn.Module:
+        """The run's model as its plan and this setting build it, with the checkpoint's
+        selected weights (its EMA's when those were selected)."""
+        model, _ = self.create_model(plan, weights="none")
+        try:
+            model.load_state_dict(selected_weights(ckpt))
+        except RuntimeError as e:  # shapes that differ: another number of classes, another model
+            raise WsmlError(
+                f"the checkpoint does not fit the model of the run's config.json "
+                f"({len(saved['classes'])} classes): {' '.join(str(e).split())[:300]}"
+            ) from e
+        return model
+
+    def create_network(self, run: TrainedRun) -> tuple[nn.Module, Preset]:
+        """A finished run as one network on images (normalised NCHW batch -> (N, L) logits)
+        and its evaluation preprocessing."""
         raise NotImplementedError
 
     def place(self, model: nn.Module, ctx: Context) -> nn.Module:
@@ -109,6 +131,26 @@ class LinearSetting(Setting):
             eval_rows=config.eval_batch_size,
         )
         return with_groups(data, plan)
+
+    def create_network(self, run: TrainedRun) -> tuple[nn.Module, Preset]:
+        """The encoder that made the run's feature cache, rebuilt from its recipe, then the
+        trained head: no shard set needed (but for an old run's recipe)."""
+        from models.heads import EncoderHead, create_classifier
+        from models.rebuild import create_cache_encoder
+
+        config = run.config
+        meta = run.encoder_recipe()
+        encoder, preset = create_cache_encoder(meta, config.features, run.options.weights)
+        state = {k: v for k, v in selected_weights(run.ckpt).items() if k.startswith("head.")}
+        rows, dim = state["head.weight"].shape
+        if dim != int(meta["dim"]):
+            raise WsmlError(
+                f"the run's head takes {dim} features, cache {config.features!r} gives "
+                f"{meta['dim']}"
+            )
+        classifier = create_classifier(dim, rows, config.seed)
+        classifier.load_state_dict(state)
+        return EncoderHead(encoder, classifier), preset
 
     def step_threads(self, ctx: Context) -> int:
         # a step is a few small ops, where OpenMP's synchronisation costs more than it gains
@@ -180,6 +222,13 @@ class E2ESetting(Setting):
             eval_batch=config.eval_batch_size,
         )
         return with_groups(data, plan)
+
+    def create_network(self, run: TrainedRun) -> tuple[nn.Module, Preset]:
+        """The trained model, planned against the run's shard set (where it is now), as
+        ``eval`` loads it."""
+        model = self.create_trained_model(run.plan, run.saved, run.ckpt)
+        preset = e2e_preset(run.config.preset, run.config.image_size, model.pretrained_cfg)
+        return model, preset
 
     def place(self, model: nn.Module, ctx: Context) -> nn.Module:
         model.to(ctx.device)

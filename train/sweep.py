@@ -38,15 +38,15 @@ from train.build import (
     CHECKPOINT_FORMAT,
     Run,
     Track,
+    create_run,
     create_run_method,
     read_text_embeddings,
     with_provenance,
 )
 from train.context import Context
-from train.ema import Ema
 from train.loop import final_fields, fit_epochs
 from train.methods import stack_members
-from train.optim import MemberOptimizer, create_schedule
+from train.optim import MemberOptimizer
 from train.plan import RunPlan
 from train.runfolder import BEST, MEMBERS, RunFolder, TensorBoardLog, json_safe
 
@@ -147,14 +147,12 @@ def create_groups(plan: RunPlan, data, folder: RunFolder, ctx: Context) -> list[
 
 
 def create_group(members: list[RunPlan], data, folder: RunFolder, text, ctx: Context) -> Run:
-    """One group: members' heads and methods created exactly as separate runs create theirs,
-    then stacked."""
-    from models.heads import create_classifier
-
+    """One group: members' heads (their setting's model) and methods created exactly as
+    separate runs create theirs, then stacked."""
     tracks, methods, heads = [], [], []
     for plan in members:
         cfg, seed = plan.method, plan.config.seed
-        heads.append(create_classifier(plan.feature_dim, plan.num_classes, seed).head)
+        heads.append(plan.setting.create_model(plan)[0].head)
         methods.append(create_run_method(plan, data, text, ctx.device))
         name = f"b{cfg.batch_size}-lr{cfg.lr:g}-s{seed}"
         meta = {
@@ -167,19 +165,8 @@ def create_group(members: list[RunPlan], data, folder: RunFolder, text, ctx: Con
         tracks.append(Track(name, cfg, RunFolder(folder.path / "members" / name), meta=meta))
     model = StackedHeads(heads).to(ctx.device)
     method = stack_members(methods)
-    cfg = members[0].method
-    return Run(
-        plan=members[0],
-        record={},
-        data=data,
-        model=model,
-        net=model,
-        method=method,
-        optimizer=MemberOptimizer(model, tracks, method.extra_parameters()),
-        schedule=create_schedule(cfg, data.steps_per_epoch),
-        tracks=tracks,
-        ema=Ema(model, cfg.ema) if cfg.ema else None,
-    )
+    optimizer = MemberOptimizer(model, tracks, method.extra_parameters())
+    return create_run(members[0], data, model, method, optimizer, tracks, record={})
 
 
 def _sweep_line(folder: RunFolder, log: TensorBoardLog | None, kept: KeptHeads):

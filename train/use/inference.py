@@ -2,6 +2,7 @@
 normalised NCHW float batch -> (N, L) logits, with the run's evaluation preprocessing, built
 once (channels-last: the layout the caches were made in, and the fastest on a CPU).
 
+The run's setting builds the network (``Setting.create_network``, from a :class:`TrainedRun`).
 Linear runs: the encoder that made the run's feature cache, rebuilt from the recipe the run's
 ``config.json`` keeps (``models/rebuild.py``; older runs: the cache's ``meta.json``), then the
 trained head; no shard set is needed. End-to-end runs: the model rebuilt from the checkpoint,
@@ -15,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -24,18 +25,11 @@ from pipelines.presets import Preset
 from shards.base.errors import WsmlError
 from shards.shardset import ShardSet, open_shard_set
 from train.config import RunConfig
-from train.runfolder import BEST, CONFIG, MEMBERS, RunFolder, selected_weights
+from train.runfolder import BEST, CONFIG, MEMBERS, RunFolder
+from train.settings import get_setting
 
-
-class EncoderHead(nn.Module):
-    """A linear run's whole network: the cache's encoder, then the trained classifier."""
-
-    def __init__(self, encoder: nn.Module, classifier: nn.Module):
-        super().__init__()
-        self.encoder, self.classifier = encoder, classifier
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, H, W) -> (N, L)
-        return self.classifier(self.encoder(x))
+if TYPE_CHECKING:
+    from train.plan import RunPlan
 
 
 @dataclass(frozen=True)
@@ -68,6 +62,39 @@ class RunNetwork:
     def shards(self) -> ShardSet:
         """The run's shard set (validation labels for thresholds), opened when first needed."""
         return open_run_shards(self.config, self.shards_path)
+
+
+@dataclass
+class TrainedRun:
+    """A finished run as its setting rebuilds one network from it
+    (``Setting.create_network``): its config, ``config.json`` and selected checkpoint; its
+    shard set and plan are opened only when asked for (a linear run's network needs neither)."""
+
+    config: RunConfig
+    saved: dict[str, Any]  # the run's config.json
+    ckpt: dict[str, Any]
+    options: NetworkOptions
+
+    @cached_property
+    def shard_set(self) -> ShardSet:
+        return open_run_shards(self.config, self.options.shards)
+
+    @cached_property
+    def plan(self) -> RunPlan:
+        """The run as planned, against its shard set where it is now."""
+        from train.run import plan_saved_run
+
+        moved = {**self.saved, "run": {**self.saved["run"], "shards": str(self.shard_set.root)}}
+        return plan_saved_run(self.config.run_dir, moved)
+
+    def encoder_recipe(self) -> dict[str, Any]:
+        """The feature cache's recipe: kept in config.json (runs since 2026-12), else read from
+        the cache's meta.json in the shard set."""
+        if "encoder" in self.saved:
+            return self.saved["encoder"]
+        from shards import caches
+
+        return caches.get_cache(self.shard_set.root, self.config.features)
 
 
 def read_run(run_dir: str | os.PathLike) -> tuple[RunFolder, dict[str, Any], RunConfig]:
@@ -106,11 +133,8 @@ def load_network(
         raise WsmlError(f"{run_dir} has no checkpoint ({BEST}): the run has not finished an epoch")
     ckpt = home.load_checkpoint(BEST)
     classes = list(saved["classes"])
-    if config.setting == "e2e":
-        ss = open_run_shards(config, options.shards)
-        net, preset = _e2e_network(config, saved, ckpt, ss)
-    else:
-        net, preset = _linear_network(config, saved, ckpt, options)
+    trained = TrainedRun(config, saved, ckpt, options)
+    net, preset = get_setting(config.setting).create_network(trained)
     if hasattr(net, "inference_module"):  # constants folded (HSPNet's class features)
         with torch.no_grad():
             net = net.eval().inference_module()
@@ -192,44 +216,6 @@ def _provenance(folder: RunFolder, ckpt_path: Path, member: str | None, ckpt) ->
         "member": member,
         "wsml_version": shards.__version__,
     }
-
-
-def _e2e_network(config, saved, ckpt, ss: ShardSet) -> tuple[nn.Module, Preset]:
-    from train.data import e2e_preset
-    from train.run import create_trained_model, plan_saved_run
-
-    moved = {**saved, "run": {**saved["run"], "shards": str(ss.root)}}
-    plan = plan_saved_run(config.run_dir, moved)  # the run as planned, against its shard set
-    model = create_trained_model(plan, saved, ckpt)
-    preset = e2e_preset(config.preset, config.image_size, model.pretrained_cfg)
-    return model, preset
-
-
-def encoder_recipe(saved: dict[str, Any], config: RunConfig, shards: str | None) -> dict:
-    """The feature cache's recipe: kept in config.json (runs since 2026-12), else read from the
-    cache's meta.json in the shard set."""
-    if "encoder" in saved:
-        return saved["encoder"]
-    from shards import caches
-
-    return caches.get_cache(open_run_shards(config, shards).root, config.features)
-
-
-def _linear_network(config, saved, ckpt, options: NetworkOptions) -> tuple[nn.Module, Preset]:
-    from models.heads import create_classifier
-    from models.rebuild import create_cache_encoder
-
-    meta = encoder_recipe(saved, config, options.shards)
-    encoder, preset = create_cache_encoder(meta, config.features, options.weights)
-    state = {k: v for k, v in selected_weights(ckpt).items() if k.startswith("head.")}
-    rows, dim = state["head.weight"].shape
-    if dim != int(meta["dim"]):
-        raise WsmlError(
-            f"the run's head takes {dim} features, cache {config.features!r} gives {meta['dim']}"
-        )
-    classifier = create_classifier(dim, rows, config.seed)
-    classifier.load_state_dict(state)
-    return EncoderHead(encoder, classifier), preset
 
 
 def _check_classes(net: nn.Module, preset: Preset, num_classes: int, run_dir) -> None:
