@@ -229,6 +229,7 @@ def class_line(classes: list[str], shown: int = 10) -> str:
 @expected_errors
 def observe(shards_dir, regime, seed, fraction, num_pos, num_neg, bias, class_weights, **flips):
     """Add an observed-label view (a label regime) to a shard set; tars are not touched."""
+    from shards.base.fileio import folder_lock
     from shards.bias import read_class_weights
     from shards.regimes import create_regime
     from shards.shardset import open_shard_set
@@ -239,7 +240,8 @@ def observe(shards_dir, regime, seed, fraction, num_pos, num_neg, bias, class_we
     given = dict(seed=seed, fraction=fraction, num_pos=num_pos, num_neg=num_neg, bias=bias)
     given.update(class_weights=weights, **flips)
     r = create_regime(regime, **{k: v for k, v in given.items() if v is not None})
-    meta = write_regime_view(ss.root, r, len(ss.classes))
+    with folder_lock(ss.root):  # one writer of a shard set: shard (--overwrite), observe
+        meta = write_regime_view(ss.root, r, len(ss.classes))
     rows = ", ".join(f"{k} {v['rows']}" for k, v in meta["splits"].items())
     click.echo(f"wrote observed/{meta['view']} ({rows})")
 

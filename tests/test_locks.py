@@ -71,6 +71,19 @@ def test_a_second_shard_through_a_symlink_is_refused(tmp_path, held):
     assert not real.exists()
 
 
+def test_observe_is_refused_while_another_process_writes_the_shard_set(tmp_path, held):
+    """A view added while another command writes the set (a ``shard --overwrite``, another
+    ``observe``) is refused before anything is written, naming the holder."""
+    root = make_coco(tmp_path / "coco", n_train=8, n_val=4)
+    real, (latest, *_) = aliases(tmp_path)
+    assert shard_cli(root, real).exit_code == 0
+    pid = held(real)
+    args = ["observe", str(latest), "partial", "--fraction", "0.5"]
+    assert_refused(CliRunner().invoke(cli.main, args), str(latest), f"pid {pid}")
+    assert not (real / "observed" / "partial-p0.5").exists()
+    assert sorted(p.name for p in (real / "observed").iterdir()) == ["single-positive"]
+
+
 def test_a_symlink_to_a_folder_not_made_yet_is_written_through(tmp_path):
     root = make_coco(tmp_path / "coco", n_train=8, n_val=4)
     real, (latest, *_) = aliases(tmp_path)
