@@ -80,6 +80,14 @@ def test_each_setting_rebuilds_its_finished_run(setup, tmp_path, name):
     assert tuple(out.shape) == (2, len(saved["classes"]))
 
 
+def test_an_e2e_network_keeps_the_shard_set_its_setting_opened(setup):
+    """predict's thresholds read the validation labels of the shard set the e2e setting planned
+    against: the same object, not a second opening (a linear run opens none until asked)."""
+    e2e = load_network(setup["e2e"], NetworkOptions(shards=str(setup["shards"])))
+    assert "shards" in vars(e2e) and e2e.shards.root == open_shard_set(setup["shards"]).root
+    assert "shards" not in vars(load_network(setup["linear"]))
+
+
 def test_predict_on_a_folder_of_the_same_jpegs(setup, tmp_path):
     shards_out, folder_out = tmp_path / "s.parquet", tmp_path / "f.csv"
     run = setup["linear"]

@@ -142,7 +142,10 @@ def load_network(
     net = net.to(options.device).eval().requires_grad_(False)
     net = net.to(memory_format=torch.channels_last)
     provenance = _provenance(folder, ckpt_path, member, ckpt)
-    return RunNetwork(net, preset, classes, config, saved, home, provenance, options.shards)
+    run = RunNetwork(net, preset, classes, config, saved, home, provenance, options.shards)
+    if "shard_set" in vars(trained):  # opened by the setting (e2e): thresholds read the same
+        run.shards = trained.shard_set
+    return run
 
 
 def _home(folder: RunFolder, config: RunConfig, member: str | None):
