@@ -85,4 +85,5 @@ if __name__ == "__main__":
             if e.code not in (None, 0) and not isinstance(e.code, int):
                 print(e.code, file=sys.stderr)
             end_rank(e.code)
-    main()
+    else:
+        main()

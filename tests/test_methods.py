@@ -249,8 +249,9 @@ def test_contract_stacked_members_equal_their_own_runs(name, regime):
 )
 def test_stacked_members_copy_only_what_their_loss_reads(name, full):
     """The stacked batch: every member's copy of the labels, rows offset per member; never the
-    model's input, the CLIP tiles only for a method that reads them (AEVLP), and the clean labels only for a method that trains on them (BCE) or counts
-    its label changes against them (EM+APL's pseudo-negatives)."""
+    model's input, the CLIP tiles only for a method that reads them (AEVLP), and the clean
+    labels only for a method that trains on them (BCE) or counts its label changes against them
+    (EM+APL's pseudo-negatives)."""
     from train.methods import stack_members
 
     stacked = stack_members([build(name, "single-positive")[0] for _ in range(3)])
