@@ -107,7 +107,21 @@ def object_weights(boxes, width: int, height: int) -> tuple[float, float]:
     ``(area, (x, y, w, h))``: area fraction of the image, and the sum of 1/d (pixels)."""
     size = sum(a for a, _ in boxes) / float(width * height)
     location = 0.0
-    for _, (x, y, w, h) in boxes:
-        d = float(np.hypot(x + w / 2 - width / 2, y + h / 2 - height / 2))
-        location += 1.0 / (d if d > 0 else NEAR_CENTRE)
+    for inv in inverse_distances(
+        [b for _, b in boxes], [width] * len(boxes), [height] * len(boxes)
+    ):
+        location += inv
     return size, location
+
+
+def inverse_distances(boxes, widths, heights) -> list[float]:
+    """1/d of every box ``(x, y, w, h)`` in an image of ``widths[k] x heights[k]``, d the
+    distance in pixels from the box centre to the image centre (d = 0 counts as
+    ``NEAR_CENTRE``). One array expression for all boxes; each value is the scalar formula's
+    to the bit (the same float64 operations in the same order)."""
+    if not len(boxes):
+        return []
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    w, h = np.asarray(widths, dtype=np.float64), np.asarray(heights, dtype=np.float64)
+    d = np.hypot(b[:, 0] + b[:, 2] / 2 - w / 2, b[:, 1] + b[:, 3] / 2 - h / 2)
+    return (1.0 / np.where(d > 0, d, NEAR_CENTRE)).tolist()

@@ -51,6 +51,15 @@ class OfficialLabels:
         return np.flatnonzero(mask)
 
 
+def _negative_counts(labels: OfficialLabels) -> np.ndarray:
+    """int64 (N,): every row's number of negatives (:meth:`OfficialLabels.num_negatives`)."""
+    pos, neg = labels.positives, labels.negatives
+    counts = np.diff(neg.offsets)
+    if neg.valid is not None:
+        counts = np.where(neg.valid, counts, labels.num_classes - np.diff(pos.offsets))
+    return counts
+
+
 _EMPTY = np.zeros(0, dtype=np.int64)
 _STAND_INS: dict[int, np.ndarray] = {}
 
@@ -106,21 +115,33 @@ class SinglePositive:
             return generate_biased(self, labels)
         # A fresh RandomState per official split; row by row: shuffle the positives and keep the
         # first num_pos, then shuffle the negatives even when none are kept (the draw advances
-        # the RNG, and skipping it would change every later row).
+        # the RNG, and skipping it would change every later row). A shuffle of 0 or 1 items
+        # draws nothing, so such rows skip it.
         rng = np.random.RandomState(self.seed)
-        pos_out, neg_out = ListsBuilder(), ListsBuilder()
-        for i in range(len(labels.positives)):
-            idx_pos = np.sort(labels.positives.row(i))  # a copy, ascending like np.where
-            rng.shuffle(idx_pos)
-            pos_out.append(np.sort(idx_pos[: self.num_pos]))
+        pos = labels.positives
+        offsets, num_neg = pos.offsets.tolist(), _negative_counts(labels).tolist()
+        lengths, flat = [0], []
+        neg_out = ListsBuilder()
+        for i in range(len(pos)):
+            lo, hi = offsets[i], offsets[i + 1]
+            if hi - lo > 1:
+                idx_pos = np.sort(pos.values[lo:hi])  # a copy, ascending like np.where
+                rng.shuffle(idx_pos)
+                kept = np.sort(idx_pos[: self.num_pos]).tolist()
+            else:
+                kept = pos.values[lo:hi].tolist()
+            lengths.append(len(kept))
+            flat.extend(kept)
             if self.num_neg:
                 idx_neg = labels.negatives_of(i)
                 rng.shuffle(idx_neg)
                 neg_out.append(np.sort(idx_neg[: self.num_neg]))
-            else:  # the draws depend on the length alone: shuffle a stand-in of that length
-                rng.shuffle(_stand_in(labels.num_negatives(i)))
-                neg_out.append(_EMPTY)
-        return pos_out.build(), neg_out.build()
+            elif num_neg[i] > 1:  # the draws depend on the length alone: shuffle a stand-in
+                rng.shuffle(_stand_in(num_neg[i]))
+        kept_pos = Lists(np.cumsum(np.asarray(lengths, np.int64)), np.asarray(flat, np.int64))
+        if not self.num_neg:
+            return kept_pos, Lists(np.zeros(len(pos) + 1, np.int64), _EMPTY)
+        return kept_pos, neg_out.build()
 
     def audit_counts(self, clean: np.ndarray, observed: np.ndarray) -> dict[str, int]:
         """What ``audit`` sums over a view's rows (int8 (N, L) clean and observed labels)."""

@@ -32,6 +32,7 @@ class Probe:
     height: int
     size: int  # bytes on disk
     is_jpeg: bool
+    mtime_ns: int = -1  # modification time of the file probed (-1: not from a file)
 
 
 def parse_jpeg_header(head: bytes) -> tuple[int, int, int]:
@@ -106,18 +107,19 @@ def probe_file(path: str, check: str = "header") -> Probe:
 
 
 def _probe_fd(fd: int, check: str) -> Probe:
-    size = os.fstat(fd).st_size
+    st = os.fstat(fd)
+    size = st.st_size
     head = os.pread(fd, HEAD_BYTES, 0)
     if check == "decode" or size <= len(head) or head[:2] != b"\xff\xd8":
-        return _probe_full(_pread_all(fd, size), size, check)
+        return _probe_full(_pread_all(fd, size), size, check, st.st_mtime_ns)
     try:
         width, height, sos = parse_jpeg_header(head)
     except _Incomplete:  # very large APP segments: read it all
-        return _probe_full(_pread_all(fd, size), size, check)
+        return _probe_full(_pread_all(fd, size), size, check, st.st_mtime_ns)
     if os.pread(fd, 2, size - 2) != b"\xff\xd9":  # bytes after EOI happen; look for it
         if _pread_all(fd, size).rfind(b"\xff\xd9", sos) < 0:
             raise BadImage("truncated JPEG (no EOI marker after the image data)")
-    return Probe(width, height, size, True)
+    return Probe(width, height, size, True, st.st_mtime_ns)
 
 
 def _pread_all(fd: int, size: int) -> bytes:
@@ -128,16 +130,16 @@ def _pread_all(fd: int, size: int) -> bytes:
     return b"".join(parts)
 
 
-def _probe_full(data: bytes, size: int, check: str) -> Probe:
+def _probe_full(data: bytes, size: int, check: str, mtime_ns: int = -1) -> Probe:
     if size == 0:
         raise BadImage("empty file")
     if data[:2] == b"\xff\xd8":
         width, height = probe_bytes(data)
         if check == "decode":
             decode_check(data)
-        return Probe(width, height, size, True)
+        return Probe(width, height, size, True, mtime_ns)
     width, height = decode_check(data)  # PNG, WebP, ...: usable, stored re-encoded as JPEG
-    return Probe(width, height, size, False)
+    return Probe(width, height, size, False, mtime_ns)
 
 
 def decode_check(data: bytes) -> tuple[int, int]:

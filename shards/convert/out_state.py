@@ -46,7 +46,7 @@ def start_output(out: Path, state: str, identity: str, source: Source, scans, cl
     write_json_atomic(out / PROGRESS / "identity.json", {"identity": identity})
     for split, scan in zip(source.splits, scans, strict=True):
         cache_scan(out, split.name, scan)
-        write_seen(out / PROGRESS, split)
+        write_seen(out / PROGRESS, split, scan)
 
 
 def output_identity(source: Source, options: ShardOptions, converter_options: dict) -> str:

@@ -41,12 +41,17 @@ class Keys:
 
     def __init__(self, records, idx: np.ndarray):
         hashes = np.zeros(len(idx), np.uint64)
+        changed = 0  # hints the sanitizer changed (their keys get a hash appended)
         for start in range(0, len(idx), self.CHUNK):
             hints = records.key_hints(idx[start : start + self.CHUNK].tolist())
-            hashes[start : start + len(hints)] = [_hash64(_sanitize(h)) for h in hints]
+            safe = [_sanitize(h) for h in hints]
+            changed += sum(a != b for a, b in zip(safe, hints, strict=True))
+            hashes[start : start + len(hints)] = [_hash64(k) for k in safe]
         values, counts = np.unique(hashes, return_counts=True)
         self._colliding = set(values[counts > 1].tolist())
         self._records = records
+        if not (changed or self._colliding):
+            return  # every key is its own hint, and no two hints are alike
         final = np.zeros(len(idx), np.uint64)
         for start in range(0, len(idx), self.CHUNK):
             keys = self(idx[start : start + self.CHUNK].tolist())
@@ -55,12 +60,13 @@ class Keys:
             raise ValueError("two records of one split have the same key and source id")
 
     def __call__(self, idx) -> list[str]:
+        hints = self._records.key_hints(idx)
+        safe = [_sanitize(h) for h in hints]
+        if not self._colliding and safe == hints:
+            return safe
         out = []
-        for hint, sid in zip(
-            self._records.key_hints(idx), self._records.source_ids(idx), strict=True
-        ):
-            key = _sanitize(hint)
-            if key != hint or _hash64(key) in self._colliding:
+        for hint, key, sid in zip(hints, safe, self._records.source_ids(idx), strict=True):
+            if key != hint or (self._colliding and _hash64(key) in self._colliding):
                 key = f"{key[: KEY_MAX - 11]}-{hashlib.sha1(sid.encode()).hexdigest()[:10]}"
             out.append(key)
         return out

@@ -36,9 +36,11 @@ class ScanResult:
     nbytes: np.ndarray  # int64 (N,)
     is_jpeg: np.ndarray  # bool (N,)
     reasons: dict[int, str]  # record index -> why it is bad
+    mtime_ns: np.ndarray | None = None  # int64 (N,): the OK images' times as probed
 
     def to_npz(self) -> dict[str, np.ndarray]:
         idx = np.array(sorted(self.reasons), dtype=np.int64)
+        times = {} if self.mtime_ns is None else {"mtime_ns": self.mtime_ns}
         return {
             "status": self.status,
             "width": self.width,
@@ -47,12 +49,14 @@ class ScanResult:
             "is_jpeg": self.is_jpeg,
             "bad_index": idx,
             "bad_reason": np.array([self.reasons[i] for i in idx.tolist()], dtype=str),
+            **times,
         }
 
     @classmethod
     def from_npz(cls, z) -> ScanResult:
         reasons = dict(zip(z["bad_index"].tolist(), z["bad_reason"].tolist(), strict=True))
-        return cls(z["status"], z["width"], z["height"], z["nbytes"], z["is_jpeg"], reasons)
+        times = z["mtime_ns"] if "mtime_ns" in z.files else None
+        return cls(z["status"], z["width"], z["height"], z["nbytes"], z["is_jpeg"], reasons, times)
 
 
 def _probe_chunk(args: tuple[Sequence[str], str]) -> list[tuple]:
@@ -61,11 +65,11 @@ def _probe_chunk(args: tuple[Sequence[str], str]) -> list[tuple]:
     for path in paths:
         try:
             p = probe_file(path, check)
-            out.append((OK, p.width, p.height, p.size, p.is_jpeg, ""))
+            out.append((OK, p.width, p.height, p.size, p.is_jpeg, p.mtime_ns, ""))
         except BadImage as e:  # a missing file is told apart only here, on the rare path
             status = BAD if os.path.isfile(path) else MISSING
             why = str(e) if status == BAD else "missing"
-            out.append((status, 0, 0, 0, False, why))
+            out.append((status, 0, 0, 0, False, -1, why))
     return out
 
 
@@ -80,17 +84,19 @@ def scan_images(
     status = np.zeros(n, np.int8)
     width, height = np.zeros(n, np.int32), np.zeros(n, np.int32)
     nbytes, is_jpeg = np.zeros(n, np.int64), np.zeros(n, bool)
+    mtime_ns = np.full(n, -1, np.int64)
     reasons: dict[int, str] = {}
     chunks = ((records.paths(range(i, min(n, i + CHUNK))), check) for i in range(0, n, CHUNK))
     start = 0
     for part in workers.map(_probe_chunk, chunks):
-        for k, (st, w, h, size, jpeg, why) in enumerate(part, start):
+        for k, (st, w, h, size, jpeg, mtime, why) in enumerate(part, start):
             status[k], width[k], height[k], nbytes[k], is_jpeg[k] = st, w, h, size, jpeg
+            mtime_ns[k] = mtime
             if st == BAD:
                 reasons[k] = why
         start += len(part)
         on_progress(len(part))
-    return ScanResult(status, width, height, nbytes, is_jpeg, reasons)
+    return ScanResult(status, width, height, nbytes, is_jpeg, reasons, mtime_ns)
 
 
 class Workers:

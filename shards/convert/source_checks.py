@@ -84,12 +84,14 @@ def missing_lines(out, report: dict) -> list[str]:
     ]
 
 
-def stat_images(records) -> np.ndarray:
-    """int64 (N, 2): size in bytes and mtime in ns of every record's image (-1: absent), what
-    an interrupted conversion saw, so a resume can tell that the source changed since."""
-    out = np.full((len(records), 2), -1, np.int64)
-    for i in range(0, len(records), CHUNK):
-        for j, path in enumerate(records.paths(range(i, min(len(records), i + CHUNK)))):
+def stat_images(records, idx=None) -> np.ndarray:
+    """int64 (N, 2): size in bytes and mtime in ns of every record's image (or of the records
+    ``idx``; -1: absent), what an interrupted conversion saw, so a resume can tell that the
+    source changed since."""
+    idx = range(len(records)) if idx is None else idx
+    out = np.full((len(idx), 2), -1, np.int64)
+    for i in range(0, len(idx), CHUNK):
+        for j, path in enumerate(records.paths(idx[i : i + CHUNK])):
             try:
                 st = os.stat(path)
             except OSError:
@@ -98,13 +100,24 @@ def stat_images(records) -> np.ndarray:
     return out
 
 
-def write_seen(progress: Path, split) -> None:
+def seen_images(records, scan) -> np.ndarray:
+    """:func:`stat_images` from what the image check saw (its sizes and times), with only the
+    images it did not read (missing, bad) looked at again."""
+    if scan.mtime_ns is None:  # a check kept by an interrupted run of an older version
+        return stat_images(records)
+    out = np.stack([scan.nbytes, scan.mtime_ns], axis=1).astype(np.int64)
+    other = np.flatnonzero(scan.mtime_ns < 0)
+    out[other] = stat_images(records, other.tolist())
+    return out
+
+
+def write_seen(progress: Path, split, scan) -> None:
     """Record what an official split's images are now (``progress/seen-SPLIT.npy``)."""
     path = progress / f"seen-{split.name}.npy"
     tmp = tmp_path_for(path)
     with removed_on_error(tmp, path):
         with open(tmp, "wb") as f:
-            np.save(f, stat_images(split.records))
+            np.save(f, seen_images(split.records, scan))
         publish(tmp, path)
 
 

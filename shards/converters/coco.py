@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shards.base.errors import WsmlError
-from shards.bias import object_weights
+from shards.bias import inverse_distances
 from shards.convert.source import (
     ConverterInfo,
     OfficialSplit,
@@ -169,54 +169,64 @@ def _split(name, role, data, image_dir: Path, path: Path, keep_empty: bool) -> O
     images = {im[0]: im[1] for im in data["images"]}  # id -> file name
     labels: dict[int, set[int]] = {}
     for ann_id, image_id, cat, _, _ in data["annotations"]:
-        if cat not in index:
+        c = index.get(cat)
+        if c is None:
             raise WsmlError(
                 f"annotation {ann_id} of image {image_id} in {path} has unknown "
                 f"category id {cat}; known ids: {sorted(index)}"
             )
         if image_id not in images:
             raise WsmlError(f"annotation {ann_id} in {path} names unknown image id {image_id}")
-        labels.setdefault(image_id, set()).add(index[cat])
+        classes = labels.get(image_id)
+        if classes is None:
+            labels[image_id] = {c}
+        else:
+            classes.add(c)
     weights = _box_weights(data, index)
     ids = images if keep_empty else labels
-    order = sorted(str(i) for i in ids)  # sorted as strings, as the field's formatter does
     by_str = {str(i): i for i in ids}
-    records, folder = [], str(image_dir)
-    for sid in order:
-        file_name = check_name(images[by_str[sid]], f"{path}, image id {sid}")
-        positives = tuple(sorted(labels.get(by_str[sid], ())))
+    records, folder = [], os.path.join(str(image_dir), "")
+    for sid in sorted(by_str):  # sorted as strings, as the field's formatter does
+        image_id = by_str[sid]
+        file_name = check_name(images[image_id], f"{path}, image id {sid}")
+        positives = tuple(sorted(labels.get(image_id, ())))
         extra = ()
         if weights is not None:
-            per_class = weights.get(by_str[sid], {})
-            extra = tuple(tuple(per_class[c][k] for c in positives) for k in (0, 1))
-        records.append(
-            Record(
-                source_id=sid,
-                path=os.path.join(folder, file_name),
-                key_hint=os.path.splitext(file_name)[0].replace("/", "_"),
-                positives=positives,
-                extra=extra,
-            )
-        )
+            per_class = weights.get(image_id, {})
+            pairs = [per_class[c] for c in positives]
+            extra = (tuple(s for s, _ in pairs), tuple(loc for _, loc in pairs))
+        hint = os.path.splitext(file_name)[0].replace("/", "_")
+        records.append(Record(sid, folder + file_name, hint, positives, None, extra))
     return OfficialSplit(name, role, tuple(records))
 
 
 def _box_weights(data: dict, index: dict) -> dict | None:
     """Per image and class, the (size, location) weights of the biased single-positive
     protocols (:mod:`shards.bias`); None when any annotation lacks its box or area, or any
-    image its size (such a source has no box columns)."""
+    image its size (such a source has no box columns). Summed in annotation order, as
+    :func:`shards.bias.object_weights` sums one class's instances."""
     sizes = {im[0]: (im[2], im[3]) for im in data["images"]}
     if any(not w or not h for w, h in sizes.values()):
         return None
-    boxes: dict[int, dict[int, list]] = {}
-    for _, image_id, cat, area, bbox in data["annotations"]:
-        if area is None or not isinstance(bbox, list) or len(bbox) != 4:
-            return None
-        boxes.setdefault(image_id, {}).setdefault(index[cat], []).append((area, bbox))
-    return {
-        i: {c: object_weights(b, *sizes[i]) for c, b in per_class.items()}
-        for i, per_class in boxes.items()
-    }
+    anns = data["annotations"]
+    if any(area is None or not isinstance(bbox, list) or len(bbox) != 4 for *_, area, bbox in anns):
+        return None
+    dims = [sizes[image_id] for _, image_id, *_ in anns]
+    inverse = inverse_distances([a[4] for a in anns], *zip(*dims, strict=True)) if anns else []
+    sums: dict[int, dict[int, list]] = {}
+    for (_, image_id, cat, area, _), inv in zip(anns, inverse, strict=True):
+        per_class = sums.setdefault(image_id, {})
+        acc = per_class.get(index[cat])
+        if acc is None:
+            per_class[index[cat]] = [0 + area, 0.0 + inv]
+        else:
+            acc[0] += area
+            acc[1] += inv
+    out = {}
+    for i, per_class in sums.items():
+        pixels = float(sizes[i][0] * sizes[i][1])
+        out[i] = {c: (area / pixels, location) for c, (area, location) in per_class.items()}
+    return out
 
 
 def _open_coco2014(root: Path, opts: Coco2014Options) -> Source:
