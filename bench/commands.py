@@ -51,14 +51,23 @@ from train.setting_names import SETTINGS
     show_default=True,
     help="Alternating rounds (tar, tar + fsync, shard, shard --no-fsync each once a round).",
 )
+@click.option(
+    "--baseline",
+    type=click.Path(file_okay=False, exists=True),
+    help="Another wsml checkout (e.g. made with `git worktree add /tmp/base COMMIT`): its "
+    "`cli.py shard` runs in the same rounds, with this interpreter, and the speed ratio to it "
+    "is printed.",
+)
 @markdown_option("shard")
 @expected_errors
-def bench_shard(images, workdir, workers, rss_sizes, repeats, markdown):
+def bench_shard(images, workdir, workers, rss_sizes, repeats, baseline, markdown):
     """Shard a generated dataset vs a plain `tar cf` of the same files; peak RSS at two sizes."""
     from bench.shard import run_shard_bench, shard_tables
 
     sizes = tuple(x for x in rss_sizes if x > 0)
-    result = run_shard_bench(images, workdir, workers, sizes, echo=click.echo, repeats=repeats)
+    result = run_shard_bench(
+        images, workdir, workers, sizes, echo=click.echo, repeats=repeats, baseline=baseline
+    )
     if markdown is not None:
         markdown.write(shard_tables(result))
 

@@ -43,14 +43,18 @@ def run_shard_bench(
     echo: Callable[[str], None] = print,
     *,
     repeats: int = 3,
+    baseline: str | None = None,
 ) -> dict:
     """Run the benchmark, print its figures and return them as a dict.
 
     Generated datasets stay in ``workdir`` when it is given (a temporary folder is removed);
     the tar copy and every shard output are removed after each repetition either way.
+    ``baseline``: another wsml checkout whose ``cli.py shard`` runs in the same rounds (with
+    this interpreter), so two versions are compared on one machine in one run.
     """
     if images < 2 or repeats < 1 or workers < 1:
         raise WsmlError("bench shard needs --images >= 2, --workers >= 1 and repeats >= 1")
+    base_cli = _baseline_cli(baseline)
     own = workdir is None
     work = Path(tempfile.mkdtemp(prefix="wsml-bench-")) if own else Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -58,12 +62,24 @@ def run_shard_bench(
     try:
         result = {"machine": machine_info(), "workdir": str(work), "kept": not own}
         echo(_machine_line(result["machine"], workers))
-        result["throughput"] = _throughput(work, images, workers, repeats, echo)
+        result["throughput"] = _throughput(work, images, workers, repeats, echo, base_cli)
         result["rss"] = _rss(work, rss_sizes, workers, echo) if rss_sizes else None
         return result
     finally:
         if own:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _baseline_cli(checkout: str | None) -> Path | None:
+    if checkout is None:
+        return None
+    cli = Path(checkout).resolve() / "cli.py"
+    if not cli.is_file() or not (cli.parent / "shards").is_dir():
+        raise WsmlError(
+            f"--baseline {checkout} is not a wsml checkout (expected cli.py and shards/ in it), "
+            "e.g. one made with: git worktree add /tmp/wsml-base <commit>"
+        )
+    return cli
 
 
 def _remove_ours(work: Path, rss_sizes: Sequence[int]) -> None:
@@ -78,17 +94,19 @@ def _remove_ours(work: Path, rss_sizes: Sequence[int]) -> None:
 # ---------------------------------------------------------------- throughput
 
 
-def shard_command(root: Path, out: Path, workers: int, *extra: str) -> list[str]:
+def shard_command(root: Path, out: Path, workers: int, *extra: str, cli: Path = CLI) -> list[str]:
     """What a user runs: ``python cli.py shard`` with default options (plus ``extra``)."""
     args = ["shard", "--dataset", "coco", "--root", str(root), "--out", str(out)]
-    return [sys.executable, str(CLI), *args, "--workers", str(workers), *extra]
+    return [sys.executable, str(cli), *args, "--workers", str(workers), *extra]
 
 
 def _run_timed(cmd: list[str], what: str, fsync: Path | None = None) -> float:
-    """Seconds to run ``cmd`` (and to fsync its output ``fsync``, like ``tar cf && sync F``)."""
+    """Seconds to run ``cmd`` (and to fsync its output ``fsync``, like ``tar cf && sync F``).
+    It runs in the folder of its script (a checkout's ``cli.py`` imports that checkout)."""
     os.sync()  # start each repetition with no dirty pages of the previous one
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    cwd = Path(cmd[1]).parent if cmd[0] == sys.executable else None
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
     if fsync is not None and not proc.returncode:
         fd = os.open(fsync, os.O_RDONLY)
         os.fsync(fd)
@@ -105,7 +123,9 @@ def _tree_size(path: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
-def _throughput(work: Path, images: int, workers: int, repeats: int, echo) -> dict:
+def _throughput(
+    work: Path, images: int, workers: int, repeats: int, echo, base_cli: Path | None = None
+) -> dict:
     root, tar_out, out = work / DATA, work / TAR_OUT, work / SHARD_OUT
     t0 = time.perf_counter()
     src_bytes = write_coco_dataset(root, images, jpeg_pool(0, POOL, (440, 520), (330, 400)))
@@ -115,25 +135,34 @@ def _throughput(work: Path, images: int, workers: int, repeats: int, echo) -> di
         f" KB) in {root} in {time.perf_counter() - t0:.1f}s; page cache warmed"
     )
     tar_cmd = ["tar", "cf", str(tar_out), "-C", str(root), "train", "val"]
-    secs: dict[str, list[float]] = {"tar": [], "tar_fsync": [], "shard": [], "shard_nofsync": []}
+    shards = {"shard": shard_command(root, out, workers)}
+    shards["shard_nofsync"] = shard_command(root, out, workers, "--no-fsync")
+    if base_cli is not None:
+        shards["baseline"] = shard_command(root, out, workers, cli=base_cli)
+    for key, cmd in shards.items():  # untimed: each command's modules read (and compiled) once
+        if key != "shard_nofsync":
+            _run_timed(cmd, f"{key} (warm-up)")
+            shutil.rmtree(out)
+    secs: dict[str, list[float]] = {k: [] for k in ("tar", "tar_fsync", *shards)}
     produced = (0, 0)
     for _ in range(repeats):  # alternate, so drifts of the machine hit all alike
         secs["tar"].append(_run_timed(tar_cmd, "tar cf"))
         tar_out.unlink()
         secs["tar_fsync"].append(_run_timed(tar_cmd, "tar cf", fsync=tar_out))
         tar_out.unlink()
-        secs["shard"].append(_run_timed(shard_command(root, out, workers), "cli.py shard"))
-        produced = _tree_size(out)
-        shutil.rmtree(out)
-        cmd = shard_command(root, out, workers, "--no-fsync")
-        secs["shard_nofsync"].append(_run_timed(cmd, "cli.py shard --no-fsync"))
-        shutil.rmtree(out)
+        for key, cmd in shards.items():
+            secs[key].append(_run_timed(cmd, f"cli.py shard ({key})"))
+            if key == "shard":
+                produced = _tree_size(out)
+            shutil.rmtree(out)
     res = {"images": images, "source_bytes": src_bytes, "workers": workers, "repeats": repeats}
     res.update({k: _figures(v, images, src_bytes) for k, v in secs.items()})
+    res["baseline_checkout"] = None if base_cli is None else str(base_cli.parent)
     # images/s against tar's, per round (each round alternates all four): median and range
     res["ratios"] = {
         name: summarize_ratios([t / s for t, s in zip(secs[base], secs[key], strict=True)])
         for name, (key, base) in RATIOS.items()
+        if key in secs and base in secs
     }
     res["ratio"] = res["ratios"]["shard"]["median"]
     res["ratio_vs_tar_fsync"] = res["ratios"]["shard_vs_tar_fsync"]["median"]
@@ -165,8 +194,9 @@ def _print_throughput(r: dict, echo) -> None:
         ("tar cf + fsync (reference)", "tar_fsync"),
         (f"cli.py shard --workers {r['workers']}", "shard"),
         ("  ... --no-fsync", "shard_nofsync"),
+        ("  ... of --baseline", "baseline"),
     )
-    for name, key in rows:
+    for name, key in [row for row in rows if row[1] in r]:
         f = r[key]
         runs = " ".join(f"{s:.2f}" for s in f["seconds"])
         echo(
@@ -180,6 +210,11 @@ def _print_throughput(r: dict, echo) -> None:
         f">= {r['goal_ratio']}); shard/(tar + fsync): {ratio['shard_vs_tar_fsync']}; "
         f"shard --no-fsync/tar: {ratio['shard_nofsync']}"
     )
+    if "baseline" in r:
+        echo(
+            f"  baseline: {r['baseline_checkout']}; its shard/tar: {ratio['baseline']}; "
+            f"this checkout's speed over the baseline's: {ratio['shard_vs_baseline']}"
+        )
 
 
 ROWS = (
@@ -187,6 +222,7 @@ ROWS = (
     ("`tar cf` + fsync", "tar_fsync"),
     ("`cli.py shard` (default: every shard fsynced)", "shard"),
     ("`cli.py shard --no-fsync`", "shard_nofsync"),
+    ("`cli.py shard` of the `--baseline` checkout", "baseline"),
 )
 # ratio -> (contender, base): the base's time over the contender's, its images/s over the base's
 RATIOS = {
@@ -194,6 +230,8 @@ RATIOS = {
     "shard": ("shard", "tar"),
     "shard_nofsync": ("shard_nofsync", "tar"),
     "shard_vs_tar_fsync": ("shard", "tar_fsync"),
+    "baseline": ("baseline", "tar"),
+    "shard_vs_baseline": ("shard", "baseline"),
 }
 
 
@@ -202,7 +240,7 @@ def shard_tables(r: dict) -> list[Table]:
     t = r["throughput"]
     head = f"{t['images']:,} JPEGs, {t['source_bytes'] / 1e6:.0f} MB"
     rows = []
-    for name, key in ROWS:
+    for name, key in [row for row in ROWS if row[1] in t]:
         f = t[key]
         ratio = "1.00" if key == "tar" else format_ratio(t["ratios"][key], "")
         if key == "shard":

@@ -6,7 +6,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.shard import DATA, RSS_DATA, SHARD_OUT, TAR_OUT, jpeg_pool, run_shard_bench
+import pytest
+
+from bench.shard import (
+    DATA,
+    RSS_DATA,
+    SHARD_OUT,
+    TAR_OUT,
+    jpeg_pool,
+    run_shard_bench,
+    shard_tables,
+)
+from shards.base.errors import WsmlError
 
 
 def test_bench_shard_smoke(tmp_path: Path) -> None:
@@ -58,3 +69,24 @@ def test_jpeg_pool_is_realistic_and_distinct() -> None:
     assert len(set(b for b, _, _ in pool)) == 8
     assert all(b[:2] == b"\xff\xd8" for b, _, _ in pool)
     assert 40_000 < sum(sizes) / len(sizes) < 130_000
+
+
+def test_bench_shard_baseline_checkout(tmp_path: Path) -> None:
+    """--baseline runs another checkout's cli.py shard in the same rounds (here: this one)."""
+    project = Path(__file__).resolve().parents[1]
+    lines: list[str] = []
+    r = run_shard_bench(
+        20, str(tmp_path), 1, (), echo=lines.append, repeats=2, baseline=str(project)
+    )
+    t = r["throughput"]
+    assert t["baseline_checkout"] == str(project) and len(t["baseline"]["seconds"]) == 2
+    assert len(t["ratios"]["shard_vs_baseline"]["runs"]) == 2
+    assert any("this checkout's speed over the baseline's" in line for line in lines)
+    rows = [row[0] for row in shard_tables(r)[0].rows]
+    assert rows[-1] == "`cli.py shard` of the `--baseline` checkout"
+    assert not (tmp_path / SHARD_OUT).exists()
+
+
+def test_bench_shard_baseline_must_be_a_checkout(tmp_path: Path) -> None:
+    with pytest.raises(WsmlError, match="is not a wsml checkout"):
+        run_shard_bench(4, str(tmp_path), 1, (), echo=lambda s: None, baseline=str(tmp_path))
