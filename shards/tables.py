@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shards.base.fileio import publish, removed_on_error, tmp_path_for
@@ -21,23 +20,55 @@ INDEX_LIST = pa.list_(pa.int32())
 
 
 def to_arrow(lists: Lists) -> pa.Array:
-    """Lists -> a pyarrow list<int32> array (null rows stay null)."""
-    mask = None if lists.valid is None else pa.array(~lists.valid)
-    return pa.ListArray.from_arrays(
-        pa.array(lists.offsets.astype(np.int32)),
-        pa.array(lists.values.astype(np.int32), type=pa.int32()),
-        mask=mask,
+    """Lists -> a pyarrow list<int32> array (null rows stay null). Built from its buffers:
+    ``ListArray.from_arrays(mask=...)`` imports pyarrow.compute, 60 ms that every conversion
+    and reader would pay (this module uses no pyarrow.compute or pyarrow.dataset)."""
+    n = len(lists)
+    values = pa.array(lists.values.astype(np.int32), type=pa.int32())
+    offsets = pa.py_buffer(lists.offsets.astype(np.int32).tobytes())
+    if lists.valid is None or lists.valid.all():
+        return pa.Array.from_buffers(INDEX_LIST, n, [None, offsets], children=[values])
+    bitmap = pa.py_buffer(np.packbits(lists.valid, bitorder="little").tobytes())
+    nulls = int(n - lists.valid.sum())
+    return pa.Array.from_buffers(
+        INDEX_LIST, n, [bitmap, offsets], null_count=nulls, children=[values]
     )
 
 
+def validity(col: pa.Array) -> np.ndarray | None:
+    """bool (N,) of a (non-chunked) array's valid rows; None when none is null."""
+    if not col.null_count:
+        return None
+    bitmap = np.frombuffer(col.buffers()[0], np.uint8)
+    bits = np.unpackbits(bitmap, bitorder="little")
+    return bits[col.offset : col.offset + len(col)].astype(bool)
+
+
 def from_arrow(col: pa.ChunkedArray | pa.Array) -> Lists:
+    """A list column -> Lists (a null row is empty, and invalid in ``valid``)."""
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
-    offsets = np.zeros(len(col) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    values = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.int64)
-    valid = col.is_valid().to_numpy(zero_copy_only=False)
-    return Lists(offsets, values, None if valid.all() else valid)
+    offsets = col.offsets.to_numpy().astype(np.int64)  # the array's own slice of them
+    values = col.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
+    valid = validity(col)
+    lengths = np.diff(offsets)
+    if valid is not None and lengths[~valid].any():  # null rows backed by values: drop them
+        values = values[np.repeat(valid, lengths)]
+        lengths = np.where(valid, lengths, 0)
+    out = np.zeros(len(col) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return Lists(out, values.astype(np.int64), valid)
+
+
+def list_values(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Every value of a list column, row after row (null rows hold none): what
+    ``pyarrow.compute.list_flatten`` gives."""
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    offsets = col.offsets.to_numpy()
+    values = col.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
+    valid = validity(col)
+    if valid is not None:
+        values = values[np.repeat(valid, np.diff(offsets))]
+    return values
 
 
 def label_columns(positives: Lists, negatives: Lists | None) -> dict[str, pa.Array]:
@@ -96,7 +127,9 @@ def write_table(
 
 
 def read_table(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
-    return pq.read_table(path, columns=list(columns) if columns else None)
+    """One Parquet file (``pq.ParquetFile``: ``pq.read_table`` imports pyarrow.dataset)."""
+    with pq.ParquetFile(path) as f:
+        return f.read(columns=list(columns) if columns else None)
 
 
 def read_checked_table(root: Path, entry: dict, num_classes: int, recorded_in: str) -> pa.Table:
@@ -117,7 +150,8 @@ def read_checked_table(root: Path, entry: dict, num_classes: int, recorded_in: s
             "or corrupted after it was written; run `cli.py verify` and convert again"
         )
     try:
-        table = pq.read_table(pa.BufferReader(data))
+        with pq.ParquetFile(pa.BufferReader(data)) as f:
+            table = f.read()
     except (pa.ArrowException, OSError) as e:
         raise WsmlError(f"{path} is not a readable Parquet table ({e})") from None
     check_rows(path, table, int(entry.get("rows", table.num_rows)), num_classes)
@@ -141,7 +175,7 @@ def check_rows(path: Path, table: pa.Table, rows: int, num_classes: int) -> None
     for name in ("positives", "negatives"):
         if name not in table.column_names:
             continue
-        values = pc.list_flatten(table[name]).to_numpy(zero_copy_only=False)
+        values = list_values(table[name])
         bad = values[(values < 0) | (values >= num_classes)]
         if len(bad):
             raise WsmlError(

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from shards.base.errors import WsmlError
 from shards.base.fileio import write_json_atomic
@@ -20,7 +19,14 @@ from shards.convert.scan import MISSING
 from shards.convert.source import EXTRA_TYPES
 from shards.lists import Lists
 from shards.regimes import REGIME_KIND, REGIMES, OfficialLabels, Regime
-from shards.tables import from_arrow, label_columns, read_table, to_arrow, write_table
+from shards.tables import (
+    from_arrow,
+    label_columns,
+    list_values,
+    read_table,
+    to_arrow,
+    write_table,
+)
 
 OFFICIAL_EXTRAS = tuple(BOX_COLUMNS.values())  # extra columns the official tables carry too
 
@@ -154,8 +160,7 @@ def read_official_labels(path: Path, num_classes: int) -> tuple[OfficialLabels, 
     columns = {}
     for name in OFFICIAL_EXTRAS:
         if name in table.column_names:
-            col = table[name].combine_chunks()
-            values = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float64)
+            values = list_values(table[name]).astype(np.float64)
             if len(values) != len(positives.values):
                 raise WsmlError(f"{path}: column {name} is not aligned with positives")
             columns[name] = values
