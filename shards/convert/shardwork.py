@@ -37,7 +37,7 @@ def write_one_shard(task: ShardTask) -> dict:
     """Write one tar (+ its DALI index) and publish it; runs in a worker process."""
     out = Path(task.out)
     tar_path = out / f"{task.name}.tar"
-    writer = TarShardWriter(tmp_path_for(tar_path))
+    writer = TarShardWriter(tmp_path_for(tar_path), early_writeback=task.durable)
     try:
         for key, path, row, w, h, reencode in task.items:
             data = _read_image(path, key)

@@ -51,10 +51,14 @@ _ZEROS = bytes(2 * RECORD)
 class TarShardWriter:
     """Writes one WebDataset tar and collects its DALI index (wds2idx v1.2) and sha256.
 
-    One ``writev`` per sample straight from the image bytes (no copy through a buffer)."""
+    One ``writev`` per sample straight from the image bytes (no copy through a buffer).
+    ``early_writeback``: start the disk writing every ``WRITEBACK`` bytes, so that a flush
+    when the shard is published waits only for its tail; without a flush (``--no-fsync``) it
+    would only spend CPU on disk writes the page cache can defer, as ``tar cf``'s are."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, early_writeback: bool = True):
         self.path = path
+        self._early = early_writeback and hasattr(os, "posix_fadvise")
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self._sha = hashlib.sha256()
         self._pos = self._flushed = 0
@@ -73,7 +77,7 @@ class TarShardWriter:
         except OSError as e:  # name the file (a full disk, a size limit)
             raise OSError(e.errno, e.strerror, str(self.path)) from None
         self._pos += want
-        if self._pos - self._flushed >= WRITEBACK and hasattr(os, "posix_fadvise"):
+        if self._early and self._pos - self._flushed >= WRITEBACK:
             # Let the disk write what we have while we go on, so the fsync at publish time
             # waits only for the tail (Linux starts writeback of dirty pages on DONTNEED).
             os.posix_fadvise(
