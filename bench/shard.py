@@ -25,7 +25,8 @@ from shards.base.errors import WsmlError
 from shards.synth.photos import jpeg_pool, write_coco_dataset
 
 CLI = Path(__file__).resolve().parents[1] / "cli.py"
-GOAL_RATIO = 0.7  # shard throughput / tar throughput, default options
+GOAL_RATIO = 0.55  # shard throughput / tar throughput, default options (issue #24)
+GOAL_RATIO_NOFSYNC = 0.7  # the same with --no-fsync
 RSS_LIMIT_MB = 50.0  # allowed peak-RSS difference between the two sizes
 POOL = 64  # distinct JPEG byte strings; files repeat them under distinct names
 # Our own names inside the work folder (only these are ever removed from a given workdir).
@@ -168,6 +169,10 @@ def _throughput(
     res["ratio_vs_tar_fsync"] = res["ratios"]["shard_vs_tar_fsync"]["median"]
     res["ratio_nofsync"] = res["ratios"]["shard_nofsync"]["median"]
     res.update(goal_ratio=GOAL_RATIO, meets_goal=res["ratio"] >= GOAL_RATIO)
+    res.update(
+        goal_ratio_nofsync=GOAL_RATIO_NOFSYNC,
+        meets_goal_nofsync=res["ratio_nofsync"] >= GOAL_RATIO_NOFSYNC,
+    )
     res["shard_output"] = {"files": produced[0], "bytes": produced[1], "removed": not out.exists()}
     _print_throughput(res, echo)
     return res
@@ -204,11 +209,13 @@ def _print_throughput(r: dict, echo) -> None:
             f"{f['mb_per_s']:>7.1f}   {runs}"
         )
     verdict = "meets" if r["meets_goal"] else "BELOW"
+    verdict_nofsync = "meets" if r["meets_goal_nofsync"] else "BELOW"
     ratio = {k: format_ratio(v, "") for k, v in r["ratios"].items()}
     echo(
         f"  ratio shard/tar (median of the rounds, range): {ratio['shard']} ({verdict} the goal "
         f">= {r['goal_ratio']}); shard/(tar + fsync): {ratio['shard_vs_tar_fsync']}; "
-        f"shard --no-fsync/tar: {ratio['shard_nofsync']}"
+        f"shard --no-fsync/tar: {ratio['shard_nofsync']} ({verdict_nofsync} the goal >= "
+        f"{r['goal_ratio_nofsync']})"
     )
     if "baseline" in r:
         echo(
