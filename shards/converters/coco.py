@@ -217,7 +217,7 @@ def _box_weights(data: dict, index: dict) -> dict | None:
     for (_, image_id, cat, area, _), inv in zip(anns, inverse, strict=True):
         per_class = sums.setdefault(image_id, {})
         acc = per_class.get(index[cat])
-        if acc is None:
+        if acc is None:  # started as sum() and the scalar loop start: 0 and 0.0
             per_class[index[cat]] = [0 + area, 0.0 + inv]
         else:
             acc[0] += area
