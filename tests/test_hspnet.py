@@ -23,6 +23,7 @@ from models.hspnet import (
 )
 from shards.base.errors import WsmlError
 from tests.support.train_fixtures import get_shards, read_metrics, read_summary
+from train.checkpoints import read_checkpoint
 from train.config import RunConfig
 from train.context import cpu_threads
 from train.methods import create_config, get_method
@@ -226,7 +227,7 @@ def test_e2e_smoke_and_rescore(tmp_path_factory, tmp_path):
     assert summary == read_summary(tmp_path / "run") and summary["method"] == "hspnet"
     result = evaluate_run(str(tmp_path / "run"), "test")
     assert result["mAP"] == pytest.approx(summary["test"]["mAP"], abs=1e-6)
-    ckpt = torch.load(tmp_path / "run" / "checkpoint-last.pt", weights_only=False)
+    ckpt = read_checkpoint(tmp_path / "run" / "checkpoint-last.pt")
     assert ckpt["config"]["backbone"]["weights"] == "none"
     assert ckpt["config"]["run"]["preset"] == "clip224"
     assert torch.allclose(ckpt["model"]["parent_adj"], torch.tensor([[0.8, 0.0], [0.0, 0.8]]))

@@ -22,6 +22,7 @@ from models.oass import OassNet
 from shards.base.errors import WsmlError
 from shards.lists import LabelLists
 from tests.support.train_fixtures import get_shards, read_metrics, read_summary
+from train.checkpoints import read_checkpoint
 from train.config import RunConfig
 from train.context import cpu_threads
 from train.methods import create_config, get_method
@@ -429,7 +430,7 @@ def test_e2e_oass(tmp_path_factory, tmp_path, keypoint):
     # alpha_re over 20 steps with the ramp over 10: mean of min(3 s / 10, 3), s = 0..19
     assert logged["alpha_re"] == pytest.approx(sum(min(0.3 * s, 3.0) for s in range(20)) / 20)
     assert logged["loss"] > logged["class_loss"]
-    ckpt = torch.load(tmp_path / "run" / "checkpoint-last.pt", weights_only=False)
+    ckpt = read_checkpoint(tmp_path / "run" / "checkpoint-last.pt")
     assert ckpt["model"]["instance_head.weight"].shape[0] == 10
     teacher = any(k.startswith("teacher.") for k in ckpt["method"])
     assert teacher == (keypoint != "max")

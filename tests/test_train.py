@@ -15,6 +15,7 @@ from shards.shardset import open_shard_set
 from tests.support.train_fixtures import CLIP, FEAT, get_shards, read_metrics, read_summary
 from train import metrics
 from train.build import LoopState
+from train.checkpoints import read_checkpoint
 from train.config import RunConfig
 from train.methods import create_config
 from train.optim import create_schedule
@@ -80,7 +81,7 @@ def test_linear_smoke(shards, tmp_path, method):
             summary[split]["mAP"], abs=1e-9
         )
     assert set(summary["test_ap"]) == set(ss.classes)
-    ckpt = torch.load(out / "checkpoint-last.pt", weights_only=False)
+    ckpt = read_checkpoint(out / "checkpoint-last.pt")
     assert ckpt["config"]["method"]["epochs"] == 3 and ckpt["epoch"] == 3
     assert ckpt["config"]["regime"]["view"] == ("full" if method == "bce" else "single-positive")
 
@@ -90,11 +91,11 @@ def test_label_state_is_used(shards, tmp_path):
     run(shards, tmp_path / "apl", "em-apl", opts={"warmup_epoch": "1"})
     lines = read_metrics(tmp_path / "apl")
     assert lines[0]["train"]["pseudo_negatives_added"] > 0
-    ckpt = torch.load(tmp_path / "apl" / "checkpoint-last.pt", weights_only=False)
+    ckpt = read_checkpoint(tmp_path / "apl" / "checkpoint-last.pt")
     assert len(ckpt["method"]["pseudo_keys"]) > 0  # pseudo-negatives, kept as entries
     assert (ckpt["method"]["pseudo_values"] >= 0).all()
     run(shards, tmp_path / "llcp", "ll-cp", opts={"delta_rel": "5"})
-    ckpt = torch.load(tmp_path / "llcp" / "checkpoint-last.pt", weights_only=False)
+    ckpt = read_checkpoint(tmp_path / "llcp" / "checkpoint-last.pt")
     assert ckpt["method"]["corrected"].numel() > 0
 
 
@@ -116,8 +117,8 @@ def test_resume_is_exact(shards, tmp_path, method, opts):
     resumed = run(shards, part, method, epochs=4, opts=opts, resume=True)
     assert read_metrics(part) == read_metrics(tmp_path / "whole")
     assert resumed == whole == read_summary(part)
-    a = torch.load(part / "checkpoint-last.pt", weights_only=False)
-    b = torch.load(tmp_path / "whole" / "checkpoint-last.pt", weights_only=False)
+    a = read_checkpoint(part / "checkpoint-last.pt")
+    b = read_checkpoint(tmp_path / "whole" / "checkpoint-last.pt")
     for key in ("model", "method", "ema"):
         for name, value in (b[key] or {}).items():
             assert torch.equal(a[key][name], value), (key, name)

@@ -11,6 +11,7 @@ from torch import nn
 from models.heads import CamClassifier, Classifier
 from shards.base.errors import WsmlError
 from tests.support.train_fixtures import get_shards, read_summary
+from train.checkpoints import read_checkpoint
 from train.config import RunConfig
 from train.context import cpu_threads
 from train.run import evaluate_run, train
@@ -74,7 +75,7 @@ def test_e2e_ll_ct_with_boostlu(tmp_path_factory, tmp_path):
     with cpu_threads(1):
         summary = train(config)
     assert summary == read_summary(tmp_path / "run")
-    ckpt = torch.load(tmp_path / "run" / "checkpoint-last.pt", weights_only=False)
+    ckpt = read_checkpoint(tmp_path / "run" / "checkpoint-last.pt")
     assert ckpt["model"]["head.weight"].dim() == 4  # the 1x1 convolution of the CAM head
     result = evaluate_run(str(tmp_path / "run"), "test")  # rebuilt with the same head and alpha
     assert result["mAP"] == pytest.approx(summary["test"]["mAP"], abs=1e-6)

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from pipelines.dali_loader import dali_available
 from tests.support.train_fixtures import FEAT, get_shards, read_metrics, read_summary
+from train.checkpoints import read_checkpoint
 from train.config import RunConfig
 from train.run import train
 
@@ -79,5 +79,5 @@ def test_two_ranks_resume_their_dali_loaders(tmp_path_factory, tmp_path):
         mine = [{r for e, b in seen["whole"] if e == epoch for r in b} for seen in ranks]
         assert not mine[0] & mine[1] and len(mine[0]) == len(mine[1]) == 72
     assert read_metrics(tmp_path / "part") == read_metrics(tmp_path / "whole")
-    ckpt = torch.load(tmp_path / "part" / "checkpoint-last.pt", weights_only=False)
+    ckpt = read_checkpoint(tmp_path / "part" / "checkpoint-last.pt")
     assert [(s["rank"], s["epoch"], s["start"]) for s in ckpt["loaders"]] == [(0, 4, 1), (1, 4, 1)]

@@ -23,6 +23,7 @@ import torch
 from tests.support.train_fixtures import read_metrics
 from tests.test_train_pumlc import VIEW, partial_shards, run_config, weights_file
 from train.build import start_run
+from train.checkpoints import read_checkpoint
 from train.context import Context, cpu_threads
 from train.data import ImageData, e2e_preset
 from train.evaluate import evaluate_splits
@@ -113,7 +114,7 @@ def test_two_ranks_equal_one_process_replaying_their_steps(tmp_path_factory, tmp
         for split in ("val", "test"):
             assert got[split]["mAP"] == pytest.approx(want["model"][split], abs=1e-4), split
             assert got["ema"][split]["mAP"] == pytest.approx(want["ema"][split], abs=1e-4)
-    ckpt = torch.load(tmp_path / "ddp" / "checkpoint-last.pt", weights_only=False)
+    ckpt = read_checkpoint(tmp_path / "ddp" / "checkpoint-last.pt")
     assert ckpt["config"]["world_size"] == WORLD
     for key, value in weights.items():
         assert torch.allclose(ckpt["model"][key], value, rtol=1e-5, atol=1e-7), key

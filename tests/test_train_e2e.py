@@ -22,6 +22,7 @@ from tests.support.train_fixtures import (
     same_batches,
     train_recording,
 )
+from train.checkpoints import read_checkpoint
 from train.config import RunConfig
 from train.context import cpu_threads
 from train.run import evaluate_run, train
@@ -52,7 +53,7 @@ def test_e2e_smoke(tmp_path_factory, tmp_path):
     assert summary == read_summary(tmp_path / "run") and summary["setting"] == "e2e"
     result = evaluate_run(str(tmp_path / "run"), "test")
     assert result["mAP"] == pytest.approx(summary["test"]["mAP"], abs=1e-6)
-    ckpt = torch.load(tmp_path / "run" / "checkpoint-last.pt", weights_only=False)
+    ckpt = read_checkpoint(tmp_path / "run" / "checkpoint-last.pt")
     assert any(k.startswith("backbone.") for k in ckpt["model"])
     assert ckpt["config"]["backbone"]["weights"] == "none"
 
@@ -73,7 +74,7 @@ def test_a_resumed_dali_run_reads_and_scores_as_an_uninterrupted_one(
     out, first, _ = train_recording(dali_config(shards, part, stop_after_epochs=1))
     assert out["interrupted_after_epoch"] == 1
     shutil.copytree(part, tmp_path / "old")
-    ckpt = torch.load(part / "checkpoint-last.pt", weights_only=False)
+    ckpt = read_checkpoint(part / "checkpoint-last.pt")
     (state,) = ckpt["loaders"]
     assert (state["epoch"], state["start"], state["backend"]) == (2, 1, "dali")
     resumed, rest, _ = train_recording(dali_config(shards, part, resume=True))
@@ -81,8 +82,8 @@ def test_a_resumed_dali_run_reads_and_scores_as_an_uninterrupted_one(
     assert same_batches(first + rest, seen)  # the same rows and pixels, batch by batch
     assert read_metrics(part) == read_metrics(tmp_path / "whole")
     assert resumed == whole == read_summary(part)
-    a = torch.load(part / "checkpoint-last.pt", weights_only=False)
-    b = torch.load(tmp_path / "whole" / "checkpoint-last.pt", weights_only=False)
+    a = read_checkpoint(part / "checkpoint-last.pt")
+    b = read_checkpoint(tmp_path / "whole" / "checkpoint-last.pt")
     for key in ("model", "method"):
         for name, value in b[key].items():
             assert torch.equal(a[key][name], value), (key, name)

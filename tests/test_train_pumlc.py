@@ -18,6 +18,7 @@ from shards.regimes import create_regime
 from shards.shardset import open_shard_set
 from shards.views import write_regime_view
 from tests.support.train_fixtures import get_shards, read_metrics, read_summary
+from train.checkpoints import read_checkpoint
 from train.config import RunConfig
 from train.context import cpu_threads
 from train.methods import ModelSpec, get_method
@@ -88,7 +89,7 @@ def test_pumlc_e2e_smoke_and_resume(tmp_path_factory, tmp_path):
     result = evaluate_run(str(tmp_path / "run"), "test")  # the model rebuilt from its checkpoint
     assert result["mAP"] == pytest.approx(summary["test"]["mAP"], abs=1e-6)
 
-    ckpt = torch.load(tmp_path / "run" / "checkpoint-last.pt", weights_only=False)
+    ckpt = read_checkpoint(tmp_path / "run" / "checkpoint-last.pt")
     assert ckpt["config"]["run"]["preset"] == "asl448"  # the method's (image_size replaces it)
     assert ckpt["config"]["backbone"]["weights"] == f"file:{weights_file(shards)}"
     assert len(ckpt["config"]["backbone"]["sha256"]) == 64

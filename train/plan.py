@@ -71,7 +71,7 @@ class RunPlan:
             "regime": {"view": self.view, "kind": self.kind},
             "rows": dict(self.rows),
             "world_size": self.world_size,
-            "versions": {"torch": torch.__version__},
+            "versions": {"torch": str(torch.__version__)},  # not TorchVersion: plain data
         }
         if self.feature_dim is not None:
             out["feature_dim"] = self.feature_dim

@@ -41,6 +41,7 @@ from shards.base.fileio import (
     write_json_atomic,
 )
 from shards.caches import write_array
+from train.checkpoints import dumps_checkpoint, read_checkpoint
 from train.integrity import check_identity, data_identity
 
 FORMAT = "wsml-run"
@@ -182,10 +183,9 @@ class RunFolder:
         last = self.path / LAST
         tmp, tmp_best = tmp_path_for(last), tmp_path_for(self.path / BEST)
         with removed_on_error(tmp, last):
-            buffer = io.BytesIO()  # torch's own writer turns a full disk into a RuntimeError
-            torch.save(state, buffer)
+            data = dumps_checkpoint(state)
             with open(tmp, "wb") as f:
-                f.write(buffer.getbuffer())
+                f.write(data)
             if best:
                 with removed_on_error(tmp_best, self.path / BEST):
                     shutil.copyfile(tmp, tmp_best)
@@ -210,12 +210,12 @@ class RunFolder:
             )
 
     def load_checkpoint(self, which: str = LAST) -> dict:
-        """The checkpoint on the CPU, whatever device saved it: RNG states must be CPU byte
-        tensors, and the saving machine may have had devices this one lacks."""
+        """The checkpoint on the CPU, loaded as data only (``train/checkpoints.py``: a shared
+        run folder's checkpoint runs no code of its own, or is refused)."""
         path = self.path / which
         if not path.is_file():
             raise WsmlError(f"{path} is missing")
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return read_checkpoint(path)
 
 
 def selected_weights(ckpt: dict) -> dict:
@@ -270,9 +270,12 @@ def _differences(saved: dict, config: dict, keys: list[str]) -> str:
 
 
 def rng_state() -> dict[str, Any]:
+    """Every generator's state as plain data (numpy's key as a list of ints, not an array: a
+    checkpoint holds tensors and plain data only, train/checkpoints.py)."""
+    name, key, *rest = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": (name, key.tolist(), *rest),
         "python": random.getstate(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -282,7 +285,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, key, *rest = state["numpy"]  # key: a list (an array in older checkpoints)
+    np.random.set_state((name, np.asarray(key, dtype=np.uint32), *rest))
     random.setstate(state["python"])
     cuda = state.get("cuda")
     if isinstance(cuda, list | tuple):  # checkpoints before 2026-12 saved every device's

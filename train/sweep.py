@@ -24,10 +24,8 @@ folder). One process; no resumable checkpoints (a sweep is restarted, not resume
 from __future__ import annotations
 
 import dataclasses
-import io
 from typing import Any
 
-import torch
 from torch import nn
 
 from models.heads import StackedHeads
@@ -43,6 +41,7 @@ from train.build import (
     read_text_embeddings,
     with_provenance,
 )
+from train.checkpoints import dumps_checkpoint
 from train.context import Context
 from train.loop import final_fields, fit_epochs
 from train.methods import stack_members
@@ -127,9 +126,7 @@ class KeptHeads:
                 "ema": None,
                 "loop": {**kept["loop"], "best_weights": "model"},
             }
-            buffer = io.BytesIO()
-            torch.save(state, buffer)
-            write_bytes_atomic(home.path / BEST, buffer.getvalue())
+            write_bytes_atomic(home.path / BEST, dumps_checkpoint(state))
 
 
 def create_groups(plan: RunPlan, data, folder: RunFolder, ctx: Context) -> list[Run]:
