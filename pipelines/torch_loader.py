@@ -5,6 +5,7 @@ batches, so the order is fixed by the seed and the number of workers."""
 
 from __future__ import annotations
 
+import gc
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,6 +131,19 @@ def _read_tar(url: str, ds) -> Iterator[tuple[int, dict]]:
         i += 1
 
 
+def _start_workers(loader: torch.utils.data.DataLoader) -> Iterator:
+    """The loader's iterator, its workers forked with nothing of this process's to collect.
+    A DALI pipeline left as garbage here (an earlier run's, a test's) would otherwise be
+    collected in a worker, whose ``__del__`` then waits forever for threads a fork does not
+    copy. Collected here first, the rest frozen while the workers fork (as ``shard``'s pool)."""
+    gc.collect()
+    gc.freeze()
+    try:
+        return iter(loader)
+    finally:
+        gc.unfreeze()
+
+
 def iterate_torch(
     reader: ShareReader, *, num_workers: int, steps: int, pin_memory: bool = False
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -151,7 +165,7 @@ def iterate_torch(
     )
     b, done = reader.batch_size, 0
     pending: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for item in loader:
+    for item in _start_workers(loader) if num_workers else loader:
         if isinstance(item, _Failure):
             raise WsmlError(str(item))
         images, rows = item

@@ -208,3 +208,28 @@ def test_a_truncated_tar_names_the_tar(copy, backend):
     data = path.read_bytes()
     path.write_bytes(data[: 512 + 300])  # inside the first sample's image
     refused(str(path), root=copy, backend=backend)
+
+
+def test_torch_workers_fork_with_no_dali_garbage_to_collect(root):
+    """A DALI pipeline left as garbage in this process (an earlier run's, a test's) is collected
+    here before the torch loader's workers fork. Collected in a worker instead, its ``__del__``
+    waits forever for threads the fork did not copy: a whole test suite once hung so."""
+    import weakref
+
+    from nvidia.dali import fn, pipeline_def
+
+    @pipeline_def(batch_size=2, num_threads=2, device_id=None)
+    def noise():
+        return fn.random.uniform(shape=[4])
+
+    pipe = noise()
+    pipe.build()
+    pipe.run()  # its threads run
+    gone = weakref.ref(pipe)
+    cycle = [pipe]
+    cycle.append(cycle)
+    gc.collect()  # aged into the oldest generation while alive, as an earlier run leaves it
+    del pipe, cycle  # now garbage that only a full collection finds
+    assert gone() is not None
+    batches = list(load(root, backend="torch", num_threads=2))
+    assert batches and gone() is None
