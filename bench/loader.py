@@ -21,6 +21,7 @@ from bench.markdown import Table
 from pipelines.distributed import resolve_device
 from pipelines.loader import LoaderOptions, create_loader, default_threads
 from pipelines.presets import Preset, get_preset
+from pipelines.torch_loader import start_workers
 from shards.base.errors import WsmlError
 from shards.convert.plan import KEY
 from shards.shardset import open_shard_set
@@ -273,7 +274,8 @@ def _contenders(ss, p: Preset, files, batch_size: int, threads: int, dev, hw_loa
             drop_last=True,
             pin_memory=dev.type == "cuda",
         )
-        n = sum(int(x.to(dev, non_blocking=True).shape[0]) for x, _ in dl)
+        batches = start_workers(dl) if threads else dl  # DALI's garbage not collected in them
+        n = sum(int(x.to(dev, non_blocking=True).shape[0]) for x, _ in batches)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         return n

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from pipelines.presets import Preset
+from pipelines.torch_loader import start_workers
 from shards.base.errors import WsmlError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -119,11 +120,10 @@ class FolderBatches:
         workers = min(self.workers, len(data) - 1)  # one chunk: a worker only adds its start
         if workers <= 0:
             return (data[j] for j in range(len(data)))
-        return iter(
-            torch.utils.data.DataLoader(
-                data, batch_size=None, num_workers=workers, prefetch_factor=2
-            )
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=None, num_workers=workers, prefetch_factor=2
         )
+        return start_workers(loader)
 
     def __iter__(self) -> Iterator[dict]:
         mean = torch.tensor(self.preset.mean).view(1, 3, 1, 1)

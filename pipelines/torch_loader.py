@@ -131,11 +131,13 @@ def _read_tar(url: str, ds) -> Iterator[tuple[int, dict]]:
         i += 1
 
 
-def _start_workers(loader: torch.utils.data.DataLoader) -> Iterator:
+def start_workers(loader: torch.utils.data.DataLoader) -> Iterator:
     """The loader's iterator, its workers forked with nothing of this process's to collect.
     A DALI pipeline left as garbage here (an earlier run's, a test's) would otherwise be
     collected in a worker, whose ``__del__`` then waits forever for threads a fork does not
-    copy. Collected here first, the rest frozen while the workers fork (as ``shard``'s pool)."""
+    copy. Collected here first, the rest frozen while the workers fork (as ``shard``'s pool).
+    Every DataLoader with workers starts through it (this loader, the folder reader, the
+    benches' reference loader)."""
     gc.collect()
     gc.freeze()
     try:
@@ -165,7 +167,7 @@ def iterate_torch(
     )
     b, done = reader.batch_size, 0
     pending: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for item in _start_workers(loader) if num_workers else loader:
+    for item in start_workers(loader) if num_workers else loader:
         if isinstance(item, _Failure):
             raise WsmlError(str(item))
         images, rows = item
