@@ -274,8 +274,7 @@ def _contenders(ss, p: Preset, files, batch_size: int, threads: int, dev, hw_loa
             drop_last=True,
             pin_memory=dev.type == "cuda",
         )
-        batches = start_workers(dl) if threads else dl  # DALI's garbage not collected in them
-        n = sum(int(x.to(dev, non_blocking=True).shape[0]) for x, _ in batches)
+        n = sum(int(x.to(dev, non_blocking=True).shape[0]) for x, _ in start_workers(dl))
         if dev.type == "cuda":
             torch.cuda.synchronize()
         return n

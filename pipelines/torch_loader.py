@@ -136,8 +136,10 @@ def start_workers(loader: torch.utils.data.DataLoader) -> Iterator:
     A DALI pipeline left as garbage here (an earlier run's, a test's) would otherwise be
     collected in a worker, whose ``__del__`` then waits forever for threads a fork does not
     copy. Collected here first, the rest frozen while the workers fork (as ``shard``'s pool).
-    Every DataLoader with workers starts through it (this loader, the folder reader, the
-    benches' reference loader)."""
+    Every DataLoader starts through it (this loader, the folder reader, the benches'
+    reference loader); one without workers forks nothing and starts as it is."""
+    if not loader.num_workers:
+        return iter(loader)
     gc.collect()
     gc.freeze()
     try:
@@ -167,7 +169,7 @@ def iterate_torch(
     )
     b, done = reader.batch_size, 0
     pending: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for item in start_workers(loader) if num_workers else loader:
+    for item in start_workers(loader):
         if isinstance(item, _Failure):
             raise WsmlError(str(item))
         images, rows = item

@@ -44,31 +44,31 @@ def validity(col: pa.Array) -> np.ndarray | None:
     return bits[col.offset : col.offset + len(col)].astype(bool)
 
 
-def from_arrow(col: pa.ChunkedArray | pa.Array) -> Lists:
-    """A list column -> Lists (a null row is empty, and invalid in ``valid``)."""
+def _list_parts(col: pa.ChunkedArray | pa.Array):
+    """(values, lengths, valid) of a list column: every row's values in order (null rows hold
+    none, even where values back them), each row's length, and the valid rows (None: all)."""
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     offsets = col.offsets.to_numpy().astype(np.int64)  # the array's own slice of them
     values = col.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
-    valid = validity(col)
-    lengths = np.diff(offsets)
+    lengths, valid = np.diff(offsets), validity(col)
     if valid is not None and lengths[~valid].any():  # null rows backed by values: drop them
         values = values[np.repeat(valid, lengths)]
         lengths = np.where(valid, lengths, 0)
-    out = np.zeros(len(col) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=out[1:])
-    return Lists(out, values.astype(np.int64), valid)
+    return values, lengths, valid
+
+
+def from_arrow(col: pa.ChunkedArray | pa.Array) -> Lists:
+    """A list column -> Lists (a null row is empty, and invalid in ``valid``)."""
+    values, lengths, valid = _list_parts(col)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return Lists(offsets, values.astype(np.int64), valid)
 
 
 def list_values(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Every value of a list column, row after row (null rows hold none): what
     ``pyarrow.compute.list_flatten`` gives."""
-    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    offsets = col.offsets.to_numpy()
-    values = col.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
-    valid = validity(col)
-    if valid is not None:
-        values = values[np.repeat(valid, np.diff(offsets))]
-    return values
+    return _list_parts(col)[0]
 
 
 def label_columns(positives: Lists, negatives: Lists | None) -> dict[str, pa.Array]:
