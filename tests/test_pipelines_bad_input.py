@@ -6,13 +6,16 @@ from __future__ import annotations
 import gc
 import io
 import json
+import os
 import shutil
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from pipelines.torch_loader import start_workers
 from shards.base.errors import WsmlError
 from shards.caches import write_cache
 from tests.support.pipelines_data import (
@@ -210,26 +213,40 @@ def test_a_truncated_tar_names_the_tar(copy, backend):
     refused(str(path), root=copy, backend=backend)
 
 
-def test_torch_workers_fork_with_no_dali_garbage_to_collect(root):
-    """A DALI pipeline left as garbage in this process (an earlier run's, a test's) is collected
-    here before the torch loader's workers fork. Collected in a worker instead, its ``__del__``
-    waits forever for threads the fork did not copy: a whole test suite once hung so."""
-    import weakref
+class _Finalized:
+    """Garbage of the parent process that says which process finalized it."""
 
-    from nvidia.dali import fn, pipeline_def
+    def __init__(self, log: Path):
+        self.log, self.me = log, self  # a cycle: only a full collection finds it
 
-    @pipeline_def(batch_size=2, num_threads=2, device_id=None)
-    def noise():
-        return fn.random.uniform(shape=[4])
+    def __del__(self):
+        with open(self.log, "a") as f:
+            f.write(f"{os.getpid()}\n")
 
-    pipe = noise()
-    pipe.build()
-    pipe.run()  # its threads run
-    gone = weakref.ref(pipe)
-    cycle = [pipe]
-    cycle.append(cycle)
-    gc.collect()  # aged into the oldest generation while alive, as an earlier run leaves it
-    del pipe, cycle  # now garbage that only a full collection finds
-    assert gone() is not None
-    batches = list(load(root, backend="torch", num_threads=2))
-    assert batches and gone() is None
+
+class _Collecting(torch.utils.data.IterableDataset):
+    """Each worker runs a full collection, as a long epoch eventually does."""
+
+    def __iter__(self):
+        gc.collect()
+        yield os.getpid()
+
+
+def test_torch_workers_never_collect_the_parents_garbage(tmp_path):
+    """Objects this process left as garbage (a DALI pipeline of an earlier run, a test's) are
+    never collected in a torch loader's forked worker: a DALI pipeline's ``__del__`` there waits
+    forever for threads the fork did not copy (a whole test suite once hung so). Every loader
+    starts its workers through ``start_workers``, which forks them with the heap frozen."""
+    log = tmp_path / "finalized"
+    loader = torch.utils.data.DataLoader(_Collecting(), batch_size=None, num_workers=2)
+    gc.disable()  # this process collects nothing until its workers have forked
+    try:
+        _Finalized(log)  # garbage at once
+        batches = start_workers(loader)
+    finally:
+        gc.enable()
+    workers = {int(pid) for pid in batches}
+    assert len(workers) == 2 and os.getpid() not in workers
+    gc.collect()  # the parent finalizes it, once its heap is no longer frozen
+    finalized = {int(x) for x in log.read_text().split()}
+    assert finalized == {os.getpid()}
